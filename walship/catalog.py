@@ -1,0 +1,85 @@
+"""What a replica holds, read from the objects themselves.
+
+Every snapshot object carries its own description in user metadata, so a
+listing plus one HEAD per object rebuilds everything the index says: restore
+never depends on ``metadata.json`` alone.
+"""
+
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from walship.errors import CorruptObjectError, NotFoundError
+from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, parse_snapshot_key
+from walship.models import ObjectInfo, SnapshotInfo, WalPosition
+from walship.storage import ObjectStore
+
+__all__ = ["describe_snapshot", "list_snapshot_keys", "list_snapshots", "read_snapshot_info", "select_snapshot"]
+
+_PREFIX = "walship-"
+
+
+def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
+    """User metadata stored with a snapshot object (S3 keeps it lowercase)."""
+    fields = info.model_dump(mode="json", exclude={"key", "wal_position"})
+    metadata = {f"{_PREFIX}{name.replace('_', '-')}": str(value) for name, value in fields.items()}
+    if info.wal_position is not None:
+        metadata[f"{_PREFIX}wal-position"] = f"{info.wal_position.generation}/{info.wal_position.sequence}"
+    return metadata
+
+
+def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
+    """Describe one snapshot object from its own metadata (one HEAD)."""
+    return _from_object(store.head(key))
+
+
+def list_snapshot_keys(store: ObjectStore) -> list[str]:
+    """Snapshot keys, oldest generation first (one LIST, no HEADs)."""
+    keys = [o.key for o in store.list(GENERATIONS_PREFIX) if parse_snapshot_key(o.key) is not None]
+    return sorted(keys, key=lambda k: parse_snapshot_key(k) or ("", 0))
+
+
+def list_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
+    """Every snapshot, oldest first, described from the objects themselves."""
+    return [read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
+
+
+def select_snapshot(
+    snapshots: list[SnapshotInfo], *, key: str | None = None, before: datetime | None = None
+) -> SnapshotInfo:
+    """The snapshot named by ``key``, else the newest taken at or before ``before``, else the newest."""
+    if key is not None:
+        for snapshot in snapshots:
+            if snapshot.key == key:
+                return snapshot
+        raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots")
+    candidates = [s for s in snapshots if before is None or s.created_at <= before]
+    if not candidates:
+        when = f" taken at or before {before.isoformat()}" if before else ""
+        raise NotFoundError(f"the replica has no snapshot{when}: run 'walship status' to see what it holds")
+    return max(candidates, key=lambda s: (s.created_at, s.key))
+
+
+def _from_object(obj: ObjectInfo) -> SnapshotInfo:
+    parsed = parse_snapshot_key(obj.key)
+    if parsed is None:
+        raise CorruptObjectError(f"{obj.key} is not a snapshot key")
+    fields: dict[str, object] = {
+        name[len(_PREFIX) :].replace("-", "_"): value
+        for name, value in obj.metadata.items()
+        if name.startswith(_PREFIX) and name != f"{_PREFIX}wal-position"
+    }
+    position = obj.metadata.get(f"{_PREFIX}wal-position")
+    if position:
+        generation, _, sequence = position.rpartition("/")
+        fields["wal_position"] = WalPosition(generation=generation, sequence=int(sequence))
+    try:
+        info = SnapshotInfo(key=obj.key, **fields)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise CorruptObjectError(f"snapshot {obj.key} has missing or bad metadata: {exc.error_count()} problem(s)") from exc
+    if format_snapshot_key(info.generation, info.sequence) != obj.key or info.compressed_size != obj.size:
+        raise CorruptObjectError(
+            f"snapshot {obj.key}: its metadata describes {info.generation}/{info.sequence} "
+            f"of {info.compressed_size} bytes, but the object is {obj.size} bytes"
+        )
+    return info

@@ -1,0 +1,48 @@
+"""Typed errors: one base, one subclass per way an operation can fail.
+
+The CLI maps them to exit statuses (``UsageError`` -> 2, everything else -> 1)
+and Prefect tasks retry only ``TransientStorageError``.
+"""
+
+__all__ = [
+    "ChecksumMismatchError",
+    "ConflictError",
+    "CorruptObjectError",
+    "NotFoundError",
+    "PermanentStorageError",
+    "TransientStorageError",
+    "UsageError",
+    "WalshipError",
+]
+
+
+class WalshipError(Exception):
+    """Base of every error walship raises on purpose."""
+
+
+class UsageError(WalshipError):
+    """Bad usage or bad input: missing file, not a database, malformed URL."""
+
+
+class NotFoundError(WalshipError):
+    """An object, bucket or database that should exist does not."""
+
+
+class ChecksumMismatchError(WalshipError):
+    """Bytes read back do not hash to the checksum recorded when written."""
+
+
+class CorruptObjectError(WalshipError):
+    """An object cannot be decoded (truncated, not zstd, bad database)."""
+
+
+class ConflictError(WalshipError):
+    """A conditional write lost: someone else changed the object first."""
+
+
+class PermanentStorageError(WalshipError):
+    """Storage refused in a way retrying cannot fix (credentials, permissions)."""
+
+
+class TransientStorageError(WalshipError):
+    """Storage failed in a way that may pass on retry (5xx, throttling, resets)."""

@@ -1,0 +1,99 @@
+"""The replica's index, ``metadata.json``: the one mutable object.
+
+Every update is read-modify-write guarded by a conditional put (If-None-Match
+for the first write, If-Match on the ETag read after), retried on conflict by
+re-reading, so two writers never lose each other's update. The index is a
+cache of what the objects say: when it is missing or unreadable it is rebuilt
+from a listing.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from walship.catalog import list_snapshots
+from walship.errors import ConflictError, CorruptObjectError, NotFoundError
+from walship.layout import METADATA_KEY
+from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, utcnow
+from walship.storage import ObjectStore
+
+__all__ = ["add_snapshot", "read_index", "rebuild_index", "update_index"]
+
+log = logging.getLogger(__name__)
+
+_MAX_ATTEMPTS = 20
+_MAX_INDEX_BYTES = 64 << 20
+
+
+def read_index(store: ObjectStore) -> tuple[ReplicaMetadata | None, str | None]:
+    """The index and its ETag, or ``(None, None)`` when there is none yet."""
+    try:
+        etag = store.head(METADATA_KEY).etag
+        with store.open(METADATA_KEY) as stream:
+            raw = stream.read(_MAX_INDEX_BYTES + 1)
+    except NotFoundError:
+        return None, None
+    if len(raw) > _MAX_INDEX_BYTES:
+        raise CorruptObjectError(f"{METADATA_KEY} in {store.location} is larger than {_MAX_INDEX_BYTES} bytes")
+    try:
+        metadata = ReplicaMetadata.model_validate_json(raw)
+    except ValidationError as exc:
+        raise CorruptObjectError(f"{METADATA_KEY} in {store.location} is not a valid index: {exc.error_count()} problem(s)") from exc
+    if metadata.format_version > METADATA_FORMAT_VERSION:
+        raise CorruptObjectError(
+            f"{METADATA_KEY} in {store.location} has format {metadata.format_version}; "
+            f"this walship reads up to {METADATA_FORMAT_VERSION}: upgrade walship"
+        )
+    return metadata, etag
+
+
+def rebuild_index(store: ObjectStore) -> ReplicaMetadata:
+    """Derive the index from the objects themselves (a LIST and a HEAD per snapshot)."""
+    metadata = ReplicaMetadata()
+    for snapshot in list_snapshots(store):
+        metadata = _with_snapshot(metadata, snapshot)
+    return metadata
+
+
+def update_index(store: ObjectStore, change: Callable[[ReplicaMetadata], ReplicaMetadata]) -> ReplicaMetadata:
+    """Apply ``change`` to the current index with a conditional write; retry on conflict."""
+    for attempt in range(_MAX_ATTEMPTS):
+        try:
+            current, etag = read_index(store)
+        except CorruptObjectError as exc:
+            log.warning("%s; rebuilding it from a listing", exc)
+            current, etag = rebuild_index(store), store.head(METADATA_KEY).etag
+        updated = change(current if current is not None else rebuild_index(store))
+        updated = updated.model_copy(update={"last_modified": utcnow()})
+        body = updated.model_dump_json(indent=2).encode()
+        try:
+            store.put_bytes(METADATA_KEY, body, if_match=etag, if_none_match=etag is None)
+            return updated
+        except ConflictError:
+            # Someone else wrote in between: back off a little and re-read.
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.random())
+    raise ConflictError(f"update {METADATA_KEY} in {store.location}: lost {_MAX_ATTEMPTS} races in a row; try again")
+
+
+def add_snapshot(store: ObjectStore, snapshot: SnapshotInfo) -> ReplicaMetadata:
+    """Record a newly uploaded snapshot in the index."""
+    return update_index(store, lambda metadata: _with_snapshot(metadata, snapshot))
+
+
+def _with_snapshot(metadata: ReplicaMetadata, snapshot: SnapshotInfo) -> ReplicaMetadata:
+    snapshots = [s for s in metadata.snapshots if s.key != snapshot.key] + [snapshot]
+    snapshots.sort(key=lambda s: (s.created_at, s.key))
+    newest = snapshots[-1]
+    return metadata.model_copy(
+        update={
+            "database_id": metadata.database_id or snapshot.database_id,
+            "snapshots": snapshots,
+            "snapshot_count": len(snapshots),
+            "latest_snapshot": newest.key,
+            "latest_snapshot_time": newest.created_at,
+            "current_generation": newest.generation,
+        }
+    )

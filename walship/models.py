@@ -1,0 +1,122 @@
+"""Pydantic models shared by the core, the tasks and the flows.
+
+They are small on purpose: tasks hand them to each other instead of bytes, so
+Prefect never persists or pickles a database payload.
+"""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "METADATA_FORMAT_VERSION",
+    "CompressedFile",
+    "ObjectInfo",
+    "ReplicaMetadata",
+    "RestoreResult",
+    "SnapshotInfo",
+    "SnapshotSource",
+    "WalPosition",
+    "utcnow",
+]
+
+# Bumped when metadata.json changes incompatibly; readers refuse newer versions.
+METADATA_FORMAT_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ObjectInfo(_Frozen):
+    """What a listing or a write says about one stored object."""
+
+    key: str
+    size: int
+    etag: str = ""
+    last_modified: datetime | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class WalPosition(_Frozen):
+    """A point in a generation's WAL lineage: the last segment a state contains."""
+
+    generation: str
+    sequence: int = Field(ge=0)
+
+
+class SnapshotSource(_Frozen):
+    """A consistent copy of a database, taken into a local temporary file."""
+
+    path: Path
+    database: Path
+    size: int
+    page_size: int
+    page_count: int
+    sqlite_version: str
+    taken_at: datetime
+
+
+class CompressedFile(_Frozen):
+    """A zstd file on local disk and what its uncompressed content hashes to."""
+
+    path: Path
+    raw_size: int
+    compressed_size: int
+    sha256: str
+    level: int
+
+
+class SnapshotInfo(_Frozen):
+    """One snapshot object, as recorded in the index and in the object itself."""
+
+    key: str
+    generation: str
+    sequence: int
+    created_at: datetime
+    raw_size: int
+    compressed_size: int
+    sha256: str
+    page_size: int
+    page_count: int
+    level: int
+    database_id: str
+    sqlite_version: str = ""
+    # None until WAL shipping takes the snapshot: then the exact point it holds.
+    wal_position: WalPosition | None = None
+
+
+class ReplicaMetadata(BaseModel):
+    """The replica's index (``metadata.json``): rebuildable from a listing.
+
+    The first six fields are those of the original design, kept so its
+    readers still find them.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    format_version: int = METADATA_FORMAT_VERSION
+    database_id: str | None = None
+    latest_snapshot: str | None = None
+    latest_snapshot_time: datetime | None = None
+    latest_wal_sequence: int | None = None
+    snapshot_count: int = 0
+    last_modified: datetime = Field(default_factory=utcnow)
+    current_generation: str | None = None
+    snapshots: list[SnapshotInfo] = Field(default_factory=list)
+
+
+class RestoreResult(_Frozen):
+    """What a restore placed where, and from which snapshot."""
+
+    output: Path
+    snapshot: SnapshotInfo
+    size: int
+    integrity: Literal["ok"] = "ok"
+    duration_seconds: float

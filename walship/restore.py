@@ -1,0 +1,90 @@
+"""Restore: download, verify, and atomically place a database.
+
+The output only ever appears whole: bytes go to a temporary file beside it,
+are verified (size, SHA-256, ``PRAGMA integrity_check``), fsynced, and then
+renamed over the target. An existing database is replaced only with
+``force``.
+"""
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from walship._fs import fsync_dir
+from walship.catalog import read_snapshot_info
+from walship.codec import decompress_to_file
+from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+from walship.models import RestoreResult, SnapshotInfo
+from walship.sqlite import integrity_check, read_header
+from walship.storage import ObjectStore
+
+__all__ = ["check_output", "restore_snapshot"]
+
+# SQLite's companion files: a stale -wal beside a restored database would be
+# replayed into it, so they go before the new file is renamed into place.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def check_output(output: Path, *, force: bool) -> Path:
+    """Refuse an output path that cannot or must not be written."""
+    output = output.absolute()
+    if output.is_dir():
+        raise UsageError(f"restore target {output} is a directory: give a file path for the database")
+    if output.exists() and not force:
+        raise UsageError(f"restore target {output} already exists: choose another path or pass --force to replace it")
+    if not output.parent.is_dir():
+        raise UsageError(f"restore target directory {output.parent} does not exist: create it first")
+    return output
+
+
+def restore_snapshot(
+    store: ObjectStore,
+    snapshot: SnapshotInfo,
+    output: Path,
+    *,
+    force: bool = False,
+    expected_database_id: str | None = None,
+) -> RestoreResult:
+    """Restore ``snapshot`` to ``output``, verifying everything on the way."""
+    started = time.monotonic()
+    output = check_output(output, force=force)
+    # The object's own metadata is the authority, not the index we were given.
+    stored = read_snapshot_info(store, snapshot.key)
+    if stored.sha256 != snapshot.sha256 or stored.raw_size != snapshot.raw_size:
+        raise ChecksumMismatchError(
+            f"verify {snapshot.key}: the index and the object disagree on its checksum; run 'walship status --json'"
+        )
+    if expected_database_id is not None and stored.database_id != expected_database_id:
+        raise UsageError(
+            f"replica {store.location} holds database {stored.database_id!r}, not {expected_database_id!r}: "
+            "check the replica URL"
+        )
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, store.open(stored.key) as stream:
+            size = decompress_to_file(
+                stream, out, expected_sha256=stored.sha256, expected_size=stored.raw_size, name=stored.key
+            )
+            out.flush()
+            os.fsync(out.fileno())
+        header = read_header(tmp)
+        if (header.page_size, header.page_count) != (stored.page_size, stored.page_count):
+            raise CorruptObjectError(
+                f"verify {stored.key}: restored {header.page_count} pages of {header.page_size} bytes, "
+                f"recorded {stored.page_count} of {stored.page_size}"
+            )
+        integrity_check(tmp)
+        if output.exists() and not force:
+            raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
+        for suffix in _COMPANIONS:
+            Path(f"{output}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return RestoreResult(output=output, snapshot=stored, size=size, duration_seconds=time.monotonic() - started)
+

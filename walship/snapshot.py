@@ -1,0 +1,60 @@
+"""Snapshot pipeline steps over an ``ObjectStore``: the flow composes them.
+
+Until WAL shipping takes snapshots itself, each standalone snapshot starts a
+generation of its own (sequence 0): nothing proves continuity between two
+standalone snapshots, and a generation promises exactly that.
+"""
+
+from walship.catalog import describe_snapshot
+from walship.errors import CorruptObjectError, UsageError
+from walship.index import read_index
+from walship.layout import format_snapshot_key, new_generation
+from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
+from walship.storage import ObjectStore
+
+__all__ = ["check_database_id", "upload_snapshot"]
+
+
+def check_database_id(store: ObjectStore, database_id: str) -> None:
+    """Refuse to mix two databases in one replica prefix."""
+    metadata, _ = read_index(store)
+    if metadata is not None and metadata.database_id not in (None, database_id):
+        raise UsageError(
+            f"replica {store.location} holds database {metadata.database_id!r}, not {database_id!r}: "
+            "use another replica prefix, or pass --database-id if this really is the same database"
+        )
+
+
+def upload_snapshot(
+    store: ObjectStore,
+    source: SnapshotSource,
+    compressed: CompressedFile,
+    *,
+    database_id: str,
+    generation: str | None = None,
+    position: WalPosition | None = None,
+) -> SnapshotInfo:
+    """Upload a compressed snapshot under a new key; return what was stored."""
+    generation = generation or new_generation(source.taken_at)
+    sequence = position.sequence if position is not None else 0
+    info = SnapshotInfo(
+        key=format_snapshot_key(generation, sequence),
+        generation=generation,
+        sequence=sequence,
+        created_at=source.taken_at,
+        raw_size=compressed.raw_size,
+        compressed_size=compressed.compressed_size,
+        sha256=compressed.sha256,
+        page_size=source.page_size,
+        page_count=source.page_count,
+        level=compressed.level,
+        database_id=database_id,
+        sqlite_version=source.sqlite_version,
+        wal_position=position,
+    )
+    stored = store.put_file(info.key, compressed.path, metadata=describe_snapshot(info))
+    if stored.size != compressed.compressed_size:
+        raise CorruptObjectError(
+            f"upload {info.key}: storage reports {stored.size} bytes, {compressed.compressed_size} were sent"
+        )
+    return info

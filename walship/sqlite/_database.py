@@ -1,0 +1,68 @@
+"""Checks on database files: is it SQLite, what does its header say, is it whole."""
+
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import apsw
+
+from walship.errors import CorruptObjectError, UsageError
+
+__all__ = ["DatabaseHeader", "check_database", "integrity_check", "read_header"]
+
+# "Database File Format", section 1.3: the first 100 bytes of every database.
+_MAGIC = b"SQLite format 3\x00"
+_HEADER_SIZE = 100
+
+
+class DatabaseHeader(NamedTuple):
+    page_size: int
+    page_count: int
+    wal_mode: bool
+
+
+def read_header(path: Path) -> DatabaseHeader:
+    """Parse the fields of the database header that walship records."""
+    with path.open("rb") as handle:
+        header = handle.read(_HEADER_SIZE)
+    if len(header) < _HEADER_SIZE or not header.startswith(_MAGIC):
+        raise CorruptObjectError(f"{path} is not a SQLite database (bad header)")
+    (raw_page_size,) = struct.unpack(">H", header[16:18])
+    # A stored page size of 1 means 65536, which does not fit in two bytes.
+    page_size = 65536 if raw_page_size == 1 else raw_page_size
+    (page_count,) = struct.unpack(">I", header[28:32])
+    # Bytes 18 and 19 are the write/read format versions: 2 means WAL.
+    return DatabaseHeader(page_size, page_count, header[18] == 2)
+
+
+def check_database(path: Path) -> DatabaseHeader:
+    """Refuse, as bad input, anything that is not an existing SQLite database file."""
+    if not path.exists():
+        raise UsageError(f"database {path} does not exist: check the path")
+    if not path.is_file():
+        raise UsageError(f"database {path} is not a regular file: give the path of the SQLite database file")
+    try:
+        return read_header(path)
+    except CorruptObjectError:
+        raise UsageError(f"{path} is not a SQLite database (no 'SQLite format 3' header): check the path") from None
+    except PermissionError:
+        raise UsageError(f"database {path} is not readable: check its permissions") from None
+
+
+def integrity_check(path: Path) -> None:
+    """Run ``PRAGMA integrity_check`` on a file nobody else has open.
+
+    ``immutable=1`` tells SQLite no one else writes the file, so it takes no
+    locks and creates no -wal or -shm beside a file we are about to rename.
+    """
+    uri = f"file:{path}?immutable=1"
+    try:
+        connection = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        try:
+            rows = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+        finally:
+            connection.close()
+    except apsw.Error as exc:
+        raise CorruptObjectError(f"integrity check of {path} failed: {exc}") from exc
+    if rows != ["ok"]:
+        raise CorruptObjectError(f"integrity check of {path} failed: {'; '.join(map(str, rows[:3]))}")

@@ -1,0 +1,27 @@
+"""Object storage: the ``ObjectStore`` protocol and its backends."""
+
+from walship.storage._local import LocalStore
+from walship.storage._protocol import DELETE_BATCH_LIMIT, ObjectStore, ReadStream
+from walship.storage._s3 import S3Store
+from walship.storage._url import ReplicaURL, parse_replica_url
+
+__all__ = [
+    "DELETE_BATCH_LIMIT",
+    "LocalStore",
+    "ObjectStore",
+    "ReadStream",
+    "ReplicaURL",
+    "S3Store",
+    "open_store",
+    "parse_replica_url",
+]
+
+
+def open_store(url: str | ReplicaURL) -> ObjectStore:
+    """Open the backend a replica URL names."""
+    replica = parse_replica_url(url) if isinstance(url, str) else url
+    if replica.scheme == "file":
+        assert replica.path is not None
+        return LocalStore(replica.path)
+    assert replica.bucket is not None
+    return S3Store(replica.bucket, replica.prefix, endpoint=replica.endpoint)

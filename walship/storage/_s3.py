@@ -1,0 +1,226 @@
+"""S3 backend over boto3: any S3-compatible server.
+
+Credentials come from boto3's standard chain only (environment, profile,
+role); they never pass through walship's parameters or logs. The endpoint
+comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by boto3
+itself) or ``?endpoint=`` on the replica URL; with any explicit endpoint we
+use path-style addressing, which every S3-compatible server understands.
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import boto3
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from walship.errors import (
+    ConflictError,
+    NotFoundError,
+    PermanentStorageError,
+    TransientStorageError,
+    WalshipError,
+)
+from walship.models import ObjectInfo
+from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = ["S3Store"]
+
+# 16 MiB parts x 4 threads keeps a transfer's buffers near 64 MiB at most
+# while leaving 10,000 parts (the S3 multipart limit) for objects up to
+# 156 GiB; s3transfer raises the part size itself beyond that.
+PART_SIZE = 16 << 20
+TRANSFER_THREADS = 4
+_TRANSFER = TransferConfig(
+    multipart_threshold=PART_SIZE,
+    multipart_chunksize=PART_SIZE,
+    max_concurrency=TRANSFER_THREADS,
+    max_io_queue=TRANSFER_THREADS,
+)
+
+_NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
+_CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_DENIED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "InvalidToken",
+    "ExpiredToken",
+    "AuthorizationHeaderMalformed",
+}
+_TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+
+
+class S3Store:
+    """An ``ObjectStore`` over one bucket and prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint = endpoint
+        explicit_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        config = Config(
+            s3={"addressing_style": "path"} if explicit_endpoint else {},
+            # boto3 retries quick blips itself; anything that outlasts these
+            # attempts surfaces as TransientStorageError for the task to retry.
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=TRANSFER_THREADS * 2,
+        )
+        self._client: S3Client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._errors("put object", key):
+            self._client.upload_fileobj(
+                stream, self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
+            )
+        return self.head(key)
+
+    def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        with self._errors("put object", key):
+            self._client.upload_file(
+                str(path), self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
+            )
+        return self.head(key)
+
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ObjectInfo:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Body": data}
+        args["Metadata"] = dict(metadata or {})
+        if if_match is not None:
+            args["IfMatch"] = _quoted(if_match)
+        if if_none_match:
+            args["IfNoneMatch"] = "*"
+        with self._errors("put object", key):
+            response = self._client.put_object(**args)
+        return ObjectInfo(key=key, size=len(data), etag=_unquoted(response["ETag"]), metadata=dict(metadata or {}))
+
+    @contextlib.contextmanager
+    def open(self, key: str, *, start: int = 0, length: int | None = None) -> Iterator[ReadStream]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            args["Range"] = f"bytes={start}-{end}"
+        with self._errors("get object", key):
+            body = self._client.get_object(**args)["Body"]
+        try:
+            # Errors while reading the body (a reset mid-download) are
+            # translated too, so callers only ever see walship errors.
+            with self._errors("read object", key):
+                yield body
+        finally:
+            body.close()
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._errors("head object", key):
+            response = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=_unquoted(response["ETag"]),
+            last_modified=response["LastModified"],
+            metadata=response.get("Metadata", {}),
+        )
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors("list objects", prefix or "/"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=item["Key"][len(self.prefix) :],
+                        size=item["Size"],
+                        etag=_unquoted(item.get("ETag", "")),
+                        last_modified=item["LastModified"],
+                    )
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH_LIMIT):
+            batch = keys[start : start + DELETE_BATCH_LIMIT]
+            with self._errors("delete objects", batch[0]):
+                response = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True}
+                )
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise TransientStorageError(
+                    f"s3: delete objects: {len(errors)} of {len(batch)} not deleted "
+                    f"(first {first.get('Key')}: {first.get('Code')} {first.get('Message')})"
+                )
+
+    def _full(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str, key: str) -> Iterator[None]:
+        """Translate boto3's exceptions into walship's typed errors."""
+        where = f"s3: {operation} s3://{self.bucket}/{self._full(key)}"
+        try:
+            yield
+        except WalshipError:
+            raise
+        except botocore.exceptions.ClientError as exc:
+            raise _classify(where, exc, self.bucket) from exc
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise PermanentStorageError(
+                f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from exc
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+            raise TransientStorageError(f"{where}: {exc}") from exc
+        except botocore.exceptions.ResponseStreamingError as exc:
+            raise TransientStorageError(f"{where}: {exc}") from exc
+        except Exception as exc:
+            # s3transfer wraps client errors raised in its worker threads.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, botocore.exceptions.ClientError):
+                raise _classify(where, cause, self.bucket) from exc
+            if isinstance(exc, botocore.exceptions.BotoCoreError):
+                raise TransientStorageError(f"{where}: {exc}") from exc
+            raise
+
+
+def _classify(where: str, exc: botocore.exceptions.ClientError, bucket: str) -> WalshipError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    message = error.get("Message") or code
+    if code == "NoSuchBucket":
+        return NotFoundError(f"{where}: bucket {bucket!r} does not exist: create it or fix the replica URL")
+    if code in _NOT_FOUND or status == 404:
+        return NotFoundError(f"{where}: no such object")
+    if code in _CONFLICT or status in (409, 412):
+        return ConflictError(f"{where}: precondition failed ({code})")
+    if code in _DENIED or status in (401, 403):
+        return PermanentStorageError(f"{where}: access denied ({code}): check the AWS credentials and bucket policy")
+    if code in _TRANSIENT or status >= 500 or status == 429:
+        return TransientStorageError(f"{where}: {message} ({code or status})")
+    return PermanentStorageError(f"{where}: {message} ({code or status})")
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def _unquoted(etag: str) -> str:
+    return etag.strip('"')
