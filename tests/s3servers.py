@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from collections.abc import Sequence
 
 import boto3
 from botocore.config import Config
@@ -124,7 +125,7 @@ class SeaweedS3(_S3Server):
     removed by `stop()`.
     """
 
-    def __init__(self, timeout: float = 60.0) -> None:
+    def __init__(self, timeout: float = 60.0, extra_args: Sequence[str] = ()) -> None:
         self.access_key = "walshipadmin"
         self.secret_key = secrets.token_urlsafe(24)
         self.data_dir = Path(tempfile.mkdtemp(prefix="weed-"))
@@ -147,6 +148,7 @@ class SeaweedS3(_S3Server):
             "-filer", f"-filer.port={f}", f"-filer.port.grpc={fg}",
             "-s3", f"-s3.port={s}", f"-s3.port.grpc={sg}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
+            *extra_args,
         ]  # fmt: skip
         env = {**os.environ, "TMPDIR": str(self.data_dir / "tmp")}
         with open(self.log_path, "wb") as log:

@@ -5,6 +5,7 @@ listing plus one HEAD per object rebuilds everything the index says: restore
 never depends on ``metadata.json`` alone.
 """
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import ValidationError
@@ -39,9 +40,15 @@ def list_snapshot_keys(store: ObjectStore) -> list[str]:
     return sorted(keys, key=lambda k: parse_snapshot_key(k) or ("", 0))
 
 
-def list_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
-    """Every snapshot, oldest first, described from the objects themselves."""
-    return [read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
+def list_snapshots(store: ObjectStore, known: Sequence[SnapshotInfo] = ()) -> list[SnapshotInfo]:
+    """Every snapshot a listing shows, oldest first.
+
+    Descriptions in ``known`` (the index) spare a HEAD for the keys they
+    cover; a key the index lacks is described from its object. A key the
+    index has but the listing does not is left out: the listing is the truth.
+    """
+    by_key = {s.key: s for s in known}
+    return [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
 
 
 def select_snapshot(

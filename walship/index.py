@@ -20,7 +20,7 @@ from walship.layout import METADATA_KEY
 from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, utcnow
 from walship.storage import ObjectStore
 
-__all__ = ["add_snapshot", "read_index", "rebuild_index", "update_index"]
+__all__ = ["add_snapshot", "current_snapshots", "read_index", "rebuild_index", "update_index"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ def read_index(store: ObjectStore) -> tuple[ReplicaMetadata | None, str | None]:
             f"this walship reads up to {METADATA_FORMAT_VERSION}: upgrade walship"
         )
     return metadata, etag
+
+
+def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
+    """The snapshots a listing shows, described by the index where it can (one LIST)."""
+    try:
+        metadata, _ = read_index(store)
+    except CorruptObjectError as exc:
+        log.warning("%s; describing snapshots from the objects instead", exc)
+        metadata = None
+    return list_snapshots(store, known=metadata.snapshots if metadata else ())
 
 
 def rebuild_index(store: ObjectStore) -> ReplicaMetadata:

@@ -16,6 +16,7 @@ __all__ = [
     "ObjectInfo",
     "ReplicaMetadata",
     "RestoreResult",
+    "RetryPolicy",
     "SnapshotInfo",
     "SnapshotSource",
     "WalPosition",
@@ -120,3 +121,18 @@ class RestoreResult(_Frozen):
     size: int
     integrity: Literal["ok"] = "ok"
     duration_seconds: float
+
+
+class RetryPolicy(_Frozen):
+    """How a flow's tasks retry transient storage errors.
+
+    Part of each flow's parameters so prefect.yaml can declare retries per
+    deployment (it has no retries field of its own).
+    """
+
+    attempts: int = Field(default=4, ge=0, le=20, description="retries after the first try")
+    backoff_seconds: float = Field(default=2.0, gt=0, le=600, description="first delay; doubles each retry")
+    jitter: float = Field(default=0.5, ge=0, le=1, description="random spread of each delay, as a fraction")
+
+    def delays(self) -> list[float]:
+        return [self.backoff_seconds * 2**n for n in range(self.attempts)]

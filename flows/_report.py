@@ -1,0 +1,36 @@
+"""Markdown artifacts and run names shared by the flows."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+__all__ = ["artifact_key", "human_bytes", "publish", "run_name"]
+
+
+def human_bytes(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def artifact_key(kind: str, database: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in database.lower()).strip("-")
+    return f"walship-{kind}-{cleaned}"[:100]
+
+
+def run_name(kind: str, subject_parameter: str) -> str:
+    """A flow run name such as ``snapshot-app.db-20261124T0100``."""
+    subject = Path(str(flow_run.parameters.get(subject_parameter, "db"))).name
+    return f"{kind}-{subject}-{datetime.now(UTC):%Y%m%dT%H%M}"
+
+
+def publish(kind: str, subject: str, title: str, rows: list[tuple[str, str]]) -> None:
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n"
+    create_markdown_artifact(markdown=markdown, key=artifact_key(kind, subject), description=title)

@@ -1,0 +1,152 @@
+"""The operator CLI: ``walship snapshot | restore | status``.
+
+Exit status: 0 done; 1 the operation failed (corrupt or missing data,
+verification failed, storage unreachable after retries); 2 bad usage or bad
+input. Errors are one or two plain lines on stderr; ``--debug`` adds the
+traceback. Input is checked here, before any flow starts, so a typo fails in
+milliseconds rather than after Prefect has started.
+
+snapshot and restore run as Prefect flows; they are imported lazily because
+importing Prefect costs over a second that ``status`` and bad input need not pay.
+"""
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from walship import codec
+from walship.errors import UsageError, WalshipError
+from walship.restore import check_output
+from walship.sqlite import check_database
+from walship.status import replica_status
+from walship.storage import open_store, parse_replica_url
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        # argparse's own usage errors keep its exit status 2, which is ours too.
+        self.exit(EXIT_USAGE, f"walship: error: {message}\nRun 'walship --help' for usage.\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="walship", description="Continuous, verified backups of SQLite databases.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's flow and task logs")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    snap = commands.add_parser("snapshot", help="take a snapshot of a live database")
+    snap.add_argument("database", type=Path)
+    snap.add_argument("--replica", required=True, help="file:///dir or s3://bucket/prefix")
+    snap.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
+    snap.add_argument("--database-id", help="name of the database in the replica (default: file name)")
+    snap.add_argument("--workdir", type=Path, help="directory for the temporary copy (default: system temp)")
+
+    rest = commands.add_parser("restore", help="restore a database from a replica")
+    rest.add_argument("--replica", required=True)
+    rest.add_argument("--output", required=True, type=Path)
+    when = rest.add_mutually_exclusive_group()
+    when.add_argument("--timestamp", help="newest snapshot at or before this ISO 8601 time (UTC if no zone)")
+    when.add_argument("--snapshot", dest="snapshot_key", help="restore this snapshot key")
+    rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
+    rest.add_argument("--database-id", help="refuse a replica that holds another database")
+
+    stat = commands.add_parser("status", help="show what a replica holds")
+    stat.add_argument("--replica", required=True)
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("walship: interrupted", file=sys.stderr)
+        return 130
+    except WalshipError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"walship: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"walship: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("walship: run again with --debug for the traceback", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
+    replica = str(parse_replica_url(args.replica))
+    if args.command == "status":
+        status = replica_status(open_store(replica))
+        print(status.model_dump_json(indent=2) if args.json else status.render())
+        return EXIT_OK
+    _quiet_prefect(args.verbose)
+    if args.command == "snapshot":
+        check_database(args.database)
+        codec.validate_level(args.level)
+        from flows.snapshot import snapshot_flow
+
+        info = snapshot_flow(
+            database=args.database.resolve(),
+            replica=replica,
+            level=args.level,
+            database_id=args.database_id,
+            workdir=args.workdir,
+        )
+        ratio = info.raw_size / max(info.compressed_size, 1)
+        print(f"snapshot {info.key}: {info.raw_size} -> {info.compressed_size} bytes (ratio {ratio:.2f})")
+        return EXIT_OK
+    output = check_output(args.output, force=args.force)
+    timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
+    from flows.restore import restore_flow
+
+    result = restore_flow(
+        replica=replica,
+        output=output,
+        timestamp=timestamp,
+        snapshot_key=args.snapshot_key,
+        force=args.force,
+        database_id=args.database_id,
+    )
+    print(f"restored {result.snapshot.key} to {result.output} ({result.size} bytes, integrity ok)")
+    return EXIT_OK
+
+
+def _parse_timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--timestamp {text!r} is not ISO 8601: use e.g. 2026-11-24T08:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console logs out of an operator's terminal unless asked.
+
+    Runs still log to the API (dashboards keep everything); only the console
+    handler is silenced, so errors stay one or two lines.
+    """
+    defaults = {
+        "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    if not verbose:
+        defaults["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
