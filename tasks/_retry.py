@@ -5,13 +5,12 @@ from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
+from prefect.client.schemas.objects import State, TaskRun
 
 from walship.errors import TransientStorageError
 from walship.models import RetryPolicy
 
-__all__ = ["retry_only_transient", "with_retry_policy", "walship_task"]
+__all__ = ["retry_only_transient", "walship_task", "with_retry_policy"]
 
 T = TypeVar("T", bound=Task[Any, Any])
 P = ParamSpec("P")
@@ -29,7 +28,7 @@ def with_retry_policy(task: T, policy: RetryPolicy) -> T:
     return task.with_options(  # type: ignore[return-value]
         retries=policy.attempts,
         retry_delay_seconds=policy.delays(),
-        retry_jitter_factor=policy.jitter or None,
+        retry_jitter_factor=policy.jitter,
         retry_condition_fn=retry_only_transient,
     )
 
@@ -37,4 +36,4 @@ def with_retry_policy(task: T, policy: RetryPolicy) -> T:
 def walship_task(fn: Callable[P, R]) -> Task[P, R]:
     """Declare a walship task: no cache key computed over big inputs, no result
     written anywhere, transient-only retries (counts come from the flow's policy)."""
-    return task(fn, cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_only_transient)
+    return task(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_only_transient)(fn)

@@ -81,9 +81,11 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
         generation, _, sequence = position.rpartition("/")
         fields["wal_position"] = WalPosition(generation=generation, sequence=int(sequence))
     try:
-        info = SnapshotInfo(key=obj.key, **fields)  # type: ignore[arg-type]
+        info = SnapshotInfo(key=obj.key, **fields)
     except ValidationError as exc:
-        raise CorruptObjectError(f"snapshot {obj.key} has missing or bad metadata: {exc.error_count()} problem(s)") from exc
+        raise CorruptObjectError(
+            f"snapshot {obj.key} has missing or bad metadata: {exc.error_count()} problem(s)"
+        ) from exc
     if format_snapshot_key(info.generation, info.sequence) != obj.key or info.compressed_size != obj.size:
         raise CorruptObjectError(
             f"snapshot {obj.key}: its metadata describes {info.generation}/{info.sequence} "

@@ -11,7 +11,6 @@ importing Prefect costs over a second that ``status`` and bad input need not pay
 """
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -96,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "snapshot":
         check_database(args.database)
         codec.validate_level(args.level)
-        from flows.snapshot import snapshot_flow
+        from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
         info = snapshot_flow(
             database=args.database.resolve(),
@@ -110,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
-    from flows.restore import restore_flow
+    from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
     result = restore_flow(
         replica=replica,

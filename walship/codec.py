@@ -7,7 +7,7 @@ size: nothing here holds a whole object.
 import hashlib
 import os
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, cast
 
 import zstandard
 
@@ -67,7 +67,7 @@ def compress_file(source: Path, target: Path, level: int = DEFAULT_LEVEL) -> Com
     compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
     with source.open("rb") as raw, target.open("wb") as out:
         reader = _HashingReader(raw)
-        compressor.copy_stream(reader, out, size=size, read_size=CHUNK_SIZE, write_size=CHUNK_SIZE)
+        compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=CHUNK_SIZE, write_size=CHUNK_SIZE)
         out.flush()
         os.fsync(out.fileno())
     if reader.count != size:
@@ -93,7 +93,7 @@ def decompress_to_file(
     written = 0
     decompressor = zstandard.ZstdDecompressor()
     try:
-        with decompressor.stream_reader(source, read_size=CHUNK_SIZE, closefd=False) as reader:
+        with decompressor.stream_reader(cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False) as reader:
             while chunk := reader.read(CHUNK_SIZE):
                 digest.update(chunk)
                 target.write(chunk)

@@ -41,7 +41,9 @@ def read_index(store: ObjectStore) -> tuple[ReplicaMetadata | None, str | None]:
     try:
         metadata = ReplicaMetadata.model_validate_json(raw)
     except ValidationError as exc:
-        raise CorruptObjectError(f"{METADATA_KEY} in {store.location} is not a valid index: {exc.error_count()} problem(s)") from exc
+        raise CorruptObjectError(
+            f"{METADATA_KEY} in {store.location} is not a valid index: {exc.error_count()} problem(s)"
+        ) from exc
     if metadata.format_version > METADATA_FORMAT_VERSION:
         raise CorruptObjectError(
             f"{METADATA_KEY} in {store.location} has format {metadata.format_version}; "

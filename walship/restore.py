@@ -87,4 +87,3 @@ def restore_snapshot(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return RestoreResult(output=output, snapshot=stored, size=size, duration_seconds=time.monotonic() - started)
-

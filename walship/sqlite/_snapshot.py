@@ -57,4 +57,3 @@ def take_snapshot(database: Path, target: Path) -> SnapshotSource:
         sqlite_version=f"apsw {apsw.sqlite_lib_version()}; application sqlite3 {sqlite3.sqlite_version}",
         taken_at=taken_at,
     )
-

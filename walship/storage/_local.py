@@ -208,5 +208,3 @@ def _atomic_write_text(path: Path, text: str, tmp_dir: Path) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp_name, path)
-
-
