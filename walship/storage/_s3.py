@@ -66,6 +66,8 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint = endpoint
+        # Tests lower this to exercise paging; S3 itself caps pages at 1,000.
+        self.list_page_size = 1000
         explicit_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(
             s3={"addressing_style": "path"} if explicit_endpoint else {},
@@ -145,7 +147,9 @@ class S3Store:
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         with self._errors("list objects", prefix or "/"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.list_page_size}
+            ):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(
                         key=item["Key"][len(self.prefix) :],

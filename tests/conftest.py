@@ -1,0 +1,105 @@
+"""Shared fixtures: real S3 servers over HTTP, a Prefect test harness, live databases."""
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.workload import create_database, writer_command
+from tests.s3servers import MotoS3, SeaweedS3, _S3Server
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["local", "moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
+
+# Prefect's server and clients read these at import and start-up: quiet,
+# no telemetry, nothing written to the user's ~/.prefect.
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoS3]:
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedS3]:
+    with SeaweedS3() as server:
+        yield server
+
+
+def use_credentials(monkeypatch: pytest.MonkeyPatch, server: _S3Server) -> None:
+    """Point boto3's standard credential chain (the environment) at ``server``."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest, backend: str) -> _S3Server | None:
+    if backend == "local":
+        return None
+    return request.getfixturevalue(f"{'moto' if backend == 'moto' else 'seaweed'}_server")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def replica_url(backend: str, s3_server: _S3Server | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh, empty replica on the backend under test."""
+    if s3_server is None:
+        return f"file://{tmp_path / 'replica'}"
+    use_credentials(monkeypatch, s3_server)
+    bucket = f"walship-{secrets.token_hex(6)}"
+    s3_server.create_bucket(bucket)
+    return f"s3://{bucket}/backups/app?endpoint={s3_server.endpoint}"
+
+
+@pytest.fixture(scope="session")
+def base_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4 MiB WAL-mode database of realistic rows, built once per session."""
+    path = tmp_path_factory.mktemp("base") / "base.db"
+    create_database(path, 4 << 20, seed=11)
+    return path
+
+
+@pytest.fixture
+def database(base_database: Path, tmp_path: Path) -> Path:
+    """A private copy of the base database for one test."""
+    path = tmp_path / "app.db"
+    shutil.copyfile(base_database, path)
+    return path
+
+
+class Writers:
+    """Writer processes committing to a database until stopped."""
+
+    def __init__(self, database: Path, seed: int, count: int, rate: float) -> None:
+        self.processes = [
+            subprocess.Popen(writer_command(database, writer=w, seed=seed, seconds=120, rate=rate), cwd=ROOT)
+            for w in range(1, count + 1)
+        ]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def writers(database: Path) -> Iterator[Writers]:
+    """Three writer processes (seed 11) committing about 300 transactions/s each."""
+    running = Writers(database, seed=11, count=3, rate=300)
+    yield running
+    running.stop()

@@ -1,0 +1,88 @@
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from walship.codec import compress_file, decompress_to_file, validate_level
+from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+
+
+def _roundtrip(tmp_path: Path, data: bytes, level: int = 3) -> tuple[bytes, bytes]:
+    source = tmp_path / "in"
+    source.write_bytes(data)
+    compressed = compress_file(source, tmp_path / "in.zst", level)
+    assert compressed.raw_size == len(data)
+    assert compressed.sha256 == hashlib.sha256(data).hexdigest()
+    assert compressed.compressed_size == (tmp_path / "in.zst").stat().st_size
+    return (tmp_path / "in.zst").read_bytes(), compressed.sha256.encode()
+
+
+class TestCompressFile:
+    """compress_file streams zstd and hashes the uncompressed bytes."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(data=st.binary(max_size=300_000), level=st.integers(1, 9))
+    def test_roundtrip(self, tmp_path_factory: pytest.TempPathFactory, data: bytes, level: int) -> None:
+        tmp_path = tmp_path_factory.mktemp("codec")
+        blob, sha = _roundtrip(tmp_path, data, level)
+        out = io.BytesIO()
+        written = decompress_to_file(
+            io.BytesIO(blob), out, expected_sha256=sha.decode(), expected_size=len(data), name="k"
+        )
+        assert written == len(data)
+        assert out.getvalue() == data
+
+    def test_compresses_repetitive_data(self, tmp_path: Path) -> None:
+        blob, _ = _roundtrip(tmp_path, b"walship " * 100_000)
+        assert len(blob) < 10_000
+
+    @pytest.mark.parametrize("level", [0, 23, -1])
+    def test_rejects_levels_out_of_range(self, level: int) -> None:
+        with pytest.raises(UsageError, match="1 to 22"):
+            validate_level(level)
+
+
+class TestDecompressToFile:
+    """decompress_to_file refuses anything but the exact bytes that were written."""
+
+    DATA = bytes(range(256)) * 4096
+
+    def _blob(self, tmp_path: Path) -> tuple[bytes, str]:
+        blob, sha = _roundtrip(tmp_path, self.DATA)
+        return blob, sha.decode()
+
+    def test_flipped_byte_is_detected(self, tmp_path: Path) -> None:
+        blob, sha = self._blob(tmp_path)
+        corrupt = bytearray(blob)
+        corrupt[len(corrupt) // 2] ^= 0x01
+        with pytest.raises((ChecksumMismatchError, CorruptObjectError), match="obj"):
+            decompress_to_file(
+                io.BytesIO(bytes(corrupt)), io.BytesIO(), expected_sha256=sha, expected_size=len(self.DATA), name="obj"
+            )
+
+    def test_truncated_object_is_detected(self, tmp_path: Path) -> None:
+        blob, sha = self._blob(tmp_path)
+        with pytest.raises((ChecksumMismatchError, CorruptObjectError), match="obj"):
+            decompress_to_file(
+                io.BytesIO(blob[: len(blob) // 2]),
+                io.BytesIO(),
+                expected_sha256=sha,
+                expected_size=len(self.DATA),
+                name="obj",
+            )
+
+    def test_wrong_recorded_checksum_is_detected(self, tmp_path: Path) -> None:
+        blob, _ = self._blob(tmp_path)
+        with pytest.raises(ChecksumMismatchError, match="does not match"):
+            decompress_to_file(
+                io.BytesIO(blob), io.BytesIO(), expected_sha256="0" * 64, expected_size=len(self.DATA), name="obj"
+            )
+
+    def test_not_zstd_is_corrupt(self) -> None:
+        with pytest.raises(CorruptObjectError, match="not a valid zstd stream"):
+            decompress_to_file(
+                io.BytesIO(b"plain text, not zstd" * 10), io.BytesIO(), expected_sha256="0", expected_size=1, name="o"
+            )

@@ -1,0 +1,149 @@
+"""One storage suite, run against every backend: local directory, moto, SeaweedFS."""
+
+import hashlib
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import use_credentials
+from tests.s3servers import _S3Server
+from walship.errors import ConflictError, NotFoundError, PermanentStorageError
+from walship.storage import ObjectStore, S3Store, open_store
+
+
+class _Pattern(io.RawIOBase):
+    """A non-seekable stream of ``size`` pseudo-random bytes, never all in memory."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.digest = hashlib.sha256()
+        self._block = secrets.token_bytes(1 << 16)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left, len(self._block))
+        buffer[:n] = self._block[:n]
+        self.digest.update(self._block[:n])
+        self.left -= n
+        return n
+
+
+@pytest.fixture
+def store(replica_url: str) -> ObjectStore:
+    return open_store(replica_url)
+
+
+def _read(store: ObjectStore, key: str, **kwargs: int) -> bytes:
+    with store.open(key, **kwargs) as stream:
+        return stream.read()
+
+
+class TestObjectStore:
+    """Every backend honours the ObjectStore protocol the same way."""
+
+    def test_put_bytes_then_read_and_head(self, store: ObjectStore) -> None:
+        info = store.put_bytes("a/b.txt", b"hello walship", metadata={"walship-x": "1"})
+        assert info.size == 13
+        assert _read(store, "a/b.txt") == b"hello walship"
+        head = store.head("a/b.txt")
+        assert (head.size, head.etag, head.metadata) == (13, info.etag, {"walship-x": "1"})
+
+    def test_range_read(self, store: ObjectStore) -> None:
+        store.put_bytes("r", bytes(range(100)))
+        assert _read(store, "r", start=10, length=5) == bytes(range(10, 15))
+        assert _read(store, "r", start=95) == bytes(range(95, 100))
+
+    def test_put_stream_multipart(self, store: ObjectStore) -> None:
+        """40 MiB from a non-seekable stream: several 16 MiB parts on S3."""
+        stream = _Pattern(40 << 20)
+        info = store.put_stream("big/object", io.BufferedReader(stream), metadata={"walship-sha256": "x"})
+        assert info.size == 40 << 20
+        digest = hashlib.sha256()
+        with store.open("big/object") as body:
+            while chunk := body.read(1 << 20):
+                digest.update(chunk)
+        assert digest.hexdigest() == stream.digest.hexdigest()
+        assert store.head("big/object").metadata == {"walship-sha256": "x"}
+
+    def test_put_file(self, store: ObjectStore, tmp_path: Path) -> None:
+        path = tmp_path / "f"
+        path.write_bytes(b"x" * 1000)
+        assert store.put_file("f", path).size == 1000
+        assert _read(store, "f") == b"x" * 1000
+
+    def test_list_in_key_order_with_prefix(self, store: ObjectStore) -> None:
+        for key in ("p/b", "p/a", "p/c/d", "q/z"):
+            store.put_bytes(key, key.encode())
+        assert [o.key for o in store.list("p/")] == ["p/a", "p/b", "p/c/d"]
+        assert [o.size for o in store.list("p/")] == [3, 3, 5]
+        assert [o.key for o in store.list("nothing/")] == []
+
+    def test_list_pages_through_more_than_one_page(self, store: ObjectStore) -> None:
+        if isinstance(store, S3Store):
+            store.list_page_size = 7
+        keys = [f"many/{i:03d}" for i in range(30)]
+        for key in keys:
+            store.put_bytes(key, b"")
+        assert [o.key for o in store.list("many/")] == keys
+
+    def test_delete_batches_over_the_limit(self, store: ObjectStore) -> None:
+        """1,005 keys: two DeleteObjects requests on S3."""
+        keys = [f"d/{i:04d}" for i in range(1005)]
+        for key in keys:
+            store.put_bytes(key, b"1")
+        store.delete([*keys, "d/never-existed"])
+        assert list(store.list("d/")) == []
+
+    def test_missing_object(self, store: ObjectStore) -> None:
+        with pytest.raises(NotFoundError, match="missing"):
+            store.head("missing")
+        with pytest.raises(NotFoundError, match="missing"), store.open("missing"):
+            pass
+
+    def test_if_none_match_creates_once(self, store: ObjectStore) -> None:
+        store.put_bytes("lease", b"one", if_none_match=True)
+        with pytest.raises(ConflictError):
+            store.put_bytes("lease", b"two", if_none_match=True)
+        assert _read(store, "lease") == b"one"
+
+    def test_if_match_needs_the_current_etag(self, store: ObjectStore) -> None:
+        first = store.put_bytes("index", b"v1")
+        second = store.put_bytes("index", b"v2", if_match=first.etag)
+        with pytest.raises(ConflictError):
+            store.put_bytes("index", b"v3", if_match=first.etag)
+        assert _read(store, "index") == b"v2"
+        store.put_bytes("index", b"v3", if_match=second.etag)
+        assert _read(store, "index") == b"v3"
+
+
+@pytest.fixture
+def s3_only(s3_server: _S3Server | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[_S3Server]:
+    if s3_server is None:
+        pytest.skip("S3 failure modes")
+    use_credentials(monkeypatch, s3_server)
+    yield s3_server
+
+
+class TestS3Failures:
+    """S3 refusals become typed errors that say what to fix."""
+
+    def test_missing_bucket(self, s3_only: _S3Server) -> None:
+        store = open_store(f"s3://no-such-bucket-{secrets.token_hex(4)}/x?endpoint={s3_only.endpoint}")
+        with pytest.raises(NotFoundError, match="does not exist"):
+            list(store.list())
+        # HEAD responses have no body, so a missing bucket reads as a missing object.
+        with pytest.raises(NotFoundError):
+            store.head("k")
+
+    @pytest.mark.seaweedfs
+    def test_wrong_credentials(self, seaweed_server: _S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+        use_credentials(monkeypatch, seaweed_server)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        store = open_store(f"s3://walship-creds/x?endpoint={seaweed_server.endpoint}")
+        with pytest.raises(PermanentStorageError, match="credentials"):
+            store.put_bytes("k", b"v")
