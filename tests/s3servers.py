@@ -205,7 +205,7 @@ class SeaweedS3(_S3Server):
         tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(
             f"SeaweedFS S3 at {self.endpoint} not ready (exit code {proc.poll()}, "
-            f"timeout {timeout:.0f}s, last error {last!r})\ncommand: {' '.join(self.command)}\nlog tail:\n{tail}"
+            f"timeout {timeout:g}s, last error {last!r})\ncommand: {' '.join(self.command)}\nlog tail:\n{tail}"
         )
 
     def stop(self) -> None:

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -122,11 +121,11 @@ class TestObjectStore:
 
 
 @pytest.fixture
-def s3_only(s3_server: _S3Server | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[_S3Server]:
+def s3_only(s3_server: _S3Server | None, monkeypatch: pytest.MonkeyPatch) -> _S3Server:
     if s3_server is None:
         pytest.skip("S3 failure modes")
     use_credentials(monkeypatch, s3_server)
-    yield s3_server
+    return s3_server
 
 
 class TestS3Failures:

@@ -1,0 +1,32 @@
+"""Test helpers: the snapshot pipeline as the tasks run it, and object tampering."""
+
+import io
+import tempfile
+from pathlib import Path
+
+from walship import codec, index, snapshot, sqlite
+from walship.models import SnapshotInfo
+from walship.storage import ObjectStore
+
+
+def take_and_upload(store: ObjectStore, database: Path, database_id: str = "app.db") -> SnapshotInfo:
+    """The snapshot flow's steps, without Prefect: copy, compress, upload, record."""
+    snapshot.check_database_id(store, database_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = sqlite.take_snapshot(database, Path(scratch) / "s.db")
+        compressed = codec.compress_file(source.path, Path(scratch) / "s.db.zst")
+        info = snapshot.upload_snapshot(store, source, compressed, database_id=database_id)
+    index.add_snapshot(store, info)
+    return info
+
+
+def rewrite_object(store: ObjectStore, key: str, change: str) -> None:
+    """Damage a stored object in place, keeping its metadata: 'flip' one byte or 'truncate' it."""
+    metadata = store.head(key).metadata
+    with store.open(key) as stream:
+        data = bytearray(stream.read())
+    if change == "flip":
+        data[len(data) // 2] ^= 0x40
+    else:
+        del data[len(data) // 2 :]
+    store.put_stream(key, io.BytesIO(bytes(data)), metadata=metadata)
