@@ -9,7 +9,7 @@ Both sides move the same database through the same moto S3 server:
 
 Core only: the children call the functions the Prefect tasks call; the CLI
 process (python + prefect import, flow and task orchestration) is excluded.
-Peak RSS is ru_maxrss from wait4(2) on each child. awscli lives in its own
+Peak RSS is GNU time's %M for each process. awscli lives in its own
 venv (build/bench/awscli-venv), installed on first run.
 
     python -m bench.snapshot_restore [--mib 256] [--level 3] [--repeat 1]
@@ -105,18 +105,21 @@ def child_restore(replica: str, output: Path) -> dict[str, Any]:
 
 
 def run(argv: list[str]) -> tuple[float, float, str]:
-    """Run ``argv``: wall seconds, peak RSS in MiB (ru_maxrss via wait4), stdout."""
-    started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, cwd=ROOT)
-    assert proc.stdout is not None
-    with proc.stdout:
-        out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        sys.exit(f"failed with exit code {proc.returncode}: {' '.join(argv)}")
-    return elapsed, usage.ru_maxrss / 1024, out
+    """Run ``argv``: wall seconds, peak RSS in MiB, stdout.
+
+    The peak comes from GNU time (%M), not from our own wait4: a child's
+    ru_maxrss starts at its parent's RSS (exec keeps the vfork'ed mm's high
+    water mark), and this parent holds moto with every object in memory.
+    """
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv], stdout=subprocess.PIPE, cwd=ROOT, check=False
+        )
+        elapsed = time.monotonic() - started
+        if proc.returncode:
+            sys.exit(f"failed with exit code {proc.returncode}: {' '.join(argv)}")
+        return elapsed, int(peak.read().split()[-1]) / 1024, proc.stdout.decode()
 
 
 def awscli() -> str:
@@ -258,9 +261,9 @@ def main() -> None:
     if args.child == "restore":
         print(json.dumps(child_restore(args.replica, args.output)))
         return
-    missing = [tool for tool in ("sqlite3", "zstd") if shutil.which(tool) is None]
+    missing = [tool for tool in ("sqlite3", "zstd", "/usr/bin/time") if not shutil.which(tool)]
     if missing:
-        sys.exit(f"the baseline pipeline needs the {' and '.join(missing)} CLI: run 'apt-get install sqlite3 zstd'")
+        sys.exit(f"this benchmark needs {', '.join(missing)}: run 'apt-get install sqlite3 zstd time'")
     BUILD.mkdir(parents=True, exist_ok=True)
     aws = awscli()
     db, digest = database(args.mib)

@@ -20,11 +20,50 @@ from pathlib import Path
 
 __all__ = ["committed_counts", "content_digest", "create_database", "expected_state", "writer_command"]
 
-_WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
-    "quebec romeo sierra tango uniform victor whiskey xray yankee zulu order invoice shipped pending "
-    "refund customer account balance priority express standard warehouse berlin paris tokyo lagos"
-).split()
+_WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+    "order",
+    "invoice",
+    "shipped",
+    "pending",
+    "refund",
+    "customer",
+    "account",
+    "balance",
+    "priority",
+    "express",
+    "standard",
+    "warehouse",
+    "berlin",
+    "paris",
+    "tokyo",
+    "lagos",
+]
 _ACCOUNTS = 1000
 _WRITER_ID_SHIFT = 40
 

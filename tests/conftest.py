@@ -103,3 +103,13 @@ def writers(database: Path) -> Iterator[Writers]:
     running = Writers(database, seed=11, count=3, rate=300)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API (a temporary server) for the whole session; yields its URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())

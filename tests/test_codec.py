@@ -82,7 +82,7 @@ class TestDecompressToFile:
             )
 
     def test_not_zstd_is_corrupt(self) -> None:
-        with pytest.raises(CorruptObjectError, match="not a valid zstd stream"):
+        with pytest.raises(CorruptObjectError, match="corrupt"):
             decompress_to_file(
                 io.BytesIO(b"plain text, not zstd" * 10), io.BytesIO(), expected_sha256="0", expected_size=1, name="o"
             )

@@ -99,7 +99,7 @@ def decompress_to_file(
                 target.write(chunk)
                 written += len(chunk)
     except zstandard.ZstdError as exc:
-        raise CorruptObjectError(f"decompress {name}: not a valid zstd stream ({exc})") from exc
+        raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
     if written != expected_size:
         raise ChecksumMismatchError(
             f"verify {name}: decompressed to {written} bytes, expected {expected_size} (object truncated or corrupt)"

@@ -113,8 +113,15 @@ class S3Store:
             args["IfMatch"] = _quoted(if_match)
         if if_none_match:
             args["IfNoneMatch"] = "*"
-        with self._errors("put object", key):
-            response = self._client.put_object(**args)
+        try:
+            with self._errors("put object", key):
+                response = self._client.put_object(**args)
+        except NotFoundError as exc:
+            if if_match is None:
+                raise
+            # Some servers answer If-Match on a deleted key with 404, others
+            # with 412: either way the object is not the one we read.
+            raise ConflictError(f"s3: put object {self._full(key)}: object vanished since it was read") from exc
         return ObjectInfo(key=key, size=len(data), etag=_unquoted(response["ETag"]), metadata=dict(metadata or {}))
 
     @contextlib.contextmanager
