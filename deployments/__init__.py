@@ -1,0 +1,1 @@
+"""Ways to run the deployments declared in prefect.yaml."""
