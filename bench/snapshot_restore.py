@@ -36,14 +36,12 @@ AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
 PIPE_KEY = f"s3://{BUCKET}/pipeline/snapshot.sqlite.zst"
 
-Stages = dict[str, float]
-
 
 class Laps:
     """Seconds per named stage, each measured from the end of the previous one."""
 
     def __init__(self) -> None:
-        self.stages: Stages = {}
+        self.stages: dict[str, float] = {}
         self._last = time.monotonic()
 
     def __call__(self, name: str) -> None:
@@ -60,27 +58,28 @@ class Laps:
             try:
                 return inner(*args, **kwargs)
             finally:
-                self.stages[name] = self.stages.get(name, 0.0) + time.monotonic() - start
-                self._last += time.monotonic() - start
+                spent = time.monotonic() - start
+                self.stages[name] = self.stages.get(name, 0.0) + spent
+                self._last += spent
 
         setattr(owner, name, timed)
 
 
-def child_snapshot(database: Path, replica: str, work: Path, level: int) -> dict[str, Any]:
-    lap = Laps()
+def child_snapshot(database: str, replica: str, work: str, level: int) -> dict[str, Any]:
+    lap, db = Laps(), Path(database)
     from walship import codec, index, snapshot, sqlite  # noqa: PLC0415 - timed as a stage
     from walship.storage import open_store  # noqa: PLC0415
 
     lap("import walship")
     # One store per step, as each Prefect task opens its own.
-    snapshot.check_database_id(open_store(replica), database.name)
+    snapshot.check_database_id(open_store(replica), db.name)
     lap("check replica")
     scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=work))
-    source = sqlite.take_snapshot(database, scratch / "snapshot.db")
+    source = sqlite.take_snapshot(db, scratch / "snapshot.db")
     lap("backup copy")
     compressed = codec.compress_file(source.path, scratch / "snapshot.db.zst", level)
     lap("compress")
-    info = snapshot.upload_snapshot(open_store(replica), source, compressed, database_id=database.name)
+    info = snapshot.upload_snapshot(open_store(replica), source, compressed, database_id=db.name)
     lap("upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
@@ -89,7 +88,7 @@ def child_snapshot(database: Path, replica: str, work: Path, level: int) -> dict
     return {"stages": lap.stages, "compressed": info.compressed_size}
 
 
-def child_restore(replica: str, output: Path) -> dict[str, Any]:
+def child_restore(replica: str, output: str) -> dict[str, Any]:
     lap = Laps()
     from walship import catalog, index, restore  # noqa: PLC0415 - timed as a stage
     from walship.storage import open_store  # noqa: PLC0415
@@ -99,17 +98,17 @@ def child_restore(replica: str, output: Path) -> dict[str, Any]:
     lap("list snapshots")
     lap.wrap(restore, "decompress_to_file")  # download + decompress + hash + write, streamed
     lap.wrap(restore, "integrity_check")
-    restore.restore_snapshot(open_store(replica), chosen, output)
+    restore.restore_snapshot(open_store(replica), chosen, Path(output))
     lap("head, fsync, rename")
     return {"stages": lap.stages}
 
 
 def run(argv: list[str]) -> tuple[float, float, str]:
-    """Run ``argv``: wall seconds, peak RSS in MiB, stdout.
+    """Wall seconds, peak RSS in MiB and stdout of ``argv``.
 
-    The peak comes from GNU time (%M), not from our own wait4: a child's
-    ru_maxrss starts at its parent's RSS (exec keeps the vfork'ed mm's high
-    water mark), and this parent holds moto with every object in memory.
+    The peak is GNU time's %M, not our own wait4: a child's ru_maxrss starts at
+    its parent's RSS (exec keeps the vfork'ed mm's high-water mark), and this
+    parent holds moto with every object in memory.
     """
     with tempfile.NamedTemporaryFile("r") as peak:
         started = time.monotonic()
@@ -162,18 +161,14 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
         result[name] = {"seconds": sum(stages.values()), "rss": rss, "stages": stages}
         return out
 
-    def walship(name: str, argv: list[str]) -> dict[str, Any]:
-        out = measure(name, {"total": me + argv})
-        reported = json.loads(out.splitlines()[-1])
+    def walship(op: str, **spec: Any) -> dict[str, Any]:
+        reported = json.loads(measure(f"walship {op}", {"total": [*me, op, json.dumps(spec)]}).splitlines()[-1])
         stages = reported.pop("stages")
-        started = result[name]["seconds"] - sum(stages.values())
-        result[name]["stages"] = {"python start": started, **stages}
+        started = result[f"walship {op}"]["seconds"] - sum(stages.values())
+        result[f"walship {op}"]["stages"] = {"python start": started, **stages}
         return dict(reported)
 
-    snap = walship(
-        "walship snapshot",
-        ["snapshot", "--db", str(db), "--replica", replica, "--work", str(work), "--level", str(level)],
-    )
+    snap = walship("snapshot", database=str(db), replica=replica, work=str(work), level=level)
     measure(
         "pipeline snapshot",
         {
@@ -183,9 +178,9 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
         },
     )
     result["sizes"] = {"walship": snap["compressed"], "zstd": pipe_zst.stat().st_size}
-    pipe_db.unlink()
-    pipe_zst.unlink()
-    walship("walship restore", ["restore", "--replica", replica, "--output", str(wal_out)])
+    for done in (pipe_db, pipe_zst):
+        done.unlink()
+    walship("restore", replica=replica, output=str(wal_out))
     check = measure(
         "pipeline restore",
         {
@@ -205,41 +200,30 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
 
 
 def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
-    size = db.stat().st_size
+    size, sizes = db.stat().st_size, rounds[-1]["sizes"]
 
-    def med(name: str, field: str) -> float:
-        return statistics.median(r[name][field] for r in rounds)
+    def med(name: str, field: str, stage: str | None = None) -> float:
+        return float(statistics.median(r[name]["stages"][stage] if stage else r[name][field] for r in rounds))
 
-    print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes), {len(rounds)} run(s), median shown\n")
+    print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes); median of {len(rounds)} run(s)\n")
     print("| operation | walship MB/s | pipeline MB/s | ratio (walship/pipeline) | walship peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")
     for op in ("snapshot", "restore"):
-        ours, theirs = size / 1e6 / med(f"walship {op}", "seconds"), size / 1e6 / med(f"pipeline {op}", "seconds")
+        ours, theirs = (size / 1e6 / med(f"{side} {op}", "seconds") for side in ("walship", "pipeline"))
         print(f"| {op} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {med(f'walship {op}', 'rss'):.0f} |")
-    sizes = rounds[-1]["sizes"]
     print(
         f"\ncompressed: walship {sizes['walship'] / 2**20:.1f} MiB ({size / sizes['walship']:.2f}x), "
-        f"zstd -{level} CLI {sizes['zstd'] / 2**20:.1f} MiB ({size / sizes['zstd']:.2f}x)"
-    )
-    rss = {op: med(f"pipeline {op}", "rss") for op in ("snapshot", "restore")}
-    print(
-        f"pipeline peak RSS (largest of its processes): snapshot {rss['snapshot']:.0f} MiB, "
-        f"restore {rss['restore']:.0f} MiB"
-    )
-    print(
+        f"zstd -{level} CLI {sizes['zstd'] / 2**20:.1f} MiB ({size / sizes['zstd']:.2f}x)\n"
+        f"pipeline peak RSS (its largest process): snapshot {med('pipeline snapshot', 'rss'):.0f} MiB, "
+        f"restore {med('pipeline restore', 'rss'):.0f} MiB\n"
         "core only: the Prefect CLI process (python + prefect import, flow/task orchestration) is excluded; "
-        "walship times are child processes calling the core functions the tasks call (python start included)."
+        "walship runs in child processes calling the core functions the tasks call (python start included)."
     )
     for op in ("snapshot", "restore"):
         print(f"\n| {op} stage | walship s | pipeline s |\n|---|---:|---:|")
-        names = list(rounds[0][f"walship {op}"]["stages"]) + list(rounds[0][f"pipeline {op}"]["stages"])
-        for stage in dict.fromkeys(names):
-            cells = [
-                f"{statistics.median(r[f'{side} {op}']['stages'][stage] for r in rounds):.2f}"
-                if stage in rounds[0][f"{side} {op}"]["stages"]
-                else ""
-                for side in ("walship", "pipeline")
-            ]
+        sides = {side: rounds[0][f"{side} {op}"]["stages"] for side in ("walship", "pipeline")}
+        for stage in dict.fromkeys([*sides["walship"], *sides["pipeline"]]):
+            cells = [f"{med(f'{side} {op}', '', stage):.2f}" if stage in sides[side] else "" for side in sides]
             print(f"| {stage} | {' | '.join(cells)} |")
         print(f"| **total** | {med(f'walship {op}', 'seconds'):.2f} | {med(f'pipeline {op}', 'seconds'):.2f} |")
 
@@ -249,17 +233,12 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="database size in MiB (default 256)")
     parser.add_argument("--level", type=int, default=3, help="zstd level for both sides (default 3)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported (default 1)")
-    parser.add_argument("--child", choices=("snapshot", "restore"), help=argparse.SUPPRESS)
-    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--replica", help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("OP", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "snapshot":
-        print(json.dumps(child_snapshot(args.db, args.replica, args.work, args.level)))
-        return
-    if args.child == "restore":
-        print(json.dumps(child_restore(args.replica, args.output)))
+    if args.child:  # one walship operation, in this child process: print its stage timings
+        children: dict[str, Callable[..., dict[str, Any]]] = {"snapshot": child_snapshot, "restore": child_restore}
+        child = children[args.child[0]]
+        print(json.dumps(child(**json.loads(args.child[1]))))
         return
     missing = [tool for tool in ("sqlite3", "zstd", "/usr/bin/time") if not shutil.which(tool)]
     if missing:
