@@ -48,7 +48,10 @@ def list_snapshots(store: ObjectStore, known: Sequence[SnapshotInfo] = ()) -> li
     index has but the listing does not is left out: the listing is the truth.
     """
     by_key = {s.key: s for s in known}
-    return [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
+    snapshots = [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
+    # Generation names order by the second; two snapshots within one second
+    # order by their recorded time, as the index orders them.
+    return sorted(snapshots, key=lambda s: (s.created_at, s.key))
 
 
 def select_snapshot(
