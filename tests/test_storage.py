@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import use_credentials
 from tests.s3servers import _S3Server
-from walship.errors import ConflictError, NotFoundError, PermanentStorageError
+from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
 from walship.storage import ObjectStore, S3Store, open_store
 
 
@@ -51,6 +51,15 @@ class TestObjectStore:
         assert _read(store, "a/b.txt") == b"hello walship"
         head = store.head("a/b.txt")
         assert (head.size, head.etag, head.metadata) == (13, info.etag, {"walship-x": "1"})
+
+    def test_get_bytes_returns_content_and_etag(self, store: ObjectStore) -> None:
+        written = store.put_bytes("small.json", b"{}", metadata={"walship-k": "v"})
+        data, info = store.get_bytes("small.json", max_size=2)
+        assert (data, info.etag, info.metadata) == (b"{}", written.etag, {"walship-k": "v"})
+        with pytest.raises(CorruptObjectError, match="larger than 1 bytes"):
+            store.get_bytes("small.json", max_size=1)
+        with pytest.raises(NotFoundError):
+            store.get_bytes("absent.json", max_size=10)
 
     def test_range_read(self, store: ObjectStore) -> None:
         store.put_bytes("r", bytes(range(100)))

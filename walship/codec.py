@@ -6,6 +6,8 @@ size: nothing here holds a whole object.
 
 import hashlib
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
@@ -26,6 +28,10 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 1 << 20
+# Chunks small enough to stay in L2 cache between zstd, SHA-256 and the
+# file (measured in bench/: 256 KiB beat 1 MiB by about a third).
+_SMALL_CHUNK = 256 << 10
+_COMPRESS_JOB = 1 << 20
 DEFAULT_LEVEL = 3
 MIN_LEVEL = 1
 MAX_LEVEL = 22
@@ -63,11 +69,16 @@ def compress_file(source: Path, target: Path, level: int = DEFAULT_LEVEL) -> Com
     validate_level(level)
     size = source.stat().st_size
     # threads=-1: one zstd worker per core; level 3 on one core is slower than
-    # the disk and the network, so the extra worker pays for itself.
-    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    # the disk and the network, so the extra worker pays for itself. 1 MiB jobs
+    # keep each worker's buffers small: peak RSS 24 MiB instead of 65 MiB for
+    # the same speed and a 0.4% larger output (measured on 256 MiB, bench/).
+    parameters = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=-1, job_size=_COMPRESS_JOB, write_checksum=1
+    )
+    compressor = zstandard.ZstdCompressor(compression_params=parameters)
     with source.open("rb") as raw, target.open("wb") as out:
         reader = _HashingReader(raw)
-        compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=CHUNK_SIZE, write_size=CHUNK_SIZE)
+        compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE)
         out.flush()
         os.fsync(out.fileno())
     if reader.count != size:
@@ -89,22 +100,61 @@ def decompress_to_file(
     ``name`` (the object key) goes into every error so an operator knows which
     object is bad. Returns the number of bytes written.
     """
-    digest = hashlib.sha256()
-    written = 0
     decompressor = zstandard.ZstdDecompressor()
+    sink = _HashingSink(target)
     try:
         with decompressor.stream_reader(cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False) as reader:
-            while chunk := reader.read(CHUNK_SIZE):
-                digest.update(chunk)
-                target.write(chunk)
-                written += len(chunk)
+            while chunk := reader.read(_SMALL_CHUNK):
+                sink.put(chunk)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
+    finally:
+        written, actual = sink.close()
     if written != expected_size:
         raise ChecksumMismatchError(
             f"verify {name}: decompressed to {written} bytes, expected {expected_size} (object truncated or corrupt)"
         )
-    actual = digest.hexdigest()
     if actual != expected_sha256:
         raise ChecksumMismatchError(f"verify {name}: SHA-256 {actual} does not match recorded {expected_sha256}")
     return written
+
+
+class _HashingSink:
+    """Hashes and writes chunks on a second thread while the caller decompresses.
+
+    hashlib and file writes release the GIL, so this overlaps them with zstd;
+    done inline they made restore 1.5x slower than ``zstd -d`` (bench/). The
+    queue is bounded, so memory stays at a few chunks.
+    """
+
+    def __init__(self, target: BinaryIO) -> None:
+        self._target = target
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._digest = hashlib.sha256()
+        self._written = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="walship-sink", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> tuple[int, str]:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._written, self._digest.hexdigest()
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so put() never blocks forever
+            try:
+                self._digest.update(chunk)
+                self._target.write(chunk)
+                self._written += len(chunk)
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc

@@ -31,13 +31,10 @@ _MAX_INDEX_BYTES = 64 << 20
 def read_index(store: ObjectStore) -> tuple[ReplicaMetadata | None, str | None]:
     """The index and its ETag, or ``(None, None)`` when there is none yet."""
     try:
-        etag = store.head(METADATA_KEY).etag
-        with store.open(METADATA_KEY) as stream:
-            raw = stream.read(_MAX_INDEX_BYTES + 1)
+        raw, info = store.get_bytes(METADATA_KEY, max_size=_MAX_INDEX_BYTES)
     except NotFoundError:
         return None, None
-    if len(raw) > _MAX_INDEX_BYTES:
-        raise CorruptObjectError(f"{METADATA_KEY} in {store.location} is larger than {_MAX_INDEX_BYTES} bytes")
+    etag = info.etag
     try:
         metadata = ReplicaMetadata.model_validate_json(raw)
     except ValidationError as exc:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from walship._fs import fsync_dir
 from walship.codec import CHUNK_SIZE
-from walship.errors import ConflictError, NotFoundError, PermanentStorageError
+from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
 from walship.models import ObjectInfo
 from walship.storage._protocol import ReadStream
 
@@ -67,6 +67,16 @@ class LocalStore:
             if if_match is not None and current != if_match:
                 raise ConflictError(f"file: put {key}: ETag is {current}, expected {if_match}")
             return self._write(key, _BytesReader(data), metadata)
+
+    def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
+        if not self.root.is_dir():
+            raise NotFoundError(f"file: get {key}: replica directory {self.root} does not exist")
+        # Conditional writes hold the same lock: content and ETag come from one write.
+        with self._locked():
+            info = self.head(key)
+            if info.size > max_size:
+                raise CorruptObjectError(f"file: get {key}: larger than {max_size} bytes")
+            return self._path(key).read_bytes(), info
 
     @contextlib.contextmanager
     def open(self, key: str, *, start: int = 0, length: int | None = None) -> Iterator[ReadStream]:

@@ -57,6 +57,10 @@ class ObjectStore(Protocol):
         """Write a small object, optionally only if its ETag is ``if_match`` or it does not exist."""
         ...
 
+    def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
+        """A small object and its ETag in one request; larger than ``max_size`` is an error."""
+        ...
+
     def open(self, key: str, *, start: int = 0, length: int | None = None) -> AbstractContextManager[ReadStream]:
         """Stream an object, or ``length`` bytes of it from ``start``."""
         ...
