@@ -8,25 +8,47 @@ never depends on ``metadata.json`` alone.
 from collections.abc import Sequence
 from datetime import datetime
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from walship.errors import CorruptObjectError, NotFoundError
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo, WalPosition
 from walship.storage import ObjectStore
 
-__all__ = ["describe_snapshot", "list_snapshot_keys", "list_snapshots", "read_snapshot_info", "select_snapshot"]
+__all__ = [
+    "describe_snapshot",
+    "from_metadata",
+    "list_snapshot_keys",
+    "list_snapshots",
+    "read_snapshot_info",
+    "select_snapshot",
+    "to_metadata",
+]
 
 _PREFIX = "walship-"
 
 
 def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
     """User metadata stored with a snapshot object (S3 keeps it lowercase)."""
-    fields = info.model_dump(mode="json", exclude={"key", "wal_position"})
-    metadata = {f"{_PREFIX}{name.replace('_', '-')}": str(value) for name, value in fields.items()}
+    metadata = to_metadata(info, exclude={"key", "wal_position"})
     if info.wal_position is not None:
         metadata[f"{_PREFIX}wal-position"] = f"{info.wal_position.generation}/{info.wal_position.sequence}"
     return metadata
+
+
+def to_metadata(model: BaseModel, exclude: set[str]) -> dict[str, str]:
+    """A flat model as ``walship-field-name: value`` user metadata."""
+    fields = model.model_dump(mode="json", exclude=exclude)
+    return {f"{_PREFIX}{name.replace('_', '-')}": str(value) for name, value in fields.items()}
+
+
+def from_metadata(metadata: dict[str, str], skip: frozenset[str] = frozenset()) -> dict[str, object]:
+    """The inverse of ``to_metadata``: field values, as strings pydantic will parse."""
+    return {
+        name[len(_PREFIX) :].replace("-", "_"): value
+        for name, value in metadata.items()
+        if name.startswith(_PREFIX) and name not in skip
+    }
 
 
 def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
@@ -74,11 +96,7 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
     parsed = parse_snapshot_key(obj.key)
     if parsed is None:
         raise CorruptObjectError(f"{obj.key} is not a snapshot key")
-    fields: dict[str, object] = {
-        name[len(_PREFIX) :].replace("-", "_"): value
-        for name, value in obj.metadata.items()
-        if name.startswith(_PREFIX) and name != f"{_PREFIX}wal-position"
-    }
+    fields = from_metadata(obj.metadata, skip=frozenset({f"{_PREFIX}wal-position"}))
     position = obj.metadata.get(f"{_PREFIX}wal-position")
     if position:
         generation, _, sequence = position.rpartition("/")

@@ -17,8 +17,10 @@ __all__ = [
     "ReplicaMetadata",
     "RestoreResult",
     "RetryPolicy",
+    "SegmentInfo",
     "SnapshotInfo",
     "SnapshotSource",
+    "WalCursor",
     "WalPosition",
     "utcnow",
 ]
@@ -50,6 +52,59 @@ class WalPosition(_Frozen):
 
     generation: str
     sequence: int = Field(ge=0)
+
+
+class WalCursor(_Frozen):
+    """Where WAL capture stands: the end of the last captured commit.
+
+    ``checkpointed`` means the database file holds everything up to here
+    (our own checkpoint backfilled it all), so a WAL that restarts with new
+    salts still continues this lineage.
+    """
+
+    generation: str
+    sequence: int = Field(ge=0, description="the last captured segment (0: the generation's snapshot)")
+    salt1: int = 0
+    salt2: int = 0
+    offset: int = Field(ge=32, description="WAL byte offset just after the last captured commit frame")
+    checksum1: int = 0
+    checksum2: int = 0
+    big_endian: bool = False
+    page_size: int = 0
+    checkpointed: bool = False
+    db_inode: int = 0
+
+    @property
+    def position(self) -> "WalPosition":
+        return WalPosition(generation=self.generation, sequence=self.sequence)
+
+
+class SegmentInfo(_Frozen):
+    """One shipped run of whole committed transactions, copied verbatim from the WAL."""
+
+    key: str
+    generation: str
+    sequence: int = Field(ge=1)
+    salt1: int
+    salt2: int
+    big_endian: bool
+    page_size: int
+    start_offset: int
+    end_offset: int
+    checksum_start1: int
+    checksum_start2: int
+    checksum_end1: int
+    checksum_end2: int
+    frames: int
+    commits: int
+    db_size_pages: int
+    wal_restarted: bool = Field(description="first segment of a WAL that restarted after our checkpoint")
+    committed_after: datetime = Field(description="the previous capture: every commit here came later")
+    captured_at: datetime = Field(description="when this segment was captured: every commit here came earlier")
+    raw_size: int
+    compressed_size: int = 0
+    sha256: str
+    level: int = 0
 
 
 class SnapshotSource(_Frozen):
@@ -121,6 +176,8 @@ class RestoreResult(_Frozen):
     size: int
     integrity: Literal["ok"] = "ok"
     duration_seconds: float
+    position: WalPosition
+    segments_applied: int = 0
 
 
 class RetryPolicy(_Frozen):

@@ -10,13 +10,15 @@ import contextlib
 import os
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 from walship._fs import fsync_dir
 from walship.catalog import read_snapshot_info
+from walship.chain import apply_segments
 from walship.codec import decompress_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
-from walship.models import RestoreResult, SnapshotInfo
+from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
 from walship.sqlite import integrity_check, read_header
 from walship.storage import ObjectStore
 
@@ -46,8 +48,15 @@ def restore_snapshot(
     *,
     force: bool = False,
     expected_database_id: str | None = None,
+    segments: bool = True,
+    until_sequence: int | None = None,
+    until_time: datetime | None = None,
 ) -> RestoreResult:
-    """Restore ``snapshot`` to ``output``, verifying everything on the way."""
+    """Restore ``snapshot`` plus the segments after it to ``output``, verifying everything.
+
+    ``until_sequence`` / ``until_time`` stop at a point in time (a segment
+    boundary); ``segments=False`` restores the snapshot alone.
+    """
     started = time.monotonic()
     output = check_output(output, force=force)
     # The object's own metadata is the authority, not the index we were given.
@@ -65,16 +74,31 @@ def restore_snapshot(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, store.open(stored.key) as stream:
-            size = decompress_to_file(
+            decompress_to_file(
                 stream, out, expected_sha256=stored.sha256, expected_size=stored.raw_size, name=stored.key
             )
             out.flush()
             os.fsync(out.fileno())
+        applied: list[SegmentInfo] = []
+        if segments:
+            with tmp.open("r+b") as database:
+                applied = apply_segments(
+                    store,
+                    database,
+                    stored.generation,
+                    stored.sequence,
+                    until_sequence=until_sequence,
+                    until_time=until_time,
+                    scratch=output.parent,
+                )
+                database.flush()
+                os.fsync(database.fileno())
         header = read_header(tmp)
-        if (header.page_size, header.page_count) != (stored.page_size, stored.page_count):
+        pages = applied[-1].db_size_pages if applied else stored.page_count
+        if (header.page_size, header.page_count) != (stored.page_size, pages):
             raise CorruptObjectError(
-                f"verify {stored.key}: restored {header.page_count} pages of {header.page_size} bytes, "
-                f"recorded {stored.page_count} of {stored.page_size}"
+                f"verify {applied[-1].key if applied else stored.key}: restored {header.page_count} pages "
+                f"of {header.page_size} bytes, recorded {pages} of {stored.page_size}"
             )
         integrity_check(tmp)
         if output.exists() and not force:
@@ -86,4 +110,13 @@ def restore_snapshot(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return RestoreResult(output=output, snapshot=stored, size=size, duration_seconds=time.monotonic() - started)
+    return RestoreResult(
+        output=output,
+        snapshot=stored,
+        size=output.stat().st_size,
+        duration_seconds=time.monotonic() - started,
+        position=WalPosition(
+            generation=stored.generation, sequence=applied[-1].sequence if applied else stored.sequence
+        ),
+        segments_applied=len(applied),
+    )

@@ -7,6 +7,7 @@ committing meanwhile do not restart the copy (as they do with stepwise copies).
 """
 
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import apsw
@@ -16,7 +17,7 @@ from walship.errors import CorruptObjectError, UsageError
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database, read_header
 
-__all__ = ["take_snapshot"]
+__all__ = ["describe_copy", "take_snapshot"]
 
 # How long to wait for a lock a writer or checkpointer holds briefly.
 _BUSY_TIMEOUT_MS = 10_000
@@ -46,6 +47,11 @@ def take_snapshot(database: Path, target: Path) -> SnapshotSource:
     except apsw.Error as exc:
         target.unlink(missing_ok=True)
         raise CorruptObjectError(f"snapshot {database}: SQLite could not copy it: {exc}") from exc
+    return describe_copy(database, target, taken_at)
+
+
+def describe_copy(database: Path, target: Path, taken_at: datetime) -> SnapshotSource:
+    """Fsync a fresh copy and describe it from its header."""
     fsync_path(target)
     header = read_header(target)
     return SnapshotSource(

@@ -1,0 +1,171 @@
+"""Segments as a verifiable chain, and applying them to a restored database.
+
+A generation's segments must have contiguous sequence numbers after its
+snapshot; each must continue the previous one (same salts, starting at the
+offset and running checksum where it ended) or begin a WAL that restarted
+after walship's own checkpoint. Inside a segment every frame's salts and
+checksum are verified while it is applied. Any break stops the restore with
+an error naming the object: never a silently wrong database.
+"""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from pydantic import ValidationError
+
+from walship.catalog import from_metadata
+from walship.codec import decompress_to_file
+from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
+from walship.layout import format_segment_key, generation_prefix, parse_segment_key
+from walship.models import SegmentInfo
+from walship.sqlite._wal import FRAME_HEADER_SIZE, WalHeader, iter_frames
+from walship.storage import ObjectStore
+
+__all__ = ["apply_segments", "list_segment_sequences"]
+
+_MAGIC = {False: 0x377F0682, True: 0x377F0683}
+_VERSION = 3007000
+
+
+def list_segment_sequences(store: ObjectStore, generation: str) -> list[int]:
+    """Sequence numbers of a generation's segments (one LIST, no HEAD)."""
+    found = (parse_segment_key(o.key) for o in store.list(f"{generation_prefix(generation)}wal/"))
+    return sorted(p.sequence for p in found if p is not None and p.generation == generation)
+
+
+def apply_segments(
+    store: ObjectStore,
+    database: BinaryIO,
+    generation: str,
+    after: int,
+    *,
+    until_sequence: int | None = None,
+    until_time: datetime | None = None,
+    scratch: Path,
+) -> list[SegmentInfo]:
+    """Apply the generation's segments after sequence ``after`` to ``database`` (open r+b).
+
+    Stops after ``until_sequence``, before the first segment captured after
+    ``until_time``, or at the end of the chain. Returns what was applied.
+    """
+    sequences = [s for s in list_segment_sequences(store, generation) if s > after]
+    if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
+        raise NotFoundError(
+            f"{format_segment_key(generation, until_sequence)} is not in the replica: "
+            "run 'walship status' to see the newest sequence"
+        )
+    applied: list[SegmentInfo] = []
+    expected = after + 1
+    for sequence in sequences:
+        if until_sequence is not None and sequence > until_sequence:
+            break
+        key = format_segment_key(generation, sequence)
+        if sequence != expected:
+            raise NotFoundError(
+                f"{format_segment_key(generation, expected)} is missing: the chain of generation {generation} "
+                f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
+            )
+        with _downloaded(store, key, scratch) as (info, raw):
+            if until_time is not None and info.captured_at > until_time:
+                break
+            _check_link(applied[-1] if applied else None, info)
+            _apply(raw, info, database)
+        applied.append(info)
+        expected += 1
+    if until_sequence is not None and (applied[-1].sequence if applied else after) != until_sequence:
+        raise NotFoundError(f"{format_segment_key(generation, until_sequence)} could not be reached")
+    return applied
+
+
+@contextlib.contextmanager
+def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[SegmentInfo, Path]]:
+    """Download, decompress and checksum one segment into a scratch file."""
+    fd, name = tempfile.mkstemp(dir=scratch, suffix=".wal")
+    raw = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            info = _segment_info(store, key)
+            with store.open(key) as stream:
+                decompress_to_file(stream, out, expected_sha256=info.sha256, expected_size=info.raw_size, name=key)
+        yield info, raw
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _segment_info(store: ObjectStore, key: str) -> SegmentInfo:
+    obj = store.head(key)
+    try:
+        info = SegmentInfo(key=key, **from_metadata(obj.metadata))
+    except ValidationError as exc:
+        raise CorruptObjectError(f"segment {key} has missing or bad metadata: {exc.error_count()} problem(s)") from exc
+    parsed = parse_segment_key(key)
+    if parsed is None or (info.generation, info.sequence) != parsed or info.compressed_size != obj.size:
+        raise CorruptObjectError(f"segment {key}: its metadata does not describe this object")
+    return info
+
+
+def _check_link(previous: SegmentInfo | None, info: SegmentInfo) -> None:
+    if previous is None:
+        return
+    if info.wal_restarted:
+        if info.start_offset != 32 or (info.salt1, info.salt2) == (previous.salt1, previous.salt2):
+            raise CorruptObjectError(f"segment {info.key} claims a WAL restart it does not show: a fork")
+        return
+    continues = (
+        (info.salt1, info.salt2) == (previous.salt1, previous.salt2)
+        and info.start_offset == previous.end_offset
+        and (info.checksum_start1, info.checksum_start2) == (previous.checksum_end1, previous.checksum_end2)
+    )
+    if not continues:
+        raise CorruptObjectError(
+            f"segment {info.key} does not continue {previous.key} (salts, offset or checksum differ): "
+            "an overlap or a fork; restore an earlier point"
+        )
+
+
+class _Shifted:
+    """Presents a segment file at the WAL offsets its frames came from."""
+
+    def __init__(self, raw: BinaryIO, shift: int) -> None:
+        self._raw, self._shift = raw, shift
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset - self._shift, whence) + self._shift
+
+    def read(self, size: int = -1) -> bytes:
+        return self._raw.read(size)
+
+
+def _apply(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
+    """Write every frame's page into the database; verify salts and checksums frame by frame."""
+    header = WalHeader(_MAGIC[info.big_endian], _VERSION, info.page_size, 0, info.salt1, info.salt2, 0, 0)
+    seed = (info.checksum_start1, info.checksum_start2)
+    frames = commits = 0
+    last = seed
+    with raw_path.open("rb") as raw:
+        shifted = cast(BinaryIO, _Shifted(raw, info.start_offset))
+        pages = iter_frames(shifted, header, start_offset=info.start_offset, start_checksum=seed, with_data=True)
+        for frame, page in pages:
+            database.seek((frame.page_number - 1) * info.page_size)
+            database.write(page)
+            frames += 1
+            last = (frame.checksum1, frame.checksum2)
+            if frame.is_commit:
+                commits += 1
+                database.truncate(frame.db_size_after_commit * info.page_size)
+    frame_size = info.page_size + FRAME_HEADER_SIZE
+    if (
+        frames != info.frames
+        or frames * frame_size != info.raw_size
+        or last != (info.checksum_end1, info.checksum_end2)
+    ):
+        raise ChecksumMismatchError(
+            f"verify {info.key}: {frames} of {info.frames} frames verify against the WAL checksum chain"
+        )
+    if commits != info.commits:
+        raise CorruptObjectError(f"verify {info.key}: {commits} commits, recorded {info.commits}")

@@ -1,0 +1,356 @@
+"""WAL shipping: capture committed frames into the spool, upload them in order.
+
+``Shipper`` is the local half: it holds the database (``WalCapture``) and the
+spool, proves continuity, starts generations, captures and checkpoints. It
+makes no storage request at all. ``upload_pending`` is the remote half: it
+drains the spool in order and is what a Prefect task retries.
+"""
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel, Field
+
+from walship import codec, index
+from walship.catalog import describe_snapshot, to_metadata
+from walship.errors import ChecksumMismatchError
+from walship.layout import format_segment_key, format_snapshot_key, new_generation
+from walship.lease import Lease, acquire_lease, lease_needs_renewal
+from walship.models import SegmentInfo, SnapshotInfo, WalCursor, WalPosition, utcnow
+from walship.spool import PendingEntry, Spool, new_entry
+from walship.sqlite import WalCapture
+from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan
+from walship.storage import ObjectStore
+
+__all__ = ["ShipConfig", "Shipper", "SyncResult", "UploadResult", "describe_segment", "upload_pending"]
+
+log = logging.getLogger(__name__)
+
+
+class ShipConfig(BaseModel):
+    """Thresholds of the shipper; defaults follow DESIGN.md."""
+
+    database_id: str
+    level: int = Field(default=codec.DEFAULT_LEVEL, ge=codec.MIN_LEVEL, le=codec.MAX_LEVEL)
+    checkpoint_pages: int = Field(default=1000, ge=1, description="PASSIVE checkpoint past this many WAL pages")
+    checkpoint_seconds: float = Field(default=60.0, gt=0, description="...or when the WAL is older than this")
+    emergency_wal_bytes: int = Field(default=512 << 20, description="TRUNCATE + new generation past this WAL size")
+    spool_cap_bytes: int = Field(default=1 << 30, description="warn loudly when the spool holds more")
+
+
+class SyncResult(BaseModel):
+    """What one sync captured (nothing was uploaded)."""
+
+    segments: int = 0
+    frames: int = 0
+    commits: int = 0
+    bytes: int = 0
+    checkpointed: bool = False
+    new_generation: str | None = None
+    reason: str | None = None
+
+
+class UploadResult(BaseModel):
+    """What one drain of the spool uploaded."""
+
+    snapshots: list[str] = Field(default_factory=list)
+    segments: int = 0
+    bytes: int = 0
+    last_position: WalPosition | None = None
+    oldest_captured_at_lag_seconds: float | None = None
+
+
+class ContinuityLostError(Exception):
+    """The WAL no longer continues what was captured; the reason says why."""
+
+
+class Shipper:
+    """The local half of WAL shipping for one database."""
+
+    def __init__(self, database: Path, spool: Spool, config: ShipConfig) -> None:
+        self.database = database.resolve()
+        self.spool = spool
+        self.config = config
+        self.capture = WalCapture(self.database)
+        self.cursor: WalCursor | None = None
+        self._last_sync = utcnow()
+        self._last_checkpoint = time.monotonic()
+
+    def close(self) -> None:
+        self.capture.close()
+
+    def open(self) -> SyncResult:
+        """Prove the WAL continues the spool's cursor, or start a new generation."""
+        cursor = self.spool.load_cursor()
+        self.spool.discard_uncaptured(cursor)
+        try:
+            if cursor is None:
+                raise ContinuityLostError("no earlier capture of this database")
+            self._check_resume(cursor)
+            self.cursor = cursor
+        except ContinuityLostError as lost:
+            return self.start_generation(str(lost))
+        return self.sync()
+
+    def _check_resume(self, cursor: WalCursor) -> None:
+        if cursor.db_inode != self.capture.db_inode:
+            raise ContinuityLostError("the database file was replaced")
+        header = self.capture.wal_header()
+        if header is None:
+            if not cursor.checkpointed:
+                raise ContinuityLostError("the WAL was checkpointed and removed while nobody watched")
+            return
+        if (header.salt1, header.salt2) == (cursor.salt1, cursor.salt2):
+            stored = self.capture.frame_checksum_before(cursor.offset, header)
+            if cursor.offset > WAL_HEADER_SIZE and stored != (cursor.checksum1, cursor.checksum2):
+                raise ContinuityLostError("the WAL no longer holds the last captured frame")
+            return
+        if not _continues_after_reset(cursor, header):
+            raise ContinuityLostError("the WAL was reset while nobody watched")
+
+    def start_generation(self, reason: str) -> SyncResult:
+        """Snapshot the database at an exact WAL point and begin a generation there."""
+        generation = new_generation()
+        log.warning("starting generation %s of %s: %s", generation, self.database, reason)
+        target = self.spool.temp_file(".db")
+        target.unlink()
+        with contextlib.ExitStack() as stack:
+            # Writers wait only while the WAL end is read and the snapshot's
+            # read transaction begins: from then on it sees exactly that end.
+            with self.capture.writers_paused():
+                header = self.capture.wal_header()
+                scan = self.capture.scan(WAL_HEADER_SIZE, None) if header is not None else None
+                source_connection = stack.enter_context(self.capture.read_transaction_now())
+            source = self.capture.copy_database(source_connection, self.database, target)
+        compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
+        target.unlink()
+        position = WalPosition(generation=generation, sequence=0)
+        info = SnapshotInfo(
+            key=format_snapshot_key(generation, 0),
+            generation=generation,
+            sequence=0,
+            created_at=source.taken_at,
+            raw_size=compressed.raw_size,
+            compressed_size=compressed.compressed_size,
+            sha256=compressed.sha256,
+            page_size=source.page_size,
+            page_count=source.page_count,
+            level=compressed.level,
+            database_id=self.config.database_id,
+            sqlite_version=source.sqlite_version,
+            wal_position=position,
+        )
+        self.spool.add(new_entry(info), compressed.path)
+        inode = self.capture.db_inode
+        if header is None or scan is None:
+            # No WAL: the snapshot holds everything, and any WAL that appears continues it.
+            self.cursor = WalCursor(
+                generation=generation, sequence=0, offset=WAL_HEADER_SIZE, checkpointed=True, db_inode=inode
+            )
+        else:
+            self.cursor = _cursor_at(generation, 0, header, scan, inode)
+        self.spool.save_cursor(self.cursor)
+        self._last_sync = utcnow()
+        return SyncResult(new_generation=generation, reason=reason)
+
+    def sync(self) -> SyncResult:
+        """Capture new committed frames; checkpoint when the WAL is big or old."""
+        try:
+            result = self._capture()
+            wal_size = self.capture.wal_size()
+            page_size = self.cursor.page_size if self.cursor else 4096
+            due = wal_size > self.config.checkpoint_pages * max(page_size, 512) or (
+                wal_size > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+            )
+            if due and not (self.cursor and self.cursor.checkpointed):
+                result = self._checkpoint(result, wal_size)
+        except ContinuityLostError as lost:
+            return self.start_generation(str(lost))
+        if self.spool.pending_bytes() > self.config.spool_cap_bytes:
+            log.error(
+                "spool %s holds more than %d bytes: storage is not keeping up or is unreachable",
+                self.spool.root,
+                self.config.spool_cap_bytes,
+            )
+        return result
+
+    def _checkpoint(self, before: SyncResult, wal_size: int) -> SyncResult:
+        emergency = wal_size > self.config.emergency_wal_bytes
+        with self.capture.writers_paused():
+            tail = self._capture()  # nothing can be appended behind us now
+            complete = self.capture.checkpoint("TRUNCATE" if emergency else "PASSIVE")
+            if complete and self.cursor is not None:
+                self.cursor = self.cursor.model_copy(update={"checkpointed": True})
+                self.spool.save_cursor(self.cursor)
+        self._last_checkpoint = time.monotonic()
+        merged = _merge(before, tail).model_copy(update={"checkpointed": complete})
+        if emergency:
+            # DESIGN.md: TRUNCATE is the brake for a runaway WAL, and always
+            # followed by a new snapshot.
+            return _merge(merged, self.start_generation(f"the WAL passed {self.config.emergency_wal_bytes} bytes"))
+        return merged
+
+    def _capture(self) -> SyncResult:
+        cursor = self.cursor
+        assert cursor is not None, "open() first"
+        header = self.capture.wal_header()
+        if header is None:
+            return SyncResult()
+        restarted = (header.salt1, header.salt2) != (cursor.salt1, cursor.salt2)
+        if restarted:
+            if not (
+                cursor.checkpointed
+                and (
+                    (cursor.offset == WAL_HEADER_SIZE and cursor.salt1 == 0)
+                    or header.salt1 == (cursor.salt1 + 1) & 0xFFFFFFFF
+                )
+            ):
+                raise ContinuityLostError("the WAL was reset by someone else")
+            start, seed = WAL_HEADER_SIZE, None
+        else:
+            start, seed = cursor.offset, (cursor.checksum1, cursor.checksum2)
+            if start == WAL_HEADER_SIZE:
+                seed = None
+        scan = self.capture.scan(start, seed)
+        if scan.commits == 0:
+            return SyncResult()
+        now = utcnow()
+        sequence = cursor.sequence + 1
+        data = self.spool.temp_file(".wal")
+        with data.open("wb") as out:
+            hashing = _HashingWriter(out)
+            self.capture.copy_range(start, scan.last_commit_offset, hashing.write)
+            out.flush()
+            os.fsync(out.fileno())
+        start_checksum = (header.checksum1, header.checksum2) if seed is None else seed
+        info = SegmentInfo(
+            key=format_segment_key(cursor.generation, sequence),
+            generation=cursor.generation,
+            sequence=sequence,
+            salt1=header.salt1,
+            salt2=header.salt2,
+            big_endian=header.big_endian,
+            page_size=header.page_size,
+            start_offset=start,
+            end_offset=scan.last_commit_offset,
+            checksum_start1=start_checksum[0],
+            checksum_start2=start_checksum[1],
+            checksum_end1=scan.last_commit_checksum[0],
+            checksum_end2=scan.last_commit_checksum[1],
+            frames=scan.frames_committed,
+            commits=scan.commits,
+            db_size_pages=scan.db_size_pages or 0,
+            wal_restarted=restarted,
+            committed_after=self._last_sync,
+            captured_at=now,
+            raw_size=hashing.count,
+            sha256=hashing.digest.hexdigest(),
+        )
+        self.spool.add(new_entry(info), data)
+        self.cursor = _cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode)
+        self.spool.save_cursor(self.cursor)
+        self._last_sync = now
+        return SyncResult(segments=1, frames=scan.frames_committed, commits=scan.commits, bytes=hashing.count)
+
+
+class _HashingWriter:
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.count += len(data)
+        return self._raw.write(data)
+
+
+def _continues_after_reset(cursor: WalCursor, header: WalHeader) -> bool:
+    """A WAL with new salts continues the lineage only after exactly one reset
+    that followed our own complete checkpoint (SQLite adds one to salt-1 at each
+    reset), or when the generation began with no WAL at all."""
+    if not cursor.checkpointed:
+        return False
+    if cursor.offset == WAL_HEADER_SIZE and (cursor.salt1, cursor.salt2) == (0, 0):
+        return True
+    return header.salt1 == (cursor.salt1 + 1) & 0xFFFFFFFF
+
+
+def _cursor_at(generation: str, sequence: int, header: WalHeader, scan: WalScan, inode: int) -> WalCursor:
+    return WalCursor(
+        generation=generation,
+        sequence=sequence,
+        salt1=header.salt1,
+        salt2=header.salt2,
+        offset=scan.last_commit_offset,
+        checksum1=scan.last_commit_checksum[0],
+        checksum2=scan.last_commit_checksum[1],
+        big_endian=header.big_endian,
+        page_size=header.page_size,
+        db_inode=inode,
+    )
+
+
+def _merge(a: SyncResult, b: SyncResult) -> SyncResult:
+    return SyncResult(
+        segments=a.segments + b.segments,
+        frames=a.frames + b.frames,
+        commits=a.commits + b.commits,
+        bytes=a.bytes + b.bytes,
+        checkpointed=a.checkpointed or b.checkpointed,
+        new_generation=b.new_generation or a.new_generation,
+        reason=b.reason or a.reason,
+    )
+
+
+def describe_segment(info: SegmentInfo) -> dict[str, str]:
+    """User metadata stored with a segment object."""
+    return to_metadata(info, exclude={"key"})
+
+
+def upload_pending(
+    store: ObjectStore, spool: Spool, lease: Lease | None, *, holder: str, level: int
+) -> tuple[UploadResult, Lease]:
+    """Upload every spooled entry in order; each is removed only once storage confirmed it."""
+    result = UploadResult()
+    entries = spool.pending()
+    if lease is None or lease_needs_renewal(lease):
+        lease = acquire_lease(store, holder)
+    for entry in entries:
+        try:
+            _upload_one(store, spool, entry, level, result)
+        except Exception:
+            spool.record_attempt(entry)
+            raise
+        spool.remove(entry)
+    return result, lease
+
+
+def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:
+    data = spool.data_path(entry)
+    if entry.snapshot is not None:
+        store.put_file(entry.snapshot.key, data, metadata=describe_snapshot(entry.snapshot))
+        index.add_snapshot(store, entry.snapshot)
+        result.snapshots.append(entry.snapshot.key)
+        result.bytes += entry.snapshot.compressed_size
+        return
+    segment = entry.segment
+    assert segment is not None
+    compressed = codec.compress_file(data, spool.temp_file(".zst"), level)
+    try:
+        if compressed.sha256 != segment.sha256:
+            raise ChecksumMismatchError(f"spool {data}: content changed since capture")
+        info = segment.model_copy(update={"compressed_size": compressed.compressed_size, "level": level})
+        store.put_file(info.key, compressed.path, metadata=describe_segment(info))
+    finally:
+        compressed.path.unlink(missing_ok=True)
+    result.segments += 1
+    result.bytes += compressed.compressed_size
+    result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
+    lag = (utcnow() - segment.captured_at).total_seconds()
+    result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)

@@ -1,0 +1,166 @@
+"""The replicator's own hold on a live database (see DESIGN.md, "Capturing WAL").
+
+``WalCapture`` keeps a read transaction open on its own connection: while it
+is open, no checkpoint can backfill past it, so no writer can restart the WAL
+and overwrite frames not yet copied. A second connection takes the write lock
+for a moment when walship checkpoints or starts a snapshot, so the WAL tail
+can be copied with nothing appended behind it.
+
+Both connections are apsw's (a current SQLite, free of the WAL-reset bug of
+3.7.0-3.51.2). Never open the same database with Python's ``sqlite3`` in the
+same process: two SQLite libraries in one process do not see each other's
+POSIX locks, and closing one drops the other's.
+"""
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import apsw
+
+from walship.errors import CorruptObjectError, UsageError
+from walship.models import SnapshotSource, utcnow
+from walship.sqlite._database import check_database
+from walship.sqlite._snapshot import describe_copy
+from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
+
+__all__ = ["WalCapture"]
+
+_BUSY_TIMEOUT_MS = 5_000
+_COPY_CHUNK = 1 << 20
+
+
+class WalCapture:
+    """Read transaction, write-lock pauses and checkpoints on one live database."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database.resolve()
+        header = check_database(self.database)
+        if not header.wal_mode:
+            raise UsageError(
+                f"database {self.database} is not in WAL mode: run PRAGMA journal_mode=WAL on it "
+                "(and in the application) before shipping its WAL"
+            )
+        self.wal_path = Path(f"{self.database}-wal")
+        self._reader = self._connect()
+        self._locker = self._connect()
+        self._begin_read()
+
+    def _connect(self) -> apsw.Connection:
+        connection = apsw.Connection(str(self.database), flags=apsw.SQLITE_OPEN_READWRITE)
+        connection.set_busy_timeout(_BUSY_TIMEOUT_MS)
+        # Our connections never checkpoint on their own: walship decides when.
+        connection.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+        return connection
+
+    def close(self) -> None:
+        for connection in (self._reader, self._locker):
+            with contextlib.suppress(apsw.Error):
+                connection.close()
+
+    def _begin_read(self) -> None:
+        self._reader.execute("BEGIN").fetchall()
+        # A read transaction starts at its first read, not at BEGIN.
+        self._reader.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+
+    def _end_read(self) -> None:
+        if self._reader.in_transaction:
+            self._reader.execute("COMMIT").fetchall()
+
+    @property
+    def db_inode(self) -> int:
+        return os.stat(self.database).st_ino
+
+    def wal_size(self) -> int:
+        try:
+            return self.wal_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wal_header(self) -> WalHeader | None:
+        """The WAL's header, or None while there is no WAL (or an empty one)."""
+        try:
+            with self.wal_path.open("rb") as wal:
+                data = wal.read(WAL_HEADER_SIZE)
+        except FileNotFoundError:
+            return None
+        if len(data) < WAL_HEADER_SIZE:
+            return None
+        return parse_wal_header(data)
+
+    def scan(self, start_offset: int, start_checksum: tuple[int, int] | None) -> WalScan:
+        with self.wal_path.open("rb") as wal:
+            return scan_wal(wal, start_offset=start_offset, start_checksum=start_checksum)
+
+    def frame_checksum_before(self, offset: int, header: WalHeader) -> tuple[int, int] | None:
+        """The stored checksum of the frame ending at ``offset`` (None if the WAL is shorter)."""
+        with self.wal_path.open("rb") as wal:
+            wal.seek(offset - header.frame_size + 16)
+            data = wal.read(8)
+        if len(data) < 8:
+            return None
+        return int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big")
+
+    def copy_range(self, start: int, end: int, write: Callable[[bytes], object]) -> None:
+        """Copy WAL bytes ``[start, end)`` to ``write``; the scan already validated them."""
+        with self.wal_path.open("rb") as wal:
+            wal.seek(start)
+            left = end - start
+            while left:
+                chunk = wal.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise CorruptObjectError(f"WAL {self.wal_path} shrank while being copied")
+                write(chunk)
+                left -= len(chunk)
+
+    @contextlib.contextmanager
+    def writers_paused(self) -> Iterator[None]:
+        """Hold the write lock: writers wait (their busy timeout) until the block ends.
+
+        Keep the block short: it copies the WAL tail and checkpoints, or
+        opens a snapshot's read transaction, nothing longer.
+        """
+        self._locker.execute("BEGIN IMMEDIATE").fetchall()
+        try:
+            yield
+        finally:
+            self._locker.execute("ROLLBACK").fetchall()
+
+    def checkpoint(self, mode: Literal["PASSIVE", "TRUNCATE"]) -> bool:
+        """Checkpoint (inside ``writers_paused``); True when the whole WAL was backfilled.
+
+        Our own read transaction would hold the checkpoint back, so it ends
+        for the checkpoint and begins again after it. RESTART is never used:
+        it blocks writers until every reader is done.
+        """
+        self._end_read()
+        try:
+            (busy, log, done), *_ = self._reader.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        finally:
+            self._begin_read()
+        return bool(busy == 0 and log == done)
+
+    @contextlib.contextmanager
+    def read_transaction_now(self) -> Iterator[apsw.Connection]:
+        """A connection whose read transaction starts now (call it inside ``writers_paused``)."""
+        connection = self._connect()
+        try:
+            connection.execute("BEGIN").fetchall()
+            connection.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+            yield connection
+        finally:
+            connection.close()
+
+    @staticmethod
+    def copy_database(source: apsw.Connection, database: Path, target: Path) -> SnapshotSource:
+        """Copy the state ``source``'s open read transaction sees into ``target``."""
+        taken_at = utcnow()
+        copy = apsw.Connection(str(target))
+        try:
+            with copy.backup("main", source, "main") as backup:
+                backup.step(-1)
+        finally:
+            copy.close()
+        return describe_copy(database, target, taken_at)

@@ -1,0 +1,355 @@
+"""Read SQLite's write-ahead log (the ``-wal`` file) without SQLite.
+
+The format is "Write-Ahead Log File Format", section 4 of the SQLite file
+format document (https://www.sqlite.org/fileformat2.html#walformat): a 32-byte
+header, then frames of a 24-byte frame header and one page each. A frame is
+valid when its salts match the header's and its checksum matches the checksum
+running from the header through every frame before it (section 4.1); SQLite
+takes the log to end at the first frame that is not valid, and a transaction to
+exist only once its commit frame is valid. These readers apply the same rules,
+so they see exactly the transactions SQLite itself would recover, and they read
+one frame at a time: memory stays bounded by one page whatever the log's size.
+"""
+
+import functools
+import operator
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Literal, NamedTuple, overload
+
+from walship.errors import CorruptObjectError
+
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "WAL_HEADER_SIZE",
+    "Frame",
+    "WalHeader",
+    "WalScan",
+    "iter_frames",
+    "parse_wal_header",
+    "scan_wal",
+    "wal_checksum",
+]
+
+# Section 4.1, "WAL Header Format" and "WAL Frame Header Format": all fields
+# are big-endian 32-bit unsigned integers, whatever the checksum byte order.
+WAL_HEADER_SIZE = 32
+FRAME_HEADER_SIZE = 24
+_WAL_HEADER = struct.Struct(">8I")
+_FRAME_HEADER = struct.Struct(">6I")
+# The header checksum covers the fields before it; a frame's checksum covers
+# the first 8 bytes of its header (page number, commit size) then the page.
+_HEADER_CHECKSUMMED = 24
+_FRAME_HEADER_CHECKSUMMED = 8
+
+# Section 4.1: the magic's low bit is the checksum byte order (section 4.2):
+# set, the checksum reads big-endian words; clear, little-endian. SQLite
+# writes its host's order, so logs from x86 and ARM hosts end in 2.
+_MAGIC_LITTLE_ENDIAN = 0x377F0682
+_MAGIC_BIG_ENDIAN = 0x377F0683
+# "File format version. Currently 3007000." SQLite refuses any other value.
+_VERSION = 3007000
+# Section 1.3 "Page Size": a power of two from 512 to 65536. Unlike the
+# database header's two-byte field, the WAL's four-byte field holds 65536 as is.
+_MIN_PAGE_SIZE = 512
+_MAX_PAGE_SIZE = 65536
+
+_MASK = 0xFFFFFFFF
+
+
+class WalHeader(NamedTuple):
+    """The eight fields of the 32-byte WAL header (section 4.1)."""
+
+    magic: int
+    version: int
+    page_size: int
+    checkpoint_seq: int
+    salt1: int
+    salt2: int
+    checksum1: int
+    checksum2: int
+
+    @property
+    def big_endian(self) -> bool:
+        """Whether checksums read the log as big-endian (not little-endian) words."""
+        return bool(self.magic & 1)
+
+    @property
+    def frame_size(self) -> int:
+        """Bytes per frame: the frame header and one page."""
+        return FRAME_HEADER_SIZE + self.page_size
+
+
+# A dataclass, not a NamedTuple: a field named ``index`` would shadow tuple.index.
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One valid frame's header and where it is; its page is not kept."""
+
+    index: int  # 0-based frame number within the WAL
+    offset: int  # byte offset of the frame header in the file
+    page_number: int
+    db_size_after_commit: int  # database size in pages for a commit frame, else 0
+    salt1: int
+    salt2: int
+    checksum1: int  # the running checksum through this frame: the next frame's seed
+    checksum2: int
+
+    @property
+    def is_commit(self) -> bool:
+        """Whether this frame ends a transaction (only commit frames record a size)."""
+        return self.db_size_after_commit != 0
+
+
+class WalScan(NamedTuple):
+    """What a scan found: the whole committed transactions from its start on."""
+
+    header: WalHeader
+    last_commit_offset: int  # just past the last valid commit frame; the start offset if none
+    last_commit_checksum: tuple[int, int]  # the running checksum there: what the next frame chains from
+    frames_committed: int  # frames from the start offset through the last commit frame
+    commits: int  # commit frames, i.e. whole transactions, from the start offset
+    db_size_pages: int | None  # database size after the last commit, None if no commit
+
+
+def parse_wal_header(data: bytes) -> WalHeader:
+    """Decode and check the WAL header at the start of ``data`` (at least 32 bytes)."""
+    if len(data) < WAL_HEADER_SIZE:
+        raise CorruptObjectError(f"WAL header is truncated: {len(data)} of {WAL_HEADER_SIZE} bytes")
+    header = WalHeader._make(_WAL_HEADER.unpack_from(data))
+    if header.magic not in (_MAGIC_LITTLE_ENDIAN, _MAGIC_BIG_ENDIAN):
+        raise CorruptObjectError(f"not a SQLite WAL: magic {header.magic:#010x}, expected 0x377f0682 or 0x377f0683")
+    if header.version != _VERSION:
+        raise CorruptObjectError(f"unsupported WAL format version {header.version}, expected {_VERSION}")
+    size = header.page_size
+    if not _MIN_PAGE_SIZE <= size <= _MAX_PAGE_SIZE or size & (size - 1):
+        raise CorruptObjectError(f"WAL header has an invalid page size {size}: not a power of two from 512 to 65536")
+    expected = wal_checksum(data[:_HEADER_CHECKSUMMED], 0, 0, header.big_endian)
+    if expected != (header.checksum1, header.checksum2):
+        raise CorruptObjectError(
+            f"WAL header checksum mismatch: stored {header.checksum1:#010x} {header.checksum2:#010x}, "
+            f"computed {expected[0]:#010x} {expected[1]:#010x}"
+        )
+    return header
+
+
+# The checksum (section 4.2) steps through pairs of 32-bit words (x0, x1):
+#     s0 += x0 + s1;  s1 += x1 + s0   (mod 2**32)
+# that is, (s0, s1) -> (s0 + s1 + x0, s0 + 2*s1 + x0 + x1): linear. So the
+# checksum of a stretch seeded with s is STEP**n @ s plus the stretch's own
+# checksum seeded with zero, and a long input can be cut into lanes that are
+# checksummed independently from zero, then combined. A per-word Python loop
+# manages about 70 MB/s; running all lanes at once, each in its own 64-bit
+# field of one Python integer, does one big-integer operation per step for
+# every lane together, several times faster.
+_STEP = ((1, 1), (1, 2))
+# Pairs each lane covers. From zero, 16 steps over words of 0xFFFFFFFF grow a
+# lane to under 2**55, so lanes never carry into each other's 64-bit fields.
+_LANE_PAIRS = 16
+_LANE_BYTES = 8 * _LANE_PAIRS
+# The lane results are combined as one dot product of integers packing the
+# s0 weight low and the s1 weight shifted by this many bits: each product is
+# under 2**88 (a 32-bit weight times a lane), so the s0 half cannot reach the
+# s1 half before 2**40 products, far more than any page has lanes.
+_PACK = 128
+
+_Matrix = tuple[tuple[int, int], tuple[int, int]]
+
+
+def wal_checksum(data: bytes | bytearray | memoryview, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """Continue SQLite's WAL checksum from ``(s0, s1)`` over ``data`` (a multiple of 8 bytes)."""
+    view = memoryview(data).cast("B")
+    if len(view) % 8:
+        raise ValueError(f"the WAL checksum covers whole 8-byte pairs of words, not {len(view)} bytes")
+    lanes = len(view) // _LANE_BYTES
+    if lanes:
+        s0, s1 = _checksum_lanes(view[: lanes * _LANE_BYTES], lanes, s0, s1, big_endian)
+    return _checksum_pairs(view[lanes * _LANE_BYTES :], s0, s1, big_endian)
+
+
+def _checksum_pairs(view: memoryview, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """The checksum as section 4.2 writes it: for the short inputs lanes do not pay for."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(view) // 4}I", view)
+    pairs = iter(words)
+    for x0, x1 in zip(pairs, pairs, strict=True):
+        s0 = (s0 + x0 + s1) & _MASK
+        s1 = (s1 + x1 + s0) & _MASK
+    return s0, s1
+
+
+def _checksum_lanes(view: memoryview, lanes: int, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """The checksum over ``lanes`` lanes of 16 pairs each, all stepped at once."""
+    s0_weights, s1_weights, jump, low_words = _lane_tables(lanes)
+    order: Literal["big", "little"] = "big" if big_endian else "little"
+    pairs = view.cast("Q")  # only to slice whole pairs: the bytes are never read as 64-bit numbers
+    lane_s0 = lane_s1 = 0
+    for step in range(_LANE_PAIRS):
+        # Pair ``step`` of every lane, one lane per 64-bit field. Read in the
+        # checksum's byte order, each field holds x0 in its high half for
+        # big-endian words and in its low half for little-endian ones.
+        both = int.from_bytes(pairs[step::_LANE_PAIRS].tobytes(), order)
+        high, low = (both >> 32) & low_words, both & low_words
+        x0, x1 = (high, low) if big_endian else (low, high)
+        lane_s0 += x0 + lane_s1
+        lane_s1 += x1 + lane_s0
+    # The same byte order lists the lanes first to last either way.
+    fields = struct.Struct(f"{'>' if big_endian else '<'}{lanes}Q")
+    total = sum(map(operator.mul, s0_weights, fields.unpack(lane_s0.to_bytes(8 * lanes, order))))
+    total += sum(map(operator.mul, s1_weights, fields.unpack(lane_s1.to_bytes(8 * lanes, order))))
+    (j00, j01), (j10, j11) = jump
+    return (j00 * s0 + j01 * s1 + total) & _MASK, (j10 * s0 + j11 * s1 + (total >> _PACK)) & _MASK
+
+
+# One entry per input length in lanes: in practice one per page size.
+@functools.lru_cache(maxsize=16)
+def _lane_tables(lanes: int) -> tuple[list[int], list[int], _Matrix, int]:
+    """Per lane count (one per page size): lane weights, the seed's matrix, the mask of low words."""
+    lane_jump = _matrix_power(_STEP, _LANE_PAIRS)
+    # Lane i is followed by lanes - 1 - i lanes, so it is weighted by
+    # lane_jump ** (lanes - 1 - i): build the powers up, then reverse them.
+    powers = [((1, 0), (0, 1))]
+    for _ in range(lanes - 1):
+        powers.append(_matrix_multiply(powers[-1], lane_jump))
+    powers.reverse()
+    s0_weights = [m[0][0] | m[1][0] << _PACK for m in powers]
+    s1_weights = [m[0][1] | m[1][1] << _PACK for m in powers]
+    low_words = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * lanes, "little")
+    return s0_weights, s1_weights, _matrix_power(_STEP, lanes * _LANE_PAIRS), low_words
+
+
+def _matrix_multiply(a: _Matrix, b: _Matrix) -> _Matrix:
+    (a00, a01), (a10, a11) = a
+    (b00, b01), (b10, b11) = b
+    return (
+        ((a00 * b00 + a01 * b10) & _MASK, (a00 * b01 + a01 * b11) & _MASK),
+        ((a10 * b00 + a11 * b10) & _MASK, (a10 * b01 + a11 * b11) & _MASK),
+    )
+
+
+def _matrix_power(m: _Matrix, exponent: int) -> _Matrix:
+    result: _Matrix = ((1, 0), (0, 1))
+    while exponent:
+        if exponent & 1:
+            result = _matrix_multiply(result, m)
+        m = _matrix_multiply(m, m)
+        exponent >>= 1
+    return result
+
+
+@overload
+def iter_frames(
+    f: BinaryIO,
+    header: WalHeader,
+    *,
+    start_offset: int = ...,
+    start_checksum: tuple[int, int] | None = ...,
+    with_data: Literal[False] = ...,
+) -> Iterator[Frame]: ...
+
+
+@overload
+def iter_frames(
+    f: BinaryIO,
+    header: WalHeader,
+    *,
+    start_offset: int = ...,
+    start_checksum: tuple[int, int] | None = ...,
+    with_data: Literal[True],
+) -> Iterator[tuple[Frame, bytes]]: ...
+
+
+def iter_frames(
+    f: BinaryIO,
+    header: WalHeader,
+    *,
+    start_offset: int = WAL_HEADER_SIZE,
+    start_checksum: tuple[int, int] | None = None,
+    with_data: bool = False,
+) -> Iterator[Frame] | Iterator[tuple[Frame, bytes]]:
+    """Yield the valid frames of ``f`` from ``start_offset`` on, with their pages if ``with_data``.
+
+    ``start_offset`` must be a frame boundary, and past the first frame
+    ``start_checksum`` must be the running checksum of the frame before it (a
+    previous scan's ``last_commit_checksum``); at the first frame the header's
+    checksum is the seed. Iteration stops, as SQLite's recovery does, at the
+    first frame that is torn (cut short by the end of the file), carries other
+    salts than the header (left over from before the WAL was last reset), or
+    breaks the checksum chain. Frames of a transaction not yet committed are
+    valid frames too: only a commit frame makes the frames before it count.
+    """
+    if start_offset < WAL_HEADER_SIZE or (start_offset - WAL_HEADER_SIZE) % header.frame_size:
+        raise ValueError(f"start offset {start_offset} is not a frame boundary for {header.page_size}-byte pages")
+    if start_checksum is None:
+        if start_offset != WAL_HEADER_SIZE:
+            raise ValueError("reading from past the first frame needs the running checksum of the frame before")
+        start_checksum = (header.checksum1, header.checksum2)
+    # Checked above, here, so that bad arguments fail at the call, not at the
+    # first next() of a generator.
+    frames = _valid_frames(f, header, start_offset, start_checksum)
+    if with_data:
+        return frames
+    return (frame for frame, _ in frames)
+
+
+def _valid_frames(
+    f: BinaryIO, header: WalHeader, offset: int, checksum: tuple[int, int]
+) -> Iterator[tuple[Frame, bytes]]:
+    frame_size = header.frame_size
+    index = (offset - WAL_HEADER_SIZE) // frame_size
+    f.seek(offset)
+    while True:
+        raw = _read_up_to(f, frame_size)
+        if len(raw) < frame_size:
+            return
+        page_number, db_size, salt1, salt2, checksum1, checksum2 = _FRAME_HEADER.unpack_from(raw)
+        # SQLite's own reader (walDecodeFrame in wal.c) also refuses page 0,
+        # which no database has: a zeroed frame is never valid.
+        if page_number == 0 or salt1 != header.salt1 or salt2 != header.salt2:
+            return
+        view = memoryview(raw)
+        checksum = wal_checksum(view[:_FRAME_HEADER_CHECKSUMMED], *checksum, header.big_endian)
+        checksum = wal_checksum(view[FRAME_HEADER_SIZE:], *checksum, header.big_endian)
+        if checksum != (checksum1, checksum2):
+            return
+        frame = Frame(index, offset, page_number, db_size, salt1, salt2, checksum1, checksum2)
+        yield frame, raw[FRAME_HEADER_SIZE:]
+        index += 1
+        offset += frame_size
+
+
+def _read_up_to(f: BinaryIO, size: int) -> bytes:
+    """Read ``size`` bytes, fewer only at the end of the file."""
+    data = f.read(size)
+    # Buffered files return short only at the end; raw files and pipes may
+    # return short before it.
+    while 0 < len(data) < size:
+        more = f.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def scan_wal(
+    f: BinaryIO, *, start_offset: int = WAL_HEADER_SIZE, start_checksum: tuple[int, int] | None = None
+) -> WalScan:
+    """Find the whole committed transactions in ``f`` from ``start_offset`` (see ``iter_frames``).
+
+    Raises ``CorruptObjectError`` if the header is missing or invalid; an
+    empty WAL (as SQLite leaves it before the first write or after a
+    truncating checkpoint) has no header and is therefore refused too. Frames
+    after the last valid commit frame, of a transaction still being written
+    or past the end of the valid log, are not counted.
+    """
+    f.seek(0)
+    header = parse_wal_header(_read_up_to(f, WAL_HEADER_SIZE))
+    frames = iter_frames(f, header, start_offset=start_offset, start_checksum=start_checksum)
+    # iter_frames has refused a missing checksum past the first frame.
+    last_checksum = (header.checksum1, header.checksum2) if start_checksum is None else start_checksum
+    last_offset, committed, commits, db_size = start_offset, 0, 0, None
+    for seen, frame in enumerate(frames, start=1):
+        if frame.is_commit:
+            last_offset = frame.offset + header.frame_size
+            last_checksum = (frame.checksum1, frame.checksum2)
+            committed, commits, db_size = seen, commits + 1, frame.db_size_after_commit
+    return WalScan(header, last_offset, last_checksum, committed, commits, db_size)
