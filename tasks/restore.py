@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tasks._retry import walship_task
 from walship import index, restore
-from walship.models import RestoreResult, SnapshotInfo
+from walship.models import RestoreResult, RestoreTarget, SnapshotInfo
 from walship.storage import open_store
 
 __all__ = ["list_snapshots", "restore_snapshot"]
@@ -18,9 +18,16 @@ def list_snapshots(replica: str) -> list[SnapshotInfo]:
 
 @walship_task
 def restore_snapshot(
-    replica: str, snapshot: SnapshotInfo, output: Path, force: bool, expected_database_id: str | None
+    replica: str, snapshot: SnapshotInfo, output: Path, force: bool, target: RestoreTarget
 ) -> RestoreResult:
-    """Download, verify and atomically place one snapshot."""
+    """Download, verify and apply a snapshot and its segments, and place the database atomically."""
     return restore.restore_snapshot(
-        open_store(replica), snapshot, output, force=force, expected_database_id=expected_database_id
+        open_store(replica),
+        snapshot,
+        output,
+        force=force,
+        expected_database_id=target.database_id,
+        segments=target.segments,
+        until_sequence=target.until_sequence,
+        until_time=target.until_time,
     )

@@ -77,14 +77,35 @@ def list_snapshots(store: ObjectStore, known: Sequence[SnapshotInfo] = ()) -> li
 
 
 def select_snapshot(
-    snapshots: list[SnapshotInfo], *, key: str | None = None, before: datetime | None = None
+    snapshots: list[SnapshotInfo],
+    *,
+    key: str | None = None,
+    before: datetime | None = None,
+    generation: str | None = None,
+    sequence: int | None = None,
 ) -> SnapshotInfo:
-    """The snapshot named by ``key``, else the newest taken at or before ``before``, else the newest."""
+    """The snapshot a restore starts from.
+
+    By ``key`` exactly; else, for WAL ``sequence``, the newest snapshot of
+    ``generation`` (default: the newest generation) at or before it; else the
+    newest taken at or before ``before``; else the newest.
+    """
     if key is not None:
         for snapshot in snapshots:
             if snapshot.key == key:
                 return snapshot
         raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots")
+    if sequence is not None or generation is not None:
+        generation = generation or (snapshots[-1].generation if snapshots else None)
+        candidates = [
+            s for s in snapshots if s.generation == generation and (sequence is None or s.sequence <= sequence)
+        ]
+        if not candidates:
+            raise NotFoundError(
+                f"generation {generation} has no snapshot at or before sequence {sequence}: "
+                "run 'walship status' to see the generations"
+            )
+        return max(candidates, key=lambda s: s.sequence)
     candidates = [s for s in snapshots if before is None or s.created_at <= before]
     if not candidates:
         when = f" taken at or before {before.isoformat()}" if before else ""

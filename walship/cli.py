@@ -1,4 +1,4 @@
-"""The operator CLI: ``walship snapshot | restore | status``.
+"""The operator CLI: ``walship snapshot | ship | restore | status``.
 
 Exit status: 0 done; 1 the operation failed (corrupt or missing data,
 verification failed, storage unreachable after retries); 2 bad usage or bad
@@ -50,12 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--database-id", help="name of the database in the replica (default: file name)")
     snap.add_argument("--workdir", type=Path, help="directory for the temporary copy (default: system temp)")
 
+    ship = commands.add_parser("ship", help="ship committed WAL continuously")
+    ship.add_argument("database", type=Path)
+    ship.add_argument("--replica", required=True)
+    window = ship.add_mutually_exclusive_group()
+    window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
+    window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
+    ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
+    ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
+    ship.add_argument("--database-id", help="name of the database in the replica (default: file name)")
+    ship.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
+
     rest = commands.add_parser("restore", help="restore a database from a replica")
     rest.add_argument("--replica", required=True)
     rest.add_argument("--output", required=True, type=Path)
     when = rest.add_mutually_exclusive_group()
     when.add_argument("--timestamp", help="newest snapshot at or before this ISO 8601 time (UTC if no zone)")
-    when.add_argument("--snapshot", dest="snapshot_key", help="restore this snapshot key")
+    when.add_argument("--sequence", type=int, help="restore up to this WAL segment sequence")
+    when.add_argument("--snapshot", dest="snapshot_key", help="restore this snapshot key alone, without WAL")
+    rest.add_argument("--generation", help="with --sequence: the generation (default: the newest)")
     rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
     rest.add_argument("--database-id", help="refuse a replica that holds another database")
 
@@ -107,6 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         ratio = info.raw_size / max(info.compressed_size, 1)
         print(f"snapshot {info.key}: {info.raw_size} -> {info.compressed_size} bytes (ratio {ratio:.2f})")
         return EXIT_OK
+    if args.command == "ship":
+        return _ship(args, replica)
     output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
     from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
@@ -116,10 +131,41 @@ def _run(args: argparse.Namespace) -> int:
         output=output,
         timestamp=timestamp,
         snapshot_key=args.snapshot_key,
+        sequence=args.sequence,
+        generation=args.generation,
         force=args.force,
         database_id=args.database_id,
     )
-    print(f"restored {result.snapshot.key} to {result.output} ({result.size} bytes, integrity ok)")
+    position = f"{result.position.generation}/{result.position.sequence}"
+    print(
+        f"restored {result.output} at {position} ({result.snapshot.key} + {result.segments_applied} segments, "
+        f"{result.size} bytes, integrity ok)"
+    )
+    return EXIT_OK
+
+
+def _ship(args: argparse.Namespace, replica: str) -> int:
+    check_database(args.database)
+    codec.validate_level(args.level)
+    if args.interval <= 0 or args.duration < 0:
+        raise UsageError("--interval must be positive and --duration not negative")
+    from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    report = wal_ship_flow(
+        database=args.database.resolve(),
+        replica=replica,
+        duration=args.duration,
+        interval=args.interval,
+        once=args.once,
+        spool_dir=args.spool,
+        database_id=args.database_id,
+        level=args.level,
+    )
+    position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
+    print(
+        f"shipped {report.segments_uploaded} segments ({report.commits_captured} commits captured) in "
+        f"{report.syncs} syncs; position {position}; generations started: {len(report.generations_started)}"
+    )
     return EXIT_OK
 
 

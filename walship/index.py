@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from walship.catalog import list_snapshots
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError
 from walship.layout import METADATA_KEY
-from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, utcnow
+from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, WalPosition, utcnow
 from walship.storage import ObjectStore
 
-__all__ = ["add_snapshot", "current_snapshots", "read_index", "rebuild_index", "update_index"]
+__all__ = ["add_snapshot", "current_snapshots", "read_index", "rebuild_index", "record_wal_position", "update_index"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,16 @@ def add_snapshot(store: ObjectStore, snapshot: SnapshotInfo) -> ReplicaMetadata:
     return update_index(store, lambda metadata: _with_snapshot(metadata, snapshot))
 
 
+def record_wal_position(store: ObjectStore, position: WalPosition) -> ReplicaMetadata:
+    """Record the newest shipped segment (once per shipping run, not per sync)."""
+    return update_index(
+        store,
+        lambda metadata: metadata.model_copy(
+            update={"latest_wal_sequence": position.sequence, "current_generation": position.generation}
+        ),
+    )
+
+
 def _with_snapshot(metadata: ReplicaMetadata, snapshot: SnapshotInfo) -> ReplicaMetadata:
     snapshots = [s for s in metadata.snapshots if s.key != snapshot.key] + [snapshot]
     snapshots.sort(key=lambda s: (s.created_at, s.key))
@@ -104,5 +114,11 @@ def _with_snapshot(metadata: ReplicaMetadata, snapshot: SnapshotInfo) -> Replica
             "latest_snapshot": newest.key,
             "latest_snapshot_time": newest.created_at,
             "current_generation": newest.generation,
+            # A new generation's snapshot restarts the WAL count there.
+            "latest_wal_sequence": (
+                newest.sequence
+                if newest.generation != metadata.current_generation
+                else max(metadata.latest_wal_sequence or 0, newest.sequence)
+            ),
         }
     )

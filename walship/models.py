@@ -16,6 +16,7 @@ __all__ = [
     "ObjectInfo",
     "ReplicaMetadata",
     "RestoreResult",
+    "RestoreTarget",
     "RetryPolicy",
     "SegmentInfo",
     "SnapshotInfo",
@@ -166,6 +167,15 @@ class ReplicaMetadata(BaseModel):
     last_modified: datetime = Field(default_factory=utcnow)
     current_generation: str | None = None
     snapshots: list[SnapshotInfo] = Field(default_factory=list)
+
+
+class RestoreTarget(_Frozen):
+    """Which state a restore stops at, and what it must be a replica of."""
+
+    segments: bool = True
+    until_time: datetime | None = None
+    until_sequence: int | None = None
+    database_id: str | None = None
 
 
 class RestoreResult(_Frozen):

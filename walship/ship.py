@@ -20,7 +20,7 @@ from walship import codec, index
 from walship.catalog import describe_snapshot, to_metadata
 from walship.errors import ChecksumMismatchError
 from walship.layout import format_segment_key, format_snapshot_key, new_generation
-from walship.lease import Lease, acquire_lease, lease_needs_renewal
+from walship.lease import acquire_lease, lease_needs_renewal
 from walship.models import SegmentInfo, SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.spool import PendingEntry, Spool, new_entry
 from walship.sqlite import WalCapture
@@ -313,22 +313,24 @@ def describe_segment(info: SegmentInfo) -> dict[str, str]:
     return to_metadata(info, exclude={"key"})
 
 
-def upload_pending(
-    store: ObjectStore, spool: Spool, lease: Lease | None, *, holder: str, level: int
-) -> tuple[UploadResult, Lease]:
-    """Upload every spooled entry in order; each is removed only once storage confirmed it."""
+def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int) -> UploadResult:
+    """Upload every spooled entry in order; each is removed only once storage confirmed it.
+
+    The lease is renewed first when half its time has passed, so an idle
+    database costs nothing and a busy one a lease PUT every few minutes.
+    """
     result = UploadResult()
-    entries = spool.pending()
+    lease = spool.load_lease()
     if lease is None or lease_needs_renewal(lease):
-        lease = acquire_lease(store, holder)
-    for entry in entries:
+        spool.save_lease(acquire_lease(store, holder))
+    for entry in spool.pending():
         try:
             _upload_one(store, spool, entry, level, result)
         except Exception:
             spool.record_attempt(entry)
             raise
         spool.remove(entry)
-    return result, lease
+    return result
 
 
 def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:

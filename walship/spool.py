@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from walship._fs import fsync_dir
 from walship.errors import UsageError
+from walship.lease import Lease
 from walship.models import SegmentInfo, SnapshotInfo, WalCursor, utcnow
 
 __all__ = ["PendingEntry", "Spool", "default_spool_dir", "new_entry"]
@@ -62,11 +63,15 @@ class PendingEntry(BaseModel):
 class Spool:
     """A locked spool directory; only one process may hold it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, lock: bool = True) -> None:
+        """Open the spool; ``lock=False`` only for code running under the lock holder
+        (a flow's own tasks), since flock refuses a second holder even in one process."""
         self.root = root
         (root / "pending").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         self._lock = (root / "lock").open("a")
+        if not lock:
+            return
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,6 +92,15 @@ class Spool:
 
     def save_cursor(self, cursor: WalCursor) -> None:
         self._write_atomic(self.root / "cursor.json", cursor.model_dump_json().encode())
+
+    # The lease, as we last wrote it --------------------------------------------
+
+    def load_lease(self) -> Lease | None:
+        path = self.root / "lease.json"
+        return Lease.model_validate_json(path.read_bytes()) if path.exists() else None
+
+    def save_lease(self, lease: Lease) -> None:
+        self._write_atomic(self.root / "lease.json", lease.model_dump_json().encode())
 
     # Entries ----------------------------------------------------------------
 

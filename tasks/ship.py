@@ -1,0 +1,39 @@
+"""WAL-shipping tasks: upload what the spool holds, record the position, lease."""
+
+from pathlib import Path
+
+from tasks._retry import walship_task
+from walship import index, lease, ship
+from walship.models import ReplicaMetadata, WalPosition
+from walship.spool import Spool
+from walship.storage import open_store
+
+__all__ = ["acquire_lease", "record_position", "release_lease", "upload_spool"]
+
+
+@walship_task
+def acquire_lease(replica: str, spool_dir: Path, database: Path) -> None:
+    """Take the replica's lease for this host and database, or fail if another shipper holds it."""
+    spool = Spool(spool_dir, lock=False)
+    spool.save_lease(lease.acquire_lease(open_store(replica), lease.holder_for(database)))
+
+
+@walship_task
+def upload_spool(replica: str, spool_dir: Path, database: Path, level: int) -> ship.UploadResult:
+    """Upload the spooled snapshot and segments in order; runs only when there is something to ship."""
+    spool = Spool(spool_dir, lock=False)
+    return ship.upload_pending(open_store(replica), spool, holder=lease.holder_for(database), level=level)
+
+
+@walship_task
+def record_position(replica: str, position: WalPosition) -> ReplicaMetadata:
+    """Record the newest shipped segment in metadata.json."""
+    return index.record_wal_position(open_store(replica), position)
+
+
+@walship_task
+def release_lease(replica: str, spool_dir: Path) -> None:
+    """Let the lease go at the end of a run so a successor need not wait for it to expire."""
+    held = Spool(spool_dir, lock=False).load_lease()
+    if held is not None:
+        lease.release_lease(open_store(replica), held)
