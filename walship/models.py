@@ -74,6 +74,9 @@ class WalCursor(_Frozen):
     page_size: int = 0
     checkpointed: bool = False
     db_inode: int = 0
+    # The database file's mtime when ``checkpointed`` was recorded: if the WAL
+    # is gone and the file changed since, someone wrote while nobody watched.
+    db_mtime_ns: int = 0
 
     @property
     def position(self) -> "WalPosition":

@@ -102,7 +102,7 @@ class Shipper:
             raise ContinuityLostError("the database file was replaced")
         header = self.capture.wal_header()
         if header is None:
-            if not cursor.checkpointed:
+            if not cursor.checkpointed or cursor.db_mtime_ns != self.capture.db_mtime_ns:
                 raise ContinuityLostError("the WAL was checkpointed and removed while nobody watched")
             return
         if (header.salt1, header.salt2) == (cursor.salt1, cursor.salt2):
@@ -150,7 +150,12 @@ class Shipper:
         if header is None or scan is None:
             # No WAL: the snapshot holds everything, and any WAL that appears continues it.
             self.cursor = WalCursor(
-                generation=generation, sequence=0, offset=WAL_HEADER_SIZE, checkpointed=True, db_inode=inode
+                generation=generation,
+                sequence=0,
+                offset=WAL_HEADER_SIZE,
+                checkpointed=True,
+                db_inode=inode,
+                db_mtime_ns=self.capture.db_mtime_ns,
             )
         else:
             self.cursor = _cursor_at(generation, 0, header, scan, inode)
@@ -185,7 +190,9 @@ class Shipper:
             tail = self._capture()  # nothing can be appended behind us now
             complete = self.capture.checkpoint("TRUNCATE" if emergency else "PASSIVE")
             if complete and self.cursor is not None:
-                self.cursor = self.cursor.model_copy(update={"checkpointed": True})
+                self.cursor = self.cursor.model_copy(
+                    update={"checkpointed": True, "db_mtime_ns": self.capture.db_mtime_ns}
+                )
                 self.spool.save_cursor(self.cursor)
         self._last_checkpoint = time.monotonic()
         merged = _merge(before, tail).model_copy(update={"checkpointed": complete})

@@ -14,6 +14,7 @@ POSIX locks, and closing one drops the other's.
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ __all__ = ["WalCapture"]
 
 _BUSY_TIMEOUT_MS = 5_000
 _COPY_CHUNK = 1 << 20
+_HEADER_READS = 5
 
 
 class WalCapture:
@@ -73,6 +75,10 @@ class WalCapture:
     def db_inode(self) -> int:
         return os.stat(self.database).st_ino
 
+    @property
+    def db_mtime_ns(self) -> int:
+        return os.stat(self.database).st_mtime_ns
+
     def wal_size(self) -> int:
         try:
             return self.wal_path.stat().st_size
@@ -80,15 +86,27 @@ class WalCapture:
             return 0
 
     def wal_header(self) -> WalHeader | None:
-        """The WAL's header, or None while there is no WAL (or an empty one)."""
-        try:
-            with self.wal_path.open("rb") as wal:
-                data = wal.read(WAL_HEADER_SIZE)
-        except FileNotFoundError:
-            return None
-        if len(data) < WAL_HEADER_SIZE:
-            return None
-        return parse_wal_header(data)
+        """The WAL's header, or None while there is no WAL (or an empty one).
+
+        A writer resetting the WAL rewrites the header in place, so a read can
+        catch it half-written: such a header is read again a few times before
+        it counts as corrupt.
+        """
+        for attempt in range(_HEADER_READS):
+            try:
+                with self.wal_path.open("rb") as wal:
+                    data = wal.read(WAL_HEADER_SIZE)
+            except FileNotFoundError:
+                return None
+            if len(data) < WAL_HEADER_SIZE:
+                return None
+            try:
+                return parse_wal_header(data)
+            except CorruptObjectError:
+                if attempt == _HEADER_READS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def scan(self, start_offset: int, start_checksum: tuple[int, int] | None) -> WalScan:
         with self.wal_path.open("rb") as wal:

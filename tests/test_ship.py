@@ -1,0 +1,210 @@
+"""WAL shipping through the core: capture, upload, continuity, point-in-time restore."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.workload import committed_counts, content_digest, expected_state
+from flows import wal_ship_flow
+from tests.conftest import Writers
+from walship.catalog import select_snapshot
+from walship.chain import list_segment_sequences
+from walship.index import current_snapshots, read_index
+from walship.lease import holder_for
+from walship.models import SnapshotInfo
+from walship.restore import restore_snapshot
+from walship.ship import ShipConfig, Shipper, upload_pending
+from walship.spool import Spool
+from walship.storage import ObjectStore, open_store
+
+SEED = 11
+
+
+@pytest.fixture
+def store(replica_url: str) -> ObjectStore:
+    return open_store(replica_url)
+
+
+class Running:
+    """An in-process shipper (apsw) over a database that writer processes change."""
+
+    def __init__(self, database: Path, store: ObjectStore, spool_dir: Path, **config: Any) -> None:
+        self.database, self.store = database, store
+        self.spool = Spool(spool_dir)
+        self.shipper = Shipper(database, self.spool, ShipConfig(database_id="app.db", **config))
+        self.opened = self.shipper.open()
+        self.generations = [self.opened.new_generation] if self.opened.new_generation else []
+
+    def step(self) -> None:
+        result = self.shipper.sync()
+        if result.new_generation:
+            self.generations.append(result.new_generation)
+        if self.spool.pending():
+            upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
+
+    def run(self, seconds: float, interval: float = 0.2) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.step()
+            time.sleep(interval)
+
+    def close(self) -> None:
+        self.step()
+        self.shipper.close()
+        self.spool.close()
+
+
+def _checkpoint_truncate(database: Path) -> None:
+    """The application checkpoints with TRUNCATE (in its own process)."""
+    code = f"import sqlite3; sqlite3.connect({str(database)!r}).execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchall()"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def _restore(store: ObjectStore, output: Path, **kwargs: Any) -> Any:
+    snapshots = current_snapshots(store)
+    chosen = select_snapshot(
+        snapshots,
+        generation=kwargs.get("generation"),
+        sequence=kwargs.get("until_sequence"),
+        before=kwargs.get("until_time"),
+    )
+    return restore_snapshot(store, chosen, output, **{k: v for k, v in kwargs.items() if k != "generation"})
+
+
+class TestShippingUnderLoad:
+    """Writers commit while the shipper runs; the restore equals the source exactly."""
+
+    def test_restore_equals_source(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        running = Running(database, store, tmp_path / "spool", checkpoint_pages=300)
+        writers = Writers(database, seed=SEED, count=3, rate=250)
+        try:
+            running.run(4.0)
+        finally:
+            writers.stop()
+        running.close()
+        assert len(running.generations) == 1, running.generations
+
+        restored = tmp_path / "restored.db"
+        result = _restore(store, restored)
+        assert result.segments_applied > 3
+        assert committed_counts(restored) == committed_counts(database)
+        assert content_digest(restored) == content_digest(database)
+        # The WAL was checkpointed along the way, so it stayed bounded.
+        assert Path(f"{database}-wal").stat().st_size < 40 << 20
+
+    def test_an_idle_database_ships_nothing(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        running = Running(database, store, tmp_path / "spool")
+        running.step()  # the generation's snapshot
+        before = sorted(o.key for o in store.list())
+        for _ in range(20):
+            result = running.shipper.sync()
+            assert (result.segments, result.new_generation) == (0, None)
+            assert running.spool.pending() == []
+        running.close()
+        assert sorted(o.key for o in store.list()) == before
+
+
+class TestContinuity:
+    """A restarted shipper continues its generation when it can prove it, and starts a new one when not."""
+
+    def test_restart_continues_the_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        for _ in range(3):
+            writers = Writers(database, seed=SEED, count=2, rate=200) if not _ else None
+            running = Running(database, store, tmp_path / "spool", checkpoint_pages=200)
+            running.run(1.5)
+            if writers:
+                writers.stop()
+            running.close()
+        snapshots = current_snapshots(store)
+        assert len({s.generation for s in snapshots}) == 1
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+    def test_wal_reset_while_down_starts_a_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        writers = Writers(database, seed=SEED, count=2, rate=200)
+        running = Running(database, store, tmp_path / "spool")
+        running.run(1.0)
+        running.close()
+        time.sleep(0.5)
+        writers.stop()
+        _checkpoint_truncate(database)
+        running = Running(database, store, tmp_path / "spool")
+        assert running.opened.new_generation is not None
+        assert running.opened.reason == "the WAL was checkpointed and removed while nobody watched"
+        running.close()
+        generations = {s.generation for s in current_snapshots(store)}
+        assert len(generations) == 2
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+
+class TestPointInTime:
+    """Every shipped point restores to exactly one consistent committed state."""
+
+    def test_every_sequence_and_its_time(
+        self, store: ObjectStore, database: Path, base_database: Path, tmp_path: Path
+    ) -> None:
+        running = Running(database, store, tmp_path / "spool", checkpoint_pages=150)
+        writers = Writers(database, seed=SEED, count=2, rate=200)
+        try:
+            running.run(3.0, interval=0.3)
+        finally:
+            writers.stop()
+        running.close()
+        [snapshot] = current_snapshots(store)
+        sequences = list_segment_sequences(store, snapshot.generation)
+        assert sequences == list(range(1, len(sequences) + 1))
+        assert len(sequences) >= 5
+
+        previous: dict[int, int] = {}
+        for sequence in [0, *sequences[:: max(1, len(sequences) // 5)], sequences[-1]]:
+            out = tmp_path / f"at-{sequence}.db"
+            result = _restore(store, out, until_sequence=sequence, generation=snapshot.generation)
+            assert result.position.sequence == sequence
+            counts = committed_counts(out)
+            assert all(counts.get(w, 0) >= n for w, n in previous.items())
+            expected = tmp_path / f"expected-{sequence}.db"
+            expected_state(base_database, expected, SEED, counts)
+            assert content_digest(out) == content_digest(expected)
+            previous = counts
+
+        # By time: the segment captured at T is the newest state at T.
+        middle = sequences[len(sequences) // 2]
+        by_sequence = _restore(store, tmp_path / "seq.db", until_sequence=middle, generation=snapshot.generation)
+        info = _segment_time(store, snapshot, middle)
+        by_time = _restore(store, tmp_path / "time.db", until_time=info)
+        assert by_time.position == by_sequence.position
+        assert content_digest(tmp_path / "time.db") == content_digest(tmp_path / "seq.db")
+
+
+def _segment_time(store: ObjectStore, snapshot: SnapshotInfo, sequence: int) -> Any:
+    from walship.chain import _segment_info
+    from walship.layout import format_segment_key
+
+    return _segment_info(store, format_segment_key(snapshot.generation, sequence)).captured_at
+
+
+@pytest.mark.usefixtures("prefect_api")
+class TestShipFlow:
+    """The flow ships once, records the position, and publishes its artifact."""
+
+    def test_once(self, replica_url: str, database: Path, tmp_path: Path) -> None:
+        report = wal_ship_flow(database=database, replica=replica_url, once=True, spool_dir=tmp_path / "spool")
+        assert len(report.generations_started) == 1
+        assert report.snapshots_uploaded
+        writers = Writers(database, seed=SEED, count=1, rate=200)
+        time.sleep(1.0)
+        writers.stop()
+        report = wal_ship_flow(database=database, replica=replica_url, once=True, spool_dir=tmp_path / "spool")
+        assert report.generations_started == []
+        assert report.segments_uploaded == 1
+        assert report.position is not None
+        metadata, _ = read_index(open_store(replica_url))
+        assert metadata is not None
+        assert metadata.latest_wal_sequence == report.position.sequence
