@@ -38,11 +38,13 @@ class Running:
         self.shipper = Shipper(database, self.spool, ShipConfig(database_id="app.db", **config))
         self.opened = self.shipper.open()
         self.generations = [self.opened.new_generation] if self.opened.new_generation else []
+        self.checkpoints = 0
 
     def step(self) -> None:
         result = self.shipper.sync()
         if result.new_generation:
             self.generations.append(result.new_generation)
+        self.checkpoints += result.checkpointed
         if self.spool.pending():
             upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
 
@@ -93,8 +95,8 @@ class TestShippingUnderLoad:
         assert result.segments_applied > 3
         assert committed_counts(restored) == committed_counts(database)
         assert content_digest(restored) == content_digest(database)
-        # The WAL was checkpointed along the way, so it stayed bounded.
-        assert Path(f"{database}-wal").stat().st_size < 40 << 20
+        # The shipper owned checkpointing along the way (and the chain survived its WAL restarts).
+        assert running.checkpoints > 0
 
     def test_an_idle_database_ships_nothing(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         running = Running(database, store, tmp_path / "spool")
