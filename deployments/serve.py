@@ -9,6 +9,7 @@ file stays the one place they are declared.
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.client.schemas.schedules import construct_schedule
 
 from deployments.config import load_deployments, load_flow
@@ -29,10 +30,14 @@ def build() -> list[Any]:
                 tags=spec.get("tags"),
                 parameters=spec.get("parameters"),
                 schedules=schedules or None,
-                concurrency_limit=spec.get("concurrency_limit"),
+                concurrency_limit=_concurrency(spec.get("concurrency_limit")),
             )
         )
     return built
+
+
+def _concurrency(value: int | dict[str, Any] | None) -> int | ConcurrencyLimitConfig | None:
+    return ConcurrencyLimitConfig(**value) if isinstance(value, dict) else value
 
 
 if __name__ == "__main__":

@@ -36,3 +36,8 @@ class TestPrefectYaml:
         assert set(built) == {d["name"] for d in DEPLOYMENTS}
         assert built["snapshot-hourly"].schedules[0].schedule.cron == "0 * * * *"  # type: ignore[union-attr]
         assert not built["restore-adhoc"].schedules
+        ship = built["wal-ship"]
+        assert ship.schedules[0].schedule.interval.total_seconds() == ship.parameters["duration"]  # type: ignore[union-attr]
+        assert ship.concurrency_limit == 1
+        assert ship.concurrency_options is not None
+        assert ship.concurrency_options.collision_strategy == "CANCEL_NEW"
