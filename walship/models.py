@@ -77,6 +77,8 @@ class WalCursor(_Frozen):
     # The database file's mtime when ``checkpointed`` was recorded: if the WAL
     # is gone and the file changed since, someone wrote while nobody watched.
     db_mtime_ns: int = 0
+    # When the cursor last moved: the next segment's commits all came later.
+    moved_at: datetime | None = None
 
     @property
     def position(self) -> "WalPosition":

@@ -93,6 +93,8 @@ class Shipper:
                 raise ContinuityLostError("no earlier capture of this database")
             self._check_resume(cursor)
             self.cursor = cursor
+            # Commits made while no shipper ran belong to the next segment.
+            self._last_sync = cursor.moved_at or self._last_sync
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
         return self.sync()
@@ -126,6 +128,7 @@ class Shipper:
                 header = self.capture.wal_header()
                 scan = self.capture.scan(WAL_HEADER_SIZE, None) if header is not None else None
                 source_connection = stack.enter_context(self.capture.read_transaction_now())
+                state_at = utcnow()
             source = self.capture.copy_database(source_connection, self.database, target)
         compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
         target.unlink()
@@ -134,7 +137,7 @@ class Shipper:
             key=format_snapshot_key(generation, 0),
             generation=generation,
             sequence=0,
-            created_at=source.taken_at,
+            created_at=state_at,
             raw_size=compressed.raw_size,
             compressed_size=compressed.compressed_size,
             sha256=compressed.sha256,
@@ -159,8 +162,9 @@ class Shipper:
             )
         else:
             self.cursor = _cursor_at(generation, 0, header, scan, inode)
+        self.cursor = self.cursor.model_copy(update={"moved_at": state_at})
         self.spool.save_cursor(self.cursor)
-        self._last_sync = utcnow()
+        self._last_sync = state_at
         return SyncResult(new_generation=generation, reason=reason)
 
     def sync(self) -> SyncResult:
@@ -259,7 +263,9 @@ class Shipper:
             sha256=hashing.digest.hexdigest(),
         )
         self.spool.add(new_entry(info), data)
-        self.cursor = _cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode)
+        self.cursor = _cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode).model_copy(
+            update={"moved_at": now}
+        )
         self.spool.save_cursor(self.cursor)
         self._last_sync = now
         return SyncResult(segments=1, frames=scan.frames_committed, commits=scan.commits, bytes=hashing.count)
