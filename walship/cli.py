@@ -105,9 +105,10 @@ def _run(args: argparse.Namespace) -> int:
         print(status.model_dump_json(indent=2) if args.json else status.render())
         return EXIT_OK
     _quiet_prefect(args.verbose)
-    if args.command == "snapshot":
+    if args.command in ("snapshot", "ship"):
         check_database(args.database)
         codec.validate_level(args.level)
+    if args.command == "snapshot":
         from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
         info = snapshot_flow(
@@ -145,8 +146,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ship(args: argparse.Namespace, replica: str) -> int:
-    check_database(args.database)
-    codec.validate_level(args.level)
     if args.interval <= 0 or args.duration < 0:
         raise UsageError("--interval must be positive and --duration not negative")
     from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs

@@ -19,9 +19,10 @@ from pydantic import BaseModel, Field
 from walship import codec, index
 from walship.catalog import describe_snapshot, to_metadata
 from walship.errors import ChecksumMismatchError
-from walship.layout import format_segment_key, format_snapshot_key, new_generation
+from walship.layout import format_segment_key, new_generation
 from walship.lease import acquire_lease, lease_needs_renewal
-from walship.models import SegmentInfo, SnapshotInfo, WalCursor, WalPosition, utcnow
+from walship.models import SegmentInfo, WalCursor, WalPosition, utcnow
+from walship.snapshot import describe_new_snapshot
 from walship.spool import PendingEntry, Spool, new_entry
 from walship.sqlite import WalCapture
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan
@@ -132,21 +133,13 @@ class Shipper:
             source = self.capture.copy_database(source_connection, self.database, target)
         compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
         target.unlink()
-        position = WalPosition(generation=generation, sequence=0)
-        info = SnapshotInfo(
-            key=format_snapshot_key(generation, 0),
-            generation=generation,
-            sequence=0,
-            created_at=state_at,
-            raw_size=compressed.raw_size,
-            compressed_size=compressed.compressed_size,
-            sha256=compressed.sha256,
-            page_size=source.page_size,
-            page_count=source.page_count,
-            level=compressed.level,
+        info = describe_new_snapshot(
+            source,
+            compressed,
             database_id=self.config.database_id,
-            sqlite_version=source.sqlite_version,
-            wal_position=position,
+            generation=generation,
+            position=WalPosition(generation=generation, sequence=0),
+            state_at=state_at,
         )
         self.spool.add(new_entry(info), compressed.path)
         inode = self.capture.db_inode

@@ -5,6 +5,8 @@ generation of its own (sequence 0): nothing proves continuity between two
 standalone snapshots, and a generation promises exactly that.
 """
 
+from datetime import datetime
+
 from walship.catalog import describe_snapshot
 from walship.errors import CorruptObjectError, UsageError
 from walship.index import read_index
@@ -12,7 +14,7 @@ from walship.layout import format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
 from walship.storage import ObjectStore
 
-__all__ = ["check_database_id", "upload_snapshot"]
+__all__ = ["check_database_id", "describe_new_snapshot", "upload_snapshot"]
 
 
 def check_database_id(store: ObjectStore, database_id: str) -> None:
@@ -25,23 +27,23 @@ def check_database_id(store: ObjectStore, database_id: str) -> None:
         )
 
 
-def upload_snapshot(
-    store: ObjectStore,
+def describe_new_snapshot(
     source: SnapshotSource,
     compressed: CompressedFile,
     *,
     database_id: str,
     generation: str | None = None,
     position: WalPosition | None = None,
+    state_at: datetime | None = None,
 ) -> SnapshotInfo:
-    """Upload a compressed snapshot under a new key; return what was stored."""
+    """The description of a snapshot about to be stored; a new generation unless one is given."""
     generation = generation or new_generation(source.taken_at)
     sequence = position.sequence if position is not None else 0
-    info = SnapshotInfo(
+    return SnapshotInfo(
         key=format_snapshot_key(generation, sequence),
         generation=generation,
         sequence=sequence,
-        created_at=source.taken_at,
+        created_at=state_at or source.taken_at,
         raw_size=compressed.raw_size,
         compressed_size=compressed.compressed_size,
         sha256=compressed.sha256,
@@ -52,6 +54,19 @@ def upload_snapshot(
         sqlite_version=source.sqlite_version,
         wal_position=position,
     )
+
+
+def upload_snapshot(
+    store: ObjectStore,
+    source: SnapshotSource,
+    compressed: CompressedFile,
+    *,
+    database_id: str,
+    generation: str | None = None,
+    position: WalPosition | None = None,
+) -> SnapshotInfo:
+    """Upload a compressed snapshot under a new key; return what was stored."""
+    info = describe_new_snapshot(source, compressed, database_id=database_id, generation=generation, position=position)
     stored = store.put_file(info.key, compressed.path, metadata=describe_snapshot(info))
     if stored.size != compressed.compressed_size:
         raise CorruptObjectError(

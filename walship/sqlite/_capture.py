@@ -24,7 +24,7 @@ import apsw
 from walship.errors import CorruptObjectError, UsageError
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database
-from walship.sqlite._snapshot import describe_copy
+from walship.sqlite._snapshot import backup_into, describe_copy
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
 
 __all__ = ["WalCapture"]
@@ -175,10 +175,5 @@ class WalCapture:
     def copy_database(source: apsw.Connection, database: Path, target: Path) -> SnapshotSource:
         """Copy the state ``source``'s open read transaction sees into ``target``."""
         taken_at = utcnow()
-        copy = apsw.Connection(str(target))
-        try:
-            with copy.backup("main", source, "main") as backup:
-                backup.step(-1)
-        finally:
-            copy.close()
+        backup_into(source, target)
         return describe_copy(database, target, taken_at)

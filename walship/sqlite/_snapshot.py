@@ -17,7 +17,7 @@ from walship.errors import CorruptObjectError, UsageError
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database, read_header
 
-__all__ = ["describe_copy", "take_snapshot"]
+__all__ = ["backup_into", "describe_copy", "take_snapshot"]
 
 # How long to wait for a lock a writer or checkpointer holds briefly.
 _BUSY_TIMEOUT_MS = 10_000
@@ -36,18 +36,23 @@ def take_snapshot(database: Path, target: Path) -> SnapshotSource:
         source = apsw.Connection(str(database), flags=apsw.SQLITE_OPEN_READWRITE)
         try:
             source.set_busy_timeout(_BUSY_TIMEOUT_MS)
-            copy = apsw.Connection(str(target))
-            try:
-                with copy.backup("main", source, "main") as backup:
-                    backup.step(-1)
-            finally:
-                copy.close()
+            backup_into(source, target)
         finally:
             source.close()
     except apsw.Error as exc:
         target.unlink(missing_ok=True)
         raise CorruptObjectError(f"snapshot {database}: SQLite could not copy it: {exc}") from exc
     return describe_copy(database, target, taken_at)
+
+
+def backup_into(source: apsw.Connection, target: Path) -> None:
+    """Copy what ``source`` sees (its open read transaction, if any) into a new file, in one step."""
+    copy = apsw.Connection(str(target))
+    try:
+        with copy.backup("main", source, "main") as backup:
+            backup.step(-1)
+    finally:
+        copy.close()
 
 
 def describe_copy(database: Path, target: Path, taken_at: datetime) -> SnapshotSource:
