@@ -19,6 +19,7 @@ from walship.models import SnapshotInfo
 from walship.restore import restore_snapshot
 from walship.ship import ShipConfig, Shipper, upload_pending
 from walship.spool import Spool
+from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
 
 SEED = 11
@@ -163,6 +164,8 @@ class TestPointInTime:
         sequences = list_segment_sequences(store, snapshot.generation)
         assert sequences == list(range(1, len(sequences) + 1))
         assert len(sequences) >= 5
+        status = replica_status(store)
+        assert (status.segments_in_generation, status.newest_segment_sequence) == (len(sequences), sequences[-1])
 
         previous: dict[int, int] = {}
         for sequence in [0, *sequences[:: max(1, len(sequences) // 5)], sequences[-1]]:

@@ -6,6 +6,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from walship.catalog import list_snapshots
+from walship.chain import list_segment_sequences
 from walship.errors import CorruptObjectError
 from walship.index import read_index
 from walship.models import SnapshotInfo
@@ -28,6 +29,8 @@ class ReplicaStatus(BaseModel):
     newest: SnapshotInfo | None
     oldest: SnapshotInfo | None
     snapshots: list[SnapshotInfo]
+    segments_in_generation: int
+    newest_segment_sequence: int | None
     last_modified: datetime | None
 
     def render(self) -> str:
@@ -36,6 +39,8 @@ class ReplicaStatus(BaseModel):
             f"database id:  {self.database_id or '-'}",
             f"index:        {self.index}",
             f"generation:   {self.current_generation or '-'}",
+            f"segments:     {self.segments_in_generation} in the current generation, "
+            f"newest sequence {self.newest_segment_sequence if self.newest_segment_sequence is not None else '-'}",
             f"snapshots:    {self.snapshot_count} ({self.snapshot_bytes} bytes stored)",
         ]
         for snapshot in self.snapshots:
@@ -59,6 +64,7 @@ def replica_status(store: ObjectStore) -> ReplicaStatus:
     snapshots = list_snapshots(store, known=metadata.snapshots if metadata else ())
     if metadata is not None and {s.key for s in metadata.snapshots} != {s.key for s in snapshots}:
         state = "stale"
+    sequences = list_segment_sequences(store, snapshots[-1].generation) if snapshots else []
     return ReplicaStatus(
         replica=store.location,
         database_id=(metadata.database_id if metadata else None) or (snapshots[-1].database_id if snapshots else None),
@@ -69,5 +75,7 @@ def replica_status(store: ObjectStore) -> ReplicaStatus:
         newest=snapshots[-1] if snapshots else None,
         oldest=snapshots[0] if snapshots else None,
         snapshots=snapshots,
+        segments_in_generation=len(sequences),
+        newest_segment_sequence=sequences[-1] if sequences else None,
         last_modified=metadata.last_modified if metadata else None,
     )
