@@ -18,7 +18,7 @@ from tasks import acquire_lease, record_position, release_lease, upload_spool, w
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.errors import TransientStorageError
 from walship.models import RetryPolicy, WalPosition
-from walship.ship import ShipConfig, Shipper, SyncResult
+from walship.ship import ShipConfig, Shipper, SyncResult, UploadResult
 from walship.spool import Spool, default_spool_dir
 
 
@@ -57,7 +57,11 @@ def wal_ship_flow(
     spool_dir = spool_dir or default_spool_dir(database)
     spool = Spool(spool_dir)
     shipper = Shipper(database, spool, ShipConfig(database_id=database_id or database.name, level=level))
-    upload = with_retry_policy(upload_spool, retry)
+    # Inside the loop the next interval is the retry: a failed upload must
+    # not stop capture for the length of a backoff. The final drain and the
+    # other tasks use the full policy.
+    upload = with_retry_policy(upload_spool, retry.model_copy(update={"attempts": 0}))
+    drain = with_retry_policy(upload_spool, retry)
     report = ShipReport()
     try:
         with_retry_policy(acquire_lease, retry)(replica, spool_dir, database)
@@ -75,14 +79,12 @@ def wal_ship_flow(
                     report.upload_failures += 1
                     logger.warning("upload failed, %d entries stay spooled: %s", len(spool.pending()), exc)
                 else:
-                    report.segments_uploaded += uploaded.segments
-                    report.bytes_uploaded += uploaded.bytes
-                    report.snapshots_uploaded += uploaded.snapshots
-                    report.max_lag_seconds = max(report.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
-                    report.position = uploaded.last_position or report.position
+                    _count_upload(report, uploaded)
             if once or time.monotonic() >= deadline:
                 break
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        if spool.pending():
+            _count_upload(report, drain(replica, spool_dir, database, level))
         report.pending_at_end = len(spool.pending())
         if report.position is not None:
             with_retry_policy(record_position, retry)(replica, report.position)
@@ -97,6 +99,14 @@ def wal_ship_flow(
         spool.close()
         _publish(database, report)
     return report
+
+
+def _count_upload(report: ShipReport, uploaded: UploadResult) -> None:
+    report.segments_uploaded += uploaded.segments
+    report.bytes_uploaded += uploaded.bytes
+    report.snapshots_uploaded += uploaded.snapshots
+    report.max_lag_seconds = max(report.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
+    report.position = uploaded.last_position or report.position
 
 
 def _note(report: ShipReport, result: SyncResult, logger: Any) -> None:

@@ -113,6 +113,10 @@ class Shipper:
             if cursor.offset > WAL_HEADER_SIZE and stored != (cursor.checksum1, cursor.checksum2):
                 raise ContinuityLostError("the WAL no longer holds the last captured frame")
             return
+        if _began_without_wal(cursor) and cursor.db_mtime_ns != self.capture.db_mtime_ns:
+            # While nobody held a read transaction, frames may have been
+            # checkpointed into the file and the WAL reset any number of times.
+            raise ContinuityLostError("the database changed and its WAL was reset while nobody watched")
         if not _continues_after_reset(cursor, header):
             raise ContinuityLostError("the WAL was reset while nobody watched")
 
@@ -164,13 +168,15 @@ class Shipper:
         """Capture new committed frames; checkpoint when the WAL is big or old."""
         try:
             result = self._capture()
-            wal_size = self.capture.wal_size()
-            page_size = self.cursor.page_size if self.cursor else 4096
-            due = wal_size > self.config.checkpoint_pages * max(page_size, 512) or (
-                wal_size > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+            assert self.cursor is not None
+            # The live WAL ends at the cursor: after a reset SQLite reuses the
+            # file without shrinking it, so the file size says nothing.
+            live = self.cursor.offset
+            due = live > self.config.checkpoint_pages * max(self.cursor.page_size, 512) or (
+                live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
             )
-            if due and not (self.cursor and self.cursor.checkpointed):
-                result = self._checkpoint(result, wal_size)
+            if due and not self.cursor.checkpointed:
+                result = self._checkpoint(result, live)
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
         if self.spool.pending_bytes() > self.config.spool_cap_bytes:
@@ -282,9 +288,13 @@ def _continues_after_reset(cursor: WalCursor, header: WalHeader) -> bool:
     reset), or when the generation began with no WAL at all."""
     if not cursor.checkpointed:
         return False
-    if cursor.offset == WAL_HEADER_SIZE and (cursor.salt1, cursor.salt2) == (0, 0):
+    if _began_without_wal(cursor):
         return True
     return header.salt1 == (cursor.salt1 + 1) & 0xFFFFFFFF
+
+
+def _began_without_wal(cursor: WalCursor) -> bool:
+    return cursor.offset == WAL_HEADER_SIZE and (cursor.salt1, cursor.salt2) == (0, 0)
 
 
 def _cursor_at(generation: str, sequence: int, header: WalHeader, scan: WalScan, inode: int) -> WalCursor:
