@@ -34,6 +34,7 @@ class ShipReport(BaseModel):
     snapshots_uploaded: list[str] = Field(default_factory=list)
     checkpoints: int = 0
     generations_started: list[str] = Field(default_factory=list)
+    generation_reasons: list[str] = Field(default_factory=list)
     max_lag_seconds: float = 0.0
     upload_failures: int = 0
     pending_at_end: int = 0
@@ -83,6 +84,7 @@ def wal_ship_flow(
             if once or time.monotonic() >= deadline:
                 break
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        _note(report, shipper.finish(), logger)
         if spool.pending():
             _count_upload(report, drain(replica, spool_dir, database, level))
         report.pending_at_end = len(spool.pending())
@@ -117,11 +119,13 @@ def _note(report: ShipReport, result: SyncResult, logger: Any) -> None:
     report.checkpoints += int(result.checkpointed)
     if result.new_generation:
         report.generations_started.append(result.new_generation)
+        report.generation_reasons.append(result.reason or "")
         logger.warning("new generation %s: %s", result.new_generation, result.reason)
 
 
 def _publish(database: Path, report: ShipReport) -> None:
-    generations = ", ".join(f"`{g}`" for g in report.generations_started) or "none (continued)"
+    started = zip(report.generations_started, report.generation_reasons, strict=True)
+    generations = ", ".join(f"`{g}` ({why})" for g, why in started) or "none (continued)"
     publish(
         "ship",
         database.name,

@@ -163,8 +163,10 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
     print(
         f"shipped {report.segments_uploaded} segments ({report.commits_captured} commits captured) in "
-        f"{report.syncs} syncs; position {position}; generations started: {len(report.generations_started)}"
+        f"{report.syncs} syncs; position {position}"
     )
+    for generation, reason in zip(report.generations_started, report.generation_reasons, strict=True):
+        print(f"started generation {generation}: {reason}")
     return EXIT_OK
 
 

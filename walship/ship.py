@@ -82,6 +82,19 @@ class Shipper:
         self._last_sync = utcnow()
         self._last_checkpoint = time.monotonic()
 
+    def finish(self) -> SyncResult:
+        """Capture the tail and checkpoint it all, so that the next run can prove continuity.
+
+        Between two runs nobody holds the WAL: if the application then resets
+        it, only a complete checkpoint of ours beforehand lets the next run
+        continue the generation instead of starting another.
+        """
+        result = self.sync()
+        assert self.cursor is not None
+        if self.cursor.checkpointed or result.new_generation:
+            return result
+        return self._checkpoint(result, self.cursor.offset)
+
     def close(self) -> None:
         self.capture.close()
 
