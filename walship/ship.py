@@ -25,6 +25,7 @@ from walship.models import SegmentInfo, WalCursor, WalPosition, utcnow
 from walship.snapshot import describe_new_snapshot
 from walship.spool import PendingEntry, Spool, new_entry
 from walship.sqlite import WalCapture
+from walship.sqlite._capture import WalIndexUnsettledError
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan
 from walship.storage import ObjectStore
 
@@ -239,8 +240,12 @@ class Shipper:
             start, seed = cursor.offset, (cursor.checksum1, cursor.checksum2)
             if start == WAL_HEADER_SIZE:
                 seed = None
-        scan = self.capture.scan(start, seed)
-        if scan.commits == 0:
+        try:
+            scan = self.capture.scan(start, seed)
+        except WalIndexUnsettledError as exc:
+            log.warning("%s", exc)
+            return SyncResult()
+        if scan.commits == 0 or (scan.header.salt1, scan.header.salt2) != (header.salt1, header.salt2):
             return SyncResult()
         now = utcnow()
         sequence = cursor.sequence + 1

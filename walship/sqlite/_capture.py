@@ -14,10 +14,11 @@ POSIX locks, and closing one drops the other's.
 
 import contextlib
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 import apsw
 
@@ -27,11 +28,32 @@ from walship.sqlite._database import check_database
 from walship.sqlite._snapshot import backup_into, describe_copy
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
 
-__all__ = ["WalCapture"]
+__all__ = ["WalCapture", "WalIndexUnsettledError"]
 
 _BUSY_TIMEOUT_MS = 5_000
 _COPY_CHUNK = 1 << 20
 _HEADER_READS = 5
+# "WAL-index Format" (walformat.html): two copies of a 48-byte header; in it,
+# isInit at byte 12, mxFrame at 16 and the WAL salts at 32, in native order.
+_SHM_HEADER_SIZE = 48
+
+
+class WalIndexUnsettledError(Exception):
+    """The WAL index and the WAL disagree for now (a reset in progress); try again later."""
+
+
+class _Bounded:
+    """A read-only file that ends at ``end``."""
+
+    def __init__(self, raw: BinaryIO, end: int) -> None:
+        self._raw, self._end = raw, end
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self._end - self._raw.tell())
+        return self._raw.read(left if size < 0 else min(size, left))
 
 
 class WalCapture:
@@ -46,6 +68,7 @@ class WalCapture:
                 "(and in the application) before shipping its WAL"
             )
         self.wal_path = Path(f"{self.database}-wal")
+        self._shm_fd: int | None = None
         self._reader = self._connect()
         self._locker = self._connect()
         self._begin_read()
@@ -61,6 +84,21 @@ class WalCapture:
         for connection in (self._reader, self._locker):
             with contextlib.suppress(apsw.Error):
                 connection.close()
+        # Only now: closing any descriptor of the -shm drops every POSIX lock
+        # this process holds on it, SQLite's read locks included.
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
+
+    def _read_shm(self, size: int) -> bytes:
+        """Read the WAL index through one descriptor kept open for our lifetime.
+
+        Opening and closing the -shm file here would silently release the
+        read lock that keeps the WAL from being reset under us.
+        """
+        if self._shm_fd is None:
+            self._shm_fd = os.open(f"{self.database}-shm", os.O_RDONLY)
+        return os.pread(self._shm_fd, size, 0)
 
     def _begin_read(self) -> None:
         self._reader.execute("BEGIN").fetchall()
@@ -109,8 +147,38 @@ class WalCapture:
         raise AssertionError("unreachable")
 
     def scan(self, start_offset: int, start_checksum: tuple[int, int] | None) -> WalScan:
+        """Whole committed transactions from ``start_offset``, up to the WAL index's end.
+
+        Frames past the index's ``mxFrame`` are not committed, whatever they
+        look like: a writer killed between writing its frames and publishing
+        them in the index leaves a valid-looking commit that the next writer
+        overwrites. Only what the index published counts.
+        """
+        header = self.wal_header()
+        end = self.published_end(header) if header is not None else None
         with self.wal_path.open("rb") as wal:
-            return scan_wal(wal, start_offset=start_offset, start_checksum=start_checksum)
+            bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
+            return scan_wal(bounded, start_offset=start_offset, start_checksum=start_checksum)
+
+    def published_end(self, header: WalHeader) -> int:
+        """The WAL byte offset after the last frame the WAL index (-shm) published.
+
+        The index header is read without locks, as SQLite itself does: its
+        two copies must agree, and its salts must be the WAL header's.
+        """
+        for attempt in range(_HEADER_READS):
+            data = self._read_shm(2 * _SHM_HEADER_SIZE)
+            first, second = data[:_SHM_HEADER_SIZE], data[_SHM_HEADER_SIZE : 2 * _SHM_HEADER_SIZE]
+            if len(second) == _SHM_HEADER_SIZE and first == second and first[12]:
+                # mxFrame is native; the salts are the WAL header's bytes, copied as they are.
+                (max_frame,) = struct.unpack_from("=I", first, 16)
+                if struct.unpack_from(">II", first, 32) == (header.salt1, header.salt2):
+                    return WAL_HEADER_SIZE + int(max_frame) * header.frame_size
+            time.sleep(0.01 * (attempt + 1))
+        raise WalIndexUnsettledError(
+            f"the WAL index {self.database}-shm does not describe the WAL {self.wal_path} (a reset in progress?); "
+            "if this persists, is the database opened with locking_mode=EXCLUSIVE? walship needs the shared WAL index"
+        )
 
     def frame_checksum_before(self, offset: int, header: WalHeader) -> tuple[int, int] | None:
         """The stored checksum of the frame ending at ``offset`` (None if the WAL is shorter)."""
