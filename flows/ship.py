@@ -83,7 +83,7 @@ def wal_ship_flow(
                     _count_upload(report, uploaded)
             if once or time.monotonic() >= deadline:
                 break
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+            shipper.wait_for_commits(interval - (time.monotonic() - started), deadline)
         _note(report, shipper.finish(), logger)
         if spool.pending():
             _count_upload(report, drain(replica, spool_dir, database, level))

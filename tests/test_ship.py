@@ -56,7 +56,11 @@ class Running:
             time.sleep(interval)
 
     def close(self) -> None:
-        self.step()
+        """End as the flow ends a run: capture and checkpoint everything, upload, let go."""
+        result = self.shipper.finish()
+        self.checkpoints += result.checkpointed
+        if self.spool.pending():
+            upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
         self.shipper.close()
         self.spool.close()
 
@@ -168,7 +172,7 @@ class TestPointInTime:
         assert (status.segments_in_generation, status.newest_segment_sequence) == (len(sequences), sequences[-1])
 
         previous: dict[int, int] = {}
-        for sequence in [0, *sequences[:: max(1, len(sequences) // 5)], sequences[-1]]:
+        for sequence in sorted({0, *sequences[:: max(1, len(sequences) // 5)], sequences[-1]}):
             out = tmp_path / f"at-{sequence}.db"
             result = _restore(store, out, until_sequence=sequence, generation=snapshot.generation)
             assert result.position.sequence == sequence

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from walship import codec, index
 from walship.catalog import describe_snapshot, to_metadata
-from walship.errors import ChecksumMismatchError
+from walship.errors import ChecksumMismatchError, CorruptObjectError
 from walship.layout import format_segment_key, new_generation
 from walship.lease import acquire_lease, lease_needs_renewal
 from walship.models import SegmentInfo, WalCursor, WalPosition, utcnow
@@ -32,6 +33,12 @@ from walship.storage import ObjectStore
 __all__ = ["ShipConfig", "Shipper", "SyncResult", "UploadResult", "describe_segment", "upload_pending"]
 
 log = logging.getLogger(__name__)
+
+
+# How often the WAL index is polled between syncs, and the time kept for the
+# upload after a capture (measured p99 about 0.1 s for a segment, bench/).
+_POLL = 0.05
+_UPLOAD_BUDGET = 0.3
 
 
 class ShipConfig(BaseModel):
@@ -180,17 +187,17 @@ class Shipper:
 
     def sync(self) -> SyncResult:
         """Capture new committed frames; checkpoint when the WAL is big or old."""
+        assert self.cursor is not None, "open() first"
         try:
-            result = self._capture()
-            assert self.cursor is not None
-            # The live WAL ends at the cursor: after a reset SQLite reuses the
-            # file without shrinking it, so the file size says nothing.
-            live = self.cursor.offset
+            # The live WAL ends where the index says: after a reset SQLite
+            # reuses the file without shrinking it, so its size says nothing.
+            live = self._published_end() or self.cursor.offset
             due = live > self.config.checkpoint_pages * max(self.cursor.page_size, 512) or (
                 live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
             )
-            if due and not self.cursor.checkpointed:
-                result = self._checkpoint(result, live)
+            # When a checkpoint is due, the one capture happens inside its writers' pause.
+            checkpoint = due and not self.cursor.checkpointed
+            result = self._checkpoint(SyncResult(), live) if checkpoint else self._capture()
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
         if self.spool.pending_bytes() > self.config.spool_cap_bytes:
@@ -200,6 +207,44 @@ class Shipper:
                 self.config.spool_cap_bytes,
             )
         return result
+
+    def _published_end(self) -> int | None:
+        """Where the WAL index says the committed WAL ends now (None if unknown)."""
+        try:
+            header = self.capture.wal_header()
+            return self.capture.published_end(header) if header is not None else None
+        except (WalIndexUnsettledError, CorruptObjectError, FileNotFoundError):
+            return None
+
+    def has_new_commits(self) -> bool:
+        """Whether the WAL index published commits beyond the cursor (reads two local files)."""
+        assert self.cursor is not None
+        header = self.capture.wal_header() if self.capture.wal_path.exists() else None
+        if header is None:
+            return False
+        if (header.salt1, header.salt2) != (self.cursor.salt1, self.cursor.salt2):
+            return True
+        end = self._published_end()
+        return end is not None and end > self.cursor.offset
+
+    def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
+        """Sleep until the next sync is due, polling the WAL index (no storage request).
+
+        A sync is due ``interval`` after the previous one, or sooner: once new
+        commits have waited ``interval`` minus the time an upload takes, so a
+        commit is durable in storage within about ``interval`` of being made.
+        """
+        budget = min(_UPLOAD_BUDGET, interval / 3)
+        started = time.monotonic()
+        noticed: float | None = None
+        while (now := time.monotonic()) < deadline and now - started < interval:
+            if stop is not None and stop.is_set():
+                return
+            if noticed is None and self.has_new_commits():
+                noticed = now
+            if noticed is not None and now - noticed >= interval - budget - _POLL:
+                return
+            time.sleep(min(_POLL, max(0.0, deadline - now)))
 
     def _checkpoint(self, before: SyncResult, wal_size: int) -> SyncResult:
         emergency = wal_size > self.config.emergency_wal_bytes

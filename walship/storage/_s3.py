@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
 import botocore.exceptions
@@ -97,18 +97,24 @@ class S3Store:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        counted = _CountingReader(stream)
         with self._errors("put object", key):
             self._client.upload_fileobj(
-                stream, self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
+                cast(BinaryIO, counted),
+                self.bucket,
+                self._full(key),
+                ExtraArgs={"Metadata": dict(metadata or {})},
+                Config=_TRANSFER,
             )
-        return self.head(key)
+        # No ETag from s3transfer; a HEAD to learn it would double the requests of every upload.
+        return ObjectInfo(key=key, size=counted.count, metadata=dict(metadata or {}))
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with self._errors("put object", key):
             self._client.upload_file(
                 str(path), self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
             )
-        return self.head(key)
+        return ObjectInfo(key=key, size=path.stat().st_size, metadata=dict(metadata or {}))
 
     def put_bytes(
         self,
@@ -237,6 +243,19 @@ class S3Store:
             if isinstance(exc, botocore.exceptions.BotoCoreError):
                 raise TransientStorageError(f"{where}: {exc}") from exc
             raise
+
+
+class _CountingReader:
+    """Counts what s3transfer reads from a stream that may not tell its position."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self.count += len(data)
+        return data
 
 
 def _classify(where: str, exc: botocore.exceptions.ClientError, bucket: str) -> WalshipError:

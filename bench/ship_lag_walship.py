@@ -1,0 +1,109 @@
+"""The walship side of bench.ship_lag: the wal-ship flow's loop, core only, in its own process.
+
+What flows/ship.py does, minus Prefect: take the lease, ``Shipper.open()``, then every
+``--interval`` seconds ``sync()`` and, when the spool holds entries, ``upload_pending``
+with a fresh store and spool handle (as the ``upload_spool`` task opens them). Prints
+"ready" once the first upload (the generation's snapshot) is done; runs until SIGTERM,
+then writes per-cycle and per-segment timings to ``--events`` as JSON.
+
+    python -m bench.ship_lag_walship DB REPLICA --interval 1 --events FILE
+"""
+
+import argparse
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from walship import codec, lease, ship
+from walship.ship import ShipConfig, Shipper, upload_pending
+from walship.spool import Spool, default_spool_dir
+from walship.storage import open_store
+from walship.storage._s3 import S3Store
+
+_segment: dict[str, Any] = {}  # the segment being uploaded: its stage timings accumulate here
+_cycle: dict[str, float] = {}  # the same for the current cycle
+
+
+def _timed(owner: Any, name: str, stage: str, into: dict[str, Any]) -> None:
+    inner: Callable[..., Any] = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.time()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            into[stage] = into.get(stage, 0.0) + time.time() - start
+
+    setattr(owner, name, timed)
+
+
+def run(database: Path, replica: str, interval: float, events: Path) -> None:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    segments: list[dict[str, Any]] = []
+    cycles: list[dict[str, float]] = []
+    upload_one = ship._upload_one
+
+    def traced_upload_one(store: Any, spool: Spool, entry: Any, level: int, result: Any) -> None:
+        _segment.clear()
+        start = time.time()
+        upload_one(store, spool, entry, level, result)
+        if entry.segment is not None:
+            info = entry.segment
+            times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}
+            segments.append({"key": info.key, **times, "start": start, "end": time.time(), **_segment})
+
+    ship._upload_one = traced_upload_one
+    _timed(codec, "compress_file", "compress", _segment)
+    _timed(S3Store, "put_file", "put+head", _segment)
+    _timed(S3Store, "head", "head", _segment)
+    _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # tail capture + checkpoint, writers paused
+    _timed(S3Store, "__init__", "open_store", _cycle)
+
+    spool_dir = default_spool_dir(database)
+    spool = Spool(spool_dir)
+    config = ShipConfig(database_id=database.name)
+    holder = lease.holder_for(database)
+    spool.save_lease(lease.acquire_lease(open_store(replica), holder))  # the acquire_lease task
+    shipper = Shipper(database, spool, config)
+    shipper.open()
+    ready = False
+    try:
+        while not stop.is_set():
+            _cycle.clear()
+            started = time.time()
+            shipper.sync()
+            synced = time.time()
+            if spool.pending():
+                task_spool = Spool(spool_dir, lock=False)  # the upload_spool task's own handle
+                upload_pending(open_store(replica), task_spool, holder=holder, level=config.level)
+                task_spool.close()
+            ended = time.time()
+            cycles.append({"start": started, "sync": synced - started, "upload": ended - synced, **_cycle})
+            if not ready:
+                print("ready", flush=True)
+                ready = True
+            # As the flow does: poll the WAL index until the next sync is due.
+            shipper.wait_for_commits(interval - (time.time() - started), time.monotonic() + interval, stop)
+    finally:
+        shipper.close()
+        spool.close()
+        events.write_text(json.dumps({"cycles": cycles, "segments": segments}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ship_lag_walship")
+    parser.add_argument("database", type=Path)
+    parser.add_argument("replica")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--events", type=Path, required=True)
+    args = parser.parse_args()
+    run(args.database, args.replica, args.interval, args.events)
+
+
+if __name__ == "__main__":
+    main()
