@@ -8,7 +8,7 @@ standalone snapshots, and a generation promises exactly that.
 from datetime import datetime
 
 from walship.catalog import describe_snapshot
-from walship.errors import CorruptObjectError, UsageError
+from walship.errors import UsageError
 from walship.index import read_index
 from walship.layout import format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
@@ -67,9 +67,5 @@ def upload_snapshot(
 ) -> SnapshotInfo:
     """Upload a compressed snapshot under a new key; return what was stored."""
     info = describe_new_snapshot(source, compressed, database_id=database_id, generation=generation, position=position)
-    stored = store.put_file(info.key, compressed.path, metadata=describe_snapshot(info))
-    if stored.size != compressed.compressed_size:
-        raise CorruptObjectError(
-            f"upload {info.key}: storage reports {stored.size} bytes, {compressed.compressed_size} were sent"
-        )
+    store.put_file(info.key, compressed.path, metadata=describe_snapshot(info))
     return info
