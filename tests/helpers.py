@@ -1,12 +1,31 @@
 """Test helpers: the snapshot pipeline as the tasks run it, and object tampering."""
 
 import io
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from walship import codec, index, snapshot, sqlite
 from walship.models import SnapshotInfo
 from walship.storage import ObjectStore
+
+ROOT = Path(__file__).resolve().parent.parent
+WALSHIP = str(Path(sys.executable).parent / "walship")
+
+
+def walship(*argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as an operator would, to completion."""
+    return subprocess.run(
+        [WALSHIP, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def take_and_upload(store: ObjectStore, database: Path, database_id: str = "app.db") -> SnapshotInfo:

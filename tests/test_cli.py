@@ -3,30 +3,14 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.workload import content_digest
-from tests.conftest import ROOT
-from tests.helpers import rewrite_object
+from tests.helpers import rewrite_object, walship
 from tests.s3servers import _S3Server
 from walship.storage import open_store
-
-WALSHIP = str(Path(sys.executable).parent / "walship")
-
-
-def walship(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [WALSHIP, *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
 
 
 def assert_plain_error(result: subprocess.CompletedProcess[str], status: int, fragment: str) -> None:

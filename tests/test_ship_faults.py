@@ -30,7 +30,7 @@ import pytest
 
 from bench.workload import committed_counts, content_digest, expected_state, writer_command
 from tests.conftest import ROOT, use_credentials
-from tests.helpers import rewrite_object
+from tests.helpers import WALSHIP, rewrite_object, walship
 from tests.s3servers import MotoS3
 from tests.tcpproxy import TcpProxy
 from walship.chain import list_segment_sequences
@@ -38,7 +38,6 @@ from walship.layout import format_segment_key
 from walship.lease import holder_for
 from walship.storage import open_store
 
-WALSHIP = str(Path(sys.executable).parent / "walship")
 SEED = 11  # the seed of the base database and of every writer
 # The lease task finishing means the flow is about to open the shipper.
 LEASE_TAKEN = re.compile(r"Task run 'acquire_lease-\S+' - Finished")
@@ -52,19 +51,6 @@ WHILE_NOBODY_WATCHED = {
 
 
 # Processes ---------------------------------------------------------------------
-
-
-def walship(*argv: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion."""
-    return subprocess.run(
-        [WALSHIP, *argv],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        timeout=timeout,
-    )
 
 
 class Ship:
