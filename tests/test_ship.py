@@ -40,11 +40,13 @@ class Running:
         self.opened = self.shipper.open()
         self.generations = [self.opened.new_generation] if self.opened.new_generation else []
         self.checkpoints = 0
+        self.reasons: list[str] = []
 
     def step(self) -> None:
         result = self.shipper.sync()
         if result.new_generation:
             self.generations.append(result.new_generation)
+            self.reasons.append(result.reason or "")
         self.checkpoints += result.checkpointed
         if self.spool.pending():
             upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
@@ -146,6 +148,25 @@ class TestContinuity:
         running.close()
         generations = {s.generation for s in current_snapshots(store)}
         assert len(generations) == 2
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+
+class TestEmergencyCheckpoint:
+    """Past the emergency limit the shipper truncates the WAL and starts a generation, losing nothing."""
+
+    def test_truncate_then_new_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        running = Running(database, store, tmp_path / "spool", checkpoint_pages=100, emergency_wal_bytes=1 << 20)
+        writers = Writers(database, seed=SEED, count=2, rate=200)
+        try:
+            running.run(2.0)
+        finally:
+            writers.stop()
+        running.close()
+        assert len(running.generations) > 1
+        assert running.reasons
+        assert all(reason == "the WAL passed 1048576 bytes" for reason in running.reasons), running.reasons
         restored = tmp_path / "restored.db"
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)
