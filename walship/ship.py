@@ -246,8 +246,8 @@ class Shipper:
                 return
             time.sleep(min(_POLL, max(0.0, deadline - now)))
 
-    def _checkpoint(self, before: SyncResult, wal_size: int) -> SyncResult:
-        emergency = wal_size > self.config.emergency_wal_bytes
+    def _checkpoint(self, before: SyncResult, live_wal_bytes: int) -> SyncResult:
+        emergency = live_wal_bytes > self.config.emergency_wal_bytes
         with self.capture.writers_paused():
             tail = self._capture()  # nothing can be appended behind us now
             complete = self.capture.checkpoint("TRUNCATE" if emergency else "PASSIVE")

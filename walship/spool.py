@@ -19,7 +19,6 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -155,9 +154,6 @@ class Spool:
         for leftover in (self.root / "tmp").iterdir():
             leftover.unlink(missing_ok=True)
         return removed
-
-    def entries_of(self, generation: str) -> Iterator[PendingEntry]:
-        return (e for e in self.pending() if e.generation == generation)
 
     # Helpers ----------------------------------------------------------------
 

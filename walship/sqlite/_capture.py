@@ -117,12 +117,6 @@ class WalCapture:
     def db_mtime_ns(self) -> int:
         return os.stat(self.database).st_mtime_ns
 
-    def wal_size(self) -> int:
-        try:
-            return self.wal_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
     def wal_header(self) -> WalHeader | None:
         """The WAL's header, or None while there is no WAL (or an empty one).
 
