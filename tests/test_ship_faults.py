@@ -42,8 +42,9 @@ SEED = 11  # the seed of the base database and of every writer
 # The lease task finishing means the flow is about to open the shipper.
 LEASE_TAKEN = re.compile(r"Task run 'acquire_lease-\S+' - Finished")
 # walship.ship logs this before the snapshot; the flow confirms once the cursor moved to it.
-GENERATION_STARTING = re.compile(r"starting generation (\S+) of .+?: (.+)$")
-GENERATION_CONFIRMED = re.compile(r"new generation (\S+): (.+)$")
+GENERATION_STARTING = re.compile(r"starting generation (\S+) of .+?: (.+)$", re.MULTILINE)
+# MULTILINE: wait_for searches the whole output so far, where the line is seldom the last one.
+GENERATION_CONFIRMED = re.compile(r"new generation (\S+): (.+)$", re.MULTILINE)
 WHILE_NOBODY_WATCHED = {
     "the WAL was reset while nobody watched",
     "the WAL was checkpointed and removed while nobody watched",
