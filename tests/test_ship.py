@@ -57,6 +57,15 @@ class Running:
             self.step()
             time.sleep(interval)
 
+    def run_while_writing(self, seconds: float, count: int, rate: float, interval: float = 0.2) -> None:
+        """Ship for ``seconds`` while writer processes commit, stop them, then end the run."""
+        writers = Writers(self.database, seed=SEED, count=count, rate=rate)
+        try:
+            self.run(seconds, interval)
+        finally:
+            writers.stop()
+        self.close()
+
     def close(self) -> None:
         """End as the flow ends a run: capture and checkpoint everything, upload, let go."""
         result = self.shipper.finish()
@@ -89,12 +98,7 @@ class TestShippingUnderLoad:
 
     def test_restore_equals_source(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         running = Running(database, store, tmp_path / "spool", checkpoint_pages=300)
-        writers = Writers(database, seed=SEED, count=3, rate=250)
-        try:
-            running.run(4.0)
-        finally:
-            writers.stop()
-        running.close()
+        running.run_while_writing(4.0, count=3, rate=250)
         assert len(running.generations) == 1, running.generations
 
         restored = tmp_path / "restored.db"
@@ -121,12 +125,11 @@ class TestContinuity:
     """A restarted shipper continues its generation when it can prove it, and starts a new one when not."""
 
     def test_restart_continues_the_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
-        for _ in range(3):
-            writers = Writers(database, seed=SEED, count=2, rate=200) if not _ else None
+        # Three runs; writers commit during the first only.
+        Running(database, store, tmp_path / "spool", checkpoint_pages=200).run_while_writing(1.5, count=2, rate=200)
+        for _ in range(2):
             running = Running(database, store, tmp_path / "spool", checkpoint_pages=200)
             running.run(1.5)
-            if writers:
-                writers.stop()
             running.close()
         snapshots = current_snapshots(store)
         assert len({s.generation for s in snapshots}) == 1
@@ -158,12 +161,7 @@ class TestEmergencyCheckpoint:
 
     def test_truncate_then_new_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         running = Running(database, store, tmp_path / "spool", checkpoint_pages=100, emergency_wal_bytes=1 << 20)
-        writers = Writers(database, seed=SEED, count=2, rate=200)
-        try:
-            running.run(2.0)
-        finally:
-            writers.stop()
-        running.close()
+        running.run_while_writing(2.0, count=2, rate=200)
         assert len(running.generations) > 1
         assert running.reasons
         assert all(reason == "the WAL passed 1048576 bytes" for reason in running.reasons), running.reasons
@@ -179,12 +177,7 @@ class TestPointInTime:
         self, store: ObjectStore, database: Path, base_database: Path, tmp_path: Path
     ) -> None:
         running = Running(database, store, tmp_path / "spool", checkpoint_pages=150)
-        writers = Writers(database, seed=SEED, count=2, rate=200)
-        try:
-            running.run(3.0, interval=0.3)
-        finally:
-            writers.stop()
-        running.close()
+        running.run_while_writing(3.0, interval=0.3, count=2, rate=200)
         [snapshot] = current_snapshots(store)
         sequences = list_segment_sequences(store, snapshot.generation)
         assert sequences == list(range(1, len(sequences) + 1))

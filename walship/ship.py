@@ -219,7 +219,7 @@ class Shipper:
     def has_new_commits(self) -> bool:
         """Whether the WAL index published commits beyond the cursor (reads two local files)."""
         assert self.cursor is not None
-        header = self.capture.wal_header() if self.capture.wal_path.exists() else None
+        header = self.capture.wal_header()
         if header is None:
             return False
         if (header.salt1, header.salt2) != (self.cursor.salt1, self.cursor.salt2):
