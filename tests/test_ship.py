@@ -207,10 +207,10 @@ class TestPointInTime:
 
 
 def _segment_time(store: ObjectStore, snapshot: SnapshotInfo, sequence: int) -> Any:
-    from walship.chain import _segment_info
+    from walship.chain import read_segment_info
     from walship.layout import format_segment_key
 
-    return _segment_info(store, format_segment_key(snapshot.generation, sequence)).captured_at
+    return read_segment_info(store, format_segment_key(snapshot.generation, sequence)).captured_at
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -26,7 +26,7 @@ from walship.models import SegmentInfo
 from walship.sqlite._wal import FRAME_HEADER_SIZE, WalHeader, iter_frames
 from walship.storage import ObjectStore
 
-__all__ = ["apply_segments", "list_segment_sequences"]
+__all__ = ["apply_segments", "list_segment_sequences", "read_segment_info"]
 
 _MAGIC = {False: 0x377F0682, True: 0x377F0683}
 _VERSION = 3007000
@@ -89,7 +89,7 @@ def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[S
     raw = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
-            info = _segment_info(store, key)
+            info = read_segment_info(store, key)
             with store.open(key) as stream:
                 decompress_to_file(stream, out, expected_sha256=info.sha256, expected_size=info.raw_size, name=key)
         yield info, raw
@@ -97,7 +97,8 @@ def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[S
         raw.unlink(missing_ok=True)
 
 
-def _segment_info(store: ObjectStore, key: str) -> SegmentInfo:
+def read_segment_info(store: ObjectStore, key: str) -> SegmentInfo:
+    """Describe one segment object from its own metadata (one HEAD)."""
     obj = store.head(key)
     try:
         info = SegmentInfo(key=key, **from_metadata(obj.metadata))
