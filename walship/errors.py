@@ -8,6 +8,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConflictError",
     "CorruptObjectError",
+    "IncompleteError",
     "NotFoundError",
     "PermanentStorageError",
     "TransientStorageError",
@@ -38,6 +39,10 @@ class CorruptObjectError(WalshipError):
 
 class ConflictError(WalshipError):
     """A conditional write lost: someone else changed the object first."""
+
+
+class IncompleteError(WalshipError):
+    """Part of the work was done; the rest is reported and picked up by the next run."""
 
 
 class PermanentStorageError(WalshipError):

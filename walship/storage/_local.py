@@ -106,11 +106,17 @@ class LocalStore:
                 yield ObjectInfo(key=key, size=path.stat().st_size)
 
     def delete(self, keys: Sequence[str]) -> None:
+        failed: list[str] = []
         for key in keys:
-            with contextlib.suppress(FileNotFoundError):
-                self._path(key).unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self._meta_path(key).unlink()
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(key).unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    self._meta_path(key).unlink()
+            except OSError as exc:
+                failed.append(f"{key}: {exc.strerror}")
+        if failed:
+            raise PermanentStorageError(f"file: delete: {len(failed)} of {len(keys)} not deleted (first {failed[0]})")
 
     def _walk(self, directory: Path) -> Iterator[Path]:
         for entry in os.scandir(directory):

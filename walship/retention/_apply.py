@@ -1,0 +1,102 @@
+"""Apply a retention plan: delete in batches, confirm with a listing, update the index.
+
+A delete counts as done only when a listing afterwards no longer shows the
+key: S3's DeleteObjects can fail per key inside a successful response, and a
+request that times out may or may not have happened. Whatever is still
+listed is reported as failed; the next run plans it again.
+"""
+
+import logging
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict
+
+from walship.catalog import list_snapshots
+from walship.errors import WalshipError
+from walship.index import forget_snapshots, read_index
+from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
+from walship.models import ObjectInfo, SnapshotInfo
+from walship.retention._plan import RetentionPlan
+from walship.storage import DELETE_BATCH_LIMIT, ObjectStore
+
+__all__ = ["RetentionResult", "apply_retention", "list_history"]
+
+log = logging.getLogger(__name__)
+
+
+class RetentionResult(BaseModel):
+    """What an apply did; ``failed`` keys are still in storage."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dry_run: bool
+    planned: int
+    deleted: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    bytes_freed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.errors
+
+
+def list_history(store: ObjectStore) -> tuple[list[SnapshotInfo], list[ObjectInfo]]:
+    """The snapshots and segments a plan needs, listed so no generation looks orphaned.
+
+    Segments are listed before snapshots: a shipper uploads a generation's
+    snapshot before its first segment, so every generation seen in the
+    segment listing has its snapshot in the later snapshot listing.
+    """
+    segments = [o for o in store.list(GENERATIONS_PREFIX) if parse_segment_key(o.key) is not None]
+    try:
+        metadata, _ = read_index(store)
+    except WalshipError as exc:
+        log.warning("%s; describing snapshots from the objects instead", exc)
+        metadata = None
+    return list_snapshots(store, known=metadata.snapshots if metadata else ()), segments
+
+
+def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = False) -> RetentionResult:
+    """Delete what ``plan`` deletes (nothing with ``dry_run``), then drop deleted snapshots from the index."""
+    keys = plan.delete_keys
+    if dry_run or not keys:
+        return RetentionResult(dry_run=dry_run, planned=len(keys))
+    errors: list[str] = []
+    for start in range(0, len(keys), DELETE_BATCH_LIMIT):
+        batch = keys[start : start + DELETE_BATCH_LIMIT]
+        try:
+            store.delete(batch)
+        except WalshipError as exc:
+            errors.append(str(exc))
+    remaining = _still_listed(store, keys, errors)
+    deleted = [k for k in keys if k not in remaining]
+    gone_snapshots = [k for k in deleted if parse_snapshot_key(k) is not None]
+    if gone_snapshots:
+        try:
+            forget_snapshots(store, gone_snapshots)
+        except WalshipError as exc:
+            # The listing is the truth for restore; a stale index only costs HEADs.
+            errors.append(f"update index: {exc}")
+    sizes = plan.delete_sizes
+    return RetentionResult(
+        dry_run=False,
+        planned=len(keys),
+        deleted=tuple(deleted),
+        failed=tuple(k for k in keys if k in remaining),
+        errors=tuple(errors),
+        bytes_freed=sum(sizes[k] for k in deleted),
+    )
+
+
+def _still_listed(store: ObjectStore, keys: Sequence[str], errors: list[str]) -> set[str]:
+    wanted = set(keys)
+    generations = {parsed.generation for k in keys if (parsed := parse_snapshot_key(k) or parse_segment_key(k))}
+    listed: set[str] = set()
+    try:
+        for generation in sorted(generations):
+            listed.update(o.key for o in store.list(generation_prefix(generation)) if o.key in wanted)
+    except WalshipError as exc:
+        errors.append(f"confirm deletes: {exc}")
+        return wanted  # unconfirmed is not done
+    return listed
