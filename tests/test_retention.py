@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bench.workload import content_digest
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, Writers
 from tests.helpers import take_and_upload, walship
 from tests.s3servers import MotoS3
 from tests.tcpproxy import TcpProxy
@@ -202,7 +202,9 @@ class TestRetentionCommand:
         assert real.returncode == 0, real.stderr
         assert "deleted 2 objects" in real.stdout
         assert _snapshot_keys(store) == keys[2:]
-        assert _artifact_markdown(prefect_api, "walship-retention-replica").count("| deleted | outside the policy |") == 2
+        assert (
+            _artifact_markdown(prefect_api, "walship-retention-replica").count("| deleted | outside the policy |") == 2
+        )
 
 
 def _artifact_markdown(api: str, key: str) -> str:
@@ -215,3 +217,31 @@ def _artifact_markdown(api: str, key: str) -> str:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     assert found, f"no artifact {key}"
     return str(max(found, key=lambda a: a.created or 0).data)
+
+
+class TestWhileShipping:
+    """Retention between a live shipper's syncs never breaks the chain it is extending."""
+
+    def test_retention_during_shipping(self, replica_url: str, database: Path, tmp_path: Path) -> None:
+        """Old generations go while the current one keeps growing; the newest point restores to the source."""
+        store = open_store(replica_url)
+        take_and_upload(store, database)
+        take_and_upload(store, database)
+        running = Running(database, store, tmp_path / "spool", checkpoint_pages=200)
+        writers = Writers(database, seed=11, count=2, rate=200)
+        try:
+            running.run(1.0)
+            result = apply_retention(
+                store, plan_retention(RetentionPolicy(keep_last=1), *list_history(store), utcnow())
+            )
+            running.run(1.0)
+        finally:
+            writers.stop()
+        running.close()
+        assert result.ok
+        assert len(result.deleted) == 2
+        snapshots = list_snapshots(store)
+        assert len(snapshots) == 1
+        restored = tmp_path / "restored.db"
+        restore_snapshot(store, snapshots[0], restored)
+        assert content_digest(restored) == content_digest(database)
