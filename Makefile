@@ -8,7 +8,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench lock clean
+.PHONY: install demo test lint bench lock clean serve stop
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+# A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in build/prefect) serving
+# prefect.yaml's deployments for `make demo`'s database; `make stop` ends both.
+serve: $(STAMP)
+	$(PY) -m deployments.local_server start
+
+stop: $(STAMP)
+	$(PY) -m deployments.local_server stop
 
 bench: $(STAMP)
 	$(PY) -m bench.snapshot_restore

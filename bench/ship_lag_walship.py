@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from walship import codec, lease, ship
-from walship.ship import ShipConfig, Shipper, upload_pending
+from walship import codec, lease, upload
+from walship.ship import ShipConfig, Shipper
 from walship.spool import Spool, default_spool_dir
 from walship.storage import open_store
 from walship.storage._s3 import S3Store
+from walship.upload import upload_pending
 
 _segment: dict[str, Any] = {}  # the segment being uploaded: its stage timings accumulate here
 _cycle: dict[str, float] = {}  # the same for the current cycle
@@ -46,7 +47,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     segments: list[dict[str, Any]] = []
     cycles: list[dict[str, float]] = []
-    upload_one = ship._upload_one
+    upload_one = upload._upload_one
 
     def traced_upload_one(store: Any, spool: Spool, entry: Any, level: int, result: Any) -> None:
         _segment.clear()
@@ -57,7 +58,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
             times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}
             segments.append({"key": info.key, **times, "start": start, "end": time.time(), **_segment})
 
-    ship._upload_one = traced_upload_one
+    upload._upload_one = traced_upload_one
     _timed(codec, "compress_file", "compress", _segment)
     _timed(S3Store, "put_file", "put+head", _segment)
     _timed(S3Store, "head", "head", _segment)

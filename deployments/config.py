@@ -1,6 +1,14 @@
-"""Read prefect.yaml: deployments/ never repeats what it declares."""
+"""Read prefect.yaml: deployments/ never repeats what it declares.
+
+Site values (database, replica, restore output, shipping window) live under
+``definitions.site`` as YAML anchors that every deployment refers to.
+``with_site`` rewrites those anchored values in the YAML node graph, so one
+override reaches every alias, and the result is still a prefect.yaml (anchors
+kept) that ``prefect deploy`` can read.
+"""
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +18,51 @@ from prefect import Flow
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
 
-__all__ = ["PREFECT_YAML", "load_deployments", "load_flow"]
+__all__ = ["PREFECT_YAML", "ROOT", "SiteError", "load_deployments", "load_flow", "site_values", "with_site"]
 
 
-def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
-    """The deployments section of prefect.yaml, with YAML aliases resolved."""
-    document = yaml.safe_load(path.read_text())
+class SiteError(ValueError):
+    """An override names a site value prefect.yaml does not define."""
+
+
+def _site_node(document: yaml.MappingNode) -> yaml.MappingNode:
+    for key, value in document.value:
+        if key.value == "definitions":
+            for inner_key, inner_value in value.value:
+                if inner_key.value == "site" and isinstance(inner_value, yaml.MappingNode):
+                    return inner_value
+    raise SiteError("prefect.yaml has no definitions.site mapping; restore it from git before overriding site values")
+
+
+def site_values(text: str) -> dict[str, Any]:
+    """The site values prefect.yaml declares, e.g. ``{"database": "/var/lib/app/app.db", ...}``."""
+    return dict(yaml.safe_load(text)["definitions"]["site"])
+
+
+def with_site(text: str, overrides: Mapping[str, object]) -> str:
+    """prefect.yaml's text with the named site values replaced, every alias following them."""
+    document = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(document, yaml.MappingNode):
+        raise SiteError("prefect.yaml is not a mapping")
+    site = {key.value: value for key, value in _site_node(document).value}
+    resolver = yaml.SafeLoader("")
+    for name, value in overrides.items():
+        node = site.get(name)
+        if not isinstance(node, yaml.ScalarNode):
+            raise SiteError(f"unknown site value {name!r}; prefect.yaml defines {', '.join(sorted(site))}")
+        node.value = str(value)
+        # Re-resolve the tag so "5" becomes an int and a path stays a string.
+        node.tag = resolver.resolve(yaml.ScalarNode, node.value, (True, False))
+        node.style = None
+    return str(yaml.serialize(document, Dumper=yaml.SafeDumper))
+
+
+def load_deployments(path: Path = PREFECT_YAML, site: Mapping[str, object] | None = None) -> list[dict[str, Any]]:
+    """The deployments section of prefect.yaml, with YAML aliases resolved and ``site`` overrides applied."""
+    text = path.read_text()
+    if site:
+        text = with_site(text, site)
+    document = yaml.safe_load(text)
     return list(document["deployments"])
 
 

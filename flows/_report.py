@@ -25,12 +25,16 @@ def artifact_key(kind: str, database: str) -> str:
 
 
 def run_name(kind: str, subject_parameter: str) -> str:
-    """A flow run name such as ``snapshot-app.db-20261124T0100``."""
-    subject = Path(str(flow_run.parameters.get(subject_parameter, "db"))).name
+    """A flow run name such as ``snapshot-app.db-20261124T0100``; a list parameter
+    names its first entry and how many more (``snapshot-many-*.db+1-...``)."""
+    value = flow_run.parameters.get(subject_parameter, "db")
+    names = [Path(str(v)).name for v in value] if isinstance(value, list) else [Path(str(value)).name]
+    subject = names[0] + (f"+{len(names) - 1}" if len(names) > 1 else "") if names else "none"
     return f"{kind}-{subject}-{datetime.now(UTC):%Y%m%dT%H%M}"
 
 
-def publish(kind: str, subject: str, title: str, rows: list[tuple[str, str]]) -> None:
+def publish(kind: str, subject: str, title: str, rows: list[tuple[str, str]], details: str = "") -> None:
+    """A summary table, then optional ``details`` markdown."""
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n"
+    markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n" + (f"\n{details}" if details else "")
     create_markdown_artifact(markdown=markdown, key=artifact_key(kind, subject), description=title)

@@ -5,10 +5,18 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._report import human_bytes, publish, run_name
-from tasks import list_snapshots, restore_snapshot, with_retry_policy
+from flows._report import artifact_key, human_bytes, publish, run_name
+from tasks import (
+    finish_progress,
+    list_snapshots,
+    restore_original,
+    restore_snapshot,
+    start_progress,
+    with_retry_policy,
+)
 from walship.catalog import select_snapshot
 from walship.models import RestoreResult, RestoreTarget, RetryPolicy
+from walship.original import OriginalRestoreResult
 
 
 @flow(name="restore", flow_run_name=lambda: run_name("restore", "output"), log_prints=True)
@@ -22,17 +30,28 @@ def restore_flow(
     force: bool = False,
     database_id: str | None = None,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
-) -> RestoreResult:
+) -> RestoreResult | OriginalRestoreResult:
     """Restore ``replica`` to ``output``: the newest state, the newest at or before
     ``timestamp``, or WAL ``sequence`` of ``generation`` (default: the newest
     generation); ``snapshot_key`` restores one snapshot alone. Refuses to replace an
     existing file unless ``force``, and a replica of another database than ``database_id``."""
     snapshots = with_retry_policy(list_snapshots, retry)(replica)
+    if not snapshots and sequence is None and generation is None:
+        # No walship snapshot: the prefix may hold the original design's layout (docs/FORMAT.md).
+        original = with_retry_policy(restore_original, retry)(
+            replica, output, force, timestamp, snapshot_key, database_id
+        )
+        publish(
+            "restore", output.name, f"Restore of the original layout's snapshot to {output}", original.report_rows()
+        )
+        return original
     chosen = select_snapshot(snapshots, key=snapshot_key, before=timestamp, generation=generation, sequence=sequence)
     target = RestoreTarget(
         segments=snapshot_key is None, until_time=timestamp, until_sequence=sequence, database_id=database_id
     )
-    result = with_retry_policy(restore_snapshot, retry)(replica, chosen, output, force, target)
+    progress = start_progress(artifact_key("restore-progress", output.name), f"Restore of {chosen.database_id}")
+    result = with_retry_policy(restore_snapshot, retry)(replica, chosen, output, force, target, progress)
+    finish_progress(progress)
     publish(
         "restore",
         output.name,

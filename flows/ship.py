@@ -14,12 +14,14 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
 from flows._report import human_bytes, publish, run_name
+from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.errors import TransientStorageError
 from walship.models import RetryPolicy, WalPosition
-from walship.ship import ShipConfig, Shipper, SyncResult, UploadResult
+from walship.ship import ShipConfig, Shipper, SyncResult
 from walship.spool import Spool, default_spool_dir
+from walship.upload import UploadResult
 
 
 class ShipReport(BaseModel):
@@ -51,27 +53,39 @@ def wal_ship_flow(
     spool_dir: Path | None = None,
     database_id: str | None = None,
     level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
+    snapshot_interval: Annotated[float, Field(ge=0)] = 3600.0,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:
-    """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``)."""
+    """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``).
+
+    ``walship.lag.exceeded`` is emitted when the capture-to-storage lag or the
+    age of the oldest spooled entry rises above ``lag_threshold_seconds``.
+    Every ``snapshot_interval`` seconds (0: never) a changed generation gets a
+    new snapshot, so restores start from a recent one."""
     logger = get_run_logger()
     spool_dir = spool_dir or default_spool_dir(database)
     spool = Spool(spool_dir)
-    shipper = Shipper(database, spool, ShipConfig(database_id=database_id or database.name, level=level))
+    shipper = Shipper(
+        database,
+        spool,
+        ShipConfig(database_id=database_id or database.name, level=level, snapshot_seconds=snapshot_interval),
+    )
     # Inside the loop the next interval is the retry: a failed upload must
     # not stop capture for the length of a backoff. The final drain and the
     # other tasks use the full policy.
     upload = with_retry_policy(upload_spool, retry.model_copy(update={"attempts": 0}))
     drain = with_retry_policy(upload_spool, retry)
     report = ShipReport()
+    events = ShipEvents(database_id or database.name, replica, lag_threshold_seconds)
     try:
         with_retry_policy(acquire_lease, retry)(replica, spool_dir, database)
-        _note(report, shipper.open(), logger)
+        _note(report, events.synced(shipper.open()), logger)
         deadline = time.monotonic() + duration
         while True:
             started = time.monotonic()
-            _note(report, shipper.sync(), logger)
-            if spool.pending():
+            _note(report, events.synced(shipper.sync()), logger)
+            if pending := spool.pending():
                 try:
                     uploaded = upload(replica, spool_dir, database, level)
                 except TransientStorageError as exc:
@@ -81,12 +95,16 @@ def wal_ship_flow(
                     logger.warning("upload failed, %d entries stay spooled: %s", len(spool.pending()), exc)
                 else:
                     _count_upload(report, uploaded)
+                    events.uploaded(pending, uploaded)
+            events.check_lag(spool.pending())
             if once or time.monotonic() >= deadline:
                 break
             shipper.wait_for_commits(interval - (time.monotonic() - started), deadline)
-        _note(report, shipper.finish(), logger)
-        if spool.pending():
-            _count_upload(report, drain(replica, spool_dir, database, level))
+        _note(report, events.synced(shipper.finish()), logger)
+        if pending := spool.pending():
+            drained = drain(replica, spool_dir, database, level)
+            _count_upload(report, drained)
+            events.uploaded(pending, drained)
         report.pending_at_end = len(spool.pending())
         if report.position is not None:
             with_retry_policy(record_position, retry)(replica, report.position)
@@ -99,6 +117,7 @@ def wal_ship_flow(
     finally:
         shipper.close()
         spool.close()
+        events.close()
         _publish(database, report)
     return report
 
@@ -121,6 +140,8 @@ def _note(report: ShipReport, result: SyncResult, logger: Any) -> None:
         report.generations_started.append(result.new_generation)
         report.generation_reasons.append(result.reason or "")
         logger.warning("new generation %s: %s", result.new_generation, result.reason)
+    if result.snapshot:
+        logger.info("snapshot %s taken within the generation", result.snapshot)
 
 
 def _publish(database: Path, report: ShipReport) -> None:

@@ -9,8 +9,18 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from flows._report import human_bytes, publish, run_name
-from tasks import check_replica, compress, take_snapshot, update_metadata, upload, with_retry_policy
+from flows._events import emit
+from flows._report import artifact_key, human_bytes, publish, run_name
+from tasks import (
+    check_replica,
+    compress,
+    finish_progress,
+    start_progress,
+    take_snapshot,
+    update_metadata,
+    upload,
+    with_retry_policy,
+)
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.models import RetryPolicy, SnapshotInfo
 
@@ -32,15 +42,17 @@ def snapshot_flow(
     started = time.monotonic()
     database_id = database_id or database.name
     check_replica(replica, database_id)
+    progress = start_progress(artifact_key("snapshot-progress", database_id), f"Snapshot of {database_id}")
     scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=workdir))
     try:
         source = take_snapshot(database, scratch / "snapshot.db")
-        compressed = compress(source.path, scratch / "snapshot.db.zst", level)
+        compressed = compress(source.path, scratch / "snapshot.db.zst", level, progress)
         info = with_retry_policy(upload, retry)(replica, source, compressed, database_id)
         metadata = with_retry_policy(update_metadata, retry)(replica, info)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.monotonic() - started
+    finish_progress(progress)
     publish(
         "snapshot",
         database_id,
@@ -55,5 +67,18 @@ def snapshot_flow(
             ("duration", f"{elapsed:.2f} s ({info.raw_size / 1e6 / max(elapsed, 1e-9):.1f} MB/s)"),
             ("snapshots in replica", str(metadata.snapshot_count)),
         ],
+    )
+    emit(
+        "walship.snapshot.completed",
+        database_id,
+        replica,
+        {
+            "key": info.key,
+            "generation": info.generation,
+            "raw_size": info.raw_size,
+            "compressed_size": info.compressed_size,
+            "sha256": info.sha256,
+            "duration_seconds": round(elapsed, 3),
+        },
     )
     return info

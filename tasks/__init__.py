@@ -5,19 +5,29 @@ models, and none caches or persists its result (``NO_CACHE``, no result
 persistence), because every one either has side effects or large inputs.
 """
 
+from tasks._progress import finish_progress, start_progress
 from tasks._retry import with_retry_policy
-from tasks.restore import list_snapshots, restore_snapshot
+from tasks.restore import list_snapshots, restore_original, restore_snapshot
+from tasks.retention import apply_retention, plan_retention
 from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
 from tasks.snapshot import check_replica, compress, take_snapshot, update_metadata, upload
+from tasks.verify import check_index, restore_drill
 
 __all__ = [
     "acquire_lease",
+    "apply_retention",
+    "check_index",
     "check_replica",
     "compress",
+    "finish_progress",
     "list_snapshots",
+    "plan_retention",
     "record_position",
     "release_lease",
+    "restore_drill",
+    "restore_original",
     "restore_snapshot",
+    "start_progress",
     "take_snapshot",
     "update_metadata",
     "upload",

@@ -1,13 +1,16 @@
-"""Restore tasks: find what the replica holds, restore one snapshot."""
+"""Restore tasks: find what the replica holds, restore one snapshot (or one of the original layout's)."""
 
+from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
+from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
-from walship import index, restore
+from walship import index, original, restore
 from walship.models import RestoreResult, RestoreTarget, SnapshotInfo
 from walship.storage import open_store
 
-__all__ = ["list_snapshots", "restore_snapshot"]
+__all__ = ["list_snapshots", "restore_original", "restore_snapshot"]
 
 
 @walship_task
@@ -18,9 +21,15 @@ def list_snapshots(replica: str) -> list[SnapshotInfo]:
 
 @walship_task
 def restore_snapshot(
-    replica: str, snapshot: SnapshotInfo, output: Path, force: bool, target: RestoreTarget
+    replica: str,
+    snapshot: SnapshotInfo,
+    output: Path,
+    force: bool,
+    target: RestoreTarget,
+    progress: UUID | None = None,
 ) -> RestoreResult:
-    """Download, verify and apply a snapshot and its segments, and place the database atomically."""
+    """Download, verify and apply a snapshot and its segments, and place the database atomically;
+    the snapshot's bytes move the run's ``progress`` artifact to 90 % (segments and checks take the rest)."""
     return restore.restore_snapshot(
         open_store(replica),
         snapshot,
@@ -30,4 +39,26 @@ def restore_snapshot(
         segments=target.segments,
         until_sequence=target.until_sequence,
         until_time=target.until_time,
+        progress=ArtifactProgress(progress, 0.0, 90.0) if progress is not None else None,
+    )
+
+
+@walship_task
+def restore_original(
+    replica: str,
+    output: Path,
+    force: bool,
+    timestamp: datetime | None = None,
+    snapshot_key: str | None = None,
+    database_id: str | None = None,
+) -> original.OriginalRestoreResult:
+    """Restore the newest snapshot (at or before ``timestamp``) of a prefix in the original design's
+    layout, verified and placed atomically; its WAL objects are not applied."""
+    return original.restore_original(
+        open_store(replica),
+        output,
+        force=force,
+        before=timestamp,
+        key=snapshot_key,
+        expected_database_id=database_id,
     )

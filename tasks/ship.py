@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from tasks._retry import walship_task
-from walship import index, lease, ship
+from walship import index, lease, upload
 from walship.models import ReplicaMetadata, WalPosition
 from walship.spool import Spool
 from walship.storage import open_store
@@ -19,10 +19,10 @@ def acquire_lease(replica: str, spool_dir: Path, database: Path) -> None:
 
 
 @walship_task
-def upload_spool(replica: str, spool_dir: Path, database: Path, level: int) -> ship.UploadResult:
+def upload_spool(replica: str, spool_dir: Path, database: Path, level: int) -> upload.UploadResult:
     """Upload the spooled snapshot and segments in order; runs only when there is something to ship."""
     spool = Spool(spool_dir, lock=False)
-    return ship.upload_pending(open_store(replica), spool, holder=lease.holder_for(database), level=level)
+    return upload.upload_pending(open_store(replica), spool, holder=lease.holder_for(database), level=level)
 
 
 @walship_task

@@ -1,7 +1,9 @@
 """Snapshot tasks: copy, compress, upload, record."""
 
 from pathlib import Path
+from uuid import UUID
 
+from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
 from walship import codec, index, snapshot, sqlite
 from walship.models import CompressedFile, ReplicaMetadata, SnapshotInfo, SnapshotSource
@@ -12,8 +14,10 @@ __all__ = ["check_replica", "compress", "take_snapshot", "update_metadata", "upl
 
 @walship_task
 def check_replica(replica: str, database_id: str) -> None:
-    """Fail before copying anything if the replica belongs to another database."""
-    snapshot.check_database_id(open_store(replica), database_id)
+    """Fail before copying anything if the replica belongs to another database or a shipper feeds it."""
+    store = open_store(replica)
+    snapshot.check_database_id(store, database_id)
+    snapshot.check_not_shipped(store)
 
 
 @walship_task
@@ -23,9 +27,11 @@ def take_snapshot(database: Path, target: Path) -> SnapshotSource:
 
 
 @walship_task
-def compress(source: Path, target: Path, level: int) -> CompressedFile:
-    """Streaming zstd of a local file, with the SHA-256 of its content."""
-    return codec.compress_file(source, target, level)
+def compress(source: Path, target: Path, level: int, progress: UUID | None = None) -> CompressedFile:
+    """Streaming zstd of a local file, with the SHA-256 of its content; moves the
+    run's ``progress`` artifact to 90 % (the upload and the index take the rest)."""
+    callback = ArtifactProgress(progress, 0.0, 90.0) if progress is not None else None
+    return codec.compress_file(source, target, level, progress=callback)
 
 
 @walship_task

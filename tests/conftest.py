@@ -19,6 +19,8 @@ BACKENDS = ["local", "moto", pytest.param("seaweedfs", marks=pytest.mark.seaweed
 # no telemetry, nothing written to the user's ~/.prefect.
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Tests read events back; the server writes them to its database every 5 s by default.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL", "0.5")
 
 
 @pytest.fixture(scope="session")

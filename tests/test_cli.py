@@ -58,6 +58,17 @@ class TestBadUsage:
         )
         assert_plain_error(result, 2, "ISO 8601")
 
+    def test_snapshot_into_a_shipped_replica(self, database: Path, tmp_path: Path) -> None:
+        """A standalone snapshot would hide the shipper's newer WAL from restores: refused, nothing written."""
+        from walship.lease import acquire_lease, holder_for
+
+        store = open_store(f"file://{tmp_path}/r")
+        acquire_lease(store, holder_for(database))
+        before = sorted(o.key for o in store.list())
+        result = walship("snapshot", str(database), "--replica", f"file://{tmp_path}/r")
+        assert_plain_error(result, 2, "fed by 'walship ship'")
+        assert sorted(o.key for o in store.list()) == before
+
     def test_unknown_command(self) -> None:
         assert_plain_error(walship("frobnicate"), 2, "invalid choice")
 

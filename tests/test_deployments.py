@@ -1,43 +1,155 @@
-"""prefect.yaml is valid: entrypoints import, parameters validate, serve builds from it."""
+"""prefect.yaml is valid: entrypoints import, parameters validate, serve builds from it, site values override."""
+
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prefect import Flow
+from prefect.utilities.schema_tools import validate
 
-from deployments.config import load_deployments, load_flow
-from deployments.serve import build
+from deployments.config import PREFECT_YAML, SiteError, load_deployments, load_flow, site_values, with_site
+from deployments.serve import build, main
 
 DEPLOYMENTS = load_deployments()
+NAMES = [d["name"] for d in DEPLOYMENTS]
+SCHEDULED = {"snapshot-hourly", "wal-ship", "retention-daily", "verify-daily"}
+
+
+def _schema(flow: Flow[Any, Any]) -> dict[str, Any]:
+    """The parameter schema Prefect registers with a deployment (what the server enforces)."""
+    return flow.parameters.model_dump()
 
 
 class TestPrefectYaml:
     """Every deployment in prefect.yaml can run."""
 
-    @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
-    def test_parameters_validate_against_the_flow(self, spec: dict[str, object]) -> None:
-        flow = load_flow(str(spec["entrypoint"]))
-        assert isinstance(flow, Flow)
-        validated = flow.validate_parameters(dict(spec["parameters"]))  # type: ignore[call-overload]
+    def test_the_expected_deployments_are_declared(self) -> None:
+        """Snapshot, shipping, retention and verify are scheduled; restore is ad hoc."""
+        assert set(NAMES) >= SCHEDULED | {"restore-adhoc"}
+        scheduled = {d["name"] for d in DEPLOYMENTS if d.get("schedules")}
+        assert scheduled >= SCHEDULED
+        assert "restore-adhoc" not in scheduled
+
+    @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=NAMES)
+    def test_entrypoint_imports_a_flow(self, spec: dict[str, Any]) -> None:
+        """The entrypoint names a Prefect flow that imports."""
+        assert isinstance(load_flow(spec["entrypoint"]), Flow)
+
+    @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=NAMES)
+    def test_parameters_validate_against_the_flow(self, spec: dict[str, Any]) -> None:
+        """The flow's pydantic model accepts the deployment's parameters, retry policy included."""
+        flow = load_flow(spec["entrypoint"])
+        validated = flow.validate_parameters(dict(spec["parameters"]))
         assert validated["retry"].attempts == 4
 
-    def test_bad_parameters_are_rejected(self) -> None:
-        flow = load_flow("flows/snapshot.py:snapshot_flow")
-        with pytest.raises(Exception, match="level"):
-            flow.validate_parameters({"database": "/x.db", "replica": "file:///r", "level": 99})
+    @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=NAMES)
+    def test_parameters_validate_against_the_schema_the_server_enforces(self, spec: dict[str, Any]) -> None:
+        """The JSON schema the server checks at run creation accepts them, and enforcement is on."""
+        flow = load_flow(spec["entrypoint"])
+        validate(spec["parameters"], _schema(flow), raise_on_error=True)
+        assert spec["enforce_parameter_schema"] is True
+        assert spec["work_pool"]["name"] == "walship"
+
+    @pytest.mark.parametrize(
+        ("entrypoint", "parameters", "field"),
+        [
+            ("flows/snapshot.py:snapshot_flow", {"database": "/x.db", "replica": "file:///r", "level": 99}, "level"),
+            ("flows/ship.py:wal_ship_flow", {"database": "/x.db", "replica": "file:///r", "interval": 0}, "interval"),
+            (
+                "flows/restore.py:restore_flow",
+                {"replica": "file:///r", "output": "/o", "retry": {"attempts": 99}},
+                "20",
+            ),
+        ],
+    )
+    def test_bad_parameters_are_rejected(self, entrypoint: str, parameters: dict[str, Any], field: str) -> None:
+        """Both the flow's model and the server's schema refuse an out-of-range value."""
+        flow = load_flow(entrypoint)
+        with pytest.raises(Exception, match=field):
+            flow.validate_parameters(parameters)
+        with pytest.raises(Exception, match="|".join((field, "less than", "greater than"))):
+            validate(parameters, _schema(flow), raise_on_error=True)
 
     def test_no_credentials_in_the_file(self) -> None:
-        from deployments.config import PREFECT_YAML
-
+        """Credentials come from boto3's chain, never from prefect.yaml."""
         text = PREFECT_YAML.read_text().lower()
-        assert "secret_access_key" not in text
-        assert "aws_access_key_id" not in text
+        for word in ("secret_access_key", "aws_access_key_id", "session_token", "password"):
+            assert word not in text
+
+    def test_shipping_runs_back_to_back(self) -> None:
+        """wal-ship runs one at a time with CANCEL_NEW, each ending in time for the next to start."""
+        [ship] = [d for d in DEPLOYMENTS if d["name"] == "wal-ship"]
+        window, duration = ship["schedules"][0]["interval"], ship["parameters"]["duration"]
+        # Runs are picked up 10 s early; start-up and the final upload take more.
+        assert window - 60 <= duration <= window - 20
+        assert ship["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+
+
+class TestSiteValues:
+    """Site values are overridden once and reach every deployment that uses them."""
+
+    def test_an_override_reaches_every_alias(self) -> None:
+        """Replacing the replica changes it in every deployment that uses the site's; nothing else changes."""
+        text = with_site(PREFECT_YAML.read_text(), {"replica": "s3://bucket/app", "database": "/srv/my app.db"})
+        changed = {d["name"]: d for d in yaml.safe_load(text)["deployments"]}
+        site = site_values(PREFECT_YAML.read_text())
+        users = [d for d in DEPLOYMENTS if d["parameters"].get("replica") == site["replica"]]
+        assert {"wal-ship", "retention-daily", "verify-daily", "restore-adhoc"} <= {d["name"] for d in users}
+        for original in users:
+            params = changed[original["name"]]["parameters"]
+            assert params["replica"] == "s3://bucket/app"
+            assert params.get("database") in (None, "/srv/my app.db")
+            assert changed[original["name"]].get("schedules") == original.get("schedules")
+            rest = {k: v for k, v in params.items() if k not in ("replica", "database")}
+            assert rest == {k: v for k, v in original["parameters"].items() if k not in ("replica", "database")}
+
+    def test_the_ship_window_and_duration_are_numbers(self) -> None:
+        """ship_window sets the schedule's interval and ship_duration the run's, both read back as ints."""
+        site = {"ship_window": 5, "ship_duration": "2"}
+        [ship] = [d for d in load_deployments(PREFECT_YAML, site) if d["name"] == "wal-ship"]
+        assert ship["schedules"] == [{"interval": 5}]
+        assert ship["parameters"]["duration"] == 2
+
+    def test_the_generated_file_keeps_site_values_readable(self, tmp_path: Path) -> None:
+        """A generated prefect.yaml reads back with the overridden site values."""
+        copy = tmp_path / "prefect.yaml"
+        copy.write_text(with_site(PREFECT_YAML.read_text(), {"restore_output": "/tmp/out.db"}))
+        assert site_values(copy.read_text())["restore_output"] == "/tmp/out.db"
+        assert site_values(copy.read_text())["database"] == site_values(PREFECT_YAML.read_text())["database"]
+
+    def test_an_unknown_site_value_is_refused(self) -> None:
+        """A typo in an override names the values that exist."""
+        with pytest.raises(SiteError, match=r"unknown site value 'databse'.*database"):
+            with_site(PREFECT_YAML.read_text(), {"databse": "/x.db"})
+
+
+class TestServe:
+    """serve.py builds the deployments from prefect.yaml."""
 
     def test_serve_builds_every_deployment_with_its_schedule(self) -> None:
+        """Each deployment keeps its schedules, concurrency and schema enforcement."""
         built = {d.name: d for d in build()}
-        assert set(built) == {d["name"] for d in DEPLOYMENTS}
-        assert built["snapshot-hourly"].schedules[0].schedule.cron == "0 * * * *"  # type: ignore[union-attr]
+        assert set(built) == set(NAMES)
+        assert built["snapshot-hourly"].schedules[0].schedule.cron == "0 * * * *"
         assert not built["restore-adhoc"].schedules
         ship = built["wal-ship"]
-        assert ship.schedules[0].schedule.interval.total_seconds() == ship.parameters["duration"]  # type: ignore[union-attr]
+        assert ship.schedules[0].schedule.interval.total_seconds() > ship.parameters["duration"]
         assert ship.concurrency_limit == 1
         assert ship.concurrency_options is not None
         assert ship.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert all(d.enforce_parameter_schema for d in built.values())
+
+    def test_serve_applies_overrides_and_selects(self) -> None:
+        """--set and --only: one deployment, pointed at another database."""
+        [ship] = build(site={"database": "/srv/app.db", "ship_window": 30}, only=["wal-ship"])
+        assert ship.parameters["database"] == "/srv/app.db"
+        assert ship.schedules[0].schedule.interval.total_seconds() == 30
+
+    def test_serve_refuses_unknown_names_with_status_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """A misspelt deployment or site value is a usage error, reported in one line."""
+        for argv in (["--only", "wal-shipp"], ["--set", "replca=s3://b/p"]):
+            with pytest.raises(SystemExit) as exited:
+                main(argv)
+            assert exited.value.code == 2
+            assert capsys.readouterr().err.startswith("error: ")

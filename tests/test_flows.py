@@ -6,7 +6,7 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
@@ -14,6 +14,7 @@ from bench.workload import content_digest
 from flows import restore_flow, snapshot_flow
 from tests.conftest import use_credentials
 from tests.helpers import rewrite_object
+from tests.prefect_api import artifacts
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError, TransientStorageError
 from walship.models import RetryPolicy
 from walship.storage import open_store
@@ -22,8 +23,8 @@ FAST_RETRY = RetryPolicy(attempts=2, backoff_seconds=0.05, jitter=0)
 
 
 def _artifacts(run_id: UUID) -> list[Any]:
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+    """The run's markdown artifacts (its progress artifact is tested in test_events)."""
+    return artifacts(run_id, "markdown")
 
 
 def _task_runs(run_id: UUID) -> dict[str, TaskRun]:

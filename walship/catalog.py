@@ -5,7 +5,7 @@ listing plus one HEAD per object rebuilds everything the index says: restore
 never depends on ``metadata.json`` alone.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ValidationError
@@ -56,21 +56,25 @@ def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
     return _from_object(store.head(key))
 
 
-def list_snapshot_keys(store: ObjectStore) -> list[str]:
-    """Snapshot keys, oldest generation first (one LIST, no HEADs)."""
-    keys = [o.key for o in store.list(GENERATIONS_PREFIX) if parse_snapshot_key(o.key) is not None]
+def list_snapshot_keys(store: ObjectStore, listing: Iterable[ObjectInfo] | None = None) -> list[str]:
+    """Snapshot keys, oldest generation first (one LIST, or none given a ``listing`` already made)."""
+    objects = store.list(GENERATIONS_PREFIX) if listing is None else listing
+    keys = [o.key for o in objects if parse_snapshot_key(o.key) is not None]
     return sorted(keys, key=lambda k: parse_snapshot_key(k) or ("", 0))
 
 
-def list_snapshots(store: ObjectStore, known: Sequence[SnapshotInfo] = ()) -> list[SnapshotInfo]:
+def list_snapshots(
+    store: ObjectStore, known: Sequence[SnapshotInfo] = (), listing: Iterable[ObjectInfo] | None = None
+) -> list[SnapshotInfo]:
     """Every snapshot a listing shows, oldest first.
 
     Descriptions in ``known`` (the index) spare a HEAD for the keys they
     cover; a key the index lacks is described from its object. A key the
     index has but the listing does not is left out: the listing is the truth.
+    ``listing`` reuses a listing the caller already made.
     """
     by_key = {s.key: s for s in known}
-    snapshots = [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store)]
+    snapshots = [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store, listing)]
     # Generation names order by the second; two snapshots within one second
     # order by their recorded time, as the index orders them.
     return sorted(snapshots, key=lambda s: (s.created_at, s.key))
@@ -95,8 +99,12 @@ def select_snapshot(
             if snapshot.key == key:
                 return snapshot
         raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots")
+    if (sequence is not None or generation is not None) and not snapshots:
+        raise NotFoundError(
+            "the replica holds no walship snapshot to replay WAL onto: run 'walship status' to see what it holds"
+        )
     if sequence is not None or generation is not None:
-        generation = generation or (snapshots[-1].generation if snapshots else None)
+        generation = generation or snapshots[-1].generation
         candidates = [
             s for s in snapshots if s.generation == generation and (sequence is None or s.sequence <= sequence)
         ]

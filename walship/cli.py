@@ -1,4 +1,4 @@
-"""The operator CLI: ``walship snapshot | ship | restore | status``.
+"""The operator CLI: ``walship snapshot | ship | restore | status | verify | retention``.
 
 Exit status: 0 done; 1 the operation failed (corrupt or missing data,
 verification failed, storage unreachable after retries); 2 bad usage or bad
@@ -6,8 +6,9 @@ input. Errors are one or two plain lines on stderr; ``--debug`` adds the
 traceback. Input is checked here, before any flow starts, so a typo fails in
 milliseconds rather than after Prefect has started.
 
-snapshot and restore run as Prefect flows; they are imported lazily because
-importing Prefect costs over a second that ``status`` and bad input need not pay.
+snapshot, ship, restore, verify and retention run as Prefect flows; they are
+imported lazily because importing Prefect costs over a second that ``status``
+and bad input need not pay.
 """
 
 import argparse
@@ -19,9 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from walship import codec
 from walship.errors import UsageError, WalshipError
+from walship.models import RestoreResult
 from walship.restore import check_output
+from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
@@ -60,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
     ship.add_argument("--database-id", help="name of the database in the replica (default: file name)")
     ship.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
+    ship.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="snapshot the generation this often when it changed, so restores start recent (default 3600; 0: never)",
+    )
 
     rest = commands.add_parser("restore", help="restore a database from a replica")
     rest.add_argument("--replica", required=True)
@@ -72,9 +84,29 @@ def _parser() -> argparse.ArgumentParser:
     rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
     rest.add_argument("--database-id", help="refuse a replica that holds another database")
 
+    keep = commands.add_parser("retention", help="delete old snapshots and WAL that the policy does not keep")
+    keep.add_argument("--replica", required=True)
+    keep.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N snapshots")
+    keep.add_argument("--keep-within", metavar="DURATION", help="keep everything newer than this (7d, 36h, 1d12h)")
+    keep.add_argument(
+        "--keep-daily", type=int, default=0, metavar="N", help="newest snapshot of each of the last N days"
+    )
+    keep.add_argument("--keep-weekly", type=int, default=0, metavar="N", help="... of each of the last N ISO weeks")
+    keep.add_argument("--keep-monthly", type=int, default=0, metavar="N", help="... of each of the last N months")
+    keep.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
+
+    drill = commands.add_parser("verify", help="restore drill: prove the replica restores and its index is true")
+    drill.add_argument("--replica", required=True)
+    drill.add_argument("--older", action="store_true", help="also restore a random older point")
+    drill.add_argument("--database-id", help="fail if the replica holds another database")
+    drill.add_argument("--workdir", type=Path, help="directory for the restored files (default: system temp)")
+
     stat = commands.add_parser("status", help="show what a replica holds")
     stat.add_argument("--replica", required=True)
     stat.add_argument("--json", action="store_true", help="machine-readable output")
+    stat.add_argument(
+        "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
+    )
     return parser
 
 
@@ -101,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     replica = str(parse_replica_url(args.replica))
     if args.command == "status":
-        status = replica_status(open_store(replica))
+        status = replica_status(open_store(replica), rebuild=args.rebuild_index)
         print(status.model_dump_json(indent=2) if args.json else status.render())
         return EXIT_OK
     _quiet_prefect(args.verbose)
@@ -109,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         check_database(args.database)
         codec.validate_level(args.level)
     if args.command == "snapshot":
+        check_not_shipped(open_store(replica))  # before Prefect starts: a refusal takes milliseconds
         from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
         info = snapshot_flow(
@@ -123,6 +156,10 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "ship":
         return _ship(args, replica)
+    if args.command == "verify":
+        return _verify(args, replica)
+    if args.command == "retention":
+        return _retention(args, replica)
     output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
     from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
@@ -137,17 +174,20 @@ def _run(args: argparse.Namespace) -> int:
         force=args.force,
         database_id=args.database_id,
     )
-    position = f"{result.position.generation}/{result.position.sequence}"
-    print(
-        f"restored {result.output} at {position} ({result.snapshot.key} + {result.segments_applied} segments, "
-        f"{result.size} bytes, integrity ok)"
-    )
+    if isinstance(result, RestoreResult):
+        position = f"{result.position.generation}/{result.position.sequence}"
+        print(
+            f"restored {result.output} at {position} ({result.snapshot.key} + {result.segments_applied} segments, "
+            f"{result.size} bytes, integrity ok)"
+        )
+    else:  # a snapshot of the original layout: it says what it could verify and what it did not apply
+        print(result.summary())
     return EXIT_OK
 
 
 def _ship(args: argparse.Namespace, replica: str) -> int:
-    if args.interval <= 0 or args.duration < 0:
-        raise UsageError("--interval must be positive and --duration not negative")
+    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0:
+        raise UsageError("--interval must be positive, --duration and --snapshot-interval not negative")
     from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
     report = wal_ship_flow(
@@ -159,6 +199,7 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         spool_dir=args.spool,
         database_id=args.database_id,
         level=args.level,
+        snapshot_interval=args.snapshot_interval,
     )
     position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
     print(
@@ -167,6 +208,62 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     )
     for generation, reason in zip(report.generations_started, report.generation_reasons, strict=True):
         print(f"started generation {generation}: {reason}")
+    return EXIT_OK
+
+
+def _retention(args: argparse.Namespace, replica: str) -> int:
+    from walship.retention import RetentionPolicy  # noqa: PLC0415 - only this command needs it
+
+    try:
+        policy = RetentionPolicy(
+            keep_last=args.keep_last,
+            keep_within=args.keep_within,
+            keep_daily=args.keep_daily,
+            keep_weekly=args.keep_weekly,
+            keep_monthly=args.keep_monthly,
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = "".join(f"--{str(part).replace('_', '-')}: " for part in problem["loc"])
+        raise UsageError(f"retention: {where}{problem['msg'].removeprefix('Value error, ')}") from None
+    from flows.retention import retention_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    report = retention_flow(replica=replica, policy=policy, dry_run=args.dry_run)
+    plan, result = report.plan, report.result
+    verb = "would delete" if result.dry_run else "delete"
+    for decision in plan.snapshots:
+        action = "keep  " if decision.keep else verb
+        print(f"{action}  {decision.key}  {decision.created_at:%Y-%m-%d %H:%M}Z  ({'; '.join(decision.reasons)})")
+    for generation in plan.generations:
+        if generation.delete:
+            print(f"{verb}  {len(generation.delete)} segments of {generation.generation} ({generation.reason})")
+    if result.dry_run:
+        print(f"dry run: {result.planned} objects, {plan.bytes_to_free} bytes would go; nothing deleted")
+    else:
+        print(
+            f"deleted {len(result.deleted)} objects, {result.bytes_freed} bytes freed "
+            f"(policy: {plan.policy.describe()})"
+        )
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace, replica: str) -> int:
+    from walship.verify import VerificationFailedError  # noqa: PLC0415 - only this command needs it
+
+    if args.workdir is not None and not args.workdir.is_dir():
+        raise UsageError(f"verify: --workdir {args.workdir} is not a directory: create it first")
+    from flows.verify import verify_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    failure: VerificationFailedError | None = None
+    try:
+        report = verify_flow(replica=replica, database_id=args.database_id, older=args.older, workdir=args.workdir)
+    except VerificationFailedError as exc:
+        report, failure = exc.report, exc
+    for check in report.checks:
+        print(f"{'ok' if check.ok else 'FAILED':<6}  {check.name:<15}  {check.detail}")
+    print(f"{report.summary()} in {report.duration_seconds:.1f} s")
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_LEVEL",
     "MAX_LEVEL",
     "MIN_LEVEL",
+    "Progress",
     "Readable",
     "compress_file",
     "decompress_to_file",
@@ -37,6 +39,12 @@ MIN_LEVEL = 1
 MAX_LEVEL = 22
 
 
+# Called with (bytes done, bytes in all) as a transfer moves, in the caller's
+# thread; the flows turn it into a Prefect progress artifact, the core never
+# needs to know.
+Progress = Callable[[int, int], None]
+
+
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
@@ -44,8 +52,10 @@ class Readable(Protocol):
 class _HashingReader:
     """Hands bytes to zstd while hashing and counting them."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, total: int, progress: Progress | None) -> None:
         self._raw = raw
+        self._total = total
+        self._progress = progress
         self.digest = hashlib.sha256()
         self.count = 0
 
@@ -53,6 +63,8 @@ class _HashingReader:
         data = self._raw.read(size)
         self.digest.update(data)
         self.count += len(data)
+        if self._progress is not None:
+            self._progress(self.count, self._total)
         return data
 
 
@@ -64,8 +76,13 @@ def validate_level(level: int) -> int:
     return level
 
 
-def compress_file(source: Path, target: Path, level: int = DEFAULT_LEVEL) -> CompressedFile:
-    """Compress ``source`` into ``target`` (fsynced); hash the uncompressed bytes."""
+def compress_file(
+    source: Path, target: Path, level: int = DEFAULT_LEVEL, *, progress: Progress | None = None
+) -> CompressedFile:
+    """Compress ``source`` into ``target`` (fsynced); hash the uncompressed bytes.
+
+    ``progress`` hears (bytes read, file size) after every chunk.
+    """
     validate_level(level)
     size = source.stat().st_size
     # threads=-1: one zstd worker per core; level 3 on one core is slower than
@@ -77,7 +94,7 @@ def compress_file(source: Path, target: Path, level: int = DEFAULT_LEVEL) -> Com
     )
     compressor = zstandard.ZstdCompressor(compression_params=parameters)
     with source.open("rb") as raw, target.open("wb") as out:
-        reader = _HashingReader(raw)
+        reader = _HashingReader(raw, size, progress)
         compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE)
         out.flush()
         os.fsync(out.fileno())
@@ -93,19 +110,30 @@ def compress_file(source: Path, target: Path, level: int = DEFAULT_LEVEL) -> Com
 
 
 def decompress_to_file(
-    source: Readable, target: BinaryIO, *, expected_sha256: str, expected_size: int, name: str
+    source: Readable,
+    target: BinaryIO,
+    *,
+    expected_sha256: str,
+    expected_size: int,
+    name: str,
+    progress: Progress | None = None,
 ) -> int:
     """Stream-decompress ``source`` into ``target`` and verify size and SHA-256.
 
     ``name`` (the object key) goes into every error so an operator knows which
-    object is bad. Returns the number of bytes written.
+    object is bad. ``progress`` hears (bytes decompressed, expected size)
+    after every chunk. Returns the number of bytes written.
     """
     decompressor = zstandard.ZstdDecompressor()
     sink = _HashingSink(target)
+    done = 0
     try:
         with decompressor.stream_reader(cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False) as reader:
             while chunk := reader.read(_SMALL_CHUNK):
                 sink.put(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, expected_size)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
     finally:

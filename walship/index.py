@@ -10,17 +10,25 @@ from a listing.
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
 from walship.catalog import list_snapshots
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError
-from walship.layout import METADATA_KEY
+from walship.layout import GENERATIONS_PREFIX, METADATA_KEY, parse_segment_key
 from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, WalPosition, utcnow
 from walship.storage import ObjectStore
 
-__all__ = ["add_snapshot", "current_snapshots", "read_index", "rebuild_index", "record_wal_position", "update_index"]
+__all__ = [
+    "add_snapshot",
+    "current_snapshots",
+    "forget_snapshots",
+    "read_index",
+    "rebuild_index",
+    "record_wal_position",
+    "update_index",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +38,36 @@ _MAX_INDEX_BYTES = 64 << 20
 
 def read_index(store: ObjectStore) -> tuple[ReplicaMetadata | None, str | None]:
     """The index and its ETag, or ``(None, None)`` when there is none yet."""
+    raw, etag = _read_raw(store)
+    return (_parse(store, raw), etag) if raw is not None else (None, None)
+
+
+def _read_raw(store: ObjectStore) -> tuple[bytes | None, str | None]:
     try:
         raw, info = store.get_bytes(METADATA_KEY, max_size=_MAX_INDEX_BYTES)
     except NotFoundError:
         return None, None
-    etag = info.etag
+    return raw, info.etag
+
+
+def _parse(store: ObjectStore, raw: bytes) -> ReplicaMetadata:
     try:
         metadata = ReplicaMetadata.model_validate_json(raw)
     except ValidationError as exc:
         raise CorruptObjectError(
-            f"{METADATA_KEY} in {store.location} is not a valid index: {exc.error_count()} problem(s)"
+            f"{METADATA_KEY} in {store.location} is not a valid index ({exc.error_count()} problem(s)): "
+            "'walship status --rebuild-index' rebuilds it from a listing"
         ) from exc
     if metadata.format_version > METADATA_FORMAT_VERSION:
-        raise CorruptObjectError(
+        raise _NewerFormatError(
             f"{METADATA_KEY} in {store.location} has format {metadata.format_version}; "
             f"this walship reads up to {METADATA_FORMAT_VERSION}: upgrade walship"
         )
-    return metadata, etag
+    return metadata
+
+
+class _NewerFormatError(CorruptObjectError):
+    """An index a newer walship wrote: never rebuilt over, since that would drop what it added."""
 
 
 def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
@@ -60,21 +81,37 @@ def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
 
 
 def rebuild_index(store: ObjectStore) -> ReplicaMetadata:
-    """Derive the index from the objects themselves (a LIST and a HEAD per snapshot)."""
+    """Derive the index from the objects themselves (one LIST, a HEAD per snapshot)."""
+    listing = list(store.list(GENERATIONS_PREFIX))
     metadata = ReplicaMetadata()
-    for snapshot in list_snapshots(store):
+    for snapshot in list_snapshots(store, listing=listing):
         metadata = _with_snapshot(metadata, snapshot)
+    # The newest shipped segment of the current generation, as record_wal_position would have it.
+    sequences = [
+        p.sequence for o in listing if (p := parse_segment_key(o.key)) and p.generation == metadata.current_generation
+    ]
+    if sequences:
+        metadata = metadata.model_copy(
+            update={"latest_wal_sequence": max(*sequences, metadata.latest_wal_sequence or 0)}
+        )
     return metadata
 
 
 def update_index(store: ObjectStore, change: Callable[[ReplicaMetadata], ReplicaMetadata]) -> ReplicaMetadata:
     """Apply ``change`` to the current index with a conditional write; retry on conflict."""
     for attempt in range(_MAX_ATTEMPTS):
-        try:
-            current, etag = read_index(store)
-        except CorruptObjectError as exc:
-            log.warning("%s; rebuilding it from a listing", exc)
-            current, etag = rebuild_index(store), store.head(METADATA_KEY).etag
+        raw, etag = _read_raw(store)
+        current = None
+        if raw is not None:
+            try:
+                current = _parse(store, raw)
+            except _NewerFormatError:
+                raise
+            except CorruptObjectError as exc:
+                # Replace exactly the unreadable object we read (its ETag, not
+                # one fetched later): a writer that repaired it meanwhile wins,
+                # and we retry on top of its index instead of overwriting it.
+                log.warning("%s (rebuilding it now)", exc)
         updated = change(current if current is not None else rebuild_index(store))
         updated = updated.model_copy(update={"last_modified": utcnow()})
         body = updated.model_dump_json(indent=2).encode()
@@ -100,6 +137,17 @@ def record_wal_position(store: ObjectStore, position: WalPosition) -> ReplicaMet
             update={"latest_wal_sequence": position.sequence, "current_generation": position.generation}
         ),
     )
+
+
+def forget_snapshots(store: ObjectStore, keys: Sequence[str]) -> ReplicaMetadata:
+    """Drop deleted snapshots from the index (retention never deletes the newest)."""
+    gone = set(keys)
+
+    def change(metadata: ReplicaMetadata) -> ReplicaMetadata:
+        kept = [s for s in metadata.snapshots if s.key not in gone]
+        return metadata.model_copy(update={"snapshots": kept, "snapshot_count": len(kept)})
+
+    return update_index(store, change)
 
 
 def _with_snapshot(metadata: ReplicaMetadata, snapshot: SnapshotInfo) -> ReplicaMetadata:

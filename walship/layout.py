@@ -7,6 +7,12 @@ prefix. The layout is documented in docs/FORMAT.md.
     lease.json
     generations/<gen>/snapshots/<seq:020>.sqlite.zst
     generations/<gen>/wal/<seq:020>.wal.zst
+
+The original design (docs/FORMAT.md, "The original layout") wrote, under
+the same kind of prefix:
+
+    snapshots/<YYYYmmdd_HHMMSS>.sqlite.zst
+    wal/<seq:020>.wal.zst
 """
 
 import re
@@ -19,11 +25,15 @@ __all__ = [
     "LEASE_KEY",
     "METADATA_KEY",
     "ParsedKey",
+    "format_original_snapshot_key",
+    "format_original_wal_key",
     "format_segment_key",
     "format_snapshot_key",
     "generation_prefix",
     "new_generation",
     "parse_generation",
+    "parse_original_snapshot_key",
+    "parse_original_wal_key",
     "parse_segment_key",
     "parse_snapshot_key",
 ]
@@ -37,6 +47,11 @@ GENERATIONS_PREFIX = "generations/"
 _GENERATION = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _SNAPSHOT = re.compile(r"^generations/([^/]+)/snapshots/(\d{20})\.sqlite\.zst$")
 _SEGMENT = re.compile(r"^generations/([^/]+)/wal/(\d{20})\.wal\.zst$")
+# The original design's keys: a snapshot named by the UTC second its upload
+# began (two in one second overwrote each other there), WAL by sequence.
+_ORIGINAL_SNAPSHOT = re.compile(r"^snapshots/(\d{8}_\d{6})\.sqlite\.zst$")
+_ORIGINAL_WAL = re.compile(r"^wal/(\d{20})\.wal\.zst$")
+_ORIGINAL_TIME = "%Y%m%d_%H%M%S"
 
 
 class ParsedKey(NamedTuple):
@@ -76,6 +91,30 @@ def format_segment_key(generation: str, sequence: int) -> str:
 
 def parse_segment_key(key: str) -> ParsedKey | None:
     return _parse(_SEGMENT, key)
+
+
+def format_original_snapshot_key(taken_at: datetime) -> str:
+    return f"snapshots/{taken_at.astimezone(UTC).strftime(_ORIGINAL_TIME)}.sqlite.zst"
+
+
+def parse_original_snapshot_key(key: str) -> datetime | None:
+    """The upload time an original-layout snapshot key encodes (UTC, to the second)."""
+    match = _ORIGINAL_SNAPSHOT.match(key)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), _ORIGINAL_TIME).replace(tzinfo=UTC)
+    except ValueError:  # digits in the right places, but no such date (month 13)
+        return None
+
+
+def format_original_wal_key(sequence: int) -> str:
+    return f"wal/{_sequence(sequence)}.wal.zst"
+
+
+def parse_original_wal_key(key: str) -> int | None:
+    match = _ORIGINAL_WAL.match(key)
+    return int(match.group(1)) if match else None
 
 
 def _sequence(sequence: int) -> str:

@@ -79,6 +79,9 @@ class WalCursor(_Frozen):
     db_mtime_ns: int = 0
     # When the cursor last moved: the next segment's commits all came later.
     moved_at: datetime | None = None
+    # The generation's newest snapshot: its sequence and when it was taken.
+    snapshot_sequence: int = 0
+    snapshot_at: datetime | None = None
 
     @property
     def position(self) -> "WalPosition":

@@ -10,19 +10,20 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from walship._fs import fsync_dir
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
-from walship.codec import decompress_to_file
+from walship.codec import Progress, decompress_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
 from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
 from walship.sqlite import integrity_check, read_header
 from walship.storage import ObjectStore
 
-__all__ = ["check_output", "restore_snapshot"]
+__all__ = ["check_output", "restore_snapshot", "staged_output"]
 
 # SQLite's companion files: a stale -wal beside a restored database would be
 # replayed into it, so they go before the new file is renamed into place.
@@ -41,6 +42,32 @@ def check_output(output: Path, *, force: bool) -> Path:
     return output
 
 
+@contextlib.contextmanager
+def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
+    """A temporary file beside ``output`` for the caller to fill and check.
+
+    When the block ends without an error, the file must pass ``PRAGMA
+    integrity_check``; then the old database's companions go, and it is
+    renamed over ``output`` and the directory fsynced (the caller fsyncs
+    the file). On any error it is removed: never a partial file at the target.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        integrity_check(tmp)
+        if output.exists() and not force:
+            raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
+        for suffix in _COMPANIONS:
+            Path(f"{output}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, output)
+        fsync_dir(output.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def restore_snapshot(
     store: ObjectStore,
     snapshot: SnapshotInfo,
@@ -51,11 +78,13 @@ def restore_snapshot(
     segments: bool = True,
     until_sequence: int | None = None,
     until_time: datetime | None = None,
+    progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` plus the segments after it to ``output``, verifying everything.
 
     ``until_sequence`` / ``until_time`` stop at a point in time (a segment
-    boundary); ``segments=False`` restores the snapshot alone.
+    boundary); ``segments=False`` restores the snapshot alone. ``progress``
+    hears the snapshot's bytes as they are decompressed.
     """
     started = time.monotonic()
     output = check_output(output, force=force)
@@ -70,12 +99,15 @@ def restore_snapshot(
             f"replica {store.location} holds database {stored.database_id!r}, not {expected_database_id!r}: "
             "check the replica URL"
         )
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, store.open(stored.key) as stream:
+    with staged_output(output, force=force) as tmp:
+        with tmp.open("wb") as out, store.open(stored.key) as stream:
             decompress_to_file(
-                stream, out, expected_sha256=stored.sha256, expected_size=stored.raw_size, name=stored.key
+                stream,
+                out,
+                expected_sha256=stored.sha256,
+                expected_size=stored.raw_size,
+                name=stored.key,
+                progress=progress,
             )
             out.flush()
             os.fsync(out.fileno())
@@ -100,16 +132,6 @@ def restore_snapshot(
                 f"verify {applied[-1].key if applied else stored.key}: restored {header.page_count} pages "
                 f"of {header.page_size} bytes, recorded {pages} of {stored.page_size}"
             )
-        integrity_check(tmp)
-        if output.exists() and not force:
-            raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
-        for suffix in _COMPANIONS:
-            Path(f"{output}{suffix}").unlink(missing_ok=True)
-        os.replace(tmp, output)
-        fsync_dir(output.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return RestoreResult(
         output=output,
         snapshot=stored,

@@ -1,9 +1,9 @@
 """WAL shipping: capture committed frames into the spool, upload them in order.
 
 ``Shipper`` is the local half: it holds the database (``WalCapture``) and the
-spool, proves continuity, starts generations, captures and checkpoints. It
-makes no storage request at all. ``upload_pending`` is the remote half: it
-drains the spool in order and is what a Prefect task retries.
+spool, proves continuity, starts generations, captures, checkpoints and
+snapshots. It makes no storage request at all; ``walship.upload`` is the
+remote half.
 """
 
 import contextlib
@@ -17,20 +17,17 @@ from typing import BinaryIO
 
 from pydantic import BaseModel, Field
 
-from walship import codec, index
-from walship.catalog import describe_snapshot, to_metadata
-from walship.errors import ChecksumMismatchError, CorruptObjectError
-from walship.layout import format_segment_key, new_generation
-from walship.lease import acquire_lease, lease_needs_renewal
+from walship import codec
+from walship.errors import CorruptObjectError
+from walship.layout import format_segment_key, new_generation, parse_generation
 from walship.models import SegmentInfo, WalCursor, WalPosition, utcnow
 from walship.snapshot import describe_new_snapshot
-from walship.spool import PendingEntry, Spool, new_entry
+from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture
 from walship.sqlite._capture import WalIndexUnsettledError
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan
-from walship.storage import ObjectStore
 
-__all__ = ["ShipConfig", "Shipper", "SyncResult", "UploadResult", "describe_segment", "upload_pending"]
+__all__ = ["ShipConfig", "Shipper", "SyncResult"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +47,9 @@ class ShipConfig(BaseModel):
     checkpoint_seconds: float = Field(default=60.0, gt=0, description="...or when the WAL is older than this")
     emergency_wal_bytes: int = Field(default=512 << 20, description="TRUNCATE + new generation past this WAL size")
     spool_cap_bytes: int = Field(default=1 << 30, description="warn loudly when the spool holds more")
+    snapshot_seconds: float = Field(
+        default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
+    )
 
 
 class SyncResult(BaseModel):
@@ -62,16 +62,7 @@ class SyncResult(BaseModel):
     checkpointed: bool = False
     new_generation: str | None = None
     reason: str | None = None
-
-
-class UploadResult(BaseModel):
-    """What one drain of the spool uploaded."""
-
-    snapshots: list[str] = Field(default_factory=list)
-    segments: int = 0
-    bytes: int = 0
-    last_position: WalPosition | None = None
-    oldest_captured_at_lag_seconds: float | None = None
+    snapshot: str | None = None  # key of a snapshot taken within the generation
 
 
 class ContinuityLostError(Exception):
@@ -180,10 +171,61 @@ class Shipper:
             )
         else:
             self.cursor = _cursor_at(generation, 0, header, scan, inode)
-        self.cursor = self.cursor.model_copy(update={"moved_at": state_at})
+        self.cursor = self.cursor.model_copy(
+            update={"moved_at": state_at, "snapshot_sequence": 0, "snapshot_at": state_at}
+        )
         self.spool.save_cursor(self.cursor)
         self._last_sync = state_at
         return SyncResult(new_generation=generation, reason=reason)
+
+    def snapshot_due(self) -> bool:
+        """The generation changed since its newest snapshot, and that snapshot is old enough."""
+        cursor = self.cursor
+        if cursor is None or not self.config.snapshot_seconds or cursor.sequence == cursor.snapshot_sequence:
+            return False
+        taken = cursor.snapshot_at or parse_generation(cursor.generation)
+        return (utcnow() - taken).total_seconds() >= self.config.snapshot_seconds
+
+    def take_snapshot(self) -> SyncResult:
+        """Snapshot the database at the cursor, inside the current generation.
+
+        Restores then start here instead of replaying the whole generation's
+        WAL, and retention can let older WAL go. The tail is captured and the
+        copy's read transaction begins inside one writers' pause, so the copy
+        holds exactly the state of the last segment.
+        """
+        target = self.spool.temp_file(".db")
+        target.unlink()
+        try:
+            with contextlib.ExitStack() as stack:
+                with self.capture.writers_paused():
+                    tail = self._capture()
+                    cursor = self.cursor
+                    assert cursor is not None
+                    header = self.capture.wal_header()
+                    if header is not None and self._published_end() != cursor.offset:
+                        # Not everything published is captured (an unsettled
+                        # index, or a fresh WAL with no commit yet): try later.
+                        return tail
+                    source_connection = stack.enter_context(self.capture.read_transaction_now())
+                    state_at = utcnow()
+                source = self.capture.copy_database(source_connection, self.database, target)
+        except ContinuityLostError as lost:
+            return self.start_generation(str(lost))
+        compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
+        target.unlink()
+        info = describe_new_snapshot(
+            source,
+            compressed,
+            database_id=self.config.database_id,
+            generation=cursor.generation,
+            position=cursor.position,
+            state_at=state_at,
+        )
+        self.spool.add(new_entry(info), compressed.path)
+        self.cursor = cursor.model_copy(update={"snapshot_sequence": cursor.sequence, "snapshot_at": state_at})
+        self.spool.save_cursor(self.cursor)
+        return tail.model_copy(update={"snapshot": info.key})
 
     def sync(self) -> SyncResult:
         """Capture new committed frames; checkpoint when the WAL is big or old."""
@@ -200,6 +242,8 @@ class Shipper:
             result = self._checkpoint(SyncResult(), live) if checkpoint else self._capture()
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
+        if self.snapshot_due():
+            result = _merge(result, self.take_snapshot())
         if self.spool.pending_bytes() > self.config.spool_cap_bytes:
             log.error(
                 "spool %s holds more than %d bytes: storage is not keeping up or is unreachable",
@@ -326,7 +370,7 @@ class Shipper:
         )
         self.spool.add(new_entry(info), data)
         self.cursor = _cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode).model_copy(
-            update={"moved_at": now}
+            update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
         )
         self.spool.save_cursor(self.cursor)
         self._last_sync = now
@@ -384,54 +428,5 @@ def _merge(a: SyncResult, b: SyncResult) -> SyncResult:
         checkpointed=a.checkpointed or b.checkpointed,
         new_generation=b.new_generation or a.new_generation,
         reason=b.reason or a.reason,
+        snapshot=b.snapshot or a.snapshot,
     )
-
-
-def describe_segment(info: SegmentInfo) -> dict[str, str]:
-    """User metadata stored with a segment object."""
-    return to_metadata(info, exclude={"key"})
-
-
-def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int) -> UploadResult:
-    """Upload every spooled entry in order; each is removed only once storage confirmed it.
-
-    The lease is renewed first when half its time has passed, so an idle
-    database costs nothing and a busy one a lease PUT every few minutes.
-    """
-    result = UploadResult()
-    lease = spool.load_lease()
-    if lease is None or lease_needs_renewal(lease):
-        spool.save_lease(acquire_lease(store, holder))
-    for entry in spool.pending():
-        try:
-            _upload_one(store, spool, entry, level, result)
-        except Exception:
-            spool.record_attempt(entry)
-            raise
-        spool.remove(entry)
-    return result
-
-
-def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:
-    data = spool.data_path(entry)
-    if entry.snapshot is not None:
-        store.put_file(entry.snapshot.key, data, metadata=describe_snapshot(entry.snapshot))
-        index.add_snapshot(store, entry.snapshot)
-        result.snapshots.append(entry.snapshot.key)
-        result.bytes += entry.snapshot.compressed_size
-        return
-    segment = entry.segment
-    assert segment is not None
-    compressed = codec.compress_file(data, spool.temp_file(".zst"), level)
-    try:
-        if compressed.sha256 != segment.sha256:
-            raise ChecksumMismatchError(f"spool {data}: content changed since capture")
-        info = segment.model_copy(update={"compressed_size": compressed.compressed_size, "level": level})
-        store.put_file(info.key, compressed.path, metadata=describe_segment(info))
-    finally:
-        compressed.path.unlink(missing_ok=True)
-    result.segments += 1
-    result.bytes += compressed.compressed_size
-    result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
-    lag = (utcnow() - segment.captured_at).total_seconds()
-    result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)

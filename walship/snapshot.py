@@ -7,24 +7,48 @@ standalone snapshots, and a generation promises exactly that.
 
 from datetime import datetime
 
-from walship.catalog import describe_snapshot
-from walship.errors import UsageError
+from walship.catalog import describe_snapshot, list_snapshots
+from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.index import read_index
-from walship.layout import format_snapshot_key, new_generation
+from walship.layout import LEASE_KEY, format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
 from walship.storage import ObjectStore
 
-__all__ = ["check_database_id", "describe_new_snapshot", "upload_snapshot"]
+__all__ = ["check_database_id", "check_not_shipped", "describe_new_snapshot", "upload_snapshot"]
 
 
 def check_database_id(store: ObjectStore, database_id: str) -> None:
     """Refuse to mix two databases in one replica prefix."""
-    metadata, _ = read_index(store)
-    if metadata is not None and metadata.database_id not in (None, database_id):
+    try:
+        metadata, _ = read_index(store)
+        recorded = metadata.database_id if metadata is not None else None
+    except CorruptObjectError:
+        # The index is rebuilt by the update that follows; the snapshots say whose they are.
+        snapshots = list_snapshots(store)
+        recorded = snapshots[-1].database_id if snapshots else None
+    if recorded not in (None, database_id):
         raise UsageError(
-            f"replica {store.location} holds database {metadata.database_id!r}, not {database_id!r}: "
+            f"replica {store.location} holds database {recorded!r}, not {database_id!r}: "
             "use another replica prefix, or pass --database-id if this really is the same database"
         )
+
+
+def check_not_shipped(store: ObjectStore) -> None:
+    """Refuse a standalone snapshot into a replica that ``walship ship`` feeds.
+
+    A standalone snapshot starts a generation of its own, and a restore of
+    the newest state starts from the newest snapshot: the WAL the shipper
+    ships after it would be passed over. The shipper snapshots its own
+    generation instead (``--snapshot-interval``).
+    """
+    try:
+        store.head(LEASE_KEY)
+    except NotFoundError:
+        return
+    raise UsageError(
+        f"replica {store.location} is fed by 'walship ship', which takes its own snapshots "
+        "(--snapshot-interval): send standalone snapshots to another replica prefix"
+    )
 
 
 def describe_new_snapshot(

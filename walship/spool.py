@@ -5,7 +5,7 @@ Layout under the spool directory (default ``<database>-walship/``)::
     lock                             flock: one shipper per database
     cursor.json                      the WalCursor: what has been captured
     lease.json                       our copy of the replica lease and its ETag
-    pending/<gen>/snapshot.zst       a generation's snapshot, until uploaded
+    pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
     pending/<gen>/<seq:020>.wal      captured frames, verbatim, until uploaded
     pending/<gen>/*.json             each entry's description, cache time, attempts
     tmp/                             files being written
@@ -109,7 +109,7 @@ class Spool:
         return Path(name)
 
     def data_path(self, entry: PendingEntry) -> Path:
-        name = "snapshot.zst" if entry.kind == "snapshot" else f"{entry.sequence:020d}.wal"
+        name = f"snapshot-{entry.sequence:020d}.zst" if entry.kind == "snapshot" else f"{entry.sequence:020d}.wal"
         return self.root / "pending" / entry.generation / name
 
     def add(self, entry: PendingEntry, data: Path) -> None:
@@ -133,11 +133,16 @@ class Spool:
             self.data_path(entry).parent.rmdir()
 
     def pending(self) -> list[PendingEntry]:
-        """Entries in upload order: generation by generation, snapshot first, then segments."""
+        """Entries in upload order: generation by generation, by sequence.
+
+        A generation's first snapshot (sequence 0) goes before its segments;
+        a later snapshot at sequence N goes right after segment N, whose
+        state it holds.
+        """
         entries = [
             PendingEntry.model_validate_json(path.read_bytes()) for path in (self.root / "pending").glob("*/*.json")
         ]
-        return sorted(entries, key=lambda e: (e.generation, e.kind != "snapshot", e.sequence))
+        return sorted(entries, key=lambda e: (e.generation, e.sequence, e.kind == "snapshot"))
 
     def pending_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "pending").glob("*/*") if p.is_file())
@@ -158,7 +163,7 @@ class Spool:
     # Helpers ----------------------------------------------------------------
 
     def _sidecar(self, entry: PendingEntry) -> Path:
-        name = "snapshot.json" if entry.kind == "snapshot" else f"{entry.sequence:020d}.json"
+        name = f"snapshot-{entry.sequence:020d}.json" if entry.kind == "snapshot" else f"{entry.sequence:020d}.json"
         return self.root / "pending" / entry.generation / name
 
     def _write_atomic(self, path: Path, data: bytes) -> None:

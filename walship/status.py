@@ -1,81 +1,250 @@
-"""What a replica holds, for ``walship status``: from the index, checked against a listing."""
+"""What a replica holds, for ``walship status``: from one listing, described by the index.
 
-import logging
+One LIST of the whole prefix gives every key and size: snapshots,
+segments, the lease and the stored bytes. The index spares a HEAD per
+snapshot it describes; a snapshot it lacks is described from its object, and
+the index is reported ``stale``. Beyond that: one GET of the index, one HEAD
+of the newest segment, one GET of the lease if there is one, and one GET of
+metadata.json again where the listing shows the original design's layout.
+``--rebuild-index`` adds a rebuild (a LIST and a HEAD per snapshot), a
+conditional write and a second listing.
+"""
+
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from walship.catalog import list_snapshots
-from walship.chain import list_segment_sequences
-from walship.errors import CorruptObjectError
-from walship.index import read_index
-from walship.models import SnapshotInfo
+from walship.chain import read_segment_info
+from walship.errors import CorruptObjectError, NotFoundError, UsageError
+from walship.index import read_index, rebuild_index, update_index
+from walship.layout import LEASE_KEY, format_segment_key, parse_segment_key
+from walship.lease import Lease
+from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
+from walship.original import OriginalLayout, describe_original
 from walship.storage import ObjectStore
 
-__all__ = ["ReplicaStatus", "replica_status"]
+__all__ = ["IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
 
-log = logging.getLogger(__name__)
+# ok: metadata.json agrees with the listing; stale: it names other snapshots
+# than the listing shows; missing; corrupt: unreadable; original: the
+# original design's metadata.json, not a walship index.
+IndexState = Literal["ok", "missing", "stale", "corrupt", "original"]
+# The per-snapshot table shows the newest few and the oldest; --json shows all.
+_NEWEST_SHOWN = 3
+
+
+class LeaseState(BaseModel):
+    holder: str
+    acquired_at: datetime
+    expires_at: datetime
+    live: bool
 
 
 class ReplicaStatus(BaseModel):
     """A replica at a glance."""
 
     replica: str
+    checked_at: datetime
     database_id: str | None
-    index: str  # "ok", "missing", "stale" or "corrupt": whether metadata.json agreed with the listing
+    index: IndexState
+    index_rebuilt: bool = False
+    index_last_modified: datetime | None
+    index_latest_wal_sequence: int | None
     current_generation: str | None
+    generation_count: int
     snapshot_count: int
     snapshot_bytes: int
     newest: SnapshotInfo | None
     oldest: SnapshotInfo | None
     snapshots: list[SnapshotInfo]
     segments_in_generation: int
+    segments_total: int
+    segment_bytes: int
     newest_segment_sequence: int | None
-    last_modified: datetime | None
+    newest_segment_captured_at: datetime | None
+    # Seconds from the newest shipped state (the newest segment's capture, or
+    # the newest snapshot when there is no segment, or the original layout's
+    # newest snapshot when walship has none) to ``checked_at``.
+    lag_seconds: float | None
+    lag_of: Literal["segment", "snapshot", "original-layout snapshot"] | None
+    total_bytes: int
+    object_count: int
+    lease: LeaseState | None
+    original: OriginalLayout | None
+    problems: list[str]
 
     def render(self) -> str:
+        index = self.index + (" (rebuilt from a listing just now)" if self.index_rebuilt else "")
         lines = [
             f"replica:      {self.replica}",
             f"database id:  {self.database_id or '-'}",
-            f"index:        {self.index}",
-            f"generation:   {self.current_generation or '-'}",
-            f"segments:     {self.segments_in_generation} in the current generation, "
-            f"newest sequence {self.newest_segment_sequence if self.newest_segment_sequence is not None else '-'}",
-            f"snapshots:    {self.snapshot_count} ({self.snapshot_bytes} bytes stored)",
+            f"index:        {index}",
+            f"generation:   {self.current_generation or '-'} ({self.generation_count} in total)",
+            f"snapshots:    {self.snapshot_count} ({_human(self.snapshot_bytes)})",
+            *self._snapshot_lines(),
+            f"segments:     {self.segments_in_generation} in the current generation, {self.segments_total} in total "
+            f"({_human(self.segment_bytes)}); newest {self._newest_segment()}",
+            f"lag:          {self._lag()}",
+            f"stored:       {_human(self.total_bytes)} in {self.object_count} objects",
+            f"lease:        {self._lease()}",
         ]
-        for snapshot in self.snapshots:
-            lines.append(
-                f"  {snapshot.created_at:%Y-%m-%d %H:%M:%S}Z  {snapshot.raw_size:>14} -> "
-                f"{snapshot.compressed_size:>14} bytes  {snapshot.key}"
-            )
-        if not self.snapshots:
-            lines.append("  (none: run 'walship snapshot DB --replica URL')")
+        if self.original is not None:
+            lines += self.original.render()
+        lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
 
+    def _snapshot_lines(self) -> list[str]:
+        if not self.snapshots:
+            return ["  (none: run 'walship snapshot DB --replica URL')"] if self.original is None else []
+        newest = self.snapshots[::-1][:_NEWEST_SHOWN]
+        lines = [_snapshot_line(s) for s in newest]
+        hidden = len(self.snapshots) - len(newest) - 1
+        if hidden > 0:
+            lines.append(f"  ... {hidden} more (--json lists them all)")
+        if hidden >= 0:
+            lines.append(_snapshot_line(self.snapshots[0]))
+        return lines
 
-def replica_status(store: ObjectStore) -> ReplicaStatus:
-    """Read the index; describe snapshots from the objects where the index is missing or stale."""
-    try:
-        metadata, _ = read_index(store)
-        state = "ok" if metadata is not None else "missing"
-    except CorruptObjectError as exc:
-        log.warning("%s", exc)
-        metadata, state = None, "corrupt"
-    snapshots = list_snapshots(store, known=metadata.snapshots if metadata else ())
-    if metadata is not None and {s.key for s in metadata.snapshots} != {s.key for s in snapshots}:
+    def _newest_segment(self) -> str:
+        if self.newest_segment_sequence is None:
+            return "-"
+        when = f"{self.newest_segment_captured_at:%Y-%m-%d %H:%M:%S}Z" if self.newest_segment_captured_at else "?"
+        return f"sequence {self.newest_segment_sequence}, captured {when}"
+
+    def _lag(self) -> str:
+        if self.lag_seconds is None:
+            return "-"
+        return f"{self.lag_seconds:.1f} s since the newest {self.lag_of}"
+
+    def _lease(self) -> str:
+        if self.lease is None:
+            return "none"
+        if self.lease.live:
+            return f"held by {self.lease.holder} until {self.lease.expires_at:%Y-%m-%d %H:%M:%S}Z"
+        return f"free (last held by {self.lease.holder}, expired {self.lease.expires_at:%Y-%m-%d %H:%M:%S}Z)"
+
+
+def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatus:
+    """Describe the replica; with ``rebuild``, first rewrite metadata.json from a listing."""
+    problems: list[str] = []
+    metadata, state = _read(store, problems)
+    listing = list(store.list())
+    original = describe_original(store, listing)
+    if original is not None and original.metadata_state == "original" and state != "corrupt":
+        state = "original"
+    snapshots = list_snapshots(store, known=metadata.snapshots if metadata else (), listing=listing)
+    if state == "ok" and metadata is not None and {s.key for s in metadata.snapshots} != {s.key for s in snapshots}:
         state = "stale"
-    sequences = list_segment_sequences(store, snapshots[-1].generation) if snapshots else []
+    if rebuild:
+        if state == "original" and not snapshots:
+            raise UsageError(
+                f"status --rebuild-index: {store.location} holds the original layout and no walship snapshot; "
+                "its metadata.json belongs to the original replicator, so walship leaves it alone"
+            )
+        # A conditional write like every update: a racing writer's change is re-read, not lost.
+        metadata = update_index(store, lambda _current: rebuild_index(store))
+        listing = list(store.list())  # what the replica holds now, the new index included
+        snapshots = list_snapshots(store, known=metadata.snapshots, listing=listing)
+    generation = snapshots[-1].generation if snapshots else None
+    segments = [(parsed, o.size) for o in listing if (parsed := parse_segment_key(o.key)) is not None]
+    in_generation = sorted(p.sequence for p, _ in segments if p.generation == generation)
+    captured_at = None
+    if in_generation and generation is not None:
+        key = format_segment_key(generation, in_generation[-1])
+        try:
+            captured_at = read_segment_info(store, key).captured_at
+        except (CorruptObjectError, NotFoundError) as exc:
+            problems.append(str(exc))
+    now = utcnow()
+    lag_of, shipped = _newest_state(captured_at, snapshots, original)
     return ReplicaStatus(
         replica=store.location,
-        database_id=(metadata.database_id if metadata else None) or (snapshots[-1].database_id if snapshots else None),
+        checked_at=now,
+        database_id=_database_id(metadata, snapshots, original),
         index=state,
-        current_generation=snapshots[-1].generation if snapshots else None,
+        index_rebuilt=rebuild,
+        index_last_modified=metadata.last_modified if metadata else None,
+        index_latest_wal_sequence=metadata.latest_wal_sequence if metadata else None,
+        current_generation=generation,
+        generation_count=len({s.generation for s in snapshots} | {p.generation for p, _ in segments}),
         snapshot_count=len(snapshots),
         snapshot_bytes=sum(s.compressed_size for s in snapshots),
         newest=snapshots[-1] if snapshots else None,
         oldest=snapshots[0] if snapshots else None,
         snapshots=snapshots,
-        segments_in_generation=len(sequences),
-        newest_segment_sequence=sequences[-1] if sequences else None,
-        last_modified=metadata.last_modified if metadata else None,
+        segments_in_generation=len(in_generation),
+        segments_total=len(segments),
+        segment_bytes=sum(size for _, size in segments),
+        newest_segment_sequence=in_generation[-1] if in_generation else None,
+        newest_segment_captured_at=captured_at,
+        lag_seconds=(now - shipped).total_seconds() if shipped else None,
+        lag_of=lag_of,
+        total_bytes=sum(o.size for o in listing),
+        object_count=len(listing),
+        lease=_lease(store, now, problems) if any(o.key == LEASE_KEY for o in listing) else None,
+        original=original,
+        problems=problems,
     )
+
+
+def _newest_state(
+    captured_at: datetime | None, snapshots: list[SnapshotInfo], original: OriginalLayout | None
+) -> tuple[Literal["segment", "snapshot", "original-layout snapshot"] | None, datetime | None]:
+    if captured_at is not None:
+        return "segment", captured_at
+    if snapshots:
+        return "snapshot", snapshots[-1].created_at
+    if original is not None and original.newest is not None:
+        return "original-layout snapshot", original.newest.taken_at
+    return None, None
+
+
+def _read(store: ObjectStore, problems: list[str]) -> tuple[ReplicaMetadata | None, IndexState]:
+    try:
+        metadata, _ = read_index(store)
+    except CorruptObjectError as exc:
+        problems.append(str(exc))
+        return None, "corrupt"
+    return metadata, "ok" if metadata is not None else "missing"
+
+
+def _lease(store: ObjectStore, now: datetime, problems: list[str]) -> LeaseState | None:
+    try:
+        raw, _ = store.get_bytes(LEASE_KEY, max_size=64 << 10)
+        lease = Lease.model_validate_json(raw)
+    except NotFoundError:
+        return None  # released and deleted between the listing and now
+    except (CorruptObjectError, ValidationError):
+        problems.append(f"{LEASE_KEY} is unreadable: the next shipper run replaces it")
+        return None
+    return LeaseState(
+        holder=lease.holder, acquired_at=lease.acquired_at, expires_at=lease.expires_at, live=lease.expires_at > now
+    )
+
+
+def _database_id(
+    metadata: ReplicaMetadata | None, snapshots: list[SnapshotInfo], original: OriginalLayout | None
+) -> str | None:
+    if metadata is not None and metadata.database_id:
+        return metadata.database_id
+    if snapshots:
+        return snapshots[-1].database_id
+    return original.metadata.db_identifier if original is not None and original.metadata is not None else None
+
+
+def _snapshot_line(snapshot: SnapshotInfo) -> str:
+    return (
+        f"  {snapshot.created_at:%Y-%m-%d %H:%M:%S}Z  {snapshot.raw_size:>14} -> "
+        f"{snapshot.compressed_size:>14} bytes  {snapshot.key}"
+    )
+
+
+def _human(count: int) -> str:
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,170 @@
+"""Fan-out: one deployment backs up many databases, each into a replica of its own.
+
+``databases`` lists paths or glob patterns; ``replica`` is a base URL under
+which each database goes as ``<base>/<file name>``, or a template with
+``{name}`` (walship.fleet). Every database runs as its own child flow run
+(``snapshot-app.db-20261124T0100``, with its own artifact and events), from a
+task that never raises: one failing database does not stop the others, and
+the parent fails only once all of them have finished.
+
+Snapshots run at most ``max_concurrency`` at a time, so memory and disk stay
+bounded by that many snapshots in flight. Shippers are different: each one
+runs for the whole window, so a queue would leave databases unshipped until
+others end; every database ships at once, and ``max_concurrency`` is a cap
+that refuses a fleet larger than it (split the fleet over deployments).
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+from prefect import Task, flow
+from prefect.client.schemas.objects import State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from flows._report import human_bytes, publish, run_name
+from flows.ship import ShipReport, wal_ship_flow
+from flows.snapshot import snapshot_flow
+from tasks._retry import walship_task
+from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
+from walship.errors import IncompleteError, UsageError
+from walship.fleet import FleetMember, plan_fleet
+from walship.models import RetryPolicy, SnapshotInfo
+
+__all__ = ["DatabaseOutcome", "ship_many_flow", "snapshot_many_flow"]
+
+
+class DatabaseOutcome(BaseModel):
+    """How one database of a fan-out fared."""
+
+    database: Path
+    replica: str
+    ok: bool
+    summary: str
+    flow_run_id: UUID | None = None
+
+
+@flow(name="snapshot-many", flow_run_name=lambda: run_name("snapshot-many", "databases"), log_prints=True)
+def snapshot_many_flow(
+    databases: Annotated[list[str], Field(min_length=1)],
+    replica: str,
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4,
+    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    workdir: Path | None = None,
+    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+) -> list[DatabaseOutcome]:
+    """Snapshot every database ``databases`` names, ``max_concurrency`` at a time, each
+    into its own replica under ``replica``; fails after all finished if any failed."""
+    members, unmatched = plan_fleet(databases, replica)
+    parameters = [{"member": m, "level": level, "workdir": workdir, "retry": retry} for m in members]
+    outcomes = _fan_out(_snapshot_one, parameters, max_concurrency) + _unmatched(unmatched)
+    return _report("snapshot-many", databases, f"Snapshots of {len(outcomes)} databases", outcomes)
+
+
+@flow(name="wal-ship-many", flow_run_name=lambda: run_name("ship-many", "databases"), log_prints=True)
+def ship_many_flow(
+    databases: Annotated[list[str], Field(min_length=1)],
+    replica: str,
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 32,
+    duration: Annotated[float, Field(ge=0)] = 600.0,
+    interval: Annotated[float, Field(gt=0, le=3600)] = 1.0,
+    once: bool = False,
+    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
+    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+) -> list[DatabaseOutcome]:
+    """Ship every database ``databases`` names for the whole window, all at once (at most
+    ``max_concurrency``), each into its own replica under ``replica``; each keeps its
+    spool beside it. Fails after all finished if any failed."""
+    members, unmatched = plan_fleet(databases, replica)
+    if len(members) > max_concurrency:
+        raise UsageError(
+            f"{len(members)} databases match but max_concurrency is {max_concurrency}: every shipper runs for the "
+            "whole window, so raise max_concurrency or split the databases over several deployments"
+        )
+    options = {"duration": duration, "interval": interval, "once": once, "level": level}
+    parameters = [
+        {"member": m, "options": options, "lag_threshold_seconds": lag_threshold_seconds, "retry": retry}
+        for m in members
+    ]
+    outcomes = _fan_out(_ship_one, parameters, max(len(members), 1)) + _unmatched(unmatched)
+    return _report("ship-many", databases, f"WAL shipping of {len(outcomes)} databases", outcomes)
+
+
+@walship_task
+def _snapshot_one(member: FleetMember, level: int, workdir: Path | None, retry: RetryPolicy) -> DatabaseOutcome:
+    """One database's snapshot as a child flow run; its failure is an outcome, not an exception."""
+    state = snapshot_flow(
+        database=member.database, replica=member.replica, level=level, workdir=workdir, retry=retry, return_state=True
+    )
+    return _outcome(member, state, _describe_snapshot)
+
+
+@walship_task
+def _ship_one(
+    member: FleetMember, options: dict[str, Any], lag_threshold_seconds: float, retry: RetryPolicy
+) -> DatabaseOutcome:
+    """One database's shipper as a child flow run; its failure is an outcome, not an exception."""
+    state = wal_ship_flow(
+        database=member.database,
+        replica=member.replica,
+        lag_threshold_seconds=lag_threshold_seconds,
+        retry=retry,
+        return_state=True,
+        **options,
+    )
+    return _outcome(member, state, _describe_shipping)
+
+
+def _fan_out(task: Task[..., DatabaseOutcome], parameters: list[dict[str, Any]], limit: int) -> list[DatabaseOutcome]:
+    # A task runner of our own: its thread pool is the bound, and it waits for
+    # every database before the flow reports (a failure never cuts others short).
+    runner: ThreadPoolTaskRunner[DatabaseOutcome] = ThreadPoolTaskRunner(max_workers=limit)
+    with runner:
+        named = task.with_options(task_run_name="{member.database.name}")
+        futures = [runner.submit(named, p) for p in parameters]
+        return [future.result() for future in futures]
+
+
+def _outcome(member: FleetMember, state: State[Any], describe: Callable[[Any], str]) -> DatabaseOutcome:
+    run_id = state.state_details.flow_run_id
+    if state.is_completed():
+        return DatabaseOutcome(**member.model_dump(), ok=True, summary=describe(state.result()), flow_run_id=run_id)
+    error = state.result(raise_on_failure=False)
+    message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
+    return DatabaseOutcome(**member.model_dump(), ok=False, summary=message, flow_run_id=run_id)
+
+
+def _unmatched(patterns: list[str]) -> list[DatabaseOutcome]:
+    return [
+        DatabaseOutcome(database=Path(p), replica="-", ok=False, summary="the pattern matched no database file")
+        for p in patterns
+    ]
+
+
+def _describe_snapshot(info: SnapshotInfo) -> str:
+    return f"`{info.key}`, {human_bytes(info.raw_size)} -> {human_bytes(info.compressed_size)}"
+
+
+def _describe_shipping(report: ShipReport) -> str:
+    position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
+    return f"{report.segments_uploaded} segments to {position}, max lag {report.max_lag_seconds:.2f} s"
+
+
+def _report(kind: str, databases: list[str], title: str, outcomes: list[DatabaseOutcome]) -> list[DatabaseOutcome]:
+    failed = [o for o in outcomes if not o.ok]
+    # One table row per database; a message's newlines and pipes would break the table.
+    rows = [(f"`{o.database}` -> `{o.replica}`", _cell(o)) for o in outcomes]
+    rows.append(("result", f"{len(outcomes) - len(failed)} ok, {len(failed)} failed"))
+    publish(kind, Path(databases[0]).name, title, rows)
+    if failed:
+        names = ", ".join(str(o.database) for o in failed)
+        raise IncompleteError(f"{len(failed)} of {len(outcomes)} databases failed: {names}; see each one's flow run")
+    return outcomes
+
+
+def _cell(outcome: DatabaseOutcome) -> str:
+    text = " ".join(outcome.summary.split("\n")).replace("|", "/")
+    return f"ok: {text}" if outcome.ok else f"**FAILED**: {text}"

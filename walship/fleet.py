@@ -1,0 +1,84 @@
+"""Many databases under one deployment: which files, and where each one's replica is.
+
+A deployment names databases as paths or glob patterns and one replica URL.
+Each database gets a replica of its own (a replica prefix holds one
+database): ``{name}`` in the URL is replaced by the database's file name,
+and a URL without it is a base under which each database goes as
+``<base>/<file name>``. Two databases with one file name would share a
+replica, so they are refused.
+"""
+
+import glob
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+
+from walship.errors import UsageError
+from walship.storage import parse_replica_url
+
+__all__ = ["NAME_PLACEHOLDER", "FleetMember", "plan_fleet", "replica_for"]
+
+NAME_PLACEHOLDER = "{name}"
+# SQLite's companion files and walship's spool directories sit beside the
+# databases, and a pattern such as ``*`` or ``*.db*`` matches them too.
+_NOT_DATABASES = ("-wal", "-shm", "-journal", "-walship")
+# A file name goes into a URL path: keep to characters that need no quoting.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+class FleetMember(BaseModel):
+    """One database of a fan-out and the replica it is backed up to."""
+
+    database: Path
+    replica: str
+
+
+def replica_for(replica: str, database: Path) -> str:
+    """The replica URL of ``database`` under ``replica`` (a base, or a ``{name}`` template)."""
+    name = database.name
+    if not _SAFE_NAME.match(name):
+        raise UsageError(
+            f"database file name {name!r} cannot go into a replica URL: "
+            "rename it to letters, digits, '.', '_', '+' or '-', or give it a deployment of its own"
+        )
+    if NAME_PLACEHOLDER in replica:
+        url = replica.replace(NAME_PLACEHOLDER, name)
+    else:
+        parts = urlsplit(replica)
+        url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+    parse_replica_url(url)  # a bad base fails here, naming the URL
+    return url
+
+
+def plan_fleet(patterns: Sequence[str], replica: str) -> tuple[list[FleetMember], list[str]]:
+    """The databases ``patterns`` name (sorted, each once) with their replicas, and the
+    glob patterns that matched nothing. A plain path is kept even if it does not exist:
+    its run then fails and says so, like a single database's would."""
+    members: dict[Path, FleetMember] = {}
+    unmatched: list[str] = []
+    for pattern in patterns:
+        paths = _expand(pattern)
+        if not paths:
+            unmatched.append(pattern)
+        for path in paths:
+            if path.absolute() not in members:
+                members[path.absolute()] = FleetMember(database=path, replica=replica_for(replica, path))
+    by_name: dict[str, Path] = {}
+    for member in members.values():
+        other = by_name.setdefault(member.database.name, member.database)
+        if other != member.database:
+            raise UsageError(
+                f"databases {other} and {member.database} have the same file name, so they would share a replica: "
+                "give them distinct names or separate deployments"
+            )
+    return list(members.values()), unmatched
+
+
+def _expand(pattern: str) -> list[Path]:
+    if not any(c in pattern for c in "*?["):
+        return [Path(pattern)]
+    matches = (Path(p) for p in sorted(glob.glob(pattern)))
+    return [p for p in matches if p.is_file() and not p.name.endswith(_NOT_DATABASES)]
