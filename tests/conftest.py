@@ -11,6 +11,7 @@ import pytest
 
 from bench.workload import create_database, writer_command
 from tests.s3servers import MotoS3, SeaweedS3, _S3Server
+from walship.storage import ObjectStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
@@ -65,6 +66,12 @@ def replica_url(backend: str, s3_server: _S3Server | None, tmp_path: Path, monke
     bucket = f"walship-{secrets.token_hex(6)}"
     s3_server.create_bucket(bucket)
     return f"s3://{bucket}/backups/app?endpoint={s3_server.endpoint}"
+
+
+@pytest.fixture
+def store(replica_url: str) -> ObjectStore:
+    """The replica under test, opened."""
+    return open_store(replica_url)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 from walship import codec, index, snapshot, sqlite
+from walship.layout import format_snapshot_key
 from walship.models import SnapshotInfo
 from walship.storage import ObjectStore
 
@@ -49,3 +51,20 @@ def rewrite_object(store: ObjectStore, key: str, change: str) -> None:
     else:
         del data[len(data) // 2 :]
     store.put_stream(key, io.BytesIO(bytes(data)), metadata=metadata)
+
+
+def described_snapshot(generation: str, sequence: int, created_at: datetime, *, size: int, sha256: str) -> SnapshotInfo:
+    """A snapshot description with no object behind it (for index and retention logic)."""
+    return SnapshotInfo(
+        key=format_snapshot_key(generation, sequence),
+        generation=generation,
+        sequence=sequence,
+        created_at=created_at,
+        raw_size=4096,
+        compressed_size=size,
+        sha256=sha256,
+        page_size=4096,
+        page_count=1,
+        level=3,
+        database_id="app.db",
+    )

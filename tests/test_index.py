@@ -10,43 +10,26 @@ from pathlib import Path
 import pytest
 
 from bench.workload import content_digest
-from tests.helpers import ROOT, take_and_upload
+from tests.helpers import ROOT, described_snapshot, take_and_upload
 from walship.catalog import select_snapshot
 from walship.chain import list_segment_sequences
 from walship.errors import CorruptObjectError
 from walship.index import add_snapshot, current_snapshots, read_index, rebuild_index, update_index
-from walship.layout import METADATA_KEY, format_snapshot_key
+from walship.layout import METADATA_KEY
 from walship.models import ReplicaMetadata, SnapshotInfo
 from walship.restore import restore_snapshot
-from walship.storage import ObjectStore, open_store
+from walship.storage import ObjectStore
 
 THREADS, PER_THREAD = 8, 5
 PROCESSES, PER_PROCESS = 4, 5
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
-
-
 def synthetic(writer: int, n: int) -> SnapshotInfo:
     """A distinct index entry for writer ``writer``'s ``n``-th update (no object behind it)."""
     created = _EPOCH + timedelta(hours=writer, seconds=n)
     generation = f"{created:%Y%m%dT%H%M%SZ}-{writer:08x}"  # deterministic, unlike new_generation
-    return SnapshotInfo(
-        key=format_snapshot_key(generation, n),
-        generation=generation,
-        sequence=n,
-        created_at=created,
-        raw_size=4096,
-        compressed_size=100 + n,
-        sha256=f"{writer:032x}{n:032x}",
-        page_size=4096,
-        page_count=1,
-        level=3,
-        database_id="app.db",
-    )
+    return described_snapshot(generation, n, created, size=100 + n, sha256=f"{writer:032x}{n:032x}")
 
 
 # A writer process: says it is ready, waits for the start signal so that all

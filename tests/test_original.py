@@ -22,16 +22,11 @@ from walship.layout import (
 )
 from walship.original import restore_original
 from walship.status import replica_status
-from walship.storage import ObjectStore, open_store
+from walship.storage import ObjectStore
 
 OLDER = datetime(2026, 11, 20, 8, 0, 0, tzinfo=UTC)
 NEWER = OLDER + timedelta(hours=2)
 WAL_OBJECTS = 5
-
-
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
 
 
 @pytest.fixture

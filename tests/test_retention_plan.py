@@ -7,7 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from walship.layout import format_segment_key, format_snapshot_key
+from tests.helpers import described_snapshot
+from walship.layout import format_segment_key
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.retention import RetentionPolicy, parse_duration, plan_retention
 
@@ -19,19 +20,7 @@ def _generation(start: datetime, number: int) -> str:
 
 
 def _snapshot(generation: str, sequence: int, created_at: datetime) -> SnapshotInfo:
-    return SnapshotInfo(
-        key=format_snapshot_key(generation, sequence),
-        generation=generation,
-        sequence=sequence,
-        created_at=created_at,
-        raw_size=4096,
-        compressed_size=1000 + sequence,
-        sha256="0" * 64,
-        page_size=4096,
-        page_count=1,
-        level=3,
-        database_id="app.db",
-    )
+    return described_snapshot(generation, sequence, created_at, size=1000 + sequence, sha256="0" * 64)
 
 
 class History:

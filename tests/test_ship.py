@@ -26,11 +26,6 @@ from walship.upload import upload_pending
 SEED = 11
 
 
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
-
-
 class Running:
     """An in-process shipper (apsw) over a database that writer processes change."""
 

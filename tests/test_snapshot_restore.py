@@ -16,12 +16,7 @@ from walship.index import current_snapshots, read_index
 from walship.layout import METADATA_KEY
 from walship.restore import restore_snapshot
 from walship.status import replica_status
-from walship.storage import ObjectStore, open_store
-
-
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
+from walship.storage import ObjectStore
 
 
 def _restore_newest(store: ObjectStore, output: Path, **kwargs: object) -> None:

@@ -12,12 +12,7 @@ from walship.layout import METADATA_KEY, format_segment_key
 from walship.lease import acquire_lease, holder_for, release_lease
 from walship.models import ReplicaMetadata
 from walship.status import ReplicaStatus, replica_status
-from walship.storage import ObjectStore, open_store
-
-
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
+from walship.storage import ObjectStore
 
 
 def _index_keys(store: ObjectStore) -> list[str]:

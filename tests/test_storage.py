@@ -32,11 +32,6 @@ class _Pattern(io.RawIOBase):
         return n
 
 
-@pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
-
-
 def _read(store: ObjectStore, key: str, **kwargs: int) -> bytes:
     with store.open(key, **kwargs) as stream:
         return stream.read()

@@ -31,11 +31,6 @@ FAST_RETRY = RetryPolicy(attempts=1, backoff_seconds=0.05, jitter=0)
 
 
 @pytest.fixture
-def store(replica_url: str) -> ObjectStore:
-    return open_store(replica_url)
-
-
-@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """Where the drill restores: it must be empty again afterwards."""
     path = tmp_path / "work"

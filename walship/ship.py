@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, Field
 from walship import codec
 from walship.errors import CorruptObjectError
 from walship.layout import format_segment_key, new_generation, parse_generation
-from walship.models import SegmentInfo, WalCursor, WalPosition, utcnow
+from walship.models import SegmentInfo, SnapshotInfo, SnapshotSource, WalCursor, WalPosition, utcnow
 from walship.snapshot import describe_new_snapshot
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture
@@ -147,17 +148,7 @@ class Shipper:
                 source_connection = stack.enter_context(self.capture.read_transaction_now())
                 state_at = utcnow()
             source = self.capture.copy_database(source_connection, self.database, target)
-        compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
-        target.unlink()
-        info = describe_new_snapshot(
-            source,
-            compressed,
-            database_id=self.config.database_id,
-            generation=generation,
-            position=WalPosition(generation=generation, sequence=0),
-            state_at=state_at,
-        )
-        self.spool.add(new_entry(info), compressed.path)
+        self._spool_snapshot(source, WalPosition(generation=generation, sequence=0), state_at)
         inode = self.capture.db_inode
         if header is None or scan is None:
             # No WAL: the snapshot holds everything, and any WAL that appears continues it.
@@ -212,20 +203,25 @@ class Shipper:
                 source = self.capture.copy_database(source_connection, self.database, target)
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
+        info = self._spool_snapshot(source, cursor.position, state_at)
+        self.cursor = cursor.model_copy(update={"snapshot_sequence": cursor.sequence, "snapshot_at": state_at})
+        self.spool.save_cursor(self.cursor)
+        return tail.model_copy(update={"snapshot": info.key})
+
+    def _spool_snapshot(self, source: SnapshotSource, position: WalPosition, state_at: datetime) -> SnapshotInfo:
+        """Compress a copy that holds exactly ``position`` and spool it for upload."""
         compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
-        target.unlink()
+        source.path.unlink()
         info = describe_new_snapshot(
             source,
             compressed,
             database_id=self.config.database_id,
-            generation=cursor.generation,
-            position=cursor.position,
+            generation=position.generation,
+            position=position,
             state_at=state_at,
         )
         self.spool.add(new_entry(info), compressed.path)
-        self.cursor = cursor.model_copy(update={"snapshot_sequence": cursor.sequence, "snapshot_at": state_at})
-        self.spool.save_cursor(self.cursor)
-        return tail.model_copy(update={"snapshot": info.key})
+        return info
 
     def sync(self) -> SyncResult:
         """Capture new committed frames; checkpoint when the WAL is big or old."""
