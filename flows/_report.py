@@ -6,16 +6,9 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from walship.units import human_bytes
+
 __all__ = ["artifact_key", "human_bytes", "publish", "run_name"]
-
-
-def human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{count} B"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def artifact_key(kind: str, database: str) -> str:

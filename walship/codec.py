@@ -25,6 +25,7 @@ __all__ = [
     "Progress",
     "Readable",
     "compress_file",
+    "decompress_stream",
     "decompress_to_file",
     "validate_level",
 ]
@@ -124,20 +125,7 @@ def decompress_to_file(
     object is bad. ``progress`` hears (bytes decompressed, expected size)
     after every chunk. Returns the number of bytes written.
     """
-    decompressor = zstandard.ZstdDecompressor()
-    sink = _HashingSink(target)
-    done = 0
-    try:
-        with decompressor.stream_reader(cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False) as reader:
-            while chunk := reader.read(_SMALL_CHUNK):
-                sink.put(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, expected_size)
-    except zstandard.ZstdError as exc:
-        raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
-    finally:
-        written, actual = sink.close()
+    written, actual = decompress_stream(source, target, name=name, total=expected_size, progress=progress)
     if written != expected_size:
         raise ChecksumMismatchError(
             f"verify {name}: decompressed to {written} bytes, expected {expected_size} (object truncated or corrupt)"
@@ -145,6 +133,40 @@ def decompress_to_file(
     if actual != expected_sha256:
         raise ChecksumMismatchError(f"verify {name}: SHA-256 {actual} does not match recorded {expected_sha256}")
     return written
+
+
+def decompress_stream(
+    source: Readable,
+    target: BinaryIO,
+    *,
+    name: str,
+    total: int = 0,
+    progress: Progress | None = None,
+    across_frames: bool = False,
+) -> tuple[int, str]:
+    """Stream-decompress ``source`` into ``target``; return the bytes written and their SHA-256.
+
+    Nothing is compared here: callers check against what they recorded.
+    ``across_frames`` reads past the first zstd frame (other writers may
+    have written several).
+    """
+    decompressor = zstandard.ZstdDecompressor()
+    sink = _HashingSink(target)
+    done = 0
+    try:
+        with decompressor.stream_reader(
+            cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False, read_across_frames=across_frames
+        ) as reader:
+            while chunk := reader.read(_SMALL_CHUNK):
+                sink.put(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
+    finally:
+        written, actual = sink.close()
+    return written, actual
 
 
 class _HashingSink:

@@ -21,6 +21,7 @@ from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInf
 from walship.storage import ObjectStore
 
 __all__ = [
+    "NewerIndexError",
     "add_snapshot",
     "current_snapshots",
     "forget_snapshots",
@@ -59,14 +60,14 @@ def _parse(store: ObjectStore, raw: bytes) -> ReplicaMetadata:
             "'walship status --rebuild-index' rebuilds it from a listing"
         ) from exc
     if metadata.format_version > METADATA_FORMAT_VERSION:
-        raise _NewerFormatError(
+        raise NewerIndexError(
             f"{METADATA_KEY} in {store.location} has format {metadata.format_version}; "
             f"this walship reads up to {METADATA_FORMAT_VERSION}: upgrade walship"
         )
     return metadata
 
 
-class _NewerFormatError(CorruptObjectError):
+class NewerIndexError(CorruptObjectError):
     """An index a newer walship wrote: never rebuilt over, since that would drop what it added."""
 
 
@@ -105,7 +106,7 @@ def update_index(store: ObjectStore, change: Callable[[ReplicaMetadata], Replica
         if raw is not None:
             try:
                 current = _parse(store, raw)
-            except _NewerFormatError:
+            except NewerIndexError:
                 raise
             except CorruptObjectError as exc:
                 # Replace exactly the unreadable object we read (its ETag, not

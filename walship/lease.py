@@ -27,6 +27,7 @@ __all__ = [
     "acquire_lease",
     "holder_for",
     "lease_needs_renewal",
+    "read_lease",
     "release_lease",
 ]
 
@@ -48,15 +49,19 @@ def holder_for(database: Path) -> str:
     return f"{socket.gethostname()}:{database.resolve()}"
 
 
+def read_lease(store: ObjectStore) -> tuple[Lease | None, str | None]:
+    """The lease as stored and its ETag, or ``(None, None)`` when there is none."""
+    try:
+        raw, info = store.get_bytes(LEASE_KEY, max_size=64 << 10)
+    except NotFoundError:
+        return None, None
+    return Lease.model_validate_json(raw), info.etag
+
+
 def acquire_lease(store: ObjectStore, holder: str, seconds: float = DEFAULT_LEASE_SECONDS) -> Lease:
     """Take or renew the lease; raise ``LeaseHeldError`` if another live holder has it."""
     now = utcnow()
-    try:
-        raw, info = store.get_bytes(LEASE_KEY, max_size=64 << 10)
-        current: Lease | None = Lease.model_validate_json(raw)
-        etag: str | None = info.etag
-    except NotFoundError:
-        current, etag = None, None
+    current, etag = read_lease(store)
     if current is not None and current.holder != holder and current.expires_at > now:
         raise LeaseHeldError(
             f"replica {store.location} is being shipped by {current.holder} until "

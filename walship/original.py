@@ -13,10 +13,8 @@ checksums to prove a chain with: applying them could produce a silently
 wrong database, which is exactly what walship must never do.
 """
 
-import hashlib
 import json
 import os
-import struct
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,11 +24,12 @@ from typing import BinaryIO, Literal, cast
 import zstandard
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from walship.codec import CHUNK_SIZE, Readable
+from walship.codec import Readable, decompress_stream
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.layout import METADATA_KEY, parse_original_snapshot_key, parse_original_wal_key
 from walship.models import ObjectInfo
 from walship.restore import check_output, staged_output
+from walship.sqlite import read_header
 from walship.storage import ObjectStore
 
 __all__ = [
@@ -284,42 +283,25 @@ def _decompress(stream: Readable, out: BinaryIO, *, name: str) -> tuple[int, str
         frame = zstandard.get_frame_parameters(head)
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(f"decompress {name}: not a zstd frame ({exc})") from exc
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(
-            cast(BinaryIO, _Prefixed(head, stream)), read_size=CHUNK_SIZE, read_across_frames=True
-        )
-        with reader:
-            while chunk := reader.read(CHUNK_SIZE):
-                digest.update(chunk)
-                out.write(chunk)
-                written += len(chunk)
-    except zstandard.ZstdError as exc:
-        # zstd verifies the frame's content checksum itself, when there is one.
-        raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
+    # zstd verifies each frame's content checksum itself, when there is one.
+    written, sha256 = decompress_stream(_Prefixed(head, stream), out, name=name, across_frames=True)
     if frame.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, written):
         raise CorruptObjectError(f"verify {name}: decompressed to {written} bytes, its frame says {frame.content_size}")
     if frame.has_checksum:
         checksum = "zstd frame checksum (XXH64) verified"
     else:
         checksum = "none recorded: the original wrote no checksum; only PRAGMA integrity_check vouches for the content"
-    return written, digest.hexdigest(), checksum
+    return written, sha256, checksum
 
 
 def _check_size(path: Path, size: int, name: str) -> None:
     """A truncated or padded file: compare with the header's page count where SQLite trusts it."""
-    with path.open("rb") as handle:
-        header = handle.read(100)
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-        raise CorruptObjectError(f"verify {name}: it does not hold a SQLite database (bad header)")
-    (raw_page_size,) = struct.unpack(">H", header[16:18])
-    page_size = 65536 if raw_page_size == 1 else raw_page_size
-    change_counter, page_count = struct.unpack(">II", header[24:32])
-    (valid_for,) = struct.unpack(">I", header[92:96])
-    # "Database File Format" 1.3.7: the in-header size counts only when valid-for equals the change counter.
-    if page_count and valid_for == change_counter and page_count * page_size != size:
+    try:
+        header = read_header(path)
+    except CorruptObjectError:
+        raise CorruptObjectError(f"verify {name}: it does not hold a SQLite database (bad header)") from None
+    if header.page_count and header.page_count_valid and header.page_count * header.page_size != size:
         raise CorruptObjectError(
-            f"verify {name}: the database header says {page_count} pages of {page_size} bytes, "
+            f"verify {name}: the database header says {header.page_count} pages of {header.page_size} bytes, "
             f"but {size} bytes were restored (truncated or padded)"
         )

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from walship.catalog import describe_snapshot, list_snapshots
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
-from walship.index import read_index
+from walship.index import NewerIndexError, read_index
 from walship.layout import LEASE_KEY, format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
 from walship.storage import ObjectStore
@@ -22,6 +22,8 @@ def check_database_id(store: ObjectStore, database_id: str) -> None:
     try:
         metadata, _ = read_index(store)
         recorded = metadata.database_id if metadata is not None else None
+    except NewerIndexError:
+        raise  # a newer walship's index is never rebuilt over: fail before copying anything
     except CorruptObjectError:
         # The index is rebuilt by the update that follows; the snapshots say whose they are.
         snapshots = list_snapshots(store)

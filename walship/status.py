@@ -20,10 +20,11 @@ from walship.chain import read_segment_info
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.index import read_index, rebuild_index, update_index
 from walship.layout import LEASE_KEY, format_segment_key, parse_segment_key
-from walship.lease import Lease
+from walship.lease import read_lease
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
 from walship.storage import ObjectStore
+from walship.units import human_bytes
 
 __all__ = ["IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
 
@@ -82,12 +83,12 @@ class ReplicaStatus(BaseModel):
             f"database id:  {self.database_id or '-'}",
             f"index:        {index}",
             f"generation:   {self.current_generation or '-'} ({self.generation_count} in total)",
-            f"snapshots:    {self.snapshot_count} ({_human(self.snapshot_bytes)})",
+            f"snapshots:    {self.snapshot_count} ({human_bytes(self.snapshot_bytes)})",
             *self._snapshot_lines(),
             f"segments:     {self.segments_in_generation} in the current generation, {self.segments_total} in total "
-            f"({_human(self.segment_bytes)}); newest {self._newest_segment()}",
+            f"({human_bytes(self.segment_bytes)}); newest {self._newest_segment()}",
             f"lag:          {self._lag()}",
-            f"stored:       {_human(self.total_bytes)} in {self.object_count} objects",
+            f"stored:       {human_bytes(self.total_bytes)} in {self.object_count} objects",
             f"lease:        {self._lease()}",
         ]
         if self.original is not None:
@@ -212,13 +213,12 @@ def _read(store: ObjectStore, problems: list[str]) -> tuple[ReplicaMetadata | No
 
 def _lease(store: ObjectStore, now: datetime, problems: list[str]) -> LeaseState | None:
     try:
-        raw, _ = store.get_bytes(LEASE_KEY, max_size=64 << 10)
-        lease = Lease.model_validate_json(raw)
-    except NotFoundError:
-        return None  # released and deleted between the listing and now
+        lease, _ = read_lease(store)
     except (CorruptObjectError, ValidationError):
         problems.append(f"{LEASE_KEY} is unreadable: the next shipper run replaces it")
         return None
+    if lease is None:
+        return None  # deleted between the listing and now
     return LeaseState(
         holder=lease.holder, acquired_at=lease.acquired_at, expires_at=lease.expires_at, live=lease.expires_at > now
     )
@@ -239,12 +239,3 @@ def _snapshot_line(snapshot: SnapshotInfo) -> str:
         f"  {snapshot.created_at:%Y-%m-%d %H:%M:%S}Z  {snapshot.raw_size:>14} -> "
         f"{snapshot.compressed_size:>14} bytes  {snapshot.key}"
     )
-
-
-def _human(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

@@ -19,6 +19,9 @@ class DatabaseHeader(NamedTuple):
     page_size: int
     page_count: int
     wal_mode: bool
+    # "Database File Format" 1.3.7: the in-header page count counts only when
+    # version-valid-for equals the change counter (older writers left it stale).
+    page_count_valid: bool = True
 
 
 def read_header(path: Path) -> DatabaseHeader:
@@ -30,9 +33,10 @@ def read_header(path: Path) -> DatabaseHeader:
     (raw_page_size,) = struct.unpack(">H", header[16:18])
     # A stored page size of 1 means 65536, which does not fit in two bytes.
     page_size = 65536 if raw_page_size == 1 else raw_page_size
-    (page_count,) = struct.unpack(">I", header[28:32])
+    change_counter, page_count = struct.unpack(">II", header[24:32])
+    (valid_for,) = struct.unpack(">I", header[92:96])
     # Bytes 18 and 19 are the write/read format versions: 2 means WAL.
-    return DatabaseHeader(page_size, page_count, header[18] == 2)
+    return DatabaseHeader(page_size, page_count, header[18] == 2, valid_for == change_counter)
 
 
 def check_database(path: Path) -> DatabaseHeader:
