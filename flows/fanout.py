@@ -73,6 +73,7 @@ def ship_many_flow(
     once: bool = False,
     level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
+    snapshot_interval: Annotated[float, Field(ge=0)] = 3600.0,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> list[DatabaseOutcome]:
     """Ship every database ``databases`` names for the whole window, all at once (at most
@@ -84,7 +85,13 @@ def ship_many_flow(
             f"{len(members)} databases match but max_concurrency is {max_concurrency}: every shipper runs for the "
             "whole window, so raise max_concurrency or split the databases over several deployments"
         )
-    options = {"duration": duration, "interval": interval, "once": once, "level": level}
+    options = {
+        "duration": duration,
+        "interval": interval,
+        "once": once,
+        "level": level,
+        "snapshot_interval": snapshot_interval,
+    }
     parameters = [
         {"member": m, "options": options, "lag_threshold_seconds": lag_threshold_seconds, "retry": retry}
         for m in members
@@ -149,7 +156,7 @@ def _describe_snapshot(info: SnapshotInfo) -> str:
 
 
 def _describe_shipping(report: ShipReport) -> str:
-    position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
+    position = str(report.position or "-")
     return f"{report.segments_uploaded} segments to {position}, max lag {report.max_lag_seconds:.2f} s"
 
 

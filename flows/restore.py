@@ -58,7 +58,7 @@ def restore_flow(
         f"Restore of {chosen.database_id} to {output}",
         [
             ("snapshot", f"`{chosen.key}`"),
-            ("position", f"{result.position.generation}/{result.position.sequence}"),
+            ("position", str(result.position)),
             ("segments applied", str(result.segments_applied)),
             ("taken at", chosen.created_at.isoformat()),
             ("size", f"{human_bytes(chosen.compressed_size)} -> {human_bytes(result.size)}"),

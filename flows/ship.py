@@ -162,6 +162,6 @@ def _publish(database: Path, report: ShipReport) -> None:
             ("max lag (capture to storage)", f"{report.max_lag_seconds:.2f} s"),
             ("upload failures (retried next interval)", str(report.upload_failures)),
             ("still spooled at end", str(report.pending_at_end)),
-            ("position", f"{report.position.generation}/{report.position.sequence}" if report.position else "-"),
+            ("position", str(report.position or "-")),
         ],
     )

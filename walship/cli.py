@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         database_id=args.database_id,
     )
     if isinstance(result, RestoreResult):
-        position = f"{result.position.generation}/{result.position.sequence}"
+        position = str(result.position)
         print(
             f"restored {result.output} at {position} ({result.snapshot.key} + {result.segments_applied} segments, "
             f"{result.size} bytes, integrity ok)"
@@ -201,7 +201,7 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         level=args.level,
         snapshot_interval=args.snapshot_interval,
     )
-    position = f"{report.position.generation}/{report.position.sequence}" if report.position else "-"
+    position = str(report.position or "-")
     print(
         f"shipped {report.segments_uploaded} segments ({report.commits_captured} commits captured) in "
         f"{report.syncs} syncs; position {position}"

@@ -54,6 +54,10 @@ class WalPosition(_Frozen):
     generation: str
     sequence: int = Field(ge=0)
 
+    def __str__(self) -> str:
+        """``<generation>/<sequence>``, as messages and artifacts show a position."""
+        return f"{self.generation}/{self.sequence}"
+
 
 class WalCursor(_Frozen):
     """Where WAL capture stands: the end of the last captured commit.

@@ -148,7 +148,7 @@ class _Restorer:
 
 
 def _restored_detail(point: RestoredPoint) -> str:
-    position = f"{point.position.generation}/{point.position.sequence}"
+    position = str(point.position)
     return (
         f"{point.snapshot} + {point.segments_applied} segments -> {position}, {point.size} bytes: "
         "SHA-256 of every object, the chain, frame checksums, page count and integrity_check ok"
