@@ -6,22 +6,18 @@ request that times out may or may not have happened. Whatever is still
 listed is reported as failed; the next run plans it again.
 """
 
-import logging
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from walship.catalog import list_snapshots
 from walship.errors import WalshipError
-from walship.index import forget_snapshots, read_index
+from walship.index import current_snapshots, forget_snapshots
 from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.retention._plan import RetentionPlan
 from walship.storage import DELETE_BATCH_LIMIT, ObjectStore
 
 __all__ = ["RetentionResult", "apply_retention", "list_history"]
-
-log = logging.getLogger(__name__)
 
 
 class RetentionResult(BaseModel):
@@ -49,12 +45,7 @@ def list_history(store: ObjectStore) -> tuple[list[SnapshotInfo], list[ObjectInf
     segment listing has its snapshot in the later snapshot listing.
     """
     segments = [o for o in store.list(GENERATIONS_PREFIX) if parse_segment_key(o.key) is not None]
-    try:
-        metadata, _ = read_index(store)
-    except WalshipError as exc:
-        log.warning("%s; describing snapshots from the objects instead", exc)
-        metadata = None
-    return list_snapshots(store, known=metadata.snapshots if metadata else ()), segments
+    return current_snapshots(store), segments
 
 
 def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = False) -> RetentionResult:
