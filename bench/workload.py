@@ -150,9 +150,16 @@ def apply_transaction(connection: sqlite3.Connection, seed: int, writer: int, n:
         connection.execute("DELETE FROM orders WHERE id = ?", (earlier,))
 
 
-def write(path: Path, *, writer: int, seed: int, seconds: float, rate: float, start: int = 1) -> int:
-    """Commit transactions at about ``rate`` per second for ``seconds``; return the last n."""
+def write(
+    path: Path, *, writer: int, seed: int, seconds: float, rate: float, start: int = 1, log: Path | None = None
+) -> int:
+    """Commit transactions at about ``rate`` per second for ``seconds``; return the last n.
+
+    With ``log``, each commit appends ``n<TAB>unix time`` there (flushed at once), so
+    a test can tell which transactions a point-in-time restore must hold.
+    """
     connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    commits = log.open("a", buffering=1) if log is not None else None
     connection.execute("PRAGMA busy_timeout=30000")
     deadline = time.monotonic() + seconds
     n = start - 1
@@ -163,14 +170,20 @@ def write(path: Path, *, writer: int, seed: int, seconds: float, rate: float, st
         connection.execute("BEGIN IMMEDIATE")
         apply_transaction(connection, seed, writer, n)
         connection.execute("COMMIT")
+        if commits is not None:
+            commits.write(f"{n}\t{time.time():.6f}\n")
         if interval:
             next_at += interval
             time.sleep(max(0.0, next_at - time.monotonic()))
     connection.close()
+    if commits is not None:
+        commits.close()
     return n
 
 
-def writer_command(path: Path, *, writer: int, seed: int, seconds: float, rate: float = 0) -> list[str]:
+def writer_command(
+    path: Path, *, writer: int, seed: int, seconds: float, rate: float = 0, log: Path | None = None
+) -> list[str]:
     """The argv that runs one writer in its own process."""
     return [
         sys.executable,
@@ -186,6 +199,7 @@ def writer_command(path: Path, *, writer: int, seed: int, seconds: float, rate: 
         str(seconds),
         "--rate",
         str(rate),
+        *(["--log", str(log)] if log is not None else []),
     ]
 
 
@@ -238,12 +252,15 @@ def main() -> None:
     write_args.add_argument("--seed", type=int, default=1)
     write_args.add_argument("--seconds", type=float, required=True)
     write_args.add_argument("--rate", type=float, default=0, help="transactions per second (0: as fast as possible)")
+    write_args.add_argument("--log", type=Path, help="append 'n<TAB>commit time' for every commit")
     create_args = commands.add_parser("create")
     create_args.add_argument("database", type=Path)
     create_args.add_argument("--mib", type=int, default=16)
     args = parser.parse_args()
     if args.command == "write":
-        last = write(args.database, writer=args.writer, seed=args.seed, seconds=args.seconds, rate=args.rate)
+        last = write(
+            args.database, writer=args.writer, seed=args.seed, seconds=args.seconds, rate=args.rate, log=args.log
+        )
         print(last)
     else:
         create_database(args.database, args.mib << 20)

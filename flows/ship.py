@@ -1,11 +1,15 @@
 """WAL-ship flow: capture committed frames every interval, upload them, for one run window.
 
-Meant to be scheduled so a new run starts as the old one ends (concurrency
-limit 1); each run proves that the WAL continues what the previous one
-captured, or starts a new generation with a snapshot. Capture is local and
-costs no request; the upload task runs only when the spool holds something.
+Meant to be scheduled with overlapping windows: the next run pins the WAL
+before this one ends and takes over when it does (``handover_wait``), so one
+generation runs for days. Capture is local and costs no request. Uploads
+inside the window are direct calls (a failed one is simply tried again next
+interval), so a day of shipping adds a handful of task runs per window, not
+one per second: the run's progress is in its events and artifact.
 """
 
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,11 +21,15 @@ from flows._report import human_bytes, publish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
+from walship.dblock import ShipperIdentity
 from walship.errors import TransientStorageError
+from walship.handover import hold_database
+from walship.lease import holder_for
 from walship.models import RetryPolicy, WalPosition
 from walship.ship import ShipConfig, Shipper, SyncResult
 from walship.spool import Spool, default_spool_dir
-from walship.upload import UploadResult
+from walship.storage import ObjectStore, open_store
+from walship.upload import UploadResult, upload_pending
 
 
 class ShipReport(BaseModel):
@@ -38,6 +46,7 @@ class ShipReport(BaseModel):
     generations_started: list[str] = Field(default_factory=list)
     generation_reasons: list[str] = Field(default_factory=list)
     max_lag_seconds: float = 0.0
+    handover_waited_seconds: float | None = None
     upload_failures: int = 0
     pending_at_end: int = 0
     position: WalPosition | None = None
@@ -55,6 +64,7 @@ def wal_ship_flow(
     level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
     snapshot_interval: Annotated[float, Field(ge=0)] = 3600.0,
+    handover_wait: Annotated[float, Field(ge=0)] = 0.0,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:
     """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``).
@@ -62,47 +72,40 @@ def wal_ship_flow(
     ``walship.lag.exceeded`` is emitted when the capture-to-storage lag or the
     age of the oldest spooled entry rises above ``lag_threshold_seconds``.
     Every ``snapshot_interval`` seconds (0: never) a changed generation gets a
-    new snapshot, so restores start from a recent one."""
+    new snapshot, so restores start from a recent one. With ``handover_wait``, a
+    run that finds another shipper of the database running (an overlapping
+    window) holds the WAL, waits up to that many seconds for it to end, and
+    continues its generation; with 0 it is refused at once."""
     logger = get_run_logger()
-    spool_dir = spool_dir or default_spool_dir(database)
-    spool = Spool(spool_dir)
+    spool_dir = (spool_dir or default_spool_dir(database)).resolve()
+    run = f"{os.getpid()}-{secrets.token_hex(3)}"
+    holder = holder_for(database, run)
+    # Pin the WAL and take the database's lock first: a second shipper is
+    # refused before it touches any spool or replica.
+    held = hold_database(database, spool_dir, ShipperIdentity.this_process(run, spool_dir, replica), wait=handover_wait)
+    report = ShipReport(handover_waited_seconds=held.waited_seconds if held.predecessor else None)
+    try:
+        spool = Spool(spool_dir)
+    except BaseException:
+        held.release()
+        raise
     shipper = Shipper(
         database,
         spool,
         ShipConfig(database_id=database_id or database.name, level=level, snapshot_seconds=snapshot_interval),
+        capture=held.capture,
+        guarded=held.guarded,
     )
-    # Inside the loop the next interval is the retry: a failed upload must
-    # not stop capture for the length of a backoff. The final drain and the
-    # other tasks use the full policy.
-    upload = with_retry_policy(upload_spool, retry.model_copy(update={"attempts": 0}))
     drain = with_retry_policy(upload_spool, retry)
-    report = ShipReport()
     events = ShipEvents(database_id or database.name, replica, lag_threshold_seconds)
     try:
-        with_retry_policy(acquire_lease, retry)(replica, spool_dir, database)
+        with_retry_policy(acquire_lease, retry)(replica, spool_dir, holder)
         _note(report, events.synced(shipper.open()), logger)
-        deadline = time.monotonic() + duration
-        while True:
-            started = time.monotonic()
-            _note(report, events.synced(shipper.sync()), logger)
-            if pending := spool.pending():
-                try:
-                    uploaded = upload(replica, spool_dir, database, level)
-                except TransientStorageError as exc:
-                    # Storage is down: keep capturing into the durable spool
-                    # and try again next interval.
-                    report.upload_failures += 1
-                    logger.warning("upload failed, %d entries stay spooled: %s", len(spool.pending()), exc)
-                else:
-                    _count_upload(report, uploaded)
-                    events.uploaded(pending, uploaded)
-            events.check_lag(spool.pending())
-            if once or time.monotonic() >= deadline:
-                break
-            shipper.wait_for_commits(interval - (time.monotonic() - started), deadline)
+        window = _Window(shipper, open_store(replica), holder, level, events, report, logger)
+        window.run(duration=duration, interval=interval, once=once)
         _note(report, events.synced(shipper.finish()), logger)
         if pending := spool.pending():
-            drained = drain(replica, spool_dir, database, level)
+            drained = drain(replica, spool_dir, holder, level)
             _count_upload(report, drained)
             events.uploaded(pending, drained)
         report.pending_at_end = len(spool.pending())
@@ -117,9 +120,58 @@ def wal_ship_flow(
     finally:
         shipper.close()
         spool.close()
+        held.release()
         events.close()
         _publish(database, report)
     return report
+
+
+class _Window:
+    """The run's window: sync, upload, wait; the pin is tended beside it all along."""
+
+    def __init__(
+        self,
+        shipper: Shipper,
+        store: ObjectStore,
+        holder: str,
+        level: int,
+        events: ShipEvents,
+        report: ShipReport,
+        logger: Any,
+    ) -> None:
+        self.shipper, self.store, self.holder, self.level = shipper, store, holder, level
+        self.events, self.report, self.logger = events, report, logger
+
+    def run(self, *, duration: float, interval: float, once: bool) -> None:
+        deadline = time.monotonic() + duration
+        self.shipper.start_tending()
+        try:
+            while True:
+                started = time.monotonic()
+                _note(self.report, self.events.synced(self.shipper.sync()), self.logger)
+                self.upload()
+                self.events.check_lag(self.shipper.spool.pending())
+                if once or time.monotonic() >= deadline:
+                    break
+                self.shipper.wait_for_commits(interval - (time.monotonic() - started), deadline)
+        finally:
+            # Before the final capture: nothing is spooled behind the final drain.
+            self.shipper.stop_tending()
+
+    def upload(self) -> None:
+        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside)."""
+        spool = self.shipper.spool
+        if not (pending := spool.pending()):
+            return
+        try:
+            uploaded = upload_pending(self.store, spool, holder=self.holder, level=self.level)
+        except TransientStorageError as exc:
+            # Storage is down: keep capturing into the durable spool and try again next interval.
+            self.report.upload_failures += 1
+            self.logger.warning("upload failed, %d entries stay spooled: %s", len(spool.pending()), exc)
+        else:
+            _count_upload(self.report, uploaded)
+            self.events.uploaded(pending, uploaded)
 
 
 def _count_upload(report: ShipReport, uploaded: UploadResult) -> None:
@@ -160,8 +212,13 @@ def _publish(database: Path, report: ShipReport) -> None:
             ("generations started", generations),
             ("snapshots uploaded", ", ".join(f"`{k}`" for k in report.snapshots_uploaded) or "none"),
             ("max lag (capture to storage)", f"{report.max_lag_seconds:.2f} s"),
+            ("took over after", _seconds(report.handover_waited_seconds)),
             ("upload failures (retried next interval)", str(report.upload_failures)),
             ("still spooled at end", str(report.pending_at_end)),
             ("position", str(report.position or "-")),
         ],
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"

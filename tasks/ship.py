@@ -12,17 +12,17 @@ __all__ = ["acquire_lease", "record_position", "release_lease", "upload_spool"]
 
 
 @walship_task
-def acquire_lease(replica: str, spool_dir: Path, database: Path) -> None:
-    """Take the replica's lease for this host and database, or fail if another shipper holds it."""
+def acquire_lease(replica: str, spool_dir: Path, holder: str) -> None:
+    """Take the replica's lease for this run (``host:/db#run``), or fail if another shipper holds it."""
     spool = Spool(spool_dir, lock=False)
-    spool.save_lease(lease.acquire_lease(open_store(replica), lease.holder_for(database)))
+    spool.save_lease(lease.acquire_lease(open_store(replica), holder))
 
 
 @walship_task
-def upload_spool(replica: str, spool_dir: Path, database: Path, level: int) -> upload.UploadResult:
-    """Upload the spooled snapshot and segments in order; runs only when there is something to ship."""
+def upload_spool(replica: str, spool_dir: Path, holder: str, level: int) -> upload.UploadResult:
+    """Upload the spooled snapshot and segments in order (the run's final drain, with the full retry policy)."""
     spool = Spool(spool_dir, lock=False)
-    return upload.upload_pending(open_store(replica), spool, holder=lease.holder_for(database), level=level)
+    return upload.upload_pending(open_store(replica), spool, holder=holder, level=level)
 
 
 @walship_task

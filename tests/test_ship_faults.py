@@ -127,10 +127,13 @@ class Ship:
 class WriterGroup:
     """Writer processes (bench.workload) committing deterministic transactions until stopped."""
 
-    def __init__(self, database: Path, writers: Iterable[int], rate: float) -> None:
+    def __init__(self, database: Path, writers: Iterable[int], rate: float, logs: Path | None = None) -> None:
+        """``logs``: a directory where writer N logs each commit's time to ``wN.log``."""
         self.processes = [
             subprocess.Popen(
-                writer_command(database, writer=w, seed=SEED, seconds=600, rate=rate),
+                writer_command(
+                    database, writer=w, seed=SEED, seconds=600, rate=rate, log=logs / f"w{w}.log" if logs else None
+                ),
                 cwd=ROOT,
                 stdout=subprocess.DEVNULL,
             )

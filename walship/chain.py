@@ -23,13 +23,10 @@ from walship.codec import decompress_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
 from walship.layout import format_segment_key, generation_prefix, parse_segment_key
 from walship.models import SegmentInfo
-from walship.sqlite._wal import FRAME_HEADER_SIZE, WalHeader, iter_frames
+from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, iter_frames, replay_header
 from walship.storage import ObjectStore
 
 __all__ = ["apply_segments", "list_segment_sequences", "read_segment_info"]
-
-_MAGIC = {False: 0x377F0682, True: 0x377F0683}
-_VERSION = 3007000
 
 
 def list_segment_sequences(store: ObjectStore, generation: str) -> list[int]:
@@ -114,7 +111,7 @@ def _check_link(previous: SegmentInfo | None, info: SegmentInfo) -> None:
     if previous is None:
         return
     if info.wal_restarted:
-        if info.start_offset != 32 or (info.salt1, info.salt2) == (previous.salt1, previous.salt2):
+        if info.start_offset != WAL_HEADER_SIZE or (info.salt1, info.salt2) == (previous.salt1, previous.salt2):
             raise CorruptObjectError(f"segment {info.key} claims a WAL restart it does not show: a fork")
         return
     continues = (
@@ -144,7 +141,7 @@ class _Shifted:
 
 def _apply(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
     """Write every frame's page into the database; verify salts and checksums frame by frame."""
-    header = WalHeader(_MAGIC[info.big_endian], _VERSION, info.page_size, 0, info.salt1, info.salt2, 0, 0)
+    header = replay_header(big_endian=info.big_endian, page_size=info.page_size, salt1=info.salt1, salt2=info.salt2)
     seed = (info.checksum_start1, info.checksum_start2)
     frames = commits = 0
     last = seed

@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
     ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
     ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
+    ship.add_argument(
+        "--handover-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if a shipper of this database is running, hold the WAL and take over when it ends, "
+        "waiting up to SECONDS (default 0: refuse at once)",
+    )
     ship.add_argument("--database-id", help="name of the database in the replica (default: file name)")
     ship.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
     ship.add_argument(
@@ -186,8 +194,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _ship(args: argparse.Namespace, replica: str) -> int:
-    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0:
-        raise UsageError("--interval must be positive, --duration and --snapshot-interval not negative")
+    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0 or args.handover_wait < 0:
+        raise UsageError(
+            "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
+        )
     from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
     report = wal_ship_flow(
@@ -200,8 +210,11 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         database_id=args.database_id,
         level=args.level,
         snapshot_interval=args.snapshot_interval,
+        handover_wait=args.handover_wait,
     )
     position = str(report.position or "-")
+    if report.handover_waited_seconds is not None:
+        print(f"took over from the previous shipper after {report.handover_waited_seconds:.1f} s")
     print(
         f"shipped {report.segments_uploaded} segments ({report.commits_captured} commits captured) in "
         f"{report.syncs} syncs; position {position}"

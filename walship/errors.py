@@ -7,13 +7,17 @@ and Prefect tasks retry only ``TransientStorageError``.
 __all__ = [
     "ChecksumMismatchError",
     "ConflictError",
+    "ContinuityLostError",
     "CorruptObjectError",
     "IncompleteError",
     "NotFoundError",
     "PermanentStorageError",
+    "ShipperRunningError",
     "TransientStorageError",
     "UsageError",
+    "WalIndexUnsettledError",
     "WalshipError",
+    "WritersBusyError",
 ]
 
 
@@ -51,3 +55,20 @@ class PermanentStorageError(WalshipError):
 
 class TransientStorageError(WalshipError):
     """Storage failed in a way that may pass on retry (5xx, throttling, resets)."""
+
+
+class ShipperRunningError(UsageError):
+    """Another shipper holds the database: one shipper per database, whatever its spool or replica."""
+
+
+class ContinuityLostError(WalshipError):
+    """The WAL no longer continues what was captured; the message says why (a new generation follows)."""
+
+
+class WalIndexUnsettledError(WalshipError):
+    """The WAL index and the WAL disagree for now (a reset in progress); try again at the next sync."""
+
+
+class WritersBusyError(WalshipError):
+    """The write lock could not be had briefly (the application holds it, e.g. for its own checkpoint); retried
+    at the next sync."""

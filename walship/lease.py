@@ -1,14 +1,18 @@
 """One shipper per replica prefix: a lease object written with conditional puts.
 
-The holder is the host and the database path, so a shipper restarted on the
-same host (a new flow run, a crash) takes its own lease back at once, while a
-shipper on another host, or for another database, is refused until the lease
-expires. Renewal happens only when there is something to upload, so an idle
-database costs no requests; a lease that expired while idle is simply taken
-again, unless someone else took it meanwhile.
+The holder names the host, the database path and the run
+(``host:/path/app.db#run``). Only a shipper that holds the database's lock
+(``walship.dblock``) asks for the lease, so a lease held by another run of
+the same database on the same host belongs to a run that has ended (a
+hand-over, a crash): it is taken over at once. A shipper on another host, or
+for another database, is refused until the lease expires. Renewal happens
+only when there is something to upload, so an idle database costs no
+requests; a lease that expired while idle is simply taken again, unless
+someone else took it meanwhile.
 """
 
 import contextlib
+import logging
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +37,8 @@ __all__ = [
 
 DEFAULT_LEASE_SECONDS = 600.0
 
+log = logging.getLogger(__name__)
+
 
 class LeaseHeldError(WalshipError):
     """Another shipper holds the replica's lease."""
@@ -45,8 +51,14 @@ class Lease(BaseModel):
     etag: str = ""  # of the object as we wrote it; not stored in the object
 
 
-def holder_for(database: Path) -> str:
-    return f"{socket.gethostname()}:{database.resolve()}"
+def holder_for(database: Path, run: str = "") -> str:
+    """``host:/path/of/db#run`` (without ``#run`` when no run is given)."""
+    base = f"{socket.gethostname()}:{database.resolve()}"
+    return f"{base}#{run}" if run else base
+
+
+def _same_database(a: str, b: str) -> bool:
+    return a.partition("#")[0] == b.partition("#")[0]
 
 
 def read_lease(store: ObjectStore) -> tuple[Lease | None, str | None]:
@@ -62,12 +74,19 @@ def acquire_lease(store: ObjectStore, holder: str, seconds: float = DEFAULT_LEAS
     """Take or renew the lease; raise ``LeaseHeldError`` if another live holder has it."""
     now = utcnow()
     current, etag = read_lease(store)
-    if current is not None and current.holder != holder and current.expires_at > now:
+    if (
+        current is not None
+        and current.holder != holder
+        and not _same_database(current.holder, holder)
+        and current.expires_at > now
+    ):
         raise LeaseHeldError(
             f"replica {store.location} is being shipped by {current.holder} until "
             f"{current.expires_at:%Y-%m-%d %H:%M:%S}Z: use another replica prefix, or stop that shipper"
         )
     acquired = current.acquired_at if current is not None and current.holder == holder else now
+    if current is not None and current.holder != holder and current.expires_at > now:
+        log.info("lease of %s: taking over from %s, whose run has ended", store.location, current.holder)
     lease = Lease(holder=holder, acquired_at=acquired, expires_at=now + timedelta(seconds=seconds))
     body = lease.model_dump_json(exclude={"etag"}).encode()
     try:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -19,14 +20,20 @@ from typing import BinaryIO
 from pydantic import BaseModel, Field
 
 from walship import codec
-from walship.errors import CorruptObjectError
+from walship.errors import ContinuityLostError, CorruptObjectError, WalIndexUnsettledError, WritersBusyError
 from walship.layout import format_segment_key, new_generation, parse_generation
 from walship.models import SegmentInfo, SnapshotInfo, SnapshotSource, WalCursor, WalPosition, utcnow
 from walship.snapshot import describe_new_snapshot
 from walship.spool import Spool, new_entry
-from walship.sqlite import WalCapture
-from walship.sqlite._capture import WalIndexUnsettledError
-from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan
+from walship.sqlite import (
+    WAL_HEADER_SIZE,
+    WalCapture,
+    captured_frames,
+    check_resume,
+    covered_by,
+    cursor_at,
+    may_follow_restart,
+)
 
 __all__ = ["ShipConfig", "Shipper", "SyncResult"]
 
@@ -66,108 +73,209 @@ class SyncResult(BaseModel):
     snapshot: str | None = None  # key of a snapshot taken within the generation
 
 
-class ContinuityLostError(Exception):
-    """The WAL no longer continues what was captured; the reason says why."""
-
-
 class Shipper:
-    """The local half of WAL shipping for one database."""
+    """The local half of WAL shipping for one database.
 
-    def __init__(self, database: Path, spool: Spool, config: ShipConfig) -> None:
+    Every method that reads or moves the cursor holds ``_lock``: the tending
+    thread (``start_tending``) moves the pin and captures beside the flow's
+    loop, which uploads and snapshots.
+    """
+
+    def __init__(
+        self,
+        database: Path,
+        spool: Spool,
+        config: ShipConfig,
+        *,
+        capture: WalCapture | None = None,
+        guarded: bool = False,
+    ) -> None:
+        """``capture`` and ``guarded`` come from ``walship.handover.hold_database`` (a held, pinned database)."""
         self.database = database.resolve()
         self.spool = spool
         self.config = config
-        self.capture = WalCapture(self.database)
+        self.capture = capture or WalCapture(self.database)
         self.cursor: WalCursor | None = None
+        # Whether, since the cursor's point, every pin held let the WAL restart
+        # only over captured frames: then any restart continues the lineage.
+        self._guarded = guarded
         self._last_sync = utcnow()
         self._last_checkpoint = time.monotonic()
+        self._lock = threading.RLock()
+        self._tending: threading.Thread | None = None
+        self._stop_tending = threading.Event()
 
-    def finish(self) -> SyncResult:
-        """Capture the tail and checkpoint it all, so that the next run can prove continuity.
-
-        Between two runs nobody holds the WAL: if the application then resets
-        it, only a complete checkpoint of ours beforehand lets the next run
-        continue the generation instead of starting another.
-        """
-        result = self.sync()
-        assert self.cursor is not None
-        if self.cursor.checkpointed or result.new_generation:
-            return result
-        return self._checkpoint(result, self.cursor.offset)
-
-    def close(self) -> None:
-        self.capture.close()
+    # Opening and ending a run ---------------------------------------------------------
 
     def open(self) -> SyncResult:
         """Prove the WAL continues the spool's cursor, or start a new generation."""
-        cursor = self.spool.load_cursor()
-        self.spool.discard_uncaptured(cursor)
-        try:
-            if cursor is None:
-                raise ContinuityLostError("no earlier capture of this database")
-            self._check_resume(cursor)
-            self.cursor = cursor
-            # Commits made while no shipper ran belong to the next segment.
-            self._last_sync = cursor.moved_at or self._last_sync
-        except ContinuityLostError as lost:
-            return self.start_generation(str(lost))
-        return self.sync()
+        with self._lock:
+            cursor = self.spool.load_cursor()
+            self.spool.discard_uncaptured(cursor)
+            if not self.capture.pinned:
+                self._guarded = self.capture.pin_now(covered_by(cursor)) and self._guarded
+            try:
+                if cursor is None:
+                    raise ContinuityLostError("no earlier capture of this database")
+                check_resume(cursor, self.capture, guarded=self._guarded)
+                self.cursor = cursor
+                # Commits made while no shipper ran belong to the next segment.
+                self._last_sync = cursor.moved_at or self._last_sync
+            except ContinuityLostError as lost:
+                return self.start_generation(str(lost))
+            self._note_pin()
+            return self.sync()
 
-    def _check_resume(self, cursor: WalCursor) -> None:
-        if cursor.db_inode != self.capture.db_inode:
-            raise ContinuityLostError("the database file was replaced")
-        header = self.capture.wal_header()
-        if header is None:
-            if not cursor.checkpointed or cursor.db_mtime_ns != self.capture.db_mtime_ns:
-                raise ContinuityLostError("the WAL was checkpointed and removed while nobody watched")
+    def finish(self) -> SyncResult:
+        """Capture the tail and backfill what readers allow, so that a successor can continue.
+
+        A successor that overlapped this run continues whatever happened; one
+        that starts after a gap can prove continuity only from a cursor that
+        records a complete checkpoint, hence the last PASSIVE one here.
+        """
+        with self._lock:
+            result = self.sync()
+            if result.new_generation is None:
+                self.capture.move_pin(covered_by(self.cursor))
+                result = _merge(result, SyncResult(checkpointed=self.capture.checkpoint_passive()))
+                result = _merge(result, self.tend())
+            return result
+
+    def close(self) -> None:
+        self.stop_tending()
+        self.capture.close()
+
+    # Holding the WAL -------------------------------------------------------------------
+
+    def start_tending(self, poll: float = _POLL) -> None:
+        """Move the pin every ``poll`` seconds in a thread of its own, whatever the caller's loop is doing.
+
+        An application's FULL, RESTART or TRUNCATE checkpoint waits for our
+        pin to move; uploads and snapshots must not make it wait longer.
+        """
+        self._stop_tending.clear()
+        self._tending = threading.Thread(target=self._tend_loop, args=(poll,), name="walship-pin", daemon=True)
+        self._tending.start()
+
+    def stop_tending(self) -> None:
+        self._stop_tending.set()
+        if self._tending is not None:
+            self._tending.join(timeout=30)
+            self._tending = None
+
+    def _tend_loop(self, poll: float) -> None:
+        while not self._stop_tending.wait(poll):
+            try:
+                self.tend()
+            except Exception:
+                # The loop's own sync reports the same problem with context; the pin just stays.
+                log.debug("tending the pin of %s failed", self.database, exc_info=True)
+
+    def tend(self) -> SyncResult:
+        """Move the pin to the WAL's end when the WAL changed; capture first if it was all backfilled.
+
+        A WAL whose frames are all in the database file may restart at the
+        next write. The pin that allows that is taken only once every frame
+        is captured; a capture here (rather than at the next sync) is what lets
+        an application's RESTART or TRUNCATE checkpoint complete within a poll.
+        """
+        with self._lock:
+            if self.cursor is None:
+                return SyncResult()
+            state = self.capture.wal_index()
+            if state is None or state == self.capture.pin:
+                return SyncResult()
+            result = SyncResult()
+            if state.complete and not covered_by(self.cursor)(state):
+                try:
+                    result = self._capture()
+                except ContinuityLostError as lost:
+                    return self.start_generation(str(lost))
+            if self.capture.move_pin(covered_by(self.cursor)):
+                self._note_pin()
+            return result
+
+    def _note_pin(self) -> None:
+        """After a new pin: record a complete checkpoint at the cursor, and whether the WAL is guarded."""
+        cursor, pin = self.cursor, self.capture.pin
+        if cursor is None or pin is None:
             return
-        if (header.salt1, header.salt2) == (cursor.salt1, cursor.salt2):
-            stored = self.capture.frame_checksum_before(cursor.offset, header)
-            if cursor.offset > WAL_HEADER_SIZE and stored != (cursor.checksum1, cursor.checksum2):
-                raise ContinuityLostError("the WAL no longer holds the last captured frame")
-            return
-        if _began_without_wal(cursor) and cursor.db_mtime_ns != self.capture.db_mtime_ns:
-            # While nobody held a read transaction, frames may have been
-            # checkpointed into the file and the WAL reset any number of times.
-            raise ContinuityLostError("the database changed and its WAL was reset while nobody watched")
-        if not _continues_after_reset(cursor, header):
-            raise ContinuityLostError("the WAL was reset while nobody watched")
+        if not self.capture.pin_lets_restart or covered_by(cursor)(pin):
+            # A restart from here on loses nothing; one before is judged by the next capture.
+            same_wal = (pin.salt1, pin.salt2) == (cursor.salt1, cursor.salt2)
+            self._guarded = self._guarded or same_wal
+        else:
+            self._guarded = False
+        if (
+            self.capture.pin_lets_restart
+            and pin.max_frame
+            and captured_frames(cursor) == pin.max_frame
+            and (pin.salt1, pin.salt2) == (cursor.salt1, cursor.salt2)
+            and not cursor.checkpointed
+        ):
+            self.cursor = cursor.model_copy(update={"checkpointed": True, "db_mtime_ns": self.capture.db_mtime_ns})
+            self.spool.save_cursor(self.cursor)
+
+    # Generations and snapshots ----------------------------------------------------------
 
     def start_generation(self, reason: str) -> SyncResult:
         """Snapshot the database at an exact WAL point and begin a generation there."""
-        generation = new_generation()
-        log.warning("starting generation %s of %s: %s", generation, self.database, reason)
-        target = self.spool.temp_file(".db")
-        target.unlink()
-        with contextlib.ExitStack() as stack:
-            # Writers wait only while the WAL end is read and the snapshot's
-            # read transaction begins: from then on it sees exactly that end.
-            with self.capture.writers_paused():
-                header = self.capture.wal_header()
-                scan = self.capture.scan(WAL_HEADER_SIZE, None) if header is not None else None
-                source_connection = stack.enter_context(self.capture.read_transaction_now())
-                state_at = utcnow()
-            source = self.capture.copy_database(source_connection, self.database, target)
-        self._spool_snapshot(source, WalPosition(generation=generation, sequence=0), state_at)
-        inode = self.capture.db_inode
-        if header is None or scan is None:
-            # No WAL: the snapshot holds everything, and any WAL that appears continues it.
-            self.cursor = WalCursor(
-                generation=generation,
-                sequence=0,
-                offset=WAL_HEADER_SIZE,
-                checkpointed=True,
-                db_inode=inode,
-                db_mtime_ns=self.capture.db_mtime_ns,
-            )
-        else:
-            self.cursor = _cursor_at(generation, 0, header, scan, inode)
-        self.cursor = self.cursor.model_copy(
-            update={"moved_at": state_at, "snapshot_sequence": 0, "snapshot_at": state_at}
-        )
-        self.spool.save_cursor(self.cursor)
-        self._last_sync = state_at
-        return SyncResult(new_generation=generation, reason=reason)
+        with self._lock:
+            generation = new_generation()
+            log.warning("starting generation %s of %s: %s", generation, self.database, reason)
+            target = self.spool.temp_file(".db")
+            target.unlink()
+            with contextlib.ExitStack() as stack:
+                # Writers wait only while the WAL end is read and the snapshot's
+                # read transaction begins: from then on it sees exactly that end.
+                with self._writers_paused_patiently():
+                    header = self.capture.wal_header()
+                    scan = self.capture.scan(WAL_HEADER_SIZE, None) if header is not None else None
+                    source_connection = stack.enter_context(self.capture.read_transaction_now())
+                    state_at = utcnow()
+                    inode = self.capture.db_inode
+                    if header is None or scan is None:
+                        # No WAL: the snapshot holds everything, and any WAL that appears continues it.
+                        cursor = WalCursor(
+                            generation=generation,
+                            sequence=0,
+                            offset=WAL_HEADER_SIZE,
+                            checkpointed=True,
+                            db_inode=inode,
+                            db_mtime_ns=self.capture.db_mtime_ns,
+                        )
+                    else:
+                        cursor = cursor_at(generation, 0, header, scan, inode)
+                    self.cursor = cursor.model_copy(
+                        update={"moved_at": state_at, "snapshot_sequence": 0, "snapshot_at": state_at}
+                    )
+                    # Nothing is appended while writers wait: the pin lands exactly on the cursor.
+                    self._guarded = self.capture.move_pin(covered_by(self.cursor))
+                source = self.capture.copy_database(source_connection, self.database, target)
+            self._spool_snapshot(source, WalPosition(generation=generation, sequence=0), state_at)
+            self.spool.save_cursor(self.cursor)
+            self._last_sync = state_at
+            return SyncResult(new_generation=generation, reason=reason)
+
+    @contextlib.contextmanager
+    def _writers_paused_patiently(self, attempts: int = 50) -> Iterator[None]:
+        """The writers' pause, asked for again while the application's own checkpoint holds the write lock.
+
+        Between attempts the pin moves, so that checkpoint can complete.
+        """
+        for attempt in range(attempts):
+            try:
+                self.capture.pause_writers()
+                break
+            except WritersBusyError:
+                if attempt == attempts - 1:
+                    raise
+                self.capture.move_pin(covered_by(self.cursor))
+                time.sleep(_POLL)
+        try:
+            yield
+        finally:
+            self.capture.resume_writers()
 
     def snapshot_due(self) -> bool:
         """The generation changed since its newest snapshot, and that snapshot is old enough."""
@@ -183,12 +291,13 @@ class Shipper:
         Restores then start here instead of replaying the whole generation's
         WAL, and retention can let older WAL go. The tail is captured and the
         copy's read transaction begins inside one writers' pause, so the copy
-        holds exactly the state of the last segment.
+        holds exactly the state of the last segment. A busy write lock (the
+        application checkpointing) puts it off to the next sync.
         """
         target = self.spool.temp_file(".db")
         target.unlink()
         try:
-            with contextlib.ExitStack() as stack:
+            with self._lock, contextlib.ExitStack() as stack:
                 with self.capture.writers_paused():
                     tail = self._capture()
                     cursor = self.cursor
@@ -201,11 +310,15 @@ class Shipper:
                     source_connection = stack.enter_context(self.capture.read_transaction_now())
                     state_at = utcnow()
                 source = self.capture.copy_database(source_connection, self.database, target)
+        except WritersBusyError:
+            return SyncResult()
         except ContinuityLostError as lost:
             return self.start_generation(str(lost))
         info = self._spool_snapshot(source, cursor.position, state_at)
-        self.cursor = cursor.model_copy(update={"snapshot_sequence": cursor.sequence, "snapshot_at": state_at})
-        self.spool.save_cursor(self.cursor)
+        with self._lock:
+            assert self.cursor is not None
+            self.cursor = self.cursor.model_copy(update={"snapshot_sequence": cursor.sequence, "snapshot_at": state_at})
+            self.spool.save_cursor(self.cursor)
         return tail.model_copy(update={"snapshot": info.key})
 
     def _spool_snapshot(self, source: SnapshotSource, position: WalPosition, state_at: datetime) -> SnapshotInfo:
@@ -223,21 +336,26 @@ class Shipper:
         self.spool.add(new_entry(info), compressed.path)
         return info
 
+    # Syncing ------------------------------------------------------------------------------
+
     def sync(self) -> SyncResult:
-        """Capture new committed frames; checkpoint when the WAL is big or old."""
-        assert self.cursor is not None, "open() first"
-        try:
-            # The live WAL ends where the index says: after a reset SQLite
+        """Capture new committed frames; checkpoint (PASSIVE, beside the pin) when the WAL is big or old."""
+        with self._lock:
+            assert self.cursor is not None, "open() first"
+            try:
+                result = self._capture()
+            except ContinuityLostError as lost:
+                return self.start_generation(str(lost))
+            # The live WAL ends where the index says: after a restart SQLite
             # reuses the file without shrinking it, so its size says nothing.
             live = self._published_end() or self.cursor.offset
+            if live > self.config.emergency_wal_bytes:
+                return _merge(result, self._emergency_brake())
             due = live > self.config.checkpoint_pages * max(self.cursor.page_size, 512) or (
                 live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
             )
-            # When a checkpoint is due, the one capture happens inside its writers' pause.
-            checkpoint = due and not self.cursor.checkpointed
-            result = self._checkpoint(SyncResult(), live) if checkpoint else self._capture()
-        except ContinuityLostError as lost:
-            return self.start_generation(str(lost))
+            if due and not self.cursor.checkpointed:
+                result = _merge(result, self._checkpoint())
         if self.snapshot_due():
             result = _merge(result, self.take_snapshot())
         if self.spool.pending_bytes() > self.config.spool_cap_bytes:
@@ -247,6 +365,23 @@ class Shipper:
                 self.config.spool_cap_bytes,
             )
         return result
+
+    def _checkpoint(self) -> SyncResult:
+        """Backfill everything captured, without pausing writers: pin at the end, PASSIVE, pin again.
+
+        Once the whole WAL is in the database file and captured, the pin that
+        lets the WAL restart is taken, and the next writer restarts it.
+        """
+        self.capture.move_pin(covered_by(self.cursor))
+        complete = self.capture.checkpoint_passive()
+        self._last_checkpoint = time.monotonic()
+        return _merge(SyncResult(checkpointed=complete), self.tend())
+
+    def _emergency_brake(self) -> SyncResult:
+        """DESIGN: TRUNCATE is the brake for a runaway WAL, and always followed by a new snapshot."""
+        result = self._checkpoint()
+        self.capture.truncate_if_free()
+        return _merge(result, self.start_generation(f"the WAL passed {self.config.emergency_wal_bytes} bytes"))
 
     def _published_end(self) -> int | None:
         """Where the WAL index says the committed WAL ends now (None if unknown)."""
@@ -258,14 +393,15 @@ class Shipper:
 
     def has_new_commits(self) -> bool:
         """Whether the WAL index published commits beyond the cursor (reads two local files)."""
-        assert self.cursor is not None
+        cursor = self.cursor
+        assert cursor is not None
         header = self.capture.wal_header()
         if header is None:
             return False
-        if (header.salt1, header.salt2) != (self.cursor.salt1, self.cursor.salt2):
+        if (header.salt1, header.salt2) != (cursor.salt1, cursor.salt2):
             return True
         end = self._published_end()
-        return end is not None and end > self.cursor.offset
+        return end is not None and end > cursor.offset
 
     def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
         """Sleep until the next sync is due, polling the WAL index (no storage request).
@@ -286,24 +422,6 @@ class Shipper:
                 return
             time.sleep(min(_POLL, max(0.0, deadline - now)))
 
-    def _checkpoint(self, before: SyncResult, live_wal_bytes: int) -> SyncResult:
-        emergency = live_wal_bytes > self.config.emergency_wal_bytes
-        with self.capture.writers_paused():
-            tail = self._capture()  # nothing can be appended behind us now
-            complete = self.capture.checkpoint("TRUNCATE" if emergency else "PASSIVE")
-            if complete and self.cursor is not None:
-                self.cursor = self.cursor.model_copy(
-                    update={"checkpointed": True, "db_mtime_ns": self.capture.db_mtime_ns}
-                )
-                self.spool.save_cursor(self.cursor)
-        self._last_checkpoint = time.monotonic()
-        merged = _merge(before, tail).model_copy(update={"checkpointed": complete})
-        if emergency:
-            # DESIGN.md: TRUNCATE is the brake for a runaway WAL, and always
-            # followed by a new snapshot.
-            return _merge(merged, self.start_generation(f"the WAL passed {self.config.emergency_wal_bytes} bytes"))
-        return merged
-
     def _capture(self) -> SyncResult:
         cursor = self.cursor
         assert cursor is not None, "open() first"
@@ -312,13 +430,7 @@ class Shipper:
             return SyncResult()
         restarted = (header.salt1, header.salt2) != (cursor.salt1, cursor.salt2)
         if restarted:
-            if not (
-                cursor.checkpointed
-                and (
-                    (cursor.offset == WAL_HEADER_SIZE and cursor.salt1 == 0)
-                    or header.salt1 == (cursor.salt1 + 1) & 0xFFFFFFFF
-                )
-            ):
+            if not may_follow_restart(cursor, header, guarded=self._guarded):
                 raise ContinuityLostError("the WAL was reset by someone else")
             start, seed = WAL_HEADER_SIZE, None
         else:
@@ -365,11 +477,13 @@ class Shipper:
             sha256=hashing.digest.hexdigest(),
         )
         self.spool.add(new_entry(info), data)
-        self.cursor = _cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode).model_copy(
+        self.cursor = cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode).model_copy(
             update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
         )
         self.spool.save_cursor(self.cursor)
         self._last_sync = now
+        # The cursor moved into this WAL: the pin guards it if it reads this WAL, or lets it restart only here.
+        self._note_pin()
         return SyncResult(segments=1, frames=scan.frames_committed, commits=scan.commits, bytes=hashing.count)
 
 
@@ -383,36 +497,6 @@ class _HashingWriter:
         self.digest.update(data)
         self.count += len(data)
         return self._raw.write(data)
-
-
-def _continues_after_reset(cursor: WalCursor, header: WalHeader) -> bool:
-    """A WAL with new salts continues the lineage only after exactly one reset
-    that followed our own complete checkpoint (SQLite adds one to salt-1 at each
-    reset), or when the generation began with no WAL at all."""
-    if not cursor.checkpointed:
-        return False
-    if _began_without_wal(cursor):
-        return True
-    return header.salt1 == (cursor.salt1 + 1) & 0xFFFFFFFF
-
-
-def _began_without_wal(cursor: WalCursor) -> bool:
-    return cursor.offset == WAL_HEADER_SIZE and (cursor.salt1, cursor.salt2) == (0, 0)
-
-
-def _cursor_at(generation: str, sequence: int, header: WalHeader, scan: WalScan, inode: int) -> WalCursor:
-    return WalCursor(
-        generation=generation,
-        sequence=sequence,
-        salt1=header.salt1,
-        salt2=header.salt2,
-        offset=scan.last_commit_offset,
-        checksum1=scan.last_commit_checksum[0],
-        checksum2=scan.last_commit_checksum[1],
-        big_endian=header.big_endian,
-        page_size=header.page_size,
-        db_inode=inode,
-    )
 
 
 def _merge(a: SyncResult, b: SyncResult) -> SyncResult:

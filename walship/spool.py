@@ -23,18 +23,26 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from walship._fs import fsync_dir
 from walship.errors import UsageError
 from walship.lease import Lease
 from walship.models import SegmentInfo, SnapshotInfo, WalCursor, utcnow
 
-__all__ = ["PendingEntry", "Spool", "default_spool_dir", "new_entry"]
+__all__ = ["PendingEntry", "Spool", "default_spool_dir", "new_entry", "read_cursor"]
 
 
 def default_spool_dir(database: Path) -> Path:
     return database.resolve().with_name(f"{database.name}-walship")
+
+
+def read_cursor(root: Path) -> WalCursor | None:
+    """A spool's cursor as last saved (None if none), read without its lock: saves are atomic renames."""
+    try:
+        return WalCursor.model_validate_json((root / "cursor.json").read_bytes())
+    except (FileNotFoundError, ValidationError):
+        return None
 
 
 class PendingEntry(BaseModel):

@@ -1,7 +1,38 @@
-"""SQLite-facing code: input checks and consistent snapshots."""
+"""SQLite-facing code: input checks, consistent snapshots, holding and reading a live WAL, its lineage."""
 
-from walship.sqlite._capture import WalCapture
+from walship.sqlite._capture import Covers, WalCapture
 from walship.sqlite._database import check_database, integrity_check, read_header
+from walship.sqlite._lineage import (
+    began_without_wal,
+    captured_frames,
+    check_resume,
+    covered_by,
+    cursor_at,
+    may_follow_restart,
+    replay_header,
+)
 from walship.sqlite._snapshot import take_snapshot
+from walship.sqlite._wal import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScan, iter_frames
+from walship.sqlite._walindex import WalIndexState
 
-__all__ = ["WalCapture", "check_database", "integrity_check", "read_header", "take_snapshot"]
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "WAL_HEADER_SIZE",
+    "Covers",
+    "WalCapture",
+    "WalHeader",
+    "WalIndexState",
+    "WalScan",
+    "began_without_wal",
+    "captured_frames",
+    "check_database",
+    "check_resume",
+    "covered_by",
+    "cursor_at",
+    "integrity_check",
+    "iter_frames",
+    "may_follow_restart",
+    "read_header",
+    "replay_header",
+    "take_snapshot",
+]

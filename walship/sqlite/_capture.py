@@ -1,12 +1,19 @@
-"""The replicator's own hold on a live database (see DESIGN.md, "Capturing WAL").
+"""The replicator's own hold on a live database (see docs/ARCHITECTURE.md, "Holding the WAL").
 
-``WalCapture`` keeps a read transaction open on its own connection: while it
-is open, no checkpoint can backfill past it, so no writer can restart the WAL
-and overwrite frames not yet copied. A second connection takes the write lock
-for a moment when walship checkpoints or starts a snapshot, so the WAL tail
-can be copied with nothing appended behind it.
+``WalCapture`` always holds a read transaction (a *pin*) on one of two
+connections of its own. While a pin that reads WAL frames is held, SQLite
+cannot restart the WAL, so no frame is overwritten before it is copied. A pin
+taken when every published frame is already in the database file reads the
+file alone (SQLite's read mark 0): it lets the WAL restart once, and holds back
+the backfill of anything newer, so at most one WAL's worth of frames can go,
+and only frames already captured. Pins are moved forward often by taking the
+new one before letting the old one go, so the hold is never interrupted and the
+application's own checkpoints (any mode) wait on walship for one poll at most.
 
-Both connections are apsw's (a current SQLite, free of the WAL-reset bug of
+A third connection takes the write lock for a moment when a snapshot must
+start at an exact WAL position, and runs walship's PASSIVE checkpoints.
+
+All three are apsw's (a current SQLite, free of the WAL-reset bug of
 3.7.0-3.51.2). Never open the same database with Python's ``sqlite3`` in the
 same process: two SQLite libraries in one process do not see each other's
 POSIX locks, and closing one drops the other's.
@@ -14,32 +21,33 @@ POSIX locks, and closing one drops the other's.
 
 import contextlib
 import os
-import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Literal, cast
+from typing import BinaryIO, cast
 
 import apsw
 
-from walship.errors import CorruptObjectError, UsageError
+from walship.errors import CorruptObjectError, UsageError, WalIndexUnsettledError, WritersBusyError
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database
 from walship.sqlite._snapshot import backup_into, describe_copy
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
+from walship.sqlite._walindex import WAL_INDEX_READ_SIZE, WalIndexState, parse_wal_index
 
-__all__ = ["WalCapture", "WalIndexUnsettledError"]
+__all__ = ["Covers", "WalCapture"]
 
 _BUSY_TIMEOUT_MS = 5_000
+# The write lock is asked for briefly: an application's FULL/RESTART/TRUNCATE
+# checkpoint holds it while it waits for our pin to move, so waiting longer
+# here would only make both sides wait. Busy is retried at the next sync.
+_WRITE_LOCK_TIMEOUT_MS = 200
 _COPY_CHUNK = 1 << 20
 _HEADER_READS = 5
-# "WAL-index Format" (walformat.html): two copies of a 48-byte header; in it,
-# isInit at byte 12, mxFrame at 16 and the WAL salts at 32, in native order.
-_SHM_HEADER_SIZE = 48
 
-
-class WalIndexUnsettledError(Exception):
-    """The WAL index and the WAL disagree for now (a reset in progress); try again later."""
+# Whether a cursor of record has captured every frame the index publishes
+# (then a pin that lets the WAL restart loses nothing).
+Covers = Callable[[WalIndexState], bool]
 
 
 class _Bounded:
@@ -57,7 +65,7 @@ class _Bounded:
 
 
 class WalCapture:
-    """Read transaction, write-lock pauses and checkpoints on one live database."""
+    """Pins, write-lock pauses and checkpoints on one live database."""
 
     def __init__(self, database: Path) -> None:
         self.database = database.resolve()
@@ -69,9 +77,15 @@ class WalCapture:
             )
         self.wal_path = Path(f"{self.database}-wal")
         self._shm_fd: int | None = None
-        self._reader = self._connect()
+        self._pins = [self._connect(), self._connect()]
+        self._active: int | None = None
         self._locker = self._connect()
-        self._begin_read()
+        # A first read opens (or creates) the WAL index, so there is one to pin by.
+        self._locker.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+        # The WAL index as it was when the held pin began, and whether that
+        # pin reads the database file alone (it lets the WAL restart once).
+        self.pin: WalIndexState | None = None
+        self.pin_lets_restart = False
 
     def _connect(self) -> apsw.Connection:
         connection = apsw.Connection(str(self.database), flags=apsw.SQLITE_OPEN_READWRITE)
@@ -81,9 +95,10 @@ class WalCapture:
         return connection
 
     def close(self) -> None:
-        for connection in (self._reader, self._locker):
+        for connection in (*self._pins, self._locker):
             with contextlib.suppress(apsw.Error):
                 connection.close()
+        self._active = None
         # Only now: closing any descriptor of the -shm drops every POSIX lock
         # this process holds on it, SQLite's read locks included.
         if self._shm_fd is not None:
@@ -100,14 +115,75 @@ class WalCapture:
             self._shm_fd = os.open(f"{self.database}-shm", os.O_RDONLY)
         return os.pread(self._shm_fd, size, 0)
 
-    def _begin_read(self) -> None:
-        self._reader.execute("BEGIN").fetchall()
-        # A read transaction starts at its first read, not at BEGIN.
-        self._reader.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+    def wal_index(self) -> WalIndexState | None:
+        """The WAL index's state now, or None while it is unsettled or missing."""
+        try:
+            return parse_wal_index(self._read_shm(WAL_INDEX_READ_SIZE))
+        except FileNotFoundError:
+            return None
 
-    def _end_read(self) -> None:
-        if self._reader.in_transaction:
-            self._reader.execute("COMMIT").fetchall()
+    # The pin ------------------------------------------------------------------
+
+    @property
+    def pinned(self) -> bool:
+        return self._active is not None
+
+    def move_pin(self, covers: Covers) -> bool:
+        """Take a new pin at the WAL's current end, then let the old one go; False if kept as it was.
+
+        The new read transaction starts on the spare connection while the old
+        one still holds, so the WAL is never left unguarded. A pin that would
+        let the WAL restart is taken only when ``covers`` says every published
+        frame is captured (or there are none); otherwise, and whenever the
+        index moved while the pin began (which read mark SQLite gave is then
+        unknown), the new pin is dropped and the old one kept.
+        """
+        before = self.wal_index()
+        if before is None:
+            return False
+        lets_restart = before.complete
+        if lets_restart and before.max_frame and not covers(before):
+            return False
+        spare = 1 if self._active == 0 else 0
+        connection = self._pins[spare]
+        try:
+            connection.execute("BEGIN").fetchall()
+            # A read transaction starts at its first read, not at BEGIN.
+            connection.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+        except apsw.BusyError:
+            self._end(connection)
+            return False
+        if self.wal_index() != before:
+            self._end(connection)
+            return False
+        if self._active is not None:
+            self._end(self._pins[self._active])
+        self._active, self.pin, self.pin_lets_restart = spare, before, lets_restart
+        return True
+
+    @staticmethod
+    def _end(connection: apsw.Connection) -> None:
+        if connection.in_transaction:
+            connection.execute("COMMIT").fetchall()
+
+    def pin_now(self, covers: Covers, *, patience: float = 2.0) -> bool:
+        """Take the first pin, one that ``covers`` allows if that comes within ``patience`` seconds.
+
+        Returns whether it did; otherwise the pin may let the WAL restart
+        over frames nobody captured, and the caller must prove continuity the
+        strict way. Without a WAL index yet, there is nothing to hold: the
+        first sync pins.
+        """
+        deadline = time.monotonic() + patience
+        while not self.move_pin(covers):
+            if self.wal_index() is None and not Path(f"{self.database}-shm").exists():
+                return True
+            if time.monotonic() >= deadline:
+                while not self.move_pin(lambda _: True):
+                    time.sleep(0.02)
+                return False
+            time.sleep(0.02)
+        return True
 
     @property
     def db_inode(self) -> int:
@@ -161,13 +237,9 @@ class WalCapture:
         two copies must agree, and its salts must be the WAL header's.
         """
         for attempt in range(_HEADER_READS):
-            data = self._read_shm(2 * _SHM_HEADER_SIZE)
-            first, second = data[:_SHM_HEADER_SIZE], data[_SHM_HEADER_SIZE : 2 * _SHM_HEADER_SIZE]
-            if len(second) == _SHM_HEADER_SIZE and first == second and first[12]:
-                # mxFrame is native; the salts are the WAL header's bytes, copied as they are.
-                (max_frame,) = struct.unpack_from("=I", first, 16)
-                if struct.unpack_from(">II", first, 32) == (header.salt1, header.salt2):
-                    return WAL_HEADER_SIZE + int(max_frame) * header.frame_size
+            state = self.wal_index()
+            if state is not None and (state.salt1, state.salt2) == (header.salt1, header.salt2):
+                return WAL_HEADER_SIZE + state.max_frame * header.frame_size
             time.sleep(0.01 * (attempt + 1))
         raise WalIndexUnsettledError(
             f"the WAL index {self.database}-shm does not describe the WAL {self.wal_path} (a reset in progress?); "
@@ -199,27 +271,51 @@ class WalCapture:
     def writers_paused(self) -> Iterator[None]:
         """Hold the write lock: writers wait (their busy timeout) until the block ends.
 
-        Keep the block short: it copies the WAL tail and checkpoints, or
-        opens a snapshot's read transaction, nothing longer.
+        Keep the block short: it copies the WAL tail and opens a snapshot's
+        read transaction, nothing longer.
         """
-        self._locker.execute("BEGIN IMMEDIATE").fetchall()
+        self.pause_writers()
         try:
             yield
         finally:
-            self._locker.execute("ROLLBACK").fetchall()
+            self.resume_writers()
 
-    def checkpoint(self, mode: Literal["PASSIVE", "TRUNCATE"]) -> bool:
-        """Checkpoint (inside ``writers_paused``); True when the whole WAL was backfilled.
-
-        Our own read transaction would hold the checkpoint back, so it ends
-        for the checkpoint and begins again after it. RESTART is never used:
-        it blocks writers until every reader is done.
-        """
-        self._end_read()
+    def pause_writers(self) -> None:
+        """Take the write lock, or raise ``WritersBusyError`` if it cannot be had at once (retry later)."""
+        self._locker.set_busy_timeout(_WRITE_LOCK_TIMEOUT_MS)
         try:
-            (busy, log, done), *_ = self._reader.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            self._locker.execute("BEGIN IMMEDIATE").fetchall()
+        except apsw.BusyError:
+            raise WritersBusyError(f"database {self.database}: the write lock is busy; retried later") from None
         finally:
-            self._begin_read()
+            self._locker.set_busy_timeout(_BUSY_TIMEOUT_MS)
+
+    def resume_writers(self) -> None:
+        self._locker.execute("ROLLBACK").fetchall()
+
+    def checkpoint_passive(self) -> bool:
+        """Backfill what every reader allows (PASSIVE never waits); True when the whole WAL is backfilled.
+
+        It runs on a connection outside any transaction, beside the pin: the
+        pin bounds the backfill to frames it reads, which is all captured or
+        about to be. RESTART and TRUNCATE are never used: they wait on readers
+        and block writers meanwhile.
+        """
+        try:
+            (busy, log, done), *_ = self._locker.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except apsw.BusyError:
+            return False
+        return bool(busy == 0 and log == done)
+
+    def truncate_if_free(self) -> bool:
+        """The emergency brake: TRUNCATE the WAL if nothing holds it back right now (never waits)."""
+        self._locker.set_busy_timeout(0)
+        try:
+            (busy, log, done), *_ = self._locker.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except apsw.BusyError:
+            return False
+        finally:
+            self._locker.set_busy_timeout(_BUSY_TIMEOUT_MS)
         return bool(busy == 0 and log == done)
 
     @contextlib.contextmanager

@@ -23,6 +23,8 @@ from walship.errors import CorruptObjectError
 __all__ = [
     "FRAME_HEADER_SIZE",
     "WAL_HEADER_SIZE",
+    "WAL_MAGIC",
+    "WAL_VERSION",
     "Frame",
     "WalHeader",
     "WalScan",
@@ -50,6 +52,8 @@ _MAGIC_LITTLE_ENDIAN = 0x377F0682
 _MAGIC_BIG_ENDIAN = 0x377F0683
 # "File format version. Currently 3007000." SQLite refuses any other value.
 _VERSION = 3007000
+WAL_MAGIC = {False: _MAGIC_LITTLE_ENDIAN, True: _MAGIC_BIG_ENDIAN}  # by big_endian
+WAL_VERSION = _VERSION
 # Section 1.3 "Page Size": a power of two from 512 to 65536. Unlike the
 # database header's two-byte field, the WAL's four-byte field holds 65536 as is.
 _MIN_PAGE_SIZE = 512
