@@ -77,6 +77,9 @@ def wal_ship_flow(
     window) holds the WAL, waits up to that many seconds for it to end, and
     continues its generation; with 0 it is refused at once."""
     logger = get_run_logger()
+    # The window counts from the run's start, whatever it waited for: a run
+    # that took over late must still end in time to hand over to the next.
+    deadline = time.monotonic() + duration
     spool_dir = (spool_dir or default_spool_dir(database)).resolve()
     run = f"{os.getpid()}-{secrets.token_hex(3)}"
     holder = holder_for(database, run)
@@ -102,7 +105,7 @@ def wal_ship_flow(
         with_retry_policy(acquire_lease, retry)(replica, spool_dir, holder)
         _note(report, events.synced(shipper.open()), logger)
         window = _Window(shipper, open_store(replica), holder, level, events, report, logger)
-        window.run(duration=duration, interval=interval, once=once)
+        window.run(deadline=deadline, interval=interval, once=once)
         _note(report, events.synced(shipper.finish()), logger)
         if pending := spool.pending():
             drained = drain(replica, spool_dir, holder, level)
@@ -142,8 +145,7 @@ class _Window:
         self.shipper, self.store, self.holder, self.level = shipper, store, holder, level
         self.events, self.report, self.logger = events, report, logger
 
-    def run(self, *, duration: float, interval: float, once: bool) -> None:
-        deadline = time.monotonic() + duration
+    def run(self, *, deadline: float, interval: float, once: bool) -> None:
         self.shipper.start_tending()
         try:
             while True:
