@@ -27,6 +27,7 @@ import pytest
 from bench.workload import content_digest
 from deployments.config import PREFECT_YAML, with_site
 from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy, wind_down
+from tests.test_ship_faults import WriterGroup
 from walship.catalog import list_snapshot_keys
 from walship.storage import open_store
 
@@ -287,6 +288,56 @@ class TestServe:
         assert run["name"].startswith("ship-app.db-")
         # The first run of a replica starts a generation with a snapshot.
         assert list_snapshot_keys(open_store(site.replica))
+
+
+class TestServedShipping:
+    """wal-ship served with overlapping windows under writers: one generation, few task runs per window."""
+
+    WINDOW, DURATION, WINDOWS = 30, 45, 4
+
+    def test_windows_hand_over(self, server: Server, base_database: Path, tmp_path: Path) -> None:
+        """Four 30 s windows of 45 s runs under writers with SQLite's default autocheckpoint: every run after
+        the first takes over from the previous one, the replica holds one generation, and each run adds at
+        most a handful of task runs (uploads inside the window are not task runs)."""
+        site = _site(base_database, tmp_path / "site")
+        with suppress(AssertionError):
+            server.prefect("deployment", "delete", "wal-ship/wal-ship")
+        argv = [str(BIN / "python"), "-m", "deployments.serve", "--only", "wal-ship"]
+        settings = [f"database={site.database}", f"replica={site.replica}"]
+        settings += [f"ship_window={self.WINDOW}", f"ship_duration={self.DURATION}", "ship_handover_wait=60"]
+        for setting in settings:
+            argv += ["--set", setting]
+        writers = WriterGroup(site.database, [1, 2], rate=100)
+        log = tmp_path / "serve.log"
+        with log.open("wb") as out:
+            serving = subprocess.Popen(
+                argv, cwd=ROOT, env=server.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        mine = {"flow_runs": {"parameters": {}}, "deployments": {"name": {"any_": ["wal-ship"]}}}
+        try:
+
+            def finished_runs() -> list[dict[str, Any]]:
+                assert serving.poll() is None, log.read_text()
+                runs = server.api("POST", "/flow_runs/filter", {"deployments": mine["deployments"]})
+                done = [r for r in runs if r["parameters"]["database"] == str(site.database)]
+                done = [r for r in done if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
+                return done if len(done) >= self.WINDOWS else []
+
+            runs = server.wait_for(f"{self.WINDOWS} finished wal-ship runs (see {log})", finished_runs, timeout=400)
+            wind_down(server.port)
+        finally:
+            writers.stop()
+            stop_group(serving.pid)
+            serving.wait()
+        states = sorted((r["expected_start_time"], r["state_type"]) for r in runs)
+        assert all(state == "COMPLETED" for _, state in states), (states, log.read_text()[-3000:])
+        generations = {o.key.split("/")[1] for o in open_store(site.replica).list("generations/")}
+        assert len(generations) == 1, (generations, log.read_text()[-3000:])
+        for run in runs:
+            tasks = server.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+            names = sorted(t["name"] for t in tasks)
+            print(f"run {run['name']}: {len(tasks)} task runs: {', '.join(names)}")
+            assert len(tasks) <= 8, names
 
 
 def test_stop_group_ends_a_whole_process_group() -> None:
