@@ -34,7 +34,11 @@ from tests.test_ship_faults import (
     replica_generations,
 )
 from walship.chain import list_segment_sequences
+from walship.errors import SpoolFullError
 from walship.layout import format_segment_key
+from walship.models import WalCursor
+from walship.ship import ShipConfig, Shipper
+from walship.spool import Spool
 from walship.storage import ObjectStore, open_store
 
 DISK_BYTES = 12 << 20
@@ -266,6 +270,48 @@ class TestDiskFull:
         assert "snapshot" in result.stderr, result.stderr
         assert leftovers(spool) == []
         assert not (tmp_path / "replica").exists() or replica_generations(replica) == set()
+
+
+class TestEveryWriterCleansUp:
+    """In process, each way the spool writes meets a full disk: a plain error, the old state kept, no file left."""
+
+    def test_snapshot_copy_hits_a_full_disk(
+        self, database: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        spool = Spool(small_disk / "spool")
+        # Past the room check (the disk fills between the check and the copy): SQLite's backup meets SQLITE_FULL.
+        monkeypatch.setattr(Spool, "check_snapshot_room", lambda self, database: None)
+        (small_disk / "ballast").write_bytes(b"\xa5" * (shutil.disk_usage(small_disk).free - (1 << 20)))
+        shipper = Shipper(database, spool, ShipConfig(database_id="app.db"))
+        try:
+            with pytest.raises(SpoolFullError, match="a snapshot of") as raised:
+                shipper.open()
+            assert str(small_disk / "spool") in str(raised.value)
+        finally:
+            shipper.close()
+            spool.close()
+        assert leftovers(small_disk / "spool") == []
+        assert spool.load_cursor() is None
+        assert spool.pending() == []
+
+    def test_cursor_write_hits_a_full_disk(self, small_disk: Path) -> None:
+        spool = Spool(small_disk / "spool")
+        cursor = WalCursor(generation="20260101T000000Z-00000000", sequence=3, offset=32)
+        spool.save_cursor(cursor)
+        ballast = Ballast(small_disk)
+        ballast.fill()
+        try:
+            with pytest.raises(SpoolFullError, match=r"cursor\.json"):
+                spool.save_cursor(cursor.model_copy(update={"sequence": 4}))
+            assert spool.load_cursor() == cursor
+            assert leftovers(small_disk / "spool") == []
+        finally:
+            ballast.remove()
+            spool.close()
+        # A file left in tmp/ by a run that died is cleared when the next one takes the spool.
+        (small_disk / "spool" / "tmp" / "tmp-left.wal").write_bytes(b"x" * 4096)
+        Spool(small_disk / "spool").close()
+        assert leftovers(small_disk / "spool") == []
 
 
 def _raw_size(store: ObjectStore, generation: str, sequence: int) -> int:
