@@ -412,6 +412,44 @@ class TestResume:
         assert (rest.commits, rest.last_commit_offset, rest.last_commit_checksum) == (0, boundary, (1, 2))
 
 
+class TestByteBudget:
+    """A scan with a byte budget ends at the last commit within it; chained, such scans cover the whole WAL."""
+
+    @PROPERTY
+    @given(data=st.data())
+    def test_pieces_chain_to_the_whole_scan(self, wal: Wal, data: st.DataObject) -> None:
+        whole = scan(wal.data)
+        size = wal.header.frame_size
+        budget = data.draw(st.integers(0, 12 * size), label="budget")
+        commit_ends = {WAL_HEADER_SIZE + (i + 1) * size for i, frame in enumerate(wal.frames) if frame[1] != 0}
+        offset, checksum, commits, frames = WAL_HEADER_SIZE, None, 0, 0
+        while True:
+            piece = scan(wal.data, start_offset=offset, start_checksum=checksum, max_bytes=budget)
+            if piece.commits == 0:
+                break
+            assert piece.last_commit_offset in commit_ends
+            length = piece.last_commit_offset - offset
+            # Within the budget, unless one transaction alone is bigger.
+            assert length <= budget or piece.commits == 1
+            # As much as fits: the next commit would not have.
+            later = [end for end in commit_ends if end > piece.last_commit_offset]
+            assert piece.budget_reached == bool(later)
+            if later:
+                assert min(later) - offset > budget
+            offset, checksum = piece.last_commit_offset, piece.last_commit_checksum
+            commits, frames = commits + piece.commits, frames + piece.frames_committed
+        assert (offset, checksum or (0, 0), commits, frames) == (
+            whole.last_commit_offset,
+            whole.last_commit_checksum if whole.commits else (0, 0),
+            whole.commits,
+            whole.frames_committed,
+        )
+
+    def test_no_budget_reads_to_the_end(self, wal: Wal) -> None:
+        assert scan(wal.data, max_bytes=None) == scan(wal.data)
+        assert not scan(wal.data).budget_reached
+
+
 class TestIterFrames:
     """iter_frames yields each valid frame's header and, on request, its page."""
 

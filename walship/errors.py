@@ -1,7 +1,9 @@
 """Typed errors: one base, one subclass per way an operation can fail.
 
 The CLI maps them to exit statuses (``UsageError`` -> 2, everything else -> 1)
-and Prefect tasks retry only ``TransientStorageError``.
+and Prefect tasks retry only ``TransientStorageError``. ``SpoolFullError`` is
+an operation that failed (exit 1), not bad usage: the same command succeeds
+once the disk has room again.
 """
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "NotFoundError",
     "PermanentStorageError",
     "ShipperRunningError",
+    "SpoolFullError",
     "TransientStorageError",
     "UsageError",
     "WalIndexUnsettledError",
@@ -51,6 +54,14 @@ class IncompleteError(WalshipError):
 
 class PermanentStorageError(WalshipError):
     """Storage refused in a way retrying cannot fix (credentials, permissions)."""
+
+
+class SpoolFullError(WalshipError):
+    """The local disk (the spool, or a snapshot's work directory) has no room for what must be written.
+
+    Expected, not a bug: nothing partial is left behind, what was captured
+    before stays captured, and the next run goes on once there is room.
+    """
 
 
 class TransientStorageError(WalshipError):

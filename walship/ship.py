@@ -20,7 +20,13 @@ from typing import BinaryIO
 from pydantic import BaseModel, Field
 
 from walship import codec
-from walship.errors import ContinuityLostError, CorruptObjectError, WalIndexUnsettledError, WritersBusyError
+from walship.errors import (
+    ContinuityLostError,
+    CorruptObjectError,
+    SpoolFullError,
+    WalIndexUnsettledError,
+    WritersBusyError,
+)
 from walship.layout import format_segment_key, new_generation, parse_generation
 from walship.models import SegmentInfo, SnapshotInfo, SnapshotSource, WalCursor, WalPosition, utcnow
 from walship.snapshot import describe_new_snapshot
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 # upload after a capture (measured p99 about 0.1 s for a segment, bench/).
 _POLL = 0.05
 _UPLOAD_BUDGET = 0.3
+# How long an in-generation snapshot waits after the spool had no room for it.
+_SNAPSHOT_RETRY = 60.0
 
 
 class ShipConfig(BaseModel):
@@ -101,6 +109,9 @@ class Shipper:
         self._guarded = guarded
         self._last_sync = utcnow()
         self._last_checkpoint = time.monotonic()
+        # The last capture stopped short of the published WAL end (a spool too small for the backlog).
+        self._behind = False
+        self._snapshot_retry_at = 0.0
         self._lock = threading.RLock()
         self._tending: threading.Thread | None = None
         self._stop_tending = threading.Event()
@@ -223,9 +234,9 @@ class Shipper:
         with self._lock:
             generation = new_generation()
             log.warning("starting generation %s of %s: %s", generation, self.database, reason)
-            target = self.spool.temp_file(".db")
-            target.unlink()
-            with contextlib.ExitStack() as stack:
+            self.spool.check_snapshot_room(self.database)
+            with self.spool.snapshot_file(self.database) as target, contextlib.ExitStack() as stack:
+                target.unlink()
                 # Writers wait only while the WAL end is read and the snapshot's
                 # read transaction begins: from then on it sees exactly that end.
                 with self._writers_paused_patiently():
@@ -252,7 +263,8 @@ class Shipper:
                     # Nothing is appended while writers wait: the pin lands exactly on the cursor.
                     self._guarded = self.capture.move_pin(covered_by(self.cursor))
                 source = self.capture.copy_database(source_connection, self.database, target)
-            self._spool_snapshot(source, WalPosition(generation=generation, sequence=0), state_at)
+                self._spool_snapshot(source, WalPosition(generation=generation, sequence=0), state_at)
+            self._behind = False
             self.spool.save_cursor(self.cursor)
             self._last_sync = state_at
             return SyncResult(new_generation=generation, reason=reason)
@@ -294,8 +306,20 @@ class Shipper:
         holds exactly the state of the last segment. A busy write lock (the
         application checkpointing) puts it off to the next sync.
         """
-        target = self.spool.temp_file(".db")
-        target.unlink()
+        if time.monotonic() < self._snapshot_retry_at:
+            return SyncResult()
+        try:
+            self.spool.check_snapshot_room(self.database)
+        except SpoolFullError as full:
+            # Shipping WAL goes on without this snapshot; it is tried again later.
+            log.warning("snapshot of %s put off for %.0f s: %s", self.database, _SNAPSHOT_RETRY, full)
+            self._snapshot_retry_at = time.monotonic() + _SNAPSHOT_RETRY
+            return SyncResult()
+        with self.spool.snapshot_file(self.database) as target:
+            target.unlink()
+            return self._snapshot_into(target)
+
+    def _snapshot_into(self, target: Path) -> SyncResult:
         try:
             with self._lock, contextlib.ExitStack() as stack:
                 with self.capture.writers_paused():
@@ -305,7 +329,7 @@ class Shipper:
                     header = self.capture.wal_header()
                     if header is not None and self._published_end() != cursor.offset:
                         # Not everything published is captured (an unsettled
-                        # index, or a fresh WAL with no commit yet): try later.
+                        # index, a fresh WAL with no commit yet, a backlog): try later.
                         return tail
                     source_connection = stack.enter_context(self.capture.read_transaction_now())
                     state_at = utcnow()
@@ -323,17 +347,18 @@ class Shipper:
 
     def _spool_snapshot(self, source: SnapshotSource, position: WalPosition, state_at: datetime) -> SnapshotInfo:
         """Compress a copy that holds exactly ``position`` and spool it for upload."""
-        compressed = codec.compress_file(source.path, self.spool.temp_file(".zst"), self.config.level)
-        source.path.unlink()
-        info = describe_new_snapshot(
-            source,
-            compressed,
-            database_id=self.config.database_id,
-            generation=position.generation,
-            position=position,
-            state_at=state_at,
-        )
-        self.spool.add(new_entry(info), compressed.path)
+        with self.spool.writing(".zst", what=f"compressing a snapshot of {self.database}", needed=source.size) as zst:
+            compressed = codec.compress_file(source.path, zst, self.config.level)
+            source.path.unlink()
+            info = describe_new_snapshot(
+                source,
+                compressed,
+                database_id=self.config.database_id,
+                generation=position.generation,
+                position=position,
+                state_at=state_at,
+            )
+            self.spool.add(new_entry(info), compressed.path)
         return info
 
     # Syncing ------------------------------------------------------------------------------
@@ -423,6 +448,25 @@ class Shipper:
             time.sleep(min(_POLL, max(0.0, deadline - now)))
 
     def _capture(self) -> SyncResult:
+        """Capture the committed tail, in segments no bigger than the spool's budget.
+
+        With room to spare, pieces of ``SEGMENT_CAP_BYTES`` follow each other
+        until the tail is captured. When free space sets the budget, one piece
+        is captured and the rest waits (``_behind``) for the uploads to free
+        space: a backlog bigger than the spool drains through it. Frames left
+        behind stay safe: no pin that lets the WAL restart is taken before
+        they are captured (``covered_by``).
+        """
+        result = SyncResult()
+        while True:
+            budget = self.spool.segment_budget()
+            piece = self._capture_piece(budget.bytes)
+            result = _merge(result, piece)
+            if not (piece.segments and self._behind and not budget.by_free_space):
+                return result
+
+    def _capture_piece(self, max_bytes: int) -> SyncResult:
+        self._behind = False
         cursor = self.cursor
         assert cursor is not None, "open() first"
         header = self.capture.wal_header()
@@ -438,50 +482,56 @@ class Shipper:
             if start == WAL_HEADER_SIZE:
                 seed = None
         try:
-            scan = self.capture.scan(start, seed)
+            scan = self.capture.scan(start, seed, max_bytes=max_bytes)
         except WalIndexUnsettledError as exc:
             log.warning("%s", exc)
             return SyncResult()
         if scan.commits == 0 or (scan.header.salt1, scan.header.salt2) != (header.salt1, header.salt2):
             return SyncResult()
+        size = scan.last_commit_offset - start
+        if not self.spool.room_for_segment(size):
+            self._behind = True
+            return SyncResult()
         now = utcnow()
-        sequence = cursor.sequence + 1
-        data = self.spool.temp_file(".wal")
-        with data.open("wb") as out:
-            hashing = _HashingWriter(out)
-            self.capture.copy_range(start, scan.last_commit_offset, hashing.write)
-            out.flush()
-            os.fsync(out.fileno())
-        start_checksum = (header.checksum1, header.checksum2) if seed is None else seed
-        info = SegmentInfo(
-            key=format_segment_key(cursor.generation, sequence),
-            generation=cursor.generation,
-            sequence=sequence,
-            salt1=header.salt1,
-            salt2=header.salt2,
-            big_endian=header.big_endian,
-            page_size=header.page_size,
-            start_offset=start,
-            end_offset=scan.last_commit_offset,
-            checksum_start1=start_checksum[0],
-            checksum_start2=start_checksum[1],
-            checksum_end1=scan.last_commit_checksum[0],
-            checksum_end2=scan.last_commit_checksum[1],
-            frames=scan.frames_committed,
-            commits=scan.commits,
-            db_size_pages=scan.db_size_pages or 0,
-            wal_restarted=restarted,
-            committed_after=self._last_sync,
-            captured_at=now,
-            raw_size=hashing.count,
-            sha256=hashing.digest.hexdigest(),
-        )
-        self.spool.add(new_entry(info), data)
-        self.cursor = cursor_at(cursor.generation, sequence, header, scan, cursor.db_inode).model_copy(
+        with self.spool.writing(".wal", what=f"a WAL segment of {self.database}", needed=size) as data:
+            with data.open("wb") as out:
+                hashing = _HashingWriter(out)
+                self.capture.copy_range(start, scan.last_commit_offset, hashing.write)
+                out.flush()
+                os.fsync(out.fileno())
+            start_checksum = (header.checksum1, header.checksum2) if seed is None else seed
+            info = SegmentInfo(
+                key=format_segment_key(cursor.generation, cursor.sequence + 1),
+                generation=cursor.generation,
+                sequence=cursor.sequence + 1,
+                salt1=header.salt1,
+                salt2=header.salt2,
+                big_endian=header.big_endian,
+                page_size=header.page_size,
+                start_offset=start,
+                end_offset=scan.last_commit_offset,
+                checksum_start1=start_checksum[0],
+                checksum_start2=start_checksum[1],
+                checksum_end1=scan.last_commit_checksum[0],
+                checksum_end2=scan.last_commit_checksum[1],
+                frames=scan.frames_committed,
+                commits=scan.commits,
+                db_size_pages=scan.db_size_pages or 0,
+                wal_restarted=restarted,
+                committed_after=self._last_sync,
+                captured_at=now,
+                raw_size=hashing.count,
+                sha256=hashing.digest.hexdigest(),
+            )
+            self.spool.add(new_entry(info), data)
+        self.cursor = cursor_at(cursor.generation, info.sequence, header, scan, cursor.db_inode).model_copy(
             update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
         )
         self.spool.save_cursor(self.cursor)
-        self._last_sync = now
+        self._behind = scan.budget_reached
+        if not self._behind:
+            # Every commit of the next segment comes after this one's capture.
+            self._last_sync = now
         # The cursor moved into this WAL: the pin guards it if it reads this WAL, or lets it restart only here.
         self._note_pin()
         return SyncResult(segments=1, frames=scan.frames_committed, commits=scan.commits, bytes=hashing.count)

@@ -13,24 +13,60 @@ Layout under the spool directory (default ``<database>-walship/``)::
 An entry counts as captured only once its data and description are fsynced
 and the cursor moved past it; a crash in between leaves an orphan that the
 next start removes and captures again.
+
+A full disk is an expected condition (docs/OPERATIONS.md): every file the
+spool writes goes through ``Spool.writing`` or ``_write_atomic``, which
+remove their temporary file on any failure and turn ENOSPC, EDQUOT and
+SQLite's SQLITE_FULL into ``SpoolFullError``, one line that names the spool,
+the space needed and the space free. Room is checked before work that would
+not fit: a segment is bounded by ``segment_budget`` (a big WAL backlog is
+captured in pieces that drain as uploads free space), and a snapshot is
+refused before its copy starts (``check_snapshot_room``).
 """
 
 import contextlib
 import fcntl
+import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
-from walship._fs import fsync_dir
-from walship.errors import UsageError
+from walship._fs import free_bytes, fsync_dir, is_disk_full, remove_sqlite_file
+from walship.errors import SpoolFullError, UsageError
 from walship.lease import Lease
 from walship.models import SegmentInfo, SnapshotInfo, WalCursor, utcnow
+from walship.units import human_bytes
 
-__all__ = ["PendingEntry", "Spool", "default_spool_dir", "new_entry", "read_cursor"]
+__all__ = [
+    "SEGMENT_CAP_BYTES",
+    "SPOOL_RESERVE_BYTES",
+    "PendingEntry",
+    "SegmentBudget",
+    "Spool",
+    "default_spool_dir",
+    "new_entry",
+    "read_cursor",
+]
+
+log = logging.getLogger(__name__)
+
+# No segment is captured bigger than this (unless one transaction is bigger:
+# a transaction cannot be split), however much room the spool has.
+SEGMENT_CAP_BYTES = 64 << 20
+# Kept free for the small files a run must still write: cursor, lease, descriptions.
+SPOOL_RESERVE_BYTES = 1 << 20
+
+
+class SegmentBudget(NamedTuple):
+    """How many WAL bytes the next segment may hold, and whether free space (not the cap) set it."""
+
+    bytes: int
+    by_free_space: bool
 
 
 def default_spool_dir(database: Path) -> Path:
@@ -87,6 +123,9 @@ class Spool:
                 f"another walship shipper is running for this database (spool {root} is locked): "
                 "stop it first, or wait for its run to end"
             ) from None
+        # Only the lock holder writes here: whatever tmp/ holds is left from a
+        # run that died while writing, and only takes room.
+        self._clear_tmp()
 
     def close(self) -> None:
         self._lock.close()
@@ -116,21 +155,114 @@ class Spool:
         os.close(fd)
         return Path(name)
 
+    @contextlib.contextmanager
+    def writing(self, suffix: str, *, what: str, needed: int) -> Iterator[Path]:
+        """A new, empty file in tmp/ for ``what`` (about ``needed`` bytes), gone when the block ends.
+
+        The block moves the file into the spool (``add``) or removes it; if
+        it does neither (it failed, or returned early), the file and anything
+        SQLite wrote beside it (a backup's ``-journal``) are removed here. A
+        full disk becomes ``SpoolFullError``.
+        """
+        try:
+            path = self.temp_file(suffix)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise self.full_error(what, needed) from exc
+            raise
+        try:
+            yield path
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise self.full_error(what, needed) from exc
+            raise
+        finally:
+            remove_sqlite_file(path)
+
+    # Disk space ----------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        return free_bytes(self.root)
+
+    def full_error(self, what: str, needed: int, free: int | None = None) -> SpoolFullError:
+        free = self.free_bytes() if free is None else free
+        return SpoolFullError(
+            f"spool {self.root} is out of disk space: {what} needs {human_bytes(needed)}, "
+            f"{human_bytes(free)} free; free space on that disk, or point --spool at a bigger one"
+        )
+
+    def segment_budget(self) -> SegmentBudget:
+        """The most WAL bytes the next segment may take.
+
+        Half of the free space (less a reserve), since the upload writes the
+        segment's compressed copy beside it, and never more than
+        ``SEGMENT_CAP_BYTES``.
+        """
+        room = max(0, self.free_bytes() - SPOOL_RESERVE_BYTES) // 2
+        return SegmentBudget(min(room, SEGMENT_CAP_BYTES), room < SEGMENT_CAP_BYTES)
+
+    def room_for_segment(self, size: int) -> bool:
+        """Whether a segment of ``size`` WAL bytes fits now; False when it will once uploads free space.
+
+        Raises ``SpoolFullError`` when it cannot fit even after everything
+        spooled is uploaded.
+        """
+        needed = 2 * size + SPOOL_RESERVE_BYTES
+        free = self.free_bytes()
+        if needed <= free:
+            return True
+        pending = self.pending_bytes()
+        if pending and needed <= free + pending:
+            log.warning(
+                "spool %s: %s of WAL wait for room (%s free); captured once uploads free space",
+                self.root,
+                human_bytes(size),
+                human_bytes(free),
+            )
+            return False
+        raise self.full_error(f"capturing {human_bytes(size)} of committed WAL", needed, free)
+
+    def snapshot_file(self, database: Path) -> contextlib.AbstractContextManager[Path]:
+        """``writing`` for the uncompressed copy of ``database`` (see ``check_snapshot_room``)."""
+        return self.writing(".db", what=f"a snapshot of {database}", needed=_snapshot_needs(database.stat().st_size))
+
+    def check_snapshot_room(self, database: Path) -> None:
+        """Refuse a snapshot of ``database`` before its copy starts when the spool cannot hold it.
+
+        The uncompressed copy is written here first, then compressed beside
+        it: the database's size plus a quarter for the compressed copy (most
+        databases compress far better) plus the reserve.
+        """
+        size = database.stat().st_size
+        needed, free = _snapshot_needs(size), self.free_bytes()
+        if needed > free:
+            raise self.full_error(f"a snapshot of {database} ({human_bytes(size)})", needed, free)
+
     def data_path(self, entry: PendingEntry) -> Path:
         name = f"snapshot-{entry.sequence:020d}.zst" if entry.kind == "snapshot" else f"{entry.sequence:020d}.wal"
         return self.root / "pending" / entry.generation / name
 
     def add(self, entry: PendingEntry, data: Path) -> None:
-        """Move a fully written, fsynced file into the spool with its description."""
+        """Move a fully written, fsynced file into the spool with its description.
+
+        If the description cannot be written, the data file goes too: an entry
+        exists with both or neither.
+        """
         target = self.data_path(entry)
         target.parent.mkdir(exist_ok=True)
         os.replace(data, target)
-        self._write_atomic(self._sidecar(entry), entry.model_dump_json().encode())
-        fsync_dir(target.parent)
+        try:
+            self._write_atomic(self._sidecar(entry), entry.model_dump_json().encode())
+            fsync_dir(target.parent)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
 
     def record_attempt(self, entry: PendingEntry) -> PendingEntry:
+        """Count a failed upload (bookkeeping only: on a full disk the count is not kept)."""
         updated = entry.model_copy(update={"attempts": entry.attempts + 1})
-        self._write_atomic(self._sidecar(updated), updated.model_dump_json().encode())
+        with contextlib.suppress(SpoolFullError):
+            self._write_atomic(self._sidecar(updated), updated.model_dump_json().encode())
         return updated
 
     def remove(self, entry: PendingEntry) -> None:
@@ -156,7 +288,8 @@ class Spool:
         return sum(p.stat().st_size for p in (self.root / "pending").glob("*/*") if p.is_file())
 
     def discard_uncaptured(self, cursor: WalCursor | None) -> int:
-        """Remove entries the cursor never reached (a crash between spooling and the cursor)."""
+        """Remove entries the cursor never reached (a crash between spooling and the cursor),
+        data files without a description, and whatever tmp/ holds."""
         removed = 0
         for entry in self.pending():
             if cursor is None or (
@@ -164,8 +297,11 @@ class Spool:
             ):
                 self.remove(entry)
                 removed += 1
-        for leftover in (self.root / "tmp").iterdir():
-            leftover.unlink(missing_ok=True)
+        for data in (self.root / "pending").glob("*/*"):
+            if data.suffix != ".json" and not data.with_suffix(".json").exists():
+                data.unlink(missing_ok=True)
+                removed += 1
+        self._clear_tmp()
         return removed
 
     # Helpers ----------------------------------------------------------------
@@ -175,13 +311,22 @@ class Spool:
         return self.root / "pending" / entry.generation / name
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(name, path)
-        fsync_dir(path.parent)
+        """Replace ``path`` with ``data`` durably; on any failure the old file stays and no temporary file."""
+        with self.writing(".json", what=f"writing {path.name}", needed=len(data)) as temp:
+            with temp.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path)
+            fsync_dir(path.parent)
+
+    def _clear_tmp(self) -> None:
+        for leftover in (self.root / "tmp").iterdir():
+            leftover.unlink(missing_ok=True)
+
+
+def _snapshot_needs(size: int) -> int:
+    return size + max(size // 4, SPOOL_RESERVE_BYTES) + SPOOL_RESERVE_BYTES
 
 
 def new_entry(info: SnapshotInfo | SegmentInfo) -> PendingEntry:

@@ -64,14 +64,13 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
         return
     segment = entry.segment
     assert segment is not None
-    compressed = codec.compress_file(data, spool.temp_file(".zst"), level)
-    try:
+    # The compressed copy lives in the spool's tmp/ only for the upload.
+    with spool.writing(".zst", what=f"compressing segment {data.name}", needed=segment.raw_size) as target:
+        compressed = codec.compress_file(data, target, level)
         if compressed.sha256 != segment.sha256:
             raise ChecksumMismatchError(f"spool {data}: content changed since capture")
         info = segment.model_copy(update={"compressed_size": compressed.compressed_size, "level": level})
         store.put_file(info.key, compressed.path, metadata=describe_segment(info))
-    finally:
-        compressed.path.unlink(missing_ok=True)
     result.segments += 1
     result.bytes += compressed.compressed_size
     result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)

@@ -216,8 +216,11 @@ class WalCapture:
                 time.sleep(0.01 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def scan(self, start_offset: int, start_checksum: tuple[int, int] | None) -> WalScan:
-        """Whole committed transactions from ``start_offset``, up to the WAL index's end.
+    def scan(
+        self, start_offset: int, start_checksum: tuple[int, int] | None, *, max_bytes: int | None = None
+    ) -> WalScan:
+        """Whole committed transactions from ``start_offset``, up to the WAL index's end
+        (or within ``max_bytes``, see ``scan_wal``).
 
         Frames past the index's ``mxFrame`` are not committed, whatever they
         look like: a writer killed between writing its frames and publishing
@@ -228,7 +231,7 @@ class WalCapture:
         end = self.published_end(header) if header is not None else None
         with self.wal_path.open("rb") as wal:
             bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
-            return scan_wal(bounded, start_offset=start_offset, start_checksum=start_checksum)
+            return scan_wal(bounded, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
 
     def published_end(self, header: WalHeader) -> int:
         """The WAL byte offset after the last frame the WAL index (-shm) published.

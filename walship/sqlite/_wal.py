@@ -114,6 +114,7 @@ class WalScan(NamedTuple):
     frames_committed: int  # frames from the start offset through the last commit frame
     commits: int  # commit frames, i.e. whole transactions, from the start offset
     db_size_pages: int | None  # database size after the last commit, None if no commit
+    budget_reached: bool = False  # the scan stopped at its byte budget: more commits may follow
 
 
 def parse_wal_header(data: bytes) -> WalHeader:
@@ -335,9 +336,19 @@ def _read_up_to(f: BinaryIO, size: int) -> bytes:
 
 
 def scan_wal(
-    f: BinaryIO, *, start_offset: int = WAL_HEADER_SIZE, start_checksum: tuple[int, int] | None = None
+    f: BinaryIO,
+    *,
+    start_offset: int = WAL_HEADER_SIZE,
+    start_checksum: tuple[int, int] | None = None,
+    max_bytes: int | None = None,
 ) -> WalScan:
     """Find the whole committed transactions in ``f`` from ``start_offset`` (see ``iter_frames``).
+
+    With ``max_bytes``, the scan ends at the last commit whose end lies within
+    ``max_bytes`` of the start, so that what it covers can be copied in a
+    bounded piece; a first transaction bigger than that is still taken whole
+    (a transaction cannot be split). ``budget_reached`` then says whether
+    frames beyond were left unread.
 
     Raises ``CorruptObjectError`` if the header is missing or invalid; an
     empty WAL (as SQLite leaves it before the first write or after a
@@ -351,9 +362,14 @@ def scan_wal(
     # iter_frames has refused a missing checksum past the first frame.
     last_checksum = (header.checksum1, header.checksum2) if start_checksum is None else start_checksum
     last_offset, committed, commits, db_size = start_offset, 0, 0, None
+    budget_reached = False
     for seen, frame in enumerate(frames, start=1):
+        end = frame.offset + header.frame_size
+        if max_bytes is not None and commits and end - start_offset > max_bytes:
+            budget_reached = True
+            break
         if frame.is_commit:
-            last_offset = frame.offset + header.frame_size
+            last_offset = end
             last_checksum = (frame.checksum1, frame.checksum2)
             committed, commits, db_size = seen, commits + 1, frame.db_size_after_commit
-    return WalScan(header, last_offset, last_checksum, committed, commits, db_size)
+    return WalScan(header, last_offset, last_checksum, committed, commits, db_size, budget_reached)
