@@ -164,7 +164,8 @@ class TestHandover:
         first = Ship(database, replica, "--duration", "14", "--interval", "0.5", env=api_env)
         spawned.append(first)
         assert first.wait_for(GENERATION_CONFIRMED), first.output
-        second = Ship(database, replica, "--duration", "14", "--interval", "0.5", "--handover-wait", "60", env=api_env)
+        # Its window counts from its own start: long enough to outlast the writers after it took over.
+        second = Ship(database, replica, "--duration", "35", "--interval", "0.5", "--handover-wait", "60", env=api_env)
         spawned.append(second)
         assert first.wait() == 0, first.output[-3000:]
         handed_over = datetime.now(UTC)
@@ -206,7 +207,7 @@ class TestHandover:
         first.kill()  # the running side dies
         assert second.wait_for(LEASE_TAKEN), second.output[-3000:]
         time.sleep(3)
-        third = Ship(database, replica, "--duration", "5", "--interval", "0.5", "--handover-wait", "60", env=api_env)
+        third = Ship(database, replica, "--duration", "25", "--interval", "0.5", "--handover-wait", "60", env=api_env)
         spawned.append(third)
         time.sleep(6)
         second.kill()  # the side that took over dies too, while the third waits
