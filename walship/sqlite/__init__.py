@@ -8,6 +8,7 @@ from walship.sqlite._lineage import (
     check_resume,
     covered_by,
     cursor_at,
+    cursor_at_end,
     may_follow_restart,
     replay_header,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "check_resume",
     "covered_by",
     "cursor_at",
+    "cursor_at_end",
     "integrity_check",
     "iter_frames",
     "may_follow_restart",

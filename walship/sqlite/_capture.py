@@ -42,6 +42,7 @@ _BUSY_TIMEOUT_MS = 5_000
 # checkpoint holds it while it waits for our pin to move, so waiting longer
 # here would only make both sides wait. Busy is retried at the next sync.
 _WRITE_LOCK_TIMEOUT_MS = 200
+_RETRY_PAUSE = 0.05
 _COPY_CHUNK = 1 << 20
 _HEADER_READS = 5
 
@@ -271,13 +272,25 @@ class WalCapture:
                 left -= len(chunk)
 
     @contextlib.contextmanager
-    def writers_paused(self) -> Iterator[None]:
+    def writers_paused(self, *, attempts: int = 1, between: Callable[[], object] | None = None) -> Iterator[None]:
         """Hold the write lock: writers wait (their busy timeout) until the block ends.
 
         Keep the block short: it copies the WAL tail and opens a snapshot's
-        read transaction, nothing longer.
+        read transaction, nothing longer. The lock is asked for ``attempts``
+        times; ``between`` runs between two (to move the pin, so that an
+        application's checkpoint holding the write lock can complete).
+        Raises ``WritersBusyError`` if it never comes.
         """
-        self.pause_writers()
+        for attempt in range(attempts):
+            try:
+                self.pause_writers()
+                break
+            except WritersBusyError:
+                if attempt == attempts - 1:
+                    raise
+                if between is not None:
+                    between()
+                time.sleep(_RETRY_PAUSE)
         try:
             yield
         finally:

@@ -29,6 +29,7 @@ __all__ = [
     "check_resume",
     "covered_by",
     "cursor_at",
+    "cursor_at_end",
     "may_follow_restart",
     "replay_header",
 ]
@@ -50,6 +51,26 @@ def cursor_at(generation: str, sequence: int, header: WalHeader, scan: WalScan, 
         page_size=header.page_size,
         db_inode=inode,
     )
+
+
+def cursor_at_end(capture: WalCapture, generation: str) -> WalCursor:
+    """Sequence 0 of a new generation, at the end of the committed WAL (call it while writers wait).
+
+    Without a WAL the database file holds everything, and any WAL that
+    appears continues it: the cursor is marked ``checkpointed`` there.
+    """
+    inode = capture.db_inode
+    header = capture.wal_header()
+    if header is None:
+        return WalCursor(
+            generation=generation,
+            sequence=0,
+            offset=WAL_HEADER_SIZE,
+            checkpointed=True,
+            db_inode=inode,
+            db_mtime_ns=capture.db_mtime_ns,
+        )
+    return cursor_at(generation, 0, header, capture.scan(WAL_HEADER_SIZE, None), inode)
 
 
 def replay_header(*, big_endian: bool, page_size: int, salt1: int, salt2: int) -> WalHeader:

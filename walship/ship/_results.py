@@ -1,0 +1,48 @@
+"""What the shipper is told (``ShipConfig``) and what each of its steps reports (``SyncResult``)."""
+
+from pydantic import BaseModel, Field
+
+from walship import codec
+
+__all__ = ["ShipConfig", "SyncResult", "merge"]
+
+
+class ShipConfig(BaseModel):
+    """Thresholds of the shipper."""
+
+    database_id: str
+    level: int = Field(default=codec.DEFAULT_LEVEL, ge=codec.MIN_LEVEL, le=codec.MAX_LEVEL)
+    checkpoint_pages: int = Field(default=1000, ge=1, description="PASSIVE checkpoint past this many WAL pages")
+    checkpoint_seconds: float = Field(default=60.0, gt=0, description="...or when the WAL is older than this")
+    emergency_wal_bytes: int = Field(default=512 << 20, description="TRUNCATE + new generation past this WAL size")
+    spool_cap_bytes: int = Field(default=1 << 30, description="warn loudly when the spool holds more")
+    snapshot_seconds: float = Field(
+        default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
+    )
+
+
+class SyncResult(BaseModel):
+    """What one step captured (nothing was uploaded)."""
+
+    segments: int = 0
+    frames: int = 0
+    commits: int = 0
+    bytes: int = 0
+    checkpointed: bool = False
+    new_generation: str | None = None
+    reason: str | None = None
+    snapshot: str | None = None  # key of a snapshot taken within the generation
+
+
+def merge(a: SyncResult, b: SyncResult) -> SyncResult:
+    """Two steps' results as one (``b`` came later)."""
+    return SyncResult(
+        segments=a.segments + b.segments,
+        frames=a.frames + b.frames,
+        commits=a.commits + b.commits,
+        bytes=a.bytes + b.bytes,
+        checkpointed=a.checkpointed or b.checkpointed,
+        new_generation=b.new_generation or a.new_generation,
+        reason=b.reason or a.reason,
+        snapshot=b.snapshot or a.snapshot,
+    )

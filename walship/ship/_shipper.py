@@ -1,0 +1,345 @@
+"""The local half of WAL shipping: hold the database, capture, checkpoint, start generations, snapshot.
+
+It makes no storage request at all; ``walship.upload`` is the remote half.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
+from walship.layout import new_generation, parse_generation
+from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
+from walship.ship._guard import Guard, Tender
+from walship.ship._results import ShipConfig, SyncResult, merge
+from walship.ship._segment import Captured, NoRoom, capture_segment
+from walship.ship._snapshots import BackgroundSnapshot, spool_snapshot
+from walship.ship._watch import POLL_SECONDS, has_new_commits, published_end, wait_for_commits
+from walship.spool import Spool
+from walship.sqlite import WAL_HEADER_SIZE, WalCapture, check_resume, covered_by, cursor_at_end
+
+__all__ = ["Shipper"]
+
+log = logging.getLogger(__name__)
+
+# How often the pin is tended (and the application's checkpoint waits on us at most).
+_POLL = POLL_SECONDS
+
+
+class Shipper:
+    """The local half of WAL shipping for one database.
+
+    Every method that reads or moves the cursor holds ``_lock``: the tending
+    thread (``start_tending``) moves the pin and captures beside the flow's
+    loop, which uploads and snapshots.
+    """
+
+    def __init__(
+        self,
+        database: Path,
+        spool: Spool,
+        config: ShipConfig,
+        *,
+        capture: WalCapture | None = None,
+        guarded: bool = False,
+    ) -> None:
+        """``capture`` and ``guarded`` come from ``walship.handover.hold_database`` (a held, pinned database)."""
+        self.database = database.resolve()
+        self.spool = spool
+        self.config = config
+        self.capture = capture or WalCapture(self.database)
+        self.cursor: WalCursor | None = None
+        self._guard = Guard(self.capture, guarded=guarded)
+        self._last_sync = utcnow()
+        self._last_checkpoint = time.monotonic()
+        # The last capture stopped short of the published WAL end (a spool too small for the backlog).
+        self._behind = False
+        self._snapshots = BackgroundSnapshot(spool, self.database, database_id=config.database_id, level=config.level)
+        self._snapshot_taken: str | None = None  # reported by the next sync
+        self._lock = threading.RLock()
+        self._tender = Tender(self.tend, _POLL, str(self.database))
+
+    # Opening and ending a run ---------------------------------------------------------
+
+    def open(self) -> SyncResult:
+        """Prove the WAL continues the spool's cursor, or start a new generation."""
+        with self._lock:
+            cursor = self.spool.load_cursor()
+            self.spool.discard_uncaptured(cursor)
+            if not self.capture.pinned:
+                self._guard.guarded = self.capture.pin_now(covered_by(cursor)) and self._guard.guarded
+            try:
+                if cursor is None:
+                    raise ContinuityLostError("no earlier capture of this database")
+                check_resume(cursor, self.capture, guarded=self._guard.guarded)
+                self.cursor = cursor
+                # Commits made while no shipper ran belong to the next segment.
+                self._last_sync = cursor.moved_at or self._last_sync
+            except ContinuityLostError as lost:
+                return self.start_generation(str(lost))
+            self._note_pin()
+            return self.sync()
+
+    def finish(self) -> SyncResult:
+        """Capture the tail and backfill what readers allow, so that a successor can continue.
+
+        A successor that overlapped this run continues whatever happened; one
+        that starts after a gap can prove continuity only from a cursor that
+        records a complete checkpoint, hence the last PASSIVE one here.
+        """
+        self._snapshots.wait()
+        with self._lock:
+            result = self.sync()
+            if result.new_generation is None:
+                self.capture.move_pin(covered_by(self.cursor))
+                result = merge(result, SyncResult(checkpointed=self.capture.checkpoint_passive()))
+                result = merge(result, self.tend())
+            return result
+
+    def close(self) -> None:
+        self.stop_tending()
+        self._snapshots.wait()
+        self.capture.close()
+
+    # Holding the WAL -------------------------------------------------------------------
+
+    def start_tending(self) -> None:
+        """Keep moving the pin in a thread of its own (``Tender``) until ``stop_tending``."""
+        self._tender.start()
+
+    def stop_tending(self) -> None:
+        self._tender.stop()
+
+    def tend(self) -> SyncResult:
+        """Move the pin to the WAL's end when the WAL changed; capture first if it was all backfilled.
+
+        A WAL whose frames are all in the database file may restart at the
+        next write. The pin that allows that is taken only once every frame
+        is captured; a capture here (rather than at the next sync) is what lets
+        an application's RESTART or TRUNCATE checkpoint complete within a poll.
+        """
+        with self._lock:
+            if self.cursor is None:
+                return SyncResult()
+            state = self.capture.wal_index()
+            if state is None or state == self.capture.pin:
+                return SyncResult()
+            result = SyncResult()
+            if state.complete and not covered_by(self.cursor)(state):
+                try:
+                    result = self._capture()
+                except ContinuityLostError as lost:
+                    return self.start_generation(str(lost))
+            if self.capture.move_pin(covered_by(self.cursor)):
+                self._note_pin()
+            return result
+
+    def _note_pin(self) -> None:
+        """After a new pin: whether the WAL is guarded, and a complete checkpoint at the cursor recorded."""
+        if (checkpointed := self._guard.after_pin(self.cursor)) is not None:
+            self.cursor = checkpointed
+            self.spool.save_cursor(checkpointed)
+
+    # Generations and snapshots ----------------------------------------------------------
+
+    def start_generation(self, reason: str) -> SyncResult:
+        """Snapshot the database at an exact WAL point and begin a generation there."""
+        with self._lock:
+            generation = new_generation()
+            log.warning("starting generation %s of %s: %s", generation, self.database, reason)
+            self.spool.check_snapshot_room(self.database)
+            with self.spool.snapshot_file(self.database) as target, contextlib.ExitStack() as stack:
+                target.unlink()
+                # Writers wait only while the WAL end is read and the snapshot's
+                # read transaction begins: from then on it sees exactly that end.
+                # The application's own checkpoint may hold the write lock a moment: ask again, moving the pin.
+                with self.capture.writers_paused(
+                    attempts=50, between=lambda: self.capture.move_pin(covered_by(self.cursor))
+                ):
+                    cursor = cursor_at_end(self.capture, generation)
+                    source_connection = stack.enter_context(self.capture.read_transaction_now())
+                    state_at = utcnow()
+                    self.cursor = cursor.model_copy(
+                        update={"moved_at": state_at, "snapshot_sequence": 0, "snapshot_at": state_at}
+                    )
+                    # Nothing is appended while writers wait: the pin lands exactly on the cursor.
+                    self._guard.guarded = self.capture.move_pin(covered_by(self.cursor))
+                source = self.capture.copy_database(source_connection, self.database, target)
+                position = WalPosition(generation=generation, sequence=0)
+                spool_snapshot(
+                    self.spool,
+                    source,
+                    position,
+                    state_at,
+                    database_id=self.config.database_id,
+                    level=self.config.level,
+                )
+            self._behind = False
+            self.spool.save_cursor(self.cursor)
+            self._last_sync = state_at
+            return SyncResult(new_generation=generation, reason=reason)
+
+    def snapshot_due(self) -> bool:
+        """The generation changed since its newest snapshot, that one is old enough, and none is being taken."""
+        cursor = self.cursor
+        if cursor is None or not self.config.snapshot_seconds or cursor.sequence == cursor.snapshot_sequence:
+            return False
+        taken = cursor.snapshot_at or parse_generation(cursor.generation)
+        old_enough = (utcnow() - taken).total_seconds() >= self.config.snapshot_seconds
+        return old_enough and not self._snapshots.busy
+
+    def take_snapshot(self) -> SyncResult:
+        """Begin a snapshot of the database at the cursor, inside the current generation.
+
+        Restores then start here instead of replaying the whole generation's
+        WAL, and retention can let older WAL go. The tail is captured and the
+        copy's read transaction begins inside one writers' pause, so the copy
+        holds exactly the state of the last segment; the copy itself runs
+        beside capture (``BackgroundSnapshot``). A busy write lock (the
+        application checkpointing) or a full spool puts it off.
+        """
+        if not self._snapshots.check_room():
+            return SyncResult()
+        with self._lock, contextlib.ExitStack() as stack:
+            try:
+                with self.capture.writers_paused():
+                    tail = self._capture()
+                    cursor = self.cursor
+                    assert cursor is not None
+                    header = self.capture.wal_header()
+                    if self._behind or (header is not None and self._published_end() != cursor.offset):
+                        # Not everything published is captured (an unsettled
+                        # index, a fresh WAL with no commit yet, a backlog): try later.
+                        return tail
+                    connection = stack.enter_context(self.capture.read_transaction_now())
+                    state_at = utcnow()
+            except WritersBusyError:
+                return SyncResult()
+            except ContinuityLostError as lost:
+                return self.start_generation(str(lost))
+            self._snapshots.start(stack.pop_all(), connection, cursor.position, state_at, self._snapshot_spooled)
+            return tail
+
+    def _snapshot_spooled(self, info: SnapshotInfo) -> None:
+        with self._lock:
+            cursor = self.cursor
+            if cursor is None or cursor.generation != info.generation:
+                return  # a new generation began meanwhile; its own snapshot is newer
+            self.cursor = cursor.model_copy(update={"snapshot_sequence": info.sequence, "snapshot_at": info.created_at})
+            self.spool.save_cursor(self.cursor)
+            self._snapshot_taken = info.key
+
+    # Syncing ------------------------------------------------------------------------------
+
+    def sync(self) -> SyncResult:
+        """Capture new committed frames; checkpoint (PASSIVE, beside the pin) when the WAL is big or old."""
+        with self._lock:
+            assert self.cursor is not None, "open() first"
+            try:
+                result = self._capture()
+            except ContinuityLostError as lost:
+                return self.start_generation(str(lost))
+            # The live WAL ends where the index says: after a restart SQLite
+            # reuses the file without shrinking it, so its size says nothing.
+            live = self._published_end() or self.cursor.offset
+            if live > self.config.emergency_wal_bytes:
+                return merge(result, self._emergency_brake())
+            due = live > self.config.checkpoint_pages * max(self.cursor.page_size, 512) or (
+                live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+            )
+            if due and not self.cursor.checkpointed:
+                result = merge(result, self._checkpoint())
+        if self.snapshot_due():
+            result = merge(result, self.take_snapshot())
+        with self._lock:
+            taken, self._snapshot_taken = self._snapshot_taken, None
+        if taken is not None:
+            result = merge(result, SyncResult(snapshot=taken))
+        if self.spool.pending_bytes() > self.config.spool_cap_bytes:
+            log.error(
+                "spool %s holds more than %d bytes: storage is not keeping up or is unreachable",
+                self.spool.root,
+                self.config.spool_cap_bytes,
+            )
+        return result
+
+    def _checkpoint(self) -> SyncResult:
+        """Backfill everything captured, without pausing writers: pin at the end, PASSIVE, pin again.
+
+        Once the whole WAL is in the database file and captured, the pin that
+        lets the WAL restart is taken, and the next writer restarts it.
+        """
+        self.capture.move_pin(covered_by(self.cursor))
+        complete = self.capture.checkpoint_passive()
+        self._last_checkpoint = time.monotonic()
+        return merge(SyncResult(checkpointed=complete), self.tend())
+
+    def _emergency_brake(self) -> SyncResult:
+        """DESIGN: TRUNCATE is the brake for a runaway WAL, and always followed by a new snapshot."""
+        result = self._checkpoint()
+        self.capture.truncate_if_free()
+        return merge(result, self.start_generation(f"the WAL passed {self.config.emergency_wal_bytes} bytes"))
+
+    def _published_end(self) -> int | None:
+        return published_end(self.capture)
+
+    def has_new_commits(self) -> bool:
+        """Whether the WAL index published commits beyond the cursor (reads two local files)."""
+        assert self.cursor is not None
+        return has_new_commits(self.capture, self.cursor)
+
+    def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
+        """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``)."""
+        wait_for_commits(self.capture, lambda: self.cursor, interval, deadline, stop)
+
+    def _capture(self) -> SyncResult:
+        """Capture the committed tail, in segments no bigger than the spool's budget.
+
+        With room to spare, pieces of ``SEGMENT_CAP_BYTES`` follow each other
+        until the tail is captured. When free space sets the budget, one piece
+        is captured and the rest waits (``_behind``) for the uploads to free
+        space: a backlog bigger than the spool drains through it. Frames left
+        behind stay safe: no pin that lets the WAL restart is taken before
+        they are captured (``covered_by``).
+        """
+        result = SyncResult()
+        while True:
+            budget = self.spool.segment_budget()
+            piece = self._capture_piece(budget.bytes)
+            result = merge(result, piece)
+            if not (piece.segments and self._behind and not budget.by_free_space):
+                return result
+
+    def _capture_piece(self, max_bytes: int) -> SyncResult:
+        self._behind = False
+        cursor = self.cursor
+        assert cursor is not None, "open() first"
+        try:
+            captured = capture_segment(
+                self.capture,
+                self.spool,
+                cursor,
+                guarded=self._guard.guarded,
+                committed_after=self._last_sync,
+                max_bytes=max_bytes,
+            )
+        except WalIndexUnsettledError as exc:
+            log.warning("%s", exc)
+            return SyncResult()
+        if isinstance(captured, NoRoom):
+            self._behind = True
+            return SyncResult()
+        if not isinstance(captured, Captured):
+            return SyncResult()
+        self.cursor = captured.cursor
+        self.spool.save_cursor(self.cursor)
+        self._behind = captured.budget_reached
+        if not self._behind:
+            # Every commit of the next segment comes after this one's capture.
+            self._last_sync = captured.segment.captured_at
+        # The cursor moved into this WAL: the pin guards it if it reads this WAL, or lets it restart only here.
+        self._note_pin()
+        segment = captured.segment
+        return SyncResult(segments=1, frames=segment.frames, commits=segment.commits, bytes=segment.raw_size)
