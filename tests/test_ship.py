@@ -166,6 +166,36 @@ class TestEmergencyCheckpoint:
         assert content_digest(restored) == content_digest(database)
 
 
+class TestSnapshotBesideCapture:
+    """A snapshot within the generation is copied beside capture: segments keep coming while it is made."""
+
+    def test_segments_while_a_snapshot_is_copied(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        # zstd level 19 makes the snapshot's compression take seconds on this 4 MiB database.
+        running = Running(database, store, tmp_path / "spool", snapshot_seconds=0.5, level=19)
+        writers = Writers(database, seed=SEED, count=2, rate=200)
+        during = 0
+        try:
+            deadline = time.monotonic() + 60
+            while not running.shipper.snapshot_in_progress and time.monotonic() < deadline:
+                running.step()
+                time.sleep(0.1)
+            assert running.shipper.snapshot_in_progress, "no snapshot began within 60 s"
+            while running.shipper.snapshot_in_progress:
+                during += running.shipper.sync().segments
+                time.sleep(0.2)
+        finally:
+            writers.stop()
+        running.close()
+        print(f"\n{during} segments captured while the snapshot was copied and compressed")
+        assert during > 0
+        snapshots = current_snapshots(store)
+        assert snapshots[0].sequence == 0
+        assert any(s.sequence > 0 for s in snapshots), snapshots
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+
 class TestPointInTime:
     """Every shipped point restores to exactly one consistent committed state."""
 

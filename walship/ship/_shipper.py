@@ -181,6 +181,11 @@ class Shipper:
             self._last_sync = state_at
             return SyncResult(new_generation=generation, reason=reason)
 
+    @property
+    def snapshot_in_progress(self) -> bool:
+        """An in-generation snapshot is being copied, compressed and spooled beside capture."""
+        return self._snapshots.copying
+
     def snapshot_due(self) -> bool:
         """The generation changed since its newest snapshot, that one is old enough, and none is being taken."""
         cursor = self.cursor

@@ -68,6 +68,10 @@ class BackgroundSnapshot:
         self._retry_at = 0.0
 
     @property
+    def copying(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def busy(self) -> bool:
         """A snapshot is being copied, or the spool had no room for one a moment ago."""
         running = self._thread is not None and self._thread.is_alive()
