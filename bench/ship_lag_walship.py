@@ -1,8 +1,8 @@
 """The walship side of bench.ship_lag: the wal-ship flow's loop, core only, in its own process.
 
-What flows/ship.py does, minus Prefect: take the lease, ``Shipper.open()``, then every
-``--interval`` seconds ``sync()`` and, when the spool holds entries, ``upload_pending``
-with a fresh store and spool handle (as the ``upload_spool`` task opens them). Prints
+What flows/ship.py does, minus Prefect: hold the database (pin and lock), take the
+lease, ``Shipper.open()``, tend the pin in its thread, then every ``--interval`` seconds
+``sync()`` and, when the spool holds entries, ``upload_pending`` with the run's one store. Prints
 "ready" once the first upload (the generation's snapshot) is done; runs until SIGTERM,
 then writes per-cycle and per-segment timings to ``--events`` as JSON.
 
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from walship import codec, lease, upload
+from walship.dblock import ShipperIdentity
+from walship.handover import hold_database
 from walship.ship import ShipConfig, Shipper
 from walship.spool import Spool, default_spool_dir
 from walship.storage import open_store
@@ -62,16 +64,20 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     _timed(codec, "compress_file", "compress", _segment)
     _timed(S3Store, "put_file", "put+head", _segment)
     _timed(S3Store, "head", "head", _segment)
-    _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # tail capture + checkpoint, writers paused
+    _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # PASSIVE beside the pin, no writers' pause
     _timed(S3Store, "__init__", "open_store", _cycle)
 
-    spool_dir = default_spool_dir(database)
+    spool_dir = default_spool_dir(database).resolve()
+    run_id = "bench"
+    held = hold_database(database, spool_dir, ShipperIdentity.this_process(run_id, spool_dir, replica))
     spool = Spool(spool_dir)
     config = ShipConfig(database_id=database.name)
-    holder = lease.holder_for(database)
-    spool.save_lease(lease.acquire_lease(open_store(replica), holder))  # the acquire_lease task
-    shipper = Shipper(database, spool, config)
+    holder = lease.holder_for(database, run_id)
+    store = open_store(replica)
+    spool.save_lease(lease.acquire_lease(store, holder))  # the acquire_lease task
+    shipper = Shipper(database, spool, config, capture=held.capture, guarded=held.guarded)
     shipper.open()
+    shipper.start_tending()
     ready = False
     try:
         while not stop.is_set():
@@ -80,9 +86,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
             shipper.sync()
             synced = time.time()
             if spool.pending():
-                task_spool = Spool(spool_dir, lock=False)  # the upload_spool task's own handle
-                upload_pending(open_store(replica), task_spool, holder=holder, level=config.level)
-                task_spool.close()
+                upload_pending(store, spool, holder=holder, level=config.level)
             ended = time.time()
             cycles.append({"start": started, "sync": synced - started, "upload": ended - synced, **_cycle})
             if not ready:
@@ -93,6 +97,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     finally:
         shipper.close()
         spool.close()
+        held.lock.release()
         events.write_text(json.dumps({"cycles": cycles, "segments": segments}))
 
 
