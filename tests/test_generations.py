@@ -8,19 +8,20 @@ not need them.
 """
 
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bench.workload import content_digest
-from tests.helpers import take_and_upload
+from tests.helpers import described_snapshot, take_and_upload
 from tests.test_restore_cli import STRAY, commit, newest_generation_without_snapshot, two_shippers
 from tests.test_ship import Running
 from walship.chain import list_segment_sequences
 from walship.errors import NotFoundError
 from walship.generations import choose_snapshot, describe_generations
 from walship.layout import format_segment_key, format_snapshot_key
-from walship.models import utcnow
+from walship.models import ObjectInfo, utcnow
 from walship.restore import restore_snapshot
 from walship.retention import RetentionPolicy, list_history, newest_data, plan_retention
 from walship.status import replica_status
@@ -131,3 +132,24 @@ class TestStrays:
         with pytest.raises(NotFoundError, match=f"{key} has no walship metadata"):
             restore_default(store, tmp_path / "restored.db")
         assert not verify_replica(store).passed
+
+
+class TestRetentionPlan:
+    """The plan keeps the newest data's generation whatever the policy (pure, no storage)."""
+
+    def test_a_newest_data_generation_without_snapshot_keeps_its_segments(self) -> None:
+        when = [datetime(2026, month, 1, tzinfo=UTC) for month in (1, 3)]
+        snapshots = [
+            described_snapshot(f"2026{d:%m}01T000000Z-0000000{n}", 0, d, size=10, sha256=str(n) * 64)
+            for n, d in enumerate(when, 1)
+        ]
+        orphan = "20260201T000000Z-00000009"
+        segments = [ObjectInfo(key=format_segment_key(orphan, n), size=5) for n in (1, 2, 3)]
+        now = datetime(2026, 3, 2, tzinfo=UTC)
+
+        def deleted(newest: str | None) -> dict[str, int]:
+            plan = plan_retention(RetentionPolicy(keep_last=1), snapshots, segments, now, newest)
+            return next(g for g in plan.generations if g.generation == orphan).delete
+
+        assert len(deleted(None)) == 3  # without the rule, the newest data would go
+        assert deleted(orphan) == {}

@@ -168,9 +168,9 @@ def select_snapshot(
             s for s in snapshots if s.generation == generation and (sequence is None or s.sequence <= sequence)
         ]
         if not candidates:
+            where = f" at or before sequence {sequence}" if sequence is not None else ""
             raise NotFoundError(
-                f"generation {generation} has no snapshot at or before sequence {sequence}: "
-                "run 'walship status' to see the generations"
+                f"generation {generation} has no snapshot{where}: run 'walship status' to see the generations"
             )
         return max(candidates, key=lambda s: s.sequence)
     candidates = [s for s in snapshots if before is None or s.created_at <= before]
