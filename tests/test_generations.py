@@ -48,6 +48,7 @@ class TestNewestData:
         assert content_digest(restored) != content_digest(db_c)
         status = replica_status(store)
         assert (status.current_generation, status.restorable) == (gen_a, True)
+        assert [g.generation for g in status.generations] == [gen_c, gen_a]
         report = verify_replica(store)
         assert report.passed, report.failed
         assert report.points[0].position.generation == gen_a

@@ -4,7 +4,7 @@ One LIST of the whole prefix gives every key and size: snapshots,
 segments, the lease and the stored bytes. The index spares a HEAD per
 snapshot it describes; a snapshot it lacks is described from its object, and
 the index is reported ``stale``. Beyond that: one GET of the index, one HEAD
-of the newest segment, one GET of the lease if there is one, and one GET of
+of each generation's newest segment (walship.generations), one GET of the lease if there is one, and one GET of
 metadata.json again where the listing shows the original design's layout.
 ``--rebuild-index`` adds a rebuild (a LIST and a HEAD per snapshot), a
 conditional write and a second listing.
@@ -25,7 +25,7 @@ from walship.original import OriginalLayout, describe_original
 from walship.storage import ObjectStore
 from walship.units import human_bytes
 
-__all__ = ["IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
+__all__ = ["GenerationSummary", "IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
 
 # ok: metadata.json agrees with the listing; stale: it names other snapshots
 # than the listing shows; missing; corrupt: unreadable; original: the
@@ -40,6 +40,16 @@ class LeaseState(BaseModel):
     acquired_at: datetime
     expires_at: datetime
     live: bool
+
+
+class GenerationSummary(BaseModel):
+    """One generation in ``status --json``: what ``--generation`` can name."""
+
+    generation: str
+    newest_point: datetime
+    snapshots: int
+    segments: int
+    restorable: bool
 
 
 class ReplicaStatus(BaseModel):
@@ -57,6 +67,8 @@ class ReplicaStatus(BaseModel):
     # False when that generation cannot be restored (a problem names why and what to do).
     restorable: bool | None = None
     generation_count: int
+    # Every generation, oldest newest point first (the last is current_generation).
+    generations: list[GenerationSummary] = []
     snapshot_count: int
     snapshot_bytes: int
     newest: SnapshotInfo | None
@@ -179,6 +191,16 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         current_generation=generation,
         restorable=current.restorable if current else None,
         generation_count=len(generations.generations),
+        generations=[
+            GenerationSummary(
+                generation=g.generation,
+                newest_point=g.newest_point,
+                snapshots=len(g.snapshots),
+                segments=len(g.sequences),
+                restorable=g.restorable,
+            )
+            for g in generations.generations
+        ],
         snapshot_count=len(snapshots),
         snapshot_bytes=sum(s.compressed_size for s in snapshots),
         newest=snapshots[-1] if snapshots else None,
