@@ -134,9 +134,10 @@ def describe_generations(
         newest_segment, stray_segments = _newest_segment(store, listed)
         strays += stray_segments
         points = [p for p in (newest_segment, usable[-1].created_at if usable else None) if p is not None]
-        if any(not u.stray and _generation_of(u.key) == name for u in unusable):
-            # A damaged snapshot of walship's is data we cannot read, not a stray: it
-            # counts from its generation's start, so it is never silently skipped.
+        damaged_segment = newest_segment is None and len(listed) > len(stray_segments)
+        if damaged_segment or any(not u.stray and _generation_of(u.key) == name for u in unusable):
+            # Damaged objects of walship's are data we cannot read, not strays: they
+            # count from their generation's start, so they are never silently skipped.
             points.append(parse_generation(name))
         if not points:
             continue  # nothing walship wrote: its objects are strays, not data
