@@ -14,8 +14,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from bench.workload import content_digest
+from flows import restore_flow
 from tests.helpers import WALSHIP, rewrite_object, take_and_upload, walship
 from tests.test_ship import Running
 from walship.chain import list_segment_sequences
@@ -186,6 +189,24 @@ class TestPointInTime:
         exact = restore(replica, tmp_path / "exact.db", env, "--timestamp", captured)
         assert exact.returncode == 0, exact.stderr
         assert exact.stderr == ""
+        # The flow's result and artifact say the same.
+        state = restore_flow(
+            replica=replica, output=tmp_path / "flow.db", timestamp=datetime.fromisoformat(asked), return_state=True
+        )
+        result = state.result()
+        assert result.asked_time == datetime.fromisoformat(asked)
+        assert result.next_sequence == sequences[-1]
+        assert result.complete_until is not None
+        assert result.complete_until < result.asked_time
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+                )
+            )
+        [artifact] = [a for a in artifacts if a.type == "markdown"]
+        assert "| holds every commit up to |" in artifact.data
+        assert "may be missing commits" in artifact.data
 
 
 class TestSmallerItems:
