@@ -78,10 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     rest.add_argument("--replica", required=True)
     rest.add_argument("--output", required=True, type=Path)
     when = rest.add_mutually_exclusive_group()
-    when.add_argument("--timestamp", help="newest snapshot at or before this ISO 8601 time (UTC if no zone)")
+    when.add_argument("--timestamp", help="the state at this ISO 8601 time (UTC if no zone), to segment precision")
     when.add_argument("--sequence", type=int, help="restore up to this WAL segment sequence")
     when.add_argument("--snapshot", dest="snapshot_key", help="restore this snapshot key alone, without WAL")
-    rest.add_argument("--generation", help="with --sequence: the generation (default: the newest)")
+    rest.add_argument(
+        "--generation",
+        help="restore this generation (to its end, or with --sequence up to N); default: the one with the newest data",
+    )
     rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
     rest.add_argument("--database-id", help="refuse a replica that holds another database")
 
