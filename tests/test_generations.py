@@ -19,7 +19,7 @@ from tests.test_restore_cli import STRAY, commit, newest_generation_without_snap
 from tests.test_ship import Running
 from walship.chain import list_segment_sequences
 from walship.errors import NotFoundError
-from walship.generations import choose_snapshot, describe_generations
+from walship.generations import GenerationState, ReplicaGenerations, choose_snapshot, describe_generations
 from walship.layout import format_segment_key, format_snapshot_key
 from walship.models import ObjectInfo, utcnow
 from walship.restore import restore_snapshot
@@ -154,3 +154,29 @@ class TestRetentionPlan:
 
         assert len(deleted(None)) == 3  # without the rule, the newest data would go
         assert deleted(orphan) == {}
+
+
+class TestChoice:
+    """choose_snapshot on described generations (pure, no storage)."""
+
+    def test_generation_and_timestamp_never_start_after_the_asked_time(self) -> None:
+        name = "20260101T000000Z-00000001"
+        times = [datetime(2026, 1, 1, hour, tzinfo=UTC) for hour in (0, 1, 2)]
+        snapshots = tuple(described_snapshot(name, 10 * n, t, size=10, sha256=str(n) * 64) for n, t in enumerate(times))
+        state = GenerationState(
+            generation=name,
+            snapshots=snapshots,
+            unusable=(),
+            sequences=tuple(range(1, 31)),
+            newest_point=times[-1],
+            newest_captured_at=times[-1],
+            gaps=(),
+            problem=None,
+        )
+        generations = ReplicaGenerations(generations=(state,), strays=())
+        asked = datetime(2026, 1, 1, 1, 30, tzinfo=UTC)
+        assert choose_snapshot(generations, generation=name, before=asked).key == snapshots[1].key
+        assert choose_snapshot(generations, before=asked).key == snapshots[1].key
+        assert choose_snapshot(generations).key == snapshots[2].key
+        with pytest.raises(NotFoundError, match="generation nosuchgen does not exist in the replica"):
+            choose_snapshot(generations, generation="nosuchgen", sequence=5)

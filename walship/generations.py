@@ -169,8 +169,12 @@ def choose_snapshot(
 ) -> SnapshotInfo:
     """The snapshot a restore starts from: by generation and sequence, by time, or the newest data's."""
     if generation is not None:
-        if generations.get(generation) is None:
+        state = generations.get(generation)
+        if state is None:
             raise NotFoundError(f"generation {generation} does not exist in the replica: {_HOW_TO_LIST}")
+        if before is not None and sequence is None:
+            # A snapshot taken after the asked time would restore a later state than asked.
+            return select_snapshot(list(state.snapshots), before=before)
         return select_snapshot(generations.snapshots, generation=generation, sequence=sequence)
     if sequence is not None:
         newest = generations.newest
