@@ -44,6 +44,7 @@ def restore_flow(
     if sequence is not None and sequence < 0:
         raise UsageError(f"--sequence {sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
     chosen: SnapshotInfo
+    until_sequence = sequence
     if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
         # Described from its own object: nothing else the prefix holds can stand in the way.
         chosen = with_retry_policy(read_snapshot, retry)(replica, snapshot_key)
@@ -65,8 +66,10 @@ def restore_flow(
             chosen = select_snapshot(generations.snapshots, key=snapshot_key)
         else:
             chosen = choose_snapshot(generations, before=timestamp, generation=generation, sequence=sequence)
+            if sequence is None and timestamp is None:
+                until_sequence = generations.end_of(chosen)
     target = RestoreTarget(
-        segments=snapshot_key is None, until_time=timestamp, until_sequence=sequence, database_id=database_id
+        segments=snapshot_key is None, until_time=timestamp, until_sequence=until_sequence, database_id=database_id
     )
     progress = start_progress(artifact_key("restore-progress", output.name), f"Restore of {chosen.database_id}")
     result = with_retry_policy(restore_snapshot, retry)(replica, chosen, output, force, target, progress)

@@ -120,6 +120,26 @@ class TestStrays:
         assert report.passed, report.failed
         assert any(STRAY in check.detail for check in report.checks)
 
+    def test_stray_after_the_end_of_the_chain(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """A segment key past the generation's end that walship did not write: reported, passed over."""
+        running = Running(database, store, tmp_path / "spool")
+        commit(database, "x", 30)
+        running.step()
+        running.close()
+        [generation] = running.generations
+        last = list_segment_sequences(store, generation)[-1]
+        stray = format_segment_key(generation, last + 1)
+        store.put_stream(stray, io.BytesIO(b"not walship's"), metadata={})
+        generations = describe_generations(store)
+        assert generations.strays == (stray,)
+        start = choose_snapshot(generations)
+        result = restore_snapshot(store, start, tmp_path / "restored.db", until_sequence=generations.end_of(start))
+        assert result.position.sequence == last
+        assert content_digest(tmp_path / "restored.db") == content_digest(database)
+        assert replica_status(store).strays == [stray]
+        report = verify_replica(store)
+        assert report.passed, report.failed
+
     def test_stray_in_the_needed_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         """The newest data's snapshot replaced by foreign bytes: the restore needs it, so it fails naming it."""
         take_and_upload(store, database)

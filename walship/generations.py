@@ -72,6 +72,16 @@ class ReplicaGenerations(_Frozen):
     def snapshots(self) -> list[SnapshotInfo]:
         return sorted((s for g in self.generations for s in g.snapshots), key=lambda s: (s.created_at, s.key))
 
+    def end_of(self, snapshot: SnapshotInfo) -> int | None:
+        """Where a restore from ``snapshot`` to its generation's end stops: its newest segment walship wrote.
+
+        None when there is no segment after the snapshot. Naming the end keeps a
+        stray listed after it (a key walship did not write) out of the restore.
+        """
+        state = self.get(snapshot.generation)
+        after = [q for q in state.sequences if q > snapshot.sequence] if state else []
+        return after[-1] if after else None
+
     def get(self, name: str) -> GenerationState | None:
         return next((g for g in self.generations if g.generation == name), None)
 

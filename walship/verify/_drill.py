@@ -83,6 +83,9 @@ def restore_drill(
     else:
         drill.add("database-id", True, f"every snapshot is of database {named!r}")
     generations = describe_generations(store, known=snapshots, listing=listing)
+    for state in generations.generations:
+        # The listing already made, without the strays it found: no second LIST, no stray as a point.
+        drill.known_sequences(state.generation, list(state.sequences))
     if generations.strays:
         shown = ", ".join(generations.strays[:3]) + (", ..." if len(generations.strays) > 3 else "")
         drill.add(
@@ -98,7 +101,7 @@ def restore_drill(
         with drill.step("restore-newest"):
             # The point a default restore would give: the newest data, not the newest snapshot.
             _, start = generations.require_newest()
-            restore.point("newest", start, None)
+            restore.point("newest", start, generations.end_of(start))
             drill.add("restore-newest", True, _restored_detail(drill.points[-1]))
         _compare_recorded_state(drill, restore, snapshots, newest)
         if older:

@@ -116,6 +116,9 @@ class Drill:
         except WalshipError as exc:
             self.add(name, False, str(exc))
 
+    def known_sequences(self, generation: str, sequences: list[int]) -> None:
+        self._sequences[generation] = sequences
+
     def sequences(self, generation: str) -> list[int]:
         if generation not in self._sequences:
             self._sequences[generation] = list_segment_sequences(self.store, generation)
