@@ -120,7 +120,7 @@ class ReplicaGenerations(_Frozen):
                 key = format_segment_key(state.generation, gap)
                 if state is not newest or newest.problem is None or key not in newest.problem:
                     found.append(f"{key} is missing: a gap in generation {state.generation}'s segments")
-            found += [u.reason for u in state.unusable if not u.stray]
+            found += [u.reason for u in state.unusable if not u.stray and u.reason not in (state.problem or "")]
         return found
 
 
