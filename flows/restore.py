@@ -7,16 +7,21 @@ from prefect import flow
 
 from flows._report import artifact_key, human_bytes, publish, run_name
 from tasks import (
+    describe_generations,
     finish_progress,
-    list_snapshots,
+    read_snapshot,
     restore_original,
     restore_snapshot,
     start_progress,
     with_retry_policy,
 )
 from walship.catalog import select_snapshot
-from walship.models import RestoreResult, RestoreTarget, RetryPolicy
+from walship.errors import UsageError
+from walship.generations import choose_snapshot
+from walship.layout import parse_snapshot_key
+from walship.models import RestoreResult, RestoreTarget, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
+from walship.restore import point_in_time
 
 
 @flow(name="restore", flow_run_name=lambda: run_name("restore", "output"), log_prints=True)
@@ -31,23 +36,40 @@ def restore_flow(
     database_id: str | None = None,
     retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RestoreResult | OriginalRestoreResult:
-    """Restore ``replica`` to ``output``: the newest state, the newest at or before
-    ``timestamp``, or WAL ``sequence`` of ``generation`` (default: the newest
-    generation); ``snapshot_key`` restores one snapshot alone. Refuses to replace an
-    existing file unless ``force``, and a replica of another database than ``database_id``."""
-    snapshots = with_retry_policy(list_snapshots, retry)(replica)
-    if not snapshots and sequence is None and generation is None:
-        # No walship snapshot: the prefix may hold the original design's layout (docs/FORMAT.md).
-        original = with_retry_policy(restore_original, retry)(
-            replica, output, force, timestamp, snapshot_key, database_id
-        )
-        publish(
-            "restore", output.name, f"Restore of the original layout's snapshot to {output}", original.report_rows()
-        )
-        return original
-    chosen = select_snapshot(snapshots, key=snapshot_key, before=timestamp, generation=generation, sequence=sequence)
+    """Restore ``replica`` to ``output``: the newest data (failing, with the ways to an
+    older point, when it cannot be restored), the state at ``timestamp``, or WAL
+    ``sequence`` of ``generation`` (default: the generation with the newest data);
+    ``snapshot_key`` restores one snapshot alone. Refuses to replace an existing file
+    unless ``force``, and a replica of another database than ``database_id``."""
+    if sequence is not None and sequence < 0:
+        raise UsageError(f"--sequence {sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
+    chosen: SnapshotInfo
+    until_sequence = sequence
+    if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
+        # Described from its own object: nothing else the prefix holds can stand in the way.
+        chosen = with_retry_policy(read_snapshot, retry)(replica, snapshot_key)
+    else:
+        generations = with_retry_policy(describe_generations, retry)(replica)
+        if not generations.generations and sequence is None and generation is None:
+            # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
+            original = with_retry_policy(restore_original, retry)(
+                replica, output, force, timestamp, snapshot_key, database_id
+            )
+            publish(
+                "restore",
+                output.name,
+                f"Restore of the original layout's snapshot to {output}",
+                original.report_rows(),
+            )
+            return original
+        if snapshot_key is not None:
+            chosen = select_snapshot(generations.snapshots, key=snapshot_key)
+        else:
+            chosen = choose_snapshot(generations, before=timestamp, generation=generation, sequence=sequence)
+            if sequence is None and timestamp is None:
+                until_sequence = generations.end_of(chosen)
     target = RestoreTarget(
-        segments=snapshot_key is None, until_time=timestamp, until_sequence=sequence, database_id=database_id
+        segments=snapshot_key is None, until_time=timestamp, until_sequence=until_sequence, database_id=database_id
     )
     progress = start_progress(artifact_key("restore-progress", output.name), f"Restore of {chosen.database_id}")
     result = with_retry_policy(restore_snapshot, retry)(replica, chosen, output, force, target, progress)
@@ -60,6 +82,7 @@ def restore_flow(
             ("snapshot", f"`{chosen.key}`"),
             ("position", str(result.position)),
             ("segments applied", str(result.segments_applied)),
+            *_point_in_time_rows(result),
             ("taken at", chosen.created_at.isoformat()),
             ("size", f"{human_bytes(chosen.compressed_size)} -> {human_bytes(result.size)}"),
             ("sha256", f"`{chosen.sha256}` (verified)"),
@@ -68,3 +91,14 @@ def restore_flow(
         ],
     )
     return result
+
+
+def _point_in_time_rows(result: RestoreResult) -> list[tuple[str, str]]:
+    line, warning = point_in_time(result)
+    if not line:
+        return []
+    rows = [
+        ("asked time", str(result.asked_time)),
+        ("holds every commit up to", str(result.complete_until)),
+    ]
+    return [*rows, ("**warning**", warning)] if warning else rows

@@ -26,7 +26,7 @@ def retention_flow(
 ) -> RetentionReport:
     """Delete the snapshots ``policy`` does not keep from ``replica``, and the WAL no kept snapshot needs.
 
-    The newest snapshot always stays. With ``dry_run`` nothing is deleted and
+    The newest snapshot and the newest data (its generation) always stay. With ``dry_run`` nothing is deleted and
     the artifact shows what would be. Deletes that fail are reported, the run
     ends failed, and the next run tries them again.
     """

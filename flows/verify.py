@@ -63,7 +63,7 @@ def verify_flow(
         subject,
         f"Restore drill of {subject}: {'passed' if report.passed else 'FAILED'}",
         [
-            *((check.name, f"{'ok' if check.ok else '**FAILED**'}: {_cell(check.detail)}") for check in report.checks),
+            *((check.name, f"{_verdict(check.verdict)}: {_cell(check.detail)}") for check in report.checks),
             *(
                 (
                     f"restored ({point.role})",
@@ -85,3 +85,7 @@ def verify_flow(
 def _cell(text: str) -> str:
     """Markdown table cells end at a pipe."""
     return text.replace("|", "\\|")
+
+
+def _verdict(verdict: str) -> str:
+    return verdict if verdict == "ok" else f"**{verdict}**"

@@ -7,7 +7,7 @@ persistence), because every one either has side effects or large inputs.
 
 from tasks._progress import finish_progress, start_progress
 from tasks._retry import with_retry_policy
-from tasks.restore import list_snapshots, restore_original, restore_snapshot
+from tasks.restore import describe_generations, read_snapshot, restore_original, restore_snapshot
 from tasks.retention import apply_retention, plan_retention
 from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
 from tasks.snapshot import check_replica, compress, take_snapshot, update_metadata, upload
@@ -19,9 +19,10 @@ __all__ = [
     "check_index",
     "check_replica",
     "compress",
+    "describe_generations",
     "finish_progress",
-    "list_snapshots",
     "plan_retention",
+    "read_snapshot",
     "record_position",
     "release_lease",
     "restore_drill",

@@ -6,17 +6,24 @@ from uuid import UUID
 
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
-from walship import index, original, restore
+from walship import catalog, generations, index, original, restore
 from walship.models import RestoreResult, RestoreTarget, SnapshotInfo
 from walship.storage import open_store
 
-__all__ = ["list_snapshots", "restore_original", "restore_snapshot"]
+__all__ = ["describe_generations", "read_snapshot", "restore_original", "restore_snapshot"]
 
 
 @walship_task
-def list_snapshots(replica: str) -> list[SnapshotInfo]:
-    """Every snapshot a listing of the replica shows (the index spares HEADs)."""
-    return index.current_snapshots(open_store(replica))
+def describe_generations(replica: str) -> generations.ReplicaGenerations:
+    """Every generation a listing of the replica shows, and which holds the newest data (the index spares HEADs)."""
+    store = open_store(replica)
+    return generations.describe_generations(store, known=index.indexed_snapshots(store))
+
+
+@walship_task
+def read_snapshot(replica: str, key: str) -> SnapshotInfo:
+    """One snapshot described from its own object (one HEAD), whatever else the replica holds."""
+    return catalog.read_snapshot_info(open_store(replica), key)
 
 
 @walship_task

@@ -87,7 +87,7 @@ class TestRetries:
         with pytest.raises(TransientStorageError):
             state.result()
         runs = _task_runs(state.state_details.flow_run_id)  # type: ignore[arg-type]
-        assert runs["list_snapshots"].run_count == 1 + FAST_RETRY.attempts
+        assert runs["describe_generations"].run_count == 1 + FAST_RETRY.attempts
 
     def test_missing_bucket_is_not_retried(
         self, moto_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -97,7 +97,7 @@ class TestRetries:
         state = restore_flow(replica=replica, output=tmp_path / "out.db", retry=FAST_RETRY, return_state=True)
         with pytest.raises(NotFoundError, match="does not exist"):
             state.result()
-        assert _task_runs(state.state_details.flow_run_id)["list_snapshots"].run_count == 1  # type: ignore[arg-type]
+        assert _task_runs(state.state_details.flow_run_id)["describe_generations"].run_count == 1  # type: ignore[arg-type]
 
 
 def test_flow_rejects_out_of_range_level(database: Path, tmp_path: Path, prefect_api: str) -> None:

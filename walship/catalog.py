@@ -8,7 +8,7 @@ never depends on ``metadata.json`` alone.
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from walship.errors import CorruptObjectError, NotFoundError
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, parse_snapshot_key
@@ -16,16 +16,34 @@ from walship.models import ObjectInfo, SnapshotInfo, WalPosition
 from walship.storage import ObjectStore
 
 __all__ = [
+    "UnusableSnapshot",
     "describe_snapshot",
     "from_metadata",
     "list_snapshot_keys",
     "list_snapshots",
     "read_snapshot_info",
+    "scan_snapshots",
     "select_snapshot",
+    "snapshot_or_unusable",
     "to_metadata",
 ]
 
 _PREFIX = "walship-"
+
+
+class UnusableSnapshot(BaseModel):
+    """An object at a snapshot key that no restore can start from.
+
+    ``stray``: it carries no walship metadata at all, so walship did not
+    write it (reported, never fatal to a restore that does not need it).
+    Otherwise walship's own description of it is damaged.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    stray: bool
+    reason: str
 
 
 def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
@@ -53,7 +71,11 @@ def from_metadata(metadata: dict[str, str], skip: frozenset[str] = frozenset()) 
 
 def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
     """Describe one snapshot object from its own metadata (one HEAD)."""
-    return _from_object(store.head(key))
+    try:
+        obj = store.head(key)
+    except NotFoundError:
+        raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots") from None
+    return _from_object(obj)
 
 
 def list_snapshot_keys(store: ObjectStore, listing: Iterable[ObjectInfo] | None = None) -> list[str]:
@@ -66,18 +88,55 @@ def list_snapshot_keys(store: ObjectStore, listing: Iterable[ObjectInfo] | None 
 def list_snapshots(
     store: ObjectStore, known: Sequence[SnapshotInfo] = (), listing: Iterable[ObjectInfo] | None = None
 ) -> list[SnapshotInfo]:
-    """Every snapshot a listing shows, oldest first.
+    """Every snapshot a listing shows, oldest first; strays are left out, damaged descriptions raise.
 
     Descriptions in ``known`` (the index) spare a HEAD for the keys they
     cover; a key the index lacks is described from its object. A key the
     index has but the listing does not is left out: the listing is the truth.
     ``listing`` reuses a listing the caller already made.
     """
+    snapshots, unusable = scan_snapshots(store, known, listing)
+    damaged = [u for u in unusable if not u.stray]
+    if damaged:
+        raise CorruptObjectError(damaged[0].reason)
+    return snapshots
+
+
+def scan_snapshots(
+    store: ObjectStore, known: Sequence[SnapshotInfo] = (), listing: Iterable[ObjectInfo] | None = None
+) -> tuple[list[SnapshotInfo], list[UnusableSnapshot]]:
+    """Like ``list_snapshots``, but every key it cannot use is collected instead of raised."""
     by_key = {s.key: s for s in known}
-    snapshots = [by_key.get(key) or read_snapshot_info(store, key) for key in list_snapshot_keys(store, listing)]
+    snapshots: list[SnapshotInfo] = []
+    unusable: list[UnusableSnapshot] = []
+    for key in list_snapshot_keys(store, listing):
+        if key in by_key:
+            snapshots.append(by_key[key])
+            continue
+        try:
+            obj = store.head(key)
+        except NotFoundError:
+            continue  # deleted since the listing (retention): the newer truth
+        described = snapshot_or_unusable(obj)
+        if isinstance(described, UnusableSnapshot):
+            unusable.append(described)
+        else:
+            snapshots.append(described)
     # Generation names order by the second; two snapshots within one second
     # order by their recorded time, as the index orders them.
-    return sorted(snapshots, key=lambda s: (s.created_at, s.key))
+    return sorted(snapshots, key=lambda s: (s.created_at, s.key)), unusable
+
+
+def snapshot_or_unusable(obj: ObjectInfo) -> SnapshotInfo | UnusableSnapshot:
+    """The snapshot a HEAD describes, or why it cannot be used: not walship's (a stray) or damaged."""
+    if not any(name.startswith(_PREFIX) for name in obj.metadata):
+        return UnusableSnapshot(
+            key=obj.key, stray=True, reason=f"{obj.key} has no walship metadata: walship did not write it"
+        )
+    try:
+        return _from_object(obj)
+    except CorruptObjectError as exc:
+        return UnusableSnapshot(key=obj.key, stray=False, reason=str(exc))
 
 
 def select_snapshot(
@@ -109,9 +168,9 @@ def select_snapshot(
             s for s in snapshots if s.generation == generation and (sequence is None or s.sequence <= sequence)
         ]
         if not candidates:
+            where = f" at or before sequence {sequence}" if sequence is not None else ""
             raise NotFoundError(
-                f"generation {generation} has no snapshot at or before sequence {sequence}: "
-                "run 'walship status' to see the generations"
+                f"generation {generation} has no snapshot{where}: run 'walship status' to see the generations"
             )
         return max(candidates, key=lambda s: s.sequence)
     candidates = [s for s in snapshots if before is None or s.created_at <= before]

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
 from pydantic import ValidationError
 
@@ -22,17 +22,28 @@ from walship.catalog import from_metadata
 from walship.codec import decompress_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
 from walship.layout import format_segment_key, generation_prefix, parse_segment_key
-from walship.models import SegmentInfo
+from walship.models import ObjectInfo, SegmentInfo
 from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, iter_frames, replay_header
 from walship.storage import ObjectStore
 
-__all__ = ["apply_segments", "list_segment_sequences", "read_segment_info"]
+__all__ = ["AppliedSegments", "apply_segments", "list_segment_sequences", "read_segment_info", "segment_from_object"]
 
 
 def list_segment_sequences(store: ObjectStore, generation: str) -> list[int]:
     """Sequence numbers of a generation's segments (one LIST, no HEAD)."""
     found = (parse_segment_key(o.key) for o in store.list(f"{generation_prefix(generation)}wal/"))
     return sorted(p.sequence for p in found if p is not None and p.generation == generation)
+
+
+class AppliedSegments(NamedTuple):
+    """What a restore applied, and the first segment it stopped before (a time limit), if any.
+
+    ``stopped_before`` bounds what the state lacks: its commits all came
+    after its ``committed_after``.
+    """
+
+    applied: list[SegmentInfo]
+    stopped_before: SegmentInfo | None
 
 
 def apply_segments(
@@ -44,11 +55,12 @@ def apply_segments(
     until_sequence: int | None = None,
     until_time: datetime | None = None,
     scratch: Path,
-) -> list[SegmentInfo]:
+) -> AppliedSegments:
     """Apply the generation's segments after sequence ``after`` to ``database`` (open r+b).
 
     Stops after ``until_sequence``, before the first segment captured after
-    ``until_time``, or at the end of the chain. Returns what was applied.
+    ``until_time``, or at the end of the chain. Any damage names the segment
+    and the last point that can still be restored (``--sequence N-1``).
     """
     sequences = [s for s in list_segment_sequences(store, generation) if s > after]
     if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
@@ -57,6 +69,7 @@ def apply_segments(
             "run 'walship status' to see the newest sequence"
         )
     applied: list[SegmentInfo] = []
+    stopped_before: SegmentInfo | None = None
     expected = after + 1
     for sequence in sequences:
         if until_sequence is not None and sequence > until_sequence:
@@ -67,16 +80,21 @@ def apply_segments(
                 f"{format_segment_key(generation, expected)} is missing: the chain of generation {generation} "
                 f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
             )
-        with _downloaded(store, key, scratch) as (info, raw):
-            if until_time is not None and info.captured_at > until_time:
-                break
-            _check_link(applied[-1] if applied else None, info)
-            _apply(raw, info, database)
+        try:
+            with _downloaded(store, key, scratch) as (info, raw):
+                if until_time is not None and info.captured_at > until_time:
+                    stopped_before = info
+                    break
+                _check_link(applied[-1] if applied else None, info)
+                _apply(raw, info, database)
+        except (ChecksumMismatchError, CorruptObjectError) as exc:
+            # The same way out a missing segment offers: everything before it still restores.
+            raise type(exc)(f"{exc}; restore an earlier point with --sequence {sequence - 1}") from exc
         applied.append(info)
         expected += 1
     if until_sequence is not None and (applied[-1].sequence if applied else after) != until_sequence:
         raise NotFoundError(f"{format_segment_key(generation, until_sequence)} could not be reached")
-    return applied
+    return AppliedSegments(applied, stopped_before)
 
 
 @contextlib.contextmanager
@@ -96,7 +114,12 @@ def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[S
 
 def read_segment_info(store: ObjectStore, key: str) -> SegmentInfo:
     """Describe one segment object from its own metadata (one HEAD)."""
-    obj = store.head(key)
+    return segment_from_object(store.head(key))
+
+
+def segment_from_object(obj: ObjectInfo) -> SegmentInfo:
+    """A segment's description from a HEAD of it."""
+    key = obj.key
     try:
         info = SegmentInfo(key=key, **from_metadata(obj.metadata))
     except ValidationError as exc:
@@ -122,7 +145,7 @@ def _check_link(previous: SegmentInfo | None, info: SegmentInfo) -> None:
     if not continues:
         raise CorruptObjectError(
             f"segment {info.key} does not continue {previous.key} (salts, offset or checksum differ): "
-            "an overlap or a fork; restore an earlier point"
+            "an overlap or a fork"
         )
 
 

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from walship import codec
 from walship.errors import UsageError, WalshipError
 from walship.models import RestoreResult
-from walship.restore import check_output
+from walship.restore import check_output, point_in_time
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
@@ -34,6 +34,7 @@ from walship.storage import open_store, parse_replica_url
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 141
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,10 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     rest.add_argument("--replica", required=True)
     rest.add_argument("--output", required=True, type=Path)
     when = rest.add_mutually_exclusive_group()
-    when.add_argument("--timestamp", help="newest snapshot at or before this ISO 8601 time (UTC if no zone)")
+    when.add_argument("--timestamp", help="the state at this ISO 8601 time (UTC if no zone), to segment precision")
     when.add_argument("--sequence", type=int, help="restore up to this WAL segment sequence")
     when.add_argument("--snapshot", dest="snapshot_key", help="restore this snapshot key alone, without WAL")
-    rest.add_argument("--generation", help="with --sequence: the generation (default: the newest)")
+    rest.add_argument(
+        "--generation",
+        help="restore this generation (to its end, or with --sequence up to N); default: the one with the newest data",
+    )
     rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
     rest.add_argument("--database-id", help="refuse a replica that holds another database")
 
@@ -121,7 +125,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is handled below
+        return code
+    except BrokenPipeError:
+        # The reader went away (``walship status --json | head -1``): nobody is
+        # left to tell, so end quietly, as a process killed by SIGPIPE would
+        # (128 + 13). Python flushes stdout again at exit: point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("walship: interrupted", file=sys.stderr)
         return 130
@@ -168,6 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         return _verify(args, replica)
     if args.command == "retention":
         return _retention(args, replica)
+    if args.sequence is not None and args.sequence < 0:
+        raise UsageError(f"--sequence {args.sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
     output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
     from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
@@ -188,6 +203,11 @@ def _run(args: argparse.Namespace) -> int:
             f"restored {result.output} at {position} ({result.snapshot.key} + {result.segments_applied} segments, "
             f"{result.size} bytes, integrity ok)"
         )
+        line, warning = point_in_time(result)
+        if line:
+            print(line)
+        if warning:
+            print(f"walship: {warning}", file=sys.stderr)
     else:  # a snapshot of the original layout: it says what it could verify and what it did not apply
         print(result.summary())
     return EXIT_OK
@@ -273,7 +293,7 @@ def _verify(args: argparse.Namespace, replica: str) -> int:
     except VerificationFailedError as exc:
         report, failure = exc.report, exc
     for check in report.checks:
-        print(f"{'ok' if check.ok else 'FAILED':<6}  {check.name:<15}  {check.detail}")
+        print(f"{check.verdict:<6}  {check.name:<15}  {check.detail}")
     print(f"{report.summary()} in {report.duration_seconds:.1f} s")
     if failure is not None:
         raise failure

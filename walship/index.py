@@ -25,6 +25,7 @@ __all__ = [
     "add_snapshot",
     "current_snapshots",
     "forget_snapshots",
+    "indexed_snapshots",
     "read_index",
     "rebuild_index",
     "record_wal_position",
@@ -73,12 +74,17 @@ class NewerIndexError(CorruptObjectError):
 
 def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
     """The snapshots a listing shows, described by the index where it can (one LIST)."""
+    return list_snapshots(store, known=indexed_snapshots(store))
+
+
+def indexed_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
+    """The index's snapshot descriptions, to spare HEADs; none when it is missing or unreadable."""
     try:
         metadata, _ = read_index(store)
     except CorruptObjectError as exc:
         log.warning("%s; describing snapshots from the objects instead", exc)
         metadata = None
-    return list_snapshots(store, known=metadata.snapshots if metadata else ())
+    return metadata.snapshots if metadata else []
 
 
 def rebuild_index(store: ObjectStore) -> ReplicaMetadata:

@@ -200,6 +200,18 @@ class RestoreResult(_Frozen):
     duration_seconds: float
     position: WalPosition
     segments_applied: int = 0
+    # A point-in-time restore's asked time, and the time up to which the state
+    # is known to hold every commit (docs/FORMAT.md, "Point in time").
+    asked_time: datetime | None = None
+    complete_until: datetime | None = None
+    # The first segment a time limit left out: restoring up to it gets the commits the state lacks.
+    next_sequence: int | None = None
+
+    def missing_window(self, margin_seconds: float) -> bool:
+        """True when commits between ``complete_until`` and the asked time may be missing."""
+        if self.asked_time is None or self.complete_until is None:
+            return False
+        return (self.asked_time - self.complete_until).total_seconds() > margin_seconds
 
 
 class RetryPolicy(_Frozen):

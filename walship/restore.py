@@ -11,7 +11,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from walship._fs import fsync_dir
@@ -23,7 +23,12 @@ from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
 from walship.sqlite import integrity_check, read_header
 from walship.storage import ObjectStore
 
-__all__ = ["check_output", "restore_snapshot", "staged_output"]
+__all__ = ["MISSING_MARGIN_SECONDS", "check_output", "point_in_time", "restore_snapshot", "staged_output"]
+
+# A point-in-time restore warns when the asked time is later than the newest
+# point its state is known to hold by more than this: a 1 s sync interval
+# plus room for a slow upload (docs/FORMAT.md, "Point in time").
+MISSING_MARGIN_SECONDS = 5.0
 
 # SQLite's companion files: a stale -wal beside a restored database would be
 # replayed into it, so they go before the new file is renamed into place.
@@ -112,9 +117,10 @@ def restore_snapshot(
             out.flush()
             os.fsync(out.fileno())
         applied: list[SegmentInfo] = []
+        stopped_before: SegmentInfo | None = None
         if segments:
             with tmp.open("r+b") as database:
-                applied = apply_segments(
+                applied, stopped_before = apply_segments(
                     store,
                     database,
                     stored.generation,
@@ -141,4 +147,44 @@ def restore_snapshot(
             generation=stored.generation, sequence=applied[-1].sequence if applied else stored.sequence
         ),
         segments_applied=len(applied),
+        asked_time=until_time,
+        complete_until=_complete_until(stored, applied, stopped_before, until_time),
+        next_sequence=stopped_before.sequence if stopped_before else None,
     )
+
+
+def _complete_until(
+    snapshot: SnapshotInfo, applied: list[SegmentInfo], stopped_before: SegmentInfo | None, asked: datetime | None
+) -> datetime:
+    """The newest time up to which the restored state holds every commit.
+
+    The last applied segment holds every commit before its capture. The
+    segment left out holds only commits after its ``committed_after``, so
+    nothing was committed between the two; past the asked time we do not look.
+    """
+    known = applied[-1].captured_at if applied else snapshot.created_at
+    if stopped_before is not None and asked is not None:
+        known = max(known, min(stopped_before.committed_after, asked))
+    return known
+
+
+def point_in_time(result: RestoreResult) -> tuple[str, str | None]:
+    """What a point-in-time restore holds (one line), and a warning line when it may lack commits."""
+    if result.asked_time is None or result.complete_until is None:
+        return "", None
+    asked, complete = _when(result.asked_time), _when(result.complete_until)
+    line = f"asked for {asked}; the restored state holds every commit up to {complete}"
+    if not result.missing_window(MISSING_MARGIN_SECONDS):
+        return line, None
+    if result.next_sequence is not None:
+        fix = (
+            f"restore up to --sequence {result.next_sequence} (or a later --timestamp) "
+            f"to include them, with commits up to its capture"
+        )
+    else:
+        fix = f"the replica holds nothing later in generation {result.position.generation}"
+    return line, f"warning: the restore may be missing commits made between {complete} and {asked}: {fix}"
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"

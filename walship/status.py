@@ -4,7 +4,7 @@ One LIST of the whole prefix gives every key and size: snapshots,
 segments, the lease and the stored bytes. The index spares a HEAD per
 snapshot it describes; a snapshot it lacks is described from its object, and
 the index is reported ``stale``. Beyond that: one GET of the index, one HEAD
-of the newest segment, one GET of the lease if there is one, and one GET of
+of each generation's newest segment (walship.generations), one GET of the lease if there is one, and one GET of
 metadata.json again where the listing shows the original design's layout.
 ``--rebuild-index`` adds a rebuild (a LIST and a HEAD per snapshot), a
 conditional write and a second listing.
@@ -15,18 +15,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
-from walship.catalog import list_snapshots
-from walship.chain import read_segment_info
-from walship.errors import CorruptObjectError, NotFoundError, UsageError
+from walship.errors import CorruptObjectError, UsageError
+from walship.generations import describe_generations
 from walship.index import read_index, rebuild_index, update_index
-from walship.layout import LEASE_KEY, format_segment_key, parse_segment_key
+from walship.layout import LEASE_KEY, parse_segment_key
 from walship.lease import read_lease
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
 from walship.storage import ObjectStore
 from walship.units import human_bytes
 
-__all__ = ["IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
+__all__ = ["GenerationSummary", "IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
 
 # ok: metadata.json agrees with the listing; stale: it names other snapshots
 # than the listing shows; missing; corrupt: unreadable; original: the
@@ -43,6 +42,16 @@ class LeaseState(BaseModel):
     live: bool
 
 
+class GenerationSummary(BaseModel):
+    """One generation in ``status --json``: what ``--generation`` can name."""
+
+    generation: str
+    newest_point: datetime
+    snapshots: int
+    segments: int
+    restorable: bool
+
+
 class ReplicaStatus(BaseModel):
     """A replica at a glance."""
 
@@ -53,8 +62,13 @@ class ReplicaStatus(BaseModel):
     index_rebuilt: bool = False
     index_last_modified: datetime | None
     index_latest_wal_sequence: int | None
+    # The generation holding the newest data: the one a default restore uses.
     current_generation: str | None
+    # False when that generation cannot be restored (a problem names why and what to do).
+    restorable: bool | None = None
     generation_count: int
+    # Every generation, oldest newest point first (the last is current_generation).
+    generations: list[GenerationSummary] = []
     snapshot_count: int
     snapshot_bytes: int
     newest: SnapshotInfo | None
@@ -74,6 +88,8 @@ class ReplicaStatus(BaseModel):
     object_count: int
     lease: LeaseState | None
     original: OriginalLayout | None
+    # Objects at walship's keys that walship did not write: reported, never used.
+    strays: list[str] = []
     problems: list[str]
 
     def render(self) -> str:
@@ -82,7 +98,7 @@ class ReplicaStatus(BaseModel):
             f"replica:      {self.replica}",
             f"database id:  {self.database_id or '-'}",
             f"index:        {index}",
-            f"generation:   {self.current_generation or '-'} ({self.generation_count} in total)",
+            f"generation:   {self.current_generation or '-'} ({self.generation_count} in total){self._restorable()}",
             f"snapshots:    {self.snapshot_count} ({human_bytes(self.snapshot_bytes)})",
             *self._snapshot_lines(),
             f"segments:     {self.segments_in_generation} in the current generation, {self.segments_total} in total "
@@ -93,8 +109,14 @@ class ReplicaStatus(BaseModel):
         ]
         if self.original is not None:
             lines += self.original.render()
+        lines += [f"stray:        {key} (walship did not write it; it is never used)" for key in self.strays]
         lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def _restorable(self) -> str:
+        if self.restorable is None:
+            return ""
+        return ", newest data, restorable" if self.restorable else ", newest data, NOT restorable (see problem)"
 
     def _snapshot_lines(self) -> list[str]:
         if not self.snapshots:
@@ -135,7 +157,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     original = describe_original(store, listing)
     if original is not None and original.metadata_state == "original" and state != "corrupt":
         state = "original"
-    snapshots = list_snapshots(store, known=metadata.snapshots if metadata else (), listing=listing)
+    generations = describe_generations(store, known=metadata.snapshots if metadata else (), listing=listing)
+    snapshots = generations.snapshots
     if state == "ok" and metadata is not None and {s.key for s in metadata.snapshots} != {s.key for s in snapshots}:
         state = "stale"
     if rebuild:
@@ -147,17 +170,14 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         # A conditional write like every update: a racing writer's change is re-read, not lost.
         metadata = update_index(store, lambda _current: rebuild_index(store))
         listing = list(store.list())  # what the replica holds now, the new index included
-        snapshots = list_snapshots(store, known=metadata.snapshots, listing=listing)
-    generation = snapshots[-1].generation if snapshots else None
+        generations = describe_generations(store, known=metadata.snapshots, listing=listing)
+        snapshots = generations.snapshots
+    problems += generations.problems()
+    current = generations.newest
+    generation = current.generation if current else None
     segments = [(parsed, o.size) for o in listing if (parsed := parse_segment_key(o.key)) is not None]
-    in_generation = sorted(p.sequence for p, _ in segments if p.generation == generation)
-    captured_at = None
-    if in_generation and generation is not None:
-        key = format_segment_key(generation, in_generation[-1])
-        try:
-            captured_at = read_segment_info(store, key).captured_at
-        except (CorruptObjectError, NotFoundError) as exc:
-            problems.append(str(exc))
+    in_generation = list(current.sequences) if current else []
+    captured_at = current.newest_captured_at if current else None
     now = utcnow()
     lag_of, shipped = _newest_state(captured_at, snapshots, original)
     return ReplicaStatus(
@@ -169,7 +189,18 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         index_last_modified=metadata.last_modified if metadata else None,
         index_latest_wal_sequence=metadata.latest_wal_sequence if metadata else None,
         current_generation=generation,
-        generation_count=len({s.generation for s in snapshots} | {p.generation for p, _ in segments}),
+        restorable=current.restorable if current else None,
+        generation_count=len(generations.generations),
+        generations=[
+            GenerationSummary(
+                generation=g.generation,
+                newest_point=g.newest_point,
+                snapshots=len(g.snapshots),
+                segments=len(g.sequences),
+                restorable=g.restorable,
+            )
+            for g in generations.generations
+        ],
         snapshot_count=len(snapshots),
         snapshot_bytes=sum(s.compressed_size for s in snapshots),
         newest=snapshots[-1] if snapshots else None,
@@ -186,6 +217,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         object_count=len(listing),
         lease=_lease(store, now, problems) if any(o.key == LEASE_KEY for o in listing) else None,
         original=original,
+        strays=list(generations.strays),
         problems=problems,
     )
 

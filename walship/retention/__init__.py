@@ -1,6 +1,6 @@
 """Retention: plan (pure) what old snapshots and WAL go, then apply it (or show it, with a dry run)."""
 
-from walship.retention._apply import RetentionResult, apply_retention, list_history
+from walship.retention._apply import RetentionResult, apply_retention, list_history, newest_data
 from walship.retention._plan import GenerationDecision, RetentionPlan, SnapshotDecision, plan_retention
 from walship.retention._policy import RetentionPolicy, format_duration, parse_duration
 
@@ -13,6 +13,7 @@ __all__ = [
     "apply_retention",
     "format_duration",
     "list_history",
+    "newest_data",
     "parse_duration",
     "plan_retention",
 ]

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from pydantic import BaseModel, ConfigDict
 
 from walship.errors import WalshipError
+from walship.generations import describe_generations
 from walship.index import current_snapshots, forget_snapshots
 from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.retention._plan import RetentionPlan
 from walship.storage import DELETE_BATCH_LIMIT, ObjectStore
 
-__all__ = ["RetentionResult", "apply_retention", "list_history"]
+__all__ = ["RetentionResult", "apply_retention", "list_history", "newest_data"]
 
 
 class RetentionResult(BaseModel):
@@ -46,6 +47,12 @@ def list_history(store: ObjectStore) -> tuple[list[SnapshotInfo], list[ObjectInf
     """
     segments = [o for o in store.list(GENERATIONS_PREFIX) if parse_segment_key(o.key) is not None]
     return current_snapshots(store), segments
+
+
+def newest_data(store: ObjectStore, snapshots: Sequence[SnapshotInfo]) -> str | None:
+    """The generation holding the newest data, which retention never deletes (``snapshots`` spare HEADs)."""
+    newest = describe_generations(store, known=snapshots).newest
+    return newest.generation if newest else None
 
 
 def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = False) -> RetentionResult:

@@ -87,11 +87,23 @@ class RetentionPlan(_Frozen):
 
 
 def plan_retention(
-    policy: RetentionPolicy, snapshots: Sequence[SnapshotInfo], segments: Sequence[ObjectInfo], now: datetime
+    policy: RetentionPolicy,
+    snapshots: Sequence[SnapshotInfo],
+    segments: Sequence[ObjectInfo],
+    now: datetime,
+    newest_data: str | None = None,
 ) -> RetentionPlan:
-    """Decide, for every listed snapshot and segment, whether it stays; never deletes the newest snapshot."""
+    """Decide, for every listed snapshot and segment, whether it stays.
+
+    Never deletes the newest snapshot, nor anything a default restore of
+    ``newest_data`` (the generation holding the newest data, from
+    ``walship.generations``) needs: its newest snapshot and every segment after it.
+    """
     ordered = sorted(snapshots, key=lambda s: (s.created_at, s.key))
     reasons = _snapshot_reasons(policy, ordered, now)
+    of_newest_data = [s for s in ordered if s.generation == newest_data]
+    if of_newest_data:
+        reasons[of_newest_data[-1].key].append("holds the newest data")
     decisions = tuple(
         SnapshotDecision(
             key=s.key,
@@ -109,7 +121,7 @@ def plan_retention(
         now=now,
         policy=policy,
         snapshots=decisions,
-        generations=_generation_decisions(decisions, segments, newest_time),
+        generations=_generation_decisions(decisions, segments, newest_time, newest_data),
     )
 
 
@@ -154,7 +166,10 @@ def _snapshot_reasons(policy: RetentionPolicy, ordered: list[SnapshotInfo], now:
 
 
 def _generation_decisions(
-    snapshots: Sequence[SnapshotDecision], segments: Sequence[ObjectInfo], newest_time: datetime | None
+    snapshots: Sequence[SnapshotDecision],
+    segments: Sequence[ObjectInfo],
+    newest_time: datetime | None,
+    newest_data: str | None,
 ) -> tuple[GenerationDecision, ...]:
     by_generation: dict[str, list[tuple[int, ObjectInfo]]] = defaultdict(list)
     for obj in segments:
@@ -170,6 +185,9 @@ def _generation_decisions(
             oldest = min(kept, key=lambda s: s.sequence)
             kept_after: int | None = oldest.sequence
             reason = f"segments after sequence {oldest.sequence} are needed by {oldest.key}"
+        elif generation == newest_data:
+            # Unrestorable without its snapshot, but it is the newest data: deleting it would lose it for good.
+            kept_after, reason = -1, "holds the newest data (no snapshot of it is listed)"
         elif newest_time is None or parse_generation(generation) > newest_time:
             # Segments listed before their snapshot: it may be uploading now.
             kept_after, reason = -1, "newer than every snapshot (its snapshot may still be uploading)"

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import apsw
 
-from walship.catalog import list_snapshot_keys, read_snapshot_info
+from walship.catalog import list_snapshot_keys, snapshot_or_unusable
 from walship.errors import UsageError
-from walship.models import SnapshotInfo
+from walship.generations import describe_generations
+from walship.layout import GENERATIONS_PREFIX
+from walship.models import ObjectInfo, SnapshotInfo
 from walship.restore import restore_snapshot
 from walship.storage import ObjectStore
 from walship.verify._index import check_index
@@ -65,7 +67,8 @@ def restore_drill(
         raise UsageError(f"verify: work directory {workdir} does not exist: create it or leave --workdir out")
     started = time.monotonic()
     drill = Drill(store)
-    snapshots = _described_snapshots(drill)
+    listing = list(store.list(GENERATIONS_PREFIX))
+    snapshots = _described_snapshots(drill, listing)
     if not snapshots:
         return drill.report(started, database_id)
     ids = sorted({s.database_id for s in snapshots})
@@ -79,11 +82,26 @@ def restore_drill(
         )
     else:
         drill.add("database-id", True, f"every snapshot is of database {named!r}")
+    generations = describe_generations(store, known=snapshots, listing=listing)
+    for state in generations.generations:
+        # The listing already made, without the strays it found: no second LIST, no stray as a point.
+        drill.known_sequences(state.generation, list(state.sequences))
+    if generations.strays:
+        shown = ", ".join(generations.strays[:3]) + (", ..." if len(generations.strays) > 3 else "")
+        drill.add(
+            "strays",
+            True,
+            f"{len(generations.strays)} object(s) walship did not write, never used by a restore: {shown}; "
+            "remove them or keep other data out of the replica prefix",
+            warning=True,
+        )
     newest = snapshots[-1]
     with tempfile.TemporaryDirectory(prefix="walship-verify-", dir=workdir) as scratch:
         restore = _Restorer(drill, Path(scratch))
         with drill.step("restore-newest"):
-            restore.point("newest", newest, None)
+            # The point a default restore would give: the newest data, not the newest snapshot.
+            _, start = generations.require_newest()
+            restore.point("newest", start, generations.end_of(start))
             drill.add("restore-newest", True, _restored_detail(drill.points[-1]))
         _compare_recorded_state(drill, restore, snapshots, newest)
         if older:
@@ -91,22 +109,29 @@ def restore_drill(
     return drill.report(started, named)
 
 
-def _described_snapshots(drill: Drill) -> list[SnapshotInfo]:
-    """Every listed snapshot described by its own object; a bad one is a failed check."""
+def _described_snapshots(drill: Drill, listing: list[ObjectInfo]) -> list[SnapshotInfo]:
+    """Every listed snapshot described by its own object; a damaged one is a failed check, a stray is not."""
     snapshots: list[SnapshotInfo] = []
     keys: list[str] = []
+    strays = 0
     with drill.step("snapshots"):
-        keys = list_snapshot_keys(drill.store)
+        keys = list_snapshot_keys(drill.store, listing)
         for key in keys:
             with drill.step("snapshots"):
-                snapshots.append(read_snapshot_info(drill.store, key))
-    if not keys and not drill.checks:
+                described = snapshot_or_unusable(drill.store.head(key))
+                if isinstance(described, SnapshotInfo):
+                    snapshots.append(described)
+                elif described.stray:
+                    strays += 1  # reported by the "strays" check
+                else:
+                    drill.add("snapshots", False, described.reason)
+    if len(keys) == strays and not drill.checks:
         drill.add(
             "snapshots",
             False,
             "the replica holds no snapshot: check the URL, or take one with 'walship snapshot DB --replica URL'",
         )
-    elif snapshots and len(snapshots) == len(keys):
+    elif snapshots and len(snapshots) + strays == len(keys):
         generations = len({s.generation for s in snapshots})
         drill.add("snapshots", True, f"{len(snapshots)} snapshots in {generations} generation(s), each described")
     return sorted(snapshots, key=lambda s: (s.created_at, s.key))

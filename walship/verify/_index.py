@@ -3,7 +3,7 @@
 import time
 from collections.abc import Callable
 
-from walship.catalog import list_snapshot_keys, read_snapshot_info
+from walship.catalog import list_snapshot_keys, read_snapshot_info, snapshot_or_unusable
 from walship.errors import NotFoundError, TransientStorageError, WalshipError
 from walship.index import read_index
 from walship.layout import format_segment_key, parse_snapshot_key
@@ -48,10 +48,12 @@ def _readable_snapshots(store: ObjectStore) -> dict[str, SnapshotInfo | None]:
     found: dict[str, SnapshotInfo | None] = {}
     for key in list_snapshot_keys(store):
         try:
-            found[key] = read_snapshot_info(store, key)
-        except TransientStorageError:
-            raise
-        except WalshipError:
+            described = snapshot_or_unusable(store.head(key))
+        except NotFoundError:
+            continue  # deleted since the listing
+        if isinstance(described, SnapshotInfo):
+            found[key] = described
+        elif not described.stray:  # a stray is not walship's: the index rightly omits it
             found[key] = None
     return found
 

@@ -24,6 +24,12 @@ class VerifyCheck(BaseModel):
     name: str
     ok: bool
     detail: str
+    # Passed, but something deserves a look (objects walship did not write).
+    warning: bool = False
+
+    @property
+    def verdict(self) -> str:
+        return "warn" if self.ok and self.warning else "ok" if self.ok else "FAILED"
 
 
 class RestoredPoint(BaseModel):
@@ -98,8 +104,8 @@ class Drill:
     points: list[RestoredPoint] = field(default_factory=list)
     _sequences: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, name: str, ok: bool, detail: str) -> None:
-        self.checks.append(VerifyCheck(name=name, ok=ok, detail=" ".join(detail.split())))
+    def add(self, name: str, ok: bool, detail: str, *, warning: bool = False) -> None:
+        self.checks.append(VerifyCheck(name=name, ok=ok, detail=" ".join(detail.split()), warning=warning))
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -109,6 +115,9 @@ class Drill:
             raise  # worth a retry of the whole task, not a verdict on the replica
         except WalshipError as exc:
             self.add(name, False, str(exc))
+
+    def known_sequences(self, generation: str, sequences: list[int]) -> None:
+        self._sequences[generation] = sequences
 
     def sequences(self, generation: str) -> list[int]:
         if generation not in self._sequences:
