@@ -11,6 +11,7 @@ import pytest
 
 from bench.workload import create_database, writer_command
 from tests.s3servers import MotoS3, SeaweedS3, _S3Server
+from tests.shipping import Ship, WriterGroup
 from walship.storage import ObjectStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,3 +123,21 @@ def prefect_api() -> Iterator[str]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[Ship | WriterGroup]]:
+    """Whatever a test starts is stopped at its end, pass or fail."""
+    running: list[Ship | WriterGroup] = []
+    yield running
+    for item in reversed(running):
+        if isinstance(item, Ship):
+            item.close()
+        else:
+            item.stop()
+
+
+@pytest.fixture
+def api_env(prefect_api: str) -> dict[str, str]:
+    """Flows started by the CLI report to the session's Prefect API (no ephemeral server per call)."""
+    return {"PREFECT_API_URL": prefect_api}

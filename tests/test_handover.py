@@ -17,19 +17,15 @@ from pathlib import Path
 
 from bench.workload import committed_counts
 from tests.conftest import ROOT
-from tests.test_ship_faults import (
+from tests.shipping import (
     GENERATION_CONFIRMED,
     LEASE_TAKEN,
     Ship,
     WriterGroup,
-    api_env,
     assert_restore_equals_source,
     replica_generations,
     restore,
-    spawned,
 )
-
-__all__ = ["api_env", "spawned"]  # fixtures shared with test_ship_faults
 
 
 class AppProcess:

@@ -27,7 +27,7 @@ import pytest
 from bench.workload import content_digest
 from deployments.config import PREFECT_YAML, with_site
 from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy, wind_down
-from tests.test_ship_faults import WriterGroup
+from tests.shipping import WriterGroup
 from walship.catalog import list_snapshot_keys
 from walship.storage import open_store
 

@@ -24,14 +24,14 @@ import pytest
 from bench.workload import committed_counts, content_digest, expected_state
 from tests.conftest import ROOT
 from tests.helpers import walship
-from tests.test_ship_faults import (
+from tests.shipping import (
     GENERATION_CONFIRMED,
     SEED,
     Ship,
     WriterGroup,
-    _wait_until,
     assert_one_line_error,
     replica_generations,
+    wait_until,
 )
 from walship.chain import list_segment_sequences
 from walship.errors import SpoolFullError
@@ -74,18 +74,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             time.sleep(0.1)
         else:
             _run("umount", "-l", str(mount))
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[Ship | WriterGroup]]:
-    """Whatever a test starts is stopped at its end, pass or fail."""
-    running: list[Ship | WriterGroup] = []
-    yield running
-    for item in reversed(running):
-        if isinstance(item, Ship):
-            item.close()
-        else:
-            item.stop()
 
 
 class Ballast:
@@ -194,7 +182,7 @@ class TestDiskFull:
             spawned.append(more)
             wal = Path(f"{database}-wal")
             # (The WAL file is reused after resets: three times the disk leaves a tail over twice it.)
-            _wait_until(lambda: wal.stat().st_size > 3 * DISK_BYTES, "a WAL thrice the spool's disk", timeout=120)
+            wait_until(lambda: wal.stat().st_size > 3 * DISK_BYTES, "a WAL thrice the spool's disk", timeout=120)
             for item in spawned:
                 if isinstance(item, WriterGroup):
                     item.stop()
@@ -221,7 +209,7 @@ class TestDiskFull:
         warm = WriterGroup(database, [1], rate=100)
         spawned.append(warm)
         wal = Path(f"{database}-wal")
-        _wait_until(lambda: wal.exists() and wal.stat().st_size > 0, "the writers' WAL")
+        wait_until(lambda: wal.exists() and wal.stat().st_size > 0, "the writers' WAL")
         pin = _pin_wal(database)
         try:
             time.sleep(0.5)
@@ -232,7 +220,7 @@ class TestDiskFull:
             shipped_before = list_segment_sequences(open_store(replica), generation)
             writers = WriterGroup(database, [2, 3], rate=0)
             spawned.append(writers)
-            _wait_until(lambda: wal.stat().st_size > 2 * DISK_BYTES, "a WAL twice the spool's disk", timeout=120)
+            wait_until(lambda: wal.stat().st_size > 2 * DISK_BYTES, "a WAL twice the spool's disk", timeout=120)
             writers.stop()
         finally:
             pin.kill()  # SIGKILL: a clean close would checkpoint and remove the WAL

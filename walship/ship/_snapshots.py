@@ -82,10 +82,13 @@ class BackgroundSnapshot:
         try:
             self.spool.check_snapshot_room(self.database)
         except SpoolFullError as full:
-            log.warning("snapshot of %s put off for %.0f s: %s", self.database, SNAPSHOT_RETRY_SECONDS, full)
-            self._retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
+            self._put_off(str(full))
             return False
         return True
+
+    def _put_off(self, why: str) -> None:
+        log.warning("snapshot of %s put off for %.0f s: %s", self.database, SNAPSHOT_RETRY_SECONDS, why)
+        self._retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
 
     def start(
         self,
@@ -126,11 +129,10 @@ class BackgroundSnapshot:
                     self.spool, copy, position, state_at, database_id=self.database_id, level=self.level
                 )
         except SpoolFullError as full:
-            log.warning("snapshot of %s put off for %.0f s: %s", self.database, SNAPSHOT_RETRY_SECONDS, full)
-            self._retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
+            self._put_off(str(full))
             return
-        except Exception:
-            log.exception("snapshot of %s failed; tried again in %.0f s", self.database, SNAPSHOT_RETRY_SECONDS)
-            self._retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
+        except Exception as exc:
+            log.exception("snapshot of %s failed", self.database)
+            self._put_off(f"it failed: {exc}")
             return
         done(info)
