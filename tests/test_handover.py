@@ -94,9 +94,14 @@ class TestApplicationCheckpoints:
             f"{len(writes)} writes of the second writer, slowest {slowest_write:.3f} s, "
             f"{sum(float(str(r['seconds'])) > 1 for r in writes)} over 1 s"
         )
-        not_done = [r for r in checkpoints if r["outcome"] != "ok"]
-        assert not_done == [], not_done[:5]
-        assert len(checkpoints) >= 20
+        # Busy with log -1 is SQLite saying another checkpoint was running at that instant (a writer's
+        # autocheckpoint, or walship's PASSIVE one): it did not wait. Busy with a log is a checkpoint
+        # that waited its whole busy timeout for readers: for a pin that did not move.
+        collided = [r for r in checkpoints if r["outcome"] == "busy" and r["log"] == -1]
+        kept_waiting = [r for r in checkpoints if r["outcome"] != "ok" and r not in collided]
+        print(f"{len(collided)} application checkpoints met another checkpoint running and returned at once")
+        assert kept_waiting == [], kept_waiting[:5]
+        assert len(checkpoints) - len(collided) >= 20
         locked = [r for r in writes if r["outcome"] != "ok"]
         assert locked == [], locked[:5]
         assert len(replica_generations(replica)) == 1, ship.output[-3000:]

@@ -18,7 +18,7 @@ from walship.ship._segment import Captured, NoRoom, capture_segment
 from walship.ship._snapshots import BackgroundSnapshot, spool_snapshot
 from walship.ship._watch import POLL_SECONDS, has_new_commits, published_end, wait_for_commits
 from walship.spool import Spool
-from walship.sqlite import WAL_HEADER_SIZE, WalCapture, check_resume, covered_by, cursor_at_end
+from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalIndexState, check_resume, covered_by, cursor_at_end
 
 __all__ = ["Shipper"]
 
@@ -59,6 +59,7 @@ class Shipper:
         self._snapshots = BackgroundSnapshot(spool, self.database, database_id=config.database_id, level=config.level)
         self._snapshot_taken: str | None = None  # reported by the next sync
         self._lock = threading.RLock()
+        self._seen: WalIndexState | None = None  # the WAL index at the previous tend
         self._tender = Tender(self.tend, _POLL, str(self.database))
 
     # Opening and ending a run ---------------------------------------------------------
@@ -92,10 +93,8 @@ class Shipper:
         self._snapshots.wait()
         with self._lock:
             result = self.sync()
-            if result.new_generation is None:
-                self.capture.move_pin(covered_by(self.cursor))
-                result = merge(result, SyncResult(checkpointed=self.capture.checkpoint_passive()))
-                result = merge(result, self.tend())
+            if result.new_generation is None and self.cursor is not None and not self.cursor.checkpointed:
+                result = merge(result, self._checkpoint())
             return result
 
     def close(self) -> None:
@@ -113,12 +112,15 @@ class Shipper:
         self._tender.stop()
 
     def tend(self) -> SyncResult:
-        """Move the pin to the WAL's end when the WAL changed; capture first if it was all backfilled.
+        """Move the pin when the application may be waiting on it; capture first if it backfilled everything.
 
-        A WAL whose frames are all in the database file may restart at the
-        next write. The pin that allows that is taken only once every frame
-        is captured; a capture here (rather than at the next sync) is what lets
-        an application's RESTART or TRUNCATE checkpoint complete within a poll.
+        Under load the pin moves once per sync (after the capture): moving it
+        more often would let SQLite's autocheckpoint backfill, and fsync the
+        database, at nearly every commit. It moves between syncs when the WAL
+        went quiet (its end did not move for a poll: an application's FULL,
+        RESTART or TRUNCATE checkpoint holds the write lock while it waits for
+        readers), or when the application backfilled every frame: the pin that
+        lets the WAL restart is taken then, once every frame is captured.
         """
         with self._lock:
             if self.cursor is None:
@@ -132,9 +134,15 @@ class Shipper:
                     result = self._capture()
                 except ContinuityLostError as lost:
                     return self.start_generation(str(lost))
-            if self.capture.move_pin(covered_by(self.cursor)):
-                self._note_pin()
+            elif state != self._seen:
+                self._seen = state  # still moving: wait for the next sync, or for it to go quiet
+                return result
+            self._move_pin()
             return result
+
+    def _move_pin(self) -> None:
+        if self.capture.move_pin(covered_by(self.cursor)):
+            self._note_pin()
 
     def _note_pin(self) -> None:
         """After a new pin: whether the WAL is guarded, and a complete checkpoint at the cursor recorded."""
@@ -256,6 +264,8 @@ class Shipper:
             )
             if due and not self.cursor.checkpointed:
                 result = merge(result, self._checkpoint())
+            else:
+                self._move_pin()  # to what was just captured: backfill may go that far
         if self.snapshot_due():
             result = merge(result, self.take_snapshot())
         with self._lock:
@@ -271,15 +281,29 @@ class Shipper:
         return result
 
     def _checkpoint(self) -> SyncResult:
-        """Backfill everything captured, without pausing writers: pin at the end, PASSIVE, pin again.
+        """Backfill the WAL and let it restart, pausing writers only for the last few frames.
 
-        Once the whole WAL is in the database file and captured, the pin that
-        lets the WAL restart is taken, and the next writer restarts it.
+        The bulk is backfilled beside the pin (PASSIVE, writers go on). Then,
+        for a moment, writers wait while the few frames they added meanwhile
+        are captured and backfilled, so the whole WAL is in the database file
+        and captured; the pin that lets the WAL restart is taken, and the next
+        writer restarts it. A busy write lock (the application checkpointing)
+        leaves it to the next sync.
         """
-        self.capture.move_pin(covered_by(self.cursor))
-        complete = self.capture.checkpoint_passive()
+        self._move_pin()
+        self.capture.checkpoint_passive()
         self._last_checkpoint = time.monotonic()
-        return merge(SyncResult(checkpointed=complete), self.tend())
+        result = SyncResult()
+        try:
+            with self.capture.writers_paused():
+                result = self._capture()
+                self._move_pin()
+                complete = self.capture.checkpoint_passive()
+                if complete:
+                    self._move_pin()
+        except WritersBusyError:
+            return result
+        return merge(result, SyncResult(checkpointed=complete))
 
     def _emergency_brake(self) -> SyncResult:
         """DESIGN: TRUNCATE is the brake for a runaway WAL, and always followed by a new snapshot."""

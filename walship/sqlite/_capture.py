@@ -11,7 +11,8 @@ new one before letting the old one go, so the hold is never interrupted and the
 application's own checkpoints (any mode) wait on walship for one poll at most.
 
 A third connection takes the write lock for a moment when a snapshot must
-start at an exact WAL position, and runs walship's PASSIVE checkpoints.
+start at an exact WAL position (or the last frames of a checkpoint are
+backfilled); a fourth runs walship's PASSIVE checkpoints.
 
 All three are apsw's (a current SQLite, free of the WAL-reset bug of
 3.7.0-3.51.2). Never open the same database with Python's ``sqlite3`` in the
@@ -81,6 +82,8 @@ class WalCapture:
         self._pins = [self._connect(), self._connect()]
         self._active: int | None = None
         self._locker = self._connect()
+        # Checkpoints need a connection outside any transaction, also while writers are paused.
+        self._checkpointer = self._connect()
         # A first read opens (or creates) the WAL index, so there is one to pin by.
         self._locker.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
         # The WAL index as it was when the held pin began, and whether that
@@ -96,7 +99,7 @@ class WalCapture:
         return connection
 
     def close(self) -> None:
-        for connection in (*self._pins, self._locker):
+        for connection in (*self._pins, self._locker, self._checkpointer):
             with contextlib.suppress(apsw.Error):
                 connection.close()
         self._active = None
@@ -318,20 +321,20 @@ class WalCapture:
         and block writers meanwhile.
         """
         try:
-            (busy, log, done), *_ = self._locker.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            (busy, log, done), *_ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except apsw.BusyError:
             return False
         return bool(busy == 0 and log == done)
 
     def truncate_if_free(self) -> bool:
         """The emergency brake: TRUNCATE the WAL if nothing holds it back right now (never waits)."""
-        self._locker.set_busy_timeout(0)
+        self._checkpointer.set_busy_timeout(0)
         try:
-            (busy, log, done), *_ = self._locker.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            (busy, log, done), *_ = self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except apsw.BusyError:
             return False
         finally:
-            self._locker.set_busy_timeout(_BUSY_TIMEOUT_MS)
+            self._checkpointer.set_busy_timeout(_BUSY_TIMEOUT_MS)
         return bool(busy == 0 and log == done)
 
     @contextlib.contextmanager
