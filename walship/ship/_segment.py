@@ -1,4 +1,10 @@
-"""Capturing one segment: whole committed transactions from the cursor, copied verbatim into the spool."""
+"""Capturing one segment: whole committed transactions from the cursor, copied verbatim into the spool.
+
+``capture_segment`` streams a segment into a spool file, fsynced before it
+counts. ``read_tail`` reads the few frames written since into memory while
+writers wait (a checkpoint's last step), so the pause costs no fsync of
+walship's; ``spool_tail`` makes that segment durable once writers go on.
+"""
 
 import hashlib
 import os
@@ -10,9 +16,9 @@ from walship.errors import ContinuityLostError
 from walship.layout import format_segment_key
 from walship.models import SegmentInfo, WalCursor, utcnow
 from walship.spool import Spool, new_entry
-from walship.sqlite import WAL_HEADER_SIZE, WalCapture, cursor_at, may_follow_restart
+from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalHeader, WalScan, cursor_at, may_follow_restart
 
-__all__ = ["Captured", "capture_segment"]
+__all__ = ["Captured", "NoRoom", "TailCopy", "TooBig", "capture_segment", "read_tail", "spool_tail"]
 
 
 class Captured(NamedTuple):
@@ -25,6 +31,81 @@ class Captured(NamedTuple):
 
 class NoRoom(NamedTuple):
     """Committed WAL waits, but the spool has no room for it until uploads free some."""
+
+
+class TailCopy(NamedTuple):
+    """A segment read into memory; it counts as captured once ``spool_tail`` made it durable."""
+
+    segment: SegmentInfo
+    cursor: WalCursor
+    data: bytes
+
+
+class TooBig(NamedTuple):
+    """More committed WAL than a tail copy may hold in memory."""
+
+
+class _Found(NamedTuple):
+    header: WalHeader
+    scan: WalScan
+    start: int
+    seed: tuple[int, int] | None
+    restarted: bool
+
+
+def _find(capture: WalCapture, cursor: WalCursor, *, guarded: bool, max_bytes: int | None) -> _Found | None:
+    """The whole committed transactions after ``cursor`` (None if none); lineage checked."""
+    header = capture.wal_header()
+    if header is None:
+        return None
+    restarted = (header.salt1, header.salt2) != (cursor.salt1, cursor.salt2)
+    if restarted:
+        if not may_follow_restart(cursor, header, guarded=guarded):
+            raise ContinuityLostError("the WAL was reset by someone else")
+        start, seed = WAL_HEADER_SIZE, None
+    else:
+        start, seed = cursor.offset, (cursor.checksum1, cursor.checksum2)
+        if start == WAL_HEADER_SIZE:
+            seed = None
+    scan = capture.scan(start, seed, max_bytes=max_bytes)
+    if scan.commits == 0 or (scan.header.salt1, scan.header.salt2) != (header.salt1, header.salt2):
+        return None
+    return _Found(header, scan, start, seed, restarted)
+
+
+def _describe(
+    found: _Found, cursor: WalCursor, committed_after: datetime, digest: str, size: int
+) -> tuple[SegmentInfo, WalCursor]:
+    header, scan = found.header, found.scan
+    now = utcnow()
+    start_checksum = (header.checksum1, header.checksum2) if found.seed is None else found.seed
+    info = SegmentInfo(
+        key=format_segment_key(cursor.generation, cursor.sequence + 1),
+        generation=cursor.generation,
+        sequence=cursor.sequence + 1,
+        salt1=header.salt1,
+        salt2=header.salt2,
+        big_endian=header.big_endian,
+        page_size=header.page_size,
+        start_offset=found.start,
+        end_offset=scan.last_commit_offset,
+        checksum_start1=start_checksum[0],
+        checksum_start2=start_checksum[1],
+        checksum_end1=scan.last_commit_checksum[0],
+        checksum_end2=scan.last_commit_checksum[1],
+        frames=scan.frames_committed,
+        commits=scan.commits,
+        db_size_pages=scan.db_size_pages or 0,
+        wal_restarted=found.restarted,
+        committed_after=committed_after,
+        captured_at=now,
+        raw_size=size,
+        sha256=digest,
+    )
+    moved = cursor_at(cursor.generation, info.sequence, header, scan, cursor.db_inode).model_copy(
+        update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
+    )
+    return info, moved
 
 
 def capture_segment(
@@ -42,56 +123,43 @@ def capture_segment(
     the cursor. Raises ``ContinuityLostError`` when the WAL restarted in a way
     the lineage rules do not accept (``guarded``: see ``walship.sqlite``).
     """
-    header = capture.wal_header()
-    if header is None:
+    found = _find(capture, cursor, guarded=guarded, max_bytes=max_bytes)
+    if found is None:
         return None
-    restarted = (header.salt1, header.salt2) != (cursor.salt1, cursor.salt2)
-    if restarted:
-        if not may_follow_restart(cursor, header, guarded=guarded):
-            raise ContinuityLostError("the WAL was reset by someone else")
-        start, seed = WAL_HEADER_SIZE, None
-    else:
-        start, seed = cursor.offset, (cursor.checksum1, cursor.checksum2)
-        if start == WAL_HEADER_SIZE:
-            seed = None
-    scan = capture.scan(start, seed, max_bytes=max_bytes)
-    if scan.commits == 0 or (scan.header.salt1, scan.header.salt2) != (header.salt1, header.salt2):
-        return None
-    size = scan.last_commit_offset - start
+    size = found.scan.last_commit_offset - found.start
     if not spool.room_for_segment(size):
         return NoRoom()
-    now = utcnow()
     with spool.writing(".wal", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        digest, copied = _copy_fsynced(capture, start, scan.last_commit_offset, data)
-        start_checksum = (header.checksum1, header.checksum2) if seed is None else seed
-        info = SegmentInfo(
-            key=format_segment_key(cursor.generation, cursor.sequence + 1),
-            generation=cursor.generation,
-            sequence=cursor.sequence + 1,
-            salt1=header.salt1,
-            salt2=header.salt2,
-            big_endian=header.big_endian,
-            page_size=header.page_size,
-            start_offset=start,
-            end_offset=scan.last_commit_offset,
-            checksum_start1=start_checksum[0],
-            checksum_start2=start_checksum[1],
-            checksum_end1=scan.last_commit_checksum[0],
-            checksum_end2=scan.last_commit_checksum[1],
-            frames=scan.frames_committed,
-            commits=scan.commits,
-            db_size_pages=scan.db_size_pages or 0,
-            wal_restarted=restarted,
-            committed_after=committed_after,
-            captured_at=now,
-            raw_size=copied,
-            sha256=digest,
-        )
+        digest, copied = _copy_fsynced(capture, found.start, found.scan.last_commit_offset, data)
+        info, moved = _describe(found, cursor, committed_after, digest, copied)
         spool.add(new_entry(info), data)
-    moved = cursor_at(cursor.generation, info.sequence, header, scan, cursor.db_inode).model_copy(
-        update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
-    )
-    return Captured(info, moved, scan.budget_reached)
+    return Captured(info, moved, found.scan.budget_reached)
+
+
+def read_tail(
+    capture: WalCapture, cursor: WalCursor, *, guarded: bool, committed_after: datetime, limit: int
+) -> TailCopy | TooBig | None:
+    """The committed transactions after ``cursor``, read into memory (at most ``limit`` bytes)."""
+    found = _find(capture, cursor, guarded=guarded, max_bytes=None)
+    if found is None:
+        return None
+    if found.scan.last_commit_offset - found.start > limit:
+        return TooBig()
+    chunks: list[bytes] = []
+    capture.copy_range(found.start, found.scan.last_commit_offset, chunks.append)
+    data = b"".join(chunks)
+    info, moved = _describe(found, cursor, committed_after, hashlib.sha256(data).hexdigest(), len(data))
+    return TailCopy(info, moved, data)
+
+
+def spool_tail(spool: Spool, tail: TailCopy) -> None:
+    """Write a tail copy into the spool, fsynced, as ``capture_segment`` would have."""
+    with spool.writing(".wal", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
+        with path.open("wb") as out:
+            out.write(tail.data)
+            out.flush()
+            os.fsync(out.fileno())
+        spool.add(new_entry(tail.segment), path)
 
 
 def _copy_fsynced(capture: WalCapture, start: int, end: int, target: Path) -> tuple[str, int]:

@@ -14,7 +14,7 @@ from walship.layout import new_generation, parse_generation
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
 from walship.ship._results import ShipConfig, SyncResult, merge
-from walship.ship._segment import Captured, NoRoom, capture_segment
+from walship.ship._segment import Captured, NoRoom, TailCopy, TooBig, capture_segment, read_tail, spool_tail
 from walship.ship._snapshots import BackgroundSnapshot, spool_snapshot
 from walship.ship._watch import POLL_SECONDS, has_new_commits, published_end, wait_for_commits
 from walship.spool import Spool
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # How often the pin is tended (and the application's checkpoint waits on us at most).
 _POLL = POLL_SECONDS
+# The most a checkpoint's last step reads while writers wait; more means they outran the backfill.
+_TAIL_LIMIT = 8 << 20
 
 
 class Shipper:
@@ -140,15 +142,19 @@ class Shipper:
             self._move_pin()
             return result
 
-    def _move_pin(self) -> None:
+    def _move_pin(self, *, save: bool = True) -> None:
         if self.capture.move_pin(covered_by(self.cursor)):
-            self._note_pin()
+            self._note_pin(save=save)
 
-    def _note_pin(self) -> None:
-        """After a new pin: whether the WAL is guarded, and a complete checkpoint at the cursor recorded."""
+    def _note_pin(self, *, save: bool = True) -> None:
+        """After a new pin: whether the WAL is guarded, and a complete checkpoint at the cursor recorded.
+
+        ``save=False`` while the cursor is ahead of the spool (a tail copy not yet durable).
+        """
         if (checkpointed := self._guard.after_pin(self.cursor)) is not None:
             self.cursor = checkpointed
-            self.spool.save_cursor(checkpointed)
+            if save:
+                self.spool.save_cursor(checkpointed)
 
     # Generations and snapshots ----------------------------------------------------------
 
@@ -293,17 +299,45 @@ class Shipper:
         self._move_pin()
         self.capture.checkpoint_passive()
         self._last_checkpoint = time.monotonic()
-        result = SyncResult()
+        cursor = self.cursor
+        assert cursor is not None
+        tail: TailCopy | TooBig | None = None
+        complete = False
         try:
             with self.capture.writers_paused():
-                result = self._capture()
-                self._move_pin()
-                complete = self.capture.checkpoint_passive()
-                if complete:
-                    self._move_pin()
+                tail = read_tail(
+                    self.capture,
+                    cursor,
+                    guarded=self._guard.guarded,
+                    committed_after=self._last_sync,
+                    limit=_TAIL_LIMIT,
+                )
+                if not isinstance(tail, TooBig):
+                    # Captured in memory: the pin that lets the WAL restart may be taken at its end.
+                    self.cursor = tail.cursor if tail is not None else cursor
+                    self._move_pin(save=False)
+                    complete = self.capture.checkpoint_passive()
+                    if complete:
+                        self._move_pin(save=False)
         except WritersBusyError:
-            return result
-        return merge(result, SyncResult(checkpointed=complete))
+            return SyncResult()
+        except ContinuityLostError as lost:
+            return self.start_generation(str(lost))
+        if isinstance(tail, TooBig):
+            return SyncResult()  # writers outran the backfill; the next sync tries again
+        return merge(self._spool_tail(tail), SyncResult(checkpointed=complete))
+
+    def _spool_tail(self, tail: TailCopy | None) -> SyncResult:
+        """Make the pause's tail copy durable, then the cursor that covers it."""
+        if tail is not None:
+            spool_tail(self.spool, tail)
+            self._last_sync = tail.segment.captured_at
+        assert self.cursor is not None
+        self.spool.save_cursor(self.cursor)
+        if tail is None:
+            return SyncResult()
+        segment = tail.segment
+        return SyncResult(segments=1, frames=segment.frames, commits=segment.commits, bytes=segment.raw_size)
 
     def _emergency_brake(self) -> SyncResult:
         """DESIGN: TRUNCATE is the brake for a runaway WAL, and always followed by a new snapshot."""
