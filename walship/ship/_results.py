@@ -13,6 +13,9 @@ class ShipConfig(BaseModel):
     database_id: str
     level: int = Field(default=codec.DEFAULT_LEVEL, ge=codec.MIN_LEVEL, le=codec.MAX_LEVEL)
     checkpoint_pages: int = Field(default=1000, ge=1, description="PASSIVE checkpoint past this many WAL pages")
+    restart_pages: int = Field(
+        default=10_000, ge=1, description="past this many, pause writers a moment so the WAL can restart"
+    )
     checkpoint_seconds: float = Field(default=60.0, gt=0, description="...or when the WAL is older than this")
     emergency_wal_bytes: int = Field(default=512 << 20, description="TRUNCATE + new generation past this WAL size")
     spool_cap_bytes: int = Field(default=1 << 30, description="warn loudly when the spool holds more")

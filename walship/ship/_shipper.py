@@ -62,6 +62,7 @@ class Shipper:
         self._snapshot_taken: str | None = None  # reported by the next sync
         self._lock = threading.RLock()
         self._seen: WalIndexState | None = None  # the WAL index at the previous tend
+        self._backfill_seen: WalIndexState | None = None  # ... and at the previous sync
         self._tender = Tender(self.tend, _POLL, str(self.database))
 
     # Opening and ending a run ---------------------------------------------------------
@@ -253,7 +254,13 @@ class Shipper:
     # Syncing ------------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
-        """Capture new committed frames; checkpoint (PASSIVE, beside the pin) when the WAL is big or old."""
+        """Capture new committed frames; backfill when the WAL is big, restart it when bigger or old.
+
+        Backfilling (PASSIVE, beside the pin) never makes writers wait; a WAL
+        restart needs every frame backfilled at once, which under steady
+        writes takes a moment's pause of writers (``_checkpoint``): only past
+        ``restart_pages`` or ``checkpoint_seconds``, so writers rarely feel it.
+        """
         with self._lock:
             assert self.cursor is not None, "open() first"
             try:
@@ -265,13 +272,19 @@ class Shipper:
             live = self._published_end() or self.cursor.offset
             if live > self.config.emergency_wal_bytes:
                 return merge(result, self._emergency_brake())
-            due = live > self.config.checkpoint_pages * max(self.cursor.page_size, 512) or (
-                live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
-            )
-            if due and not self.cursor.checkpointed:
+            page = max(self.cursor.page_size, 512)
+            aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+            if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
                 result = merge(result, self._checkpoint())
             else:
                 self._move_pin()  # to what was just captured: backfill may go that far
+                if (
+                    not self.cursor.checkpointed
+                    and live > self.config.checkpoint_pages * page
+                    and not self._app_backfills()
+                ):
+                    # Beside the pin, writers go on; if it all got in, the next tend lets the WAL restart.
+                    self.capture.checkpoint_passive()
         if self.snapshot_due():
             result = merge(result, self.take_snapshot())
         with self._lock:
@@ -285,6 +298,15 @@ class Shipper:
                 self.config.spool_cap_bytes,
             )
         return result
+
+    def _app_backfills(self) -> bool:
+        """Whether the application's own checkpoints backfilled since the last sync (then ours would only
+        add database fsyncs beside theirs)."""
+        state = self.capture.wal_index()
+        previous, self._backfill_seen = self._backfill_seen, state
+        if state is None or previous is None or (state.salt1, state.salt2) != (previous.salt1, previous.salt2):
+            return False
+        return state.backfilled > previous.backfilled
 
     def _checkpoint(self) -> SyncResult:
         """Backfill the WAL and let it restart, pausing writers only for the last few frames.
