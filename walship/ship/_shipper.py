@@ -15,7 +15,7 @@ from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
 from walship.ship._results import ShipConfig, SyncResult, merge
 from walship.ship._segment import Captured, NoRoom, TailCopy, TooBig, capture_segment, read_tail, spool_tail
-from walship.ship._snapshots import BackgroundSnapshot, spool_snapshot
+from walship.ship._snapshots import BackgroundSnapshot, SnapshotJob, spool_snapshot
 from walship.ship._watch import POLL_SECONDS, has_new_commits, published_end, wait_for_commits
 from walship.spool import Spool
 from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalIndexState, check_resume, covered_by, cursor_at_end
@@ -239,7 +239,9 @@ class Shipper:
                 return SyncResult()
             except ContinuityLostError as lost:
                 return self.start_generation(str(lost))
-            self._snapshots.start(stack.pop_all(), connection, cursor.position, state_at, self._snapshot_spooled)
+            self._snapshots.start(
+                SnapshotJob(stack.pop_all(), connection, cursor.position, state_at, self._snapshot_spooled)
+            )
             return tail
 
     def _snapshot_spooled(self, info: SnapshotInfo) -> None:

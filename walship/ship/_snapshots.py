@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import apsw
 
@@ -24,7 +25,7 @@ from walship.snapshot import describe_new_snapshot
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture
 
-__all__ = ["BackgroundSnapshot", "spool_snapshot"]
+__all__ = ["BackgroundSnapshot", "SnapshotJob", "spool_snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,16 @@ def spool_snapshot(
         )
         spool.add(new_entry(info), compressed.path)
     return info
+
+
+class SnapshotJob(NamedTuple):
+    """A snapshot whose exact point is fixed: an open read transaction, and what to do once it is spooled."""
+
+    source: contextlib.ExitStack  # closes ``connection``
+    connection: apsw.Connection
+    position: WalPosition
+    state_at: datetime
+    done: Callable[[SnapshotInfo], None]
 
 
 class BackgroundSnapshot:
@@ -90,21 +101,9 @@ class BackgroundSnapshot:
         log.warning("snapshot of %s put off for %.0f s: %s", self.database, SNAPSHOT_RETRY_SECONDS, why)
         self._retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
 
-    def start(
-        self,
-        source: contextlib.ExitStack,
-        connection: apsw.Connection,
-        position: WalPosition,
-        state_at: datetime,
-        done: Callable[[SnapshotInfo], None],
-    ) -> None:
-        """Copy what ``connection``'s read transaction sees (``source`` closes it), then call ``done``."""
-        self._thread = threading.Thread(
-            target=self._run,
-            args=(source, connection, position, state_at, done),
-            name="walship-snapshot",
-            daemon=True,
-        )
+    def start(self, job: "SnapshotJob") -> None:
+        """Copy what ``job.connection``'s read transaction sees (``job.source`` closes it), then call ``job.done``."""
+        self._thread = threading.Thread(target=self._run, args=(job,), name="walship-snapshot", daemon=True)
         self._thread.start()
 
     def wait(self) -> None:
@@ -112,14 +111,8 @@ class BackgroundSnapshot:
             self._thread.join()
             self._thread = None
 
-    def _run(
-        self,
-        source: contextlib.ExitStack,
-        connection: apsw.Connection,
-        position: WalPosition,
-        state_at: datetime,
-        done: Callable[[SnapshotInfo], None],
-    ) -> None:
+    def _run(self, job: "SnapshotJob") -> None:
+        source, connection, position, state_at, done = job
         try:
             with source, self.spool.snapshot_file(self.database) as target:
                 target.unlink()
