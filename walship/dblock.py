@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from walship.errors import ShipperRunningError, WalshipError
 from walship.models import utcnow
 
-__all__ = ["DatabaseLock", "HandoverTimedOutError", "ShipperIdentity", "lock_path"]
+__all__ = ["DatabaseLock", "HandoverTimedOutError", "ShipperIdentity", "lock_path", "who"]
 
 
 class HandoverTimedOutError(WalshipError):
@@ -53,6 +53,11 @@ class ShipperIdentity(BaseModel):
             f"pid {self.pid} on {self.host} (run {self.run}, since {self.started_at:%Y-%m-%d %H:%M:%S}Z, "
             f"spool {self.spool}, replica {self.replica})"
         )
+
+
+def who(holder: ShipperIdentity | None) -> str:
+    """The holder as messages name it (its file may be unreadable, e.g. written by an older walship)."""
+    return holder.describe() if holder is not None else "another process"
 
 
 def lock_path(database: Path) -> Path:
@@ -89,10 +94,8 @@ class DatabaseLock:
             return None
 
     def refusal(self) -> ShipperRunningError:
-        holder = self.holder()
-        who = holder.describe() if holder is not None else "another process"
         return ShipperRunningError(
-            f"database {self.database} is already shipped by {who}: stop that shipper, "
+            f"database {self.database} is already shipped by {who(self.holder())}: stop that shipper, "
             "or pass --handover-wait SECONDS to take over when its run ends"
         )
 

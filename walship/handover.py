@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from walship.dblock import DatabaseLock, HandoverTimedOutError, ShipperIdentity
+from walship.dblock import DatabaseLock, HandoverTimedOutError, ShipperIdentity, who
 from walship.spool import read_cursor
 from walship.sqlite import Covers, WalCapture, WalIndexState, covered_by
 
@@ -71,7 +71,7 @@ def _take_over(
     log.warning(
         "database %s is shipped by %s: holding its WAL and waiting up to %.0f s to take over",
         capture.database,
-        predecessor.describe() if predecessor is not None else "another process",
+        who(predecessor),
         wait,
     )
     started = time.monotonic()
@@ -79,8 +79,7 @@ def _take_over(
     while not lock.try_acquire(identity):
         if time.monotonic() - started > wait:
             raise HandoverTimedOutError(
-                f"database {capture.database} is still shipped by "
-                f"{predecessor.describe() if predecessor else 'another process'} after {wait:.0f} s: "
+                f"database {capture.database} is still shipped by {who(predecessor)} after {wait:.0f} s: "
                 "wait for its run to end, or stop it"
             )
         if capture.wal_index() != capture.pin:

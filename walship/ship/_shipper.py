@@ -91,7 +91,7 @@ class Shipper:
 
         A successor that overlapped this run continues whatever happened; one
         that starts after a gap can prove continuity only from a cursor that
-        records a complete checkpoint, hence the last PASSIVE one here.
+        records a complete checkpoint, hence a last ``_checkpoint`` here.
         """
         self._snapshots.wait()
         with self._lock:
@@ -275,16 +275,13 @@ class Shipper:
             if live > self.config.emergency_wal_bytes:
                 return merge(result, self._emergency_brake())
             page = max(self.cursor.page_size, 512)
+            app_backfilled = self._app_backfills()
             aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
             if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
                 result = merge(result, self._checkpoint())
             else:
                 self._move_pin()  # to what was just captured: backfill may go that far
-                if (
-                    not self.cursor.checkpointed
-                    and live > self.config.checkpoint_pages * page
-                    and not self._app_backfills()
-                ):
+                if not self.cursor.checkpointed and live > self.config.checkpoint_pages * page and not app_backfilled:
                     # Beside the pin, writers go on; if it all got in, the next tend lets the WAL restart.
                     self.capture.checkpoint_passive()
         if self.snapshot_due():
