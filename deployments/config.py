@@ -51,9 +51,10 @@ def with_site(text: str, overrides: Mapping[str, object]) -> str:
         if not isinstance(node, yaml.ScalarNode):
             raise SiteError(f"unknown site value {name!r}; prefect.yaml defines {', '.join(sorted(site))}")
         node.value = str(value)
-        # Re-resolve the tag so "5" becomes an int and a path stays a string.
-        node.tag = resolver.resolve(yaml.ScalarNode, node.value, (True, False))
-        node.style = None
+        # Re-resolve the tag so "5" becomes an int and a path stays a string;
+        # an empty value stays an empty string (plain, YAML would read a null).
+        node.tag = resolver.resolve(yaml.ScalarNode, node.value, (True, False)) if node.value else "tag:yaml.org,2002:str"
+        node.style = None if node.value else '"'
     return str(yaml.serialize(document, Dumper=yaml.SafeDumper))
 
 

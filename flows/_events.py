@@ -1,24 +1,33 @@
-"""Prefect events about a database, for automations (alerts on lag, failed drills).
+"""Prefect events about a database's replica, for automations (alerts on lag, failures).
 
-Every event names the database as its resource, so one automation can match
-``walship.verify.failed`` for any database or for one.
+Every event's resource is one replica of one database:
+``walship.database.<id>.replica.<digest>``, so ``walship.database.*`` matches
+them all, ``walship.database.app.db.*`` every replica of app.db, and a drill
+of a copy never stands for the main replica.
 """
 
 from typing import Any
 
 from prefect.events import emit_event
 
-__all__ = ["database_resource", "emit"]
+from flows._subject import replica_tag
+
+__all__ = ["database_resource", "emit", "resource_id"]
+
+
+def resource_id(database_id: str, replica: str) -> str:
+    return f"walship.database.{database_id}.replica.{replica_tag(replica)}"
 
 
 def database_resource(database_id: str, replica: str) -> dict[str, str]:
     return {
-        "prefect.resource.id": f"walship.database.{database_id}",
+        "prefect.resource.id": resource_id(database_id, replica),
         "prefect.resource.name": database_id,
+        "walship.database": database_id,
         "walship.replica": replica,
     }
 
 
 def emit(event: str, database_id: str, replica: str, payload: dict[str, Any]) -> None:
-    """Emit ``event`` (e.g. ``walship.snapshot.completed``) about ``database_id``."""
+    """Emit ``event`` (e.g. ``walship.snapshot.completed``) about ``database_id``'s ``replica``."""
     emit_event(event=event, resource=database_resource(database_id, replica), payload=payload)

@@ -113,6 +113,10 @@ class ShipEvents:
                 },
             )
 
+    def completed(self, segments: int, position: str) -> None:
+        """The run ended with everything uploaded."""
+        self._emit("walship.ship.completed", {"segments_uploaded": segments, "position": position})
+
     def close(self) -> None:
         payload = self.batch.flush()
         if payload is not None:

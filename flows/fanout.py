@@ -22,8 +22,10 @@ from uuid import UUID
 from prefect import Task, flow
 from prefect.client.schemas.objects import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from flows._failure import on_failure
+from flows._params import BLOCK_NAME, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows.ship import ShipReport, wal_ship_flow
 from flows.snapshot import snapshot_flow
@@ -46,39 +48,85 @@ class DatabaseOutcome(BaseModel):
     flow_run_id: UUID | None = None
 
 
-@flow(name="snapshot-many", flow_run_name=lambda: run_name("snapshot-many", "databases"), log_prints=True)
+# Paths or glob patterns of databases; each a non-empty string.
+_Databases = Annotated[list[Annotated[str, titled("Path or pattern", min_length=1)]], titled("Databases", min_length=1)]
+_Replica = Annotated[str, titled("Replica URL or template", pattern=r"^(file|s3)://\S+$")]
+_Block = Annotated[str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)]
+
+
+@flow(
+    name="snapshot-many",
+    description="Snapshots of every database the patterns match, a few at a time, each into its own replica.",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def snapshot_many_flow(
-    databases: Annotated[list[str], Field(min_length=1)],
-    replica: str,
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4,
-    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    workdir: Path | None = None,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    databases: _Databases,
+    replica: _Replica,
+    max_concurrency: Annotated[int, titled("Snapshots at a time", ge=1, le=64)] = 4,
+    level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = None,
+    credentials_block: _Block = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> list[DatabaseOutcome]:
-    """Snapshot every database ``databases`` names, ``max_concurrency`` at a time, each
-    into its own replica under ``replica``; fails after all finished if any failed."""
+    """Snapshot every database ``databases`` names, each into its own replica under ``replica``.
+
+    Args:
+        databases: Paths or glob patterns of the databases on the worker's host.
+        replica: Base URL (each database under <base>/<file name>) or a template with {name}.
+        max_concurrency: How many snapshots run at once.
+        level: zstd compression level, 1 (fastest) to 22 (smallest).
+        workdir: Directory for the temporary copies; empty: the system's temporary directory.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
+
+    Fails after all finished if any failed."""
     members, unmatched = plan_fleet(databases, replica)
-    parameters = [{"member": m, "level": level, "workdir": workdir, "retry": retry} for m in members]
+    parameters = [
+        {"member": m, "level": level, "workdir": workdir, "retry": retry, "credentials_block": credentials_block}
+        for m in members
+    ]
     outcomes = _fan_out(_snapshot_one, parameters, max_concurrency) + _unmatched(unmatched)
     return _report("snapshot-many", databases, f"Snapshots of {len(outcomes)} databases", outcomes)
 
 
-@flow(name="wal-ship-many", flow_run_name=lambda: run_name("ship-many", "databases"), log_prints=True)
+@flow(
+    name="wal-ship-many",
+    description="WAL shipping of every database the patterns match, all at once, each into its own replica.",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def ship_many_flow(
-    databases: Annotated[list[str], Field(min_length=1)],
-    replica: str,
-    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 32,
-    duration: Annotated[float, Field(ge=0)] = 600.0,
-    interval: Annotated[float, Field(gt=0, le=3600)] = 1.0,
-    once: bool = False,
-    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
-    snapshot_interval: Annotated[float, Field(ge=0)] = 3600.0,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    databases: _Databases,
+    replica: _Replica,
+    max_concurrency: Annotated[int, titled("Most databases", ge=1, le=256)] = 32,
+    duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
+    interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
+    once: Annotated[bool, titled("One sync only")] = False,
+    level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
+    snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
+    credentials_block: _Block = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> list[DatabaseOutcome]:
-    """Ship every database ``databases`` names for the whole window, all at once (at most
-    ``max_concurrency``), each into its own replica under ``replica``; each keeps its
-    spool beside it. Fails after all finished if any failed."""
+    """Ship every database ``databases`` names for the whole window, all at once, each into its own replica.
+
+    Args:
+        databases: Paths or glob patterns of the databases on the worker's host.
+        replica: Base URL (each database under <base>/<file name>) or a template with {name}.
+        max_concurrency: Refuse a fleet larger than this (every shipper runs for the whole window).
+        duration: Seconds each shipper runs, counted from its start.
+        interval: Seconds between two syncs (captures and uploads).
+        once: Capture and upload once, then end.
+        level: zstd compression level, 1 (fastest) to 22 (smallest).
+        lag_threshold_seconds: Lag above which walship.lag.exceeded is emitted (once per crossing).
+        snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
+
+    Each keeps its spool beside it. Fails after all finished if any failed."""
     members, unmatched = plan_fleet(databases, replica)
     if len(members) > max_concurrency:
         raise UsageError(
@@ -93,7 +141,13 @@ def ship_many_flow(
         "snapshot_interval": snapshot_interval,
     }
     parameters = [
-        {"member": m, "options": options, "lag_threshold_seconds": lag_threshold_seconds, "retry": retry}
+        {
+            "member": m,
+            "options": options,
+            "lag_threshold_seconds": lag_threshold_seconds,
+            "retry": retry,
+            "credentials_block": credentials_block,
+        }
         for m in members
     ]
     outcomes = _fan_out(_ship_one, parameters, max(len(members), 1)) + _unmatched(unmatched)
@@ -101,23 +155,36 @@ def ship_many_flow(
 
 
 @walship_task
-def _snapshot_one(member: FleetMember, level: int, workdir: Path | None, retry: RetryPolicy) -> DatabaseOutcome:
+def _snapshot_one(
+    member: FleetMember, level: int, workdir: Path | None, retry: RetryPolicy, credentials_block: str | None
+) -> DatabaseOutcome:
     """One database's snapshot as a child flow run; its failure is an outcome, not an exception."""
     state = snapshot_flow(
-        database=member.database, replica=member.replica, level=level, workdir=workdir, retry=retry, return_state=True
+        database=member.database,
+        replica=member.replica,
+        level=level,
+        workdir=workdir,
+        credentials_block=credentials_block,
+        retry=retry,
+        return_state=True,
     )
     return _outcome(member, state, _describe_snapshot)
 
 
 @walship_task
 def _ship_one(
-    member: FleetMember, options: dict[str, Any], lag_threshold_seconds: float, retry: RetryPolicy
+    member: FleetMember,
+    options: dict[str, Any],
+    lag_threshold_seconds: float,
+    retry: RetryPolicy,
+    credentials_block: str | None,
 ) -> DatabaseOutcome:
     """One database's shipper as a child flow run; its failure is an outcome, not an exception."""
     state = wal_ship_flow(
         database=member.database,
         replica=member.replica,
         lag_threshold_seconds=lag_threshold_seconds,
+        credentials_block=credentials_block,
         retry=retry,
         return_state=True,
         **options,
@@ -165,7 +232,7 @@ def _report(kind: str, databases: list[str], title: str, outcomes: list[Database
     # One table row per database; a message's newlines and pipes would break the table.
     rows = [(f"`{o.database}` -> `{o.replica}`", _cell(o)) for o in outcomes]
     rows.append(("result", f"{len(outcomes) - len(failed)} ok, {len(failed)} failed"))
-    publish(kind, Path(databases[0]).name, title, rows)
+    publish(kind, title, rows)
     if failed:
         names = ", ".join(str(o.database) for o in failed)
         raise IncompleteError(f"{len(failed)} of {len(outcomes)} databases failed: {names}; see each one's flow run")

@@ -2,10 +2,13 @@
 
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 from prefect import flow
 
-from flows._report import artifact_key, human_bytes, publish, run_name
+from flows._failure import on_failure
+from flows._params import BLOCK_NAME, DATABASE_ID, GENERATION, REPLICA, SNAPSHOT_KEY, TIMESTAMP, optional, titled
+from flows._report import human_bytes, publish, run_name
 from tasks import (
     describe_generations,
     finish_progress,
@@ -24,40 +27,67 @@ from walship.original import OriginalRestoreResult
 from walship.restore import point_in_time
 
 
-@flow(name="restore", flow_run_name=lambda: run_name("restore", "output"), log_prints=True)
+@flow(
+    name="restore",
+    description="Restore a replica to a new file: the newest data, a point in time, or a WAL sequence.",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def restore_flow(
-    replica: str,
-    output: Path,
-    timestamp: datetime | None = None,
-    snapshot_key: str | None = None,
-    sequence: int | None = None,
-    generation: str | None = None,
-    force: bool = False,
-    database_id: str | None = None,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    output: Annotated[Path, titled("Output file")],
+    timestamp: Annotated[
+        datetime | None, titled("Restore to time"), optional("string", format="date-time", pattern=TIMESTAMP)
+    ] = None,
+    snapshot_key: Annotated[
+        str | None, titled("Snapshot key", pattern=SNAPSHOT_KEY), optional("string", pattern=SNAPSHOT_KEY)
+    ] = None,
+    sequence: Annotated[int | None, titled("WAL sequence", ge=0), optional("integer", minimum=0)] = None,
+    generation: Annotated[
+        str | None, titled("Generation", pattern=GENERATION), optional("string", pattern=GENERATION)
+    ] = None,
+    force: Annotated[bool, titled("Replace an existing file")] = False,
+    database_id: Annotated[
+        str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
+    ] = None,
+    credentials_block: Annotated[
+        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+    ] = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RestoreResult | OriginalRestoreResult:
-    """Restore ``replica`` to ``output``: the newest data (failing, with the ways to an
-    older point, when it cannot be restored), the state at ``timestamp``, or WAL
-    ``sequence`` of ``generation`` (default: the generation with the newest data);
-    ``snapshot_key`` restores one snapshot alone. Refuses to replace an existing file
-    unless ``force``, and a replica of another database than ``database_id``."""
+    """Restore ``replica`` to ``output``.
+
+    Args:
+        replica: The replica to restore from: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
+        output: Path of the new database file on the worker's host.
+        timestamp: Restore the state at this time (ISO 8601, e.g. 2026-11-29T14:16:00Z); empty: the newest data.
+        snapshot_key: Restore this one snapshot alone, no WAL (its key, as 'walship status' lists it).
+        sequence: Restore up to this WAL sequence of the generation (0 or more).
+        generation: The generation of the sequence; empty: the one with the newest data.
+        force: Replace the output file if it exists.
+        database_id: Refuse a replica of another database than this one; empty: no check.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
+
+    With nothing chosen it restores the newest data, failing (with the ways to
+    an older point) when that cannot be restored."""
     if sequence is not None and sequence < 0:
         raise UsageError(f"--sequence {sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
     chosen: SnapshotInfo
     until_sequence = sequence
     if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
         # Described from its own object: nothing else the prefix holds can stand in the way.
-        chosen = with_retry_policy(read_snapshot, retry)(replica, snapshot_key)
+        chosen = with_retry_policy(read_snapshot, retry)(replica, snapshot_key, credentials_block)
     else:
-        generations = with_retry_policy(describe_generations, retry)(replica)
+        generations = with_retry_policy(describe_generations, retry)(replica, credentials_block)
         if not generations.generations and sequence is None and generation is None:
             # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
             original = with_retry_policy(restore_original, retry)(
-                replica, output, force, timestamp, snapshot_key, database_id
+                replica, output, force, timestamp, snapshot_key, database_id, credentials_block
             )
             publish(
                 "restore",
-                output.name,
                 f"Restore of the original layout's snapshot to {output}",
                 original.report_rows(),
             )
@@ -71,12 +101,13 @@ def restore_flow(
     target = RestoreTarget(
         segments=snapshot_key is None, until_time=timestamp, until_sequence=until_sequence, database_id=database_id
     )
-    progress = start_progress(artifact_key("restore-progress", output.name), f"Restore of {chosen.database_id}")
-    result = with_retry_policy(restore_snapshot, retry)(replica, chosen, output, force, target, progress)
+    progress = start_progress(None, f"Restore of {chosen.database_id}")
+    result = with_retry_policy(restore_snapshot, retry)(
+        replica, chosen, output, force, target, progress, credentials_block
+    )
     finish_progress(progress)
     publish(
         "restore",
-        output.name,
         f"Restore of {chosen.database_id} to {output}",
         [
             ("snapshot", f"`{chosen.key}`"),

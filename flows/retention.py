@@ -1,8 +1,12 @@
 """Retention flow: plan what the policy keeps, apply it (or only show it), report."""
 
+from typing import Annotated
+
 from prefect import flow
 from pydantic import BaseModel
 
+from flows._failure import on_failure
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
 from walship.errors import IncompleteError
@@ -17,21 +21,41 @@ class RetentionReport(BaseModel):
     result: RetentionResult
 
 
-@flow(name="retention", flow_run_name=lambda: run_name("retention", "replica"), log_prints=True)
+@flow(
+    name="retention",
+    description="Delete the snapshots and WAL a retention policy no longer keeps (never the newest data).",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def retention_flow(
-    replica: str,
-    policy: RetentionPolicy,
-    dry_run: bool = False,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    policy: Annotated[RetentionPolicy, titled("Retention policy")],
+    dry_run: Annotated[bool, titled("Dry run")] = False,
+    database_id: Annotated[
+        str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
+    ] = None,
+    credentials_block: Annotated[
+        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+    ] = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RetentionReport:
     """Delete the snapshots ``policy`` does not keep from ``replica``, and the WAL no kept snapshot needs.
 
-    The newest snapshot and the newest data (its generation) always stay. With ``dry_run`` nothing is deleted and
-    the artifact shows what would be. Deletes that fail are reported, the run
-    ends failed, and the next run tries them again.
+    Args:
+        replica: The replica to prune: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
+        policy: What to keep: the last N, everything within a duration, daily, weekly and monthly snapshots.
+        dry_run: Delete nothing; the artifact shows what would be deleted.
+        database_id: Refuse a replica of another database than this one (and name the run after it); empty: no check.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
+
+    The newest snapshot and the newest data (its generation) always stay.
+    Deletes that fail are reported, the run ends failed, and the next run
+    tries them again.
     """
-    plan = with_retry_policy(plan_retention, retry)(replica, policy, utcnow())
-    result = with_retry_policy(apply_retention, retry)(replica, plan, dry_run)
+    plan = with_retry_policy(plan_retention, retry)(replica, policy, utcnow(), credentials_block, database_id)
+    result = with_retry_policy(apply_retention, retry)(replica, plan, dry_run, credentials_block)
     _publish(replica, plan, result)
     if not result.ok:
         raise IncompleteError(
@@ -67,7 +91,6 @@ def _publish(replica: str, plan: RetentionPlan, result: RetentionResult) -> None
     )
     publish(
         "retention",
-        replica.rstrip("/").rsplit("/", 1)[-1],
         f"Retention of {replica}{' (dry run)' if result.dry_run else ''}",
         [
             ("policy", plan.policy.describe()),

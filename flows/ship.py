@@ -17,9 +17,12 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
+from flows._failure import on_failure
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
+from tasks._storage import open_replica
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.dblock import ShipperIdentity
 from walship.errors import TransientStorageError
@@ -28,7 +31,7 @@ from walship.lease import holder_for
 from walship.models import RetryPolicy, WalPosition
 from walship.ship import ShipConfig, Shipper, SyncResult
 from walship.spool import Spool, default_spool_dir
-from walship.storage import ObjectStore, open_store
+from walship.storage import ObjectStore
 from walship.upload import UploadResult, upload_pending
 
 
@@ -52,30 +55,53 @@ class ShipReport(BaseModel):
     position: WalPosition | None = None
 
 
-@flow(name="wal-ship", flow_run_name=lambda: run_name("ship", "database"), log_prints=True)
+@flow(
+    name="wal-ship",
+    description="Capture committed WAL of a live SQLite database every interval and ship it as segments.",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def wal_ship_flow(
-    database: Path,
-    replica: str,
-    duration: Annotated[float, Field(ge=0)] = 600.0,
-    interval: Annotated[float, Field(gt=0, le=3600)] = 1.0,
-    once: bool = False,
-    spool_dir: Path | None = None,
-    database_id: str | None = None,
-    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    lag_threshold_seconds: Annotated[float, Field(gt=0)] = 60.0,
-    snapshot_interval: Annotated[float, Field(ge=0)] = 3600.0,
-    handover_wait: Annotated[float, Field(ge=0)] = 0.0,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    database: Annotated[Path, titled("Database file")],
+    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
+    interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
+    once: Annotated[bool, titled("One sync only")] = False,
+    spool_dir: Annotated[Path | None, titled("Spool directory"), optional("string")] = None,
+    database_id: Annotated[
+        str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
+    ] = None,
+    level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
+    snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
+    handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
+    credentials_block: Annotated[
+        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+    ] = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:
     """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``).
 
-    ``walship.lag.exceeded`` is emitted when the capture-to-storage lag or the
-    age of the oldest spooled entry rises above ``lag_threshold_seconds``.
-    Every ``snapshot_interval`` seconds (0: never) a changed generation gets a
-    new snapshot, so restores start from a recent one. With ``handover_wait``, a
-    run that finds another shipper of the database running (an overlapping
-    window) holds the WAL, waits up to that many seconds for it to end, and
-    continues its generation; with 0 it is refused at once."""
+    Args:
+        database: Path of the live SQLite database on the worker's host.
+        replica: Where segments go: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
+        duration: Seconds the run ships, counted from its start.
+        interval: Seconds between two syncs (captures and uploads).
+        once: Capture and upload once, then end.
+        spool_dir: Local spool directory; empty: beside the database.
+        database_id: Name of the database in the replica; empty: the database's file name.
+        level: zstd compression level, 1 (fastest) to 22 (smallest).
+        lag_threshold_seconds: Lag above which walship.lag.exceeded is emitted (once per crossing).
+        snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
+        handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
+
+    The lag is the capture-to-storage lag or the age of the oldest spooled
+    entry. A run that finds another shipper of the database running (an
+    overlapping window) holds the WAL, waits up to ``handover_wait`` for it to
+    end, and continues its generation."""
     logger = get_run_logger()
     # The window counts from the run's start, whatever it waited for: a run
     # that took over late must still end in time to hand over to the next.
@@ -102,24 +128,26 @@ def wal_ship_flow(
     drain = with_retry_policy(upload_spool, retry)
     events = ShipEvents(database_id or database.name, replica, lag_threshold_seconds)
     try:
-        with_retry_policy(acquire_lease, retry)(replica, spool_dir, holder)
+        with_retry_policy(acquire_lease, retry)(replica, spool_dir, holder, credentials_block)
         _note(report, events.synced(shipper.open()), logger)
-        window = _Window(shipper, open_store(replica), holder, level, events, report, logger)
+        window = _Window(shipper, open_replica(replica, credentials_block), holder, level, events, report, logger)
         window.run(deadline=deadline, interval=interval, once=once)
         _note(report, events.synced(shipper.finish()), logger)
         if pending := spool.pending():
-            drained = drain(replica, spool_dir, holder, level)
+            drained = drain(replica, spool_dir, holder, level, credentials_block)
             _count_upload(report, drained)
             events.uploaded(pending, drained)
         report.pending_at_end = len(spool.pending())
         if report.position is not None:
-            with_retry_policy(record_position, retry)(replica, report.position)
+            with_retry_policy(record_position, retry)(replica, report.position, credentials_block)
         if report.pending_at_end:
             raise TransientStorageError(
                 f"{report.pending_at_end} entries are still spooled in {spool_dir}: storage is unreachable; "
                 "they upload when the next run reaches it"
             )
-        with_retry_policy(release_lease, retry)(replica, spool_dir)
+        with_retry_policy(release_lease, retry)(replica, spool_dir, credentials_block)
+        # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.
+        events.completed(report.segments_uploaded, str(report.position or ""))
     finally:
         shipper.close()
         spool.close()
@@ -203,7 +231,6 @@ def _publish(database: Path, report: ShipReport) -> None:
     generations = ", ".join(f"`{g}` ({why})" for g, why in started) or "none (continued)"
     publish(
         "ship",
-        database.name,
         f"WAL shipping of {database.name}",
         [
             ("syncs", str(report.syncs)),

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
 
 from flows._events import emit
-from flows._report import artifact_key, human_bytes, publish, run_name
+from flows._failure import on_failure
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
+from flows._report import human_bytes, publish, run_name
 from tasks import (
     check_replica,
     compress,
@@ -25,37 +26,53 @@ from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.models import RetryPolicy, SnapshotInfo
 
 
-@flow(name="snapshot", flow_run_name=lambda: run_name("snapshot", "database"), log_prints=True)
+@flow(
+    name="snapshot",
+    description="Consistent zstd snapshot of a live SQLite database, uploaded to its replica.",
+    flow_run_name=run_name,
+    on_failure=[on_failure],
+    log_prints=True,
+)
 def snapshot_flow(
-    database: Path,
-    replica: str,
-    level: Annotated[int, Field(ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    database_id: str | None = None,
-    workdir: Path | None = None,
-    retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
+    database: Annotated[Path, titled("Database file")],
+    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
+    database_id: Annotated[
+        str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
+    ] = None,
+    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = None,
+    credentials_block: Annotated[
+        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+    ] = None,
+    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> SnapshotInfo:
     """Take a consistent snapshot of ``database`` and upload it to ``replica``.
 
-    ``database_id`` names the database in the replica (default: its file
-    name); ``workdir`` holds the temporary copy (default: the system's).
+    Args:
+        database: Path of the live SQLite database on the worker's host.
+        replica: Where the snapshot goes: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
+        level: zstd compression level, 1 (fastest) to 22 (smallest).
+        database_id: Name of the database in the replica; empty: the database's file name.
+        workdir: Directory for the temporary copy; empty: the system's temporary directory.
+        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
     """
     started = time.monotonic()
     database_id = database_id or database.name
-    check_replica(replica, database_id)
-    progress = start_progress(artifact_key("snapshot-progress", database_id), f"Snapshot of {database_id}")
+    check_replica(replica, database_id, credentials_block)
+    progress = start_progress(None, f"Snapshot of {database_id}")
     scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=workdir))
     try:
         source = take_snapshot(database, scratch / "snapshot.db")
         compressed = compress(source.path, scratch / "snapshot.db.zst", level, progress)
-        info = with_retry_policy(upload, retry)(replica, source, compressed, database_id)
-        metadata = with_retry_policy(update_metadata, retry)(replica, info)
+        info = with_retry_policy(upload, retry)(replica, source, compressed, database_id, credentials_block)
+        metadata = with_retry_policy(update_metadata, retry)(replica, info, credentials_block)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     elapsed = time.monotonic() - started
     finish_progress(progress)
     publish(
         "snapshot",
-        database_id,
         f"Snapshot of {database_id}",
         [
             ("database", str(database)),

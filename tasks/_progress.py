@@ -20,8 +20,9 @@ _EVERY = 1.0
 log = logging.getLogger(__name__)
 
 
-def start_progress(key: str, description: str) -> UUID:
-    """Create a run's progress artifact at 0 %."""
+def start_progress(key: str | None, description: str) -> UUID:
+    """Create a run's progress artifact at 0 %; the flows give none a key, so a failed run never leaves
+    a stale 0 % as the newest artifact of a key (its FAILED artifact is under the run's own key)."""
     artifact_id = create_progress_artifact(progress=0.0, key=key, description=description)
     assert isinstance(artifact_id, UUID)  # the sync variant: flows and tasks here are sync
     return artifact_id

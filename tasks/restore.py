@@ -6,24 +6,24 @@ from uuid import UUID
 
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
+from tasks._storage import open_replica
 from walship import catalog, generations, index, original, restore
 from walship.models import RestoreResult, RestoreTarget, SnapshotInfo
-from walship.storage import open_store
 
 __all__ = ["describe_generations", "read_snapshot", "restore_original", "restore_snapshot"]
 
 
 @walship_task
-def describe_generations(replica: str) -> generations.ReplicaGenerations:
+def describe_generations(replica: str, credentials_block: str | None = None) -> generations.ReplicaGenerations:
     """Every generation a listing of the replica shows, and which holds the newest data (the index spares HEADs)."""
-    store = open_store(replica)
+    store = open_replica(replica, credentials_block)
     return generations.describe_generations(store, known=index.indexed_snapshots(store))
 
 
 @walship_task
-def read_snapshot(replica: str, key: str) -> SnapshotInfo:
+def read_snapshot(replica: str, key: str, credentials_block: str | None = None) -> SnapshotInfo:
     """One snapshot described from its own object (one HEAD), whatever else the replica holds."""
-    return catalog.read_snapshot_info(open_store(replica), key)
+    return catalog.read_snapshot_info(open_replica(replica, credentials_block), key)
 
 
 @walship_task
@@ -34,11 +34,12 @@ def restore_snapshot(
     force: bool,
     target: RestoreTarget,
     progress: UUID | None = None,
+    credentials_block: str | None = None,
 ) -> RestoreResult:
     """Download, verify and apply a snapshot and its segments, and place the database atomically;
     the snapshot's bytes move the run's ``progress`` artifact to 90 % (segments and checks take the rest)."""
     return restore.restore_snapshot(
-        open_store(replica),
+        open_replica(replica, credentials_block),
         snapshot,
         output,
         force=force,
@@ -58,11 +59,12 @@ def restore_original(
     timestamp: datetime | None = None,
     snapshot_key: str | None = None,
     database_id: str | None = None,
+    credentials_block: str | None = None,
 ) -> original.OriginalRestoreResult:
     """Restore the newest snapshot (at or before ``timestamp``) of a prefix in the original design's
     layout, verified and placed atomically; its WAL objects are not applied."""
     return original.restore_original(
-        open_store(replica),
+        open_replica(replica, credentials_block),
         output,
         force=force,
         before=timestamp,

@@ -3,37 +3,39 @@
 from pathlib import Path
 
 from tasks._retry import walship_task
+from tasks._storage import open_replica
 from walship import index, lease, upload
 from walship.models import ReplicaMetadata, WalPosition
 from walship.spool import Spool
-from walship.storage import open_store
 
 __all__ = ["acquire_lease", "record_position", "release_lease", "upload_spool"]
 
 
 @walship_task
-def acquire_lease(replica: str, spool_dir: Path, holder: str) -> None:
+def acquire_lease(replica: str, spool_dir: Path, holder: str, credentials_block: str | None = None) -> None:
     """Take the replica's lease for this run (``host:/db#run``), or fail if another shipper holds it."""
     spool = Spool(spool_dir, lock=False)
-    spool.save_lease(lease.acquire_lease(open_store(replica), holder))
+    spool.save_lease(lease.acquire_lease(open_replica(replica, credentials_block), holder))
 
 
 @walship_task
-def upload_spool(replica: str, spool_dir: Path, holder: str, level: int) -> upload.UploadResult:
+def upload_spool(
+    replica: str, spool_dir: Path, holder: str, level: int, credentials_block: str | None = None
+) -> upload.UploadResult:
     """Upload the spooled snapshot and segments in order (the run's final drain, with the full retry policy)."""
     spool = Spool(spool_dir, lock=False)
-    return upload.upload_pending(open_store(replica), spool, holder=holder, level=level)
+    return upload.upload_pending(open_replica(replica, credentials_block), spool, holder=holder, level=level)
 
 
 @walship_task
-def record_position(replica: str, position: WalPosition) -> ReplicaMetadata:
+def record_position(replica: str, position: WalPosition, credentials_block: str | None = None) -> ReplicaMetadata:
     """Record the newest shipped segment in metadata.json."""
-    return index.record_wal_position(open_store(replica), position)
+    return index.record_wal_position(open_replica(replica, credentials_block), position)
 
 
 @walship_task
-def release_lease(replica: str, spool_dir: Path) -> None:
+def release_lease(replica: str, spool_dir: Path, credentials_block: str | None = None) -> None:
     """Let the lease go at the end of a run so a successor need not wait for it to expire."""
     held = Spool(spool_dir, lock=False).load_lease()
     if held is not None:
-        lease.release_lease(open_store(replica), held)
+        lease.release_lease(open_replica(replica, credentials_block), held)

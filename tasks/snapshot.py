@@ -5,17 +5,17 @@ from uuid import UUID
 
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
+from tasks._storage import open_replica
 from walship import codec, index, snapshot, sqlite
 from walship.models import CompressedFile, ReplicaMetadata, SnapshotInfo, SnapshotSource
-from walship.storage import open_store
 
 __all__ = ["check_replica", "compress", "take_snapshot", "update_metadata", "upload"]
 
 
 @walship_task
-def check_replica(replica: str, database_id: str) -> None:
+def check_replica(replica: str, database_id: str, credentials_block: str | None = None) -> None:
     """Fail before copying anything if the replica belongs to another database or a shipper feeds it."""
-    store = open_store(replica)
+    store = open_replica(replica, credentials_block)
     snapshot.check_database_id(store, database_id)
     snapshot.check_not_shipped(store)
 
@@ -35,12 +35,20 @@ def compress(source: Path, target: Path, level: int, progress: UUID | None = Non
 
 
 @walship_task
-def upload(replica: str, source: SnapshotSource, compressed: CompressedFile, database_id: str) -> SnapshotInfo:
+def upload(
+    replica: str,
+    source: SnapshotSource,
+    compressed: CompressedFile,
+    database_id: str,
+    credentials_block: str | None = None,
+) -> SnapshotInfo:
     """Upload the compressed snapshot under a new, immutable key."""
-    return snapshot.upload_snapshot(open_store(replica), source, compressed, database_id=database_id)
+    return snapshot.upload_snapshot(
+        open_replica(replica, credentials_block), source, compressed, database_id=database_id
+    )
 
 
 @walship_task
-def update_metadata(replica: str, info: SnapshotInfo) -> ReplicaMetadata:
+def update_metadata(replica: str, info: SnapshotInfo, credentials_block: str | None = None) -> ReplicaMetadata:
     """Record the snapshot in metadata.json with a conditional write."""
-    return index.add_snapshot(open_store(replica), info)
+    return index.add_snapshot(open_replica(replica, credentials_block), info)

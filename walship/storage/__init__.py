@@ -1,5 +1,6 @@
 """Object storage: the ``ObjectStore`` protocol and its backends."""
 
+from walship.storage._credentials import StorageCredentials
 from walship.storage._local import LocalStore
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ObjectStore, ReadStream
 from walship.storage._s3 import S3Store
@@ -12,16 +13,17 @@ __all__ = [
     "ReadStream",
     "ReplicaURL",
     "S3Store",
+    "StorageCredentials",
     "open_store",
     "parse_replica_url",
 ]
 
 
-def open_store(url: str | ReplicaURL) -> ObjectStore:
-    """Open the backend a replica URL names."""
+def open_store(url: str | ReplicaURL, credentials: StorageCredentials | None = None) -> ObjectStore:
+    """Open the backend a replica URL names; ``credentials`` (S3 only) replace boto3's chain where they are set."""
     replica = parse_replica_url(url) if isinstance(url, str) else url
     if replica.scheme == "file":
         assert replica.path is not None
         return LocalStore(replica.path)
     assert replica.bucket is not None
-    return S3Store(replica.bucket, replica.prefix, endpoint=replica.endpoint)
+    return S3Store(replica.bucket, replica.prefix, endpoint=replica.endpoint, credentials=credentials)

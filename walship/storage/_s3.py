@@ -1,10 +1,12 @@
 """S3 backend over boto3: any S3-compatible server.
 
-Credentials come from boto3's standard chain only (environment, profile,
-role); they never pass through walship's parameters or logs. The endpoint
-comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by boto3
-itself) or ``?endpoint=`` on the replica URL; with any explicit endpoint we
-use path-style addressing, which every S3-compatible server understands.
+Credentials come from boto3's standard chain (environment, profile, role),
+or from ``StorageCredentials`` a caller resolved (a Prefect block, outside the
+core); they never pass through walship's parameters or logs. The endpoint
+comes from ``?endpoint=`` on the replica URL, else the credentials' endpoint,
+else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by boto3 itself);
+with any explicit endpoint we use path-style addressing, which every
+S3-compatible server understands.
 """
 
 import contextlib
@@ -29,6 +31,7 @@ from walship.errors import (
     WalshipError,
 )
 from walship.models import ObjectInfo
+from walship.storage._credentials import StorageCredentials
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
 
 if TYPE_CHECKING:
@@ -68,10 +71,20 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 class S3Store:
     """An ``ObjectStore`` over one bucket and prefix."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, endpoint: str | None = None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint: str | None = None,
+        credentials: StorageCredentials | None = None,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
+        endpoint = endpoint or (credentials.endpoint if credentials else None)
         self.endpoint = endpoint
+        # What a refusal tells the operator to check.
+        self._credentials_hint = f"the {credentials.source}" if credentials else "the AWS credentials"
         # Tests lower this to exercise paging; S3 itself caps pages at 1,000.
         self.list_page_size = 1000
         explicit_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -89,7 +102,7 @@ class S3Store:
         # parsing the S3 service model cost 50 ms per store otherwise.
         core = botocore.session.Session()
         core.register_component("data_loader", _LOADER)
-        session = boto3.session.Session(botocore_session=core)
+        session = boto3.session.Session(botocore_session=core, **_session_arguments(credentials))
         self._client: S3Client = session.client("s3", endpoint_url=endpoint, config=config)
 
     @property
@@ -226,7 +239,7 @@ class S3Store:
         except WalshipError:
             raise
         except botocore.exceptions.ClientError as exc:
-            raise _classify(where, exc, self.bucket) from exc
+            raise _classify(where, exc, self.bucket, self._credentials_hint) from exc
         except botocore.exceptions.NoCredentialsError as exc:
             raise PermanentStorageError(
                 f"{where}: no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
@@ -239,7 +252,7 @@ class S3Store:
             # s3transfer wraps client errors raised in its worker threads.
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, botocore.exceptions.ClientError):
-                raise _classify(where, cause, self.bucket) from exc
+                raise _classify(where, cause, self.bucket, self._credentials_hint) from exc
             if isinstance(exc, botocore.exceptions.BotoCoreError):
                 raise TransientStorageError(f"{where}: {exc}") from exc
             raise
@@ -258,7 +271,24 @@ class _CountingReader:
         return data
 
 
-def _classify(where: str, exc: botocore.exceptions.ClientError, bucket: str) -> WalshipError:
+def _session_arguments(credentials: StorageCredentials | None) -> dict[str, str]:
+    """boto3 Session arguments for what ``credentials`` sets; the rest stays boto3's chain."""
+    if credentials is None:
+        return {}
+    arguments = {
+        "aws_access_key_id": credentials.access_key_id,
+        "aws_secret_access_key": credentials.secret_access_key.get_secret_value()
+        if credentials.secret_access_key
+        else None,
+        "aws_session_token": credentials.session_token.get_secret_value() if credentials.session_token else None,
+        "region_name": credentials.region,
+    }
+    return {name: value for name, value in arguments.items() if value}
+
+
+def _classify(
+    where: str, exc: botocore.exceptions.ClientError, bucket: str, credentials: str = "the AWS credentials"
+) -> WalshipError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
@@ -270,7 +300,7 @@ def _classify(where: str, exc: botocore.exceptions.ClientError, bucket: str) -> 
     if code in _CONFLICT or status in (409, 412):
         return ConflictError(f"{where}: precondition failed ({code})")
     if code in _DENIED or status in (401, 403):
-        return PermanentStorageError(f"{where}: access denied ({code}): check the AWS credentials and bucket policy")
+        return PermanentStorageError(f"{where}: access denied ({code}): check {credentials} and the bucket policy")
     if code in _TRANSIENT or status >= 500 or status == 429:
         return TransientStorageError(f"{where}: {message} ({code or status})")
     return PermanentStorageError(f"{where}: {message} ({code or status})")

@@ -1,0 +1,85 @@
+"""What every flow does when it fails: one event, one artifact that says so, one log line.
+
+``on_failure`` is each flow's Prefect failure hook. It emits
+``walship.<flow>.failed`` about the run's database and replica, with the
+reason, and publishes a FAILED artifact under the run's key (a verify drill
+has published its own, listing every check). Prefect logs a failed task or
+flow with the exception's traceback; for walship's own errors (storage
+unreachable, access denied, bad input...) the message already says what is
+wrong and what to do, and a page of boto frames only buries it, so a log
+filter drops the traceback of those: bugs keep theirs.
+"""
+
+import logging
+from typing import Any
+
+from prefect import Flow
+from prefect.client.schemas.objects import FlowRun, State
+
+from flows._events import emit
+from flows._report import publish
+from flows._subject import database_of, replica_of
+from walship.errors import PermanentStorageError, TransientStorageError, WalshipError
+from walship.verify import VerificationFailedError
+
+__all__ = ["event_kind", "on_failure"]
+
+# Flow name -> the event's middle word (walship.<kind>.failed).
+_KINDS = {"wal-ship": "ship", "wal-ship-many": "ship-many"}
+
+
+def event_kind(flow_name: str) -> str:
+    return _KINDS.get(flow_name, flow_name)
+
+
+def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Failure hook: emit ``walship.<flow>.failed`` and leave a FAILED artifact."""
+    try:
+        error = state.result(raise_on_failure=False)
+    except Exception as exc:  # the result could not be read back: the state's message still says why
+        error = exc
+    reason = _one_line(str(error) if isinstance(error, BaseException) else (state.message or state.name or "failed"))
+    parameters = flow_run.parameters
+    database, replica = database_of(parameters), replica_of(parameters)
+    kind = event_kind(flow.name)
+    payload: dict[str, Any] = {
+        "reason": reason,
+        "error": type(error).__name__ if isinstance(error, BaseException) else "unknown",
+        "flow_run": flow_run.name,
+        "failed": _failed_checks(error, reason),
+    }
+    emit(f"walship.{kind}.failed", database, replica, payload)
+    if not isinstance(error, VerificationFailedError):
+        publish(
+            kind,
+            f"{flow.name} of {database}: FAILED",
+            [("result", "**FAILED**"), ("reason", reason.replace("|", "/")), ("replica", f"`{replica}`")],
+        )
+
+
+def _failed_checks(error: object, reason: str) -> list[dict[str, str]]:
+    """The failed checks of a drill; otherwise one entry naming what failed (storage, or the run)."""
+    if isinstance(error, VerificationFailedError):
+        return [{"name": check.name, "detail": check.detail} for check in error.report.failed]
+    storage = isinstance(error, TransientStorageError | PermanentStorageError)
+    return [{"name": "storage" if storage else "run", "detail": reason}]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:1000]
+
+
+class _KnownFailureFilter(logging.Filter):
+    """Drops the traceback from a run logger's record when the exception is one of walship's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, WalshipError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = _KnownFailureFilter()
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    if _FILTER not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_FILTER)
