@@ -30,10 +30,12 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest
 
-# A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in build/prefect) serving
-# prefect.yaml's deployments for `make demo`'s database; `make stop` ends both.
+# A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in $PREFECT_HOME, default
+# build/prefect) serving prefect.yaml's deployments; `make stop` ends both. Site values come from
+# SET="database=/srv/app.db replica=s3://bucket/app" or WALSHIP_DATABASE, WALSHIP_REPLICA...;
+# with no database, `make demo`'s.
 serve: $(STAMP)
-	$(PY) -m deployments.local_server start
+	$(PY) -m deployments.local_server start $(foreach value,$(SET),--set $(value))
 
 stop: $(STAMP)
 	$(PY) -m deployments.local_server stop

@@ -46,6 +46,9 @@ def with_site(text: str, overrides: Mapping[str, object]) -> str:
         raise SiteError("prefect.yaml is not a mapping")
     site = {key.value: value for key, value in _site_node(document).value}
     resolver = yaml.SafeLoader("")
+    if "database" in overrides and "database_id" in site and "database_id" not in overrides:
+        # Another database is another id: its file name, unless the override names one.
+        overrides = {**overrides, "database_id": Path(str(overrides["database"])).name}
     for name, value in overrides.items():
         node = site.get(name)
         if not isinstance(node, yaml.ScalarNode):
@@ -53,7 +56,9 @@ def with_site(text: str, overrides: Mapping[str, object]) -> str:
         node.value = str(value)
         # Re-resolve the tag so "5" becomes an int and a path stays a string;
         # an empty value stays an empty string (plain, YAML would read a null).
-        node.tag = resolver.resolve(yaml.ScalarNode, node.value, (True, False)) if node.value else "tag:yaml.org,2002:str"
+        node.tag = (
+            resolver.resolve(yaml.ScalarNode, node.value, (True, False)) if node.value else "tag:yaml.org,2002:str"
+        )
         node.style = None if node.value else '"'
     return str(yaml.serialize(document, Dumper=yaml.SafeDumper))
 

@@ -3,12 +3,15 @@
     .venv/bin/python -m deployments.local_server start   # server on 127.0.0.1, then serve.py
     .venv/bin/python -m deployments.local_server stop
 
-The port comes from PREFECT_SERVER_API_PORT (default 4200). PREFECT_HOME is
-build/prefect, so the server's database, logs and profiles never touch
-~/.prefect; pid files and logs sit there too. ``start`` serves prefect.yaml's
-deployments pointed at ``make demo``'s database and replica (its site values
-overridden, nothing copied). The tests start their servers with the same
-functions.
+The port comes from PREFECT_SERVER_API_PORT (default 4200), the server's
+home from PREFECT_HOME (default build/prefect, so the server's database, logs
+and profiles never touch ~/.prefect); pid files and logs sit there too.
+``start`` serves prefect.yaml's deployments with its site values overridden
+by ``--set KEY=VALUE`` or the environment (``WALSHIP_DATABASE``,
+``WALSHIP_REPLICA``, ``WALSHIP_CREDENTIALS_BLOCK``...: ``WALSHIP_`` and the
+site value's name in capitals); with no database given, ``make demo``'s
+database and replica (nothing copied). The tests start their servers with
+the same functions.
 """
 
 import argparse
@@ -25,9 +28,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from deployments.config import ROOT, load_deployments
+from deployments.config import PREFECT_YAML, ROOT, load_deployments, site_values
+from deployments.serve import parse_site_value
 
-HOME = ROOT / "build" / "prefect"
+HOME = Path(os.environ.get("PREFECT_HOME") or ROOT / "build" / "prefect")
 DEMO = ROOT / "build" / "demo"
 BIN = Path(sys.executable).parent
 
@@ -137,10 +141,36 @@ def _running(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline else None
 
 
-def start(port: int) -> int:
-    database = DEMO / "app.db"
+def site_overrides(given: dict[str, str], environ: dict[str, str]) -> dict[str, object]:
+    """The site values to serve with: ``given`` (--set), else ``WALSHIP_<NAME>`` from ``environ``; with no
+    database among them, ``make demo``'s database and replica."""
+    overrides: dict[str, object] = {
+        name: environ[f"WALSHIP_{name.upper()}"]
+        for name in site_values(PREFECT_YAML.read_text())
+        if f"WALSHIP_{name.upper()}" in environ
+    }
+    overrides.update(given)
+    if "database" in overrides:
+        return overrides
+    demo: dict[str, object] = {
+        "database": DEMO / "app.db",
+        "replica": f"file://{DEMO / 'replica'}",
+        "snapshot_replica": f"file://{DEMO / 'replica'}-snapshots",
+        "restore_output": DEMO / "restored-from-prefect.db",
+        # Short shipping runs so the dashboard shows runs within two minutes;
+        # they overlap by more than start-up varies (see prefect.yaml).
+        "ship_window": 120,
+        "ship_duration": 170,
+    }
+    return {**demo, **overrides}
+
+
+def start(port: int, given: dict[str, str] | None = None) -> int:
+    overrides = site_overrides(given or {}, dict(os.environ))
+    database = Path(str(overrides["database"]))
     if not database.exists():
-        print(f"error: {database} does not exist: run 'make demo' first", file=sys.stderr)
+        hint = "run 'make demo' first" if database == DEMO / "app.db" else "check WALSHIP_DATABASE or --set database="
+        print(f"error: {database} does not exist: {hint}", file=sys.stderr)
         return 2
     server_pid_file, serve_pid_file = HOME / "server.pid", HOME / "serve.pid"
     ui = f"http://127.0.0.1:{port}"
@@ -165,16 +195,6 @@ def start(port: int) -> int:
     if pid := _running(serve_pid_file, "deployments.serve"):
         print(f"the deployments are already served (pid {pid})")
     else:
-        overrides = {
-            "database": database,
-            "replica": f"file://{DEMO / 'replica'}",
-            "snapshot_replica": f"file://{DEMO / 'replica'}-snapshots",
-            "restore_output": DEMO / "restored-from-prefect.db",
-            # Short shipping runs so the dashboard shows runs within two minutes;
-            # they overlap by more than start-up varies (see prefect.yaml).
-            "ship_window": 120,
-            "ship_duration": 170,
-        }
         argv = [str(BIN / "python"), "-m", "deployments.serve"]
         for name, value in overrides.items():
             argv += ["--set", f"{name}={value}"]
@@ -259,9 +279,18 @@ def stop(port: int) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deployments.local_server")
     parser.add_argument("command", choices=["start", "stop"])
+    parser.add_argument(
+        "--set",
+        dest="site",
+        type=parse_site_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a site value",
+    )
     args = parser.parse_args(argv)
     port = int(os.environ.get("PREFECT_SERVER_API_PORT", "4200"))
-    raise SystemExit(start(port) if args.command == "start" else stop(port))
+    raise SystemExit(start(port, dict(args.site)) if args.command == "start" else stop(port))
 
 
 if __name__ == "__main__":

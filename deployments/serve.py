@@ -60,7 +60,7 @@ def _concurrency(value: int | dict[str, Any] | None) -> int | ConcurrencyLimitCo
     return ConcurrencyLimitConfig(**value) if isinstance(value, dict) else value
 
 
-def _site_value(text: str) -> tuple[str, str]:
+def parse_site_value(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. database=/srv/app.db)")
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--set",
         dest="site",
-        type=_site_value,
+        type=parse_site_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",

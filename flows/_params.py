@@ -4,7 +4,10 @@ Prefect titles a top-level parameter with its raw name and describes it
 from the flow docstring's ``Args:`` section; a title given as
 ``json_schema_extra`` replaces the raw name. The server validates a run's
 parameters against the JSON schema (409 on failure) but ignores ``format``,
-so every string that must have a shape carries a ``pattern``.
+so every string that must have a shape carries a ``pattern``. A timestamp's
+schema has the pattern and no ``format``: where a validator does check
+``date-time`` it wants RFC 3339 (seconds and an offset), stricter than what
+the flow accepts, and one rule everywhere is easier to explain.
 
 An optional value (``X | None``) would show as an "X | None" toggle: its
 schema here is the plain type (``WithJsonSchema``), so the field is simply

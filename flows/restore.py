@@ -37,9 +37,7 @@ from walship.restore import point_in_time
 def restore_flow(
     replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
     output: Annotated[Path, titled("Output file")],
-    timestamp: Annotated[
-        datetime | None, titled("Restore to time"), optional("string", format="date-time", pattern=TIMESTAMP)
-    ] = None,
+    timestamp: Annotated[datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP)] = None,
     snapshot_key: Annotated[
         str | None, titled("Snapshot key", pattern=SNAPSHOT_KEY), optional("string", pattern=SNAPSHOT_KEY)
     ] = None,

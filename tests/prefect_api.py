@@ -24,6 +24,8 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFil
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
 
+from flows._events import resource_id
+
 __all__ = ["artifacts", "child_flow_runs", "database_resource_id", "flow_run", "read_events", "run_id"]
 
 # The API refuses larger pages (its limit is 50; the client's default of 100 is rejected).
@@ -36,9 +38,9 @@ def run_id(state: State[Any]) -> UUID:
     return state.state_details.flow_run_id
 
 
-def database_resource_id(database_id: str) -> str:
+def database_resource_id(database_id: str, replica: str) -> str:
     """The resource id walship's events name a database by (flows/_events.py)."""
-    return f"walship.database.{database_id}"
+    return resource_id(database_id, replica)
 
 
 def read_events(

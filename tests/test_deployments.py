@@ -1,5 +1,6 @@
 """prefect.yaml is valid: entrypoints import, parameters validate, serve builds from it, site values override."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from prefect import Flow
 from prefect.utilities.schema_tools import validate
 
 from deployments.config import PREFECT_YAML, SiteError, load_deployments, load_flow, site_values, with_site
+from deployments.local_server import site_overrides
 from deployments.serve import build, main
 
 DEPLOYMENTS = load_deployments()
@@ -102,9 +104,12 @@ class TestSiteValues:
             params = changed[original["name"]]["parameters"]
             assert params["replica"] == "s3://bucket/app"
             assert params.get("database") in (None, "/srv/my app.db")
+            # Another database is another id: the id follows the file name unless overridden too.
+            assert params.get("database_id") in (None, "my app.db")
             assert changed[original["name"]].get("schedules") == original.get("schedules")
-            rest = {k: v for k, v in params.items() if k not in ("replica", "database")}
-            assert rest == {k: v for k, v in original["parameters"].items() if k not in ("replica", "database")}
+            moved = ("replica", "database", "database_id")
+            rest = {k: v for k, v in params.items() if k not in moved}
+            assert rest == {k: v for k, v in original["parameters"].items() if k not in moved}
 
     def test_the_ship_window_and_duration_are_numbers(self) -> None:
         """ship_window sets the schedule's interval and ship_duration the run's, both read back as ints."""
@@ -156,3 +161,72 @@ class TestServe:
                 main(argv)
             assert exited.value.code == 2
             assert capsys.readouterr().err.startswith("error: ")
+
+
+class TestForms:
+    """What the deployment form shows, and what the server's schema check refuses, for every deployed flow."""
+
+    @pytest.mark.parametrize("spec", DEPLOYMENTS, ids=NAMES)
+    def test_every_field_has_a_title_and_a_description(self, spec: dict[str, Any]) -> None:
+        """No raw identifier as a label, no field without a line of help, no "X | None" toggle."""
+        properties = _schema(load_flow(spec["entrypoint"]))["properties"]
+        for name, field in properties.items():
+            assert field["title"] != name, name
+            assert field.get("description"), name
+            assert "\n" not in field["description"], name
+            assert "anyOf" not in field, (name, field)
+
+    @pytest.mark.parametrize(
+        ("parameters", "field"),
+        [
+            ({"timestamp": "yesterday 8am"}, "timestamp"),
+            ({"timestamp": "2026-11-29T14"}, "timestamp"),
+            ({"snapshot_key": "snapshots/latest"}, "snapshot_key"),
+            ({"sequence": -1}, "sequence"),
+            ({"generation": "newest"}, "generation"),
+            ({"database_id": "var/app.db"}, "database_id"),
+            ({"replica": "/var/backups/app"}, "replica"),
+        ],
+    )
+    def test_the_server_schema_refuses_bad_restore_values(self, parameters: dict[str, Any], field: str) -> None:
+        """What the server checks at creation (it ignores format: date-time, hence patterns)."""
+        flow = load_flow("flows/restore.py:restore_flow")
+        good = {"replica": "file:///r", "output": "/o"}
+        errors = validate({**good, **parameters}, _schema(flow))
+        assert errors, parameters
+        assert field in str(errors[0].path) or field in str(errors[0].message) or field in str(errors)
+        with pytest.raises(Exception, match=field):
+            flow.validate_parameters({**good, **parameters})
+
+    @pytest.mark.parametrize(
+        "timestamp", ["2026-11-29", "2026-11-29T14:16", "2026-11-29 14:16:00+01:00", "2026-11-29T14:16:00.5Z"]
+    )
+    def test_iso_timestamps_pass_both_checks(self, timestamp: str) -> None:
+        flow = load_flow("flows/restore.py:restore_flow")
+        parameters = {"replica": "file:///r", "output": "/o", "timestamp": timestamp}
+        assert validate(parameters, _schema(flow)) == []
+        assert flow.validate_parameters(parameters)["timestamp"].year == 2026
+
+
+class TestLocalServer:
+    """`make serve` takes its home, port and site values from the environment or --set."""
+
+    def test_site_values_from_the_environment_and_set(self, tmp_path: Path) -> None:
+        environ = {"WALSHIP_DATABASE": "/srv/env.db", "WALSHIP_REPLICA": "s3://b/env", "WALSHIP_OTHER": "x"}
+        assert site_overrides({}, environ) == {"database": "/srv/env.db", "replica": "s3://b/env"}
+        chosen = site_overrides({"replica": "s3://b/set"}, environ)
+        assert chosen == {"database": "/srv/env.db", "replica": "s3://b/set"}
+
+    def test_no_database_means_the_demo(self) -> None:
+        overrides = site_overrides({"credentials_block": "walship-s3"}, {})
+        assert str(overrides["database"]).endswith("build/demo/app.db")
+        assert overrides["credentials_block"] == "walship-s3"
+
+    def test_prefect_home_is_honoured(self, tmp_path: Path) -> None:
+        import subprocess
+        import sys
+
+        code = "import deployments.local_server as s; print(s.HOME)"
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == str(tmp_path / "home")

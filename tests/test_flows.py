@@ -12,6 +12,7 @@ from prefect.states import State
 
 from bench.workload import content_digest
 from flows import restore_flow, snapshot_flow
+from flows._report import artifact_key
 from tests.conftest import use_credentials
 from tests.helpers import rewrite_object
 from tests.prefect_api import artifacts
@@ -49,7 +50,7 @@ class TestSnapshotAndRestoreFlows:
         assert info.level == 5
         assert _flow_run_name(state).startswith("snapshot-app.db-")
         [artifact] = _artifacts(state.state_details.flow_run_id)  # type: ignore[arg-type]
-        assert artifact.key == "walship-snapshot-app-db"
+        assert artifact.key == artifact_key("snapshot", "app.db", replica_url)
         assert info.key in artifact.data
         assert info.sha256 in artifact.data
 

@@ -15,8 +15,15 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 
 from bench.workload import content_digest
-from flows import restore_flow, retention_flow, ship_many_flow, snapshot_flow, snapshot_many_flow, verify_flow
-from flows import wal_ship_flow
+from flows import (
+    restore_flow,
+    retention_flow,
+    ship_many_flow,
+    snapshot_flow,
+    snapshot_many_flow,
+    verify_flow,
+    wal_ship_flow,
+)
 from flows._events import resource_id
 from flows._report import artifact_key
 from tests.helpers import rewrite_object

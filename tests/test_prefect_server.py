@@ -27,6 +27,8 @@ import pytest
 from bench.workload import content_digest
 from deployments.config import PREFECT_YAML, with_site
 from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy, wind_down
+from flows._events import resource_id
+from flows._report import artifact_key
 from tests.shipping import WriterGroup
 from walship.catalog import list_snapshot_keys
 from walship.storage import open_store
@@ -163,8 +165,8 @@ def deployed(server: Server, base_database: Path, tmp_path_factory: pytest.TempP
     return site
 
 
-def _run_deployment(server: Server, name: str, *params: str) -> UUID:
-    argv = ["deployment", "run", name]
+def _run_deployment(server: Server, name: str, *params: str, run_name: str | None = None) -> UUID:
+    argv = ["deployment", "run", name, *(["--flow-run-name", run_name] if run_name else [])]
     for param in params:
         argv += ["--param", param]
     result = server.prefect(*argv)
@@ -209,17 +211,21 @@ class TestWorkPool:
         assert run["name"].startswith("snapshot-app.db-")
         assert run["parameters"]["level"] == 5
         artifacts = {a["key"]: a for a in server.artifacts(snapshot)}
-        assert "zstd level 5" in artifacts["walship-snapshot-app-db"]["data"], artifacts
+        assert "zstd level 5" in artifacts[artifact_key("snapshot", "app.db", deployed.replica)]["data"], artifacts
 
-        restore = _run_deployment(server, "restore/restore-adhoc")
+        # A name the operator typed is kept, not replaced by the flow's own.
+        restore = _run_deployment(server, "restore/restore-adhoc", run_name="ops-before-migration-4711")
         assert _run_worker_once(server, restore) == {restore: "Completed"}
+        assert server.flow_run(restore)["name"] == "ops-before-migration-4711"
         artifacts = {a["key"]: a for a in server.artifacts(restore)}
-        assert "integrity_check | ok" in artifacts["walship-restore-restored-db"]["data"], artifacts
+        assert "integrity_check | ok" in artifacts[artifact_key("restore", "app.db", deployed.replica)]["data"]
         assert content_digest(deployed.restore_output) == content_digest(deployed.database)
 
         [event] = server.wait_for(
             "walship.snapshot.completed",
-            lambda: server.events("walship.snapshot.completed", "walship.database.app.db", snapshot, started),
+            lambda: server.events(
+                "walship.snapshot.completed", resource_id("app.db", deployed.replica), snapshot, started
+            ),
         )
         assert event["resource"]["walship.replica"] == deployed.replica
 
@@ -238,6 +244,62 @@ class TestWorkPool:
             assert "Error creating flow run: Validation failed" in result.stdout, result.stdout
             assert field in result.stdout
         assert ad_hoc_runs() == before
+
+    def test_every_form_field_is_titled_described_and_constrained(self, server: Server, deployed: Site) -> None:
+        """The schema the server holds for each deployment: every top-level field has a title other than its
+        identifier and a description; optional fields have no null branch; shaped strings have a pattern."""
+        found = {d["name"]: d for d in server.api("POST", "/deployments/filter", {})}
+        for name in (
+            "snapshot-hourly",
+            "snapshot-many",
+            "wal-ship",
+            "retention-daily",
+            "verify-daily",
+            "restore-adhoc",
+        ):
+            properties = found[name]["parameter_openapi_schema"]["properties"]
+            for field, schema in properties.items():
+                assert schema.get("title") not in (None, field), (name, field, schema)
+                assert schema.get("description"), (name, field)
+                assert "anyOf" not in schema, (name, field, schema)
+            assert "pattern" in properties["replica"], name
+            assert "credentials_block" in properties, name
+        restore = found["restore-adhoc"]["parameter_openapi_schema"]["properties"]
+        assert restore["timestamp"]["pattern"]
+        assert restore["snapshot_key"]["pattern"]
+        assert restore["sequence"]["minimum"] == 0
+
+    @pytest.mark.parametrize(
+        ("parameters", "field"),
+        [
+            ({"timestamp": "yesterday 8am"}, "timestamp"),
+            ({"snapshot_key": "../../etc/passwd"}, "snapshot_key"),
+            ({"sequence": -1}, "sequence"),
+            ({"generation": "latest"}, "generation"),
+            ({"credentials_block": "My Block"}, "credentials_block"),
+        ],
+    )
+    def test_a_bad_restore_parameter_is_refused_with_409(
+        self, server: Server, deployed: Site, parameters: dict[str, Any], field: str
+    ) -> None:
+        """A bad timestamp, key or sequence is refused when the run is created (HTTP 409), not on the worker."""
+        [deployment] = server.api("POST", "/deployments/filter", {"deployments": {"name": {"any_": ["restore-adhoc"]}}})
+        response = httpx.post(
+            f"http://127.0.0.1:{server.port}/api/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": parameters},
+            timeout=30,
+        )
+        assert response.status_code == 409, response.text
+        assert field in response.json()["detail"]
+        good = server.api(
+            "POST",
+            f"/deployments/{deployment['id']}/create_flow_run",
+            {
+                "parameters": {"timestamp": "2026-11-29T14:16:00Z"},
+                "state": {"type": "CANCELLED", "name": "Cancelled"},
+            },
+        )
+        assert good["parameters"]["timestamp"] == "2026-11-29T14:16:00Z"
 
 
 class TestServe:
@@ -285,7 +347,7 @@ class TestServe:
         assert deployment["global_concurrency_limit"]["active_slots"] == 0  # the next shipper can start
         assert run["auto_scheduled"] is True
         assert run["parameters"]["duration"] == 1
-        assert run["name"].startswith("ship-app.db-")
+        assert run["name"].startswith("wal-ship-app.db-")
         # The first run of a replica starts a generation with a snapshot.
         assert list_snapshot_keys(open_store(site.replica))
 

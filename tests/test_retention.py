@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bench.workload import content_digest
+from flows._report import artifact_key
 from tests.conftest import BACKENDS, Writers
 from tests.helpers import take_and_upload, walship
 from tests.s3servers import MotoS3
@@ -203,7 +204,10 @@ class TestRetentionCommand:
         assert "deleted 2 objects" in real.stdout
         assert _snapshot_keys(store) == keys[2:]
         assert (
-            _artifact_markdown(prefect_api, "walship-retention-replica").count("| deleted | outside the policy |") == 2
+            _artifact_markdown(prefect_api, artifact_key("retention", "replica", replica)).count(
+                "| deleted | outside the policy |"
+            )
+            == 2
         )
 
 

@@ -15,6 +15,8 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from prefect.events.schemas.events import ResourceSpecification
 
 from flows import verify_flow
+from flows._events import resource_id
+from flows._report import artifact_key
 from tests.helpers import rewrite_object, take_and_upload, walship
 from tests.test_cli import assert_plain_error
 from tests.test_ship import Running
@@ -331,13 +333,13 @@ class TestVerifyFlow:
             assert client.read_flow_run(run_id).name.startswith("verify-replica-")
         # A failed flow also records its pickled exception as a result artifact: Prefect's own.
         [artifact] = [a for a in _artifacts(run_id) if a.type == "markdown"]
-        assert artifact.key == "walship-verify-app-db"
+        assert artifact.key == artifact_key("verify", "replica", local_replica)
         for name in ("restore-newest", "index-snapshots", "index-complete", "index-position"):
             assert f"| {name} |" in artifact.data
         assert "**FAILED**" in artifact.data
 
         [event] = _events("walship.verify.failed", local_replica)
-        assert event.resource.id == "walship.database.app.db"
+        assert event.resource.id == resource_id("replica", local_replica)
         assert [check["name"] for check in event.payload["failed"]] == ["restore-newest"]
         assert info.key in json.dumps(event.payload)
         assert os.listdir(workdir) == []
@@ -366,5 +368,5 @@ class TestVerifyFlow:
         assert [p.role for p in report.points] == ["newest"]
         assert "nothing older" in checks(report)["restore-older"][1]
         [event] = _events("walship.verify.passed", local_replica)
-        assert event.resource.id == "walship.database.orders"
+        assert event.resource.id == resource_id("orders", local_replica)
         assert _events("walship.verify.failed", local_replica, wait=False) == []
