@@ -243,10 +243,10 @@ class _Webhook:
         self.server.server_close()
 
 
-def _documented_automation() -> str:
-    """The YAML example in docs/AUTOMATIONS.md, as an operator would copy it."""
+def _documented_automation(expects: str = "walship.lag.exceeded") -> str:
+    """The YAML example of docs/AUTOMATIONS.md that expects ``expects``, as an operator would copy it."""
     text = (ROOT / "docs" / "AUTOMATIONS.md").read_text()
-    [example] = [block for block in re.findall(r"```yaml\n(.*?)```", text, re.S) if "walship.lag.exceeded" in block]
+    [example] = [block for block in re.findall(r"```yaml\n(.*?)```", text, re.S) if f"- {expects}\n" in block]
     return str(example)
 
 
@@ -291,4 +291,52 @@ class TestDocumentedAutomation:
         finally:
             with get_client(sync_client=True) as client:
                 client.delete_automation(automation_id)
+            hook.close()
+
+
+@pytest.mark.usefixtures("prefect_api")
+class TestDocumentedFailureAutomations:
+    """The "any walship failure" and "no successful shipping" automations of docs/AUTOMATIONS.md."""
+
+    def _create(self, expects: str, block_id: UUID) -> UUID:
+        spec = yaml.safe_load(
+            _documented_automation(expects).replace("REPLACE-WITH-NOTIFICATION-BLOCK-ID", str(block_id))
+        )
+        with get_client(sync_client=True) as client:
+            automation_id = client.create_automation(AutomationCore.model_validate(spec))
+            stored = client.read_automation(automation_id)
+        assert stored is not None
+        written = stored.model_dump(mode="json")
+        for field in ("expect", "match", "for_each", "posture", "threshold"):
+            expected = spec["trigger"][field]
+            assert written["trigger"][field] == (sorted(expected) if isinstance(expected, list) else expected)
+        return automation_id
+
+    def test_any_failure_notifies_and_shipping_stopped_is_accepted(self) -> None:
+        """A walship.snapshot.failed event notifies with its reason and replica; the proactive one is valid."""
+        hook = _Webhook()
+        block = CustomWebhookNotificationBlock(
+            name="walship-failures",
+            url=hook.url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}"},
+            allow_private_urls=True,
+        )
+        block_id = block.save("walship-failure-test", overwrite=True)
+        created = [self._create("walship.*.failed", block_id), self._create("walship.ship.completed", block_id)]
+        try:
+            emit(
+                "walship.snapshot.failed",
+                "failure-test.db",
+                "file:///backups/failure-test.db",
+                {"reason": "s3: access denied (403)", "error": "PermanentStorageError", "flow_run": "snapshot-x"},
+            )
+            EventsWorker.drain_all()
+            notification = hook.received.get(timeout=120)
+            assert notification["subject"] == "walship: walship.snapshot.failed for failure-test.db"
+            assert "s3: access denied (403)" in notification["body"]
+            assert "file:///backups/failure-test.db" in notification["body"]
+        finally:
+            with get_client(sync_client=True) as client:
+                for automation_id in created:
+                    client.delete_automation(automation_id)
             hook.close()
