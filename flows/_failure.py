@@ -2,8 +2,9 @@
 
 ``on_failure`` is each flow's Prefect failure hook. It emits
 ``walship.<flow>.failed`` about the run's database and replica, with the
-reason, and publishes a FAILED artifact under the run's key (a verify drill
-has published its own, listing every check). Prefect logs a failed task or
+reason, and publishes a FAILED artifact under the run's key, unless the flow
+published its own report of the failure before raising (a failed drill lists
+every check; retention and fan-outs, what failed and what did not). Prefect logs a failed task or
 flow with the exception's traceback; for walship's own errors (storage
 unreachable, access denied, bad input...) the message already says what is
 wrong and what to do, and a page of boto frames only buries it, so a log
@@ -19,10 +20,13 @@ from prefect.client.schemas.objects import FlowRun, State
 from flows._events import emit
 from flows._report import publish
 from flows._subject import database_of, replica_of
-from walship.errors import PermanentStorageError, TransientStorageError, WalshipError
+from walship.errors import IncompleteError, PermanentStorageError, TransientStorageError, WalshipError
 from walship.verify import VerificationFailedError
 
 __all__ = ["event_kind", "on_failure"]
+
+# Raised by flows after publishing a report that says what failed: a second artifact would hide it.
+_REPORTED = (IncompleteError, VerificationFailedError)
 
 # Flow name -> the event's middle word (walship.<kind>.failed).
 _KINDS = {"wal-ship": "ship", "wal-ship-many": "ship-many"}
@@ -49,7 +53,7 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
         "failed": _failed_checks(error, reason),
     }
     emit(f"walship.{kind}.failed", database, replica, payload)
-    if not isinstance(error, VerificationFailedError):
+    if not isinstance(error, _REPORTED):
         publish(
             kind,
             f"{flow.name} of {database}: FAILED",

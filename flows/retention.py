@@ -91,7 +91,7 @@ def _publish(replica: str, plan: RetentionPlan, result: RetentionResult) -> None
     )
     publish(
         "retention",
-        f"Retention of {replica}{' (dry run)' if result.dry_run else ''}",
+        f"Retention of {replica}{' (dry run)' if result.dry_run else ''}{'' if result.ok else ': FAILED deletes'}",
         [
             ("policy", plan.policy.describe()),
             ("snapshots kept", str(len(plan.kept_snapshots))),

@@ -6,11 +6,12 @@ import secrets
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tests.conftest import use_credentials
-from tests.s3servers import _S3Server
+from tests.s3servers import SeaweedS3, _S3Server
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
-from walship.storage import ObjectStore, S3Store, open_store
+from walship.storage import ObjectStore, S3Store, StorageCredentials, open_store
 
 
 class _Pattern(io.RawIOBase):
@@ -150,3 +151,42 @@ class TestS3Failures:
         store = open_store(f"s3://walship-creds/x?endpoint={seaweed_server.endpoint}")
         with pytest.raises(PermanentStorageError, match="credentials"):
             store.put_bytes("k", b"v")
+
+
+class TestStorageCredentials:
+    """Explicit credentials (a block's, resolved outside the core) never show their secret."""
+
+    def test_repr_str_and_dump_mask_the_secret(self) -> None:
+        credentials = StorageCredentials(
+            access_key_id="AKIAEXAMPLE",
+            secret_access_key="s3cr3t-value",
+            session_token="t0ken-value",
+            endpoint="http://127.0.0.1:9000",
+            source="credentials of block 'walship-s3'",
+        )
+        for text in (repr(credentials), str(credentials), f"{credentials}", credentials.model_dump_json()):
+            assert "s3cr3t-value" not in text
+            assert "t0ken-value" not in text
+        assert "walship-s3" in repr(credentials)
+        assert "AKIAEXAMPLE" not in repr(credentials)
+
+    @pytest.mark.seaweedfs
+    def test_a_wrong_secret_names_where_the_credentials_came_from(
+        self, seaweed_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            monkeypatch.delenv(name, raising=False)
+        seaweed_server.create_bucket("walship-explicit")
+        good = StorageCredentials(
+            access_key_id=seaweed_server.access_key,
+            secret_access_key=seaweed_server.secret_key,
+            region=seaweed_server.region,
+            endpoint=seaweed_server.endpoint,
+            source="credentials of block 'good'",
+        )
+        store = open_store("s3://walship-explicit/app", good)
+        store.put_bytes("probe", b"x")
+        assert [o.key for o in store.list()] == ["probe"]
+        bad = good.model_copy(update={"secret_access_key": SecretStr("wrong"), "source": "credentials of block 'bad'"})
+        with pytest.raises(PermanentStorageError, match=r"access denied .*check the credentials of block 'bad'"):
+            list(open_store("s3://walship-explicit/app", bad).list())
