@@ -28,8 +28,8 @@ def block_credentials(name: str | None) -> StorageCredentials | None:
     assert isinstance(block, AwsCredentials)  # the sync variant: tasks and flows here are sync
     # Through the block's own session, so a profile or an assumed role in the block works too.
     session = block.get_boto3_session()
-    frozen = session.get_credentials()
-    keys = frozen.get_frozen_credentials() if frozen is not None else None
+    found = session.get_credentials()
+    keys = found.get_frozen_credentials() if found is not None else None
     parameters = block.aws_client_parameters
     return StorageCredentials(
         access_key_id=keys.access_key if keys else None,
