@@ -1,20 +1,12 @@
 """Retention flow: plan what the policy keeps, apply it (or only show it), report."""
 
 from prefect import flow
-from pydantic import BaseModel
 
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
 from walship.errors import IncompleteError
 from walship.models import RetryPolicy, utcnow
-from walship.retention import RetentionPlan, RetentionPolicy, RetentionResult
-
-
-class RetentionReport(BaseModel):
-    """The plan a retention run made and what applying it did."""
-
-    plan: RetentionPlan
-    result: RetentionResult
+from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, RetentionResult
 
 
 @flow(name="retention", flow_run_name=lambda: run_name("retention", "replica"), log_prints=True)

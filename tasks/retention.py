@@ -13,9 +13,7 @@ __all__ = ["apply_retention", "plan_retention"]
 @walship_task
 def plan_retention(replica: str, policy: RetentionPolicy, now: datetime) -> RetentionPlan:
     """List the replica's snapshots and segments and decide what the policy keeps (never the newest data)."""
-    store = open_store(replica)
-    snapshots, segments = retention.list_history(store)
-    return retention.plan_retention(policy, snapshots, segments, now, retention.newest_data(store, snapshots))
+    return retention.plan_replica(open_store(replica), policy, now)
 
 
 @walship_task

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bench.workload import committed_counts, content_digest, expected_state
-from flows import wal_ship_flow
+from flows.ship import wal_ship_flow
 from tests.conftest import Writers
 from walship.catalog import select_snapshot
 from walship.chain import list_segment_sequences
