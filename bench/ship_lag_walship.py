@@ -10,7 +10,9 @@ then writes per-cycle and per-segment timings to ``--events`` as JSON.
 """
 
 import argparse
+import cProfile
 import json
+import os
 import signal
 import threading
 import time
@@ -108,7 +110,14 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--events", type=Path, required=True)
     args = parser.parse_args()
-    run(args.database, args.replica, args.interval, args.events)
+    profile = os.environ.get("WALSHIP_BENCH_PROFILE")
+    if profile:
+        # Where the shipper's CPU goes, for cutting it: pstats of the whole run.
+        cProfile.runctx(
+            "run(args.database, args.replica, args.interval, args.events)", globals(), {"args": args}, profile
+        )
+    else:
+        run(args.database, args.replica, args.interval, args.events)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ from tasks import (
     start_progress,
     with_retry_policy,
 )
-from walship.catalog import select_snapshot
 from walship.errors import UsageError
-from walship.generations import choose_snapshot
+from walship.generations import choose_start
 from walship.layout import parse_snapshot_key
 from walship.models import RestoreResult, RestoreTarget, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
@@ -90,12 +89,9 @@ def restore_flow(
                 original.report_rows(),
             )
             return original
-        if snapshot_key is not None:
-            chosen = select_snapshot(generations.snapshots, key=snapshot_key)
-        else:
-            chosen = choose_snapshot(generations, before=timestamp, generation=generation, sequence=sequence)
-            if sequence is None and timestamp is None:
-                until_sequence = generations.end_of(chosen)
+        chosen, until_sequence = choose_start(
+            generations, snapshot_key=snapshot_key, before=timestamp, generation=generation, sequence=sequence
+        )
     target = RestoreTarget(
         segments=snapshot_key is None, until_time=timestamp, until_sequence=until_sequence, database_id=database_id
     )

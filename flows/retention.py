@@ -3,7 +3,6 @@
 from typing import Annotated
 
 from prefect import flow
-from pydantic import BaseModel
 
 from flows._failure import on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
@@ -11,14 +10,7 @@ from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
 from walship.errors import IncompleteError
 from walship.models import RetryPolicy, utcnow
-from walship.retention import RetentionPlan, RetentionPolicy, RetentionResult
-
-
-class RetentionReport(BaseModel):
-    """The plan a retention run made and what applying it did."""
-
-    plan: RetentionPlan
-    result: RetentionResult
+from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, RetentionResult
 
 
 @flow(

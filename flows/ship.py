@@ -8,51 +8,25 @@ interval), so a day of shipping adds a handful of task runs per window, not
 one per second: the run's progress is in its events and artifact.
 """
 
-import os
-import secrets
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, Field
 
 from flows._failure import on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
-from tasks._storage import open_replica
+from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.dblock import ShipperIdentity
 from walship.errors import TransientStorageError
-from walship.handover import hold_database
-from walship.lease import holder_for
 from walship.models import RetryPolicy, WalPosition
-from walship.ship import ShipConfig, Shipper, SyncResult
-from walship.spool import Spool, default_spool_dir
-from walship.storage import ObjectStore
-from walship.upload import UploadResult, upload_pending
+from walship.ship import ShipConfig, ShippingRun, ShipReport, SyncResult
+from walship.spool import PendingEntry
+from walship.upload import UploadResult
 
-
-class ShipReport(BaseModel):
-    """What one shipping run did."""
-
-    syncs: int = 0
-    segments_captured: int = 0
-    commits_captured: int = 0
-    bytes_captured: int = 0
-    segments_uploaded: int = 0
-    bytes_uploaded: int = 0
-    snapshots_uploaded: list[str] = Field(default_factory=list)
-    checkpoints: int = 0
-    generations_started: list[str] = Field(default_factory=list)
-    generation_reasons: list[str] = Field(default_factory=list)
-    max_lag_seconds: float = 0.0
-    handover_waited_seconds: float | None = None
-    upload_failures: int = 0
-    pending_at_end: int = 0
-    position: WalPosition | None = None
+__all__ = ["ShipReport", "wal_ship_flow"]
 
 
 @flow(
@@ -102,128 +76,69 @@ def wal_ship_flow(
     entry. A run that finds another shipper of the database running (an
     overlapping window) holds the WAL, waits up to ``handover_wait`` for it to
     end, and continues its generation."""
-    logger = get_run_logger()
-    # The window counts from the run's start, whatever it waited for: a run
-    # that took over late must still end in time to hand over to the next.
-    deadline = time.monotonic() + duration
-    spool_dir = (spool_dir or default_spool_dir(database)).resolve()
-    run = f"{os.getpid()}-{secrets.token_hex(3)}"
-    holder = holder_for(database, run)
-    # Pin the WAL and take the database's lock first: a second shipper is
-    # refused before it touches any spool or replica.
-    held = hold_database(database, spool_dir, ShipperIdentity.this_process(run, spool_dir, replica), wait=handover_wait)
-    report = ShipReport(handover_waited_seconds=held.waited_seconds if held.predecessor else None)
-    try:
-        spool = Spool(spool_dir)
-    except BaseException:
-        held.release()
-        raise
-    shipper = Shipper(
+    database_id = database_id or database.name
+    events = ShipEvents(database_id, replica, lag_threshold_seconds)
+    run = ShippingRun(
         database,
-        spool,
-        ShipConfig(database_id=database_id or database.name, level=level, snapshot_seconds=snapshot_interval),
-        capture=held.capture,
-        guarded=held.guarded,
+        replica,
+        ShipConfig(database_id=database_id, level=level, snapshot_seconds=snapshot_interval),
+        spool_dir=spool_dir,
+        steps=_TaskSteps(retry, credentials_block),
+        observer=_Observer(events, get_run_logger()),
+        credentials=block_credentials(credentials_block),
     )
-    drain = with_retry_policy(upload_spool, retry)
-    events = ShipEvents(database_id or database.name, replica, lag_threshold_seconds)
     try:
-        with_retry_policy(acquire_lease, retry)(replica, spool_dir, holder, credentials_block)
-        _note(report, events.synced(shipper.open()), logger)
-        window = _Window(shipper, open_replica(replica, credentials_block), holder, level, events, report, logger)
-        window.run(deadline=deadline, interval=interval, once=once)
-        _note(report, events.synced(shipper.finish()), logger)
-        if pending := spool.pending():
-            drained = drain(replica, spool_dir, holder, level, credentials_block)
-            _count_upload(report, drained)
-            events.uploaded(pending, drained)
-        report.pending_at_end = len(spool.pending())
-        if report.position is not None:
-            with_retry_policy(record_position, retry)(replica, report.position, credentials_block)
-        if report.pending_at_end:
-            raise TransientStorageError(
-                f"{report.pending_at_end} entries are still spooled in {spool_dir}: storage is unreachable; "
-                "they upload when the next run reaches it"
-            )
-        with_retry_policy(release_lease, retry)(replica, spool_dir, credentials_block)
-        # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.
-        events.completed(report.segments_uploaded, str(report.position or ""))
+        report = run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
     finally:
-        shipper.close()
-        spool.close()
-        held.release()
-        events.close()
-        _publish(database, report)
+        _publish(database, run.report)
+    # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.
+    events.completed(report.segments_uploaded, str(report.position or ""))
     return report
 
 
-class _Window:
-    """The run's window: sync, upload, wait; the pin is tended beside it all along."""
+class _TaskSteps:
+    """The run's storage steps as task runs with the flow's retry policy (a handful per window)."""
 
-    def __init__(
-        self,
-        shipper: Shipper,
-        store: ObjectStore,
-        holder: str,
-        level: int,
-        events: ShipEvents,
-        report: ShipReport,
-        logger: Any,
-    ) -> None:
-        self.shipper, self.store, self.holder, self.level = shipper, store, holder, level
-        self.events, self.report, self.logger = events, report, logger
+    def __init__(self, retry: RetryPolicy, credentials_block: str | None) -> None:
+        self.retry, self.block = retry, credentials_block
 
-    def run(self, *, deadline: float, interval: float, once: bool) -> None:
-        self.shipper.start_tending()
-        try:
-            while True:
-                started = time.monotonic()
-                _note(self.report, self.events.synced(self.shipper.sync()), self.logger)
-                self.upload()
-                self.events.check_lag(self.shipper.spool.pending())
-                if once or time.monotonic() >= deadline:
-                    break
-                self.shipper.wait_for_commits(interval - (time.monotonic() - started), deadline)
-        finally:
-            # Before the final capture: nothing is spooled behind the final drain.
-            self.shipper.stop_tending()
+    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
+        with_retry_policy(acquire_lease, self.retry)(replica, spool_dir, holder, self.block)
 
-    def upload(self) -> None:
-        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside)."""
-        spool = self.shipper.spool
-        if not (pending := spool.pending()):
-            return
-        try:
-            uploaded = upload_pending(self.store, spool, holder=self.holder, level=self.level)
-        except TransientStorageError as exc:
-            # Storage is down: keep capturing into the durable spool and try again next interval.
-            self.report.upload_failures += 1
-            self.logger.warning("upload failed, %d entries stay spooled: %s", len(spool.pending()), exc)
-        else:
-            _count_upload(self.report, uploaded)
-            self.events.uploaded(pending, uploaded)
+    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
+        return with_retry_policy(upload_spool, self.retry)(replica, spool_dir, holder, level, self.block)
+
+    def record_position(self, replica: str, position: WalPosition) -> None:
+        with_retry_policy(record_position, self.retry)(replica, position, self.block)
+
+    def release_lease(self, replica: str, spool_dir: Path) -> None:
+        with_retry_policy(release_lease, self.retry)(replica, spool_dir, self.block)
 
 
-def _count_upload(report: ShipReport, uploaded: UploadResult) -> None:
-    report.segments_uploaded += uploaded.segments
-    report.bytes_uploaded += uploaded.bytes
-    report.snapshots_uploaded += uploaded.snapshots
-    report.max_lag_seconds = max(report.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
-    report.position = uploaded.last_position or report.position
+class _Observer:
+    """The run's events, and its log lines for what an operator should see."""
 
+    def __init__(self, events: ShipEvents, logger: Any) -> None:
+        self.events, self.logger = events, logger
 
-def _note(report: ShipReport, result: SyncResult, logger: Any) -> None:
-    report.syncs += 1
-    report.segments_captured += result.segments
-    report.commits_captured += result.commits
-    report.bytes_captured += result.bytes
-    report.checkpoints += int(result.checkpointed)
-    if result.new_generation:
-        report.generations_started.append(result.new_generation)
-        report.generation_reasons.append(result.reason or "")
-        logger.warning("new generation %s: %s", result.new_generation, result.reason)
-    if result.snapshot:
-        logger.info("snapshot %s taken within the generation", result.snapshot)
+    def synced(self, result: SyncResult) -> None:
+        self.events.synced(result)
+        if result.new_generation:
+            self.logger.warning("new generation %s: %s", result.new_generation, result.reason)
+        if result.snapshot:
+            self.logger.info("snapshot %s taken within the generation", result.snapshot)
+
+    def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
+        self.events.uploaded(pending, uploaded)
+
+    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
+        self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
+
+    def spooled(self, pending: list[PendingEntry]) -> None:
+        self.events.check_lag(pending)
+
+    def close(self) -> None:
+        self.events.close()
 
 
 def _publish(database: Path, report: ShipReport) -> None:

@@ -23,8 +23,7 @@ def plan_retention(
     store = open_replica(replica, credentials_block)
     if database_id:
         snapshot.check_database_id(store, database_id)
-    snapshots, segments = retention.list_history(store)
-    return retention.plan_retention(policy, snapshots, segments, now, retention.newest_data(store, snapshots))
+    return retention.plan_replica(store, policy, now)
 
 
 @walship_task

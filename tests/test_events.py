@@ -19,9 +19,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
 from prefect.events.schemas.automations import AutomationCore
 from prefect.events.worker import EventsWorker
 
-from flows import restore_flow, snapshot_flow, wal_ship_flow
 from flows._events import emit
 from flows._ship_events import LagWatch, ShippedBatch
+from flows.restore import restore_flow
+from flows.ship import wal_ship_flow
+from flows.snapshot import snapshot_flow
 from tasks import finish_progress, start_progress
 from tasks._progress import ArtifactProgress
 from tests.conftest import Writers

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench.workload import content_digest
-from flows import ship_many_flow, snapshot_many_flow
+from flows.fanout import ship_many_flow, snapshot_many_flow
 from tests.prefect_api import artifacts, child_flow_runs, flow_run, run_id
 from walship.errors import UsageError, WalshipError
 from walship.fleet import plan_fleet, replica_for

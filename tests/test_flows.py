@@ -11,8 +11,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from bench.workload import content_digest
-from flows import restore_flow, snapshot_flow
 from flows._report import artifact_key
+from flows.restore import restore_flow
+from flows.snapshot import snapshot_flow
 from tests.conftest import use_credentials
 from tests.helpers import rewrite_object
 from tests.prefect_api import artifacts

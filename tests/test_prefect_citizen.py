@@ -15,17 +15,14 @@ from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 
 from bench.workload import content_digest
-from flows import (
-    restore_flow,
-    retention_flow,
-    ship_many_flow,
-    snapshot_flow,
-    snapshot_many_flow,
-    verify_flow,
-    wal_ship_flow,
-)
 from flows._events import resource_id
 from flows._report import artifact_key
+from flows.fanout import ship_many_flow, snapshot_many_flow
+from flows.restore import restore_flow
+from flows.retention import retention_flow
+from flows.ship import wal_ship_flow
+from flows.snapshot import snapshot_flow
+from flows.verify import verify_flow
 from tests.helpers import rewrite_object
 from tests.prefect_api import artifacts, flow_run, read_events, run_id
 from tests.s3servers import SeaweedS3

@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from bench.workload import content_digest
-from flows import restore_flow
+from flows.restore import restore_flow
 from tests.helpers import WALSHIP, rewrite_object, take_and_upload, walship
 from tests.test_ship import Running
 from walship.chain import list_segment_sequences

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from bench.workload import committed_counts, content_digest, expected_state
-from flows import wal_ship_flow
+from flows.ship import wal_ship_flow
 from tests.conftest import Writers
 from walship.catalog import select_snapshot
 from walship.chain import list_segment_sequences
@@ -18,7 +19,7 @@ from walship.lease import holder_for
 from walship.models import SnapshotInfo
 from walship.restore import restore_snapshot
 from walship.ship import ShipConfig, Shipper
-from walship.spool import Spool
+from walship.spool import Spool, new_entry
 from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
 from walship.upload import upload_pending
@@ -291,3 +292,60 @@ class TestSnapshotsWithinGeneration:
         report = verify_replica(store)
         assert report.passed, report.failed
         assert any(check.name == "recorded-state" and check.ok for check in report.checks)
+
+
+class TestSealedSpool:
+    """Segments are compressed once, at capture, and uploaded as spooled; raw ones from older spools still go up."""
+
+    def _capture_under_writes(self, database: Path, store: ObjectStore, spool_dir: Path) -> Running:
+        running = Running(database, store, spool_dir, checkpoint_pages=100_000)
+        upload_pending(store, running.spool, holder=holder_for(database), level=1)  # the generation's snapshot
+        writers = Writers(database, seed=SEED, count=2, rate=200)
+        try:
+            time.sleep(1.0)
+        finally:
+            writers.stop()
+        running.shipper.sync()
+        return running
+
+    def test_segments_are_uploaded_byte_for_byte_as_spooled(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        running = self._capture_under_writes(database, store, tmp_path / "spool")
+        segments = [entry for entry in running.spool.pending() if entry.segment is not None]
+        assert segments
+        spooled = {}
+        for entry in segments:
+            assert entry.segment is not None
+            assert entry.sealed
+            data = running.spool.data_path(entry).read_bytes()
+            assert data[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+            assert len(data) == entry.segment.compressed_size < entry.segment.raw_size
+            spooled[entry.segment.key] = data
+        upload_pending(store, running.spool, holder=holder_for(database), level=1)
+        for key, data in spooled.items():
+            with store.open(key) as stream:
+                assert stream.read() == data
+        running.close()
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+    def test_raw_segments_of_an_older_spool_still_upload(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        running = self._capture_under_writes(database, store, tmp_path / "spool")
+        spool = running.spool
+        for entry in [e for e in spool.pending() if e.segment is not None]:
+            assert entry.segment is not None
+            raw = zstandard.ZstdDecompressor().decompressobj().decompress(spool.data_path(entry).read_bytes())
+            spool.remove(entry)
+            old = tmp_path / "old.wal"
+            old.write_bytes(raw)
+            unsealed = entry.segment.model_copy(update={"compressed_size": 0, "level": 0})
+            spool.add(new_entry(unsealed), old)
+        assert all(not entry.sealed for entry in spool.pending())
+        running.close()
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)

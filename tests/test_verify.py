@@ -14,9 +14,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 from prefect.events.schemas.events import ResourceSpecification
 
-from flows import verify_flow
 from flows._events import resource_id
 from flows._report import artifact_key
+from flows.verify import verify_flow
 from tests.helpers import rewrite_object, take_and_upload, walship
 from tests.test_cli import assert_plain_error
 from tests.test_ship import Running

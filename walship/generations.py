@@ -25,7 +25,7 @@ from walship.layout import GENERATIONS_PREFIX, format_segment_key, parse_generat
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.storage import ObjectStore
 
-__all__ = ["GenerationState", "ReplicaGenerations", "choose_snapshot", "describe_generations"]
+__all__ = ["GenerationState", "ReplicaGenerations", "choose_snapshot", "choose_start", "describe_generations"]
 
 _HOW_TO_LIST = "run 'walship status --json' to see the generations"
 
@@ -194,6 +194,27 @@ def choose_snapshot(
     if before is not None:
         return _at_time(generations, before)
     return generations.require_newest()[1]
+
+
+def choose_start(
+    generations: ReplicaGenerations,
+    *,
+    snapshot_key: str | None = None,
+    before: datetime | None = None,
+    generation: str | None = None,
+    sequence: int | None = None,
+) -> tuple[SnapshotInfo, int | None]:
+    """Where a restore starts and the sequence it stops at (None: wherever ``before`` or the chain ends).
+
+    A restore of the newest data stops at the end of its generation as this
+    listing saw it, so a segment uploaded during the restore is not half-seen.
+    """
+    if snapshot_key is not None:
+        return select_snapshot(generations.snapshots, key=snapshot_key), sequence
+    chosen = choose_snapshot(generations, before=before, generation=generation, sequence=sequence)
+    if sequence is None and before is None:
+        return chosen, generations.end_of(chosen)
+    return chosen, sequence
 
 
 def _at_time(generations: ReplicaGenerations, before: datetime) -> SnapshotInfo:

@@ -102,6 +102,12 @@ class PendingEntry(BaseModel):
         assert info is not None
         return info.sequence
 
+    @property
+    def sealed(self) -> bool:
+        """Spooled as it is stored: every snapshot, and every segment since segments are sealed at capture
+        (a spool written by an older walship holds raw WAL, compressed when uploaded)."""
+        return self.segment is None or self.segment.compressed_size > 0
+
 
 class Spool:
     """A locked spool directory; only one process may hold it."""
@@ -239,7 +245,10 @@ class Spool:
             raise self.full_error(f"a snapshot of {database} ({human_bytes(size)})", needed, free)
 
     def data_path(self, entry: PendingEntry) -> Path:
-        name = f"snapshot-{entry.sequence:020d}.zst" if entry.kind == "snapshot" else f"{entry.sequence:020d}.wal"
+        if entry.kind == "snapshot":
+            name = f"snapshot-{entry.sequence:020d}.zst"
+        else:
+            name = f"{entry.sequence:020d}.wal{'.zst' if entry.sealed else ''}"
         return self.root / "pending" / entry.generation / name
 
     def add(self, entry: PendingEntry, data: Path) -> None:

@@ -6,6 +6,8 @@ a crash is uploaded again, with the same content. This is what the Prefect
 task retries; ``walship.ship.Shipper`` is the local half.
 """
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 from walship import codec, index
@@ -64,15 +66,27 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
         return
     segment = entry.segment
     assert segment is not None
-    # The compressed copy lives in the spool's tmp/ only for the upload.
+    if entry.sealed:
+        size = data.stat().st_size
+        if size != segment.compressed_size:
+            raise ChecksumMismatchError(f"spool {data}: {size} bytes, {segment.compressed_size} when captured")
+        store.put_file(segment.key, data, metadata=describe_segment(segment))
+        stored = segment.compressed_size
+    else:
+        stored = _upload_raw(store, spool, data, segment, level)
+    result.segments += 1
+    result.bytes += stored
+    result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
+    lag = (utcnow() - segment.captured_at).total_seconds()
+    result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)
+
+
+def _upload_raw(store: ObjectStore, spool: Spool, data: Path, segment: SegmentInfo, level: int) -> int:
+    """A segment an older walship spooled raw: compressed now, into the spool's tmp/ for the upload only."""
     with spool.writing(".zst", what=f"compressing segment {data.name}", needed=segment.raw_size) as target:
         compressed = codec.compress_file(data, target, level)
         if compressed.sha256 != segment.sha256:
             raise ChecksumMismatchError(f"spool {data}: content changed since capture")
         info = segment.model_copy(update={"compressed_size": compressed.compressed_size, "level": level})
         store.put_file(info.key, compressed.path, metadata=describe_segment(info))
-    result.segments += 1
-    result.bytes += compressed.compressed_size
-    result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
-    lag = (utcnow() - segment.captured_at).total_seconds()
-    result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)
+    return compressed.compressed_size

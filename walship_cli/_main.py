@@ -6,9 +6,10 @@ input. Errors are one or two plain lines on stderr; ``--debug`` adds the
 traceback. Input is checked here, before any flow starts, so a typo fails in
 milliseconds rather than after Prefect has started.
 
-snapshot, ship, restore, verify and retention run as Prefect flows; they are
-imported lazily because importing Prefect costs over a second that ``status``
-and bad input need not pay.
+snapshot, ship, restore, verify and retention run as Prefect flow runs when a
+Prefect API is configured (``PREFECT_API_URL`` in the environment or the active
+profile), so they appear in its dashboard; otherwise they run the core
+directly, at the speed of the work. ``--prefect`` / ``--no-prefect`` choose.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,10 +28,13 @@ from walship import codec
 from walship.errors import UsageError, WalshipError
 from walship.models import RestoreResult
 from walship.restore import check_output, point_in_time
+from walship.ship import ShipConfig
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
+from walship_cli import _direct, _flows
+from walship_cli._mode import prefect_api_configured
 
 __all__ = ["main"]
 
@@ -43,10 +48,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"walship: error: {message}\nRun 'walship --help' for usage.\n")
 
 
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show what the run logs as it goes (and Prefect's flow and task logs)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--prefect",
+        dest="prefect",
+        action="store_true",
+        default=None,
+        help="run as a Prefect flow run (default when PREFECT_API_URL is configured)",
+    )
+    mode.add_argument(
+        "--no-prefect",
+        dest="prefect",
+        action="store_false",
+        help="run the core directly, without Prefect (default when no Prefect API is configured)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="walship", description="Continuous, verified backups of SQLite databases.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's flow and task logs")
+    _global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     snap = commands.add_parser("snapshot", help="take a snapshot of a live database")
@@ -151,23 +176,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _runner(args: argparse.Namespace) -> ModuleType:
+    """The direct runner, or the flows when asked or when an API keeps their history."""
+    use_prefect = args.prefect if args.prefect is not None else prefect_api_configured()
+    if not use_prefect:
+        _direct.show_logs(args.verbose)
+        return _direct
+    _flows.quiet_prefect(args.verbose)
+    return _flows
+
+
 def _run(args: argparse.Namespace) -> int:
     replica = str(parse_replica_url(args.replica))
     if args.command == "status":
         status = replica_status(open_store(replica), rebuild=args.rebuild_index)
         print(status.model_dump_json(indent=2) if args.json else status.render())
         return EXIT_OK
-    _quiet_prefect(args.verbose)
     if args.command in ("snapshot", "ship"):
         check_database(args.database)
         codec.validate_level(args.level)
     if args.command == "snapshot":
         check_not_shipped(open_store(replica))  # before Prefect starts: a refusal takes milliseconds
-        from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
-
-        info = snapshot_flow(
-            database=args.database.resolve(),
-            replica=replica,
+        info = _runner(args).snapshot_database(
+            args.database.resolve(),
+            replica,
             level=args.level,
             database_id=args.database_id,
             workdir=args.workdir,
@@ -181,15 +213,17 @@ def _run(args: argparse.Namespace) -> int:
         return _verify(args, replica)
     if args.command == "retention":
         return _retention(args, replica)
+    return _restore(args, replica)
+
+
+def _restore(args: argparse.Namespace, replica: str) -> int:
     if args.sequence is not None and args.sequence < 0:
         raise UsageError(f"--sequence {args.sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
     output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
-    from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
-
-    result = restore_flow(
-        replica=replica,
-        output=output,
+    result = _runner(args).restore(
+        replica,
+        output,
         timestamp=timestamp,
         snapshot_key=args.snapshot_key,
         sequence=args.sequence,
@@ -218,18 +252,18 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         raise UsageError(
             "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
         )
-    from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs
-
-    report = wal_ship_flow(
-        database=args.database.resolve(),
-        replica=replica,
+    database = args.database.resolve()
+    config = ShipConfig(
+        database_id=args.database_id or database.name, level=args.level, snapshot_seconds=args.snapshot_interval
+    )
+    report = _runner(args).ship(
+        database,
+        replica,
+        config,
+        spool_dir=args.spool,
         duration=args.duration,
         interval=args.interval,
         once=args.once,
-        spool_dir=args.spool,
-        database_id=args.database_id,
-        level=args.level,
-        snapshot_interval=args.snapshot_interval,
         handover_wait=args.handover_wait,
     )
     position = str(report.position or "-")
@@ -259,9 +293,7 @@ def _retention(args: argparse.Namespace, replica: str) -> int:
         problem = exc.errors()[0]
         where = "".join(f"--{str(part).replace('_', '-')}: " for part in problem["loc"])
         raise UsageError(f"retention: {where}{problem['msg'].removeprefix('Value error, ')}") from None
-    from flows.retention import retention_flow  # noqa: PLC0415 - Prefect only when a flow runs
-
-    report = retention_flow(replica=replica, policy=policy, dry_run=args.dry_run)
+    report = _runner(args).retention(replica, policy, dry_run=args.dry_run)
     plan, result = report.plan, report.result
     verb = "would delete" if result.dry_run else "delete"
     for decision in plan.snapshots:
@@ -285,11 +317,9 @@ def _verify(args: argparse.Namespace, replica: str) -> int:
 
     if args.workdir is not None and not args.workdir.is_dir():
         raise UsageError(f"verify: --workdir {args.workdir} is not a directory: create it first")
-    from flows.verify import verify_flow  # noqa: PLC0415 - Prefect only when a flow runs
-
     failure: VerificationFailedError | None = None
     try:
-        report = verify_flow(replica=replica, database_id=args.database_id, older=args.older, workdir=args.workdir)
+        report = _runner(args).verify(replica, database_id=args.database_id, older=args.older, workdir=args.workdir)
     except VerificationFailedError as exc:
         report, failure = exc.report, exc
     for check in report.checks:
@@ -306,22 +336,6 @@ def _parse_timestamp(text: str) -> datetime:
     except ValueError:
         raise UsageError(f"--timestamp {text!r} is not ISO 8601: use e.g. 2026-11-24T08:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _quiet_prefect(verbose: bool) -> None:
-    """Keep Prefect's console logs out of an operator's terminal unless asked.
-
-    Runs still log to the API (dashboards keep everything); only the console
-    handler is silenced, so errors stay one or two lines.
-    """
-    defaults = {
-        "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    if not verbose:
-        defaults["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
-    for name, value in defaults.items():
-        os.environ.setdefault(name, value)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,13 @@
 """Retention: plan (pure) what old snapshots and WAL go, then apply it (or show it, with a dry run)."""
 
-from walship.retention._apply import RetentionResult, apply_retention, list_history, newest_data
+from walship.retention._apply import (
+    RetentionReport,
+    RetentionResult,
+    apply_retention,
+    list_history,
+    newest_data,
+    plan_replica,
+)
 from walship.retention._plan import GenerationDecision, RetentionPlan, SnapshotDecision, plan_retention
 from walship.retention._policy import RetentionPolicy, format_duration, parse_duration
 
@@ -8,6 +15,7 @@ __all__ = [
     "GenerationDecision",
     "RetentionPlan",
     "RetentionPolicy",
+    "RetentionReport",
     "RetentionResult",
     "SnapshotDecision",
     "apply_retention",
@@ -15,5 +23,6 @@ __all__ = [
     "list_history",
     "newest_data",
     "parse_duration",
+    "plan_replica",
     "plan_retention",
 ]

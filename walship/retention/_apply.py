@@ -7,6 +7,7 @@ listed is reported as failed; the next run plans it again.
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -15,10 +16,11 @@ from walship.generations import describe_generations
 from walship.index import current_snapshots, forget_snapshots
 from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo
-from walship.retention._plan import RetentionPlan
+from walship.retention._plan import RetentionPlan, plan_retention
+from walship.retention._policy import RetentionPolicy
 from walship.storage import DELETE_BATCH_LIMIT, ObjectStore
 
-__all__ = ["RetentionResult", "apply_retention", "list_history", "newest_data"]
+__all__ = ["RetentionReport", "RetentionResult", "apply_retention", "list_history", "newest_data", "plan_replica"]
 
 
 class RetentionResult(BaseModel):
@@ -98,3 +100,16 @@ def _still_listed(store: ObjectStore, keys: Sequence[str], errors: list[str]) ->
         errors.append(f"confirm deletes: {exc}")
         return wanted  # unconfirmed is not done
     return listed
+
+
+class RetentionReport(BaseModel):
+    """The plan a retention run made and what applying it did."""
+
+    plan: RetentionPlan
+    result: RetentionResult
+
+
+def plan_replica(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionPlan:
+    """List the replica's snapshots and segments and decide what ``policy`` keeps (never the newest data)."""
+    snapshots, segments = list_history(store)
+    return plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))

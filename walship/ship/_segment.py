@@ -1,6 +1,7 @@
-"""Capturing one segment: whole committed transactions from the cursor, copied verbatim into the spool.
+"""Capturing one segment: whole committed transactions from the cursor, sealed into the spool.
 
-``capture_segment`` streams a segment into a spool file, fsynced before it
+``capture_segment`` streams a segment into a spool file, compressed as it
+will be stored (sealed once, so uploads only send it) and fsynced before it
 counts. ``read_tail`` reads the few frames written since into memory while
 writers wait (a checkpoint's last step), so the pause costs no fsync of
 walship's; ``spool_tail`` makes that segment durable once writers go on.
@@ -9,9 +10,9 @@ walship's; ``spool_tail`` makes that segment durable once writers go on.
 import hashlib
 import os
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
+from walship.codec import SealingWriter
 from walship.errors import ContinuityLostError
 from walship.layout import format_segment_key
 from walship.models import SegmentInfo, WalCursor, utcnow
@@ -116,6 +117,7 @@ def capture_segment(
     guarded: bool,
     committed_after: datetime,
     max_bytes: int,
+    level: int,
 ) -> Captured | NoRoom | None:
     """Spool the whole committed transactions after ``cursor`` (up to ``max_bytes``); None if there are none.
 
@@ -129,10 +131,16 @@ def capture_segment(
     size = found.scan.last_commit_offset - found.start
     if not spool.room_for_segment(size):
         return NoRoom()
-    with spool.writing(".wal", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        digest, copied = _copy_fsynced(capture, found.start, found.scan.last_commit_offset, data)
-        info, moved = _describe(found, cursor, committed_after, digest, copied)
-        spool.add(new_entry(info), data)
+    with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
+        with data.open("wb") as out:
+            sealed = SealingWriter(out, level)
+            capture.copy_range(found.start, found.scan.last_commit_offset, sealed.write)
+            sealed.finish()
+            out.flush()
+            os.fsync(out.fileno())
+            stored = out.tell()
+        info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
+        spool.add(new_entry(info.model_copy(update={"compressed_size": stored, "level": level})), data)
     return Captured(info, moved, found.scan.budget_reached)
 
 
@@ -152,33 +160,14 @@ def read_tail(
     return TailCopy(info, moved, data)
 
 
-def spool_tail(spool: Spool, tail: TailCopy) -> None:
-    """Write a tail copy into the spool, fsynced, as ``capture_segment`` would have."""
-    with spool.writing(".wal", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
+def spool_tail(spool: Spool, tail: TailCopy, level: int) -> None:
+    """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have."""
+    with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
         with path.open("wb") as out:
-            out.write(tail.data)
+            sealed = SealingWriter(out, level)
+            sealed.write(tail.data)
+            sealed.finish()
             out.flush()
             os.fsync(out.fileno())
-        spool.add(new_entry(tail.segment), path)
-
-
-def _copy_fsynced(capture: WalCapture, start: int, end: int, target: Path) -> tuple[str, int]:
-    """Copy WAL bytes ``[start, end)`` to ``target``, fsynced; their SHA-256 and count."""
-    with target.open("wb") as out:
-        hashing = _HashingWriter(out)
-        capture.copy_range(start, end, hashing.write)
-        out.flush()
-        os.fsync(out.fileno())
-    return hashing.digest.hexdigest(), hashing.count
-
-
-class _HashingWriter:
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.digest = hashlib.sha256()
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.count += len(data)
-        return self._raw.write(data)
+            stored = out.tell()
+        spool.add(new_entry(tail.segment.model_copy(update={"compressed_size": stored, "level": level})), path)

@@ -351,7 +351,7 @@ class Shipper:
     def _spool_tail(self, tail: TailCopy | None) -> SyncResult:
         """Make the pause's tail copy durable, then the cursor that covers it."""
         if tail is not None:
-            spool_tail(self.spool, tail)
+            spool_tail(self.spool, tail, self.config.level)
             self._last_sync = tail.segment.captured_at
         assert self.cursor is not None
         self.spool.save_cursor(self.cursor)
@@ -408,6 +408,7 @@ class Shipper:
                 guarded=self._guard.guarded,
                 committed_after=self._last_sync,
                 max_bytes=max_bytes,
+                level=self.config.level,
             )
         except WalIndexUnsettledError as exc:
             log.warning("%s", exc)

@@ -235,7 +235,13 @@ class WalCapture:
         end = self.published_end(header) if header is not None else None
         with self.wal_path.open("rb") as wal:
             bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
-            return scan_wal(bounded, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
+            return scan_wal(
+                bounded,
+                start_offset=start_offset,
+                start_checksum=start_checksum,
+                max_bytes=max_bytes,
+                vouched=end is not None,
+            )
 
     def published_end(self, header: WalHeader) -> int:
         """The WAL byte offset after the last frame the WAL index (-shm) published.

@@ -1,0 +1,204 @@
+"""One shipping run: hold the database, take the lease, ship for a window, drain, hand over.
+
+The same run serves the CLI's direct mode and the Prefect flow. Its storage
+steps (lease, final drain, position, release) come from a ``ShipSteps``:
+the flow runs each as a task with the retry policy, the direct mode calls
+the core with ``retrying``. What happens along the way (syncs, uploads, the
+lag) goes to a ``ShipObserver``: events in Prefect, lines on a terminal.
+"""
+
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from walship.dblock import ShipperIdentity
+from walship.errors import TransientStorageError
+from walship.handover import hold_database
+from walship.lease import holder_for
+from walship.models import WalPosition
+from walship.ship._results import ShipConfig, SyncResult
+from walship.ship._shipper import Shipper
+from walship.spool import PendingEntry, Spool, default_spool_dir
+from walship.storage import ObjectStore, StorageCredentials, open_store
+from walship.upload import UploadResult, upload_pending
+
+__all__ = ["ShipObserver", "ShipReport", "ShipSteps", "ShippingRun"]
+
+
+class ShipReport(BaseModel):
+    """What one shipping run did."""
+
+    syncs: int = 0
+    segments_captured: int = 0
+    commits_captured: int = 0
+    bytes_captured: int = 0
+    segments_uploaded: int = 0
+    bytes_uploaded: int = 0
+    snapshots_uploaded: list[str] = Field(default_factory=list)
+    checkpoints: int = 0
+    generations_started: list[str] = Field(default_factory=list)
+    generation_reasons: list[str] = Field(default_factory=list)
+    max_lag_seconds: float = 0.0
+    handover_waited_seconds: float | None = None
+    upload_failures: int = 0
+    pending_at_end: int = 0
+    position: WalPosition | None = None
+
+    def count_sync(self, result: SyncResult) -> None:
+        self.syncs += 1
+        self.segments_captured += result.segments
+        self.commits_captured += result.commits
+        self.bytes_captured += result.bytes
+        self.checkpoints += int(result.checkpointed)
+        if result.new_generation:
+            self.generations_started.append(result.new_generation)
+            self.generation_reasons.append(result.reason or "")
+
+    def count_upload(self, uploaded: UploadResult) -> None:
+        self.segments_uploaded += uploaded.segments
+        self.bytes_uploaded += uploaded.bytes
+        self.snapshots_uploaded += uploaded.snapshots
+        self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
+        self.position = uploaded.last_position or self.position
+
+
+class ShipSteps(Protocol):
+    """A run's storage steps outside the window, each retried on transient storage errors."""
+
+    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None: ...
+
+    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult: ...
+
+    def record_position(self, replica: str, position: WalPosition) -> None: ...
+
+    def release_lease(self, replica: str, spool_dir: Path) -> None: ...
+
+
+class ShipObserver(Protocol):
+    """Hears what a run does as it happens; must not raise."""
+
+    def synced(self, result: SyncResult) -> None: ...
+
+    def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None: ...
+
+    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None: ...
+
+    def spooled(self, pending: list[PendingEntry]) -> None:
+        """Once per sync, what is still spooled (for lag alarms)."""
+
+    def close(self) -> None: ...
+
+
+class ShippingRun:
+    """``database``'s WAL to ``replica`` for one window; ``report`` fills as it goes, even when it fails."""
+
+    def __init__(
+        self,
+        database: Path,
+        replica: str,
+        config: ShipConfig,
+        *,
+        spool_dir: Path | None,
+        steps: ShipSteps,
+        observer: ShipObserver,
+        credentials: StorageCredentials | None = None,
+    ) -> None:
+        self.database, self.replica, self.config = database, replica, config
+        # For the window's own uploads (the steps open storage their own way).
+        self.credentials = credentials
+        self.spool_dir = (spool_dir or default_spool_dir(database)).resolve()
+        self.steps, self.observer = steps, observer
+        self.run_id = f"{os.getpid()}-{secrets.token_hex(3)}"
+        self.holder = holder_for(database, self.run_id)
+        self.report = ShipReport()
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """End the window early, as if its time were up: the final capture and drain still run."""
+        self._stop.set()
+
+    def run(self, *, duration: float, interval: float, once: bool, handover_wait: float) -> ShipReport:
+        # The window counts from the run's start, whatever it waited for: a run
+        # that took over late must still end in time to hand over to the next.
+        deadline = time.monotonic() + duration
+        identity = ShipperIdentity.this_process(self.run_id, self.spool_dir, self.replica)
+        # Pin the WAL and take the database's lock first: a second shipper is
+        # refused before it touches any spool or replica.
+        held = hold_database(self.database, self.spool_dir, identity, wait=handover_wait)
+        if held.predecessor:
+            self.report.handover_waited_seconds = held.waited_seconds
+        try:
+            spool = Spool(self.spool_dir)
+        except BaseException:
+            held.release()
+            raise
+        shipper = Shipper(self.database, spool, self.config, capture=held.capture, guarded=held.guarded)
+        try:
+            self.steps.acquire_lease(self.replica, self.spool_dir, self.holder)
+            self._synced(shipper.open())
+            self._window(
+                shipper, open_store(self.replica, self.credentials), deadline=deadline, interval=interval, once=once
+            )
+            self._synced(shipper.finish())
+            self._finish(spool)
+        finally:
+            shipper.close()
+            spool.close()
+            held.release()
+            self.observer.close()
+        return self.report
+
+    def _window(self, shipper: Shipper, store: ObjectStore, *, deadline: float, interval: float, once: bool) -> None:
+        """Sync, upload, wait, with the pin tended beside it all along."""
+        shipper.start_tending()
+        try:
+            while True:
+                started = time.monotonic()
+                self._synced(shipper.sync())
+                self._upload(shipper.spool, store)
+                self.observer.spooled(shipper.spool.pending())
+                if once or time.monotonic() >= deadline or self._stop.is_set():
+                    break
+                shipper.wait_for_commits(interval - (time.monotonic() - started), deadline, self._stop)
+        finally:
+            # Before the final capture: nothing is spooled behind the final drain.
+            shipper.stop_tending()
+
+    def _upload(self, spool: Spool, store: ObjectStore) -> None:
+        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside)."""
+        if not (pending := spool.pending()):
+            return
+        try:
+            uploaded = upload_pending(store, spool, holder=self.holder, level=self.config.level)
+        except TransientStorageError as exc:
+            # Storage is down: keep capturing into the durable spool and try again next interval.
+            self.report.upload_failures += 1
+            self.observer.upload_failed(len(spool.pending()), exc)
+        else:
+            self.report.count_upload(uploaded)
+            self.observer.uploaded(pending, uploaded)
+
+    def _finish(self, spool: Spool) -> None:
+        """The final drain with the full retry policy, the position, and the lease let go."""
+        if pending := spool.pending():
+            drained = self.steps.drain(self.replica, self.spool_dir, self.holder, self.config.level)
+            self.report.count_upload(drained)
+            self.observer.uploaded(pending, drained)
+        self.report.pending_at_end = len(spool.pending())
+        if self.report.position is not None:
+            self.steps.record_position(self.replica, self.report.position)
+        if self.report.pending_at_end:
+            raise TransientStorageError(
+                f"{self.report.pending_at_end} entries are still spooled in {self.spool_dir}: storage is "
+                "unreachable; they upload when the next run reaches it"
+            )
+        self.steps.release_lease(self.replica, self.spool_dir)
+
+    def _synced(self, result: SyncResult) -> None:
+        self.report.count_sync(result)
+        self.observer.synced(result)

@@ -1,0 +1,213 @@
+"""Each command's pipeline run on the core directly, with the flows' retry policy.
+
+The steps are the ones the flows' tasks call, in the same order, so a
+command gives the same result, checks and exit status either way; only the
+Prefect side (run history, artifacts, events) is missing.
+"""
+
+import logging
+import signal
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+from walship import codec, index, snapshot, sqlite
+from walship.catalog import read_snapshot_info
+from walship.errors import TransientStorageError
+from walship.generations import choose_start, describe_generations
+from walship.layout import parse_snapshot_key
+from walship.lease import acquire_lease, release_lease
+from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
+from walship.original import OriginalRestoreResult, restore_original
+from walship.restore import restore_snapshot
+from walship.retention import RetentionPolicy, RetentionReport, apply_retention, plan_replica
+from walship.retry import retrying
+from walship.ship import ShipConfig, ShippingRun, ShipReport, SyncResult
+from walship.spool import PendingEntry, Spool
+from walship.storage import open_store
+from walship.upload import UploadResult, upload_pending
+from walship.verify import VerifyReport, check_index, restore_drill
+
+__all__ = ["restore", "retention", "ship", "snapshot_database", "verify"]
+
+_POLICY = RetryPolicy()
+log = logging.getLogger("walship")
+
+
+def show_logs(verbose: bool) -> None:
+    """With ``--verbose``, what the run logs goes to stderr as it happens, as Prefect's console shows it."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s - %(message)s")
+    else:
+        # Errors reach the operator as the command's one or two lines; the rest is for --verbose.
+        logging.basicConfig(level=logging.ERROR)
+
+
+class _TerminalProgress:
+    """A percentage on stderr when it is a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shown = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.shown and now - self._last >= 0.1:
+            self._last = now
+            print(f"\r{self.label} {100 * done / max(total, 1):5.1f} %", end="", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.shown:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
+def snapshot_database(
+    database: Path, replica: str, *, level: int, database_id: str | None, workdir: Path | None
+) -> SnapshotInfo:
+    store = open_store(replica)
+    database_id = database_id or database.name
+    snapshot.check_database_id(store, database_id)
+    snapshot.check_not_shipped(store)
+    progress = _TerminalProgress(f"snapshot of {database_id}")
+    with tempfile.TemporaryDirectory(prefix="walship-snapshot-", dir=workdir) as scratch:
+        source = sqlite.take_snapshot(database, Path(scratch) / "snapshot.db")
+        compressed = codec.compress_file(source.path, Path(scratch) / "snapshot.db.zst", level, progress=progress)
+        progress.clear()
+        info = retrying(_POLICY, lambda: snapshot.upload_snapshot(store, source, compressed, database_id=database_id))
+    retrying(_POLICY, lambda: index.add_snapshot(store, info))
+    return info
+
+
+def restore(
+    replica: str,
+    output: Path,
+    *,
+    timestamp: datetime | None,
+    snapshot_key: str | None,
+    sequence: int | None,
+    generation: str | None,
+    force: bool,
+    database_id: str | None,
+) -> RestoreResult | OriginalRestoreResult:
+    store = open_store(replica)
+    until_sequence = sequence
+    if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
+        # Described from its own object: nothing else the prefix holds can stand in the way.
+        chosen = retrying(_POLICY, lambda: read_snapshot_info(store, snapshot_key))
+    else:
+        generations = retrying(_POLICY, lambda: describe_generations(store, known=index.indexed_snapshots(store)))
+        if not generations.generations and sequence is None and generation is None:
+            # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
+            return retrying(
+                _POLICY,
+                lambda: restore_original(
+                    store, output, force=force, before=timestamp, key=snapshot_key, expected_database_id=database_id
+                ),
+            )
+        chosen, until_sequence = choose_start(
+            generations, snapshot_key=snapshot_key, before=timestamp, generation=generation, sequence=sequence
+        )
+    progress = _TerminalProgress(f"restore of {chosen.database_id}")
+    try:
+        return retrying(
+            _POLICY,
+            lambda: restore_snapshot(
+                store,
+                chosen,
+                output,
+                force=force,
+                expected_database_id=database_id,
+                segments=snapshot_key is None,
+                until_sequence=until_sequence,
+                until_time=timestamp,
+                progress=progress,
+            ),
+        )
+    finally:
+        progress.clear()
+
+
+def verify(replica: str, *, database_id: str | None, older: bool, workdir: Path | None) -> VerifyReport:
+    store = open_store(replica)
+    drill = retrying(_POLICY, lambda: restore_drill(store, database_id=database_id, older=older, workdir=workdir))
+    return drill.merge(retrying(_POLICY, lambda: check_index(store)))
+
+
+def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:
+    store = open_store(replica)
+    plan = retrying(_POLICY, lambda: plan_replica(store, policy, utcnow()))
+    result = retrying(_POLICY, lambda: apply_retention(store, plan, dry_run=dry_run))
+    return RetentionReport(plan=plan, result=result)
+
+
+def ship(
+    database: Path,
+    replica: str,
+    config: ShipConfig,
+    *,
+    spool_dir: Path | None,
+    duration: float,
+    interval: float,
+    once: bool,
+    handover_wait: float,
+) -> ShipReport:
+    run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=_Terminal())
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        # SIGTERM (systemd, a supervisor) or Ctrl-C ends the window the way its
+        # time would: the final capture and upload still run.
+        print(f"walship: {signal.Signals(signum).name}: finishing the window", file=sys.stderr)
+        run.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _CoreSteps:
+    """The run's storage steps on the core, with the flows' retry policy."""
+
+    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
+        spool = Spool(spool_dir, lock=False)
+        spool.save_lease(retrying(_POLICY, lambda: acquire_lease(open_store(replica), holder)))
+
+    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
+        spool = Spool(spool_dir, lock=False)
+        return retrying(_POLICY, lambda: upload_pending(open_store(replica), spool, holder=holder, level=level))
+
+    def record_position(self, replica: str, position: WalPosition) -> None:
+        retrying(_POLICY, lambda: index.record_wal_position(open_store(replica), position))
+
+    def release_lease(self, replica: str, spool_dir: Path) -> None:
+        held = Spool(spool_dir, lock=False).load_lease()
+        if held is not None:
+            retrying(_POLICY, lambda: release_lease(open_store(replica), held))
+
+
+class _Terminal:
+    """What a run says as it goes, in the log lines the flow writes too (shown with ``--verbose``)."""
+
+    def synced(self, result: SyncResult) -> None:
+        if result.new_generation:
+            log.warning("new generation %s: %s", result.new_generation, result.reason)
+        if result.snapshot:
+            log.info("snapshot %s taken within the generation", result.snapshot)
+
+    def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
+        pass
+
+    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
+        log.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
+
+    def spooled(self, pending: list[PendingEntry]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

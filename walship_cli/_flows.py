@@ -1,0 +1,106 @@
+"""Each command as a Prefect flow run, for when an API keeps the run history.
+
+Same signatures as ``_direct``; the flows are imported here, on first use,
+because importing Prefect costs over a second that the direct mode, bad
+input and ``status`` need not pay.
+"""
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+from walship.models import RestoreResult, SnapshotInfo
+from walship.original import OriginalRestoreResult
+from walship.retention import RetentionPolicy, RetentionReport
+from walship.ship import ShipConfig, ShipReport
+from walship.verify import VerifyReport
+
+__all__ = ["quiet_prefect", "restore", "retention", "ship", "snapshot_database", "verify"]
+
+
+def quiet_prefect(verbose: bool) -> None:
+    """Keep Prefect's console logs out of an operator's terminal unless asked.
+
+    Runs still log to the API (dashboards keep everything); only the console
+    handler is silenced, so errors stay one or two lines.
+    """
+    defaults = {
+        "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    if not verbose:
+        defaults["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+
+
+def snapshot_database(
+    database: Path, replica: str, *, level: int, database_id: str | None, workdir: Path | None
+) -> SnapshotInfo:
+    from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    return snapshot_flow(database=database, replica=replica, level=level, database_id=database_id, workdir=workdir)
+
+
+def restore(
+    replica: str,
+    output: Path,
+    *,
+    timestamp: datetime | None,
+    snapshot_key: str | None,
+    sequence: int | None,
+    generation: str | None,
+    force: bool,
+    database_id: str | None,
+) -> RestoreResult | OriginalRestoreResult:
+    from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    return restore_flow(
+        replica=replica,
+        output=output,
+        timestamp=timestamp,
+        snapshot_key=snapshot_key,
+        sequence=sequence,
+        generation=generation,
+        force=force,
+        database_id=database_id,
+    )
+
+
+def verify(replica: str, *, database_id: str | None, older: bool, workdir: Path | None) -> VerifyReport:
+    from flows.verify import verify_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    return verify_flow(replica=replica, database_id=database_id, older=older, workdir=workdir)
+
+
+def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:
+    from flows.retention import retention_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    return retention_flow(replica=replica, policy=policy, dry_run=dry_run)
+
+
+def ship(
+    database: Path,
+    replica: str,
+    config: ShipConfig,
+    *,
+    spool_dir: Path | None,
+    duration: float,
+    interval: float,
+    once: bool,
+    handover_wait: float,
+) -> ShipReport:
+    from flows.ship import wal_ship_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    return wal_ship_flow(
+        database=database,
+        replica=replica,
+        duration=duration,
+        interval=interval,
+        once=once,
+        spool_dir=spool_dir,
+        database_id=config.database_id,
+        level=config.level,
+        snapshot_interval=config.snapshot_seconds,
+        handover_wait=handover_wait,
+    )
