@@ -58,6 +58,8 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
             kind,
             f"{flow.name} of {database}: FAILED",
             [("result", "**FAILED**"), ("reason", reason.replace("|", "/")), ("replica", f"`{replica}`")],
+            parameters=parameters,
+            flow_run_id=flow_run.id,
         )
 
 

@@ -1,8 +1,12 @@
 """Markdown artifacts shared by the flows, keyed by database and replica."""
 
 import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
 
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import MarkdownArtifact
 from prefect.runtime import flow_run
 
 from flows._subject import database_of, replica_of, replica_tag, run_name
@@ -18,10 +22,27 @@ def artifact_key(kind: str, database: str, replica: str) -> str:
     return f"walship-{kind}-{cleaned[:60]}-{replica_tag(replica)}"
 
 
-def publish(kind: str, title: str, rows: list[tuple[str, str]], details: str = "") -> None:
-    """A summary table, then optional ``details`` markdown, under the run's database and replica key."""
-    parameters = flow_run.get_parameters()
+def publish(
+    kind: str,
+    title: str,
+    rows: list[tuple[str, str]],
+    details: str = "",
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    flow_run_id: UUID | None = None,
+) -> None:
+    """A summary table, then optional ``details`` markdown, under the run's database and replica key.
+
+    Inside a run, the run's own parameters and id; a failure hook of a run that
+    never started (its parameters refused) passes them, since no run context exists.
+    """
+    if parameters is None:
+        parameters = flow_run.get_parameters()
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n" + (f"\n{details}" if details else "")
     key = artifact_key(kind, database_of(parameters), replica_of(parameters))
-    create_markdown_artifact(markdown=markdown, key=key, description=title)
+    artifact = MarkdownArtifact(markdown=markdown, key=key, description=title, flow_run_id=flow_run_id)
+    with warnings.catch_warnings():
+        # Prefect warns about artifacts made outside a run context; this one names its run explicitly.
+        warnings.simplefilter("ignore", FutureWarning)
+        artifact.create()
