@@ -33,8 +33,8 @@ def publish(
 ) -> None:
     """A summary table, then optional ``details`` markdown, under the run's database and replica key.
 
-    Inside a run, the run's own parameters and id; a failure hook of a run that
-    never started (its parameters refused) passes them, since no run context exists.
+    Inside a run, the run's own parameters and id; the failure hook passes the
+    ones of the run it was handed, rather than relying on a run context.
     """
     if parameters is None:
         parameters = flow_run.get_parameters()
