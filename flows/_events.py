@@ -28,6 +28,9 @@ def database_resource(database_id: str, replica: str) -> dict[str, str]:
     }
 
 
-def emit(event: str, database_id: str, replica: str, payload: dict[str, Any]) -> None:
-    """Emit ``event`` (e.g. ``walship.snapshot.completed``) about ``database_id``'s ``replica``."""
-    emit_event(event=event, resource=database_resource(database_id, replica), payload=payload)
+def emit(
+    event: str, database_id: str, replica: str, payload: dict[str, Any], related: list[dict[str, str]] | None = None
+) -> None:
+    """Emit ``event`` (e.g. ``walship.snapshot.completed``) about ``database_id``'s ``replica``; Prefect adds
+    the run's flow run, flow and deployment as related resources, ``related`` adds others."""
+    emit_event(event=event, resource=database_resource(database_id, replica), payload=payload, related=related)

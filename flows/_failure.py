@@ -52,7 +52,9 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
         "flow_run": flow_run.name,
         "failed": _failed_checks(error, reason),
     }
-    emit(f"walship.{kind}.failed", database, replica, payload)
+    # Named explicitly: a run refused at parameter validation calls its hooks with no run context.
+    run = {"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run"}
+    emit(f"walship.{kind}.failed", database, replica, payload, related=[run])
     if not isinstance(error, _REPORTED):
         publish(
             kind,

@@ -34,7 +34,8 @@ def publish(
     """A summary table, then optional ``details`` markdown, under the run's database and replica key.
 
     Inside a run, the run's own parameters and id; the failure hook passes the
-    ones of the run it was handed, rather than relying on a run context.
+    ones of the run it was handed: a run refused at parameter validation calls
+    its hooks with no run context.
     """
     if parameters is None:
         parameters = flow_run.get_parameters()

@@ -110,6 +110,17 @@ class TestFailureEvents:
         assert "FAILED" in _latest(markdown[-1].key).data
         assert all(a.key is None for a in artifacts(run_id(state), "progress"))
 
+    def test_refused_parameters_are_a_failure_too(self, database: Path, tmp_path: Path) -> None:
+        """A run whose parameters pydantic refuses never starts; its event and artifact still say why."""
+        replica = f"file://{tmp_path / 'replica'}"
+        state = snapshot_flow(database=database, replica=replica, level=40, return_state=True)
+        assert state.is_failed()
+        [event] = read_events("walship.snapshot.failed", flow_run_id=run_id(state))
+        assert "level" in event.payload["reason"]
+        [artifact] = artifacts(run_id(state), "markdown")
+        assert artifact.key == artifact_key("snapshot", "app.db", replica)
+        assert "FAILED" in artifact.data
+
     def test_a_failed_restore_leaves_no_stale_progress(self, database: Path, tmp_path: Path) -> None:
         """A restore that fails after its progress started: the newest artifact of its key says FAILED."""
         replica = f"file://{tmp_path / 'replica'}"
