@@ -19,10 +19,18 @@ from prefect.runtime import flow_run
 from walship.errors import UsageError
 from walship.storage import parse_replica_url
 
-__all__ = ["database_of", "replica_of", "replica_tag", "run_name"]
+__all__ = ["database_of", "generated_name", "replica_of", "replica_tag", "run_name"]
 
-# The names Prefect gives runs nobody named: two lowercase words (its random slugs).
-_RANDOM_NAME = re.compile(r"^[a-z]+-[a-z]+$")
+# Names nobody chose. The server (API, CLI, schedules) names a run with two
+# random lowercase words; the UI's Run Name field comes filled with a Greek
+# letter (and digits) and a star's constellation, e.g. "gamma5-minas-tensor".
+_GENERATED_NAMES = (
+    re.compile(r"^[a-z]+-[a-z]+$"),
+    re.compile(
+        r"^(alpha|beta|gamma|delta|epsilon|zeta|eta|theta|iota|kappa|lambda|mu|nu|xi|omicron|pi|rho|sigma|tau"
+        r"|upsilon|phi|chi|psi|omega)\d*-[a-z][a-z-]*$"
+    ),
+)
 
 
 def replica_tag(replica: str) -> str:
@@ -60,14 +68,19 @@ def _last_folder(replica: str) -> str:
     return url.prefix.rstrip("/").rsplit("/", 1)[-1] or str(url.bucket)
 
 
+def generated_name(name: str) -> bool:
+    """Whether ``name`` is one Prefect or its UI made up, rather than one an operator typed."""
+    return any(pattern.match(name) for pattern in _GENERATED_NAMES)
+
+
 def run_name() -> str:
     """``<flow>-<database id>-<UTC minute>`` for every flow; a name the operator typed is kept.
 
     Prefect calls this when the run starts, and would overwrite whatever name
-    the run was created with; a name that is not one of Prefect's random
-    two-word slugs was chosen by someone, so it stays.
+    the run was created with; a name Prefect did not make up was chosen by
+    someone, so it stays.
     """
     current = flow_run.get_name()
-    if current and not _RANDOM_NAME.match(current):
+    if current and not generated_name(current):
         return str(current)
     return f"{flow_run.get_flow_name()}-{database_of(flow_run.get_parameters())}-{datetime.now(UTC):%Y%m%dT%H%M}"

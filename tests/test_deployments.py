@@ -12,6 +12,7 @@ from prefect.utilities.schema_tools import validate
 from deployments.config import PREFECT_YAML, SiteError, load_deployments, load_flow, site_values, with_site
 from deployments.local_server import site_overrides
 from deployments.serve import build, main
+from flows._subject import generated_name
 
 DEPLOYMENTS = load_deployments()
 NAMES = [d["name"] for d in DEPLOYMENTS]
@@ -230,3 +231,25 @@ class TestLocalServer:
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home")}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == str(tmp_path / "home")
+
+
+class TestRunNames:
+    """Which run names are Prefect's own (replaced by `<flow>-<database id>-<time>`) and which were typed."""
+
+    @pytest.mark.parametrize(
+        "name", ["bold-okapi", "gamma5-minas-tensor", "alpha-canis-majoris", "omega12-tauri-nebula"]
+    )
+    def test_generated_names_are_replaced(self, name: str) -> None:
+        assert generated_name(name)
+
+    @pytest.mark.parametrize(
+        "name",
+        ["ops-before-migration-4711", "nightly-check-2", "before-migration-4711", "snapshot-app.db-20261129T1416"],
+    )
+    def test_typed_names_are_kept(self, name: str) -> None:
+        assert not generated_name(name)
+
+    def test_prefect_slugs_are_recognised(self) -> None:
+        from prefect.utilities.names import generate_slug
+
+        assert all(generated_name(generate_slug(2)) for _ in range(2000))
