@@ -9,16 +9,23 @@ schema has the pattern and no ``format``: where a validator does check
 ``date-time`` it wants RFC 3339 (seconds and an offset), stricter than what
 the flow accepts, and one rule everywhere is easier to explain.
 
-An optional value (``X | None``) would show as an "X | None" toggle: its
-schema here is the plain type (``WithJsonSchema``), so the field is simply
-left empty. Python still accepts None, and the deployments in prefect.yaml
-never write a null for them (the server would refuse it against the plain
-type).
+Optional values. The UI draws ``X | None`` as a type toggle ("Property is
+type 'None'"), and fills a field whose schema has ``"default": null`` with a
+null that it then refuses against a plain type (seen in the UI, so the form
+could not be submitted at all). So an optional value's schema is its plain
+type with no default: the field starts empty, an empty field is left out,
+and the server accepts that or an explicit null. Prefect writes a parameter's
+Python default into the schema unless it cannot be serialized, so the Python
+default is ``UNSET``, which cannot; validation turns it (and an empty string)
+into None before the flow body runs.
 """
 
+import warnings
 from typing import Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue, PydanticJsonSchemaWarning
+from pydantic_core import CoreSchema, core_schema
 
 __all__ = [
     "BLOCK_NAME",
@@ -27,6 +34,7 @@ __all__ = [
     "REPLICA",
     "SNAPSHOT_KEY",
     "TIMESTAMP",
+    "UNSET",
     "optional",
     "titled",
 ]
@@ -46,11 +54,40 @@ GENERATION = r"^\d{8}T\d{6}Z-[0-9a-f]{8}$"
 BLOCK_NAME = r"^([a-z0-9][a-z0-9-]*)?$"
 
 
+class _Unset:
+    """The Python default of an optional flow parameter: it keeps the default out of the form's schema."""
+
+    def __repr__(self) -> str:
+        return "<walship unset>"
+
+
+UNSET: Any = _Unset()
+
+# Pydantic says so each time a schema is built; leaving the default out is the point.
+warnings.filterwarnings("ignore", message="Default value <walship unset>", category=PydanticJsonSchemaWarning)
+
+
+def _none_if_unset(value: Any) -> Any:
+    return None if value is UNSET or value == "" else value
+
+
 def titled(title: str, **constraints: Any) -> Any:
-    """Field metadata: the form's label, and constraints pydantic and the schema both enforce."""
-    return Field(json_schema_extra={"title": title}, **constraints)
+    """Field metadata: the form's label, and constraints pydantic and the schema both enforce; defaults are
+    validated too, which turns an optional parameter's ``UNSET`` into None."""
+    return Field(json_schema_extra={"title": title}, validate_default=True, **constraints)
 
 
-def optional(kind: str, **schema: Any) -> WithJsonSchema:
-    """The schema of an optional value: its plain type and constraints, no null branch."""
-    return WithJsonSchema({"type": kind, **schema})
+class optional:  # noqa: N801 - used like pydantic's own lower-case annotations
+    """An optional value's annotation, after ``titled``: UNSET or "" becomes None, and its schema is the plain
+    type (``kind``) and constraints, with an empty string allowed by a pattern."""
+
+    def __init__(self, kind: str, **schema: Any) -> None:
+        if "pattern" in schema:
+            schema["pattern"] = f"^(?:{schema['pattern'][1:-1]})?$"
+        self.schema = {"type": kind, **schema}
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(_none_if_unset, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return dict(self.schema)

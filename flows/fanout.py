@@ -22,10 +22,10 @@ from uuid import UUID
 from prefect import Task, flow
 from prefect.client.schemas.objects import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, optional, titled
+from flows._params import BLOCK_NAME, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows.ship import ShipReport, wal_ship_flow
 from flows.snapshot import snapshot_flow
@@ -49,7 +49,7 @@ class DatabaseOutcome(BaseModel):
 
 
 # Paths or glob patterns of databases; each a non-empty string.
-_Databases = Annotated[list[Annotated[str, titled("Path or pattern", min_length=1)]], titled("Databases", min_length=1)]
+_Databases = Annotated[list[Annotated[str, Field(min_length=1)]], titled("Databases", min_length=1)]
 _Replica = Annotated[str, titled("Replica URL or template", pattern=r"^(file|s3)://\S+$")]
 _Block = Annotated[str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)]
 
@@ -66,8 +66,8 @@ def snapshot_many_flow(
     replica: _Replica,
     max_concurrency: Annotated[int, titled("Snapshots at a time", ge=1, le=64)] = 4,
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = None,
-    credentials_block: _Block = None,
+    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = UNSET,
+    credentials_block: _Block = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> list[DatabaseOutcome]:
     """Snapshot every database ``databases`` names, each into its own replica under ``replica``.
@@ -108,7 +108,7 @@ def ship_many_flow(
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
-    credentials_block: _Block = None,
+    credentials_block: _Block = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> list[DatabaseOutcome]:
     """Ship every database ``databases`` names for the whole window, all at once, each into its own replica.

@@ -7,7 +7,7 @@ from typing import Annotated
 from prefect import flow
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, GENERATION, REPLICA, SNAPSHOT_KEY, TIMESTAMP, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, GENERATION, REPLICA, SNAPSHOT_KEY, TIMESTAMP, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import (
     describe_generations,
@@ -36,21 +36,21 @@ from walship.restore import point_in_time
 def restore_flow(
     replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
     output: Annotated[Path, titled("Output file")],
-    timestamp: Annotated[datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP)] = None,
+    timestamp: Annotated[datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP)] = UNSET,
     snapshot_key: Annotated[
         str | None, titled("Snapshot key", pattern=SNAPSHOT_KEY), optional("string", pattern=SNAPSHOT_KEY)
-    ] = None,
-    sequence: Annotated[int | None, titled("WAL sequence", ge=0), optional("integer", minimum=0)] = None,
+    ] = UNSET,
+    sequence: Annotated[int | None, titled("WAL sequence", ge=0), optional("integer", minimum=0)] = UNSET,
     generation: Annotated[
         str | None, titled("Generation", pattern=GENERATION), optional("string", pattern=GENERATION)
-    ] = None,
+    ] = UNSET,
     force: Annotated[bool, titled("Replace an existing file")] = False,
     database_id: Annotated[
         str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = None,
+    ] = UNSET,
     credentials_block: Annotated[
         str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
-    ] = None,
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RestoreResult | OriginalRestoreResult:
     """Restore ``replica`` to ``output``.

@@ -5,7 +5,7 @@ from typing import Annotated
 from prefect import flow
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
 from walship.errors import IncompleteError
@@ -26,10 +26,10 @@ def retention_flow(
     dry_run: Annotated[bool, titled("Dry run")] = False,
     database_id: Annotated[
         str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = None,
+    ] = UNSET,
     credentials_block: Annotated[
         str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
-    ] = None,
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RetentionReport:
     """Delete the snapshots ``policy`` does not keep from ``replica``, and the WAL no kept snapshot needs.

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
@@ -42,17 +42,17 @@ def wal_ship_flow(
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
     once: Annotated[bool, titled("One sync only")] = False,
-    spool_dir: Annotated[Path | None, titled("Spool directory"), optional("string")] = None,
+    spool_dir: Annotated[Path | None, titled("Spool directory"), optional("string")] = UNSET,
     database_id: Annotated[
         str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = None,
+    ] = UNSET,
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
     credentials_block: Annotated[
         str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
-    ] = None,
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:
     """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``).

@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows._events import emit
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import (
     check_replica,
@@ -39,11 +39,11 @@ def snapshot_flow(
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     database_id: Annotated[
         str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = None,
-    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = None,
+    ] = UNSET,
+    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = UNSET,
     credentials_block: Annotated[
         str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
-    ] = None,
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> SnapshotInfo:
     """Take a consistent snapshot of ``database`` and upload it to ``replica``.

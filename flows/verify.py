@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 
 from flows._events import emit
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
 from flows._report import publish, run_name
 from flows._subject import database_of
 from tasks import check_index, restore_drill, with_retry_policy
@@ -29,12 +29,12 @@ def verify_flow(
     replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
     database_id: Annotated[
         str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = None,
+    ] = UNSET,
     older: Annotated[bool, titled("Also an older point")] = False,
-    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = None,
+    workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = UNSET,
     credentials_block: Annotated[
         str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
-    ] = None,
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> VerifyReport:
     """Restore drill of ``replica``, and the index checked against the objects.

@@ -176,6 +176,8 @@ class TestForms:
             assert field.get("description"), name
             assert "\n" not in field["description"], name
             assert "anyOf" not in field, (name, field)
+            # The UI fills a null default in, then refuses it against the plain type.
+            assert field.get("default", "absent") is not None, (name, field)
 
     @pytest.mark.parametrize(
         ("parameters", "field"),
@@ -198,6 +200,15 @@ class TestForms:
         assert field in str(errors[0].path) or field in str(errors[0].message) or field in str(errors)
         with pytest.raises(Exception, match=field):
             flow.validate_parameters({**good, **parameters})
+
+    def test_an_empty_or_null_optional_value_means_none(self) -> None:
+        """What the form sends for a field left empty (nothing, "", or null) reaches the flow as None."""
+        flow = load_flow("flows/restore.py:restore_flow")
+        good = {"replica": "file:///r", "output": "/o"}
+        for value in ({}, {"snapshot_key": "", "timestamp": ""}, {"snapshot_key": None, "sequence": None}):
+            assert validate({**good, **value}, _schema(flow)) == []
+            validated = flow.validate_parameters({**good, **value})
+            assert validated["snapshot_key"] is validated["timestamp"] is validated["sequence"] is None
 
     @pytest.mark.parametrize(
         "timestamp", ["2026-11-29", "2026-11-29T14:16", "2026-11-29 14:16:00+01:00", "2026-11-29T14:16:00.5Z"]

@@ -262,6 +262,8 @@ class TestWorkPool:
                 assert schema.get("title") not in (None, field), (name, field, schema)
                 assert schema.get("description"), (name, field)
                 assert "anyOf" not in schema, (name, field, schema)
+                # The UI fills a null default in and then refuses it against the plain type.
+                assert schema.get("default", "absent") is not None, (name, field, schema)
             assert "pattern" in properties["replica"], name
             assert "credentials_block" in properties, name
         restore = found["restore-adhoc"]["parameter_openapi_schema"]["properties"]
