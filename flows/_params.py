@@ -71,15 +71,20 @@ def _none_if_unset(value: Any) -> Any:
     return None if value is UNSET or value == "" else value
 
 
-def titled(title: str, **constraints: Any) -> Any:
-    """Field metadata: the form's label, and constraints pydantic and the schema both enforce; defaults are
-    validated too, which turns an optional parameter's ``UNSET`` into None."""
-    return Field(json_schema_extra={"title": title}, validate_default=True, **constraints)
+def titled(title: str, schema: dict[str, Any] | None = None, **constraints: Any) -> Any:
+    """Field metadata: the form's label, ``schema`` keywords only the server checks, and ``constraints``
+    that pydantic and the schema both enforce. Defaults are validated too, which turns an optional
+    parameter's ``UNSET`` into None.
+
+    Shapes (patterns) are the server's alone: a flow called in-process (the CLI) gets the core's own
+    message for a bad URL or an unknown generation, the same as without Prefect.
+    """
+    return Field(json_schema_extra={"title": title, **(schema or {})}, validate_default=True, **constraints)
 
 
 class optional:  # noqa: N801 - used like pydantic's own lower-case annotations
     """An optional value's annotation, after ``titled``: UNSET or "" becomes None, and its schema is the plain
-    type (``kind``) and constraints, with an empty string allowed by a pattern."""
+    type (``kind``) and the keywords the server checks, a pattern also allowing an empty string."""
 
     def __init__(self, kind: str, **schema: Any) -> None:
         if "pattern" in schema:

@@ -25,7 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, UNSET, optional, titled
+from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, titled
 from flows._report import human_bytes, publish, run_name
 from flows.ship import ShipReport, wal_ship_flow
 from flows.snapshot import snapshot_flow
@@ -50,8 +50,8 @@ class DatabaseOutcome(BaseModel):
 
 # Paths or glob patterns of databases; each a non-empty string.
 _Databases = Annotated[list[Annotated[str, Field(min_length=1)]], titled("Databases", min_length=1)]
-_Replica = Annotated[str, titled("Replica URL or template", pattern=r"^(file|s3)://\S+$")]
-_Block = Annotated[str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)]
+_Replica = Annotated[str, titled("Replica URL or template", schema={"pattern": REPLICA})]
+_Block = Annotated[str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)]
 
 
 @flow(

@@ -34,22 +34,16 @@ from walship.restore import point_in_time
     log_prints=True,
 )
 def restore_flow(
-    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     output: Annotated[Path, titled("Output file")],
     timestamp: Annotated[datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP)] = UNSET,
-    snapshot_key: Annotated[
-        str | None, titled("Snapshot key", pattern=SNAPSHOT_KEY), optional("string", pattern=SNAPSHOT_KEY)
-    ] = UNSET,
-    sequence: Annotated[int | None, titled("WAL sequence", ge=0), optional("integer", minimum=0)] = UNSET,
-    generation: Annotated[
-        str | None, titled("Generation", pattern=GENERATION), optional("string", pattern=GENERATION)
-    ] = UNSET,
+    snapshot_key: Annotated[str | None, titled("Snapshot key"), optional("string", pattern=SNAPSHOT_KEY)] = UNSET,
+    sequence: Annotated[int | None, titled("WAL sequence"), optional("integer", minimum=0)] = UNSET,
+    generation: Annotated[str | None, titled("Generation"), optional("string", pattern=GENERATION)] = UNSET,
     force: Annotated[bool, titled("Replace an existing file")] = False,
-    database_id: Annotated[
-        str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = UNSET,
+    database_id: Annotated[str | None, titled("Expected database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     credentials_block: Annotated[
-        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+        str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RestoreResult | OriginalRestoreResult:

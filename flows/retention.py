@@ -21,14 +21,12 @@ from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, R
     log_prints=True,
 )
 def retention_flow(
-    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     policy: Annotated[RetentionPolicy, titled("Retention policy")],
     dry_run: Annotated[bool, titled("Dry run")] = False,
-    database_id: Annotated[
-        str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = UNSET,
+    database_id: Annotated[str | None, titled("Expected database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     credentials_block: Annotated[
-        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+        str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RetentionReport:

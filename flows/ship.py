@@ -38,20 +38,18 @@ __all__ = ["ShipReport", "wal_ship_flow"]
 )
 def wal_ship_flow(
     database: Annotated[Path, titled("Database file")],
-    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
     once: Annotated[bool, titled("One sync only")] = False,
     spool_dir: Annotated[Path | None, titled("Spool directory"), optional("string")] = UNSET,
-    database_id: Annotated[
-        str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = UNSET,
+    database_id: Annotated[str | None, titled("Database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
     credentials_block: Annotated[
-        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+        str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:

@@ -35,14 +35,12 @@ from walship.models import RetryPolicy, SnapshotInfo
 )
 def snapshot_flow(
     database: Annotated[Path, titled("Database file")],
-    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
+    replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    database_id: Annotated[
-        str | None, titled("Database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = UNSET,
+    database_id: Annotated[str | None, titled("Database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = UNSET,
     credentials_block: Annotated[
-        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+        str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> SnapshotInfo:

@@ -26,14 +26,12 @@ PASSED_EVENT = "walship.verify.passed"
     log_prints=True,
 )
 def verify_flow(
-    replica: Annotated[str, titled("Replica URL", pattern=REPLICA)],
-    database_id: Annotated[
-        str | None, titled("Expected database id", pattern=DATABASE_ID), optional("string", pattern=DATABASE_ID)
-    ] = UNSET,
+    replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
+    database_id: Annotated[str | None, titled("Expected database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     older: Annotated[bool, titled("Also an older point")] = False,
     workdir: Annotated[Path | None, titled("Work directory"), optional("string")] = UNSET,
     credentials_block: Annotated[
-        str | None, titled("Credentials block", pattern=BLOCK_NAME), optional("string", pattern=BLOCK_NAME)
+        str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> VerifyReport:
