@@ -16,6 +16,7 @@ never in tests.
 import argparse
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -94,7 +95,9 @@ class Api:
 
 
 def _prefect(env: dict[str, str], *argv: str) -> None:
-    result = subprocess.run([str(BIN / "prefect"), *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(BIN / "prefect"), *argv], cwd=ROOT, env=env, check=False, capture_output=True, text=True
+    )
     if result.returncode:
         raise RuntimeError(f"prefect {' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
 
@@ -103,12 +106,14 @@ def deploy(variant: Variant, site: dict[str, object], work: Path, env: dict[str,
     """prefect.yaml's measured deployments, renamed for the variant, into its pool."""
     document = yaml.safe_load(with_site(PREFECT_YAML.read_text(), site))
     deployments = []
-    for spec in document["deployments"]:
-        if spec["name"] in MEASURED:
-            spec = {**spec, "name": f"{spec['name']}-{variant.name}", "schedules": []}
-            job_variables = {**spec["work_pool"].get("job_variables", {}), **variant.job_variables}
-            spec["work_pool"] = {**spec["work_pool"], "name": variant.pool, "job_variables": job_variables}
-            deployments.append(spec)
+    for original in document["deployments"]:
+        if original["name"] in MEASURED:
+            pool = original["work_pool"]
+            job_variables = {**pool.get("job_variables", {}), **variant.job_variables}
+            pool = {**pool, "name": variant.pool, "job_variables": job_variables}
+            deployments.append(
+                {**original, "name": f"{original['name']}-{variant.name}", "schedules": [], "work_pool": pool}
+            )
     copy = work / f"prefect-{variant.name}.yaml"
     copy.write_text(yaml.safe_dump({**document, "deployments": deployments}, sort_keys=False))
     _prefect(env, "work-pool", "create", variant.pool, "--type", "process")
@@ -138,10 +143,17 @@ def timeline(api: Api, run_id: str, timeout: float = 180) -> dict[str, float]:
     return marks
 
 
-def one_run(api: Api, variant: Variant, deployment: str, parameters: dict[str, Any]) -> dict[str, float]:
+def one_run(
+    api: Api, variant: Variant, deployment: str, parameters: dict[str, Any], verbose: bool = False
+) -> dict[str, float]:
     [found] = api("POST", "/deployments/filter", {"deployments": {"name": {"any_": [f"{deployment}-{variant.name}"]}}})
     run = api("POST", f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
     marks = timeline(api, run["id"])
+    if verbose:
+        created = _when(run["created"])
+        logs = api("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_ASC"})
+        for line in logs:
+            print(f"    {_when(line['timestamp']) - created:6.2f} {line['message'][:100]}")
     return {
         "pick-up": marks["PENDING"],
         "start": marks["RUNNING"] - marks["PENDING"],
@@ -153,7 +165,11 @@ def one_run(api: Api, variant: Variant, deployment: str, parameters: dict[str, A
 def process_costs(repeat: int = 3) -> dict[str, float]:
     """Median wall time of a bare Python, one importing Prefect, and one importing the restore flow."""
     costs = {}
-    for label, code in (("python", "pass"), ("import prefect", "import prefect"), ("import flows.restore", "import flows.restore")):
+    for label, code in (
+        ("python", "pass"),
+        ("import prefect", "import prefect"),
+        ("import flows.restore", "import flows.restore"),
+    ):
         laps = []
         for _ in range(repeat):
             started = time.perf_counter()
@@ -165,7 +181,10 @@ def process_costs(repeat: int = 3) -> dict[str, float]:
 
 def report(results: dict[str, dict[str, list[dict[str, float]]]], costs: dict[str, float]) -> None:
     print("\nseconds from creation; median / max over the runs")
-    print(f"{'variant':<10} {'deployment':<16} {'n':>2} " + " ".join(f"{c:>13}" for c in ("pick-up", "start", "work", "total")))
+    print(
+        f"{'variant':<10} {'deployment':<16} {'n':>2} "
+        + " ".join(f"{c:>13}" for c in ("pick-up", "start", "work", "total"))
+    )
     for variant, by_deployment in results.items():
         for deployment, runs in by_deployment.items():
             cells = []
@@ -173,7 +192,10 @@ def report(results: dict[str, dict[str, list[dict[str, float]]]], costs: dict[st
                 values = [r[column] for r in runs]
                 cells.append(f"{statistics.median(values):6.2f} /{max(values):6.2f}")
             print(f"{variant:<10} {deployment:<16} {len(runs):>2} " + " ".join(f"{c:>13}" for c in cells))
-    print("\nprocess costs (median wall time of a fresh process): " + ", ".join(f"{k} {v:.2f} s" for k, v in costs.items()))
+    print(
+        "\nprocess costs (median wall time of a fresh process): "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in costs.items())
+    )
 
 
 def main() -> None:
@@ -181,6 +203,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="ad hoc restores per variant")
     parser.add_argument("--snapshots", type=int, default=2, help="ad hoc snapshots per variant")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--logs", action="store_true", help="print each run's log lines, seconds from creation")
     parser.add_argument("--json", type=Path, help="also write the per-run timings here")
     args = parser.parse_args()
     variants = [VARIANTS[name] for name in args.variants.split(",")]
@@ -212,17 +235,23 @@ def main() -> None:
                     )
                 )
         print(f"server on port {port}, {len(variants)} workers; logs in {work}", flush=True)
-        digest = content_digest(database)
-        rounds = [("snapshot-hourly", i) for i in range(args.snapshots)] + [("restore-adhoc", i) for i in range(args.runs)]
+        digest, arrivals = content_digest(database), random.Random(7)
+        rounds = [("snapshot-hourly", i) for i in range(args.snapshots)]
+        rounds += [("restore-adhoc", i) for i in range(args.runs)]
         for deployment, i in rounds:
             for variant in variants:
                 output = work / f"restored-{variant.name}-{i}.db"
                 parameters = {"output": str(output)} if deployment == "restore-adhoc" else {}
-                timings = one_run(api, variant, deployment, parameters)
+                # Ad hoc runs arrive at any moment of a worker's poll cycle, not in step with it.
+                time.sleep(arrivals.uniform(0, 10))
+                timings = one_run(api, variant, deployment, parameters, args.logs)
                 if deployment == "restore-adhoc" and content_digest(output) != digest:
                     raise RuntimeError(f"{output} differs from {database}")
                 results[variant.name][deployment].append(timings)
-                print(f"{variant.name:<10} {deployment:<16} " + " ".join(f"{k} {v:5.2f}" for k, v in timings.items()), flush=True)
+                print(
+                    f"{variant.name:<10} {deployment:<16} " + " ".join(f"{k} {v:5.2f}" for k, v in timings.items()),
+                    flush=True,
+                )
     finally:
         for process in reversed(processes):
             stop_group(process.pid)

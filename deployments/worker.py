@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pool", default=POOL, help=f"the work pool to serve (default {POOL}, as prefect.yaml says)")
     args, extra = parser.parse_known_args(argv)
     command = worker_argv(args.pool, extra)
-    os.execve(command[0], command, worker_env())
+    os.execve(command[0], command, worker_env())  # noqa: S606 - a fixed executable, no shell
 
 
 if __name__ == "__main__":
