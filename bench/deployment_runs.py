@@ -33,7 +33,7 @@ import yaml
 
 from bench.workload import content_digest, create_database
 from deployments.config import PREFECT_YAML, ROOT, with_site
-from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy
+from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy, wait_served
 from deployments.worker import FAST_RUNS, worker_argv, worker_env
 
 BIN = Path(sys.executable).parent
@@ -48,10 +48,15 @@ class Variant:
     about: str
     worker_env: Callable[[dict[str, str]], dict[str, str]]
     job_variables: dict[str, Any] = field(default_factory=dict)
+    # Served by deployments/serve.py (no pool, no worker) under prefect.yaml's own names.
+    serve: bool = False
 
     @property
     def pool(self) -> str:
         return f"walship-{self.name}"
+
+    def deployment(self, name: str) -> str:
+        return name if self.serve else f"{name}-{self.name}"
 
 
 def _today(env: dict[str, str]) -> dict[str, str]:
@@ -70,6 +75,9 @@ VARIANTS = {
             worker_env,
             {"command": f"{BIN / 'python'} -m prefect.engine"},
         ),
+        Variant("serve", "deployments/serve.py (make serve's way) with FAST_RUNS", worker_env, serve=True),
+        # Both serve variants register the same names: run one or the other.
+        Variant("serve-baseline", "deployments/serve.py with Prefect's 10 s poll", _today, serve=True),
     )
 }
 
@@ -146,7 +154,7 @@ def timeline(api: Api, run_id: str, timeout: float = 180) -> dict[str, float]:
 def one_run(
     api: Api, variant: Variant, deployment: str, parameters: dict[str, Any], verbose: bool = False
 ) -> dict[str, float]:
-    [found] = api("POST", "/deployments/filter", {"deployments": {"name": {"any_": [f"{deployment}-{variant.name}"]}}})
+    [found] = api("POST", "/deployments/filter", {"deployments": {"name": {"any_": [variant.deployment(deployment)]}}})
     run = api("POST", f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
     marks = timeline(api, run["id"])
     if verbose:
@@ -201,11 +209,15 @@ def report(results: dict[str, dict[str, list[dict[str, float]]]], costs: dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.deployment_runs", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="ad hoc restores per variant")
-    parser.add_argument("--snapshots", type=int, default=2, help="ad hoc snapshots per variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--snapshots", type=int, default=2, help="ad hoc snapshots per variant (first)")
+    parser.add_argument(
+        "--variants", default="baseline,fast,direct,serve", help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--logs", action="store_true", help="print each run's log lines, seconds from creation")
     parser.add_argument("--json", type=Path, help="also write the per-run timings here")
     args = parser.parse_args()
+    if args.snapshots < 1:
+        parser.error("--snapshots must be 1 or more: the restores restore what the snapshots wrote")
     variants = [VARIANTS[name] for name in args.variants.split(",")]
     work = ROOT / "build" / "bench-deployment-runs" / time.strftime("%Y%m%dT%H%M%S")
     home, port = work / "prefect", _free_port()
@@ -221,12 +233,17 @@ def main() -> None:
         processes.append(start_server(home, port, work / "server.log"))
         wait_healthy(port, processes[0])
         api = Api(port)
-        for variant in variants:
-            deploy(variant, site, work, env)
+        for index, variant in enumerate(variants):
+            if variant.serve:
+                argv = [str(BIN / "python"), "-m", "deployments.serve"] + [f"--only={name}" for name in MEASURED]
+                argv += [f"--set={key}={value}" for key, value in site.items()]
+            else:
+                deploy(variant, site, work, env)
+                argv = worker_argv(variant.pool)
             with (work / f"worker-{variant.name}.log").open("wb") as log:
                 processes.append(
                     subprocess.Popen(
-                        worker_argv(variant.pool),
+                        argv,
                         cwd=ROOT,
                         env=variant.worker_env(env),
                         stdout=log,
@@ -234,6 +251,8 @@ def main() -> None:
                         start_new_session=True,
                     )
                 )
+            if variant.serve:
+                wait_served(port, len(MEASURED) * (index + 1), processes[-1])
         print(f"server on port {port}, {len(variants)} workers; logs in {work}", flush=True)
         digest, arrivals = content_digest(database), random.Random(7)
         rounds = [("snapshot-hourly", i) for i in range(args.snapshots)]
