@@ -219,6 +219,8 @@ def main() -> None:
     if args.snapshots < 1:
         parser.error("--snapshots must be 1 or more: the restores restore what the snapshots wrote")
     variants = [VARIANTS[name] for name in args.variants.split(",")]
+    if sum(v.serve for v in variants) > 1:
+        parser.error("the serve variants register the same deployment names: measure one per run")
     work = ROOT / "build" / "bench-deployment-runs" / time.strftime("%Y%m%dT%H%M%S")
     home, port = work / "prefect", _free_port()
     work.mkdir(parents=True)
