@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from bench.workload import content_digest
-from deployments.config import PREFECT_YAML, with_site
+from deployments.config import PREFECT_YAML, load_deployments, with_site
 from deployments.local_server import start_server, stop_group, wait_healthy
 from deployments.worker import FAST_RUNS, POOL, worker_env
 from tests.test_prefect_server import Server, _free_port, _run_deployment
@@ -121,3 +121,8 @@ def test_worker_env_fills_in_fast_runs_and_lets_the_environment_win() -> None:
     assert env["PREFECT_WORKER_QUERY_SECONDS"] == "5"
     assert env["PREFECT_RUNNER_POLL_FREQUENCY"] == FAST_RUNS["PREFECT_RUNNER_POLL_FREQUENCY"]
     assert env["WALSHIP_PROJECT_DIR"] == str(ROOT)
+
+
+def test_the_worker_serves_the_pool_prefect_yaml_names() -> None:
+    """`python -m deployments.worker` with no option serves every deployment's pool."""
+    assert {spec["work_pool"]["name"] for spec in load_deployments()} == {POOL}
