@@ -1,11 +1,12 @@
 """Where the time of an ad hoc deployment run goes, through a local process worker.
 
-    .venv/bin/python -m bench.deployment_runs [--runs 5] [--variants baseline,fast]
+    .venv/bin/python -m bench.deployment_runs [--runs 5] [--variants baseline,fast,direct,serve] [--logs]
 
 Starts a real `prefect server` (PREFECT_HOME under build/, a free port), one
 process work pool and worker per variant, and deploys prefect.yaml's
 snapshot-hourly and restore-adhoc into each (as `<name>-<variant>`, no
-schedule, site values pointed at a 4 MiB database and a file:// replica).
+schedule, site values pointed at a 4 MiB database and a file:// replica);
+a serve variant runs deployments/serve.py for them instead (no worker).
 Then, one run at a time and variants taking turns, it creates ad hoc runs
 through the API and reads each run's state history: created -> Pending (a
 worker picked it up) -> Running (its process started, imported the flow) ->
@@ -188,6 +189,8 @@ def process_costs(repeat: int = 3) -> dict[str, float]:
 
 
 def report(results: dict[str, dict[str, list[dict[str, float]]]], costs: dict[str, float]) -> None:
+    for name in results:
+        print(f"{name}: {VARIANTS[name].about}")
     print("\nseconds from creation; median / max over the runs")
     print(
         f"{'variant':<10} {'deployment':<16} {'n':>2} "
