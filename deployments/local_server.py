@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.config import ROOT, load_deployments
+from deployments.worker import FAST_RUNS
 
 HOME = ROOT / "build" / "prefect"
 DEMO = ROOT / "build" / "demo"
@@ -41,6 +42,8 @@ def api_url(port: int) -> str:
 def prefect_env(home: Path, port: int) -> dict[str, str]:
     """The environment a server, worker or CLI call needs to use the server on ``port``."""
     return {
+        # Serve and workers poll every second (deployments/worker.py); a value in the environment wins.
+        **FAST_RUNS,
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url(port),
