@@ -35,7 +35,7 @@ from typing import Any
 
 import zstandard
 
-from bench.ship_lag_report import KINDS, report
+from bench.ship_lag_report import KINDS, report, summary
 from bench.ship_lag_s3 import RecordingS3
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
 from bench.snapshot_restore import BUILD, ROOT, database
@@ -264,6 +264,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="walship sync interval (default 1)")
     parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
     parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run both sides this many times, alternating who goes first (default 1)"
+    )
     args = parser.parse_args()
     args.writers, args.drain = WRITERS, DRAIN_SECONDS
     if not shutil.which("/usr/bin/time"):
@@ -279,11 +282,22 @@ def main() -> None:
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
     )
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for n in range(args.rounds):
+        # Alternate who goes first: on a shared machine, load drifts between the two halves of a round.
+        order = list(BUCKETS) if n % 2 == 0 else list(BUCKETS)[::-1]
+        rounds.append(one_round(source, args, order, full_report=n == 0))
+    if args.rounds > 1:
+        summary(rounds)
+
+
+def one_round(source: Path, args: argparse.Namespace, order: list[str], *, full_report: bool) -> dict[str, Any]:
+    """Both sides once, each on a fresh moto server and work directory; the first round prints the full report."""
     with tempfile.TemporaryDirectory(dir=BUILD, prefix="lag-") as tmp:
         work = Path(tmp)
         server = RecordingS3(work / "bodies")
         sides: dict[str, dict[str, Any]] = {}
-        for side in BUCKETS:
+        for side in order:
             print(f"{side}: {args.seconds:g} s at {args.rate:g} tx/s, then {args.idle:g} s idle ...", file=sys.stderr)
             sides[side] = run_side(side, server, source, work, args)
             sides[side]["durable"], sides[side]["where"] = durable(server, side, work)
@@ -291,9 +305,11 @@ def main() -> None:
         ok = {"walship": verify_walship(server, sides["walship"]["db"], work)}
         ok["litestream"] = verify_litestream(sides["litestream"]["db"], work)
         server.stop()
-        report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
+        if full_report:
+            report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
     if not ok["walship"]:
         sys.exit("FAIL: the walship restore differs from the source database")
+    return sides
 
 
 if __name__ == "__main__":
