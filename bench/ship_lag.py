@@ -118,6 +118,7 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     sampler = threading.Thread(target=sample, daemon=True)
     per_writer = args.rate / WRITERS
     writer = [sys.executable, "-m", "bench.ship_lag_writer", "--seconds", str(args.seconds)]
+    writer += ["--batch", str(getattr(args, "batch", 1))]
     t_load0, cpu0 = time.time_ns(), proc_stats(shipper.pid)[0]
     sampler.start()
     writers = [

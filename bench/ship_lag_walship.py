@@ -78,6 +78,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
         if entry.segment is not None:
             info = entry.segment
             times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}
+            times["raw_size"] = info.raw_size
             segments.append({"key": info.key, **times, "start": start, "end": time.time(), **_segment})
 
     upload._upload_one = traced_upload_one

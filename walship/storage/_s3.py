@@ -110,11 +110,24 @@ class S3Store:
         return ObjectInfo(key=key, size=counted.count, metadata=dict(metadata or {}))
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        size = path.stat().st_size
         with self._errors("put object", key):
-            self._client.upload_file(
-                str(path), self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
-            )
-        return ObjectInfo(key=key, size=path.stat().st_size, metadata=dict(metadata or {}))
+            if size < PART_SIZE:
+                # One request, on this thread: upload_file would start a transfer
+                # manager and its threads for every segment a shipper sends.
+                with path.open("rb") as body:
+                    self._client.put_object(
+                        Bucket=self.bucket, Key=self._full(key), Body=body, Metadata=dict(metadata or {})
+                    )
+            else:
+                self._client.upload_file(
+                    str(path),
+                    self.bucket,
+                    self._full(key),
+                    ExtraArgs={"Metadata": dict(metadata or {})},
+                    Config=_TRANSFER,
+                )
+        return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
 
     def put_bytes(
         self,
