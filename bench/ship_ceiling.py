@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ship_lag import BUCKETS, DRAIN_SECONDS, WRITERS, durable, litestream, run_side
+from bench.ship_lag import BUCKETS, DRAIN_SECONDS, WRITERS, durable, litestream, run_side, use_moto_credentials
 from bench.ship_lag_report import lags, pct
 from bench.ship_lag_s3 import RecordingS3
 from bench.snapshot_restore import BUILD, database
@@ -63,14 +63,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     litestream()
     source, _ = database(args.mib)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
-        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
-        AWS_DEFAULT_REGION=RecordingS3.region,
-        AWS_REGION=RecordingS3.region,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
+    use_moto_credentials()
     ceiling: dict[str, float] = dict.fromkeys(BUCKETS, 0.0)
     failed: set[str] = set()
     print("| commits/s x batch | commits done | WAL MB/s | walship lag p99 (s) | litestream lag p99 (s) |")

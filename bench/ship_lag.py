@@ -75,6 +75,18 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     return (int(fields[11]) + int(fields[12])) / TICK, rss, hwm
 
 
+def use_moto_credentials() -> None:
+    """Both sides (and this process's checks) talk to the bench's moto server, and nothing else."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
+        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
+        AWS_DEFAULT_REGION=RecordingS3.region,
+        AWS_REGION=RecordingS3.region,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+
+
 def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Ship one copy of the database under load, then idle; return timings, markers and samples."""
     here = work / side
@@ -118,7 +130,7 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     sampler = threading.Thread(target=sample, daemon=True)
     per_writer = args.rate / WRITERS
     writer = [sys.executable, "-m", "bench.ship_lag_writer", "--seconds", str(args.seconds)]
-    writer += ["--batch", str(getattr(args, "batch", 1))]
+    writer += ["--batch", str(args.batch)]
     t_load0, cpu0 = time.time_ns(), proc_stats(shipper.pid)[0]
     sampler.start()
     writers = [
@@ -263,6 +275,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="seconds of writes (default 60)")
     parser.add_argument("--idle", type=float, default=60, help="seconds with no writes after that (default 60)")
     parser.add_argument("--interval", type=float, default=1.0, help="walship sync interval (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="workload transactions per commit (default 1)")
     parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
     parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
     parser.add_argument(
@@ -275,14 +288,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     litestream()
     source, _ = database(args.mib)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
-        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
-        AWS_DEFAULT_REGION=RecordingS3.region,
-        AWS_REGION=RecordingS3.region,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
+    use_moto_credentials()
     rounds: list[dict[str, dict[str, Any]]] = []
     for n in range(args.rounds):
         # Alternate who goes first: on a shared machine, load drifts between the two halves of a round.

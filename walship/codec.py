@@ -36,6 +36,8 @@ CHUNK_SIZE = 1 << 20
 # file (measured in bench/: 256 KiB beat 1 MiB by about a third).
 _SMALL_CHUNK = 256 << 10
 _COMPRESS_JOB = 1 << 20
+# Segments at least this big are compressed by zstd's workers (SealingWriter).
+_THREADED_FROM = 8 << 20
 DEFAULT_LEVEL = 3
 MIN_LEVEL = 1
 MAX_LEVEL = 22
@@ -215,13 +217,18 @@ class SealingWriter:
     """Compresses what is written to it into ``target`` as one zstd frame, hashing the raw bytes.
 
     For WAL segments, compressed once when captured and spooled in the form
-    they are stored in: on one thread, because a segment is too small for
-    zstd's workers to pay for their start (they did not, measured in bench/).
+    they are stored in. A second-long segment of a busy database is well under
+    a MiB and is compressed on this thread: zstd's workers would cost more to
+    start than they save. A backlog (``size`` past ``_THREADED_FROM``) gets
+    them, so that a shipper behind a fast writer is not held to one core
+    (bench/ship_ceiling.py).
     """
 
-    def __init__(self, target: BinaryIO, level: int) -> None:
+    def __init__(self, target: BinaryIO, level: int, size: int = 0) -> None:
         self._target = target
-        self._compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True).compressobj()
+        threads = -1 if size >= _THREADED_FROM else 0
+        compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True, threads=threads)
+        self._compressor = compressor.compressobj(size=size if size else -1)
         self.digest = hashlib.sha256()
         self.raw_size = 0
 
