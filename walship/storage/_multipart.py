@@ -1,0 +1,236 @@
+"""Uploads to S3: one PUT when the object fits in a part, else a multipart upload.
+
+Parts go up on a few threads while the caller produces the next one (reads a
+file, or compresses a snapshot); at most ``TRANSFER_THREADS`` parts are in
+flight and one is being filled, so memory stays near
+``(TRANSFER_THREADS + 1) * part size`` whatever the object's size. Any
+failure, of a part or of the producer, aborts the multipart upload: no parts
+are left for the bucket to keep (and bill), and nothing appears under the key.
+
+An object whose metadata is known only at the end (a streamed snapshot's
+checksum and size) cannot be written by a multipart upload to its key: S3
+takes the metadata at CreateMultipartUpload and never changes it. So it goes
+up under a staging key first, then one server-side copy writes it under its
+key with its metadata (atomic: the key holds the whole object or nothing), and
+the staging object is deleted.
+"""
+
+import itertools
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from walship.errors import PermanentStorageError
+from walship.models import ObjectInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+
+    from walship.storage._s3 import S3Store
+
+__all__ = ["COPY_LIMIT", "PART_SIZE", "STAGING_PREFIX", "TRANSFER_THREADS", "part_size_for", "upload"]
+
+log = logging.getLogger(__name__)
+
+# Amazon S3's multipart limits (S3 User Guide, "Amazon S3 multipart upload
+# limits"): parts of 5 MiB to 5 GiB, the last one smaller; at most 10,000
+# parts. CopyObject copies up to 5 GiB in one request (S3 API Reference,
+# CopyObject); larger objects are copied part by part (UploadPartCopy).
+# SeaweedFS and moto accept the same.
+MIN_PART_SIZE = 5 << 20
+MAX_PART_SIZE = 5 << 30
+MAX_PARTS = 10_000
+COPY_LIMIT = 5 << 30
+# 8 MiB parts x 4 threads: about 40 MiB of buffers at most, and 10,000 parts
+# reach 78 GiB before the part size has to grow. Larger parts measured no
+# faster (bench/).
+PART_SIZE = 8 << 20
+TRANSFER_THREADS = 4
+# Where objects whose metadata comes last wait for their copy (outside
+# generations/, so no listing of snapshots or segments ever sees them).
+STAGING_PREFIX = "staging/"
+_COPY_PART_SIZE = 1 << 30
+_MIB = 1 << 20
+
+Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+def part_size_for(size_hint: int | None) -> int:
+    """The part size that fits an object of up to ``size_hint`` bytes in 10,000 parts."""
+    if not size_hint:
+        return PART_SIZE
+    needed = -(-size_hint // MAX_PARTS)
+    return min(MAX_PART_SIZE, max(PART_SIZE, -(-needed // _MIB) * _MIB))
+
+
+def upload(
+    store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Metadata, size_hint: int | None = None
+) -> ObjectInfo:
+    """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable asked once the chunks end."""
+    parts = _parts(chunks, part_size_for(size_hint))
+    first = next(parts)
+    second = next(parts, None)
+    if second is None:  # it fits in one request, and by now the metadata is known
+        described = dict(metadata() if callable(metadata) else metadata)
+        with store.errors("put object", key):
+            response = store.client.put_object(Bucket=store.bucket, Key=store.full(key), Body=first, Metadata=described)
+        return ObjectInfo(key=key, size=len(first), etag=response["ETag"].strip('"'), metadata=described)
+    everything = itertools.chain((first, second), parts)
+    if not callable(metadata):
+        size = _multipart(store, key, everything, dict(metadata))
+        return ObjectInfo(key=key, size=size, metadata=dict(metadata))
+    staging = f"{STAGING_PREFIX}{secrets.token_hex(12)}"
+    try:
+        size = _multipart(store, staging, everything, None)
+        described = dict(metadata())
+        _copy(store, staging, key, size, described)
+    finally:
+        _delete_quietly(store, staging)
+    return ObjectInfo(key=key, size=size, metadata=described)
+
+
+def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes]:
+    """Regroup chunks into parts of ``part_size`` bytes (the last one shorter); at least one, maybe empty."""
+    pending: list[bytes] = []
+    held = 0
+    sent = False
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= part_size:
+            data = b"".join(pending)
+            while len(data) >= part_size:
+                yield data[:part_size]
+                data = data[part_size:]
+            sent = True
+            pending, held = [data], len(data)
+    if held or not sent:
+        yield b"".join(pending)
+
+
+def _multipart(store: "S3Store", key: str, parts: Iterable[bytes], metadata: dict[str, str] | None) -> int:
+    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size."""
+    client, target = store.client, store.full(key)
+    extra: dict[str, Any] = {"Metadata": metadata} if metadata is not None else {}
+    with store.errors("put object", key):
+        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", **extra)[
+            "UploadId"
+        ]
+        try:
+            finished, size = _upload_parts(store, target, upload_id, parts)
+            client.complete_multipart_upload(
+                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
+            )
+        except BaseException:
+            _abort_quietly(store, target, upload_id)
+            raise
+    return size
+
+
+def _upload_parts(
+    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytes]
+) -> tuple[list["CompletedPartTypeDef"], int]:
+    def send(number: int, data: bytes) -> "CompletedPartTypeDef":
+        response = store.client.upload_part(
+            Bucket=store.bucket,
+            Key=target,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="CRC32",
+        )
+        done: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
+        if "ChecksumCRC32" in response:
+            done["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return done
+
+    finished: list[CompletedPartTypeDef] = []
+    size = 0
+    slots = threading.BoundedSemaphore(TRANSFER_THREADS)
+    with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-part") as pool:
+        running: deque[Future[CompletedPartTypeDef]] = deque()
+        try:
+            for number, data in enumerate(parts, start=1):
+                if number > MAX_PARTS:
+                    raise PermanentStorageError(
+                        f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
+                    )
+                size += len(data)
+                slots.acquire()  # bounds memory: a part is only read once a slot is free
+                future = pool.submit(send, number, data)
+                future.add_done_callback(lambda _: slots.release())
+                running.append(future)
+                while running and running[0].done():  # fail fast: a failed part stops the producer
+                    finished.append(running.popleft().result())
+            finished.extend(f.result() for f in running)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+    return finished, size
+
+
+def _copy(store: "S3Store", source: str, key: str, size: int, metadata: dict[str, str]) -> None:
+    """Copy ``source`` to ``key`` inside the store, replacing its metadata."""
+    client, target = store.client, store.full(key)
+    origin: CopySourceTypeDef = {"Bucket": store.bucket, "Key": store.full(source)}
+    with store.errors("put object", key):
+        if size <= COPY_LIMIT:
+            # The copy's checksum is asked for, not inherited: the staging
+            # object's is a checksum of part checksums, and moto (5.2) hands
+            # an inherited one out as if it covered the whole object.
+            client.copy_object(
+                Bucket=store.bucket,
+                Key=target,
+                CopySource=origin,
+                Metadata=metadata,
+                MetadataDirective="REPLACE",
+                ChecksumAlgorithm="CRC32",
+            )
+            return
+        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, Metadata=metadata)["UploadId"]
+        try:
+            step = max(_COPY_PART_SIZE, -(-size // MAX_PARTS))
+
+            def copy_part(number: int) -> "CompletedPartTypeDef":
+                start = (number - 1) * step
+                response = client.upload_part_copy(
+                    Bucket=store.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}",
+                )
+                return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+            with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-copy") as pool:
+                finished = list(pool.map(copy_part, range(1, -(-size // step) + 1)))
+            client.complete_multipart_upload(
+                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
+            )
+        except BaseException:
+            _abort_quietly(store, target, upload_id)
+            raise
+
+
+def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
+    # The error that made us abort is the one to report; a failed abort is
+    # logged (a bucket lifecycle rule for incomplete uploads is the backstop).
+    try:
+        store.client.abort_multipart_upload(Bucket=store.bucket, Key=target, UploadId=upload_id)
+    except Exception as exc:
+        log.warning("s3: abort multipart upload of %s failed: %s", target, exc)
+
+
+def _delete_quietly(store: "S3Store", key: str) -> None:
+    # Deleting a staging key that was never written is harmless; one that
+    # cannot be deleted is left under staging/, where nothing reads it.
+    try:
+        store.client.delete_object(Bucket=store.bucket, Key=store.full(key))
+    except Exception as exc:
+        log.warning("s3: delete of staging object %s failed: %s", store.full(key), exc)
