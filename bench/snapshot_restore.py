@@ -2,7 +2,7 @@
 
 Both sides move the same database through the same moto S3 server:
 
-    walship   take_snapshot -> compress_file -> upload_snapshot -> add_snapshot      (one child process)
+    walship   stream_snapshot (copy, compress, upload in one pass) -> add_snapshot  (one child process)
               current_snapshots -> select_snapshot -> restore_snapshot               (one child process)
     pipeline  sqlite3 .backup && zstd -3 && aws s3 cp
               aws s3 cp && zstd -d && sqlite3 "PRAGMA integrity_check"
@@ -66,24 +66,21 @@ class Laps:
 
 def child_snapshot(database: str, replica: str, work: str, level: int) -> dict[str, Any]:
     lap, db = Laps(), Path(database)
-    from walship import codec, index, snapshot, sqlite  # noqa: PLC0415 - timed as a stage
+    from walship import index, snapshot  # noqa: PLC0415 - timed as a stage
     from walship.storage import open_store  # noqa: PLC0415
 
     lap("import walship")
     # One store per step, as each Prefect task opens its own.
     snapshot.check_database_id(open_store(replica), db.name)
     lap("check replica")
-    scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=work))
-    source = sqlite.take_snapshot(db, scratch / "snapshot.db")
-    lap("backup copy")
-    compressed = codec.compress_file(source.path, scratch / "snapshot.db.zst", level)
-    lap("compress")
-    info = snapshot.upload_snapshot(open_store(replica), source, compressed, database_id=db.name)
-    lap("upload")
+    store = open_store(replica)
+    from walship.storage import _multipart  # noqa: PLC0415
+
+    lap.wrap(_multipart, "_copy")  # the staging object's copy under its key, with its metadata
+    info = snapshot.stream_snapshot(store, db, database_id=db.name, level=level, workdir=Path(work))
+    lap("copy + compress + upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
-    shutil.rmtree(scratch)
-    lap("cleanup")
     return {"stages": lap.stages, "compressed": info.compressed_size}
 
 

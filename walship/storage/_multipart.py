@@ -15,14 +15,13 @@ key with its metadata (atomic: the key holds the whole object or nothing), and
 the staging object is deleted.
 """
 
-import itertools
 import logging
 import secrets
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from walship.errors import PermanentStorageError
 from walship.models import ObjectInfo
@@ -45,11 +44,12 @@ MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
 COPY_LIMIT = 5 << 30
-# 8 MiB parts x 4 threads: about 40 MiB of buffers at most, and 10,000 parts
-# reach 78 GiB before the part size has to grow. Larger parts measured no
-# faster (bench/).
+# 8 MiB parts x 3 threads: 32 MiB of buffers at most (three parts in flight,
+# one filling), and 10,000 parts reach 78 GiB before the part size has to
+# grow. Three parts in flight outrun zstd's output on two cores; a fourth
+# measured no faster and cost 8 MiB more (bench/).
 PART_SIZE = 8 << 20
-TRANSFER_THREADS = 4
+TRANSFER_THREADS = 3
 # Where objects whose metadata comes last wait for their copy (outside
 # generations/, so no listing of snapshots or segments ever sees them).
 STAGING_PREFIX = "staging/"
@@ -72,14 +72,20 @@ def upload(
 ) -> ObjectInfo:
     """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable asked once the chunks end."""
     parts = _parts(chunks, part_size_for(size_hint))
-    first = next(parts)
+    # The first two parts tell whether one request will do; held in a list
+    # the upload empties, so neither stays in memory once sent.
+    ahead = [next(parts)]
     second = next(parts, None)
     if second is None:  # it fits in one request, and by now the metadata is known
         described = dict(metadata() if callable(metadata) else metadata)
         with store.errors("put object", key):
-            response = store.client.put_object(Bucket=store.bucket, Key=store.full(key), Body=first, Metadata=described)
-        return ObjectInfo(key=key, size=len(first), etag=response["ETag"].strip('"'), metadata=described)
-    everything = itertools.chain((first, second), parts)
+            response = store.client.put_object(
+                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=described
+            )
+        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=described)
+    ahead.append(second)
+    del second
+    everything = _then(ahead, parts)
     if not callable(metadata):
         size = _multipart(store, key, everything, dict(metadata))
         return ObjectInfo(key=key, size=size, metadata=dict(metadata))
@@ -93,26 +99,33 @@ def upload(
     return ObjectInfo(key=key, size=size, metadata=described)
 
 
-def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes]:
-    """Regroup chunks into parts of ``part_size`` bytes (the last one shorter); at least one, maybe empty."""
-    pending: list[bytes] = []
-    held = 0
-    sent = False
+def _then(ahead: list[bytes | bytearray], rest: Iterator[bytes | bytearray]) -> Iterator[bytes | bytearray]:
+    while ahead:
+        yield ahead.pop(0)
+    yield from rest
+
+
+def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes | bytearray]:
+    """Regroup chunks into parts of ``part_size`` bytes (the last one shorter); at least one, maybe empty.
+
+    Each part is filled in place, so a part costs its own size and no copy of it.
+    """
+    part, held, sent = bytearray(part_size), 0, False
     for chunk in chunks:
-        pending.append(chunk)
-        held += len(chunk)
-        if held >= part_size:
-            data = b"".join(pending)
-            while len(data) >= part_size:
-                yield data[:part_size]
-                data = data[part_size:]
-            sent = True
-            pending, held = [data], len(data)
+        view = memoryview(chunk)
+        while view:
+            taken = min(len(view), part_size - held)
+            part[held : held + taken] = view[:taken]
+            held, view = held + taken, view[taken:]
+            if held == part_size:
+                yield part
+                part, held, sent = bytearray(part_size), 0, True
     if held or not sent:
-        yield b"".join(pending)
+        del part[held:]  # in place: no copy of the last part
+        yield part
 
 
-def _multipart(store: "S3Store", key: str, parts: Iterable[bytes], metadata: dict[str, str] | None) -> int:
+def _multipart(store: "S3Store", key: str, parts: Iterable[bytes | bytearray], metadata: dict[str, str] | None) -> int:
     """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size."""
     client, target = store.client, store.full(key)
     extra: dict[str, Any] = {"Metadata": metadata} if metadata is not None else {}
@@ -132,15 +145,15 @@ def _multipart(store: "S3Store", key: str, parts: Iterable[bytes], metadata: dic
 
 
 def _upload_parts(
-    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytes]
+    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytes | bytearray]
 ) -> tuple[list["CompletedPartTypeDef"], int]:
-    def send(number: int, data: bytes) -> "CompletedPartTypeDef":
+    def send(number: int, data: bytes | bytearray) -> "CompletedPartTypeDef":
         response = store.client.upload_part(
             Bucket=store.bucket,
             Key=target,
             UploadId=upload_id,
             PartNumber=number,
-            Body=data,
+            Body=cast(bytes, data),  # botocore takes a bytearray as it is
             ChecksumAlgorithm="CRC32",
         )
         done: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
@@ -151,16 +164,22 @@ def _upload_parts(
     finished: list[CompletedPartTypeDef] = []
     size = 0
     slots = threading.BoundedSemaphore(TRANSFER_THREADS)
+    numbered = enumerate(parts, start=1)
     with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-part") as pool:
         running: deque[Future[CompletedPartTypeDef]] = deque()
         try:
-            for number, data in enumerate(parts, start=1):
+            while True:
+                # Bounds memory: the next part is produced only once a slot is free.
+                slots.acquire()
+                try:
+                    number, data = next(numbered)
+                except StopIteration:
+                    break
                 if number > MAX_PARTS:
                     raise PermanentStorageError(
                         f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
                     )
                 size += len(data)
-                slots.acquire()  # bounds memory: a part is only read once a slot is free
                 future = pool.submit(send, number, data)
                 future.add_done_callback(lambda _: slots.release())
                 running.append(future)
