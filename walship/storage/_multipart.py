@@ -18,10 +18,13 @@ the staging object is deleted.
 import logging
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
+
+import botocore.exceptions
 
 from walship.errors import PermanentStorageError
 from walship.models import ObjectInfo
@@ -54,6 +57,8 @@ TRANSFER_THREADS = 3
 # generations/, so no listing of snapshots or segments ever sees them).
 STAGING_PREFIX = "staging/"
 _COPY_PART_SIZE = 1 << 30
+# Seconds between attempts to abort an upload that failed: about 15 s in all.
+_ABORT_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 _MIB = 1 << 20
 
 Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
@@ -91,7 +96,7 @@ def upload(
         return ObjectInfo(key=key, size=size, metadata=dict(metadata))
     staging = f"{STAGING_PREFIX}{secrets.token_hex(12)}"
     try:
-        size = _multipart(store, staging, everything, None)
+        size = _multipart(store, staging, everything, None, named=key)
         described = dict(metadata())
         _copy(store, staging, key, size, described)
     finally:
@@ -125,11 +130,21 @@ def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes | bytearra
         yield part
 
 
-def _multipart(store: "S3Store", key: str, parts: Iterable[bytes | bytearray], metadata: dict[str, str] | None) -> int:
-    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size."""
+def _multipart(
+    store: "S3Store",
+    key: str,
+    parts: Iterable[bytes | bytearray],
+    metadata: dict[str, str] | None,
+    *,
+    named: str | None = None,
+) -> int:
+    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size.
+
+    Errors name ``named`` (the key the caller asked for) rather than a staging key.
+    """
     client, target = store.client, store.full(key)
     extra: dict[str, Any] = {"Metadata": metadata} if metadata is not None else {}
-    with store.errors("put object", key):
+    with store.errors("put object", named or key):
         upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", **extra)[
             "UploadId"
         ]
@@ -238,12 +253,28 @@ def _copy(store: "S3Store", source: str, key: str, size: int, metadata: dict[str
 
 
 def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
-    # The error that made us abort is the one to report; a failed abort is
-    # logged (a bucket lifecycle rule for incomplete uploads is the backstop).
-    try:
-        store.client.abort_multipart_upload(Bucket=store.bucket, Key=target, UploadId=upload_id)
-    except Exception as exc:
-        log.warning("s3: abort multipart upload of %s failed: %s", target, exc)
+    """Abort a multipart upload, waiting a while for storage to come back if it must.
+
+    The error that made us abort is the one to report. Parts left behind
+    are kept (and billed) by the bucket until aborted, so a failed abort is
+    retried past botocore's own attempts (a short outage is the usual
+    cause), then logged; a bucket lifecycle rule for incomplete multipart
+    uploads is the backstop (docs/OPERATIONS.md).
+    """
+    for wait in (*_ABORT_WAITS, None):
+        try:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=target, UploadId=upload_id)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return  # already gone
+            failure: Exception = exc
+        except Exception as exc:
+            failure = exc
+        if wait is None:
+            log.warning("s3: abort multipart upload of %s failed: %s", target, failure)
+            return
+        time.sleep(wait)
 
 
 def _delete_quietly(store: "S3Store", key: str) -> None:
