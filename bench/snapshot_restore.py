@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.snapshot_restore_litestream import replicate, restore_argv
+from bench.snapshot_restore_litestream import clean_env, replicate, restore_argv
 from bench.workload import content_digest, create_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,13 +101,17 @@ def child_restore(replica: str, output: str) -> dict[str, Any]:
     return {"stages": lap.stages}
 
 
-def run(argv: list[str]) -> tuple[float, float, str]:
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MiB and stdout of ``argv``. The peak is GNU time's %M, not
     our wait4: a child's ru_maxrss starts at its parent's RSS, and ours holds moto's objects."""
     with tempfile.NamedTemporaryFile("r") as peak:
         started = time.monotonic()
         proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv], stdout=subprocess.PIPE, cwd=ROOT, check=False
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            check=False,
+            env=env,
         )
         elapsed = time.monotonic() - started
         if proc.returncode:
@@ -155,11 +159,11 @@ def one_round(
     wal_out = work / "walship-restored.db"
     result: dict[str, Any] = {}
 
-    def measure(name: str, steps: dict[str, list[str]]) -> str:
+    def measure(name: str, steps: dict[str, list[str]], env: dict[str, str] | None = None) -> str:
         stages, rss, out = {}, 0.0, ""
         for stage, argv in steps.items():
             os.sync()  # start each step with no dirty pages from the previous one
-            stages[stage], peak, out = run(argv)
+            stages[stage], peak, out = run(argv, env)
             rss = max(rss, peak)
         result[name] = {"seconds": sum(stages.values()), "rss": rss, "stages": stages}
         return out
@@ -201,7 +205,7 @@ def one_round(
         from bench.ship_lag import _without_litestream  # noqa: PLC0415 - see snapshot_restore_litestream
 
         ls_out = work / "litestream-restored.db"
-        measure("litestream restore", {"restore": restore_argv(*litestream, ls_out)})
+        measure("litestream restore", {"restore": restore_argv(*litestream, ls_out)}, clean_env())
         if _without_litestream(ls_out) != digest:
             sys.exit("FAIL: the Litestream restore differs from the source database")
         ls_out.unlink()

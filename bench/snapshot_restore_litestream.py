@@ -37,11 +37,13 @@ def replicate(source: Path, bucket: str, endpoint: str, client: Any, work: Path)
     shutil.copyfile(source, db)
     cfg.write_text(config(db, bucket, endpoint))
     log = (work / "litestream-replicate.log").open("wb")
-    proc = subprocess.Popen([str(binary), "replicate", "-config", str(cfg)], stdout=log, stderr=log)
+    proc = subprocess.Popen([str(binary), "replicate", "-config", str(cfg)], stdout=log, stderr=log, env=clean_env())
     try:
         last, stable_since, deadline = None, time.monotonic(), time.monotonic() + REPLICATE_TIMEOUT
         while time.monotonic() < deadline:
             time.sleep(0.5)
+            if proc.poll() is not None:
+                sys.exit(f"litestream replicate failed: {(work / 'litestream-replicate.log').read_text()[-2000:]}")
             listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{BUCKET_PATH}/").get("Contents", [])
             now = sorted((o["Key"], o["Size"]) for o in listing)
             if now != last:
@@ -64,4 +66,5 @@ def restore_argv(db: Path, cfg: Path, output: Path) -> list[str]:
 
 
 def clean_env() -> dict[str, str]:
+    """The environment without AWS_CA_BUNDLE: Litestream's AWS SDK refuses a CA bundle for its HTTP client."""
     return {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
