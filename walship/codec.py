@@ -4,7 +4,6 @@ Memory stays bounded by the chunk size and zstd's window whatever the input
 size: nothing here holds a whole object.
 """
 
-import contextlib
 import hashlib
 import os
 import queue
@@ -39,8 +38,6 @@ CHUNK_SIZE = 1 << 20
 # file (measured in bench/: 256 KiB beat 1 MiB by about a third).
 _SMALL_CHUNK = 256 << 10
 _COMPRESS_JOB = 1 << 20
-# Download chunks read ahead of decompression (1 MiB each).
-_AHEAD = 4
 DEFAULT_LEVEL = 3
 MIN_LEVEL = 1
 MAX_LEVEL = 22
@@ -206,11 +203,10 @@ def decompress_stream(
     """
     decompressor = zstandard.ZstdDecompressor()
     sink = _HashingSink(target)
-    ahead = _ReadAhead(source)
     done = 0
     try:
         with decompressor.stream_reader(
-            cast(BinaryIO, ahead), read_size=CHUNK_SIZE, closefd=False, read_across_frames=across_frames
+            cast(BinaryIO, source), read_size=CHUNK_SIZE, closefd=False, read_across_frames=across_frames
         ) as reader:
             while chunk := reader.read(_SMALL_CHUNK):
                 sink.put(chunk)
@@ -220,62 +216,8 @@ def decompress_stream(
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(f"decompress {name}: the object is corrupt ({exc})") from exc
     finally:
-        ahead.close()
         written, actual = sink.close()
     return written, actual
-
-
-class _ReadAhead:
-    """Reads the source (a download) on a thread of its own, a few chunks ahead of zstd.
-
-    Socket reads and zstd both release the GIL, so the download overlaps the
-    decompression instead of alternating with it. The queue is bounded: at
-    most ``_AHEAD`` chunks wait. The caller's thread sees the source's errors.
-    """
-
-    def __init__(self, source: Readable) -> None:
-        self._source = source
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_AHEAD)
-        self._stop = threading.Event()
-        self._left = b""
-        self._ended = False
-        self._thread = threading.Thread(target=self._fill, name="walship-download", daemon=True)
-        self._thread.start()
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._left and not self._ended:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._ended = True
-                raise item
-            self._left = item
-            self._ended = not item
-        size = len(self._left) if size < 0 else size
-        data, self._left = self._left[:size], self._left[size:]
-        return data
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:  # unblock a producer waiting for room
-                self._queue.get_nowait()
-        self._thread.join()
-
-    def _fill(self) -> None:
-        try:
-            while not self._stop.is_set():
-                data = self._source.read(CHUNK_SIZE)
-                self._offer(data)
-                if not data:
-                    return
-        except BaseException as exc:  # re-raised in the reader's thread
-            self._offer(exc)
-
-    def _offer(self, item: bytes | BaseException) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(queue.Full):
-                self._queue.put(item, timeout=0.1)
-                return
 
 
 class _HashingSink:
