@@ -1,8 +1,8 @@
-"""S3 backend over boto3: any S3-compatible server.
+"""S3 backend over botocore (boto3's core): any S3-compatible server.
 
-Credentials come from boto3's standard chain only (environment, profile,
+Credentials come from boto3's standard chain only (botocore's: environment, profile,
 role); they never pass through walship's parameters or logs. The endpoint
-comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by boto3
+comes from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by botocore
 itself) or ``?endpoint=`` on the replica URL; with any explicit endpoint we
 use path-style addressing, which every S3-compatible server understands.
 """
@@ -63,7 +63,7 @@ class S3Store:
         explicit_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(
             s3={"addressing_style": "path"} if explicit_endpoint else {},
-            # boto3 retries quick blips itself; anything that outlasts these
+            # botocore retries quick blips itself; anything that outlasts these
             # attempts surfaces as TransientStorageError for the task to retry.
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
@@ -213,7 +213,7 @@ class S3Store:
 
     @contextlib.contextmanager
     def errors(self, operation: str, key: str) -> Iterator[None]:
-        """Translate boto3's exceptions into walship's typed errors."""
+        """Translate botocore's exceptions into walship's typed errors."""
         where = f"s3: {operation} s3://{self.bucket}/{self.full(key)}"
         try:
             yield
