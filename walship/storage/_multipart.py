@@ -1,11 +1,12 @@
 """Uploads to S3: one PUT when the object fits in a part, else a multipart upload.
 
 Parts go up on a few threads while the caller produces the next one (reads a
-file, or compresses a snapshot); at most ``TRANSFER_THREADS`` parts are in
-flight and one is being filled, so memory stays near
-``(TRANSFER_THREADS + 1) * part size`` whatever the object's size. Any
-failure, of a part or of the producer, aborts the multipart upload: no parts
-are left for the bucket to keep (and bill), and nothing appears under the key.
+file, or compresses a snapshot). They live in ``TRANSFER_THREADS`` buffers of
+one part each, reused: the part being filled and those in flight share them,
+so memory stays at ``TRANSFER_THREADS * part size`` whatever the object's
+size. Any failure, of a part or of the producer, aborts the multipart upload:
+no parts are left for the bucket to keep (and bill), and nothing appears
+under the key.
 
 An object whose metadata is known only at the end (a streamed snapshot's
 checksum and size) cannot be written by a multipart upload to its key: S3
@@ -16,6 +17,7 @@ the staging object is deleted.
 """
 
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -47,11 +49,12 @@ MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
 COPY_LIMIT = 5 << 30
-# 8 MiB parts x 3 threads: 32 MiB of buffers at most (three parts in flight,
-# one filling), and 10,000 parts reach 78 GiB before the part size has to
-# grow. Three parts in flight outrun zstd's output on two cores; a fourth
-# measured no faster and cost 8 MiB more (bench/).
-PART_SIZE = 8 << 20
+# 6 MiB parts x 3 buffers and threads: 18 MiB of parts at most, and 10,000
+# parts reach 58 GiB before the part size has to grow. A streamed snapshot's
+# process is 60 MiB before it starts (Python, botocore's S3 model) and zstd
+# adds 13 MiB: 8 MiB parts peaked at 96 MiB, these at 90 MiB (1 GiB, bench/).
+# Two threads measured 10-20% slower against moto.
+PART_SIZE = 6 << 20
 TRANSFER_THREADS = 3
 # Where objects whose metadata comes last wait for their copy (outside
 # generations/, so no listing of snapshots or segments ever sees them).
@@ -76,7 +79,8 @@ def upload(
     store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Metadata, size_hint: int | None = None
 ) -> ObjectInfo:
     """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable asked once the chunks end."""
-    parts = _parts(chunks, part_size_for(size_hint))
+    buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
+    parts = _parts(chunks, buffers)
     # The first two parts tell whether one request will do; held in a list
     # the upload empties, so neither stays in memory once sent.
     ahead = [next(parts)]
@@ -92,11 +96,11 @@ def upload(
     del second
     everything = _then(ahead, parts)
     if not callable(metadata):
-        size = _multipart(store, key, everything, dict(metadata))
+        size = _multipart(store, key, everything, buffers, dict(metadata))
         return ObjectInfo(key=key, size=size, metadata=dict(metadata))
     staging = f"{STAGING_PREFIX}{secrets.token_hex(12)}"
     try:
-        size = _multipart(store, staging, everything, None, named=key)
+        size = _multipart(store, staging, everything, buffers, None, named=key)
         described = dict(metadata())
         _copy(store, staging, key, size, described)
     finally:
@@ -104,36 +108,66 @@ def upload(
     return ObjectInfo(key=key, size=size, metadata=described)
 
 
-def _then(ahead: list[bytes | bytearray], rest: Iterator[bytes | bytearray]) -> Iterator[bytes | bytearray]:
+def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
     while ahead:
         yield ahead.pop(0)
     yield from rest
 
 
-def _parts(chunks: Iterable[bytes], part_size: int) -> Iterator[bytes | bytearray]:
-    """Regroup chunks into parts of ``part_size`` bytes (the last one shorter); at least one, maybe empty.
+class _Buffers:
+    """Part buffers, allocated once per upload and reused; taking one waits while all are in flight.
 
-    Each part is filled in place, so a part costs its own size and no copy of it.
+    Why reused: after glibc frees the first large buffer it raises its mmap
+    threshold, so fresh buffers come from a heap that may grow with the
+    object. A fixed set keeps memory flat, whatever the object's size.
     """
-    part, held, sent = bytearray(part_size), 0, False
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size, self._count = size, count
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free.empty() and self._made < self._count:
+                self._made += 1
+                return bytearray(self.size)
+        return self._free.get()
+
+    def give(self, buffer: bytes | bytearray) -> None:
+        if isinstance(buffer, bytearray) and len(buffer) == self.size:
+            self._free.put(buffer)
+
+
+def _parts(chunks: Iterable[bytes], buffers: _Buffers) -> Iterator[bytearray]:
+    """Regroup chunks into parts of ``buffers.size`` bytes (the last one shorter); at least one, maybe empty.
+
+    Each part is filled in place in a buffer of its own, so a part costs no copy.
+    """
+    size = buffers.size
+    part, held, sent = buffers.take(), 0, False
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
-            taken = min(len(view), part_size - held)
+            taken = min(len(view), size - held)
             part[held : held + taken] = view[:taken]
             held, view = held + taken, view[taken:]
-            if held == part_size:
+            if held == size:
                 yield part
-                part, held, sent = bytearray(part_size), 0, True
+                part, held, sent = buffers.take(), 0, True
     if held or not sent:
         del part[held:]  # in place: no copy of the last part
         yield part
+    else:
+        buffers.give(part)
 
 
 def _multipart(
     store: "S3Store",
     key: str,
-    parts: Iterable[bytes | bytearray],
+    parts: Iterable[bytearray],
+    buffers: _Buffers,
     metadata: dict[str, str] | None,
     *,
     named: str | None = None,
@@ -149,7 +183,7 @@ def _multipart(
             "UploadId"
         ]
         try:
-            finished, size = _upload_parts(store, target, upload_id, parts)
+            finished, size = _upload_parts(store, target, upload_id, parts, buffers)
             client.complete_multipart_upload(
                 Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
             )
@@ -160,9 +194,9 @@ def _multipart(
 
 
 def _upload_parts(
-    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytes | bytearray]
+    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytearray], buffers: _Buffers
 ) -> tuple[list["CompletedPartTypeDef"], int]:
-    def send(number: int, data: bytes | bytearray) -> "CompletedPartTypeDef":
+    def send(number: int, data: bytearray) -> "CompletedPartTypeDef":
         response = store.client.upload_part(
             Bucket=store.bucket,
             Key=target,
@@ -178,25 +212,18 @@ def _upload_parts(
 
     finished: list[CompletedPartTypeDef] = []
     size = 0
-    slots = threading.BoundedSemaphore(TRANSFER_THREADS)
-    numbered = enumerate(parts, start=1)
     with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-part") as pool:
         running: deque[Future[CompletedPartTypeDef]] = deque()
         try:
-            while True:
-                # Bounds memory: the next part is produced only once a slot is free.
-                slots.acquire()
-                try:
-                    number, data = next(numbered)
-                except StopIteration:
-                    break
+            # Bounds memory: the next part is produced only once a buffer is free.
+            for number, data in enumerate(parts, start=1):
                 if number > MAX_PARTS:
                     raise PermanentStorageError(
                         f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
                     )
                 size += len(data)
                 future = pool.submit(send, number, data)
-                future.add_done_callback(lambda _: slots.release())
+                future.add_done_callback(_giving_back(buffers, data))
                 running.append(future)
                 while running and running[0].done():  # fail fast: a failed part stops the producer
                     finished.append(running.popleft().result())
@@ -206,6 +233,10 @@ def _upload_parts(
                 future.cancel()
             raise
     return finished, size
+
+
+def _giving_back(buffers: _Buffers, data: bytearray) -> Callable[[object], None]:
+    return lambda _: buffers.give(data)
 
 
 def _copy(store: "S3Store", source: str, key: str, size: int, metadata: dict[str, str]) -> None:
