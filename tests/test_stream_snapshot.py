@@ -106,6 +106,21 @@ class TestStreamedSnapshot:
         assert content_digest(restored) == source_digest
         assert read_header(restored).page_count == info.page_count
 
+    def test_rollback_journal_database(self, store: ObjectStore, tmp_path: Path) -> None:
+        """A database not in WAL mode is read under its read transaction's shared lock alone."""
+        database = tmp_path / "journal.db"
+        connection = sqlite3.connect(database)
+        connection.execute("PRAGMA journal_mode=DELETE")
+        connection.execute("CREATE TABLE t(x)")
+        with connection:
+            connection.executemany("INSERT INTO t VALUES (?)", ((os.urandom(500),) for _ in range(3000)))
+        connection.close()
+        info = stream_snapshot(store, database, database_id="journal.db", level=3)
+        restored = tmp_path / "restored.db"
+        restore_snapshot(store, info, restored)
+        assert restored.read_bytes() == database.read_bytes()
+        assert not Path(f"{database}-wal").exists()
+
     def test_producer_failure_leaves_nothing(self, store: ObjectStore, s3_server: _S3Server | None) -> None:
         def chunks() -> Iterator[bytes]:
             for _ in range(20):
