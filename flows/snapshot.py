@@ -1,7 +1,5 @@
-"""Snapshot flow: copy the live database, compress, upload, record."""
+"""Snapshot flow: copy, compress and upload the live database in one pass, then record it."""
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -13,12 +11,10 @@ from flows._events import emit
 from flows._report import artifact_key, human_bytes, publish, run_name
 from tasks import (
     check_replica,
-    compress,
     finish_progress,
     start_progress,
-    take_snapshot,
+    stream_snapshot,
     update_metadata,
-    upload,
     with_retry_policy,
 )
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
@@ -37,20 +33,16 @@ def snapshot_flow(
     """Take a consistent snapshot of ``database`` and upload it to ``replica``.
 
     ``database_id`` names the database in the replica (default: its file
-    name); ``workdir`` holds the temporary copy (default: the system's).
+    name); ``workdir`` is accepted and unused (the snapshot streams: nothing
+    is written to local disk).
     """
     started = time.monotonic()
     database_id = database_id or database.name
     check_replica(replica, database_id)
     progress = start_progress(artifact_key("snapshot-progress", database_id), f"Snapshot of {database_id}")
-    scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=workdir))
-    try:
-        source = take_snapshot(database, scratch / "snapshot.db")
-        compressed = compress(source.path, scratch / "snapshot.db.zst", level, progress)
-        info = with_retry_policy(upload, retry)(replica, source, compressed, database_id)
-        metadata = with_retry_policy(update_metadata, retry)(replica, info)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # A retry takes a fresh snapshot (a new generation): a failed one left nothing behind.
+    info = with_retry_policy(stream_snapshot, retry)(replica, database, database_id, level, workdir, progress)
+    metadata = with_retry_policy(update_metadata, retry)(replica, info)
     elapsed = time.monotonic() - started
     finish_progress(progress)
     publish(

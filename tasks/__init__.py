@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tasks.restore import describe_generations, read_snapshot, restore_original, restore_snapshot
     from tasks.retention import apply_retention, plan_retention
     from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
-    from tasks.snapshot import check_replica, compress, take_snapshot, update_metadata, upload
+    from tasks.snapshot import check_replica, stream_snapshot, update_metadata
     from tasks.verify import check_index, restore_drill
 
 _HOME = {
@@ -28,7 +28,7 @@ _HOME = {
     "tasks.restore": ("describe_generations", "read_snapshot", "restore_original", "restore_snapshot"),
     "tasks.retention": ("apply_retention", "plan_retention"),
     "tasks.ship": ("acquire_lease", "record_position", "release_lease", "upload_spool"),
-    "tasks.snapshot": ("check_replica", "compress", "take_snapshot", "update_metadata", "upload"),
+    "tasks.snapshot": ("check_replica", "stream_snapshot", "update_metadata"),
     "tasks.verify": ("check_index", "restore_drill"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
@@ -38,7 +38,6 @@ __all__ = [
     "apply_retention",
     "check_index",
     "check_replica",
-    "compress",
     "describe_generations",
     "finish_progress",
     "plan_retention",
@@ -49,9 +48,8 @@ __all__ = [
     "restore_original",
     "restore_snapshot",
     "start_progress",
-    "take_snapshot",
+    "stream_snapshot",
     "update_metadata",
-    "upload",
     "upload_spool",
     "with_retry_policy",
 ]
