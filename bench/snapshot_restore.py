@@ -33,6 +33,7 @@ from bench.workload import content_digest, create_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "bench"
+WALSHIP = str(Path(sys.executable).parent / "walship")
 AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
 PIPE_KEY = "pipeline/snapshot.sqlite.zst"
@@ -176,6 +177,9 @@ def one_round(
         return dict(reported)
 
     snap = walship("snapshot", database=str(db), replica=replica, work=str(work), level=level)
+    # The same through the operator's CLI, as it runs with no Prefect API configured.
+    cli, cli_replica, cli_out = [WALSHIP, "--no-prefect"], f"{replica.replace('/walship?', '/cli?')}", work / "cli.db"
+    measure("CLI snapshot", {"total": [*cli, "snapshot", str(db), "--replica", cli_replica, "--level", str(level)]})
     measure(
         "pipeline snapshot",
         {
@@ -188,6 +192,7 @@ def one_round(
     for done in (pipe_db, pipe_zst):
         done.unlink()
     walship("restore", replica=replica, output=str(wal_out))
+    measure("CLI restore", {"total": [*cli, "restore", "--replica", cli_replica, "--output", str(cli_out)]})
     check = measure(
         "pipeline restore",
         {
@@ -198,7 +203,7 @@ def one_round(
     )
     if check.strip() != "ok":
         sys.exit(f"FAIL: pipeline restore: integrity_check says {check.strip()[:200]!r}")
-    for name, restored in (("walship", wal_out), ("pipeline", pipe_out)):
+    for name, restored in (("walship", wal_out), ("pipeline", pipe_out), ("CLI", cli_out)):
         if content_digest(restored) != digest:
             sys.exit(f"FAIL: the {name} restore differs from the source database")
     if litestream is not None:
@@ -213,7 +218,7 @@ def one_round(
     # makes `aws s3 cp`'s parallel 8 MiB range downloads quadratic here.
     get = [aws, "s3api", "get-object", "--bucket", BUCKET, "--key", PIPE_KEY, "--endpoint-url", endpoint]
     measure("single GET", {"download": [*get, str(work / "get.zst")]})
-    for leftover in (wal_out, pipe_out, pipe_zst, work / "get.zst"):
+    for leftover in (wal_out, pipe_out, pipe_zst, work / "get.zst", cli_out):
         leftover.unlink()
     return result
 
@@ -229,19 +234,24 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for op in ("snapshot", "restore"):
         ours = med(f"walship {op}", "seconds")
-        for side in ("walship", "pipeline", "litestream"):
+        for side in ("walship", "CLI", "pipeline", "litestream"):
             if f"{side} {op}" not in rounds[0]:
                 continue
             took, rss = med(f"{side} {op}", "seconds"), med(f"{side} {op}", "rss")
             ratio = "" if side == "walship" else f"{took / ours:.2f}"
             print(f"| {op} | {side} | {took:.2f} | {size / 1e6 / took:.1f} | {ratio} | {rss:.0f} |")
+    cli = {op: med(f"CLI {op}", "seconds") / med(f"pipeline {op}", "seconds") for op in ("snapshot", "restore")}
+    print(
+        f"\nthe CLI (direct mode) against the pipeline, seconds over seconds (below 1: the CLI is faster): "
+        f"snapshot {cli['snapshot']:.2f}, restore {cli['restore']:.2f}"
+    )
     print(
         f"\ncompressed: walship {sizes['walship'] / 2**20:.1f} MiB ({size / sizes['walship']:.2f}x), "
         f"zstd -{level} CLI {sizes['zstd'] / 2**20:.1f} MiB ({size / sizes['zstd']:.2f}x)\n"
         "speed ratio: the other side's seconds over walship's (above 1: walship is faster); "
         "a pipeline's peak RSS is its largest process's\n"
-        "core only: the Prefect CLI process (python + prefect import, flow/task orchestration) is excluded; "
-        "walship runs in child processes calling the core functions the tasks call (python start included)."
+        "walship: child processes calling the core functions the tasks call (python start included); "
+        "CLI: `walship --no-prefect` as an operator runs it (what it does with no Prefect API configured)."
     )
     for op in ("snapshot", "restore"):
         print(f"\n| {op} stage | walship s | pipeline s |\n|---|---:|---:|")
