@@ -40,6 +40,11 @@ serve: $(STAMP)
 stop: $(STAMP)
 	$(PY) -m deployments.local_server stop
 
+# A process worker for prefect.yaml's pool, polling every second (needs PREFECT_API_URL).
+.PHONY: worker
+worker: $(STAMP)
+	$(PY) -m deployments.worker
+
 bench: $(STAMP)
 	$(PY) -m bench.snapshot_restore
 

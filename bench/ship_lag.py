@@ -35,7 +35,7 @@ from typing import Any
 
 import zstandard
 
-from bench.ship_lag_report import KINDS, report
+from bench.ship_lag_report import KINDS, report, summary
 from bench.ship_lag_s3 import RecordingS3
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
 from bench.snapshot_restore import BUILD, ROOT, database
@@ -73,6 +73,18 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
     return (int(fields[11]) + int(fields[12])) / TICK, rss, hwm
+
+
+def use_moto_credentials() -> None:
+    """Both sides (and this process's checks) talk to the bench's moto server, and nothing else."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
+        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
+        AWS_DEFAULT_REGION=RecordingS3.region,
+        AWS_REGION=RecordingS3.region,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
 
 
 def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -118,6 +130,7 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     sampler = threading.Thread(target=sample, daemon=True)
     per_writer = args.rate / WRITERS
     writer = [sys.executable, "-m", "bench.ship_lag_writer", "--seconds", str(args.seconds)]
+    writer += ["--batch", str(args.batch)]
     t_load0, cpu0 = time.time_ns(), proc_stats(shipper.pid)[0]
     sampler.start()
     writers = [
@@ -262,8 +275,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="seconds of writes (default 60)")
     parser.add_argument("--idle", type=float, default=60, help="seconds with no writes after that (default 60)")
     parser.add_argument("--interval", type=float, default=1.0, help="walship sync interval (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="workload transactions per commit (default 1)")
     parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
     parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run both sides this many times, alternating who goes first (default 1)"
+    )
     args = parser.parse_args()
     args.writers, args.drain = WRITERS, DRAIN_SECONDS
     if not shutil.which("/usr/bin/time"):
@@ -271,19 +288,23 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     litestream()
     source, _ = database(args.mib)
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=RecordingS3.access_key,
-        AWS_SECRET_ACCESS_KEY=RecordingS3.secret_key,
-        AWS_DEFAULT_REGION=RecordingS3.region,
-        AWS_REGION=RecordingS3.region,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
+    use_moto_credentials()
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for n in range(args.rounds):
+        # Alternate who goes first: on a shared machine, load drifts between the two halves of a round.
+        order = list(BUCKETS) if n % 2 == 0 else list(BUCKETS)[::-1]
+        rounds.append(one_round(source, args, order, full_report=n == 0))
+    if args.rounds > 1:
+        summary(rounds)
+
+
+def one_round(source: Path, args: argparse.Namespace, order: list[str], *, full_report: bool) -> dict[str, Any]:
+    """Both sides once, each on a fresh moto server and work directory; the first round prints the full report."""
     with tempfile.TemporaryDirectory(dir=BUILD, prefix="lag-") as tmp:
         work = Path(tmp)
         server = RecordingS3(work / "bodies")
         sides: dict[str, dict[str, Any]] = {}
-        for side in BUCKETS:
+        for side in order:
             print(f"{side}: {args.seconds:g} s at {args.rate:g} tx/s, then {args.idle:g} s idle ...", file=sys.stderr)
             sides[side] = run_side(side, server, source, work, args)
             sides[side]["durable"], sides[side]["where"] = durable(server, side, work)
@@ -291,9 +312,11 @@ def main() -> None:
         ok = {"walship": verify_walship(server, sides["walship"]["db"], work)}
         ok["litestream"] = verify_litestream(sides["litestream"]["db"], work)
         server.stop()
-        report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
+        if full_report:
+            report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
     if not ok["walship"]:
         sys.exit("FAIL: the walship restore differs from the source database")
+    return sides
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import argparse
 import itertools
 import math
 import os
+import statistics
 from typing import Any
 
 KINDS = ("PUT", "LIST", "GET", "HEAD", "DELETE", "POST")
@@ -133,15 +134,42 @@ def breakdown(w: dict[str, Any], args: argparse.Namespace) -> None:
     t0, t1, _ = w["windows"]
     cycles = [c for c in w["events"]["cycles"] if t0 / 1e9 <= c["start"] <= t1 / 1e9 + args.drain]
     parts["sync() per cycle"] = [c["sync"] for c in cycles]
-    parts["  of which checkpoint, writers paused"] = [c.get("checkpoint", 0.0) for c in cycles]
+    parts["  of which checkpoint (PASSIVE, then the pause)"] = [c.get("checkpoint", 0.0) for c in cycles]
+    parts["  writers paused (per pause)"] = [c["paused"] for c in cycles if "paused" in c]
     parts["upload_pending per cycle"] = [c["upload"] for c in cycles]
     parts["  of which open_store (new boto3 client)"] = [c.get("open_store", 0.0) for c in cycles]
     parts["cycle start spacing"] = [b["start"] - a["start"] for a, b in itertools.pairwise(cycles)]
     checkpoints = sum(1 for c in cycles if "checkpoint" in c)
+    pauses = sum(1 for c in cycles if "paused" in c)
     print(
         f"\nwhere walship's lag goes (seconds; interval {args.interval:g} s; {len(w['events']['segments'])} segments; "
-        f"{len(cycles)} cycles under load, {checkpoints} of them checkpointed):\n"
+        f"{len(cycles)} cycles under load, {checkpoints} of them checkpointed, {pauses} paused writers):\n"
     )
     print("| stage | p50 | p99 | max |\n|---|---:|---:|---:|")
     for name, values in parts.items():
         print(f"| {name} | {cell(pct(values, 0.5), 3)} | {cell(pct(values, 0.99), 3)} | {cell(pct(values, 1.0), 3)} |")
+
+
+def summary(rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """Each headline metric per round and the median of the per-round ratios: a round's two sides ran
+    back to back, so its ratio is the fairest figure a shared machine gives."""
+    metrics: dict[str, Any] = {
+        "writer transaction p99 (ms)": lambda s: pct(s["latencies"], 0.99) * 1e3,
+        "writer transaction max (ms)": lambda s: pct(s["latencies"], 1.0) * 1e3,
+        "commit-to-durable lag p99 (s)": lambda s: pct(lags(s), 0.99),
+        "shipper CPU s, load": lambda s: s["cpu"][0],
+        "shipper peak RSS MiB": lambda s: s["hwm"],
+        "RSS MiB at the end of the load": lambda s: flat(s)[1],
+    }
+    print(f"\nsummary of {len(rounds)} rounds (walship / litestream per round; median ratio):\n")
+    print("| metric | " + " | ".join(f"round {n + 1}" for n in range(len(rounds))) + " | median ratio |")
+    print("|---|" + "---:|" * (len(rounds) + 1))
+    for name, measure in metrics.items():
+        cells, ratios = [], []
+        for sides in rounds:
+            w, ls = measure(sides["walship"]), measure(sides["litestream"])
+            cells.append(f"{cell(w)} / {cell(ls)}")
+            ratios.append(w / ls if ls else math.nan)
+        print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f} |")
+    loads = ", ".join(f"{sides['walship']['loadavg']:.2f}/{sides['litestream']['loadavg']:.2f}" for sides in rounds)
+    print(f"\n5-minute load average at the end of each side (walship/litestream), per round: {loads}")

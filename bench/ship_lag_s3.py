@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,10 @@ class RecordingS3:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
+        # moto keeps its buckets in the process, not the server: a second server
+        # (another round or step) would find the first one's objects and lease.
+        reset = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310 - http://127.0.0.1
+        urllib.request.urlopen(reset).close()  # noqa: S310
 
     def create_bucket(self, name: str) -> None:
         client = boto3.session.Session().client(

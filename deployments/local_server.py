@@ -30,6 +30,7 @@ from typing import Any
 
 from deployments.config import PREFECT_YAML, ROOT, load_deployments, site_values
 from deployments.serve import parse_site_value
+from deployments.worker import FAST_RUNS
 
 HOME = Path(os.environ.get("PREFECT_HOME") or ROOT / "build" / "prefect")
 DEMO = ROOT / "build" / "demo"
@@ -45,6 +46,8 @@ def api_url(port: int) -> str:
 def prefect_env(home: Path, port: int) -> dict[str, str]:
     """The environment a server, worker or CLI call needs to use the server on ``port``."""
     return {
+        # Serve and workers poll every second (deployments/worker.py); a value in the environment wins.
+        **FAST_RUNS,
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url(port),

@@ -1,7 +1,5 @@
-"""Snapshot flow: copy the live database, compress, upload, record."""
+"""Snapshot flow: copy, compress and upload the live database in one pass, then record it."""
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -14,12 +12,10 @@ from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, tit
 from flows._report import human_bytes, publish, run_name
 from tasks import (
     check_replica,
-    compress,
     finish_progress,
     start_progress,
-    take_snapshot,
+    stream_snapshot,
     update_metadata,
-    upload,
     with_retry_policy,
 )
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
@@ -51,7 +47,7 @@ def snapshot_flow(
         replica: Where the snapshot goes: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         database_id: Name of the database in the replica; empty: the database's file name.
-        workdir: Directory for the temporary copy; empty: the system's temporary directory.
+        workdir: Accepted and unused: the snapshot streams, nothing is written to local disk.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
     """
@@ -59,14 +55,11 @@ def snapshot_flow(
     database_id = database_id or database.name
     check_replica(replica, database_id, credentials_block)
     progress = start_progress(None, f"Snapshot of {database_id}")
-    scratch = Path(tempfile.mkdtemp(prefix="walship-snapshot-", dir=workdir))
-    try:
-        source = take_snapshot(database, scratch / "snapshot.db")
-        compressed = compress(source.path, scratch / "snapshot.db.zst", level, progress)
-        info = with_retry_policy(upload, retry)(replica, source, compressed, database_id, credentials_block)
-        metadata = with_retry_policy(update_metadata, retry)(replica, info, credentials_block)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # A retry takes a fresh snapshot (a new generation): a failed one left nothing behind.
+    info = with_retry_policy(stream_snapshot, retry)(
+        replica, database, database_id, level, workdir, progress, credentials_block
+    )
+    metadata = with_retry_policy(update_metadata, retry)(replica, info, credentials_block)
     elapsed = time.monotonic() - started
     finish_progress(progress)
     publish(

@@ -1,4 +1,4 @@
-"""Snapshot tasks: copy, compress, upload, record."""
+"""Snapshot tasks: check the replica, take the streamed snapshot, record it."""
 
 from pathlib import Path
 from uuid import UUID
@@ -6,10 +6,10 @@ from uuid import UUID
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
 from tasks._storage import open_replica
-from walship import codec, index, snapshot, sqlite
-from walship.models import CompressedFile, ReplicaMetadata, SnapshotInfo, SnapshotSource
+from walship import index, snapshot
+from walship.models import ReplicaMetadata, SnapshotInfo
 
-__all__ = ["check_replica", "compress", "take_snapshot", "update_metadata", "upload"]
+__all__ = ["check_replica", "stream_snapshot", "update_metadata"]
 
 
 @walship_task
@@ -21,30 +21,25 @@ def check_replica(replica: str, database_id: str, credentials_block: str | None 
 
 
 @walship_task
-def take_snapshot(database: Path, target: Path) -> SnapshotSource:
-    """Consistent copy of the live database into a local temporary file."""
-    return sqlite.take_snapshot(database, target)
-
-
-@walship_task
-def compress(source: Path, target: Path, level: int, progress: UUID | None = None) -> CompressedFile:
-    """Streaming zstd of a local file, with the SHA-256 of its content; moves the
-    run's ``progress`` artifact to 90 % (the upload and the index take the rest)."""
-    callback = ArtifactProgress(progress, 0.0, 90.0) if progress is not None else None
-    return codec.compress_file(source, target, level, progress=callback)
-
-
-@walship_task
-def upload(
+def stream_snapshot(
     replica: str,
-    source: SnapshotSource,
-    compressed: CompressedFile,
+    database: Path,
     database_id: str,
+    level: int,
+    workdir: Path | None = None,
+    progress: UUID | None = None,
     credentials_block: str | None = None,
 ) -> SnapshotInfo:
-    """Upload the compressed snapshot under a new, immutable key."""
-    return snapshot.upload_snapshot(
-        open_replica(replica, credentials_block), source, compressed, database_id=database_id
+    """Copy, compress and upload the live database in one pass; moves the run's
+    ``progress`` artifact to 95 % (the index update takes the rest)."""
+    callback = ArtifactProgress(progress, 0.0, 95.0) if progress is not None else None
+    return snapshot.stream_snapshot(
+        open_replica(replica, credentials_block),
+        database,
+        database_id=database_id,
+        level=level,
+        workdir=workdir,
+        progress=callback,
     )
 
 

@@ -4,11 +4,10 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from walship import codec, index, snapshot, sqlite
+from walship import codec, index, snapshot
 from walship.layout import format_snapshot_key
 from walship.models import SnapshotInfo
 from walship.storage import ObjectStore
@@ -31,12 +30,9 @@ def walship(*argv: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 
 def take_and_upload(store: ObjectStore, database: Path, database_id: str = "app.db") -> SnapshotInfo:
-    """The snapshot flow's steps, without Prefect: copy, compress, upload, record."""
+    """The snapshot flow's steps, without Prefect: check, streamed snapshot, record."""
     snapshot.check_database_id(store, database_id)
-    with tempfile.TemporaryDirectory() as scratch:
-        source = sqlite.take_snapshot(database, Path(scratch) / "s.db")
-        compressed = codec.compress_file(source.path, Path(scratch) / "s.db.zst")
-        info = snapshot.upload_snapshot(store, source, compressed, database_id=database_id)
+    info = snapshot.stream_snapshot(store, database, database_id=database_id, level=codec.DEFAULT_LEVEL)
     index.add_snapshot(store, info)
     return info
 

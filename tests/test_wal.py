@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walship.errors import CorruptObjectError
+from walship.sqlite._vouched import scan_vouched
 from walship.sqlite._wal import (
     FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
@@ -491,8 +492,12 @@ class TestIterFrames:
             iter_frames(io.BytesIO(wal.data), wal.header, start_offset=WAL_HEADER_SIZE + wal.header.frame_size)
 
 
+def vouched(data: bytes, **kwargs: object) -> WalScan:
+    return scan_vouched(io.BytesIO(data), **kwargs)  # type: ignore[arg-type]
+
+
 class TestVouchedScan:
-    """Frames the WAL index vouches for: headers checked, checksums only where the range starts and ends."""
+    """Frames the WAL index vouches for: headers checked by columns, checksums only where the range starts and ends."""
 
     @PROPERTY
     @given(data=st.data())
@@ -501,12 +506,14 @@ class TestVouchedScan:
         done = data.draw(st.integers(0, len(commit_frames)), label="commits already shipped")
         boundary = WAL_HEADER_SIZE + (commit_frames[done - 1] + 1 if done else 0) * wal.header.frame_size
         seed = scan(wal.data[:boundary]).last_commit_checksum if done else None
-        full = scan(wal.data, start_offset=boundary, start_checksum=seed)
-        assert scan(wal.data, start_offset=boundary, start_checksum=seed, vouched=True) == full
+        budget = data.draw(st.none() | st.integers(0, len(wal.data)), label="max_bytes")
+        cut = data.draw(st.integers(boundary, len(wal.data)), label="file ends at")
+        full = scan(wal.data[:cut], start_offset=boundary, start_checksum=seed, max_bytes=budget)
+        assert vouched(wal.data[:cut], start_offset=boundary, start_checksum=seed, max_bytes=budget) == full
 
     def test_a_wal_rewritten_under_the_cursor_finds_nothing(self, wal: Wal) -> None:
         boundary = WAL_HEADER_SIZE + wal.header.frame_size
-        rest = scan(wal.data, start_offset=boundary, start_checksum=(1, 2), vouched=True)
+        rest = vouched(wal.data, start_offset=boundary, start_checksum=(1, 2))
         assert (rest.commits, rest.last_commit_offset) == (0, boundary)
 
     def test_a_damaged_last_commit_falls_back_to_the_full_scan(self, wal: Wal) -> None:
@@ -515,7 +522,9 @@ class TestVouchedScan:
         flipped = WAL_HEADER_SIZE + last_commit * size + FRAME_HEADER_SIZE + 100
         damaged = bytearray(wal.data)
         damaged[flipped] ^= 0x01
-        assert scan(bytes(damaged), vouched=True) == wal.expected_scan(last_commit)
+        assert vouched(bytes(damaged), start_offset=WAL_HEADER_SIZE, start_checksum=None) == wal.expected_scan(
+            last_commit
+        )
 
     def test_header_damage_still_ends_the_scan(self, wal: Wal) -> None:
         # Salts are checked on every frame, vouched or not: a stale frame is never taken.
@@ -523,4 +532,4 @@ class TestVouchedScan:
         salt = WAL_HEADER_SIZE + middle * wal.header.frame_size + 8
         damaged = bytearray(wal.data)
         damaged[salt] ^= 0x01
-        assert scan(bytes(damaged), vouched=True) == wal.expected_scan(middle)
+        assert vouched(bytes(damaged), start_offset=WAL_HEADER_SIZE, start_checksum=None) == wal.expected_scan(middle)

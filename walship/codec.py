@@ -8,7 +8,8 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, cast
 
@@ -25,6 +26,8 @@ __all__ = [
     "Progress",
     "Readable",
     "SealingWriter",
+    "StreamTotals",
+    "compress_blocks",
     "compress_file",
     "decompress_stream",
     "decompress_to_file",
@@ -36,6 +39,8 @@ CHUNK_SIZE = 1 << 20
 # file (measured in bench/: 256 KiB beat 1 MiB by about a third).
 _SMALL_CHUNK = 256 << 10
 _COMPRESS_JOB = 1 << 20
+# Segments at least this big are compressed by zstd's workers (SealingWriter).
+_THREADED_FROM = 8 << 20
 DEFAULT_LEVEL = 3
 MIN_LEVEL = 1
 MAX_LEVEL = 22
@@ -87,14 +92,7 @@ def compress_file(
     """
     validate_level(level)
     size = source.stat().st_size
-    # threads=-1: one zstd worker per core; level 3 on one core is slower than
-    # the disk and the network, so the extra worker pays for itself. 1 MiB jobs
-    # keep each worker's buffers small: peak RSS 24 MiB instead of 65 MiB for
-    # the same speed and a 0.4% larger output (measured on 256 MiB, bench/).
-    parameters = zstandard.ZstdCompressionParameters.from_level(
-        level, threads=-1, job_size=_COMPRESS_JOB, write_checksum=1
-    )
-    compressor = zstandard.ZstdCompressor(compression_params=parameters)
+    compressor = _compressor(level)
     with source.open("rb") as raw, target.open("wb") as out:
         reader = _HashingReader(raw, size, progress)
         compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE)
@@ -109,6 +107,61 @@ def compress_file(
         sha256=reader.digest.hexdigest(),
         level=level,
     )
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    # threads=-1: one zstd worker per core; level 3 on one core is slower than
+    # the disk and the network, so the extra worker pays for itself. 1 MiB jobs
+    # keep each worker's buffers small: peak RSS 24 MiB instead of 65 MiB for
+    # the same speed and a 0.4% larger output (measured on 256 MiB, bench/).
+    parameters = zstandard.ZstdCompressionParameters.from_level(
+        level, threads=-1, job_size=_COMPRESS_JOB, write_checksum=1
+    )
+    return zstandard.ZstdCompressor(compression_params=parameters)
+
+
+@dataclass
+class StreamTotals:
+    """What ``compress_blocks`` has seen so far; complete once its chunks are exhausted."""
+
+    raw_size: int = 0
+    compressed_size: int = 0
+    sha256: str = ""
+
+
+def compress_blocks(
+    blocks: Iterable[bytes | bytearray],
+    totals: StreamTotals,
+    *,
+    size: int,
+    level: int = DEFAULT_LEVEL,
+    progress: Progress | None = None,
+) -> Iterator[bytes]:
+    """Compress ``size`` bytes arriving as ``blocks`` into one zstd frame, yielded in chunks.
+
+    Nothing is held beyond zstd's jobs and one chunk: the caller consumes
+    chunks (uploads them) while later blocks are compressed. ``totals`` gets
+    the SHA-256 and sizes once the last chunk has been yielded; a stream of
+    another size than announced raises ``CorruptObjectError``.
+    """
+    validate_level(level)
+    chunker = _compressor(level).chunker(size=size, chunk_size=CHUNK_SIZE)
+    digest = hashlib.sha256()
+    done = 0
+    for block in blocks:
+        digest.update(block)
+        done += len(block)
+        for chunk in chunker.compress(block):
+            totals.compressed_size += len(chunk)
+            yield chunk
+        if progress is not None:
+            progress(done, size)
+    if done != size:
+        raise CorruptObjectError(f"compress: {done} bytes arrived, {size} announced")
+    for chunk in chunker.finish():  # type: ignore[no-untyped-call]
+        totals.compressed_size += len(chunk)
+        yield chunk
+    totals.raw_size, totals.sha256 = done, digest.hexdigest()
 
 
 def decompress_to_file(
@@ -215,13 +268,18 @@ class SealingWriter:
     """Compresses what is written to it into ``target`` as one zstd frame, hashing the raw bytes.
 
     For WAL segments, compressed once when captured and spooled in the form
-    they are stored in: on one thread, because a segment is too small for
-    zstd's workers to pay for their start (they did not, measured in bench/).
+    they are stored in. A second-long segment of a busy database is well under
+    a MiB and is compressed on this thread: zstd's workers would cost more to
+    start than they save. A backlog (``size`` past ``_THREADED_FROM``) gets
+    them, so that a shipper behind a fast writer is not held to one core
+    (bench/ship_ceiling.py).
     """
 
-    def __init__(self, target: BinaryIO, level: int) -> None:
+    def __init__(self, target: BinaryIO, level: int, size: int = 0) -> None:
         self._target = target
-        self._compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True).compressobj()
+        threads = -1 if size >= _THREADED_FROM else 0
+        compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True, threads=threads)
+        self._compressor = compressor.compressobj(size=size if size else -1)
         self.digest = hashlib.sha256()
         self.raw_size = 0
 

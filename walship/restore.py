@@ -11,10 +11,11 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from walship._fs import fsync_dir
+from walship._fs import fsync_dir, fsync_path
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
 from walship.codec import Progress, decompress_to_file
@@ -52,16 +53,20 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     """A temporary file beside ``output`` for the caller to fill and check.
 
     When the block ends without an error, the file must pass ``PRAGMA
-    integrity_check``; then the old database's companions go, and it is
-    renamed over ``output`` and the directory fsynced (the caller fsyncs
-    the file). On any error it is removed: never a partial file at the target.
+    integrity_check`` and is fsynced, both at once (the check reads the page
+    cache while the disk writes); then the old database's companions go, and
+    it is renamed over ``output`` and the directory fsynced. On any error it
+    is removed: never a partial file at the target.
     """
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        integrity_check(tmp)
+        with ThreadPoolExecutor(1, thread_name_prefix="walship-fsync") as pool:
+            synced = pool.submit(fsync_path, tmp)
+            integrity_check(tmp)
+            synced.result()
         if output.exists() and not force:
             raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
         for suffix in _COMPANIONS:
@@ -114,8 +119,6 @@ def restore_snapshot(
                 name=stored.key,
                 progress=progress,
             )
-            out.flush()
-            os.fsync(out.fileno())
         applied: list[SegmentInfo] = []
         stopped_before: SegmentInfo | None = None
         if segments:
@@ -129,8 +132,6 @@ def restore_snapshot(
                     until_time=until_time,
                     scratch=output.parent,
                 )
-                database.flush()
-                os.fsync(database.fileno())
         header = read_header(tmp)
         pages = applied[-1].db_size_pages if applied else stored.page_count
         if (header.page_size, header.page_count) != (stored.page_size, pages):

@@ -1,4 +1,10 @@
-"""Snapshot pipeline steps over an ``ObjectStore``: the flow composes them.
+"""Snapshots over an ``ObjectStore``: the streamed snapshot the flow and the CLI take, and its checks.
+
+``stream_snapshot`` reads a consistent state of the live database, compresses
+and uploads it in one pass: no copy of the database and no compressed file on
+local disk; memory stays at zstd's jobs plus the upload's parts in flight.
+The shipper's own snapshots still go through a spooled file (they must
+survive a crash before upload), built from ``describe_new_snapshot``.
 
 Until WAL shipping takes snapshots itself, each standalone snapshot starts a
 generation of its own (sequence 0): nothing proves continuity between two
@@ -6,15 +12,74 @@ standalone snapshots, and a generation promises exactly that.
 """
 
 from datetime import datetime
+from pathlib import Path
 
 from walship.catalog import describe_snapshot, list_snapshots
+from walship.codec import Progress, StreamTotals, compress_blocks, validate_level
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.index import NewerIndexError, read_index
 from walship.layout import LEASE_KEY, format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
+from walship.sqlite import consistent_pages
 from walship.storage import ObjectStore
 
-__all__ = ["check_database_id", "check_not_shipped", "describe_new_snapshot", "upload_snapshot"]
+__all__ = ["check_database_id", "check_not_shipped", "describe_new_snapshot", "stream_snapshot", "upload_snapshot"]
+
+# zstd never grows data by more than about 1/128 (ZSTD_compressBound), plus a
+# header: the upload's part size is chosen from this bound.
+_ZSTD_GROWTH = 128
+_ZSTD_HEADER = 1 << 16
+
+
+def stream_snapshot(
+    store: ObjectStore,
+    database: Path,
+    *,
+    database_id: str,
+    level: int,
+    workdir: Path | None = None,
+    progress: Progress | None = None,
+) -> SnapshotInfo:
+    """Snapshot the live ``database`` into ``store`` in one pass: a new generation at sequence 0.
+
+    A read transaction holds one committed state while its pages are read,
+    hashed, compressed and uploaded (writers go on meanwhile). The object
+    appears whole with its metadata, or not at all. ``workdir`` is accepted
+    for the callers' sake and unused: nothing is written to local disk.
+    ``progress`` hears (bytes read, database size). The index is updated
+    separately (``index.add_snapshot``).
+    """
+    del workdir  # nothing is spooled; kept so callers need not know
+    validate_level(level)
+    with consistent_pages(database) as pages:
+        generation = new_generation(pages.taken_at)
+        key = format_snapshot_key(generation, 0)
+        totals = StreamTotals()
+        info: SnapshotInfo | None = None
+
+        def described() -> dict[str, str]:
+            nonlocal info
+            info = SnapshotInfo(
+                key=key,
+                generation=generation,
+                sequence=0,
+                created_at=pages.taken_at,
+                raw_size=totals.raw_size,
+                compressed_size=totals.compressed_size,
+                sha256=totals.sha256,
+                page_size=pages.page_size,
+                page_count=pages.page_count,
+                level=level,
+                database_id=database_id,
+                sqlite_version=pages.sqlite_version,
+            )
+            return describe_snapshot(info)
+
+        chunks = compress_blocks(pages.blocks(), totals, size=pages.size, level=level, progress=progress)
+        bound = pages.size + pages.size // _ZSTD_GROWTH + _ZSTD_HEADER
+        store.put_chunks(key, chunks, metadata=described, size_hint=bound)
+    assert info is not None  # put_chunks asked for the metadata before storing the object
+    return info
 
 
 def check_database_id(store: ObjectStore, database_id: str) -> None:

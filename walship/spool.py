@@ -258,11 +258,13 @@ class Spool:
         exists with both or neither.
         """
         target = self.data_path(entry)
-        target.parent.mkdir(exist_ok=True)
+        if not target.parent.exists():
+            target.parent.mkdir()
+            fsync_dir(target.parent.parent)  # the new generation's directory itself is durable
         os.replace(data, target)
         try:
+            # Its directory fsync covers the data's rename too: both live there.
             self._write_atomic(self._sidecar(entry), entry.model_dump_json().encode())
-            fsync_dir(target.parent)
         except BaseException:
             target.unlink(missing_ok=True)
             raise

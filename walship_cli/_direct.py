@@ -8,13 +8,12 @@ Prefect side (run history, artifacts, events) is missing.
 import logging
 import signal
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from walship import codec, index, snapshot, sqlite
+from walship import index, snapshot
 from walship.catalog import read_snapshot_info
 from walship.errors import TransientStorageError
 from walship.generations import choose_start, describe_generations
@@ -73,11 +72,15 @@ def snapshot_database(
     snapshot.check_database_id(store, database_id)
     snapshot.check_not_shipped(store)
     progress = _TerminalProgress(f"snapshot of {database_id}")
-    with tempfile.TemporaryDirectory(prefix="walship-snapshot-", dir=workdir) as scratch:
-        source = sqlite.take_snapshot(database, Path(scratch) / "snapshot.db")
-        compressed = codec.compress_file(source.path, Path(scratch) / "snapshot.db.zst", level, progress=progress)
+    try:
+        info = retrying(
+            _POLICY,
+            lambda: snapshot.stream_snapshot(
+                store, database, database_id=database_id, level=level, workdir=workdir, progress=progress
+            ),
+        )
+    finally:
         progress.clear()
-        info = retrying(_POLICY, lambda: snapshot.upload_snapshot(store, source, compressed, database_id=database_id))
     retrying(_POLICY, lambda: index.add_snapshot(store, info))
     return info
 

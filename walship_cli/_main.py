@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--replica", required=True, help="file:///dir or s3://bucket/prefix")
     snap.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
     snap.add_argument("--database-id", help="name of the database in the replica (default: file name)")
-    snap.add_argument("--workdir", type=Path, help="directory for the temporary copy (default: system temp)")
+    snap.add_argument("--workdir", type=Path, help="ignored: snapshots stream, nothing is written locally")
 
     ship = commands.add_parser("ship", help="ship committed WAL continuously")
     ship.add_argument("database", type=Path)

@@ -133,7 +133,7 @@ def capture_segment(
         return NoRoom()
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
         with data.open("wb") as out:
-            sealed = SealingWriter(out, level)
+            sealed = SealingWriter(out, level, size)
             capture.copy_range(found.start, found.scan.last_commit_offset, sealed.write)
             sealed.finish()
             out.flush()
@@ -164,7 +164,7 @@ def spool_tail(spool: Spool, tail: TailCopy, level: int) -> None:
     """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
         with path.open("wb") as out:
-            sealed = SealingWriter(out, level)
+            sealed = SealingWriter(out, level, len(tail.data))
             sealed.write(tail.data)
             sealed.finish()
             out.flush()

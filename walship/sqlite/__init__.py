@@ -12,6 +12,7 @@ from walship.sqlite._lineage import (
     may_follow_restart,
     replay_header,
 )
+from walship.sqlite._pages import PageCopy, consistent_pages
 from walship.sqlite._snapshot import take_snapshot
 from walship.sqlite._wal import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScan, iter_frames
 from walship.sqlite._walindex import WalIndexState
@@ -20,6 +21,7 @@ __all__ = [
     "FRAME_HEADER_SIZE",
     "WAL_HEADER_SIZE",
     "Covers",
+    "PageCopy",
     "WalCapture",
     "WalHeader",
     "WalIndexState",
@@ -28,6 +30,7 @@ __all__ = [
     "captured_frames",
     "check_database",
     "check_resume",
+    "consistent_pages",
     "covered_by",
     "cursor_at",
     "cursor_at_end",

@@ -33,6 +33,7 @@ from walship.errors import CorruptObjectError, UsageError, WalIndexUnsettledErro
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database
 from walship.sqlite._snapshot import backup_into, describe_copy
+from walship.sqlite._vouched import scan_vouched
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
 from walship.sqlite._walindex import WAL_INDEX_READ_SIZE, WalIndexState, parse_wal_index
 
@@ -235,13 +236,9 @@ class WalCapture:
         end = self.published_end(header) if header is not None else None
         with self.wal_path.open("rb") as wal:
             bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
-            return scan_wal(
-                bounded,
-                start_offset=start_offset,
-                start_checksum=start_checksum,
-                max_bytes=max_bytes,
-                vouched=end is not None,
-            )
+            if end is None:
+                return scan_wal(wal, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
+            return scan_vouched(bounded, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
 
     def published_end(self, header: WalHeader) -> int:
         """The WAL byte offset after the last frame the WAL index (-shm) published.

@@ -13,6 +13,7 @@ __all__ = ["DatabaseHeader", "check_database", "integrity_check", "read_header"]
 # "Database File Format", section 1.3: the first 100 bytes of every database.
 _MAGIC = b"SQLite format 3\x00"
 _HEADER_SIZE = 100
+_CHECK_CACHE_KIB = 8 << 10
 
 
 class DatabaseHeader(NamedTuple):
@@ -63,6 +64,11 @@ def integrity_check(path: Path) -> None:
     try:
         connection = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
         try:
+            # The check walks every b-tree and every index against its table:
+            # with SQLite's default 2 MiB page cache it re-reads interior pages
+            # over and over. 8 MiB made it 1.7x faster on the 256 MiB bench
+            # database (0.87 -> 0.52 s); more measured no faster.
+            connection.execute(f"PRAGMA cache_size=-{_CHECK_CACHE_KIB}").fetchall()
             rows = [row[0] for row in connection.execute("PRAGMA integrity_check")]
         finally:
             connection.close()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,11 +41,22 @@ class LocalStore:
         return f"file://{self.root}"
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        return self._write(key, stream, metadata)
+        return self._write(key, _chunks_of(stream), _given(metadata))
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with path.open("rb") as stream:
-            return self._write(key, stream, metadata)
+            return self._write(key, _chunks_of(stream), _given(metadata))
+
+    def put_chunks(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        metadata: Callable[[], Mapping[str, str]],
+        size_hint: int | None = None,
+    ) -> ObjectInfo:
+        # The sidecar is written after the data anyway: late metadata costs nothing here.
+        return self._write(key, chunks, metadata)
 
     def put_bytes(
         self,
@@ -57,7 +68,7 @@ class LocalStore:
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         if if_match is None and not if_none_match:
-            return self._write(key, _BytesReader(data), metadata)
+            return self._write(key, [data], _given(metadata))
         # The lock makes compare-and-rename atomic against other walship
         # processes writing to the same directory.
         with self._locked():
@@ -66,7 +77,7 @@ class LocalStore:
                 raise ConflictError(f"file: put {key}: object already exists")
             if if_match is not None and current != if_match:
                 raise ConflictError(f"file: put {key}: ETag is {current}, expected {if_match}")
-            return self._write(key, _BytesReader(data), metadata)
+            return self._write(key, [data], _given(metadata))
 
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
         if not self.root.is_dir():
@@ -127,7 +138,7 @@ class LocalStore:
             elif entry.is_file(follow_symlinks=False) and not (directory == self.root and entry.name == _LOCK_FILE):
                 yield Path(entry.path)
 
-    def _write(self, key: str, stream: ReadStream, metadata: Mapping[str, str] | None) -> ObjectInfo:
+    def _write(self, key: str, chunks: Iterable[bytes], metadata: Callable[[], Mapping[str, str]]) -> ObjectInfo:
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
         try:
@@ -141,26 +152,28 @@ class LocalStore:
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         try:
             with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK_SIZE):
+                for chunk in chunks:
                     digest.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             etag = digest.hexdigest()
+            described = dict(metadata())
             # Sidecar first: a data file is never visible without its metadata.
-            _atomic_write_text(
-                self._meta_path(key), json.dumps({"etag": etag, "metadata": dict(metadata or {})}), tmp_dir
-            )
+            _atomic_write_text(self._meta_path(key), json.dumps({"etag": etag, "metadata": described}), tmp_dir)
             os.replace(tmp_name, target)
             fsync_dir(target.parent)
-        except OSError as exc:
+        except BaseException as exc:
+            # Whatever failed (the disk, or the producer of the chunks), nothing stays behind.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
+            if not isinstance(exc, OSError):
+                raise
             if exc.errno == errno.ENOSPC:
                 raise PermanentStorageError(f"file: put {key}: no space left in {self.root}") from exc
             raise PermanentStorageError(f"file: put {key}: {exc}") from exc
-        return ObjectInfo(key=key, size=size, etag=etag, metadata=dict(metadata or {}))
+        return ObjectInfo(key=key, size=size, etag=etag, metadata=described)
 
     def _etag_or_none(self, key: str) -> str | None:
         try:
@@ -187,16 +200,13 @@ class LocalStore:
         return self.root / _META_DIR / f"{key}.json"
 
 
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
-        self._offset = 0
+def _chunks_of(stream: ReadStream) -> Iterator[bytes]:
+    while chunk := stream.read(CHUNK_SIZE):
+        yield chunk
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._offset + size
-        chunk = bytes(self._data[self._offset : end])
-        self._offset += len(chunk)
-        return chunk
+
+def _given(metadata: Mapping[str, str] | None) -> Callable[[], Mapping[str, str]]:
+    return lambda: metadata or {}
 
 
 class _LimitedReader:

@@ -5,7 +5,7 @@ is plain functions over this protocol, so every backend gets it for free and
 one test suite runs against all of them.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -43,6 +43,25 @@ class ObjectStore(Protocol):
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         """Write a new object from a local file (lets S3 read parts lazily, in parallel)."""
+        ...
+
+    def put_chunks(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        metadata: Callable[[], Mapping[str, str]],
+        size_hint: int | None = None,
+    ) -> ObjectInfo:
+        """Write a new object from chunks produced while it is written (a streamed snapshot).
+
+        ``metadata`` is asked for once the chunks are exhausted: a stream
+        knows its checksum and size only then. The object appears under
+        ``key`` whole, with that metadata, or not at all: a failure (of the
+        store or of the producer) leaves nothing there, and no pending
+        multipart upload. ``size_hint`` (an upper bound of the object's
+        size) lets S3 choose a part size within its 10,000-part limit.
+        """
         ...
 
     def put_bytes(

@@ -1,25 +1,23 @@
-"""S3 backend over boto3: any S3-compatible server.
+"""S3 backend over botocore (boto3's core): any S3-compatible server.
 
-Credentials come from boto3's standard chain (environment, profile, role),
-or from ``StorageCredentials`` a caller resolved (a Prefect block, outside the
-core); they never pass through walship's parameters or logs. The endpoint
-comes from ``?endpoint=`` on the replica URL, else the credentials' endpoint,
-else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by boto3 itself);
-with any explicit endpoint we use path-style addressing, which every
+Credentials come from botocore's standard chain (environment, profile,
+role), or from ``StorageCredentials`` a caller resolved (a Prefect block,
+outside the core); they never pass through walship's parameters or logs. The
+endpoint comes from ``?endpoint=`` on the replica URL, else the credentials'
+endpoint, else ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by botocore
+itself); with any explicit endpoint we use path-style addressing, which every
 S3-compatible server understands.
 """
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import boto3
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from walship.errors import (
@@ -32,25 +30,13 @@ from walship.errors import (
 )
 from walship.models import ObjectInfo
 from walship.storage._credentials import StorageCredentials
+from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, upload
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 __all__ = ["S3Store"]
-
-# 8 MiB parts x 4 threads keeps a transfer's buffers near 32 MiB while
-# leaving 10,000 parts (the S3 multipart limit) for objects up to 78 GiB;
-# s3transfer raises the part size itself beyond that. Larger parts measured
-# no faster (bench/).
-PART_SIZE = 8 << 20
-TRANSFER_THREADS = 4
-_TRANSFER = TransferConfig(
-    multipart_threshold=PART_SIZE,
-    multipart_chunksize=PART_SIZE,
-    max_concurrency=TRANSFER_THREADS,
-    max_io_queue=TRANSFER_THREADS,
-)
 
 _LOADER = botocore.loaders.create_loader()
 
@@ -90,7 +76,7 @@ class S3Store:
         explicit_endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         config = Config(
             s3={"addressing_style": "path"} if explicit_endpoint else {},
-            # boto3 retries quick blips itself; anything that outlasts these
+            # botocore retries quick blips itself; anything that outlasts these
             # attempts surfaces as TransientStorageError for the task to retry.
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
@@ -100,34 +86,62 @@ class S3Store:
         # A fresh botocore session per store (credentials are resolved per
         # store, and sessions are not thread-safe), sharing one data loader:
         # parsing the S3 service model cost 50 ms per store otherwise.
+        # botocore alone, not boto3: boto3 adds nothing walship uses (its
+        # transfer manager is replaced by _multipart.py) and 0.15 s of imports
+        # to every command. The credential chain is botocore's in both.
         core = botocore.session.Session()
         core.register_component("data_loader", _LOADER)
-        session = boto3.session.Session(botocore_session=core, **_session_arguments(credentials))
-        self._client: S3Client = session.client("s3", endpoint_url=endpoint, config=config)
+        keys = _client_arguments(credentials)
+        self.client = cast(
+            "S3Client",
+            core.create_client(
+                "s3",
+                endpoint_url=endpoint,
+                config=config,
+                region_name=keys.get("region_name"),
+                aws_access_key_id=keys.get("aws_access_key_id"),
+                aws_secret_access_key=keys.get("aws_secret_access_key"),
+                aws_session_token=keys.get("aws_session_token"),
+            ),
+        )
 
     @property
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        counted = _CountingReader(stream)
-        with self._errors("put object", key):
-            self._client.upload_fileobj(
-                cast(BinaryIO, counted),
-                self.bucket,
-                self._full(key),
-                ExtraArgs={"Metadata": dict(metadata or {})},
-                Config=_TRANSFER,
-            )
-        # No ETag from s3transfer; a HEAD to learn it would double the requests of every upload.
-        return ObjectInfo(key=key, size=counted.count, metadata=dict(metadata or {}))
+        part = part_size_for(None)
+        return upload(self, key, iter(lambda: stream.read(part), b""), metadata=dict(metadata or {}))
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        with self._errors("put object", key):
-            self._client.upload_file(
-                str(path), self.bucket, self._full(key), ExtraArgs={"Metadata": dict(metadata or {})}, Config=_TRANSFER
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise PermanentStorageError(f"s3: put object {self.location}{key}: cannot read {path}: {exc}") from exc
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < MIN_PART_SIZE:
+                # One request straight from the file: a shipper sends a small
+                # segment every second, and needs no part buffer for it.
+                with self.errors("put object", key):
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=self.full(key), Body=handle, Metadata=dict(metadata or {})
+                    )
+                return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
+            part = part_size_for(size)
+            return upload(
+                self, key, iter(lambda: handle.read(part), b""), metadata=dict(metadata or {}), size_hint=size
             )
-        return ObjectInfo(key=key, size=path.stat().st_size, metadata=dict(metadata or {}))
+
+    def put_chunks(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        metadata: Callable[[], Mapping[str, str]],
+        size_hint: int | None = None,
+    ) -> ObjectInfo:
+        return upload(self, key, chunks, metadata=metadata, size_hint=size_hint)
 
     def put_bytes(
         self,
@@ -138,30 +152,30 @@ class S3Store:
         if_none_match: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Body": data}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full(key), "Body": data}
         args["Metadata"] = dict(metadata or {})
         if if_match is not None:
             args["IfMatch"] = _quoted(if_match)
         if if_none_match:
             args["IfNoneMatch"] = "*"
         try:
-            with self._errors("put object", key):
-                response = self._client.put_object(**args)
+            with self.errors("put object", key):
+                response = self.client.put_object(**args)
         except NotFoundError as exc:
             if if_match is None:
                 raise
             # Some servers answer If-Match on a deleted key with 404, others
             # with 412: either way the object is not the one we read.
-            raise ConflictError(f"s3: put object {self._full(key)}: object vanished since it was read") from exc
+            raise ConflictError(f"s3: put object {self.full(key)}: object vanished since it was read") from exc
         return ObjectInfo(key=key, size=len(data), etag=_unquoted(response["ETag"]), metadata=dict(metadata or {}))
 
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
-        with self._errors("get object", key):
-            response = self._client.get_object(Bucket=self.bucket, Key=self._full(key))
+        with self.errors("get object", key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self.full(key))
             with contextlib.closing(response["Body"]) as body:
                 data = body.read(max_size + 1)
         if len(data) > max_size:
-            raise CorruptObjectError(f"s3: get object {self._full(key)}: larger than {max_size} bytes")
+            raise CorruptObjectError(f"s3: get object {self.full(key)}: larger than {max_size} bytes")
         info = ObjectInfo(
             key=key,
             size=len(data),
@@ -173,23 +187,23 @@ class S3Store:
 
     @contextlib.contextmanager
     def open(self, key: str, *, start: int = 0, length: int | None = None) -> Iterator[ReadStream]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key)}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full(key)}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             args["Range"] = f"bytes={start}-{end}"
-        with self._errors("get object", key):
-            body = self._client.get_object(**args)["Body"]
+        with self.errors("get object", key):
+            body = self.client.get_object(**args)["Body"]
         try:
             # Errors while reading the body (a reset mid-download) are
             # translated too, so callers only ever see walship errors.
-            with self._errors("read object", key):
+            with self.errors("read object", key):
                 yield body
         finally:
             body.close()
 
     def head(self, key: str) -> ObjectInfo:
-        with self._errors("head object", key):
-            response = self._client.head_object(Bucket=self.bucket, Key=self._full(key))
+        with self.errors("head object", key):
+            response = self.client.head_object(Bucket=self.bucket, Key=self.full(key))
         return ObjectInfo(
             key=key,
             size=response["ContentLength"],
@@ -199,10 +213,10 @@ class S3Store:
         )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        with self._errors("list objects", prefix or "/"):
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self.errors("list objects", prefix or "/"):
             for page in paginator.paginate(
-                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.list_page_size}
+                Bucket=self.bucket, Prefix=self.full(prefix), PaginationConfig={"PageSize": self.list_page_size}
             ):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(
@@ -215,9 +229,9 @@ class S3Store:
     def delete(self, keys: Sequence[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH_LIMIT):
             batch = keys[start : start + DELETE_BATCH_LIMIT]
-            with self._errors("delete objects", batch[0]):
-                response = self._client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": [{"Key": self._full(k)} for k in batch], "Quiet": True}
+            with self.errors("delete objects", batch[0]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": self.full(k)} for k in batch], "Quiet": True}
                 )
             errors = response.get("Errors", [])
             if errors:
@@ -227,13 +241,13 @@ class S3Store:
                     f"(first {first.get('Key')}: {first.get('Code')} {first.get('Message')})"
                 )
 
-    def _full(self, key: str) -> str:
+    def full(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
     @contextlib.contextmanager
-    def _errors(self, operation: str, key: str) -> Iterator[None]:
-        """Translate boto3's exceptions into walship's typed errors."""
-        where = f"s3: {operation} s3://{self.bucket}/{self._full(key)}"
+    def errors(self, operation: str, key: str) -> Iterator[None]:
+        """Translate botocore's exceptions into walship's typed errors."""
+        where = f"s3: {operation} s3://{self.bucket}/{self.full(key)}"
         try:
             yield
         except WalshipError:
@@ -249,7 +263,7 @@ class S3Store:
         except botocore.exceptions.ResponseStreamingError as exc:
             raise TransientStorageError(f"{where}: {exc}") from exc
         except Exception as exc:
-            # s3transfer wraps client errors raised in its worker threads.
+            # Errors of the upload threads may arrive wrapped.
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, botocore.exceptions.ClientError):
                 raise _classify(where, cause, self.bucket, self._credentials_hint) from exc
@@ -258,21 +272,8 @@ class S3Store:
             raise
 
 
-class _CountingReader:
-    """Counts what s3transfer reads from a stream that may not tell its position."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(size)
-        self.count += len(data)
-        return data
-
-
-def _session_arguments(credentials: StorageCredentials | None) -> dict[str, str]:
-    """boto3 Session arguments for what ``credentials`` sets; the rest stays boto3's chain."""
+def _client_arguments(credentials: StorageCredentials | None) -> dict[str, str]:
+    """botocore client arguments for what ``credentials`` sets; the rest stays botocore's chain."""
     if credentials is None:
         return {}
     arguments = {

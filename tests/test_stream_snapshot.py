@@ -1,0 +1,221 @@
+"""The streamed snapshot (copy, compression and upload in one pass), on every backend.
+
+Live writer processes commit while it runs; storage is cut off behind a TCP
+proxy in the middle of an upload; the producer of the stream fails; the
+object's recorded SHA-256 and sizes are checked against what is stored.
+"""
+
+import hashlib
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from bench.workload import committed_counts, content_digest, expected_state
+from tests.conftest import Writers, use_credentials
+from tests.s3servers import _S3Server, s3_client
+from tests.tcpproxy import TcpProxy
+from walship import index
+from walship.catalog import describe_snapshot, list_snapshots, select_snapshot
+from walship.errors import NotFoundError, TransientStorageError, UsageError
+from walship.index import current_snapshots
+from walship.restore import restore_snapshot
+from walship.snapshot import stream_snapshot
+from walship.sqlite import read_header
+from walship.storage import ObjectStore, S3Store, open_store
+from walship.storage import _multipart as multipart
+
+S3_BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
+
+
+def _object_bytes(store: ObjectStore, key: str) -> bytes:
+    with store.open(key) as stream:
+        return stream.read()
+
+
+def _pending_uploads(server: _S3Server, bucket: str) -> list[str]:
+    response = s3_client(server).list_multipart_uploads(Bucket=bucket)
+    return [u["Key"] for u in response.get("Uploads", [])]
+
+
+def _random_database(path: Path, mib: int) -> None:
+    """A WAL-mode database of ``mib`` MiB of incompressible rows: several upload parts once compressed."""
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    with connection:
+        connection.executemany("INSERT INTO blobs(data) VALUES (?)", ((os.urandom(1 << 20),) for _ in range(mib)))
+    connection.close()
+
+
+class TestStreamedSnapshot:
+    def test_live_writers_restore_equals_one_committed_state(
+        self, store: ObjectStore, database: Path, base_database: Path, writers: Writers, tmp_path: Path
+    ) -> None:
+        time.sleep(1.0)
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        index.add_snapshot(store, info)
+        time.sleep(0.5)
+        writers.stop()
+        restored = tmp_path / "restored.db"
+        restore_snapshot(store, select_snapshot(current_snapshots(store)), restored)  # integrity_check included
+
+        counts = committed_counts(restored)
+        assert all(counts.get(w, 0) > 0 for w in (1, 2, 3))
+        assert sum(committed_counts(database).values()) > sum(counts.values())
+        expected = tmp_path / "expected.db"
+        expected_state(base_database, expected, 11, counts)
+        assert content_digest(restored) == content_digest(expected)
+        assert info.page_count * info.page_size == restored.stat().st_size == info.raw_size
+
+    def test_recorded_sha256_and_sizes_match_the_object(self, store: ObjectStore, database: Path) -> None:
+        info = stream_snapshot(store, database, database_id="app.db", level=5)
+        data = _object_bytes(store, info.key)
+        raw = zstandard.ZstdDecompressor().decompress(data)
+        assert (len(data), len(raw)) == (info.compressed_size, info.raw_size)
+        assert hashlib.sha256(raw).hexdigest() == info.sha256
+        assert store.head(info.key).metadata == describe_snapshot(info)
+        assert list_snapshots(store) == [info]
+        assert raw == database.read_bytes()  # no writer: the file itself is the state
+
+    def test_pages_only_in_the_wal(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """Pages that exist only in the WAL (the file is shorter than the database) come from the WAL."""
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_WAL, str(database)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"ready\n"
+            info = stream_snapshot(store, database, database_id="app.db", level=3)
+            assert database.stat().st_size < info.raw_size  # the case under test really happened
+            source_digest = content_digest(database)
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        restored = tmp_path / "restored.db"
+        restore_snapshot(store, info, restored)
+        assert content_digest(restored) == source_digest
+        assert read_header(restored).page_count == info.page_count
+
+    def test_rollback_journal_database(self, store: ObjectStore, tmp_path: Path) -> None:
+        """A database not in WAL mode is read under its read transaction's shared lock alone."""
+        database = tmp_path / "journal.db"
+        connection = sqlite3.connect(database)
+        connection.execute("PRAGMA journal_mode=DELETE")
+        connection.execute("CREATE TABLE t(x)")
+        with connection:
+            connection.executemany("INSERT INTO t VALUES (?)", ((os.urandom(500),) for _ in range(3000)))
+        connection.close()
+        info = stream_snapshot(store, database, database_id="journal.db", level=3)
+        restored = tmp_path / "restored.db"
+        restore_snapshot(store, info, restored)
+        assert restored.read_bytes() == database.read_bytes()
+        assert not Path(f"{database}-wal").exists()
+
+    def test_producer_failure_leaves_nothing(self, store: ObjectStore, s3_server: _S3Server | None) -> None:
+        def chunks() -> Iterator[bytes]:
+            for _ in range(20):
+                yield os.urandom(1 << 20)
+            raise RuntimeError("the database went away")
+
+        with pytest.raises(RuntimeError, match="went away"):
+            store.put_chunks("generations/g/snapshots/x.sqlite.zst", chunks(), metadata=dict)
+        assert list(store.list()) == []
+        if isinstance(store, S3Store):
+            assert s3_server is not None
+            assert _pending_uploads(s3_server, store.bucket) == []
+        else:
+            assert os.listdir(Path(store.location.removeprefix("file://")) / ".tmp") == []
+
+
+@pytest.mark.parametrize("backend", S3_BACKENDS)
+class TestStreamedUploadOnS3:
+    def test_storage_cut_off_mid_upload_leaves_nothing(
+        self, s3_server: _S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The proxy goes down a third of the way in and comes back only after the parts failed."""
+        use_credentials(monkeypatch, s3_server)
+        bucket = f"walship-cut-{os.urandom(4).hex()}"
+        s3_server.create_bucket(bucket)
+        database = tmp_path / "big.db"
+        _random_database(database, 48)
+        host, port = s3_server.endpoint.removeprefix("http://").split(":")
+        with TcpProxy(host, int(port)) as proxy:
+            store = open_store(f"s3://{bucket}/app?endpoint={proxy.endpoint}")
+            # Back once botocore gave the parts up (its attempts take about
+            # 3 s), while the abort still retries (about 15 s).
+            back = threading.Timer(6.0, proxy.start)
+            cut = threading.Event()
+
+            def progress(done: int, total: int) -> None:
+                if not cut.is_set() and done > total * 2 // 3:  # parts are in flight by then
+                    cut.set()
+                    proxy.stop()
+                    back.start()
+
+            with pytest.raises(TransientStorageError, match=rf"^s3: put object s3://{bucket}/app/generations/"):
+                stream_snapshot(store, database, database_id="big.db", level=1, progress=progress)
+            back.join()
+            assert cut.is_set()
+            assert list(store.list()) == []
+            assert _pending_uploads(s3_server, bucket) == []
+
+    def test_objects_over_the_copy_limit_are_copied_in_parts(
+        self, store: ObjectStore, s3_server: _S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(multipart, "COPY_LIMIT", 5 << 20)
+        monkeypatch.setattr(multipart, "_COPY_PART_SIZE", 5 << 20)
+        data = os.urandom(12 << 20)
+        chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+        info = store.put_chunks("k", chunks, metadata=lambda: {"walship-sha256": "late"})
+        assert info.size == len(data)
+        assert _object_bytes(store, "k") == data
+        assert store.head("k").metadata == {"walship-sha256": "late"}
+        assert [o.key for o in store.list()] == ["k"]  # the staging object is gone
+        assert isinstance(store, S3Store)
+        assert _pending_uploads(s3_server, store.bucket) == []
+
+    def test_small_object_is_one_put(self, store: ObjectStore) -> None:
+        info = store.put_chunks("small", iter([b"a" * 10, b"b" * 5]), metadata=lambda: {"walship-x": "1"})
+        assert (info.size, _object_bytes(store, "small")) == (15, b"a" * 10 + b"b" * 5)
+        assert store.head("small").metadata == {"walship-x": "1"}
+        assert [o.key for o in store.list()] == ["small"]
+
+    def test_put_stream_keeps_its_metadata(self, store: ObjectStore) -> None:
+        data = os.urandom(20 << 20)
+        store.put_stream("s", io.BytesIO(data), metadata={"walship-k": "v"})
+        assert _object_bytes(store, "s") == data
+        assert store.head("s").metadata == {"walship-k": "v"}
+
+
+def test_missing_database_writes_nothing(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        stream_snapshot(store, tmp_path / "nope.db", database_id="nope.db", level=3)
+    assert list(store.list()) == []
+    with pytest.raises(NotFoundError):
+        restore_snapshot(store, select_snapshot(current_snapshots(store)), tmp_path / "out.db")
+
+
+# Grows the database by about 8 MiB with the WAL never checkpointed, then
+# keeps its connection (and so the WAL) open until stdin closes.
+_HOLD_WAL = """
+import os, sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA wal_autocheckpoint=0")
+c.execute("CREATE TABLE IF NOT EXISTS grown(id INTEGER PRIMARY KEY, data BLOB)")
+c.execute("BEGIN")
+for _ in range(2000):
+    c.execute("INSERT INTO grown(data) VALUES (?)", (os.urandom(4000),))
+c.execute("COMMIT")
+print("ready", flush=True)
+sys.stdin.read()
+"""

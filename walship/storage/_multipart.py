@@ -1,0 +1,317 @@
+"""Uploads to S3: one PUT when the object fits in a part, else a multipart upload.
+
+Parts go up on a few threads while the caller produces the next one (reads a
+file, or compresses a snapshot). They live in ``TRANSFER_THREADS`` buffers of
+one part each, reused: the part being filled and those in flight share them,
+so memory stays at ``TRANSFER_THREADS * part size`` whatever the object's
+size. Any failure, of a part or of the producer, aborts the multipart upload:
+no parts are left for the bucket to keep (and bill), and nothing appears
+under the key.
+
+An object whose metadata is known only at the end (a streamed snapshot's
+checksum and size) cannot be written by a multipart upload to its key: S3
+takes the metadata at CreateMultipartUpload and never changes it. So it goes
+up under a staging key first, then one server-side copy writes it under its
+key with its metadata (atomic: the key holds the whole object or nothing), and
+the staging object is deleted.
+"""
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, cast
+
+import botocore.exceptions
+
+from walship.errors import PermanentStorageError
+from walship.models import ObjectInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+
+    from walship.storage._s3 import S3Store
+
+__all__ = ["COPY_LIMIT", "PART_SIZE", "STAGING_PREFIX", "TRANSFER_THREADS", "part_size_for", "upload"]
+
+log = logging.getLogger(__name__)
+
+# Amazon S3's multipart limits (S3 User Guide, "Amazon S3 multipart upload
+# limits"): parts of 5 MiB to 5 GiB, the last one smaller; at most 10,000
+# parts. CopyObject copies up to 5 GiB in one request (S3 API Reference,
+# CopyObject); larger objects are copied part by part (UploadPartCopy).
+# SeaweedFS and moto accept the same.
+MIN_PART_SIZE = 5 << 20
+MAX_PART_SIZE = 5 << 30
+MAX_PARTS = 10_000
+COPY_LIMIT = 5 << 30
+# 6 MiB parts x 3 buffers and threads: 18 MiB of parts at most, and 10,000
+# parts reach 58 GiB before the part size has to grow. A streamed snapshot's
+# process is 60 MiB before it starts (Python, botocore's S3 model) and zstd
+# adds 13 MiB: 8 MiB parts peaked at 96 MiB, these at 90 MiB (1 GiB, bench/).
+# Two threads measured 10-20% slower against moto.
+PART_SIZE = 6 << 20
+TRANSFER_THREADS = 3
+# Where objects whose metadata comes last wait for their copy (outside
+# generations/, so no listing of snapshots or segments ever sees them).
+STAGING_PREFIX = "staging/"
+_COPY_PART_SIZE = 1 << 30
+# Seconds between attempts to abort an upload that failed: about 15 s in all.
+_ABORT_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
+_MIB = 1 << 20
+
+Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
+
+
+def part_size_for(size_hint: int | None) -> int:
+    """The part size that fits an object of up to ``size_hint`` bytes in 10,000 parts."""
+    if not size_hint:
+        return PART_SIZE
+    needed = -(-size_hint // MAX_PARTS)
+    return min(MAX_PART_SIZE, max(PART_SIZE, -(-needed // _MIB) * _MIB))
+
+
+def upload(
+    store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Metadata, size_hint: int | None = None
+) -> ObjectInfo:
+    """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable asked once the chunks end."""
+    buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
+    parts = _parts(chunks, buffers)
+    # The first two parts tell whether one request will do; held in a list
+    # the upload empties, so neither stays in memory once sent.
+    ahead = [next(parts)]
+    second = next(parts, None)
+    if second is None:  # it fits in one request, and by now the metadata is known
+        described = dict(metadata() if callable(metadata) else metadata)
+        with store.errors("put object", key):
+            response = store.client.put_object(
+                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=described
+            )
+        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=described)
+    ahead.append(second)
+    del second
+    everything = _then(ahead, parts)
+    if not callable(metadata):
+        size = _multipart(store, key, everything, buffers, dict(metadata))
+        return ObjectInfo(key=key, size=size, metadata=dict(metadata))
+    staging = f"{STAGING_PREFIX}{secrets.token_hex(12)}"
+    try:
+        size = _multipart(store, staging, everything, buffers, None, named=key)
+        described = dict(metadata())
+        _copy(store, staging, key, size, described)
+    finally:
+        _delete_quietly(store, staging)
+    return ObjectInfo(key=key, size=size, metadata=described)
+
+
+def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
+    while ahead:
+        yield ahead.pop(0)
+    yield from rest
+
+
+class _Buffers:
+    """Part buffers, allocated once per upload and reused; taking one waits while all are in flight.
+
+    Why reused: after glibc frees the first large buffer it raises its mmap
+    threshold, so fresh buffers come from a heap that may grow with the
+    object. A fixed set keeps memory flat, whatever the object's size.
+    """
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size, self._count = size, count
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._free.empty() and self._made < self._count:
+                self._made += 1
+                return bytearray(self.size)
+        return self._free.get()
+
+    def give(self, buffer: bytes | bytearray) -> None:
+        if isinstance(buffer, bytearray) and len(buffer) == self.size:
+            self._free.put(buffer)
+
+
+def _parts(chunks: Iterable[bytes], buffers: _Buffers) -> Iterator[bytearray]:
+    """Regroup chunks into parts of ``buffers.size`` bytes (the last one shorter); at least one, maybe empty.
+
+    Each part is filled in place in a buffer of its own, so a part costs no copy.
+    """
+    size = buffers.size
+    part, held, sent = buffers.take(), 0, False
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            taken = min(len(view), size - held)
+            part[held : held + taken] = view[:taken]
+            held, view = held + taken, view[taken:]
+            if held == size:
+                yield part
+                part, held, sent = buffers.take(), 0, True
+    if held or not sent:
+        del part[held:]  # in place: no copy of the last part
+        yield part
+    else:
+        buffers.give(part)
+
+
+def _multipart(
+    store: "S3Store",
+    key: str,
+    parts: Iterable[bytearray],
+    buffers: _Buffers,
+    metadata: dict[str, str] | None,
+    *,
+    named: str | None = None,
+) -> int:
+    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size.
+
+    Errors name ``named`` (the key the caller asked for) rather than a staging key.
+    """
+    client, target = store.client, store.full(key)
+    extra: dict[str, Any] = {"Metadata": metadata} if metadata is not None else {}
+    with store.errors("put object", named or key):
+        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", **extra)[
+            "UploadId"
+        ]
+        try:
+            finished, size = _upload_parts(store, target, upload_id, parts, buffers)
+            client.complete_multipart_upload(
+                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
+            )
+        except BaseException:
+            _abort_quietly(store, target, upload_id)
+            raise
+    return size
+
+
+def _upload_parts(
+    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytearray], buffers: _Buffers
+) -> tuple[list["CompletedPartTypeDef"], int]:
+    def send(number: int, data: bytearray) -> "CompletedPartTypeDef":
+        response = store.client.upload_part(
+            Bucket=store.bucket,
+            Key=target,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=cast(bytes, data),  # botocore takes a bytearray as it is
+            ChecksumAlgorithm="CRC32",
+        )
+        done: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
+        if "ChecksumCRC32" in response:
+            done["ChecksumCRC32"] = response["ChecksumCRC32"]
+        return done
+
+    finished: list[CompletedPartTypeDef] = []
+    size = 0
+    with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-part") as pool:
+        running: deque[Future[CompletedPartTypeDef]] = deque()
+        try:
+            # Bounds memory: the next part is produced only once a buffer is free.
+            for number, data in enumerate(parts, start=1):
+                if number > MAX_PARTS:
+                    raise PermanentStorageError(
+                        f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
+                    )
+                size += len(data)
+                future = pool.submit(send, number, data)
+                future.add_done_callback(_giving_back(buffers, data))
+                running.append(future)
+                while running and running[0].done():  # fail fast: a failed part stops the producer
+                    finished.append(running.popleft().result())
+            finished.extend(f.result() for f in running)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+    return finished, size
+
+
+def _giving_back(buffers: _Buffers, data: bytearray) -> Callable[[object], None]:
+    return lambda _: buffers.give(data)
+
+
+def _copy(store: "S3Store", source: str, key: str, size: int, metadata: dict[str, str]) -> None:
+    """Copy ``source`` to ``key`` inside the store, replacing its metadata."""
+    client, target = store.client, store.full(key)
+    origin: CopySourceTypeDef = {"Bucket": store.bucket, "Key": store.full(source)}
+    with store.errors("put object", key):
+        if size <= COPY_LIMIT:
+            # The copy's checksum is asked for, not inherited: the staging
+            # object's is a checksum of part checksums, and moto (5.2) hands
+            # an inherited one out as if it covered the whole object.
+            client.copy_object(
+                Bucket=store.bucket,
+                Key=target,
+                CopySource=origin,
+                Metadata=metadata,
+                MetadataDirective="REPLACE",
+                ChecksumAlgorithm="CRC32",
+            )
+            return
+        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, Metadata=metadata)["UploadId"]
+        try:
+            step = max(_COPY_PART_SIZE, -(-size // MAX_PARTS))
+
+            def copy_part(number: int) -> "CompletedPartTypeDef":
+                start = (number - 1) * step
+                response = client.upload_part_copy(
+                    Bucket=store.bucket,
+                    Key=target,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=origin,
+                    CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}",
+                )
+                return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+            with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-copy") as pool:
+                finished = list(pool.map(copy_part, range(1, -(-size // step) + 1)))
+            client.complete_multipart_upload(
+                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
+            )
+        except BaseException:
+            _abort_quietly(store, target, upload_id)
+            raise
+
+
+def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
+    """Abort a multipart upload, waiting a while for storage to come back if it must.
+
+    The error that made us abort is the one to report. Parts left behind
+    are kept (and billed) by the bucket until aborted, so a failed abort is
+    retried past botocore's own attempts (a short outage is the usual
+    cause), then logged; a bucket lifecycle rule for incomplete multipart
+    uploads is the backstop (docs/OPERATIONS.md).
+    """
+    for wait in (*_ABORT_WAITS, None):
+        try:
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=target, UploadId=upload_id)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                return  # already gone
+            failure: Exception = exc
+        except Exception as exc:
+            failure = exc
+        if wait is None:
+            log.warning("s3: abort multipart upload of %s failed: %s", target, failure)
+            return
+        time.sleep(wait)
+
+
+def _delete_quietly(store: "S3Store", key: str) -> None:
+    # Deleting a staging key that was never written is harmless; one that
+    # cannot be deleted is left under staging/, where nothing reads it.
+    try:
+        store.client.delete_object(Bucket=store.bucket, Key=store.full(key))
+    except Exception as exc:
+        log.warning("s3: delete of staging object %s failed: %s", store.full(key), exc)
