@@ -77,7 +77,7 @@ def main() -> None:
             p99 = pct(lag, 0.99)
             within = p99 <= args.limit and len(lag) == len(side["markers"])
             if within and name not in failed:
-                ceiling[name] = mb
+                ceiling[name] = max(ceiling[name], mb)  # bigger transactions can offer less WAL per second
             else:
                 failed.add(name)
             missing = len(side["markers"]) - len(lag)
@@ -86,10 +86,9 @@ def main() -> None:
         print(f"| {rate} x {batch} | {done} | {mb:.1f} | {cells[0]} | {cells[1]} |", flush=True)
         if failed == set(BUCKETS):
             break
-    print(
-        f"\nsustained with lag p99 <= {args.limit:g} s (WAL MB/s): "
-        + ", ".join(f"{k} {v:.1f}" for k, v in ceiling.items())
-    )
+    for name, best in ceiling.items():
+        verdict = "passed the limit at a later step" if name in failed else "never passed the limit: raise the steps"
+        print(f"\n{name}: sustained up to {best:.1f} MB/s of WAL with lag p99 <= {args.limit:g} s ({verdict})")
     print(f"5-minute load average at the end: {os.getloadavg()[1]:.2f} ({os.cpu_count()} CPUs)")
 
 

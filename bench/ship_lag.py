@@ -99,6 +99,7 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     server.create_bucket(BUCKETS[side])
     env = dict(os.environ)
     if side == "walship":
+        env["MALLOC_ARENA_MAX"] = "1"  # what `walship ship` asks glibc for itself (walship_cli._direct)
         replica = f"s3://{BUCKETS[side]}/walship?endpoint={server.endpoint}"
         argv = [sys.executable, "-m", "bench.ship_lag_walship", str(db), replica]
         argv += ["--interval", str(args.interval), "--events", str(here / "events.json")]

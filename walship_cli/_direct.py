@@ -5,6 +5,7 @@ command gives the same result, checks and exit status either way; only the
 Prefect side (run history, artifacts, events) is missing.
 """
 
+import ctypes
 import logging
 import signal
 import sys
@@ -158,6 +159,7 @@ def ship(
     once: bool,
     handover_wait: float,
 ) -> ShipReport:
+    _one_malloc_arena()
     run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=_Terminal())
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -172,6 +174,26 @@ def ship(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _one_malloc_arena() -> None:
+    """Ask glibc for one malloc arena before the shipper's threads start.
+
+    Each thread that allocates gets an arena of its own, and glibc keeps what
+    it holds: a shipper running for days with its pin-tending thread measured
+    about 10 MiB less resident with one arena (bench/ship_lag.py, 74 -> 64 MiB
+    through the load), at no cost in CPU it could measure. Elsewhere (musl,
+    macOS) there is nothing to ask.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+# glibc's malloc.h: the mallopt parameter that caps the number of arenas.
+_M_ARENA_MAX = -8
 
 
 class _CoreSteps:
