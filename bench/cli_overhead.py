@@ -56,8 +56,8 @@ def import_seconds(module: str) -> tuple[float, float]:
         match = re.match(r"import time:\s+\d+ \|\s+(\d+) \| ( *)(\S+)", line)
         if match and not match[2]:  # top-level imports only: their cumulative times add up
             total += int(match[1]) / 1e6
-            if match[3] == "prefect":
-                prefect = int(match[1]) / 1e6
+        if match and match[3] == "prefect":  # wherever it is first imported from
+            prefect = max(prefect, int(match[1]) / 1e6)
     return total, prefect
 
 
