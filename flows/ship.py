@@ -20,9 +20,8 @@ from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.errors import TransientStorageError
 from walship.models import RetryPolicy, WalPosition
-from walship.ship import ShipConfig, ShippingRun, ShipReport, SyncResult
+from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
 from walship.spool import PendingEntry
 from walship.upload import UploadResult
 
@@ -113,24 +112,19 @@ class _TaskSteps:
         with_retry_policy(release_lease, self.retry)(replica, spool_dir, self.block)
 
 
-class _Observer:
-    """The run's events, and its log lines for what an operator should see."""
+class _Observer(LoggingObserver):
+    """The run's log lines (in the flow run's logger), and its events."""
 
     def __init__(self, events: ShipEvents, logger: Any) -> None:
-        self.events, self.logger = events, logger
+        super().__init__(logger)
+        self.events = events
 
     def synced(self, result: SyncResult) -> None:
         self.events.synced(result)
-        if result.new_generation:
-            self.logger.warning("new generation %s: %s", result.new_generation, result.reason)
-        if result.snapshot:
-            self.logger.info("snapshot %s taken within the generation", result.snapshot)
+        super().synced(result)
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
         self.events.uploaded(pending, uploaded)
-
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
-        self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         self.events.check_lag(pending)

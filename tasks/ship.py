@@ -4,9 +4,9 @@ from pathlib import Path
 
 from tasks._retry import walship_task
 from tasks._storage import open_replica
-from walship import index, lease, upload
+from walship import index, upload
 from walship.models import ReplicaMetadata, WalPosition
-from walship.spool import Spool
+from walship.ship import drain_spool, let_lease_go, take_lease
 
 __all__ = ["acquire_lease", "record_position", "release_lease", "upload_spool"]
 
@@ -14,8 +14,7 @@ __all__ = ["acquire_lease", "record_position", "release_lease", "upload_spool"]
 @walship_task
 def acquire_lease(replica: str, spool_dir: Path, holder: str, credentials_block: str | None = None) -> None:
     """Take the replica's lease for this run (``host:/db#run``), or fail if another shipper holds it."""
-    spool = Spool(spool_dir, lock=False)
-    spool.save_lease(lease.acquire_lease(open_replica(replica, credentials_block), holder))
+    take_lease(open_replica(replica, credentials_block), spool_dir, holder)
 
 
 @walship_task
@@ -23,8 +22,7 @@ def upload_spool(
     replica: str, spool_dir: Path, holder: str, level: int, credentials_block: str | None = None
 ) -> upload.UploadResult:
     """Upload the spooled snapshot and segments in order (the run's final drain, with the full retry policy)."""
-    spool = Spool(spool_dir, lock=False)
-    return upload.upload_pending(open_replica(replica, credentials_block), spool, holder=holder, level=level)
+    return drain_spool(open_replica(replica, credentials_block), spool_dir, holder, level)
 
 
 @walship_task
@@ -36,6 +34,4 @@ def record_position(replica: str, position: WalPosition, credentials_block: str 
 @walship_task
 def release_lease(replica: str, spool_dir: Path, credentials_block: str | None = None) -> None:
     """Let the lease go at the end of a run so a successor need not wait for it to expire."""
-    held = Spool(spool_dir, lock=False).load_lease()
-    if held is not None:
-        lease.release_lease(open_replica(replica, credentials_block), held)
+    let_lease_go(open_replica(replica, credentials_block), spool_dir)

@@ -16,19 +16,16 @@ from types import FrameType
 
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
-from walship.errors import TransientStorageError
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
-from walship.lease import acquire_lease, release_lease
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
 from walship.original import OriginalRestoreResult, restore_original
 from walship.restore import restore_snapshot
 from walship.retention import RetentionPolicy, RetentionReport, apply_retention, plan_replica
 from walship.retry import retrying
-from walship.ship import ShipConfig, ShippingRun, ShipReport, SyncResult
-from walship.spool import PendingEntry, Spool
+from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, drain_spool, let_lease_go, take_lease
 from walship.storage import open_store
-from walship.upload import UploadResult, upload_pending
+from walship.upload import UploadResult
 from walship.verify import VerifyReport, check_index, restore_drill
 
 __all__ = ["restore", "retention", "ship", "snapshot_database", "verify"]
@@ -160,7 +157,7 @@ def ship(
     handover_wait: float,
 ) -> ShipReport:
     _one_malloc_arena()
-    run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=_Terminal())
+    run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=LoggingObserver(log))
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # SIGTERM (systemd, a supervisor) or Ctrl-C ends the window the way its
@@ -200,39 +197,13 @@ class _CoreSteps:
     """The run's storage steps on the core, with the flows' retry policy."""
 
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
-        spool = Spool(spool_dir, lock=False)
-        spool.save_lease(retrying(_POLICY, lambda: acquire_lease(open_store(replica), holder)))
+        retrying(_POLICY, lambda: take_lease(open_store(replica), spool_dir, holder))
 
     def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
-        spool = Spool(spool_dir, lock=False)
-        return retrying(_POLICY, lambda: upload_pending(open_store(replica), spool, holder=holder, level=level))
+        return retrying(_POLICY, lambda: drain_spool(open_store(replica), spool_dir, holder, level))
 
     def record_position(self, replica: str, position: WalPosition) -> None:
         retrying(_POLICY, lambda: index.record_wal_position(open_store(replica), position))
 
     def release_lease(self, replica: str, spool_dir: Path) -> None:
-        held = Spool(spool_dir, lock=False).load_lease()
-        if held is not None:
-            retrying(_POLICY, lambda: release_lease(open_store(replica), held))
-
-
-class _Terminal:
-    """What a run says as it goes, in the log lines the flow writes too (shown with ``--verbose``)."""
-
-    def synced(self, result: SyncResult) -> None:
-        if result.new_generation:
-            log.warning("new generation %s: %s", result.new_generation, result.reason)
-        if result.snapshot:
-            log.info("snapshot %s taken within the generation", result.snapshot)
-
-    def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
-        pass
-
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
-        log.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
-
-    def spooled(self, pending: list[PendingEntry]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        retrying(_POLICY, lambda: let_lease_go(open_store(replica), spool_dir))

@@ -1,0 +1,60 @@
+"""A shipping run's storage steps and log lines, once, for whoever runs it.
+
+The flow runs each step as a task (with retries) and the CLI calls it with
+``walship.retry.retrying``: both call these. ``LoggingObserver`` writes the
+lines an operator should see of a run, to the logger it is given (the flow
+run's logger, or ``walship``'s on a terminal).
+"""
+
+import logging
+from pathlib import Path
+
+from walship import lease, upload
+from walship.errors import TransientStorageError
+from walship.ship._results import SyncResult
+from walship.spool import PendingEntry, Spool
+from walship.storage import ObjectStore
+
+__all__ = ["LoggingObserver", "drain_spool", "let_lease_go", "take_lease"]
+
+
+def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
+    """Take the replica's lease for this run and remember it in the spool (the run's lock holder has it open)."""
+    Spool(spool_dir, lock=False).save_lease(lease.acquire_lease(store, holder))
+
+
+def drain_spool(store: ObjectStore, spool_dir: Path, holder: str, level: int) -> upload.UploadResult:
+    """Upload what the spool holds, in order (the run's final drain)."""
+    return upload.upload_pending(store, Spool(spool_dir, lock=False), holder=holder, level=level)
+
+
+def let_lease_go(store: ObjectStore, spool_dir: Path) -> None:
+    """Release the lease this spool last took, so a successor need not wait for it to expire."""
+    held = Spool(spool_dir, lock=False).load_lease()
+    if held is not None:
+        lease.release_lease(store, held)
+
+
+class LoggingObserver:
+    """A ``ShipObserver`` that logs what an operator should see: new generations, snapshots, failed uploads."""
+
+    def __init__(self, logger: logging.Logger | logging.LoggerAdapter[logging.Logger]) -> None:
+        self.logger = logger
+
+    def synced(self, result: SyncResult) -> None:
+        if result.new_generation:
+            self.logger.warning("new generation %s: %s", result.new_generation, result.reason)
+        if result.snapshot:
+            self.logger.info("snapshot %s taken within the generation", result.snapshot)
+
+    def uploaded(self, pending: list[PendingEntry], uploaded: upload.UploadResult) -> None:
+        pass
+
+    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
+        self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
+
+    def spooled(self, pending: list[PendingEntry]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
