@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 from walship.sqlite._wal import (
     WAL_HEADER_SIZE,
-    WalHeader,
     WalScan,
     frame_checksum,
     parse_wal_header,
@@ -94,25 +93,22 @@ def scan_vouched(
     last = len(commits_at[:fit].rstrip(b"\0")) - 1  # the last commit frame within the budget
     if last < 0:
         # A first transaction bigger than the budget is still taken whole.
-        nonzero = [i for i, byte in enumerate(commits_at[fit:], start=fit) if byte]
-        if not nonzero:
+        beyond = commits_at[fit:]
+        skipped = len(beyond) - len(beyond.lstrip(b"\0"))
+        if skipped == len(beyond):
             return nothing
-        last = nonzero[0]
+        last = fit + skipped
     budget_reached = max_bytes is not None and valid > max(fit, last + 1)
     end = start_offset + (last + 1) * size
-    f.seek(end - size)
-    fields = read_frame_header(read_up_to(f, size))
-    if last > 0 and not _matches_its_seed(f, header, end):
-        return scan_wal(f, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
-    commits = (len(commits_at[: last + 1]) - commits_at[: last + 1].count(0)) if last >= 0 else 0
-    return WalScan(header, end, (fields[4], fields[5]), last + 1, commits, fields[1], budget_reached)
-
-
-def _matches_its_seed(f: BinaryIO, header: WalHeader, end: int) -> bool:
-    """Whether the frame ending at ``end`` matches the checksum it carries, seeded by the frame before it."""
-    f.seek(end - 2 * header.frame_size)
-    raw = read_up_to(f, 2 * header.frame_size)
-    if len(raw) < 2 * header.frame_size:
-        return False
-    before, last = read_frame_header(raw), raw[header.frame_size :]
-    return frame_checksum(last, (before[4], before[5]), header.big_endian) == read_frame_header(last)[4:6]
+    # The last commit frame, and the frame before it whose stored checksum seeds it
+    # (the first frame was checked against the cursor's checksum above).
+    frames = 2 if last > 0 else 1
+    f.seek(end - frames * size)
+    raw = read_up_to(f, frames * size)
+    final = read_frame_header(raw[-size:])
+    if last > 0:
+        before = read_frame_header(raw)
+        if frame_checksum(raw[size:], (before[4], before[5]), header.big_endian) != final[4:6]:
+            return scan_wal(f, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
+    commits = last + 1 - commits_at[: last + 1].count(0)
+    return WalScan(header, end, (final[4], final[5]), last + 1, commits, final[1], budget_reached)
