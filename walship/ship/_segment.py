@@ -9,7 +9,9 @@ walship's; ``spool_tail`` makes that segment durable once writers go on.
 
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import NamedTuple
 
 from walship.codec import SealingWriter
@@ -132,13 +134,9 @@ def capture_segment(
     if not spool.room_for_segment(size):
         return NoRoom()
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        with data.open("wb") as out:
-            sealed = SealingWriter(out, level, size)
-            capture.copy_range(found.start, found.scan.last_commit_offset, sealed.write)
-            sealed.finish()
-            out.flush()
-            os.fsync(out.fileno())
-            stored = out.tell()
+        sealed, stored = _seal(
+            data, level, size, lambda write: capture.copy_range(found.start, found.scan.last_commit_offset, write)
+        )
         info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
         spool.add(new_entry(info.model_copy(update={"compressed_size": stored, "level": level})), data)
     return Captured(info, moved, found.scan.budget_reached)
@@ -163,11 +161,19 @@ def read_tail(
 def spool_tail(spool: Spool, tail: TailCopy, level: int) -> None:
     """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
-        with path.open("wb") as out:
-            sealed = SealingWriter(out, level, len(tail.data))
-            sealed.write(tail.data)
-            sealed.finish()
-            out.flush()
-            os.fsync(out.fileno())
-            stored = out.tell()
+        _, stored = _seal(path, level, len(tail.data), lambda write: write(tail.data))
         spool.add(new_entry(tail.segment.model_copy(update={"compressed_size": stored, "level": level})), path)
+
+
+def _seal(
+    path: Path, level: int, size: int, fill: Callable[[Callable[[bytes], int]], object]
+) -> tuple[SealingWriter, int]:
+    """Write the ``size`` raw bytes ``fill`` hands its writer into ``path``, sealed and fsynced;
+    the sealer (the raw bytes' SHA-256 and count) and the bytes stored."""
+    with path.open("wb") as out:
+        sealed = SealingWriter(out, level, size)
+        fill(sealed.write)
+        sealed.finish()
+        out.flush()
+        os.fsync(out.fileno())
+        return sealed, out.tell()
