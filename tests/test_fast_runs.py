@@ -9,7 +9,6 @@ prefect.yaml's restore-adhoc deployed into its pool.
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +16,18 @@ import pytest
 
 from bench.workload import content_digest
 from deployments.config import PREFECT_YAML, load_deployments, with_site
-from deployments.local_server import start_server, stop_group, wait_healthy
+from deployments.local_server import stop_group
 from deployments.worker import FAST_RUNS, POOL, worker_env
-from tests.test_prefect_server import Server, _free_port, _run_deployment
+from tests import test_prefect_server
+from tests.test_prefect_server import Server, _run_deployment
+
+# The same module-scoped fixture as there: a server of this module's own.
+server = test_prefect_server.server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.prefect_server, pytest.mark.timeout(600)]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    process = start_server(home, port, home / "server.log")
-    try:
-        wait_healthy(port, process)
-        yield Server(port, home, home / "server.log")
-    finally:
-        stop_group(process.pid)
-        process.wait()
 
 
 def _environ(pid: int) -> dict[str, str]:
