@@ -8,6 +8,7 @@ Layout under the spool directory (default ``<database>-walship/``)::
     pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
     pending/<gen>/<seq:020>.wal      captured frames, verbatim, until uploaded
     pending/<gen>/*.json             each entry's description, cache time, attempts
+    pages/base, pages/journal        the page digest map at the cursor (walship.resync)
     tmp/                             files being written
 
 An entry counts as captured only once its data and description are fsynced
