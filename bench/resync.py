@@ -133,9 +133,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 def report(result: dict[str, Any]) -> None:
     resync, full = result["resync"], result["full_snapshot"]
-    print(
-        f"\n{result['database_mib']:.0f} MiB database, {result['rate']} tx/s, shipper down {result['down_seconds']:.0f} s"
-    )
+    size, rate, down = result["database_mib"], result["rate"], result["down_seconds"]
+    print(f"\n{size:.0f} MiB database, {rate} tx/s, shipper down {down:.0f} s")
     print("| after the gap | resync | full snapshot | resync / full |")
     print("|---|---:|---:|---:|")
     print(f"| bytes uploaded | {resync['bytes']:,} | {full['bytes']:,} | {resync['bytes'] / full['bytes']:.2%} |")

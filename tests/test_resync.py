@@ -24,7 +24,6 @@ from walship.errors import ChecksumMismatchError
 from walship.index import current_snapshots
 from walship.layout import is_resync_key, parse_snapshot_key
 from walship.resync import (
-    DIGEST_SIZE,
     FrameDigester,
     MapUnusableError,
     PageChanges,
@@ -33,7 +32,9 @@ from walship.resync import (
     page_digest,
     zero_digest,
 )
+from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
+from walship.verify import verify_replica
 
 PAGE = 512
 
@@ -42,9 +43,9 @@ def _frame(page: int, size_after: int, fill: int) -> bytes:
     return struct.pack(">IIIIII", page, size_after, 1, 2, 0, 0) + bytes([fill]) * PAGE
 
 
-def _map(pages: int, sequence: int = 0) -> PageMap:
-    digests = bytearray(b"".join(page_digest(bytes([n]) * PAGE) for n in range(1, pages + 1)))
-    return PageMap("20261129T000000Z-00000000", sequence, PAGE, digests)
+def _map(store: PageMapStore, pages: int) -> PageMap:
+    digests = [page_digest(bytes([n]) * PAGE) for n in range(1, pages + 1)]
+    return PageMap.build(store.work, "20261129T000000Z-00000000", 0, PAGE, digests)
 
 
 class TestFrameDigester:
@@ -80,7 +81,7 @@ class TestPageMap:
 
     def test_replay_to_the_cursor_and_drop_what_lies_past_it(self, tmp_path: Path) -> None:
         store = PageMapStore(tmp_path)
-        page_map = _map(4)
+        page_map = _map(store, 4)
         store.reset(page_map)
         store.record(page_map, 1, PageChanges(6, 4, {6: page_digest(b"x" * PAGE)}))
         store.record(page_map, 2, PageChanges(3, 3, {1: page_digest(b"y" * PAGE)}))
@@ -96,7 +97,7 @@ class TestPageMap:
 
     def test_behind_damaged_or_another_generation(self, tmp_path: Path) -> None:
         store = PageMapStore(tmp_path)
-        page_map = _map(4)
+        page_map = _map(store, 4)
         store.reset(page_map)
         store.record(page_map, 1, PageChanges(4, 4, {2: page_digest(b"z" * PAGE)}))
         with pytest.raises(MapUnusableError, match="reaches sequence 1, the cursor 2"):
@@ -164,6 +165,11 @@ class TestResyncAfterGaps:
         result = _restore(store, restored)
         assert result.segments_applied == len(keys)
         assert content_digest(restored) == content_digest(database)
+        status = replica_status(store)
+        assert (status.resyncs_total, status.resync_bytes) == (1, resync.stored_bytes)
+        assert "resyncs:      1 gaps bridged without a full snapshot" in status.render()
+        report = verify_replica(store)
+        assert report.passed, report.failed
 
     def test_vacuum_and_delete_while_down(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         _ship_then_gap(store, database, tmp_path / "spool")
@@ -211,6 +217,9 @@ class TestResyncProven:
         with pytest.raises(ChecksumMismatchError, match=f"verify {resync.key}: the restored database is not"):
             _restore(store, tmp_path / "restored.db")
         assert not (tmp_path / "restored.db").exists()
+        report = verify_replica(store)
+        assert not report.passed
+        assert any(resync.key in check.detail for check in report.checks if not check.ok), report.failed
 
     def test_tampered_segment_exits_1_naming_it(self, replica_url: str, database: Path, tmp_path: Path) -> None:
         spool = tmp_path / "app.db-walship"
@@ -248,8 +257,7 @@ def _drift_map(spool: Path, database: Path) -> int:
     for page in range(2, min(page_map.page_count, len(data) // size) + 1):
         digest = page_digest(data[(page - 1) * size : page * size])
         if page_map.digest(page) != digest:
-            at = (page - 1) * DIGEST_SIZE
-            page_map.digests[at : at + DIGEST_SIZE] = digest
+            page_map.set(page, digest)
             store.reset(page_map)
             return page
     raise AssertionError("the gap changed no page past page 1")

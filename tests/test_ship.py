@@ -358,3 +358,18 @@ class TestSealedSpool:
         restored = tmp_path / "restored.db"
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)
+
+    def test_spooled_segments_survive_a_restart(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        # A shipper killed before its upload: the next one must find the sealed segments it spooled.
+        running = self._capture_under_writes(database, store, tmp_path / "spool")
+        spooled = [entry for entry in running.spool.pending() if entry.segment is not None]
+        assert spooled
+        running.shipper.close()
+        running.spool.close()
+        again = Running(database, store, tmp_path / "spool")
+        for entry in spooled:
+            assert again.spool.data_path(entry).exists(), entry.segment
+        again.close()
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)

@@ -310,7 +310,9 @@ class Spool:
                 self.remove(entry)
                 removed += 1
         for data in (self.root / "pending").glob("*/*"):
-            if data.suffix != ".json" and not data.with_suffix(".json").exists():
+            # The description of "<seq>.wal.zst" is "<seq>.json": every suffix goes, not only the last.
+            described = data.with_name(data.name.split(".", 1)[0] + ".json")
+            if data.suffix != ".json" and not described.exists():
                 data.unlink(missing_ok=True)
                 removed += 1
         self._clear_tmp()

@@ -12,7 +12,7 @@ from typing import BinaryIO, NamedTuple
 
 from walship.errors import ChecksumMismatchError, CorruptObjectError
 from walship.models import SegmentInfo
-from walship.resync._digest import DIGEST_SIZE, PageChanges, digest_blocks, page_digest, state_digest
+from walship.resync._digest import DIGEST_SIZE, PageChanges, StateHasher, page_digest
 from walship.resync._map import PageMap
 
 __all__ = ["ResyncPages", "apply_resync", "restored_state", "write_resync"]
@@ -40,27 +40,27 @@ def write_resync(
     hand ``write`` a record for each page that differs."""
     if page_size != replica.page_size:
         raise ValueError(f"page size {page_size} differs from the map's {replica.page_size}")
-    digests = bytearray()
+    state = StateHasher(page_size, page_count)
     changed: dict[int, bytes] = {}
-    known = replica.digests
     raw_size = 0
     page = 0
     for block in blocks:
         view = memoryview(block)
-        for at in range(0, len(view) - page_size + 1, page_size):
+        count = len(view) // page_size
+        known = replica.read(page + 1, count)  # the map's digests of this block's pages (fewer past its end)
+        for n in range(count):
             page += 1
-            image = view[at : at + page_size]
+            image = view[n * page_size : (n + 1) * page_size]
             digest = page_digest(image)
-            digests += digest
-            where = (page - 1) * DIGEST_SIZE
-            if page == 1 or known[where : where + DIGEST_SIZE] != digest:
+            state.update(digest)
+            if page == 1 or known[n * DIGEST_SIZE : (n + 1) * DIGEST_SIZE] != digest:
                 changed[page] = digest
                 write(page.to_bytes(_PAGE_NUMBER, "big") + bytes(image))
                 raw_size += _PAGE_NUMBER + page_size
     if page != page_count:
         raise CorruptObjectError(f"resync: read {page} pages of a state of {page_count}")
     changes = PageChanges(page_count, min(page_count, replica.page_count), changed)
-    return ResyncPages(changes, state_digest(page_size, digests), raw_size)
+    return ResyncPages(changes, state.hexdigest(), raw_size)
 
 
 def apply_resync(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
@@ -82,22 +82,27 @@ def apply_resync(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
         raise CorruptObjectError(f"verify {info.key}: {written} pages, recorded {info.frames}")
     database.truncate(info.db_size_pages * info.page_size)
     database.flush()
-    if restored_state(database, info.page_size) != info.state_digest:
+    if restored_state(database, info.page_size, info.db_size_pages) != info.state_digest:
         raise ChecksumMismatchError(
             f"verify {info.key}: the restored database is not the state this resync segment records "
             "(the shipper's page digest map drifted from the replica)"
         )
 
 
-def restored_state(database: BinaryIO, page_size: int) -> str:
-    """The state digest of a database file being restored (read from its start)."""
+def restored_state(database: BinaryIO, page_size: int, page_count: int) -> str:
+    """The state digest of the first ``page_count`` pages of a database file being restored."""
     per_read = max(1, _READ_BYTES // page_size) * page_size
-
-    def blocks() -> Iterable[bytes]:
-        database.seek(0)
-        while block := database.read(per_read):
-            if len(block) % page_size:
-                block += bytes(page_size - len(block) % page_size)
-            yield block
-
-    return state_digest(page_size, digest_blocks(blocks(), page_size))
+    state = StateHasher(page_size, page_count)
+    database.seek(0)
+    left = page_count * page_size
+    while left:
+        block = database.read(min(per_read, left))
+        if not block:
+            block = bytes(min(per_read, left))  # past the end of the file: zeros, as SQLite reads a hole
+        elif len(block) % page_size:
+            block += bytes(page_size - len(block) % page_size)
+        view = memoryview(block)
+        for at in range(0, len(view), page_size):
+            state.update(page_digest(view[at : at + page_size]))
+        left -= len(block)
+    return state.hexdigest()

@@ -9,7 +9,7 @@ faster still, but its margin is thin at the scale of a large fleet.
 
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,6 +17,7 @@ __all__ = [
     "DIGEST_SIZE",
     "FrameDigester",
     "PageChanges",
+    "StateHasher",
     "digest_blocks",
     "digest_file",
     "page_digest",
@@ -42,28 +43,38 @@ def zero_digest(page_size: int) -> bytes:
 
 def state_digest(page_size: int, digests: bytes | bytearray | memoryview) -> str:
     """One digest of a whole database state: its page size, page count and every page's digest in order."""
-    h = hashlib.blake2b(digest_size=32, person=b"walship-state")
-    h.update(page_size.to_bytes(4, "big"))
-    h.update((len(digests) // DIGEST_SIZE).to_bytes(8, "big"))
-    h.update(digests)
-    return h.hexdigest()
+    hasher = StateHasher(page_size, len(digests) // DIGEST_SIZE)
+    hasher.update(digests)
+    return hasher.hexdigest()
 
 
-def digest_blocks(blocks: Iterable[bytes | bytearray | memoryview], page_size: int) -> bytearray:
-    """Every page's digest, in order, from blocks of whole pages."""
-    digests = bytearray()
+class StateHasher:
+    """``state_digest`` fed page digest by page digest, so a whole database's digests are never held at once."""
+
+    def __init__(self, page_size: int, page_count: int) -> None:
+        self._hash = hashlib.blake2b(digest_size=32, person=b"walship-state")
+        self._hash.update(page_size.to_bytes(4, "big"))
+        self._hash.update(page_count.to_bytes(8, "big"))
+
+    def update(self, digests: bytes | bytearray | memoryview) -> None:
+        self._hash.update(digests)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def digest_blocks(blocks: Iterable[bytes | bytearray | memoryview], page_size: int) -> Iterator[bytes]:
+    """Every page's digest, in order, a block's worth at a time, from blocks of whole pages."""
     for block in blocks:
         view = memoryview(block)
-        for at in range(0, len(view) - page_size + 1, page_size):
-            digests += page_digest(view[at : at + page_size])
-    return digests
+        yield b"".join(page_digest(view[at : at + page_size]) for at in range(0, len(view) - page_size + 1, page_size))
 
 
-def digest_file(path: Path, page_size: int) -> bytearray:
+def digest_file(path: Path, page_size: int) -> Iterator[bytes]:
     """Every page's digest of a database file (a short last page counts as zero-padded, as SQLite reads it)."""
     per_read = max(1, _READ_BYTES // page_size) * page_size
 
-    def blocks() -> Iterable[bytes]:
+    def blocks() -> Iterator[bytes]:
         with path.open("rb") as source:
             while block := source.read(per_read):
                 if len(block) % page_size:

@@ -19,7 +19,15 @@ from typing import NamedTuple
 from walship.codec import SealingWriter
 from walship.layout import format_resync_key
 from walship.models import SegmentInfo, WalCursor, utcnow
-from walship.resync import MapUnusableError, PageChanges, PageMap, PageMapStore, ResyncPages, write_resync
+from walship.resync import (
+    MapUnusableError,
+    PageChanges,
+    PageMap,
+    PageMapStore,
+    ResyncPages,
+    digest_file,
+    write_resync,
+)
 from walship.ship._results import ResyncSummary
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture, cursor_at_end, read_header
@@ -42,7 +50,7 @@ class PageTracker:
 
     def load(self, cursor: WalCursor | None) -> None:
         """The map at ``cursor`` from the spool (records past it dropped), or the reason it cannot be had."""
-        self.map = None
+        self.close()
         if cursor is None:
             self.missing = "no earlier capture of this database"
             return
@@ -53,11 +61,20 @@ class PageTracker:
         except OSError as exc:
             self.missing = f"the page digest map could not be read: {exc}"
 
-    def begin(self, generation: str, page_size: int, digests: bytearray) -> None:
-        """A new generation's map, from its snapshot's pages (before the cursor is saved there)."""
-        page_map = PageMap(generation, 0, page_size, digests)
-        self.map = page_map
-        self._keep(lambda: self._store.reset(page_map), generation)
+    def begin(self, generation: str, snapshot: Path, page_size: int) -> None:
+        """A new generation's map, from its snapshot copy's own pages (before the cursor is saved there)."""
+        self.close()
+
+        def build() -> None:
+            self.map = PageMap.build(self._store.work, generation, 0, page_size, digest_file(snapshot, page_size))
+            self._store.reset(self.map)
+
+        self._keep(build, generation)
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
 
     def captured(self, sequence: int, changes: PageChanges) -> None:
         """One more sequence captured: move the map with it (before the cursor is saved there)."""
@@ -93,7 +110,7 @@ class PageTracker:
             self.missing = ""
         except (MapUnusableError, OSError) as exc:
             log.warning("page digest map of generation %s dropped: %s", generation, exc)
-            self.map = None
+            self.close()
             self.missing = f"the page digest map was dropped: {exc}"
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
 from walship.layout import new_generation, parse_generation
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
-from walship.resync import digest_file
 from walship.ship._guard import Guard, Tender
 from walship.ship._results import ShipConfig, SyncResult, merge
 from walship.ship._resync import PageTracker, spool_resync
@@ -109,6 +108,7 @@ class Shipper:
         self.stop_tending()
         self._snapshots.wait()
         self.capture.close()
+        self._pages.close()
 
     # Holding the WAL -------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class Shipper:
                     self._guard.guarded = self.capture.move_pin(covered_by(self.cursor))
                 source = self.capture.copy_database(source_connection, self.database, target)
                 # The map describes the replica: the copy's pages (page 1 may differ from the database's).
-                digests = digest_file(source.path, source.page_size)
+                self._pages.begin(generation, source.path, source.page_size)
                 position = WalPosition(generation=generation, sequence=0)
                 spool_snapshot(
                     self.spool,
@@ -199,7 +199,6 @@ class Shipper:
                     level=self.config.level,
                 )
             self._behind = False
-            self._pages.begin(generation, source.page_size, digests)
             self.spool.save_cursor(self.cursor)
             self._last_sync = state_at
             return SyncResult(new_generation=generation, reason=reason)
