@@ -218,7 +218,14 @@ class Shipper:
                 self._guard.guarded = self.capture.move_pin(covered_by(moved))
 
             done = spool_resync(
-                self.capture, self.spool, self._pages, cursor, reason=reason, level=self.config.level, at_point=at_point
+                self.capture,
+                self.spool,
+                self._pages,
+                cursor,
+                reason=reason,
+                level=self.config.level,
+                between=lambda: self.capture.move_pin(covered_by(self.cursor)),
+                at_point=at_point,
             )
             self.cursor = done.cursor
             self._behind = False
