@@ -18,7 +18,7 @@ from types import FrameType
 
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
-from walship.fleet import FleetMember, FleetReport, FleetShipping
+from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
@@ -180,7 +180,7 @@ def ship_many(
     fleet = FleetShipping(
         members,
         lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
-        _CoreSteps(),
+        RetryingSteps(_POLICY),
         interval=interval,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
     )

@@ -11,6 +11,7 @@ from walship.fleet._activity import Activity
 from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, replica_for
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._run import FleetEvent, FleetShipping
+from walship.fleet._steps import RetryingSteps
 
 __all__ = [
     "NAME_PLACEHOLDER",
@@ -20,6 +21,7 @@ __all__ = [
     "FleetReport",
     "FleetRow",
     "FleetShipping",
+    "RetryingSteps",
     "RowState",
     "plan_fleet",
     "replica_for",
