@@ -33,7 +33,7 @@ from walship.ship import ShipConfig
 
 __all__ = ["ship_fleet_flow"]
 
-# Seconds between two checks of the API while it is down (events wait meanwhile).
+# Seconds between two checks of whether the API answers (events wait while it does not).
 _API_RECHECK = 5.0
 
 
@@ -108,7 +108,7 @@ class _Events:
         ]
         self._pending: list[FleetEvent] = []
         self._lock = threading.Lock()
-        self._down_until = 0.0
+        self._up, self._checked_at = False, -_API_RECHECK
 
     @property
     def backlog(self) -> int:
@@ -118,11 +118,13 @@ class _Events:
         """Called from the fleet's workers: must not raise, nor wait long."""
         with self._lock:
             self._pending.append(event)
-            if time.monotonic() >= self._down_until:
-                if _api_up():
-                    self._send()
-                else:
-                    self._down_until = time.monotonic() + _API_RECHECK
+            now = time.monotonic()
+            if now >= self._checked_at + _API_RECHECK:
+                # One health check per few seconds, not per event: a new fleet's first window starts
+                # a generation for each of a thousand databases at once.
+                self._up, self._checked_at = _api_up(), now
+            if self._up:
+                self._send()
 
     def wait_for_api(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -148,7 +150,8 @@ class _Events:
                     related=self._related,
                 )
             except Exception:
-                return  # the API went away again: the rest waits
+                self._up = False  # the API went away again: the rest waits
+                return
             self._pending.pop(0)
 
 

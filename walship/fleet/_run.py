@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from walship.errors import UsageError
 from walship.fleet._activity import Activity
+from walship.fleet._memory import lean_sqlite
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.ship import ShipConfig, ShippingRun, ShipSteps, SyncResult
@@ -104,6 +105,7 @@ class FleetShipping:
     def run(self, *, duration: float, once: bool = False) -> FleetReport:
         started = time.monotonic()
         deadline = started + duration
+        lean_sqlite()
         with ThreadPoolExecutor(self._workers, thread_name_prefix="walship-fleet") as pool:
             list(pool.map(self._begin, self._members))
             if once:
