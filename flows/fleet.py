@@ -52,6 +52,7 @@ def ship_fleet_flow(
     once: Annotated[bool, titled("One sync only")] = False,
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
+    handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
     api_wait: Annotated[float, titled("Wait for the Prefect API at the end (s)", ge=0)] = 600.0,
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
@@ -68,6 +69,7 @@ def ship_fleet_flow(
         once: One sync and upload of each database, then end.
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
+        handover_wait: Seconds each database waits for the previous window's shipper of it to end; 0: refuse.
         api_wait: How long the run waits, at its end, for a Prefect API that is down.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         retry: How storage steps retry transient errors (attempts, backoff, jitter).
@@ -83,6 +85,7 @@ def ship_fleet_flow(
         lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
         RetryingSteps(retry, block_credentials(credentials_block)),
         interval=interval,
+        handover_wait=handover_wait,
         notify=events.notify,
         credentials=block_credentials(credentials_block),
     )

@@ -126,3 +126,28 @@ def test_activity_sees_a_commit_through_stat_alone(small_database: Path, tmp_pat
     path.unlink()
     with pytest.raises(FileNotFoundError):
         activity.look()
+
+
+def test_overlapping_windows_hand_over_database_by_database(
+    small_database: Path, tmp_path: Path, writers: list[WriterGroup]
+) -> None:
+    databases = _fleet(tmp_path / "dbs", small_database, 3)
+    replica = f"file://{tmp_path}/replicas/{{name}}"
+    pattern = str(tmp_path / "dbs" / "*.db")
+    writers.append(WriterGroup(databases[0], [1], rate=50))
+    argv = [WALSHIP, "--no-prefect", "ship-many", pattern, "--replica", replica]
+    first = subprocess.Popen([*argv, "--duration", "10"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    wait_until(lambda: all(replica_generations(replica.format(name=db.name)) for db in databases), "generations", 60)
+    second = walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once", "--handover-wait", "60")
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    assert second.returncode == 0, second.stderr
+    for group in writers:
+        group.stop()
+    writers.clear()
+    # The first window's generation goes on: nothing was refused, nothing started anew.
+    third = walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once")
+    assert third.returncode == 0, third.stderr
+    for db in databases:
+        assert len(replica_generations(replica.format(name=db.name))) == 1, db
+    assert_restore_equals_source(replica.format(name=databases[0].name), databases[0], tmp_path / "restored.db", {})

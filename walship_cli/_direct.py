@@ -175,6 +175,7 @@ def ship_many(
     once: bool,
     level: int,
     snapshot_interval: float,
+    handover_wait: float,
 ) -> FleetReport:
     _one_malloc_arena()
     fleet = FleetShipping(
@@ -182,6 +183,7 @@ def ship_many(
         lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
         RetryingSteps(_POLICY),
         interval=interval,
+        handover_wait=handover_wait,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
     )
     with _stopping(fleet.stop):

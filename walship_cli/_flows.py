@@ -117,6 +117,7 @@ def ship_many(
     once: bool,
     level: int,
     snapshot_interval: float,
+    handover_wait: float,
 ) -> FleetReport:
     from flows.fleet import ship_fleet_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
@@ -129,4 +130,5 @@ def ship_many(
         once=once,
         level=level,
         snapshot_interval=snapshot_interval,
+        handover_wait=handover_wait,
     )

@@ -170,6 +170,14 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
         metavar="SECONDS",
         help="snapshot each changed generation this often (default 3600; 0: never)",
     )
+    many.add_argument(
+        "--handover-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a database another shipper holds (the previous window) is taken over when it ends, "
+        "waiting up to SECONDS (default 0: that database is refused)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -310,8 +318,10 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
 
 
 def _ship_many(args: argparse.Namespace) -> int:
-    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0:
-        raise UsageError("--interval must be positive; --duration and --snapshot-interval not negative")
+    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0 or args.handover_wait < 0:
+        raise UsageError(
+            "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
+        )
     codec.validate_level(args.level)
     members, unmatched = plan_fleet(args.patterns, args.replica)  # a bad template fails here, before any work
     for pattern in unmatched:
@@ -327,6 +337,7 @@ def _ship_many(args: argparse.Namespace) -> int:
         once=args.once,
         level=args.level,
         snapshot_interval=args.snapshot_interval,
+        handover_wait=args.handover_wait,
     )
     for database, state, position, lag, error in report.table():
         print(f"{state:<8}  {database}  {position}  max lag {lag}" + (f"  {error}" if error else ""))

@@ -83,7 +83,10 @@ class FleetShipping:
         poll: float = 0.05,
         idle_poll: float = 1.0,
         idle_sync: float = 30.0,
+        handover_wait: float = 0.0,
     ) -> None:
+        """``handover_wait``: how long each database waits for a running shipper of it (the previous window)."""
+        self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
         self._config_for, self._steps, self._credentials = config_for, steps, credentials
         self._notify = notify or (lambda event: None)
@@ -199,7 +202,7 @@ class FleetShipping:
             credentials=self._credentials,
         )
         try:
-            run.begin()
+            run.begin(handover_wait=self.handover_wait)
         except Exception as exc:
             self._failed(member, exc)
             return
