@@ -1,4 +1,4 @@
-"""What a thousand held databases cost in memory, and the one knob the fleet turns.
+"""What a thousand held databases cost in memory and open files, and the knobs the fleet turns.
 
 Each held database keeps four SQLite connections open (two pins, the
 locker, the checkpointer: walship.sqlite.WalCapture). Measured with apsw's
@@ -12,10 +12,11 @@ cannot be changed from Python.
 """
 
 import logging
+import resource
 
 import apsw
 
-__all__ = ["lean_sqlite"]
+__all__ = ["lean_sqlite", "more_open_files"]
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +39,15 @@ def lean_sqlite() -> bool:
     finally:
         apsw.initialize()
     return True
+
+
+def more_open_files() -> int:
+    """Raise this process's open-files limit to its hard limit (a held database keeps about 12 open);
+    return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+    return hard

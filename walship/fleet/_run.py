@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from walship.errors import UsageError
 from walship.fleet._activity import Activity
-from walship.fleet._memory import lean_sqlite
+from walship.fleet._memory import lean_sqlite, more_open_files
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.ship import ShipConfig, ShippingRun, ShipSteps, SyncResult
@@ -109,6 +109,7 @@ class FleetShipping:
         started = time.monotonic()
         deadline = started + duration
         lean_sqlite()
+        more_open_files()
         with ThreadPoolExecutor(self._workers, thread_name_prefix="walship-fleet") as pool:
             list(pool.map(self._begin, self._members))
             if once:
