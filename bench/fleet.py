@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import zstandard
 
 from bench.ship_lag import LS_VENV, LS_VERSION, litestream, proc_stats
@@ -40,10 +41,12 @@ from bench.ship_lag_report import pct
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
 from bench.snapshot_restore import ROOT
 from bench.workload import create_database
+from deployments.local_server import api_url, prefect_env, start_server, stop_group, wait_healthy
 
 WALSHIP = Path(sys.executable).parent / "walship"
 DRAIN_SECONDS = 5.0
 MARKER_EVERY = 5
+PORT = 4281  # the --prefect server's
 
 
 def prepare(directory: Path, count: int, base: Path) -> list[Path]:
@@ -54,11 +57,15 @@ def prepare(directory: Path, count: int, base: Path) -> list[Path]:
     return paths
 
 
-def start(side: str, dbs: list[Path], replicas: Path, interval: float, log: Path) -> subprocess.Popen[bytes]:
+def start(
+    side: str, dbs: list[Path], replicas: Path, interval: float, log: Path, env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    """The shipper; ``env``: walship as a flow run on the Prefect server it names."""
     if side == "walship":
         template = f"file://{replicas}/{{name}}"
         pattern = str(dbs[0].parent / "*.db")
-        argv = [str(WALSHIP), "--no-prefect", "ship-many", pattern, "--replica", template]
+        mode = "--prefect" if env else "--no-prefect"
+        argv = [str(WALSHIP), mode, "ship-many", pattern, "--replica", template]
         argv += ["--duration", "86400", "--interval", str(interval)]
     else:
         entries = "".join(
@@ -68,7 +75,9 @@ def start(side: str, dbs: list[Path], replicas: Path, interval: float, log: Path
         config.write_text(f"logging:\n  level: warn\n  stderr: true\ndbs:\n{entries}")
         argv = [str(LS_VENV / "bin" / "litestream"), "replicate", "-config", str(config)]
     with log.open("wb") as out:
-        return subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env or None
+        )
 
 
 def started(side: str, dbs: list[Path], replicas: Path) -> int:
@@ -121,13 +130,15 @@ def writer_argv(db: Path, log: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
-def run_side(side: str, work: Path, base: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_side(
+    side: str, work: Path, base: Path, args: argparse.Namespace, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     here = work / side
     dbs = prepare(here / "dbs", args.databases, base)
     replicas = here / "replicas"
     replicas.mkdir()
     began = time.monotonic()
-    shipper = start(side, dbs, replicas, args.interval, here / "shipper.log")
+    shipper = start(side, dbs, replicas, args.interval, here / "shipper.log", env if side == "walship" else None)
     result: dict[str, Any] = {}
     try:
         deadline = began + args.startup_timeout
@@ -167,6 +178,24 @@ def run_side(side: str, work: Path, base: Path, args: argparse.Namespace) -> dic
     return result
 
 
+def api_server(pid: int) -> dict[str, Any]:
+    """What the fleet's flow run cost the Prefect server: CPU, peak RSS of its process group, and what it holds."""
+    cpu = rss = 0.0
+    group = subprocess.run(["pgrep", "-g", str(pid)], check=False, capture_output=True, text=True).stdout.split()
+    for child in {pid, *map(int, group)}:
+        try:
+            used, _, hwm = proc_stats(child)
+        except FileNotFoundError:
+            continue
+        cpu, rss = cpu + used, max(rss, hwm)
+    counts = {}
+    for kind in ("flow_runs", "task_runs", "artifacts"):
+        response = httpx.post(f"{api_url(PORT)}/{kind}/count", json={}, timeout=30)
+        counts[kind] = response.json()
+    events = httpx.post(f"{api_url(PORT)}/events/filter", json={"limit": 1}, timeout=30).json()["total"]
+    return {"server_cpu_seconds": cpu, "server_peak_rss_mib": rss, "server_events": events, **counts}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--databases", type=int, default=1000)
@@ -177,6 +206,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0, help="walship's sync interval")
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--sides", default="walship,litestream")
+    parser.add_argument(
+        "--prefect", action="store_true", help="walship as a wal-ship-fleet flow run on a local Prefect server (SQLite)"
+    )
     args = parser.parse_args()
     litestream()
     with tempfile.TemporaryDirectory(prefix="walship-fleet-") as tmp:
@@ -187,7 +219,17 @@ def main() -> None:
         connection.execute(MARKER_TABLE)
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the copies are of the file alone
         connection.close()
-        results = {side: run_side(side, work, base, args) for side in args.sides.split(",")}
+        server = start_server(work / "prefect", PORT, work / "server.log") if args.prefect else None
+        try:
+            if server is not None:
+                wait_healthy(PORT, server)
+            env = prefect_env(work / "prefect", PORT) if server is not None else None
+            results = {side: run_side(side, work, base, args, env) for side in args.sides.split(",")}
+            if server is not None:
+                results["walship"].update(api_server(server.pid))
+        finally:
+            if server is not None:
+                stop_group(server.pid)
     print(f"\n{args.databases} databases, {args.active} written at {args.rate:g} tx/s each for {args.load:g} s")
     print(f"(litestream {LS_VERSION}; loadavg {os.getloadavg()[1]:.2f})\n")
     print(f"{'':28}" + "".join(f"{side:>14}" for side in results))
@@ -207,6 +249,14 @@ def main() -> None:
         else:
             cells = [f"{r[key]:.{digits}f}" for r in results.values()]
         print(f"{label:28}" + "".join(f"{c:>14}" for c in cells))
+    if args.prefect:
+        w = results["walship"]
+        print(
+            f"Prefect server (SQLite): {w['server_cpu_seconds']:.0f} CPU s, "
+            f"peak RSS {w['server_peak_rss_mib']:.0f} MiB; "
+            f"holds {w['flow_runs']} flow runs, {w['task_runs']} task runs, {w['artifacts']} artifacts, "
+            f"{w['server_events']} events"
+        )
     print(json.dumps(results))
 
 
