@@ -11,8 +11,11 @@ waits for it at the end (``api_wait``) to publish its table and end with a
 clear state.
 """
 
+import contextlib
+import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -89,7 +92,8 @@ def ship_fleet_flow(
         notify=events.notify,
         credentials=block_credentials(credentials_block),
     )
-    report = fleet.run(duration=duration, once=once)
+    with _sigterm_ends_window(fleet.stop):
+        report = fleet.run(duration=duration, once=once)
     # Shipping is done whatever the API did; what is left needs the API.
     if not events.wait_for_api(api_wait):
         logger.error("the Prefect API did not answer within %.0f s: %d events are lost", api_wait, events.backlog)
@@ -100,6 +104,20 @@ def ship_fleet_flow(
         names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
         raise IncompleteError(f"{len(failed)} of {len(report.rows)} databases failed ({names}): see the table")
     return report
+
+
+@contextlib.contextmanager
+def _sigterm_ends_window(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM (a worker's cancellation, systemd) ends the window as its time would: every database's final
+    capture and drain still run, and the run still reports. Prefect's own handler is back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only; there Prefect's handling stays
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Events:
