@@ -30,7 +30,7 @@ from flows._report import artifact_key, run_name
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.errors import IncompleteError
-from walship.fleet import FleetEvent, FleetReport, FleetShipping, RetryingSteps, plan_fleet
+from walship.fleet import FleetEvent, FleetReport, FleetShipping, RetryingSteps, SharedStores, plan_fleet
 from walship.models import RetryPolicy
 from walship.ship import ShipConfig
 
@@ -83,14 +83,15 @@ def ship_fleet_flow(
     for pattern in unmatched:
         logger.warning("%r matched no database file", pattern)
     events = _Events(str(flow_run.get_id() or ""))
+    stores = SharedStores(block_credentials(credentials_block))
     fleet = FleetShipping(
         members,
         lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
-        RetryingSteps(retry, block_credentials(credentials_block)),
+        RetryingSteps(retry, stores),
+        stores=stores,
         interval=interval,
         handover_wait=handover_wait,
         notify=events.notify,
-        credentials=block_credentials(credentials_block),
     )
     with _sigterm_ends_window(fleet.stop):
         report = fleet.run(duration=duration, once=once)

@@ -20,7 +20,7 @@ import pytest
 from bench.workload import create_database
 from tests.helpers import ROOT, WALSHIP, walship
 from tests.shipping import SEED, WriterGroup, assert_restore_equals_source, replica_generations, wait_until
-from walship.fleet import Activity
+from walship.fleet import Activity, SharedStores, replica_for
 
 FLEET = 200
 ACTIVE = 10
@@ -151,3 +151,17 @@ def test_overlapping_windows_hand_over_database_by_database(
     for db in databases:
         assert len(replica_generations(replica.format(name=db.name))) == 1, db
     assert_restore_equals_source(replica.format(name=databases[0].name), databases[0], tmp_path / "restored.db", {})
+
+
+@pytest.mark.parametrize("backend", ["moto"], indirect=True)
+def test_a_fleet_into_s3_shares_one_client(small_database: Path, tmp_path: Path, replica_url: str) -> None:
+    databases = _fleet(tmp_path / "dbs", small_database, 3)
+    result = walship("--no-prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", replica_url, "--once")
+    assert result.returncode == 0, result.stderr
+    for db in databases:
+        url = replica_for(replica_url, db)
+        assert len(replica_generations(url)) == 1, url
+    stores = SharedStores()
+    first, second = (stores.open(replica_for(replica_url, db)) for db in databases[:2])
+    assert first.client is second.client  # type: ignore[attr-defined]
+    assert first.location != second.location

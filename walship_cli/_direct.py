@@ -18,7 +18,7 @@ from types import FrameType
 
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
-from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps
+from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
@@ -178,10 +178,12 @@ def ship_many(
     handover_wait: float,
 ) -> FleetReport:
     _one_malloc_arena()
+    stores = SharedStores()
     fleet = FleetShipping(
         members,
         lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
-        RetryingSteps(_POLICY),
+        RetryingSteps(_POLICY, stores),
+        stores=stores,
         interval=interval,
         handover_wait=handover_wait,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),

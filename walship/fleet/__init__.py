@@ -12,6 +12,7 @@ from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, repli
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._run import FleetEvent, FleetShipping
 from walship.fleet._steps import RetryingSteps
+from walship.fleet._stores import SharedStores
 
 __all__ = [
     "NAME_PLACEHOLDER",
@@ -23,6 +24,7 @@ __all__ = [
     "FleetShipping",
     "RetryingSteps",
     "RowState",
+    "SharedStores",
     "plan_fleet",
     "replica_for",
 ]

@@ -27,10 +27,11 @@ from walship.fleet._activity import Activity
 from walship.fleet._memory import lean_sqlite, more_open_files
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
+from walship.fleet._stores import SharedStores
 from walship.ship import ShipConfig, ShippingRun, ShipSteps, SyncResult
 from walship.spool import PendingEntry
 from walship.sqlite import check_database
-from walship.storage import StorageCredentials
+from walship.storage import ObjectStore
 from walship.upload import UploadResult
 
 __all__ = ["FleetEvent", "FleetShipping"]
@@ -76,9 +77,9 @@ class FleetShipping:
         config_for: Callable[[FleetMember], ShipConfig],
         steps: ShipSteps,
         *,
+        stores: SharedStores,
         interval: float = 1.0,
         notify: Notify | None = None,
-        credentials: StorageCredentials | None = None,
         workers: int = 4,
         poll: float = 0.05,
         idle_poll: float = 1.0,
@@ -88,7 +89,7 @@ class FleetShipping:
         """``handover_wait``: how long each database waits for a running shipper of it (the previous window)."""
         self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
-        self._config_for, self._steps, self._credentials = config_for, steps, credentials
+        self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
         self._members = [
             _Member(m, FleetRow(database=str(m.database), replica=m.replica), Activity(m.database.absolute()))
@@ -193,15 +194,15 @@ class FleetShipping:
         except UsageError as exc:
             row.state, row.last_error = RowState.SKIPPED, str(exc)
             return
-        run = ShippingRun(
+        run = _Run(
             spec.database.absolute(),
             spec.replica,
             self._config_for(spec),
             spool_dir=None,
             steps=self._steps,
             observer=_RowObserver(row, self._notify),
-            credentials=self._credentials,
         )
+        run.stores = self._stores
         try:
             run.begin(handover_wait=self.handover_wait)
         except Exception as exc:
@@ -263,6 +264,15 @@ class FleetShipping:
     @staticmethod
     def _event(kind: str, member: _Member, detail: str) -> FleetEvent:
         return FleetEvent(kind=kind, database=member.row.database, replica=member.row.replica, detail=detail)
+
+
+class _Run(ShippingRun):
+    """A database's run whose uploads go through the fleet's shared storage clients."""
+
+    stores: SharedStores
+
+    def _store(self) -> ObjectStore:
+        return self.stores.open(self.replica)
 
 
 class _RowObserver:

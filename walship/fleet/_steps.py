@@ -8,10 +8,11 @@ the core with ``walship.retry.retrying`` instead, so storage alone decides.
 from pathlib import Path
 
 from walship import index
+from walship.fleet._stores import SharedStores
 from walship.models import RetryPolicy, WalPosition
 from walship.retry import retrying
 from walship.ship import drain_spool, let_lease_go, take_lease
-from walship.storage import ObjectStore, StorageCredentials, open_store
+from walship.storage import ObjectStore
 from walship.upload import UploadResult
 
 __all__ = ["RetryingSteps"]
@@ -20,11 +21,11 @@ __all__ = ["RetryingSteps"]
 class RetryingSteps:
     """``walship.ship.ShipSteps`` on the core, each retried by ``policy``."""
 
-    def __init__(self, policy: RetryPolicy | None = None, credentials: StorageCredentials | None = None) -> None:
-        self.policy, self.credentials = policy or RetryPolicy(), credentials
+    def __init__(self, policy: RetryPolicy | None = None, stores: SharedStores | None = None) -> None:
+        self.policy, self.stores = policy or RetryPolicy(), stores or SharedStores()
 
     def _store(self, replica: str) -> ObjectStore:
-        return open_store(replica, self.credentials)
+        return self.stores.open(replica)
 
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
         retrying(self.policy, lambda: take_lease(self._store(replica), spool_dir, holder))
