@@ -4,7 +4,7 @@ from pydantic import BaseModel, Field
 
 from walship import codec
 
-__all__ = ["ShipConfig", "SyncResult", "merge"]
+__all__ = ["ResyncSummary", "ShipConfig", "SyncResult", "merge"]
 
 
 class ShipConfig(BaseModel):
@@ -24,6 +24,17 @@ class ShipConfig(BaseModel):
     )
 
 
+class ResyncSummary(BaseModel):
+    """A resync segment spooled: why, and what it costs against the database."""
+
+    key: str
+    reason: str
+    pages: int  # pages shipped
+    page_count: int  # pages of the database it resyncs
+    raw_bytes: int
+    stored_bytes: int
+
+
 class SyncResult(BaseModel):
     """What one step captured (nothing was uploaded)."""
 
@@ -35,6 +46,7 @@ class SyncResult(BaseModel):
     new_generation: str | None = None
     reason: str | None = None
     snapshot: str | None = None  # key of a snapshot taken within the generation
+    resync: ResyncSummary | None = None
 
 
 def merge(a: SyncResult, b: SyncResult) -> SyncResult:
@@ -48,4 +60,5 @@ def merge(a: SyncResult, b: SyncResult) -> SyncResult:
         new_generation=b.new_generation or a.new_generation,
         reason=b.reason or a.reason,
         snapshot=b.snapshot or a.snapshot,
+        resync=b.resync or a.resync,
     )
