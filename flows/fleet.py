@@ -30,7 +30,15 @@ from flows._report import artifact_key, run_name
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.errors import IncompleteError
-from walship.fleet import FleetEvent, FleetReport, FleetShipping, RetryingSteps, SharedStores, plan_fleet
+from walship.fleet import (
+    FleetEvent,
+    FleetReport,
+    FleetShipping,
+    RetryingSteps,
+    RowState,
+    SharedStores,
+    plan_fleet,
+)
 from walship.models import RetryPolicy
 from walship.ship import ShipConfig
 
@@ -100,6 +108,9 @@ def ship_fleet_flow(
         logger.error("the Prefect API did not answer within %.0f s: %d events are lost", api_wait, events.backlog)
     events.flush()
     _publish(replica, report)
+    # Once per window, busy or idle: what a "fleet shipping stopped" automation watches (docs/AUTOMATIONS.md).
+    counts = {state.value: sum(r.state == state for r in report.rows) for state in RowState}
+    emit("walship.fleet.completed", "fleet", replica, {"databases": len(report.rows), **counts})
     logger.info("%s", report.summary())
     if failed := report.failed:
         names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")

@@ -54,6 +54,10 @@ class _Server:
             self.process.wait()
             self.process = None
 
+    def events(self, name: str) -> list[dict[str, Any]]:
+        body = {"filter": {"event": {"name": [name]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+        return self.api("/events/filter", body)["events"]  # type: ignore[no-any-return]
+
     def api(self, path: str, body: dict[str, Any]) -> Any:
         response = httpx.post(f"http://127.0.0.1:{self.port}/api{path}", json=body, timeout=30)
         response.raise_for_status()
@@ -115,6 +119,9 @@ def test_shipping_outlives_the_prefect_api(server: _Server, tmp_path: Path) -> N
     assert [run["state_type"] for run in runs] == ["COMPLETED"]
     artifacts = server.api("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})
     assert [a["type"] for a in artifacts] == ["table"]
+    # Events for changes only: a generation per database (a new fleet), and the window's end.
+    wait_until(lambda: len(server.events("walship.fleet.generation")) >= FLEET, "the generation events", 60)
+    wait_until(lambda: len(server.events("walship.fleet.completed")) == 1, "the completed event", 60)
     for db in databases:
         assert len(replica_generations(replica.format(name=db.name))) == 1, db
     for db, url in zip(active, replicas, strict=True):

@@ -45,7 +45,7 @@ _UPLOAD_BUDGET = 0.3
 class FleetEvent(BaseModel):
     """A change or a failure worth telling (not every sync): new generation, upload failing or back, a stop."""
 
-    kind: str  # generation | upload-failed | upload-recovered | failed | removed
+    kind: str  # generation | resynced | upload-failed | upload-recovered | failed | removed
     database: str
     replica: str
     detail: str = ""
@@ -288,6 +288,9 @@ class _RowObserver:
     def synced(self, result: SyncResult) -> None:
         if result.new_generation:
             self._event("generation", f"{result.new_generation}: {result.reason}")
+        if result.resync:
+            resync = result.resync
+            self._event("resynced", f"{resync.key}: {resync.pages} of {resync.page_count} pages ({resync.reason})")
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
         if self._failing:
