@@ -90,7 +90,7 @@ def test_shipping_outlives_the_prefect_api(server: _Server, tmp_path: Path) -> N
     replicas = [replica.format(name=db.name) for db in active]
     writers = [WriterGroup(db, [1], rate=50) for db in active]
     ship = subprocess.Popen(
-        [WALSHIP, "--prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", replica, "--duration", "50"],
+        [WALSHIP, "--prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", replica, "--duration", "40"],
         cwd=ROOT,
         env=prefect_env(server.home, server.port),
         stdout=subprocess.PIPE,
