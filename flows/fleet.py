@@ -11,6 +11,7 @@ waits for it at the end (``api_wait``) to publish its table and end with a
 clear state.
 """
 
+import collections
 import contextlib
 import signal
 import threading
@@ -104,9 +105,8 @@ def ship_fleet_flow(
     with _sigterm_ends_window(fleet.stop):
         report = fleet.run(duration=duration, once=once)
     # Shipping is done whatever the API did; what is left needs the API.
-    if not events.wait_for_api(api_wait):
+    if not events.close(api_wait):
         logger.error("the Prefect API did not answer within %.0f s: %d events are lost", api_wait, events.backlog)
-    events.flush()
     _publish(replica, report)
     # Once per window, busy or idle: what a "fleet shipping stopped" automation watches (docs/AUTOMATIONS.md).
     counts = {state.value: sum(r.state == state for r in report.rows) for state in RowState}
@@ -133,45 +133,55 @@ def _sigterm_ends_window(stop: Callable[[], None]) -> Iterator[None]:
 
 
 class _Events:
-    """Sends fleet events when the API answers; keeps them, in order, while it does not."""
+    """Sends fleet events from a thread of its own, when the API answers; keeps them, in order, while it does not.
+
+    The fleet's workers only queue: a health check or an emit against an API
+    that answers 5xx can take a minute of the client's retries, and shipping
+    must not wait for it.
+    """
 
     def __init__(self, flow_run_id: str) -> None:
         self._related = [
             {"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"}
         ]
-        self._pending: list[FleetEvent] = []
-        self._lock = threading.Lock()
-        self._up, self._checked_at = False, -_API_RECHECK
+        self._pending: collections.deque[FleetEvent] = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="walship-fleet-events", daemon=True)
+        self._thread.start()
 
     @property
     def backlog(self) -> int:
         return len(self._pending)
 
     def notify(self, event: FleetEvent) -> None:
-        """Called from the fleet's workers: must not raise, nor wait long."""
-        with self._lock:
-            self._pending.append(event)
-            now = time.monotonic()
-            if now >= self._checked_at + _API_RECHECK:
-                # One health check per few seconds, not per event: a new fleet's first window starts
-                # a generation for each of a thousand databases at once.
-                self._up, self._checked_at = _api_up(), now
-            if self._up:
-                self._send()
+        """Called from the fleet's workers: queues, never waits."""
+        self._pending.append(event)
+        self._wake.set()
 
-    def wait_for_api(self, timeout: float) -> bool:
+    def close(self, timeout: float) -> bool:
+        """Stop the sender, then wait up to ``timeout`` for the API to take what is left; True once all went."""
+        self._closing = True
+        self._wake.set()
+        self._thread.join()
         deadline = time.monotonic() + timeout
-        while not _api_up():
+        while not (_api_up() and self._send()):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(_API_RECHECK)
         return True
 
-    def flush(self) -> None:
-        with self._lock:
-            self._send()
+    def _loop(self) -> None:
+        while not self._closing:
+            # One health check per few seconds at most, not per event: a new fleet's first
+            # window starts a generation for each of a thousand databases at once.
+            self._wake.wait(_API_RECHECK)
+            self._wake.clear()
+            if self._pending and not self._closing and _api_up():
+                self._send()
 
-    def _send(self) -> None:
+    def _send(self) -> bool:
+        """Send what is queued, in order; False if the API went away meanwhile (the rest waits)."""
         while self._pending:
             event = self._pending[0]
             try:
@@ -183,9 +193,9 @@ class _Events:
                     related=self._related,
                 )
             except Exception:
-                self._up = False  # the API went away again: the rest waits
-                return
-            self._pending.pop(0)
+                return False
+            self._pending.popleft()
+        return True
 
 
 def _api_up() -> bool:
