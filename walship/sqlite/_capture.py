@@ -12,9 +12,11 @@ application's own checkpoints (any mode) wait on walship for one poll at most.
 
 A third connection takes the write lock for a moment when a snapshot must
 start at an exact WAL position (or the last frames of a checkpoint are
-backfilled); a fourth runs walship's PASSIVE checkpoints.
+backfilled); a fourth runs walship's PASSIVE checkpoints. Those two are
+opened when needed and closed after: an idle database holds its two pin
+connections only, which a process shipping a thousand databases feels.
 
-All three are apsw's (a current SQLite, free of the WAL-reset bug of
+All of them are apsw's (a current SQLite, free of the WAL-reset bug of
 3.7.0-3.51.2). Never open the same database with Python's ``sqlite3`` in the
 same process: two SQLite libraries in one process do not see each other's
 POSIX locks, and closing one drops the other's.
@@ -84,11 +86,12 @@ class WalCapture:
         self._db_fd: int | None = None  # for reading pages; open as long as our connections (see close)
         self._pins = [self._connect(holding=True), self._connect(holding=True)]
         self._active: int | None = None
-        self._locker = self._connect(holding=True)
-        # Checkpoints need a connection outside any transaction, also while writers are paused.
-        self._checkpointer = self._connect(holding=True)
+        # Open only while writers are paused; checkpoints need a connection outside any transaction,
+        # also then (outside a pause they get one of their own, see _checkpointing).
+        self._locker: apsw.Connection | None = None
+        self._checkpointer: apsw.Connection | None = None
         # A first read opens (or creates) the WAL index, so there is one to pin by.
-        self._locker.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
+        self._pins[0].execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
         # The WAL index as it was when the held pin began, and whether that
         # pin reads the database file alone (it lets the WAL restart once).
         self.pin: WalIndexState | None = None
@@ -114,7 +117,9 @@ class WalCapture:
     def close(self) -> None:
         for connection in (*self._pins, self._locker, self._checkpointer):
             with contextlib.suppress(apsw.Error):
-                connection.close()
+                if connection is not None:
+                    connection.close()
+        self._locker = self._checkpointer = None
         self._active = None
         # Only now: closing any descriptor of the -shm drops every POSIX lock
         # this process holds on it, SQLite's read locks included.
@@ -321,16 +326,43 @@ class WalCapture:
 
     def pause_writers(self) -> None:
         """Take the write lock, or raise ``WritersBusyError`` if it cannot be had at once (retry later)."""
-        self._locker.set_busy_timeout(_WRITE_LOCK_TIMEOUT_MS)
+        # Both connections are opened before the lock is asked for: writers never wait on a connect.
+        locker = self._locker = self._locker or self._connect(holding=True)
+        self._checkpointer = self._checkpointer or self._connect(holding=True)
+        locker.set_busy_timeout(_WRITE_LOCK_TIMEOUT_MS)
         try:
-            self._locker.execute("BEGIN IMMEDIATE").fetchall()
+            locker.execute("BEGIN IMMEDIATE").fetchall()
         except apsw.BusyError:
+            self._rest()
             raise WritersBusyError(f"database {self.database}: the write lock is busy; retried later") from None
-        finally:
-            self._locker.set_busy_timeout(_BUSY_TIMEOUT_MS)
+        locker.set_busy_timeout(_BUSY_TIMEOUT_MS)
 
     def resume_writers(self) -> None:
-        self._locker.execute("ROLLBACK").fetchall()
+        assert self._locker is not None, "pause_writers() first"
+        try:
+            self._locker.execute("ROLLBACK").fetchall()
+        finally:
+            self._rest()
+
+    def _rest(self) -> None:
+        """Close the locker and the checkpointer (SQLite keeps the pins' locks: it closes a file only
+        once no connection of this process holds a lock on it)."""
+        for connection in (self._locker, self._checkpointer):
+            if connection is not None:
+                connection.close()
+        self._locker = self._checkpointer = None
+
+    @contextlib.contextmanager
+    def _checkpointing(self) -> Iterator[apsw.Connection]:
+        """The pause's checkpointer while writers are paused, else one of its own for this checkpoint."""
+        if self._checkpointer is not None:
+            yield self._checkpointer
+            return
+        connection = self._connect(holding=True)
+        try:
+            yield connection
+        finally:
+            connection.close()
 
     def checkpoint_passive(self) -> bool:
         """Backfill what every reader allows (PASSIVE never waits); True when the whole WAL is backfilled.
@@ -341,20 +373,23 @@ class WalCapture:
         and block writers meanwhile.
         """
         try:
-            (busy, log, done), *_ = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            with self._checkpointing() as checkpointer:
+                (busy, log, done), *_ = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except apsw.BusyError:
             return False
         return bool(busy == 0 and log == done)
 
     def truncate_if_free(self) -> bool:
         """The emergency brake: TRUNCATE the WAL if nothing holds it back right now (never waits)."""
-        self._checkpointer.set_busy_timeout(0)
         try:
-            (busy, log, done), *_ = self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            with self._checkpointing() as checkpointer:
+                checkpointer.set_busy_timeout(0)
+                try:
+                    (busy, log, done), *_ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    checkpointer.set_busy_timeout(_BUSY_TIMEOUT_MS)
         except apsw.BusyError:
             return False
-        finally:
-            self._checkpointer.set_busy_timeout(_BUSY_TIMEOUT_MS)
         return bool(busy == 0 and log == done)
 
     @contextlib.contextmanager
