@@ -27,8 +27,10 @@ __all__ = [
     "Readable",
     "SealingWriter",
     "StreamTotals",
+    "Writable",
     "compress_blocks",
     "compress_file",
+    "compress_into",
     "decompress_stream",
     "decompress_to_file",
     "validate_level",
@@ -54,6 +56,10 @@ Progress = Callable[[int, int], None]
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 class _HashingReader:
@@ -90,23 +96,30 @@ def compress_file(
 
     ``progress`` hears (bytes read, file size) after every chunk.
     """
+    with target.open("wb") as out:
+        raw_size, sha256 = compress_into(source, out, level, progress=progress)
+        out.flush()
+        os.fsync(out.fileno())
+    return CompressedFile(
+        path=target, raw_size=raw_size, compressed_size=target.stat().st_size, sha256=sha256, level=level
+    )
+
+
+def compress_into(
+    source: Path, out: Writable, level: int = DEFAULT_LEVEL, *, progress: Progress | None = None
+) -> tuple[int, str]:
+    """Compress ``source`` as one zstd frame written to ``out``; return its size and SHA-256."""
     validate_level(level)
     size = source.stat().st_size
     compressor = _compressor(level)
-    with source.open("rb") as raw, target.open("wb") as out:
+    with source.open("rb") as raw:
         reader = _HashingReader(raw, size, progress)
-        compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE)
-        out.flush()
-        os.fsync(out.fileno())
+        compressor.copy_stream(
+            cast(BinaryIO, reader), cast(BinaryIO, out), size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE
+        )
     if reader.count != size:
         raise CorruptObjectError(f"compress {source}: file changed size while being read ({size} -> {reader.count})")
-    return CompressedFile(
-        path=target,
-        raw_size=reader.count,
-        compressed_size=target.stat().st_size,
-        sha256=reader.digest.hexdigest(),
-        level=level,
-    )
+    return reader.count, reader.digest.hexdigest()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -275,7 +288,7 @@ class SealingWriter:
     (bench/ship_ceiling.py).
     """
 
-    def __init__(self, target: BinaryIO, level: int, size: int = 0) -> None:
+    def __init__(self, target: Writable, level: int, size: int = 0) -> None:
         self._target = target
         threads = -1 if size >= _THREADED_FROM else 0
         compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True, threads=threads)
