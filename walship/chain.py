@@ -19,7 +19,7 @@ from typing import BinaryIO, NamedTuple, cast
 from pydantic import ValidationError
 
 from walship.catalog import from_metadata
-from walship.codec import decompress_to_file
+from walship.envelope import Keyring, open_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
 from walship.layout import format_segment_key, generation_prefix, parse_segment_key
 from walship.models import ObjectInfo, SegmentInfo
@@ -55,12 +55,14 @@ def apply_segments(
     until_sequence: int | None = None,
     until_time: datetime | None = None,
     scratch: Path,
+    keys: Keyring | None = None,
 ) -> AppliedSegments:
     """Apply the generation's segments after sequence ``after`` to ``database`` (open r+b).
 
     Stops after ``until_sequence``, before the first segment captured after
     ``until_time``, or at the end of the chain. Any damage names the segment
     and the last point that can still be restored (``--sequence N-1``).
+    ``keys`` open segments encrypted with age.
     """
     sequences = [s for s in list_segment_sequences(store, generation) if s > after]
     if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
@@ -81,7 +83,7 @@ def apply_segments(
                 f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
             )
         try:
-            with _downloaded(store, key, scratch) as (info, raw):
+            with _downloaded(store, key, scratch, keys) as (info, raw):
                 if until_time is not None and info.captured_at > until_time:
                     stopped_before = info
                     break
@@ -98,15 +100,25 @@ def apply_segments(
 
 
 @contextlib.contextmanager
-def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[SegmentInfo, Path]]:
-    """Download, decompress and checksum one segment into a scratch file."""
+def _downloaded(
+    store: ObjectStore, key: str, scratch: Path, keys: Keyring | None
+) -> Iterator[tuple[SegmentInfo, Path]]:
+    """Download, open and checksum one segment into a scratch file."""
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".wal")
     raw = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             info = read_segment_info(store, key)
             with store.open(key) as stream:
-                decompress_to_file(stream, out, expected_sha256=info.sha256, expected_size=info.raw_size, name=key)
+                open_to_file(
+                    stream,
+                    out,
+                    envelope=info.envelope,
+                    keys=keys,
+                    expected_sha256=info.sha256,
+                    expected_size=info.raw_size,
+                    name=key,
+                )
         yield info, raw
     finally:
         raw.unlink(missing_ok=True)

@@ -135,13 +135,14 @@ class SnapshotSource(_Frozen):
 
 
 class CompressedFile(_Frozen):
-    """A zstd file on local disk and what its uncompressed content hashes to."""
+    """A sealed file on local disk and what its uncompressed content hashes to."""
 
     path: Path
     raw_size: int
     compressed_size: int
     sha256: str
     level: int
+    envelope: str = "zstd"
 
 
 class SnapshotInfo(_Frozen):

@@ -128,7 +128,12 @@ def seal_file(source: Path, target: Path, sealing: Sealing) -> CompressedFile:
         out.flush()
         os.fsync(out.fileno())
     return CompressedFile(
-        path=target, raw_size=raw_size, compressed_size=target.stat().st_size, sha256=sha256, level=sealing.level
+        path=target,
+        raw_size=raw_size,
+        compressed_size=target.stat().st_size,
+        sha256=sha256,
+        level=sealing.level,
+        envelope=sealing.envelope,
     )
 
 

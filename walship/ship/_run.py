@@ -17,6 +17,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from walship.dblock import ShipperIdentity
+from walship.envelope import check_replica_sealing
 from walship.errors import TransientStorageError
 from walship.handover import hold_database
 from walship.lease import holder_for
@@ -139,6 +140,8 @@ class ShippingRun:
             raise
         shipper = Shipper(self.database, spool, self.config, capture=held.capture, guarded=held.guarded)
         try:
+            # Before the lease or any capture: a replica never mixes plaintext and encrypted objects.
+            check_replica_sealing(open_store(self.replica, self.credentials), self.config.sealing.check())
             self.steps.acquire_lease(self.replica, self.spool_dir, self.holder)
             self._synced(shipper.open())
             self._window(
