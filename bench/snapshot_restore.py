@@ -277,6 +277,13 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
             f"snapshot {cost['snapshot']:.3f}, restore {cost['restore']:.3f}; "
             f"stored {sizes['walship+age'] - sizes['walship']} bytes more"
         )
+        streamed = {"snapshot": "copy + compress + upload", "restore": "open_to_file"}
+        stage = {op: med(f"walship+age {op}", "", st) / med(f"walship {op}", "", st) for op, st in streamed.items()}
+        print(
+            f"the streamed stage alone (no python start, imports or listing), encrypted over plaintext: "
+            f"snapshot {stage['snapshot']:.3f} ({med('walship snapshot', '', streamed['snapshot']):.2f} s plaintext), "
+            f"restore {stage['restore']:.3f} ({med('walship restore', '', streamed['restore']):.2f} s plaintext)"
+        )
     cli = {op: med(f"CLI {op}", "seconds") / med(f"pipeline {op}", "seconds") for op in ("snapshot", "restore")}
     print(
         f"\nthe CLI (direct mode) against the pipeline, seconds over seconds (below 1: the CLI is faster): "

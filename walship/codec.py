@@ -23,11 +23,13 @@ __all__ = [
     "DEFAULT_LEVEL",
     "MAX_LEVEL",
     "MIN_LEVEL",
+    "DecompressingWriter",
     "Progress",
     "Readable",
     "SealingWriter",
     "StreamTotals",
     "Writable",
+    "check_decoded",
     "compress_blocks",
     "compress_file",
     "compress_into",
@@ -193,6 +195,11 @@ def decompress_to_file(
     after every chunk. Returns the number of bytes written.
     """
     written, actual = decompress_stream(source, target, name=name, total=expected_size, progress=progress)
+    return check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
+
+
+def check_decoded(written: int, actual: str, *, expected_sha256: str, expected_size: int, name: str) -> int:
+    """Compare what an object decoded to with what was recorded when it was written; return the size."""
     if written != expected_size:
         raise ChecksumMismatchError(
             f"verify {name}: decompressed to {written} bytes, expected {expected_size} (object truncated or corrupt)"
@@ -234,6 +241,51 @@ def decompress_stream(
     finally:
         written, actual = sink.close()
     return written, actual
+
+
+class DecompressingWriter:
+    """zstd decompression that the compressed bytes are pushed into (by a decoder that pushes, like age's).
+
+    Output goes to ``target`` through the same hashing thread as ``decompress_stream``'s,
+    in chunks of at most ``_SMALL_CHUNK``: memory stays bounded whatever the ratio.
+    ``finish`` returns the bytes written and their SHA-256; nothing is compared here.
+    """
+
+    def __init__(self, target: BinaryIO, *, name: str, total: int = 0, progress: Progress | None = None) -> None:
+        self._name, self._total, self._progress = name, total, progress
+        self._sink = _HashingSink(target)
+        self.done = 0
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            cast(BinaryIO, _Output(self._decompressed)), write_size=_SMALL_CHUNK, closefd=False
+        )
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as exc:
+            raise CorruptObjectError(f"decompress {self._name}: the object is corrupt ({exc})") from exc
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> tuple[int, str]:
+        return self._sink.close()
+
+    def _decompressed(self, chunk: bytes) -> None:
+        self._sink.put(chunk)
+        self.done += len(chunk)
+        if self._progress is not None:
+            self._progress(self.done, self._total)
+
+
+class _Output:
+    def __init__(self, put: Callable[[bytes], None]) -> None:
+        self._put = put
+
+    def write(self, chunk: bytes) -> int:
+        self._put(chunk)
+        return len(chunk)
 
 
 class _HashingSink:

@@ -1,9 +1,10 @@
-"""age's stream cipher as a writer (sealing) and a reader (opening), over pyrage's blocking calls.
+"""age's stream cipher as a writer (sealing) and a decryption into a writer (opening), over pyrage.
 
 pyrage offers ``encrypt_io(reader, writer)`` and ``decrypt_io``: each runs to
-the end of its input. walship's pipelines push (a writer handed chunks) and
-pull (zstd reading its source), so each call runs in a thread of its own,
-fed through a bounded queue: memory stays at a few chunks.
+the end of its input. Sealing is pushed to (a writer handed chunks), so
+``encrypt_io`` runs in a thread of its own, fed through a bounded queue:
+memory stays at a few chunks. Opening runs ``decrypt_io`` on the caller's
+thread, pushing into zstd.
 """
 
 import contextlib
@@ -17,7 +18,7 @@ import pyrage
 
 from walship.errors import CorruptObjectError, IdentityMismatchError, WalshipError
 
-__all__ = ["AgeReader", "AgeWriter", "Sink"]
+__all__ = ["AgeWriter", "Sink", "decrypt_into"]
 
 _DEPTH = 8
 _READ_SIZE = 256 << 10
@@ -138,72 +139,52 @@ class _Counting:
         pass
 
 
-class AgeReader:
-    """The plaintext of the age file ``source`` holds, read by its consumer (zstd) as it decrypts.
+def decrypt_into(source: BinaryIO, writer: Sink, identities: Sequence[object], name: str) -> None:
+    """Decrypt the age file ``source`` holds into ``writer``, on this thread.
 
-    A wrong identity fails at the first read, before any plaintext exists;
-    damage fails where it is found (age authenticates each 64 KiB chunk and
-    the last one).
+    pyrage pushes plaintext as it authenticates it (64 KiB chunks); zstd takes
+    it pushed (``codec.DecompressingWriter``), so no thread and no hand-over
+    is needed here. A wrong identity fails before any plaintext exists;
+    damage fails where it is found (age authenticates every chunk and the
+    last one). An error of ``writer`` (corrupt zstd, a full disk) is raised
+    as itself.
     """
+    guarded = _Guarded(writer)
+    try:
+        pyrage.decrypt_io(_Reading(source), guarded, list(identities))
+    except pyrage.DecryptError as exc:
+        if guarded.error is not None:
+            raise guarded.error from None
+        if "no matching keys" in str(exc).lower():
+            raise IdentityMismatchError(
+                f"{name}: none of the age identities given opens it: "
+                "give the identity whose recipient sealed it (--age-identity)"
+            ) from None
+        raise CorruptObjectError(f"decrypt {name}: not a readable age file ({exc})") from None
+    except Exception as exc:  # pyrage's OSError: a damaged or truncated age stream
+        if guarded.error is not None:
+            raise guarded.error from None
+        raise CorruptObjectError(f"decrypt {name}: the object is corrupt ({exc})") from None
+    if guarded.error is not None:
+        raise guarded.error
 
-    def __init__(self, source: BinaryIO, identities: Sequence[object], name: str) -> None:
-        self._name = name
-        self._output: queue.Queue[bytes | None] = queue.Queue(maxsize=_DEPTH)
-        self._closed = threading.Event()
-        self._error: BaseException | None = None
-        self._chunk = b""
-        self._ended = False
-        self._thread = threading.Thread(
-            target=self._run, args=(source, list(identities)), name="walship-age-open", daemon=True
-        )
-        self._thread.start()
 
-    def read(self, size: int = -1, /) -> bytes:
-        while not self._chunk and not self._ended:
-            item = self._output.get()
-            if item is None:
-                self._ended = True
-                if self._error is not None:
-                    raise self._error
-            else:
-                self._chunk = item
-        if size < 0 or size >= len(self._chunk):
-            data, self._chunk = self._chunk, b""
-        else:
-            data, self._chunk = self._chunk[:size], self._chunk[size:]
-        return data
+class _Guarded:
+    """Keeps the writer's own error: pyrage would turn it into an anonymous I/O error."""
 
-    def close(self) -> None:
-        self._closed.set()
-        self._thread.join()
+    def __init__(self, writer: Sink) -> None:
+        self._writer = writer
+        self.error: BaseException | None = None
 
-    def __enter__(self) -> "AgeReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self, source: BinaryIO, identities: list[object]) -> None:
+    def write(self, data: bytes) -> int:
         try:
-            pyrage.decrypt_io(_Reading(source), _Output(self), identities)
-        except _StoppedError:
-            pass
-        except pyrage.DecryptError as exc:
-            if "no matching keys" in str(exc).lower():
-                self._error = IdentityMismatchError(
-                    f"{self._name}: none of the age identities given opens it: "
-                    "give the identity whose recipient sealed it (--age-identity)"
-                )
-            else:
-                self._error = CorruptObjectError(f"decrypt {self._name}: not a readable age file ({exc})")
-        except BaseException as exc:  # OSError from pyrage: a damaged or truncated age stream
-            self._error = CorruptObjectError(f"decrypt {self._name}: the object is corrupt ({exc})")
-        finally:
-            with contextlib.suppress(_StoppedError):
-                _put(self._output, None, self._alive)
+            return self._writer.write(bytes(data))
+        except BaseException as exc:
+            self.error = exc
+            raise
 
-    def _alive(self) -> bool:
-        return not self._closed.is_set()
+    def flush(self) -> None:
+        pass
 
 
 class _Reading(io.RawIOBase):
@@ -223,15 +204,3 @@ class _Reading(io.RawIOBase):
         buffer[:n] = self._chunk[:n]
         self._chunk = self._chunk[n:]
         return n
-
-
-class _Output:
-    def __init__(self, reader: AgeReader) -> None:
-        self._reader = reader
-
-    def write(self, data: bytes) -> int:
-        _put(self._reader._output, bytes(data), self._reader._alive)
-        return len(data)
-
-    def flush(self) -> None:
-        pass

@@ -5,7 +5,6 @@ The envelope an object was sealed in is recorded in its own metadata
 transform is one more name here.
 """
 
-import contextlib
 import hashlib
 import os
 from collections import deque
@@ -16,7 +15,7 @@ from typing import BinaryIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from walship import codec
-from walship.envelope._age import AgeReader, AgeWriter
+from walship.envelope._age import AgeWriter, decrypt_into
 from walship.envelope._keys import IDENTITY_ENV, Keyring, parse_recipients
 from walship.errors import CorruptObjectError, IdentityNeededError
 from walship.models import CompressedFile
@@ -29,7 +28,6 @@ __all__ = [
     "SegmentSealer",
     "is_encrypted",
     "open_to_file",
-    "opened",
     "require_keys",
     "seal_blocks",
     "seal_file",
@@ -190,18 +188,6 @@ def require_keys(envelope: str, keys: Keyring | None, name: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def opened(source: codec.Readable, envelope: str, keys: Keyring | None, name: str) -> Iterator[codec.Readable]:
-    """The zstd stream inside the object ``source`` reads, whatever envelope it was sealed in."""
-    require_keys(envelope, keys, name)
-    if not is_encrypted(envelope):
-        yield source
-        return
-    assert keys is not None  # require_keys refused otherwise
-    with AgeReader(source, keys.identities, name) as plain:  # type: ignore[arg-type]
-        yield plain
-
-
 def open_to_file(
     source: codec.Readable,
     target: BinaryIO,
@@ -213,13 +199,16 @@ def open_to_file(
     name: str,
     progress: codec.Progress | None = None,
 ) -> int:
-    """``codec.decompress_to_file`` for an object sealed in ``envelope``: size and SHA-256 verified."""
-    with opened(source, envelope, keys, name) as plain:
+    """Open the object ``source`` reads, sealed in ``envelope``, into ``target``: size and SHA-256 verified."""
+    require_keys(envelope, keys, name)
+    if not is_encrypted(envelope):
         return codec.decompress_to_file(
-            plain,
-            target,
-            expected_sha256=expected_sha256,
-            expected_size=expected_size,
-            name=name,
-            progress=progress,
+            source, target, expected_sha256=expected_sha256, expected_size=expected_size, name=name, progress=progress
         )
+    assert keys is not None  # require_keys refused otherwise
+    plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
+    try:
+        decrypt_into(source, plain, keys.identities, name)  # type: ignore[arg-type]
+    finally:
+        written, actual = plain.finish()
+    return codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
