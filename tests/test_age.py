@@ -4,7 +4,9 @@ Everything runs on the three storage backends. Objects are read back raw and
 checked for what must never be in them (a database, WAL or zstd magic).
 """
 
+import errno
 import io
+import os
 import pickle
 import sqlite3
 import subprocess
@@ -16,11 +18,11 @@ import zstandard
 from pyrage import x25519
 
 from bench.workload import committed_counts, content_digest, writer_command
-from tests.helpers import ROOT, walship
+from tests.helpers import ROOT, rewrite_object, walship
 from tests.test_ship import SEED, Running
 from walship import codec, index, snapshot
-from walship.envelope import Keyring
-from walship.errors import IdentityMismatchError, IdentityNeededError, ReplicaSealingError
+from walship.envelope import Keyring, Sealing, SegmentSealer
+from walship.errors import CorruptObjectError, IdentityMismatchError, IdentityNeededError, ReplicaSealingError
 from walship.index import current_snapshots
 from walship.layout import LEASE_KEY, METADATA_KEY, parse_segment_key
 from walship.models import utcnow
@@ -269,3 +271,40 @@ def _one_line(result: subprocess.CompletedProcess[str], status: int, fragment: s
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("walship: "), result.stderr
     assert fragment in lines[0], result.stderr
+
+
+def test_a_full_disk_under_the_cipher_stays_a_full_disk(tmp_path: Path) -> None:
+    """The spool's ENOSPC reaches the shipper as itself (SpoolFullError), not as an anonymous cipher error."""
+
+    class FullDisk:
+        written = 0
+
+        def write(self, data: bytes) -> int:
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    sealer = SegmentSealer(FullDisk(), Sealing(level=1, recipients=(Key(tmp_path, "key").recipient,)))  # type: ignore[arg-type]
+
+    def fill() -> None:
+        for _ in range(50):
+            sealer.write(os.urandom(1 << 20))
+        sealer.finish()
+
+    with pytest.raises(OSError, match="No space left") as raised:
+        fill()
+    assert raised.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate"])
+def test_a_damaged_encrypted_object_names_itself(
+    store: ObjectStore, database: Path, tmp_path: Path, change: str
+) -> None:
+    key = Key(tmp_path, "key")
+    info = snapshot.stream_snapshot(store, database, database_id="app.db", level=1, recipients=(key.recipient,))
+    index.add_snapshot(store, info)
+    rewrite_object(store, info.key, change)
+    with pytest.raises(CorruptObjectError, match=info.key):
+        _newest_restore(store, tmp_path / "out.db", key.keys)
+    assert list(tmp_path.glob("out.db*")) == []

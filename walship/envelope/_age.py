@@ -102,7 +102,10 @@ class AgeWriter:
 
     def write(self, data: bytes) -> int:
         if data:
-            _put(self._input.queue, bytes(data), self._thread.is_alive)
+            try:
+                _put(self._input.queue, bytes(data), self._thread.is_alive)
+            except _StoppedError:
+                self._raise()  # the cipher's thread ended early: its error, not ours
         return len(data)
 
     def finish(self) -> None:
@@ -112,26 +115,38 @@ class AgeWriter:
         if self._error is not None:
             raise self._error
 
+    def _raise(self) -> None:
+        self._thread.join()
+        raise self._error or CorruptObjectError("age encryption ended early")
+
     def abort(self) -> None:
         """Stop the cipher's thread (the caller failed); nothing it wrote is to be used."""
         self._cancelled.set()
         self._thread.join()
 
     def _run(self, recipients: list[object]) -> None:
+        output = _Counting(self)
         try:
-            pyrage.encrypt_io(self._input, _Counting(self), recipients)
-        except _StoppedError:
-            pass
-        except BaseException as exc:  # re-raised by finish() in the caller's thread
-            self._error = exc if isinstance(exc, WalshipError) else CorruptObjectError(f"age encryption failed: {exc}")
+            pyrage.encrypt_io(self._input, output, recipients)
+        except BaseException as exc:  # re-raised by write() or finish() in the caller's thread
+            if output.error is not None:
+                # The target's own error (a full spool disk): pyrage would have made it an anonymous I/O error.
+                self._error = output.error
+            elif not self._cancelled.is_set():
+                self._error = exc if isinstance(exc, WalshipError) else CorruptObjectError(f"age encryption: {exc}")
 
 
 class _Counting:
     def __init__(self, writer: AgeWriter) -> None:
         self._writer = writer
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
-        self._writer._target.write(bytes(data))
+        try:
+            self._writer._target.write(bytes(data))
+        except BaseException as exc:
+            self.error = exc
+            raise
         self._writer.stored += len(data)
         return len(data)
 
