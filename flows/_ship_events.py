@@ -83,6 +83,8 @@ class ShipEvents:
     def synced(self, result: SyncResult) -> SyncResult:
         if result.new_generation:
             self._emit("walship.generation.started", {"generation": result.new_generation, "reason": result.reason})
+        if result.resync:
+            self._emit("walship.generation.resynced", result.resync.model_dump())
         return result
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:

@@ -153,6 +153,7 @@ def _publish(database: Path, report: ShipReport) -> None:
             ("bytes", f"{human_bytes(report.bytes_captured)} captured, {human_bytes(report.bytes_uploaded)} uploaded"),
             ("checkpoints", str(report.checkpoints)),
             ("generations started", generations),
+            ("resyncs (pages shipped instead of a full snapshot)", _resyncs(report)),
             ("snapshots uploaded", ", ".join(f"`{k}`" for k in report.snapshots_uploaded) or "none"),
             ("max lag (capture to storage)", f"{report.max_lag_seconds:.2f} s"),
             ("took over after", _seconds(report.handover_waited_seconds)),
@@ -160,6 +161,16 @@ def _publish(database: Path, report: ShipReport) -> None:
             ("still spooled at end", str(report.pending_at_end)),
             ("position", str(report.position or "-")),
         ],
+    )
+
+
+def _resyncs(report: ShipReport) -> str:
+    return (
+        ", ".join(
+            f"`{r.key}`: {r.pages} of {r.page_count} pages, {human_bytes(r.stored_bytes)} ({r.reason})"
+            for r in report.resyncs
+        )
+        or "none"
     )
 
 

@@ -168,9 +168,14 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
 
 def checkpoint_truncate(database: Path) -> tuple[int, int, int]:
     """The application runs PRAGMA wal_checkpoint(TRUNCATE) in its own process."""
+    return checkpoint_mode(database, "TRUNCATE")
+
+
+def checkpoint_mode(database: Path, mode: str) -> tuple[int, int, int]:
+    """The application runs PRAGMA wal_checkpoint(``mode``) in its own process: (busy, log, checkpointed)."""
     code = (
         "import json, sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); "
-        "print(json.dumps(c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()))"
+        f"print(json.dumps(c.execute('PRAGMA wal_checkpoint({mode})').fetchone()))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(database)], check=True, capture_output=True, text=True)
     busy, log, checkpointed = json.loads(done.stdout)

@@ -10,6 +10,7 @@ import os
 import pickle
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pyrage
@@ -18,13 +19,15 @@ import zstandard
 from pyrage import x25519
 
 from bench.workload import committed_counts, content_digest, writer_command
+from tests.conftest import Writers
 from tests.helpers import ROOT, rewrite_object, walship
+from tests.test_resync import _checkpoint
 from tests.test_ship import SEED, Running
 from walship import codec, index, snapshot
 from walship.envelope import Keyring, Sealing, SegmentSealer
 from walship.errors import CorruptObjectError, IdentityMismatchError, IdentityNeededError, ReplicaSealingError
 from walship.index import current_snapshots
-from walship.layout import LEASE_KEY, METADATA_KEY, parse_segment_key
+from walship.layout import LEASE_KEY, METADATA_KEY, is_resync_key, parse_segment_key
 from walship.models import utcnow
 from walship.restore import restore_snapshot
 from walship.retention import RetentionPolicy, apply_retention, plan_replica
@@ -308,3 +311,27 @@ def test_a_damaged_encrypted_object_names_itself(
     with pytest.raises(CorruptObjectError, match=info.key):
         _newest_restore(store, tmp_path / "out.db", key.keys)
     assert list(tmp_path.glob("out.db*")) == []
+
+
+def test_a_resync_segment_is_sealed_too(store: ObjectStore, database: Path, tmp_path: Path) -> None:
+    """The gap after which the shipper resyncs the changed pages: that segment is encrypted like any other."""
+    key = Key(tmp_path, "key")
+    spool = tmp_path / "spool"
+    writers = Writers(database, seed=SEED, count=2, rate=200)
+    try:
+        running = Running(database, store, spool, recipients=(key.recipient,))
+        running.run(1.0)
+        running.close()
+        time.sleep(0.5)  # commits nobody captures
+    finally:
+        writers.stop()
+    _checkpoint(database, "TRUNCATE")
+    running = Running(database, store, spool, recipients=(key.recipient,))
+    assert running.opened.resync is not None
+    running.step()
+    running.close()
+    objects = _assert_all_sealed(store)
+    assert [k for k in objects if is_resync_key(k)] == [running.opened.resync.key]
+    restored = tmp_path / "restored.db"
+    _newest_restore(store, restored, key.keys)
+    assert content_digest(restored) == content_digest(database)

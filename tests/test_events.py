@@ -219,6 +219,27 @@ class TestShipEvents:
         assert 1 <= len(crossed) < report.syncs / 2
         assert crossed[0].payload["lag_seconds"] > crossed[0].payload["threshold_seconds"] == 0.001
 
+    @pytest.mark.parametrize("backend", ["local"])
+    def test_a_gap_bridged_by_a_resync(self, replica_url: str, database: Path, tmp_path: Path) -> None:
+        """After a TRUNCATE nobody watched: a resynced event and an artifact row, no new generation."""
+        writers = Writers(database, seed=11, count=2, rate=200)
+        try:
+            first = wal_ship_flow(database=database, replica=replica_url, once=True, spool_dir=tmp_path / "spool")
+        finally:
+            writers.stop()  # their last connection checkpoints and removes the WAL: a gap nobody watched
+        state = wal_ship_flow(
+            database=database, replica=replica_url, once=True, spool_dir=tmp_path / "spool", return_state=True
+        )
+        report = state.result()
+        assert report.generations_started == []
+        [resync] = report.resyncs
+        [event] = read_events("walship.generation.resynced", flow_run_id=run_id(state))
+        assert event.payload["key"] == resync.key
+        assert event.payload["pages"] == resync.pages < event.payload["page_count"]
+        summaries = [str(a.data) for a in artifacts(run_id(state), "markdown")]
+        assert any(f"`{resync.key}`: {resync.pages} of {resync.page_count} pages" in s for s in summaries), summaries
+        assert first.generations_started
+
 
 class _Webhook:
     """A local HTTP endpoint that records the JSON bodies posted to it."""

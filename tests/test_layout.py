@@ -5,8 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from walship.layout import (
+    format_resync_key,
     format_segment_key,
     format_snapshot_key,
+    is_resync_key,
     new_generation,
     parse_generation,
     parse_segment_key,
@@ -31,6 +33,15 @@ class TestKeys:
         generation = new_generation()
         key = format_segment_key(generation, sequence)
         assert parse_segment_key(key) == (generation, sequence)
+        assert parse_snapshot_key(key) is None
+
+    @given(sequence=sequences)
+    def test_resync_key_roundtrip(self, sequence: int) -> None:
+        generation = new_generation()
+        key = format_resync_key(generation, sequence)
+        assert parse_segment_key(key) == (generation, sequence)  # a resync takes its place in the sequence
+        assert is_resync_key(key)
+        assert not is_resync_key(format_segment_key(generation, sequence))
         assert parse_snapshot_key(key) is None
 
     def test_keys_sort_by_sequence(self) -> None:

@@ -1,5 +1,6 @@
 """WAL shipping through the core: capture, upload, continuity, point-in-time restore."""
 
+import shutil
 import subprocess
 import sys
 import time
@@ -134,7 +135,10 @@ class TestContinuity:
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)
 
-    def test_wal_reset_while_down_starts_a_generation(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+    def test_wal_reset_while_down_without_a_map_starts_a_generation(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        # A spool written before page digest maps existed: no resync (tests/test_resync.py), a new generation.
         writers = Writers(database, seed=SEED, count=2, rate=200)
         running = Running(database, store, tmp_path / "spool")
         running.run(1.0)
@@ -142,9 +146,14 @@ class TestContinuity:
         time.sleep(0.5)
         writers.stop()
         _checkpoint_truncate(database)
+        shutil.rmtree(tmp_path / "spool" / "pages")
         running = Running(database, store, tmp_path / "spool")
         assert running.opened.new_generation is not None
-        assert running.opened.reason == "the WAL was checkpointed and removed while nobody watched"
+        assert running.opened.resync is None
+        assert running.opened.reason == (
+            "the WAL was checkpointed and removed while nobody watched "
+            "(the spool has no page digest map (first run of this walship version?), so no resync)"
+        )
         running.close()
         generations = {s.generation for s in current_snapshots(store)}
         assert len(generations) == 2
@@ -346,6 +355,21 @@ class TestSealedSpool:
             spool.add(new_entry(unsealed), old)
         assert all(not entry.sealed for entry in spool.pending())
         running.close()
+        restored = tmp_path / "restored.db"
+        _restore(store, restored)
+        assert content_digest(restored) == content_digest(database)
+
+    def test_spooled_segments_survive_a_restart(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        # A shipper killed before its upload: the next one must find the sealed segments it spooled.
+        running = self._capture_under_writes(database, store, tmp_path / "spool")
+        spooled = [entry for entry in running.spool.pending() if entry.segment is not None]
+        assert spooled
+        running.shipper.close()
+        running.spool.close()
+        again = Running(database, store, tmp_path / "spool")
+        for entry in spooled:
+            assert again.spool.data_path(entry).exists(), entry.segment
+        again.close()
         restored = tmp_path / "restored.db"
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)

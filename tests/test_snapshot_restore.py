@@ -10,6 +10,7 @@ import pytest
 from bench.workload import committed_counts, content_digest, expected_state
 from tests.conftest import Writers
 from tests.helpers import rewrite_object, take_and_upload
+from tests.shipping import wait_until
 from walship.catalog import list_snapshots, select_snapshot
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError, UsageError
 from walship.index import current_snapshots, read_index
@@ -29,7 +30,8 @@ class TestSnapshotOfALiveDatabase:
     def test_restore_equals_source_at_snapshot_point(
         self, store: ObjectStore, database: Path, base_database: Path, writers: Writers, tmp_path: Path
     ) -> None:
-        time.sleep(1.0)
+        # Under load the writers' processes take a while to start: wait for each one's first commit.
+        wait_until(lambda: all(committed_counts(database).get(w, 0) > 0 for w in (1, 2, 3)), "three writers", 60)
         info = take_and_upload(store, database)
         time.sleep(0.5)
         writers.stop()

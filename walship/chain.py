@@ -21,18 +21,38 @@ from pydantic import ValidationError
 from walship.catalog import from_metadata
 from walship.envelope import Keyring, open_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
-from walship.layout import format_segment_key, generation_prefix, parse_segment_key
+from walship.layout import format_segment_key, generation_prefix, is_resync_key, parse_segment_key
 from walship.models import ObjectInfo, SegmentInfo
+from walship.resync import apply_resync
 from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, iter_frames, replay_header
 from walship.storage import ObjectStore
 
-__all__ = ["AppliedSegments", "apply_segments", "list_segment_sequences", "read_segment_info", "segment_from_object"]
+__all__ = [
+    "AppliedSegments",
+    "apply_segments",
+    "list_segment_keys",
+    "list_segment_sequences",
+    "read_segment_info",
+    "segment_from_object",
+]
 
 
 def list_segment_sequences(store: ObjectStore, generation: str) -> list[int]:
     """Sequence numbers of a generation's segments (one LIST, no HEAD)."""
-    found = (parse_segment_key(o.key) for o in store.list(f"{generation_prefix(generation)}wal/"))
-    return sorted(p.sequence for p in found if p is not None and p.generation == generation)
+    return sorted(list_segment_keys(store, generation))
+
+
+def list_segment_keys(store: ObjectStore, generation: str) -> dict[int, str]:
+    """A generation's segment keys (WAL or resync) by sequence (one LIST, no HEAD)."""
+    keys: dict[int, str] = {}
+    for obj in store.list(f"{generation_prefix(generation)}wal/"):
+        parsed = parse_segment_key(obj.key)
+        if parsed is None or parsed.generation != generation:
+            continue
+        if parsed.sequence in keys:
+            raise CorruptObjectError(f"segments {keys[parsed.sequence]} and {obj.key} share a sequence: a fork")
+        keys[parsed.sequence] = obj.key
+    return keys
 
 
 class AppliedSegments(NamedTuple):
@@ -64,7 +84,8 @@ def apply_segments(
     and the last point that can still be restored (``--sequence N-1``).
     ``keys`` open segments encrypted with age.
     """
-    sequences = [s for s in list_segment_sequences(store, generation) if s > after]
+    segment_keys = list_segment_keys(store, generation)
+    sequences = sorted(s for s in segment_keys if s > after)
     if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
         raise NotFoundError(
             f"{format_segment_key(generation, until_sequence)} is not in the replica: "
@@ -76,7 +97,7 @@ def apply_segments(
     for sequence in sequences:
         if until_sequence is not None and sequence > until_sequence:
             break
-        key = format_segment_key(generation, sequence)
+        key = segment_keys[sequence]
         if sequence != expected:
             raise NotFoundError(
                 f"{format_segment_key(generation, expected)} is missing: the chain of generation {generation} "
@@ -87,8 +108,11 @@ def apply_segments(
                 if until_time is not None and info.captured_at > until_time:
                     stopped_before = info
                     break
-                _check_link(applied[-1] if applied else None, info)
-                _apply(raw, info, database)
+                if info.kind == "resync":
+                    apply_resync(raw, info, database)
+                else:
+                    _check_link(applied[-1] if applied else None, info)
+                    _apply(raw, info, database)
         except (ChecksumMismatchError, CorruptObjectError) as exc:
             # The same way out a missing segment offers: everything before it still restores.
             raise type(exc)(f"{exc}; restore an earlier point with --sequence {sequence - 1}") from exc
@@ -137,7 +161,13 @@ def segment_from_object(obj: ObjectInfo) -> SegmentInfo:
     except ValidationError as exc:
         raise CorruptObjectError(f"segment {key} has missing or bad metadata: {exc.error_count()} problem(s)") from exc
     parsed = parse_segment_key(key)
-    if parsed is None or (info.generation, info.sequence) != parsed or info.compressed_size != obj.size:
+    named_as = "resync" if is_resync_key(key) else "wal"
+    if (
+        parsed is None
+        or (info.generation, info.sequence) != parsed
+        or info.compressed_size != obj.size
+        or info.kind != named_as
+    ):
         raise CorruptObjectError(f"segment {key}: its metadata does not describe this object")
     return info
 

@@ -7,6 +7,11 @@ prefix. The layout is documented in docs/FORMAT.md.
     lease.json
     generations/<gen>/snapshots/<seq:020>.sqlite.zst
     generations/<gen>/wal/<seq:020>.wal.zst
+    generations/<gen>/wal/<seq:020>.resync.zst    a resync segment (pages, not WAL frames)
+
+A resync segment takes its place in the generation's sequence like any
+segment (``parse_segment_key`` reads both), so listings, gaps and retention
+treat it as one; its own name lets a listing tell it apart without a HEAD.
 
 The original design (docs/FORMAT.md, "The original layout") wrote, under
 the same kind of prefix:
@@ -27,9 +32,11 @@ __all__ = [
     "ParsedKey",
     "format_original_snapshot_key",
     "format_original_wal_key",
+    "format_resync_key",
     "format_segment_key",
     "format_snapshot_key",
     "generation_prefix",
+    "is_resync_key",
     "new_generation",
     "parse_generation",
     "parse_original_snapshot_key",
@@ -46,7 +53,8 @@ GENERATIONS_PREFIX = "generations/"
 # listing; the random tail keeps two generations of one second apart.
 _GENERATION = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _SNAPSHOT = re.compile(r"^generations/([^/]+)/snapshots/(\d{20})\.sqlite\.zst$")
-_SEGMENT = re.compile(r"^generations/([^/]+)/wal/(\d{20})\.wal\.zst$")
+_SEGMENT = re.compile(r"^generations/([^/]+)/wal/(\d{20})\.(?:wal|resync)\.zst$")
+_RESYNC_SUFFIX = ".resync.zst"
 # The original design's keys: a snapshot named by the UTC second its upload
 # began (two in one second overwrote each other there), WAL by sequence.
 _ORIGINAL_SNAPSHOT = re.compile(r"^snapshots/(\d{8}_\d{6})\.sqlite\.zst$")
@@ -89,8 +97,17 @@ def format_segment_key(generation: str, sequence: int) -> str:
     return f"{generation_prefix(generation)}wal/{_sequence(sequence)}.wal.zst"
 
 
+def format_resync_key(generation: str, sequence: int) -> str:
+    return f"{generation_prefix(generation)}wal/{_sequence(sequence)}{_RESYNC_SUFFIX}"
+
+
 def parse_segment_key(key: str) -> ParsedKey | None:
+    """A WAL or a resync segment's generation and sequence."""
     return _parse(_SEGMENT, key)
+
+
+def is_resync_key(key: str) -> bool:
+    return key.endswith(_RESYNC_SUFFIX) and parse_segment_key(key) is not None
 
 
 def format_original_snapshot_key(taken_at: datetime) -> str:

@@ -93,7 +93,14 @@ class WalCursor(_Frozen):
 
 
 class SegmentInfo(_Frozen):
-    """One shipped run of whole committed transactions, copied verbatim from the WAL."""
+    """One shipped run of whole committed transactions, copied verbatim from the WAL.
+
+    A *resync* segment (``kind="resync"``) holds instead the pages that
+    changed while nobody watched (walship.resync): ``frames`` counts its
+    pages, ``db_size_pages`` is the page count it leaves, ``state_digest`` the
+    digest of the whole state it produces, and its salts, ``end_offset`` and
+    ``checksum_end*`` the WAL position the next segment continues from.
+    """
 
     key: str
     generation: str
@@ -118,6 +125,8 @@ class SegmentInfo(_Frozen):
     compressed_size: int = Field(default=0, description="the stored object's size (sealed)")
     sha256: str
     level: int = 0
+    kind: Literal["wal", "resync"] = "wal"
+    state_digest: str = ""
     # How the object is stored (walship.envelope); objects older than the envelope are plain zstd.
     envelope: str = "zstd"
 

@@ -8,6 +8,7 @@ Layout under the spool directory (default ``<database>-walship/``)::
     pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
     pending/<gen>/<seq:020>.wal      captured frames, verbatim, until uploaded
     pending/<gen>/*.json             each entry's description, cache time, attempts
+    pages/base, pages/journal        the page digest map at the cursor (walship.resync)
     tmp/                             files being written
 
 An entry counts as captured only once its data and description are fsynced
@@ -309,7 +310,9 @@ class Spool:
                 self.remove(entry)
                 removed += 1
         for data in (self.root / "pending").glob("*/*"):
-            if data.suffix != ".json" and not data.with_suffix(".json").exists():
+            # The description of "<seq>.wal.zst" is "<seq>.json": every suffix goes, not only the last.
+            described = data.with_name(data.name.split(".", 1)[0] + ".json")
+            if data.suffix != ".json" and not described.exists():
                 data.unlink(missing_ok=True)
                 removed += 1
         self._clear_tmp()

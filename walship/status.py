@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from walship.errors import CorruptObjectError, UsageError
 from walship.generations import describe_generations
 from walship.index import read_index, rebuild_index, update_index
-from walship.layout import LEASE_KEY, parse_segment_key
+from walship.layout import LEASE_KEY, is_resync_key, parse_segment_key
 from walship.lease import read_lease
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
@@ -49,6 +49,8 @@ class GenerationSummary(BaseModel):
     newest_point: datetime
     snapshots: int
     segments: int
+    resyncs: int = 0  # of its segments, those that bridged a gap (walship.resync)
+    resync_bytes: int = 0
     restorable: bool
 
 
@@ -77,6 +79,9 @@ class ReplicaStatus(BaseModel):
     segments_in_generation: int
     segments_total: int
     segment_bytes: int
+    # Resync segments (gaps bridged without a full snapshot), in every generation.
+    resyncs_total: int = 0
+    resync_bytes: int = 0
     newest_segment_sequence: int | None
     newest_segment_captured_at: datetime | None
     # Seconds from the newest shipped state (the newest segment's capture, or
@@ -103,6 +108,7 @@ class ReplicaStatus(BaseModel):
             *self._snapshot_lines(),
             f"segments:     {self.segments_in_generation} in the current generation, {self.segments_total} in total "
             f"({human_bytes(self.segment_bytes)}); newest {self._newest_segment()}",
+            *self._resync_line(),
             f"lag:          {self._lag()}",
             f"stored:       {human_bytes(self.total_bytes)} in {self.object_count} objects",
             f"lease:        {self._lease()}",
@@ -112,6 +118,12 @@ class ReplicaStatus(BaseModel):
         lines += [f"stray:        {key} (walship did not write it; it is never used)" for key in self.strays]
         lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def _resync_line(self) -> list[str]:
+        if not self.resyncs_total:
+            return []
+        size = human_bytes(self.resync_bytes)
+        return [f"resyncs:      {self.resyncs_total} gaps bridged without a full snapshot ({size})"]
 
     def _restorable(self) -> str:
         if self.restorable is None:
@@ -176,6 +188,10 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     current = generations.newest
     generation = current.generation if current else None
     segments = [(parsed, o.size) for o in listing if (parsed := parse_segment_key(o.key)) is not None]
+    resyncs: dict[str, list[int]] = {}
+    for obj in listing:
+        if is_resync_key(obj.key):
+            resyncs.setdefault(obj.key.split("/")[1], []).append(obj.size)
     in_generation = list(current.sequences) if current else []
     captured_at = current.newest_captured_at if current else None
     now = utcnow()
@@ -197,6 +213,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
                 newest_point=g.newest_point,
                 snapshots=len(g.snapshots),
                 segments=len(g.sequences),
+                resyncs=len(resyncs.get(g.generation, [])),
+                resync_bytes=sum(resyncs.get(g.generation, [])),
                 restorable=g.restorable,
             )
             for g in generations.generations
@@ -209,6 +227,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         segments_in_generation=len(in_generation),
         segments_total=len(segments),
         segment_bytes=sum(size for _, size in segments),
+        resyncs_total=sum(len(sizes) for sizes in resyncs.values()),
+        resync_bytes=sum(sum(sizes) for sizes in resyncs.values()),
         newest_segment_sequence=in_generation[-1] if in_generation else None,
         newest_segment_captured_at=captured_at,
         lag_seconds=(now - shipped).total_seconds() if shipped else None,

@@ -33,7 +33,8 @@ class UploadResult(BaseModel):
 
 def describe_segment(info: SegmentInfo) -> dict[str, str]:
     """User metadata stored with a segment object."""
-    return to_metadata(info, exclude={"key"})
+    # A WAL segment's metadata stays as it always was: readers default the resync fields.
+    return to_metadata(info, exclude={"key"} if info.kind == "resync" else {"key", "kind", "state_digest"})
 
 
 def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int) -> UploadResult:

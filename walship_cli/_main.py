@@ -284,6 +284,9 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     )
     for generation, reason in zip(report.generations_started, report.generation_reasons, strict=True):
         print(f"started generation {generation}: {reason}")
+    for resync in report.resyncs:
+        shipped = f"{resync.pages} of {resync.page_count} pages in {resync.key} ({resync.stored_bytes} bytes)"
+        print(f"resynced: {shipped}: {resync.reason}")
     return EXIT_OK
 
 

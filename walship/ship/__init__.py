@@ -1,12 +1,13 @@
 """WAL shipping: capture committed frames into the spool (``Shipper``), and one run's window of it (``ShippingRun``)."""
 
-from walship.ship._results import ShipConfig, SyncResult
+from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._run import ShipObserver, ShippingRun, ShipReport, ShipSteps
 from walship.ship._shipper import Shipper
-from walship.ship._steps import LoggingObserver, drain_spool, let_lease_go, take_lease
+from walship.ship._steps import LoggingObserver, describe_resync, drain_spool, let_lease_go, take_lease
 
 __all__ = [
     "LoggingObserver",
+    "ResyncSummary",
     "ShipConfig",
     "ShipObserver",
     "ShipReport",
@@ -14,6 +15,7 @@ __all__ = [
     "Shipper",
     "ShippingRun",
     "SyncResult",
+    "describe_resync",
     "drain_spool",
     "let_lease_go",
     "take_lease",

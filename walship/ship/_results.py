@@ -5,7 +5,7 @@ from pydantic import BaseModel, Field
 from walship import codec
 from walship.envelope import Sealing
 
-__all__ = ["ShipConfig", "SyncResult", "merge"]
+__all__ = ["ResyncSummary", "ShipConfig", "SyncResult", "merge"]
 
 
 class ShipConfig(BaseModel):
@@ -30,6 +30,17 @@ class ShipConfig(BaseModel):
         return Sealing(level=self.level, recipients=self.recipients)
 
 
+class ResyncSummary(BaseModel):
+    """A resync segment spooled: why, and what it costs against the database."""
+
+    key: str
+    reason: str
+    pages: int  # pages shipped
+    page_count: int  # pages of the database it resyncs
+    raw_bytes: int
+    stored_bytes: int
+
+
 class SyncResult(BaseModel):
     """What one step captured (nothing was uploaded)."""
 
@@ -41,6 +52,7 @@ class SyncResult(BaseModel):
     new_generation: str | None = None
     reason: str | None = None
     snapshot: str | None = None  # key of a snapshot taken within the generation
+    resync: ResyncSummary | None = None
 
 
 def merge(a: SyncResult, b: SyncResult) -> SyncResult:
@@ -54,4 +66,5 @@ def merge(a: SyncResult, b: SyncResult) -> SyncResult:
         new_generation=b.new_generation or a.new_generation,
         reason=b.reason or a.reason,
         snapshot=b.snapshot or a.snapshot,
+        resync=b.resync or a.resync,
     )

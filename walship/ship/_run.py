@@ -22,7 +22,7 @@ from walship.errors import TransientStorageError
 from walship.handover import hold_database
 from walship.lease import holder_for
 from walship.models import WalPosition
-from walship.ship._results import ShipConfig, SyncResult
+from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
 from walship.storage import ObjectStore, StorageCredentials, open_store
@@ -44,6 +44,7 @@ class ShipReport(BaseModel):
     checkpoints: int = 0
     generations_started: list[str] = Field(default_factory=list)
     generation_reasons: list[str] = Field(default_factory=list)
+    resyncs: list[ResyncSummary] = Field(default_factory=list)
     max_lag_seconds: float = 0.0
     handover_waited_seconds: float | None = None
     upload_failures: int = 0
@@ -59,6 +60,8 @@ class ShipReport(BaseModel):
         if result.new_generation:
             self.generations_started.append(result.new_generation)
             self.generation_reasons.append(result.reason or "")
+        if result.resync:
+            self.resyncs.append(result.resync)
 
     def count_upload(self, uploaded: UploadResult) -> None:
         self.segments_uploaded += uploaded.segments

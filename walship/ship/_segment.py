@@ -18,6 +18,7 @@ from walship.envelope import Sealing, SegmentSealer
 from walship.errors import ContinuityLostError
 from walship.layout import format_segment_key
 from walship.models import SegmentInfo, WalCursor, utcnow
+from walship.resync import FrameDigester, PageChanges
 from walship.spool import Spool, new_entry
 from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalHeader, WalScan, cursor_at, may_follow_restart
 
@@ -30,6 +31,7 @@ class Captured(NamedTuple):
     segment: SegmentInfo
     cursor: WalCursor
     budget_reached: bool  # more committed WAL waits beyond the byte budget
+    pages: PageChanges  # what it does to the database's pages (the page digest map follows)
 
 
 class NoRoom(NamedTuple):
@@ -133,13 +135,20 @@ def capture_segment(
     size = found.scan.last_commit_offset - found.start
     if not spool.room_for_segment(size):
         return NoRoom()
+    digester = FrameDigester(found.header.page_size)
+
+    def copy(write: Callable[[bytes], int]) -> None:
+        def both(chunk: bytes) -> int:
+            digester.feed(chunk)
+            return write(chunk)
+
+        capture.copy_range(found.start, found.scan.last_commit_offset, both)
+
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        sealed, stored = _seal(
-            data, sealing, size, lambda write: capture.copy_range(found.start, found.scan.last_commit_offset, write)
-        )
+        sealed, stored = _seal(data, sealing, size, copy)
         info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
         spool.add(new_entry(_stored(info, stored, sealing)), data)
-    return Captured(info, moved, found.scan.budget_reached)
+    return Captured(info, moved, found.scan.budget_reached, digester.changes())
 
 
 def read_tail(
@@ -158,11 +167,15 @@ def read_tail(
     return TailCopy(info, moved, data)
 
 
-def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> None:
-    """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have."""
+def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> PageChanges:
+    """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have;
+    what it does to the pages (digested here, after writers went on)."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
         _, stored = _seal(path, sealing, len(tail.data), lambda write: write(tail.data))
         spool.add(new_entry(_stored(tail.segment, stored, sealing)), path)
+    digester = FrameDigester(tail.segment.page_size)
+    digester.feed(tail.data)
+    return digester.changes()
 
 
 def _stored(info: SegmentInfo, stored: int, sealing: Sealing) -> SegmentInfo:

@@ -14,6 +14,7 @@ from walship.layout import new_generation, parse_generation
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
 from walship.ship._results import ShipConfig, SyncResult, merge
+from walship.ship._resync import PageTracker, spool_resync
 from walship.ship._segment import Captured, NoRoom, TailCopy, TooBig, capture_segment, read_tail, spool_tail
 from walship.ship._snapshots import BackgroundSnapshot, SnapshotJob, spool_snapshot
 from walship.ship._watch import POLL_SECONDS, has_new_commits, published_end, wait_for_commits
@@ -66,6 +67,7 @@ class Shipper:
         self._seen: WalIndexState | None = None  # the WAL index at the previous tend
         self._backfill_seen: WalIndexState | None = None  # ... and at the previous sync
         self._tender = Tender(self.tend, _POLL, str(self.database))
+        self._pages = PageTracker(spool.root)
 
     # Opening and ending a run ---------------------------------------------------------
 
@@ -74,6 +76,7 @@ class Shipper:
         with self._lock:
             cursor = self.spool.load_cursor()
             self.spool.discard_uncaptured(cursor)
+            self._pages.load(cursor)
             if not self.capture.pinned:
                 self._guard.guarded = self.capture.pin_now(covered_by(cursor)) and self._guard.guarded
             try:
@@ -84,7 +87,7 @@ class Shipper:
                 # Commits made while no shipper ran belong to the next segment.
                 self._last_sync = cursor.moved_at or self._last_sync
             except ContinuityLostError as lost:
-                return self.start_generation(str(lost))
+                return self._recover(str(lost), cursor)
             self._note_pin()
             return self.sync()
 
@@ -100,12 +103,14 @@ class Shipper:
             result = self.sync()
             if result.new_generation is None and self.cursor is not None and not self.cursor.checkpointed:
                 result = merge(result, self._checkpoint())
+            self._pages.sync()
             return result
 
     def close(self) -> None:
         self.stop_tending()
         self._snapshots.wait()
         self.capture.close()
+        self._pages.close()
 
     # Holding the WAL -------------------------------------------------------------------
 
@@ -138,7 +143,7 @@ class Shipper:
                 try:
                     result = self._capture()
                 except ContinuityLostError as lost:
-                    return self.start_generation(str(lost))
+                    return self._recover(str(lost), self.cursor)
             elif state != self._seen:
                 self._seen = state  # still moving: wait for the next sync, or for it to go quiet
                 return result
@@ -184,6 +189,8 @@ class Shipper:
                     # Nothing is appended while writers wait: the pin lands exactly on the cursor.
                     self._guard.guarded = self.capture.move_pin(covered_by(self.cursor))
                 source = self.capture.copy_database(source_connection, self.database, target)
+                # The map describes the replica: the copy's pages (page 1 may differ from the database's).
+                self._pages.begin(generation, source.path, source.page_size)
                 position = WalPosition(generation=generation, sequence=0)
                 spool_snapshot(
                     self.spool,
@@ -197,6 +204,35 @@ class Shipper:
             self.spool.save_cursor(self.cursor)
             self._last_sync = state_at
             return SyncResult(new_generation=generation, reason=reason)
+
+    def _recover(self, reason: str, cursor: WalCursor | None) -> SyncResult:
+        """After continuity was lost: a resync segment when the page digest map says what the replica
+        holds at ``cursor``, else a new generation (with both reasons)."""
+        with self._lock:
+            why_not = self._pages.why_not(cursor, self.capture)
+            if why_not is not None or cursor is None:
+                return self.start_generation(f"{reason} ({why_not}, so no resync)" if cursor else reason)
+            log.warning("resyncing %s in generation %s: %s", self.database, cursor.generation, reason)
+
+            def at_point(moved: WalCursor) -> None:
+                self.cursor = moved
+                # Nothing is appended while writers wait: the pin lands exactly on the cursor.
+                self._guard.guarded = self.capture.move_pin(covered_by(moved))
+
+            done = spool_resync(
+                self.capture,
+                self.spool,
+                self._pages,
+                cursor,
+                reason=reason,
+                sealing=self.config.sealing,
+                at_point=at_point,
+            )
+            self.cursor = done.cursor
+            self._behind = False
+            self.spool.save_cursor(self.cursor)
+            self._last_sync = done.segment.captured_at
+            return SyncResult(segments=1, bytes=done.segment.raw_size, resync=done.summary)
 
     @property
     def snapshot_in_progress(self) -> bool:
@@ -240,7 +276,7 @@ class Shipper:
             except WritersBusyError:
                 return SyncResult()
             except ContinuityLostError as lost:
-                return self.start_generation(str(lost))
+                return self._recover(str(lost), self.cursor)
             self._snapshots.start(
                 SnapshotJob(stack.pop_all(), connection, cursor.position, state_at, self._snapshot_spooled)
             )
@@ -270,7 +306,7 @@ class Shipper:
             try:
                 result = self._capture()
             except ContinuityLostError as lost:
-                return self.start_generation(str(lost))
+                return self._recover(str(lost), self.cursor)
             # The live WAL ends where the index says: after a restart SQLite
             # reuses the file without shrinking it, so its size says nothing.
             live = self._published_end() or self.cursor.offset
@@ -345,7 +381,7 @@ class Shipper:
         except WritersBusyError:
             return SyncResult()
         except ContinuityLostError as lost:
-            return self.start_generation(str(lost))
+            return self._recover(str(lost), self.cursor)
         if isinstance(tail, TooBig):
             return SyncResult()  # writers outran the backfill; the next sync tries again
         return merge(self._spool_tail(tail), SyncResult(checkpointed=complete))
@@ -353,7 +389,7 @@ class Shipper:
     def _spool_tail(self, tail: TailCopy | None) -> SyncResult:
         """Make the pause's tail copy durable, then the cursor that covers it."""
         if tail is not None:
-            spool_tail(self.spool, tail, self.config.sealing)
+            self._pages.captured(tail.segment.sequence, spool_tail(self.spool, tail, self.config.sealing))
             self._last_sync = tail.segment.captured_at
         assert self.cursor is not None
         self.spool.save_cursor(self.cursor)
@@ -420,6 +456,7 @@ class Shipper:
             return SyncResult()
         if not isinstance(captured, Captured):
             return SyncResult()
+        self._pages.captured(captured.segment.sequence, captured.pages)
         self.cursor = captured.cursor
         self.spool.save_cursor(self.cursor)
         self._behind = captured.budget_reached

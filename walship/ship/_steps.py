@@ -11,11 +11,12 @@ from pathlib import Path
 
 from walship import lease, upload
 from walship.errors import TransientStorageError
-from walship.ship._results import SyncResult
+from walship.ship._results import ResyncSummary, SyncResult
 from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
+from walship.units import human_bytes
 
-__all__ = ["LoggingObserver", "drain_spool", "let_lease_go", "take_lease"]
+__all__ = ["LoggingObserver", "describe_resync", "drain_spool", "let_lease_go", "take_lease"]
 
 
 def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
@@ -26,6 +27,14 @@ def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
 def drain_spool(store: ObjectStore, spool_dir: Path, holder: str, level: int) -> upload.UploadResult:
     """Upload what the spool holds, in order (the run's final drain)."""
     return upload.upload_pending(store, Spool(spool_dir, lock=False), holder=holder, level=level)
+
+
+def describe_resync(resync: ResyncSummary) -> str:
+    """One line on a resync: why, and what it shipped against the whole database."""
+    return (
+        f"resync {resync.key}: {resync.pages} of {resync.page_count} pages changed "
+        f"({human_bytes(resync.stored_bytes)} stored) instead of a full snapshot; {resync.reason}"
+    )
 
 
 def let_lease_go(store: ObjectStore, spool_dir: Path) -> None:
@@ -46,6 +55,8 @@ class LoggingObserver:
             self.logger.warning("new generation %s: %s", result.new_generation, result.reason)
         if result.snapshot:
             self.logger.info("snapshot %s taken within the generation", result.snapshot)
+        if result.resync:
+            self.logger.warning("%s", describe_resync(result.resync))
 
     def uploaded(self, pending: list[PendingEntry], uploaded: upload.UploadResult) -> None:
         pass

@@ -32,6 +32,7 @@ import apsw
 from walship.errors import CorruptObjectError, UsageError, WalIndexUnsettledError, WritersBusyError
 from walship.models import SnapshotSource, utcnow
 from walship.sqlite._database import check_database
+from walship.sqlite._pages import PageCopy, transaction_pages
 from walship.sqlite._snapshot import backup_into, describe_copy
 from walship.sqlite._vouched import scan_vouched
 from walship.sqlite._wal import WAL_HEADER_SIZE, WalHeader, WalScan, parse_wal_header, scan_wal
@@ -80,6 +81,7 @@ class WalCapture:
             )
         self.wal_path = Path(f"{self.database}-wal")
         self._shm_fd: int | None = None
+        self._db_fd: int | None = None  # for reading pages; open as long as our connections (see close)
         self._pins = [self._connect(), self._connect()]
         self._active: int | None = None
         self._locker = self._connect()
@@ -91,6 +93,8 @@ class WalCapture:
         # pin reads the database file alone (it lets the WAL restart once).
         self.pin: WalIndexState | None = None
         self.pin_lets_restart = False
+        # How long writers waited the last time we held the write lock (bench/resync.py compares them).
+        self.last_pause_seconds = 0.0
 
     def _connect(self) -> apsw.Connection:
         connection = apsw.Connection(str(self.database), flags=apsw.SQLITE_OPEN_READWRITE)
@@ -109,6 +113,9 @@ class WalCapture:
         if self._shm_fd is not None:
             os.close(self._shm_fd)
             self._shm_fd = None
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
 
     def _read_shm(self, size: int) -> bytes:
         """Read the WAL index through one descriptor kept open for our lifetime.
@@ -297,10 +304,12 @@ class WalCapture:
                 if between is not None:
                     between()
                 time.sleep(_RETRY_PAUSE)
+        paused = time.monotonic()
         try:
             yield
         finally:
             self.resume_writers()
+            self.last_pause_seconds = time.monotonic() - paused
 
     def pause_writers(self) -> None:
         """Take the write lock, or raise ``WritersBusyError`` if it cannot be had at once (retry later)."""
@@ -350,6 +359,18 @@ class WalCapture:
             yield connection
         finally:
             connection.close()
+
+    @contextlib.contextmanager
+    def pages_now(self) -> Iterator[PageCopy]:
+        """The pages of the state a read transaction beginning now sees (call it inside ``writers_paused``)."""
+        if self._db_fd is None:
+            self._db_fd = os.open(self.database, os.O_RDONLY)
+        # The WAL index is read once the transaction began (the second context): see transaction_pages.
+        with (
+            self.read_transaction_now() as connection,
+            transaction_pages(connection, self._db_fd, self.wal_path, self.wal_index()) as pages,
+        ):
+            yield pages
 
     @staticmethod
     def copy_database(source: apsw.Connection, database: Path, target: Path) -> SnapshotSource:

@@ -41,7 +41,7 @@ from walship.models import utcnow
 from walship.sqlite._database import check_database
 from walship.sqlite._walindex import WAL_INDEX_READ_SIZE, WalIndexState, parse_wal_index
 
-__all__ = ["PageCopy", "consistent_pages"]
+__all__ = ["PageCopy", "consistent_pages", "transaction_pages"]
 
 _BUSY_TIMEOUT_MS = 10_000
 # Pages are handed on in blocks of about this size: large enough that a pread
@@ -147,6 +147,32 @@ def consistent_pages(database: Path) -> Iterator[PageCopy]:
         # every POSIX lock this process holds on it, our read transaction's too.
         for fd in fds:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def transaction_pages(
+    connection: apsw.Connection, db_fd: int, wal_path: Path, state: WalIndexState | None
+) -> Iterator[PageCopy]:
+    """The pages ``connection``'s open read transaction sees, the database read through ``db_fd``.
+
+    For a caller that holds the database with connections of its own (the
+    shipper): it keeps ``db_fd`` open as long as they live, since closing a
+    descriptor of the database would drop their locks. ``state`` is the WAL
+    index read after the transaction began, while writers waited: frames
+    not yet backfilled then could not be backfilled or overwritten since.
+    """
+    page_size = _pragma(connection, "page_size")
+    page_count = _pragma(connection, "page_count")
+    wal_fd: int | None = None
+    try:
+        overlay: dict[int, int] = {}
+        if state is not None and state.max_frame > state.backfilled:
+            wal_fd = os.open(wal_path, os.O_RDONLY)  # SQLite locks the -shm, never the WAL: closing it is safe
+            overlay = _newest_frames(wal_fd, state)
+        yield PageCopy(db_fd, wal_fd, page_size, page_count, overlay)
+    finally:
+        if wal_fd is not None:
+            os.close(wal_fd)
 
 
 def _pragma(connection: apsw.Connection, name: str) -> int:

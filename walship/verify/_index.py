@@ -6,7 +6,7 @@ from collections.abc import Callable
 from walship.catalog import list_snapshot_keys, read_snapshot_info, snapshot_or_unusable
 from walship.errors import NotFoundError, TransientStorageError, WalshipError
 from walship.index import read_index
-from walship.layout import format_segment_key, parse_snapshot_key
+from walship.layout import format_resync_key, format_segment_key, parse_snapshot_key
 from walship.models import ReplicaMetadata, SnapshotInfo
 from walship.storage import ObjectStore
 from walship.verify._report import Drill, VerifyReport
@@ -120,7 +120,8 @@ def _check_index_position(drill: Drill, metadata: ReplicaMetadata, listed: dict[
             present = set(drill.sequences(generation))
             for sequence in range(max(bases) + 1, latest + 1):
                 key = format_segment_key(generation, sequence)
-                if sequence not in present and not _exists(drill.store, key):
+                resync = format_resync_key(generation, sequence)
+                if sequence not in present and not _exists(drill.store, key) and not _exists(drill.store, resync):
                     problems.append(f"latest_wal_sequence {latest} claims {key}, which does not exist")
                     break
     if problems:
