@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 # A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in $PREFECT_HOME, default
 # build/prefect) serving prefect.yaml's deployments; `make stop` ends both. Site values come from

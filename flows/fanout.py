@@ -7,6 +7,10 @@ which each database goes as ``<base>/<file name>``, or a template with
 task that never raises: one failing database does not stop the others, and
 the parent fails only once all of them have finished.
 
+For shipping, ``flows/fleet.py`` (one flow run ships the whole fleet from
+its own process) supersedes ``ship_many_flow``, whose child flow run and task
+runs per database load the Prefect server with the fleet's size.
+
 Snapshots run at most ``max_concurrency`` at a time, so memory and disk stay
 bounded by that many snapshots in flight. Shippers are different: each one
 runs for the whole window, so a queue would leave databases unshipped until

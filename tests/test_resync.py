@@ -29,7 +29,10 @@ from walship.resync import (
     PageChanges,
     PageMap,
     PageMapStore,
+    digest_file,
     page_digest,
+    restored_state,
+    state_digest,
     zero_digest,
 )
 from walship.status import replica_status
@@ -74,6 +77,20 @@ class TestFrameDigester:
         digester.feed(_frame(1, 1, 1)[:-1])
         with pytest.raises(ValueError, match="inside a frame"):
             digester.changes()
+
+
+class TestStateDigest:
+    """Restore's digest of a file it restored is the shipper's digest of the same pages."""
+
+    def test_streamed_equals_whole(self, tmp_path: Path) -> None:
+        path = tmp_path / "pages"
+        path.write_bytes(bytes(range(256)) * (PAGE * 5 // 256) + b"\x07" * 100)  # a short last page
+        whole = state_digest(PAGE, b"".join(digest_file(path, PAGE)))
+        with path.open("rb") as database:
+            assert restored_state(database, PAGE, 6) == whole
+            # Two pages past the end of the file read as holes: zeros.
+            longer = state_digest(PAGE, b"".join(digest_file(path, PAGE)) + zero_digest(PAGE) * 2)
+            assert restored_state(database, PAGE, 8) == longer != whole
 
 
 class TestPageMap:

@@ -5,11 +5,13 @@ command gives the same result, checks and exit status either way; only the
 Prefect side (run history, artifacts, events) is missing.
 """
 
+import contextlib
 import ctypes
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -17,6 +19,7 @@ from types import FrameType
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
 from walship.envelope import Keyring
+from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
@@ -29,7 +32,7 @@ from walship.storage import open_store
 from walship.upload import UploadResult
 from walship.verify import VerifyReport, check_index, restore_drill
 
-__all__ = ["restore", "retention", "ship", "snapshot_database", "verify"]
+__all__ = ["restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
 
 _POLICY = RetryPolicy()
 log = logging.getLogger("walship")
@@ -179,19 +182,52 @@ def ship(
 ) -> ShipReport:
     _one_malloc_arena()
     run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=LoggingObserver(log))
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        # SIGTERM (systemd, a supervisor) or Ctrl-C ends the window the way its
-        # time would: the final capture and upload still run.
-        print(f"walship: {signal.Signals(signum).name}: finishing the window", file=sys.stderr)
-        run.stop()
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _stopping(run.stop):
         return run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
+
+
+def ship_many(
+    members: list[FleetMember],
+    replica: str,
+    *,
+    patterns: list[str],
+    duration: float,
+    interval: float,
+    once: bool,
+    level: int,
+    snapshot_interval: float,
+    handover_wait: float,
+) -> FleetReport:
+    _one_malloc_arena()
+    stores = SharedStores()
+    fleet = FleetShipping(
+        members,
+        lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
+        RetryingSteps(_POLICY, stores),
+        stores=stores,
+        interval=interval,
+        handover_wait=handover_wait,
+        notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
+    )
+    with _stopping(fleet.stop):
+        return fleet.run(duration=duration, once=once)
+
+
+@contextlib.contextmanager
+def _stopping(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM (systemd, a supervisor) or Ctrl-C ends the window the way its time would: the final capture and
+    upload still run."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        print(f"walship: {signal.Signals(signum).name}: finishing the window", file=sys.stderr)
+        stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _one_malloc_arena() -> None:

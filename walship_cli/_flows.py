@@ -9,13 +9,14 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+from walship.fleet import FleetMember, FleetReport
 from walship.models import RestoreResult, SnapshotInfo
 from walship.original import OriginalRestoreResult
 from walship.retention import RetentionPolicy, RetentionReport
 from walship.ship import ShipConfig, ShipReport
 from walship.verify import VerifyReport
 
-__all__ = ["quiet_prefect", "restore", "retention", "ship", "snapshot_database", "verify"]
+__all__ = ["quiet_prefect", "restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
 
 
 def quiet_prefect(verbose: bool) -> None:
@@ -123,4 +124,31 @@ def ship(
         snapshot_interval=config.snapshot_seconds,
         handover_wait=handover_wait,
         age_recipients=list(config.recipients),
+    )
+
+
+def ship_many(
+    members: list[FleetMember],
+    replica: str,
+    *,
+    patterns: list[str],
+    duration: float,
+    interval: float,
+    once: bool,
+    level: int,
+    snapshot_interval: float,
+    handover_wait: float,
+) -> FleetReport:
+    from flows.fleet import ship_fleet_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    # The flow plans again from the patterns (as a deployment's runs do); ``members`` was the CLI's check.
+    return ship_fleet_flow(
+        databases=patterns,
+        replica=replica,
+        duration=duration,
+        interval=interval,
+        once=once,
+        level=level,
+        snapshot_interval=snapshot_interval,
+        handover_wait=handover_wait,
     )

@@ -1,4 +1,4 @@
-"""The operator CLI: ``walship snapshot | ship | restore | status | verify | retention``.
+"""The operator CLI: ``walship snapshot | ship | ship-many | restore | status | verify | retention``.
 
 Exit status: 0 done; 1 the operation failed (corrupt or missing data,
 verification failed, storage unreachable after retries); 2 bad usage or bad
@@ -6,7 +6,7 @@ input. Errors are one or two plain lines on stderr; ``--debug`` adds the
 traceback. Input is checked here, before any flow starts, so a typo fails in
 milliseconds rather than after Prefect has started.
 
-snapshot, ship, restore, verify and retention run as Prefect flow runs when a
+snapshot, ship, ship-many, restore, verify and retention run as Prefect flow runs when a
 Prefect API is configured (``PREFECT_API_URL`` in the environment or the active
 profile), so they appear in its dashboard; otherwise they run the core
 directly, at the speed of the work. ``--prefect`` / ``--no-prefect`` choose.
@@ -25,7 +25,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from walship import codec, envelope
-from walship.errors import UsageError, WalshipError
+from walship.errors import IncompleteError, UsageError, WalshipError
+from walship.fleet import plan_fleet
 from walship.models import RestoreResult
 from walship.restore import check_output, point_in_time
 from walship.ship import ShipConfig
@@ -107,6 +108,8 @@ def _parser() -> argparse.ArgumentParser:
         help="snapshot the generation this often when it changed, so restores start recent (default 3600; 0: never)",
     )
 
+    _ship_many_parser(commands)
+
     rest = commands.add_parser("restore", help="restore a database from a replica")
     rest.add_argument("--replica", required=True)
     rest.add_argument("--output", required=True, type=Path)
@@ -146,6 +149,36 @@ def _parser() -> argparse.ArgumentParser:
         "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
     )
     return parser
+
+
+def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
+    many = commands.add_parser("ship-many", help="ship every database the patterns match, from one process")
+    many.add_argument("patterns", nargs="+", metavar="PATTERN", help="database paths or glob patterns")
+    many.add_argument(
+        "--replica",
+        required=True,
+        help="URL with {name} (the database's file name), or a base URL under which each database gets <name>/",
+    )
+    window = many.add_mutually_exclusive_group()
+    window.add_argument("--once", action="store_true", help="one sync and upload of each database, then exit")
+    window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
+    many.add_argument("--interval", type=float, default=1.0, help="seconds between syncs of an active database")
+    many.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
+    many.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="snapshot each changed generation this often (default 3600; 0: never)",
+    )
+    many.add_argument(
+        "--handover-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a database another shipper holds (the previous window) is taken over when it ends, "
+        "waiting up to SECONDS (default 0: that database is refused)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,6 +221,12 @@ def _runner(args: argparse.Namespace) -> ModuleType:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "ship-many":
+        return _ship_many(args)
+    return _run_one(args)
+
+
+def _run_one(args: argparse.Namespace) -> int:
     replica = str(parse_replica_url(args.replica))
     if args.command == "status":
         status = replica_status(open_store(replica), rebuild=args.rebuild_index)
@@ -287,6 +326,39 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     for resync in report.resyncs:
         shipped = f"{resync.pages} of {resync.page_count} pages in {resync.key} ({resync.stored_bytes} bytes)"
         print(f"resynced: {shipped}: {resync.reason}")
+    return EXIT_OK
+
+
+def _ship_many(args: argparse.Namespace) -> int:
+    if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0 or args.handover_wait < 0:
+        raise UsageError(
+            "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
+        )
+    codec.validate_level(args.level)
+    members, unmatched = plan_fleet(args.patterns, args.replica)  # a bad template fails here, before any work
+    for pattern in unmatched:
+        print(f"walship: warning: {pattern!r} matched no database file", file=sys.stderr)
+    if not members:
+        raise UsageError("ship-many: no database matches the patterns: check them (quote globs for the shell)")
+    report = _runner(args).ship_many(
+        members,
+        args.replica,
+        patterns=args.patterns,
+        duration=args.duration,
+        interval=args.interval,
+        once=args.once,
+        level=args.level,
+        snapshot_interval=args.snapshot_interval,
+        handover_wait=args.handover_wait,
+    )
+    for database, state, position, lag, error in report.table():
+        print(f"{state:<8}  {database}  {position}  max lag {lag}" + (f"  {error}" if error else ""))
+    print(report.summary())
+    if failed := report.failed:
+        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise IncompleteError(
+            f"ship-many: {len(failed)} of {len(report.rows)} databases failed ({names}): see their rows above"
+        )
     return EXIT_OK
 
 

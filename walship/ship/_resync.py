@@ -128,19 +128,22 @@ def spool_resync(
     *,
     reason: str,
     sealing: Sealing,
+    between: Callable[[], object],
     at_point: Callable[[WalCursor], object],
 ) -> Resynced:
     """Spool the pages that differ from the map as segment ``cursor.sequence + 1``, then move the map.
 
-    ``at_point`` hears the new cursor while writers still wait (to move the
-    pin there). The caller saves the cursor once this returns.
+    ``between`` runs between two attempts at pausing writers (to move the
+    pin, as for a snapshot); ``at_point`` hears the new cursor while writers
+    still wait (to move the pin there). The caller saves the cursor once this
+    returns.
     """
     replica = tracker.map
     assert replica is not None, "why_not() first"
     sequence = cursor.sequence + 1
     key = format_resync_key(cursor.generation, sequence)
     with contextlib.ExitStack() as stack:
-        with capture.writers_paused(attempts=_PAUSE_ATTEMPTS, between=lambda: at_point(cursor)):
+        with capture.writers_paused(attempts=_PAUSE_ATTEMPTS, between=between):
             at_end = cursor_at_end(capture, cursor.generation)
             pages = stack.enter_context(capture.pages_now())
             state_at = utcnow()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from walship.dblock import ShipperIdentity
 from walship.envelope import check_replica_sealing
 from walship.errors import TransientStorageError
-from walship.handover import hold_database
+from walship.handover import HeldDatabase, hold_database
 from walship.lease import holder_for
 from walship.models import WalPosition
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
@@ -121,6 +121,10 @@ class ShippingRun:
         self.holder = holder_for(database, self.run_id)
         self.report = ShipReport()
         self._stop = threading.Event()
+        self._held: HeldDatabase | None = None
+        self._spool: Spool | None = None
+        self._shipper: Shipper | None = None
+        self._opened_store: ObjectStore | None = None
 
     def stop(self) -> None:
         """End the window early, as if its time were up: the final capture and drain still run."""
@@ -130,34 +134,74 @@ class ShippingRun:
         # The window counts from the run's start, whatever it waited for: a run
         # that took over late must still end in time to hand over to the next.
         deadline = time.monotonic() + duration
+        self.begin(handover_wait=handover_wait)
+        try:
+            self._window(self.shipper, self._store(), deadline=deadline, interval=interval, once=once)
+        except BaseException:
+            self.close()
+            raise
+        return self.end()
+
+    # The run in steps, for a caller that schedules many runs itself (walship.fleet):
+    # begin, then step whenever a sync is due, tend the pin between steps, then end.
+
+    def begin(self, *, handover_wait: float = 0.0) -> None:
+        """Hold the database, take the lease, prove continuity (or start a generation)."""
         identity = ShipperIdentity.this_process(self.run_id, self.spool_dir, self.replica)
         # Pin the WAL and take the database's lock first: a second shipper is
         # refused before it touches any spool or replica.
         held = hold_database(self.database, self.spool_dir, identity, wait=handover_wait)
+        self._held = held
         if held.predecessor:
             self.report.handover_waited_seconds = held.waited_seconds
         try:
-            spool = Spool(self.spool_dir)
-        except BaseException:
-            held.release()
-            raise
-        shipper = Shipper(self.database, spool, self.config, capture=held.capture, guarded=held.guarded)
-        try:
+            self._spool = Spool(self.spool_dir)
+            self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
             # Before the lease or any capture: a replica never mixes plaintext and encrypted objects.
-            check_replica_sealing(open_store(self.replica, self.credentials), self.config.sealing.check())
+            check_replica_sealing(self._store(), self.config.sealing.check())
             self.steps.acquire_lease(self.replica, self.spool_dir, self.holder)
-            self._synced(shipper.open())
-            self._window(
-                shipper, open_store(self.replica, self.credentials), deadline=deadline, interval=interval, once=once
-            )
-            self._synced(shipper.finish())
-            self._finish(spool)
+            self._synced(self.shipper.open())
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def shipper(self) -> Shipper:
+        assert self._shipper is not None, "begin() first"
+        return self._shipper
+
+    def step(self) -> None:
+        """One sync and the upload of what it spooled (a failed upload stays spooled for the next step)."""
+        self._synced(self.shipper.sync())
+        self._upload(self.shipper.spool, self._store())
+        self.observer.spooled(self.shipper.spool.pending())
+
+    def end(self) -> ShipReport:
+        """The final capture, drain and position; the lease let go; everything closed."""
+        try:
+            self._synced(self.shipper.finish())
+            self._finish(self.shipper.spool)
         finally:
+            self.close()
+        return self.report
+
+    def close(self) -> None:
+        """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""
+        shipper, self._shipper = self._shipper, None
+        spool, self._spool = self._spool, None
+        held, self._held = self._held, None
+        if shipper is not None:
             shipper.close()
+        if spool is not None:
             spool.close()
+        if held is not None:
             held.release()
             self.observer.close()
-        return self.report
+
+    def _store(self) -> ObjectStore:
+        if self._opened_store is None:
+            self._opened_store = open_store(self.replica, self.credentials)
+        return self._opened_store
 
     def _window(self, shipper: Shipper, store: ObjectStore, *, deadline: float, interval: float, once: bool) -> None:
         """Sync, upload, wait, with the pin tended beside it all along."""

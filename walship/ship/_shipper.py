@@ -226,6 +226,7 @@ class Shipper:
                 cursor,
                 reason=reason,
                 sealing=self.config.sealing,
+                between=lambda: self.capture.move_pin(covered_by(self.cursor)),
                 at_point=at_point,
             )
             self.cursor = done.cursor

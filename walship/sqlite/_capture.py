@@ -82,11 +82,11 @@ class WalCapture:
         self.wal_path = Path(f"{self.database}-wal")
         self._shm_fd: int | None = None
         self._db_fd: int | None = None  # for reading pages; open as long as our connections (see close)
-        self._pins = [self._connect(), self._connect()]
+        self._pins = [self._connect(holding=True), self._connect(holding=True)]
         self._active: int | None = None
-        self._locker = self._connect()
+        self._locker = self._connect(holding=True)
         # Checkpoints need a connection outside any transaction, also while writers are paused.
-        self._checkpointer = self._connect()
+        self._checkpointer = self._connect(holding=True)
         # A first read opens (or creates) the WAL index, so there is one to pin by.
         self._locker.execute("SELECT COUNT(*) FROM sqlite_schema").fetchall()
         # The WAL index as it was when the held pin began, and whether that
@@ -96,11 +96,19 @@ class WalCapture:
         # How long writers waited the last time we held the write lock (bench/resync.py compares them).
         self.last_pause_seconds = 0.0
 
-    def _connect(self) -> apsw.Connection:
+    def _connect(self, *, holding: bool = False) -> apsw.Connection:
+        """A connection of ours; ``holding``: one that lives as long as we do and reads no pages of note
+        (pins, the locker, the checkpointer)."""
         connection = apsw.Connection(str(self.database), flags=apsw.SQLITE_OPEN_READWRITE)
         connection.set_busy_timeout(_BUSY_TIMEOUT_MS)
         # Our connections never checkpoint on their own: walship decides when.
         connection.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+        if holding:
+            # They need no page cache (a WAL change discards it anyway): dropping SQLite's first bulk
+            # allocation halves what each costs (measured: 160 -> 79 KiB), which a fleet of databases
+            # holding four each feels.
+            connection.execute("PRAGMA cache_size=2").fetchall()
+            connection.execute("PRAGMA shrink_memory").fetchall()
         return connection
 
     def close(self) -> None:

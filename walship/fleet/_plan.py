@@ -1,4 +1,4 @@
-"""Many databases under one deployment: which files, and where each one's replica is.
+"""Which files a fleet is, and where each one's replica is.
 
 A deployment names databases as paths or glob patterns and one replica URL.
 Each database gets a replica of its own (a replica prefix holds one
@@ -24,7 +24,7 @@ __all__ = ["NAME_PLACEHOLDER", "FleetMember", "plan_fleet", "replica_for"]
 NAME_PLACEHOLDER = "{name}"
 # SQLite's companion files and walship's spool directories sit beside the
 # databases, and a pattern such as ``*`` or ``*.db*`` matches them too.
-_NOT_DATABASES = ("-wal", "-shm", "-journal", "-walship")
+_NOT_DATABASES = ("-wal", "-shm", "-journal", "-walship", "-walship.lock")
 # A file name goes into a URL path: keep to characters that need no quoting.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 

@@ -1,0 +1,30 @@
+"""A fleet: many databases of one host shipped by one process, each into a replica of its own.
+
+``plan_fleet`` turns patterns into databases and replicas; ``FleetShipping``
+runs one ``walship.ship.ShippingRun`` per database (its own spool, lock,
+lease and generations, hand-over included) and schedules their syncs from
+one thread, so that an idle database costs a file ``stat`` now and then
+rather than a thread polling its WAL index.
+"""
+
+from walship.fleet._activity import Activity
+from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, replica_for
+from walship.fleet._rows import FleetReport, FleetRow, RowState
+from walship.fleet._run import FleetEvent, FleetShipping
+from walship.fleet._steps import RetryingSteps
+from walship.fleet._stores import SharedStores
+
+__all__ = [
+    "NAME_PLACEHOLDER",
+    "Activity",
+    "FleetEvent",
+    "FleetMember",
+    "FleetReport",
+    "FleetRow",
+    "FleetShipping",
+    "RetryingSteps",
+    "RowState",
+    "SharedStores",
+    "plan_fleet",
+    "replica_for",
+]

@@ -1,0 +1,61 @@
+"""What a fleet's run reports: a row per database (its state, position, lag, last error)."""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+__all__ = ["FleetReport", "FleetRow", "RowState"]
+
+
+class RowState(StrEnum):
+    SHIPPING = "shipping"  # in the window now
+    DONE = "done"  # shipped to the end of the window, spool drained, lease let go
+    FAILED = "failed"  # stopped early or could not start; last_error says why
+    SKIPPED = "skipped"  # matched a pattern but is not a SQLite database: nothing to back up
+    REMOVED = "removed"  # deleted during the window: shipped what it had, then let go
+
+
+class FleetRow(BaseModel):
+    """One database of the fleet."""
+
+    database: str
+    replica: str
+    state: RowState = RowState.SHIPPING
+    position: str | None = None
+    max_lag_seconds: float = 0.0
+    segments_uploaded: int = 0
+    syncs: int = 0
+    generations: list[str] = Field(default_factory=list)
+    pending: int = 0
+    upload_failures: int = 0
+    last_error: str | None = None
+
+
+class FleetReport(BaseModel):
+    """The window's rows and what they add up to."""
+
+    rows: list[FleetRow]
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[FleetRow]:
+        return [r for r in self.rows if r.state == RowState.FAILED]
+
+    def summary(self) -> str:
+        counts = {state: sum(r.state == state for r in self.rows) for state in RowState}
+        shown = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+        segments = sum(r.segments_uploaded for r in self.rows)
+        return f"{len(self.rows)} databases in {self.seconds:.0f} s: {shown}; {segments} segments uploaded"
+
+    def table(self) -> list[tuple[str, str, str, str, str]]:
+        """(database, state, position, max lag, last error) per row, for a terminal or an artifact."""
+        return [
+            (
+                r.database,
+                r.state.value,
+                r.position or "-",
+                f"{r.max_lag_seconds:.2f} s",
+                " ".join((r.last_error or "").split()),
+            )
+            for r in self.rows
+        ]
