@@ -15,7 +15,10 @@ right after COMMIT returns. A token is durable when the first object holding it
 (walship: zstd of raw WAL frames; Litestream: LTX, LZ4 pages) was completely written
 to the server. Core only: the Prefect flow process is excluded (its import is measured).
 
-    python -m bench.ship_lag [--rate 500] [--seconds 60] [--idle 60] [--interval 1]
+    python -m bench.ship_lag [--rate 500] [--seconds 60] [--idle 60] [--interval 1] [--age]
+
+``--age`` adds a third side, walship encrypting every object for one age recipient
+(``walship+age``), and reports its CPU and lag against plaintext walship's.
 """
 
 import argparse
@@ -33,7 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyrage
 import zstandard
+from pyrage import x25519
 
 from bench.ship_lag_report import KINDS, report, summary
 from bench.ship_lag_s3 import RecordingS3
@@ -43,7 +48,8 @@ from bench.workload import content_digest
 
 LS_VENV = BUILD / "litestream-venv"
 LS_VERSION = "0.5.17"
-BUCKETS = {"walship": "walship-lag", "litestream": "litestream-lag"}
+BUCKETS = {"walship": "walship-lag", "litestream": "litestream-lag", "walship+age": "walship-age-lag"}
+AGE_SIDE = "walship+age"
 WRITERS = 2
 DRAIN_SECONDS = 5.0  # after the writers stop: the last sync's upload belongs to the load
 TICK = os.sysconf("SC_CLK_TCK")
@@ -98,9 +104,12 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     connection.close()
     server.create_bucket(BUCKETS[side])
     env = dict(os.environ)
-    if side == "walship":
+    if side.startswith("walship"):
         env["MALLOC_ARENA_MAX"] = "1"  # what `walship ship` asks glibc for itself (walship_cli._direct)
         replica = f"s3://{BUCKETS[side]}/walship?endpoint={server.endpoint}"
+        if side == AGE_SIDE:
+            config = json.loads(env.get("WALSHIP_BENCH_CONFIG", "{}"))
+            env["WALSHIP_BENCH_CONFIG"] = json.dumps({**config, "recipients": [str(args.age.to_public())]})
         argv = [sys.executable, "-m", "bench.ship_lag_walship", str(db), replica]
         argv += ["--interval", str(args.interval), "--events", str(here / "events.json")]
     else:
@@ -108,9 +117,9 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
         (here / "litestream.yml").write_text(litestream_config(db, server.endpoint))
         argv = [str(LS_VENV / "bin" / "litestream"), "replicate", "-config", str(here / "litestream.yml")]
     log = (here / "shipper.log").open("w")
-    out = subprocess.PIPE if side == "walship" else log  # walship says "ready" on stdout
+    out = subprocess.PIPE if side.startswith("walship") else log  # walship says "ready" on stdout
     shipper = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=log, text=True)
-    if side == "walship":
+    if side.startswith("walship"):
         assert shipper.stdout is not None
         if shipper.stdout.readline().strip() != "ready":
             sys.exit(f"walship shipper failed to start: see {here / 'shipper.log'}")
@@ -160,7 +169,7 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
         for line in (here / f"markers-{w}.txt").read_text().splitlines():
             token, ns = line.split()
             markers[token] = int(ns)
-    events = json.loads((here / "events.json").read_text()) if side == "walship" else {}
+    events = json.loads((here / "events.json").read_text()) if side.startswith("walship") else {}
     said = re.search(r"sync-interval=(\S+)", (here / "shipper.log").read_text())
     return {
         "db": db,
@@ -177,15 +186,17 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     }
 
 
-def durable(server: RecordingS3, side: str, work: Path) -> tuple[dict[str, int], dict[str, str]]:
+def durable(server: RecordingS3, side: str, work: Path, identity: Any = None) -> tuple[dict[str, int], dict[str, str]]:
     """For each token, when the first object holding it was completely written, and that object's key."""
     when: dict[str, int] = {}
     where: dict[str, str] = {}
     found: list[tuple[int, str, list[str]]] = []
     objects = server.objects(BUCKETS[side])
-    if side == "walship":
+    if side.startswith("walship"):
         for obj in objects:
             data = obj.read()
+            if data.startswith(b"age-encryption.org/v1\n"):
+                data = pyrage.decrypt(data, [identity])
             if data[:4] == b"\x28\xb5\x2f\xfd":
                 data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
             found.append((obj.done_ns, obj.key, [t.decode() for t in re.findall(TOKEN_PATTERN, data)]))
@@ -222,14 +233,16 @@ def requests(server: RecordingS3, side: str, windows: tuple[int, int, int]) -> d
     return rates
 
 
-def verify_walship(server: RecordingS3, db: Path, work: Path) -> bool:
+def verify_walship(server: RecordingS3, db: Path, work: Path, side: str = "walship", identity: Any = None) -> bool:
     from walship import catalog, index, restore  # noqa: PLC0415 - after the run, in this process
+    from walship.envelope import Keyring  # noqa: PLC0415
     from walship.storage import open_store  # noqa: PLC0415
 
-    store = open_store(f"s3://{BUCKETS['walship']}/walship?endpoint={server.endpoint}")
+    store = open_store(f"s3://{BUCKETS[side]}/walship?endpoint={server.endpoint}")
+    keys = Keyring([identity], "the benchmark's identity") if identity is not None else None
     try:
         chosen = catalog.select_snapshot(index.current_snapshots(store))
-        restore.restore_snapshot(store, chosen, work / "walship-restored.db")
+        restore.restore_snapshot(store, chosen, work / "walship-restored.db", keys=keys, force=True)
     except Exception as exc:  # any failure is the verdict, reported below the table
         print(f"walship restore failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return False
@@ -279,11 +292,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="workload transactions per commit (default 1)")
     parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
     parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
+    parser.add_argument("--age", action="store_true", help="also walship encrypting with age (a third side)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run both sides this many times, alternating who goes first (default 1)"
     )
     args = parser.parse_args()
     args.writers, args.drain = WRITERS, DRAIN_SECONDS
+    args.age = x25519.Identity.generate() if args.age else None
     if not shutil.which("/usr/bin/time"):
         sys.exit("this benchmark needs GNU time: run 'apt-get install time'")
     BUILD.mkdir(parents=True, exist_ok=True)
@@ -293,7 +308,8 @@ def main() -> None:
     rounds: list[dict[str, dict[str, Any]]] = []
     for n in range(args.rounds):
         # Alternate who goes first: on a shared machine, load drifts between the two halves of a round.
-        order = list(BUCKETS) if n % 2 == 0 else list(BUCKETS)[::-1]
+        sides = [s for s in BUCKETS if s != AGE_SIDE or args.age is not None]
+        order = sides if n % 2 == 0 else sides[::-1]
         rounds.append(one_round(source, args, order, full_report=n == 0))
     if args.rounds > 1:
         summary(rounds)
@@ -308,16 +324,37 @@ def one_round(source: Path, args: argparse.Namespace, order: list[str], *, full_
         for side in order:
             print(f"{side}: {args.seconds:g} s at {args.rate:g} tx/s, then {args.idle:g} s idle ...", file=sys.stderr)
             sides[side] = run_side(side, server, source, work, args)
-            sides[side]["durable"], sides[side]["where"] = durable(server, side, work)
+            sides[side]["durable"], sides[side]["where"] = durable(server, side, work, args.age)
             sides[side]["requests"] = requests(server, side, sides[side]["windows"])
         ok = {"walship": verify_walship(server, sides["walship"]["db"], work)}
         ok["litestream"] = verify_litestream(sides["litestream"]["db"], work)
+        if AGE_SIDE in sides:
+            ok[AGE_SIDE] = verify_walship(server, sides[AGE_SIDE]["db"], work, AGE_SIDE, args.age)
         server.stop()
         if full_report:
             report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
-    if not ok["walship"]:
-        sys.exit("FAIL: the walship restore differs from the source database")
+    if AGE_SIDE in sides:
+        _age_cost(sides)
+    if not all(ok[side] for side in ok if side.startswith("walship")):
+        sys.exit("FAIL: a walship restore differs from the source database")
     return sides
+
+
+def _age_cost(sides: dict[str, dict[str, Any]]) -> None:
+    """Encrypted walship against plaintext walship of the same round: shipping CPU and lag."""
+    rows = []
+    for side in ("walship", AGE_SIDE):
+        data = sides[side]
+        lags = sorted((data["durable"][t] - ns) / 1e9 for t, ns in data["markers"].items() if t in data["durable"])
+        rows.append((side, data["cpu"][0], data["cpu"][1], lags[len(lags) // 2] if lags else float("nan")))
+    print("\n| side | CPU s under load | CPU s idle | median lag s |\n|---|---:|---:|---:|")
+    for side, load, idle, lag in rows:
+        print(f"| {side} | {load:.2f} | {idle:.2f} | {lag:.3f} |")
+    plain, sealed = rows
+    print(
+        f"\nage encryption, encrypted over plaintext: shipping CPU under load {sealed[1] / max(plain[1], 1e-9):.3f}, "
+        f"CPU load + idle {(sealed[1] + sealed[2]) / max(plain[1] + plain[2], 1e-9):.3f}"
+    )
 
 
 if __name__ == "__main__":

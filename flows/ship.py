@@ -50,6 +50,7 @@ def wal_ship_flow(
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
+    age_recipients: Annotated[list[str], titled("age recipients")] = [],  # noqa: B006 - never mutated
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> ShipReport:
     """Ship ``database``'s WAL to ``replica`` for ``duration`` seconds (or one sync with ``once``).
@@ -67,6 +68,7 @@ def wal_ship_flow(
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     The lag is the capture-to-storage lag or the age of the oldest spooled
@@ -78,7 +80,12 @@ def wal_ship_flow(
     run = ShippingRun(
         database,
         replica,
-        ShipConfig(database_id=database_id, level=level, snapshot_seconds=snapshot_interval),
+        ShipConfig(
+            database_id=database_id,
+            level=level,
+            snapshot_seconds=snapshot_interval,
+            recipients=tuple(age_recipients),
+        ),
         spool_dir=spool_dir,
         steps=_TaskSteps(retry, credentials_block),
         observer=_Observer(events, get_run_logger()),

@@ -38,6 +38,7 @@ def snapshot_flow(
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
+    age_recipients: Annotated[list[str], titled("age recipients")] = [],  # noqa: B006 - never mutated
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> SnapshotInfo:
     """Take a consistent snapshot of ``database`` and upload it to ``replica``.
@@ -49,6 +50,7 @@ def snapshot_flow(
         database_id: Name of the database in the replica; empty: the database's file name.
         workdir: Accepted and unused: the snapshot streams, nothing is written to local disk.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
     """
     started = time.monotonic()
@@ -57,7 +59,7 @@ def snapshot_flow(
     progress = start_progress(None, f"Snapshot of {database_id}")
     # A retry takes a fresh snapshot (a new generation): a failed one left nothing behind.
     info = with_retry_policy(stream_snapshot, retry)(
-        replica, database, database_id, level, workdir, progress, credentials_block
+        replica, database, database_id, level, workdir, progress, credentials_block, tuple(age_recipients)
     )
     metadata = with_retry_policy(update_metadata, retry)(replica, info, credentials_block)
     elapsed = time.monotonic() - started

@@ -33,6 +33,10 @@ def verify_flow(
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
+    age_identity_block: Annotated[
+        str | None, titled("age identity Secret block"), optional("string", pattern=BLOCK_NAME)
+    ] = UNSET,
+    age_identity_file: Annotated[Path | None, titled("age identity file"), optional("string")] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> VerifyReport:
     """Restore drill of ``replica``, and the index checked against the objects.
@@ -43,13 +47,17 @@ def verify_flow(
         older: Also restore a random older point, not only the newest.
         workdir: Directory for the temporary restores; empty: the system's temporary directory.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
+        age_identity_block: Name of a Secret block holding the age identity that opens encrypted objects.
+        age_identity_file: Path of an age identity file on the worker's host (when no block is named).
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     Every checksum, the chain and ``PRAGMA integrity_check`` are verified. A
     failed drill, or storage unreachable after retries (no proof either way),
     emits ``walship.verify.failed`` (the failure hook) and fails the run."""
     subject = database_of(flow_run.get_parameters())
-    drill = with_retry_policy(restore_drill, retry)(replica, database_id, older, workdir, credentials_block)
+    drill = with_retry_policy(restore_drill, retry)(
+        replica, database_id, older, workdir, credentials_block, age_identity_block, age_identity_file
+    )
     report = drill.merge(with_retry_policy(check_index, retry)(replica, credentials_block))
     publish(
         "verify",

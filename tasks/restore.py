@@ -4,6 +4,7 @@ from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
+from tasks._keys import load_keys
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
 from tasks._storage import open_replica
@@ -35,9 +36,12 @@ def restore_snapshot(
     target: RestoreTarget,
     progress: UUID | None = None,
     credentials_block: str | None = None,
+    identity_block: str | None = None,
+    identity_file: Path | None = None,
 ) -> RestoreResult:
     """Download, verify and apply a snapshot and its segments, and place the database atomically;
-    the snapshot's bytes move the run's ``progress`` artifact to 90 % (segments and checks take the rest)."""
+    the snapshot's bytes move the run's ``progress`` artifact to 90 % (segments and checks take the rest).
+    Encrypted objects open with the identity of ``identity_block`` (a Secret block) or ``identity_file``."""
     return restore.restore_snapshot(
         open_replica(replica, credentials_block),
         snapshot,
@@ -48,6 +52,7 @@ def restore_snapshot(
         until_sequence=target.until_sequence,
         until_time=target.until_time,
         progress=ArtifactProgress(progress, 0.0, 90.0) if progress is not None else None,
+        keys=load_keys(identity_block, identity_file),
     )
 
 

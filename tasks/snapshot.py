@@ -29,9 +29,11 @@ def stream_snapshot(
     workdir: Path | None = None,
     progress: UUID | None = None,
     credentials_block: str | None = None,
+    recipients: tuple[str, ...] = (),
 ) -> SnapshotInfo:
     """Copy, compress and upload the live database in one pass; moves the run's
-    ``progress`` artifact to 95 % (the index update takes the rest)."""
+    ``progress`` artifact to 95 % (the index update takes the rest). With age ``recipients``
+    (public keys) the object is encrypted for them."""
     callback = ArtifactProgress(progress, 0.0, 95.0) if progress is not None else None
     return snapshot.stream_snapshot(
         open_replica(replica, credentials_block),
@@ -40,6 +42,7 @@ def stream_snapshot(
         level=level,
         workdir=workdir,
         progress=callback,
+        recipients=recipients,
     )
 
 

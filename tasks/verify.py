@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from tasks._keys import load_keys
 from tasks._retry import walship_task
 from tasks._storage import open_replica
 from walship import verify
@@ -12,11 +13,22 @@ __all__ = ["check_index", "restore_drill"]
 
 @walship_task
 def restore_drill(
-    replica: str, database_id: str | None, older: bool, workdir: Path | None, credentials_block: str | None = None
+    replica: str,
+    database_id: str | None,
+    older: bool,
+    workdir: Path | None,
+    credentials_block: str | None = None,
+    identity_block: str | None = None,
+    identity_file: Path | None = None,
 ) -> VerifyReport:
-    """Restore the newest point (and a random older one) into a temporary directory, verifying everything."""
+    """Restore the newest point (and a random older one) into a temporary directory, verifying everything;
+    encrypted objects open with the identity of ``identity_block`` (a Secret block) or ``identity_file``."""
     return verify.restore_drill(
-        open_replica(replica, credentials_block), database_id=database_id, older=older, workdir=workdir
+        open_replica(replica, credentials_block),
+        database_id=database_id,
+        older=older,
+        workdir=workdir,
+        keys=load_keys(identity_block, identity_file),
     )
 
 

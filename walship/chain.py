@@ -19,7 +19,7 @@ from typing import BinaryIO, NamedTuple, cast
 from pydantic import ValidationError
 
 from walship.catalog import from_metadata
-from walship.codec import decompress_to_file
+from walship.envelope import Keyring, open_to_file
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
 from walship.layout import format_segment_key, generation_prefix, is_resync_key, parse_segment_key
 from walship.models import ObjectInfo, SegmentInfo
@@ -75,15 +75,17 @@ def apply_segments(
     until_sequence: int | None = None,
     until_time: datetime | None = None,
     scratch: Path,
+    keys: Keyring | None = None,
 ) -> AppliedSegments:
     """Apply the generation's segments after sequence ``after`` to ``database`` (open r+b).
 
     Stops after ``until_sequence``, before the first segment captured after
     ``until_time``, or at the end of the chain. Any damage names the segment
     and the last point that can still be restored (``--sequence N-1``).
+    ``keys`` open segments encrypted with age.
     """
-    keys = list_segment_keys(store, generation)
-    sequences = sorted(s for s in keys if s > after)
+    segment_keys = list_segment_keys(store, generation)
+    sequences = sorted(s for s in segment_keys if s > after)
     if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
         raise NotFoundError(
             f"{format_segment_key(generation, until_sequence)} is not in the replica: "
@@ -95,14 +97,14 @@ def apply_segments(
     for sequence in sequences:
         if until_sequence is not None and sequence > until_sequence:
             break
-        key = keys[sequence]
+        key = segment_keys[sequence]
         if sequence != expected:
             raise NotFoundError(
                 f"{format_segment_key(generation, expected)} is missing: the chain of generation {generation} "
                 f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
             )
         try:
-            with _downloaded(store, key, scratch) as (info, raw):
+            with _downloaded(store, key, scratch, keys) as (info, raw):
                 if until_time is not None and info.captured_at > until_time:
                     stopped_before = info
                     break
@@ -122,15 +124,25 @@ def apply_segments(
 
 
 @contextlib.contextmanager
-def _downloaded(store: ObjectStore, key: str, scratch: Path) -> Iterator[tuple[SegmentInfo, Path]]:
-    """Download, decompress and checksum one segment into a scratch file."""
+def _downloaded(
+    store: ObjectStore, key: str, scratch: Path, keys: Keyring | None
+) -> Iterator[tuple[SegmentInfo, Path]]:
+    """Download, open and checksum one segment into a scratch file."""
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".wal")
     raw = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             info = read_segment_info(store, key)
             with store.open(key) as stream:
-                decompress_to_file(stream, out, expected_sha256=info.sha256, expected_size=info.raw_size, name=key)
+                open_to_file(
+                    stream,
+                    out,
+                    envelope=info.envelope,
+                    keys=keys,
+                    expected_sha256=info.sha256,
+                    expected_size=info.raw_size,
+                    name=key,
+                )
         yield info, raw
     finally:
         raw.unlink(missing_ok=True)

@@ -23,12 +23,16 @@ __all__ = [
     "DEFAULT_LEVEL",
     "MAX_LEVEL",
     "MIN_LEVEL",
+    "DecompressingWriter",
     "Progress",
     "Readable",
     "SealingWriter",
     "StreamTotals",
+    "Writable",
+    "check_decoded",
     "compress_blocks",
     "compress_file",
+    "compress_into",
     "decompress_stream",
     "decompress_to_file",
     "validate_level",
@@ -54,6 +58,10 @@ Progress = Callable[[int, int], None]
 
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
 
 
 class _HashingReader:
@@ -90,23 +98,30 @@ def compress_file(
 
     ``progress`` hears (bytes read, file size) after every chunk.
     """
+    with target.open("wb") as out:
+        raw_size, sha256 = compress_into(source, out, level, progress=progress)
+        out.flush()
+        os.fsync(out.fileno())
+    return CompressedFile(
+        path=target, raw_size=raw_size, compressed_size=target.stat().st_size, sha256=sha256, level=level
+    )
+
+
+def compress_into(
+    source: Path, out: Writable, level: int = DEFAULT_LEVEL, *, progress: Progress | None = None
+) -> tuple[int, str]:
+    """Compress ``source`` as one zstd frame written to ``out``; return its size and SHA-256."""
     validate_level(level)
     size = source.stat().st_size
     compressor = _compressor(level)
-    with source.open("rb") as raw, target.open("wb") as out:
+    with source.open("rb") as raw:
         reader = _HashingReader(raw, size, progress)
-        compressor.copy_stream(cast(BinaryIO, reader), out, size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE)
-        out.flush()
-        os.fsync(out.fileno())
+        compressor.copy_stream(
+            cast(BinaryIO, reader), cast(BinaryIO, out), size=size, read_size=_SMALL_CHUNK, write_size=CHUNK_SIZE
+        )
     if reader.count != size:
         raise CorruptObjectError(f"compress {source}: file changed size while being read ({size} -> {reader.count})")
-    return CompressedFile(
-        path=target,
-        raw_size=reader.count,
-        compressed_size=target.stat().st_size,
-        sha256=reader.digest.hexdigest(),
-        level=level,
-    )
+    return reader.count, reader.digest.hexdigest()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
@@ -180,6 +195,11 @@ def decompress_to_file(
     after every chunk. Returns the number of bytes written.
     """
     written, actual = decompress_stream(source, target, name=name, total=expected_size, progress=progress)
+    return check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
+
+
+def check_decoded(written: int, actual: str, *, expected_sha256: str, expected_size: int, name: str) -> int:
+    """Compare what an object decoded to with what was recorded when it was written; return the size."""
     if written != expected_size:
         raise ChecksumMismatchError(
             f"verify {name}: decompressed to {written} bytes, expected {expected_size} (object truncated or corrupt)"
@@ -221,6 +241,51 @@ def decompress_stream(
     finally:
         written, actual = sink.close()
     return written, actual
+
+
+class DecompressingWriter:
+    """zstd decompression that the compressed bytes are pushed into (by a decoder that pushes, like age's).
+
+    Output goes to ``target`` through the same hashing thread as ``decompress_stream``'s,
+    in chunks of at most ``_SMALL_CHUNK``: memory stays bounded whatever the ratio.
+    ``finish`` returns the bytes written and their SHA-256; nothing is compared here.
+    """
+
+    def __init__(self, target: BinaryIO, *, name: str, total: int = 0, progress: Progress | None = None) -> None:
+        self._name, self._total, self._progress = name, total, progress
+        self._sink = _HashingSink(target)
+        self.done = 0
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            cast(BinaryIO, _Output(self._decompressed)), write_size=_SMALL_CHUNK, closefd=False
+        )
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as exc:
+            raise CorruptObjectError(f"decompress {self._name}: the object is corrupt ({exc})") from exc
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> tuple[int, str]:
+        return self._sink.close()
+
+    def _decompressed(self, chunk: bytes) -> None:
+        self._sink.put(chunk)
+        self.done += len(chunk)
+        if self._progress is not None:
+            self._progress(self.done, self._total)
+
+
+class _Output:
+    def __init__(self, put: Callable[[bytes], None]) -> None:
+        self._put = put
+
+    def write(self, chunk: bytes) -> int:
+        self._put(chunk)
+        return len(chunk)
 
 
 class _HashingSink:
@@ -275,7 +340,7 @@ class SealingWriter:
     (bench/ship_ceiling.py).
     """
 
-    def __init__(self, target: BinaryIO, level: int, size: int = 0) -> None:
+    def __init__(self, target: Writable, level: int, size: int = 0) -> None:
         self._target = target
         threads = -1 if size >= _THREADED_FROM else 0
         compressor = zstandard.ZstdCompressor(level=validate_level(level), write_checksum=True, threads=threads)

@@ -11,9 +11,12 @@ __all__ = [
     "ConflictError",
     "ContinuityLostError",
     "CorruptObjectError",
+    "IdentityMismatchError",
+    "IdentityNeededError",
     "IncompleteError",
     "NotFoundError",
     "PermanentStorageError",
+    "ReplicaSealingError",
     "ShipperRunningError",
     "SpoolFullError",
     "TransientStorageError",
@@ -42,6 +45,18 @@ class ChecksumMismatchError(WalshipError):
 
 class CorruptObjectError(WalshipError):
     """An object cannot be decoded (truncated, not zstd, bad database)."""
+
+
+class IdentityNeededError(UsageError):
+    """An encrypted object must be read and no age identity was given."""
+
+
+class IdentityMismatchError(WalshipError):
+    """None of the age identities given opens an object (it was sealed for other recipients)."""
+
+
+class ReplicaSealingError(UsageError):
+    """A write would mix encrypted and plaintext objects in one replica."""
 
 
 class ConflictError(WalshipError):

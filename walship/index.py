@@ -164,6 +164,7 @@ def _with_snapshot(metadata: ReplicaMetadata, snapshot: SnapshotInfo) -> Replica
     return metadata.model_copy(
         update={
             "database_id": metadata.database_id or snapshot.database_id,
+            "encrypted": metadata.encrypted if metadata.encrypted is not None else snapshot.encrypted,
             "snapshots": snapshots,
             "snapshot_count": len(snapshots),
             "latest_snapshot": newest.key,

@@ -122,11 +122,13 @@ class SegmentInfo(_Frozen):
     committed_after: datetime = Field(description="the previous capture: every commit here came later")
     captured_at: datetime = Field(description="when this segment was captured: every commit here came earlier")
     raw_size: int
-    compressed_size: int = 0
+    compressed_size: int = Field(default=0, description="the stored object's size (sealed)")
     sha256: str
     level: int = 0
     kind: Literal["wal", "resync"] = "wal"
     state_digest: str = ""
+    # How the object is stored (walship.envelope); objects older than the envelope are plain zstd.
+    envelope: str = "zstd"
 
 
 class SnapshotSource(_Frozen):
@@ -142,13 +144,14 @@ class SnapshotSource(_Frozen):
 
 
 class CompressedFile(_Frozen):
-    """A zstd file on local disk and what its uncompressed content hashes to."""
+    """A sealed file on local disk and what its uncompressed content hashes to."""
 
     path: Path
     raw_size: int
     compressed_size: int
     sha256: str
     level: int
+    envelope: str = "zstd"
 
 
 class SnapshotInfo(_Frozen):
@@ -168,6 +171,12 @@ class SnapshotInfo(_Frozen):
     sqlite_version: str = ""
     # None until WAL shipping takes the snapshot: then the exact point it holds.
     wal_position: WalPosition | None = None
+    # How the object is stored (walship.envelope); objects older than the envelope are plain zstd.
+    envelope: str = "zstd"
+
+    @property
+    def encrypted(self) -> bool:
+        return "age" in self.envelope.split("+")
 
 
 class ReplicaMetadata(BaseModel):
@@ -188,6 +197,8 @@ class ReplicaMetadata(BaseModel):
     last_modified: datetime = Field(default_factory=utcnow)
     current_generation: str | None = None
     snapshots: list[SnapshotInfo] = Field(default_factory=list)
+    # Set by the first snapshot: a replica is encrypted or not from its first object on.
+    encrypted: bool | None = None
 
 
 class RestoreTarget(_Frozen):

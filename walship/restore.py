@@ -18,7 +18,8 @@ from pathlib import Path
 from walship._fs import fsync_dir, fsync_path
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
-from walship.codec import Progress, decompress_to_file
+from walship.codec import Progress
+from walship.envelope import Keyring, open_to_file, require_keys
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
 from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
 from walship.sqlite import integrity_check, read_header
@@ -89,12 +90,14 @@ def restore_snapshot(
     until_sequence: int | None = None,
     until_time: datetime | None = None,
     progress: Progress | None = None,
+    keys: Keyring | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` plus the segments after it to ``output``, verifying everything.
 
     ``until_sequence`` / ``until_time`` stop at a point in time (a segment
     boundary); ``segments=False`` restores the snapshot alone. ``progress``
-    hears the snapshot's bytes as they are decompressed.
+    hears the snapshot's bytes as they are decompressed. ``keys`` open
+    objects encrypted with age; without them such a replica fails at once.
     """
     started = time.monotonic()
     output = check_output(output, force=force)
@@ -109,11 +112,14 @@ def restore_snapshot(
             f"replica {store.location} holds database {stored.database_id!r}, not {expected_database_id!r}: "
             "check the replica URL"
         )
+    require_keys(stored.envelope, keys, stored.key)
     with staged_output(output, force=force) as tmp:
         with tmp.open("wb") as out, store.open(stored.key) as stream:
-            decompress_to_file(
+            open_to_file(
                 stream,
                 out,
+                envelope=stored.envelope,
+                keys=keys,
                 expected_sha256=stored.sha256,
                 expected_size=stored.raw_size,
                 name=stored.key,
@@ -131,6 +137,7 @@ def restore_snapshot(
                     until_sequence=until_sequence,
                     until_time=until_time,
                     scratch=output.parent,
+                    keys=keys,
                 )
         header = read_header(tmp)
         pages = applied[-1].db_size_pages if applied else stored.page_count

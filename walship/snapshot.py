@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 from walship.catalog import describe_snapshot, list_snapshots
-from walship.codec import Progress, StreamTotals, compress_blocks, validate_level
+from walship.codec import Progress, StreamTotals
+from walship.envelope import Sealing, check_replica_sealing, seal_blocks, stored_bound
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.index import NewerIndexError, read_index
 from walship.layout import LEASE_KEY, format_snapshot_key, new_generation
@@ -24,11 +25,6 @@ from walship.sqlite import consistent_pages
 from walship.storage import ObjectStore
 
 __all__ = ["check_database_id", "check_not_shipped", "describe_new_snapshot", "stream_snapshot", "upload_snapshot"]
-
-# zstd never grows data by more than about 1/128 (ZSTD_compressBound), plus a
-# header: the upload's part size is chosen from this bound.
-_ZSTD_GROWTH = 128
-_ZSTD_HEADER = 1 << 16
 
 
 def stream_snapshot(
@@ -39,6 +35,7 @@ def stream_snapshot(
     level: int,
     workdir: Path | None = None,
     progress: Progress | None = None,
+    recipients: tuple[str, ...] = (),
 ) -> SnapshotInfo:
     """Snapshot the live ``database`` into ``store`` in one pass: a new generation at sequence 0.
 
@@ -47,10 +44,12 @@ def stream_snapshot(
     appears whole with its metadata, or not at all. ``workdir`` is accepted
     for the callers' sake and unused: nothing is written to local disk.
     ``progress`` hears (bytes read, database size). The index is updated
-    separately (``index.add_snapshot``).
+    separately (``index.add_snapshot``). With age ``recipients`` the object
+    is encrypted for them (``walship.envelope``).
     """
     del workdir  # nothing is spooled; kept so callers need not know
-    validate_level(level)
+    sealing = Sealing(level=level, recipients=recipients).check()
+    check_replica_sealing(store, sealing)
     with consistent_pages(database) as pages:
         generation = new_generation(pages.taken_at)
         key = format_snapshot_key(generation, 0)
@@ -72,12 +71,13 @@ def stream_snapshot(
                 level=level,
                 database_id=database_id,
                 sqlite_version=pages.sqlite_version,
+                envelope=sealing.envelope,
             )
             return describe_snapshot(info)
 
-        chunks = compress_blocks(pages.blocks(), totals, size=pages.size, level=level, progress=progress)
-        bound = pages.size + pages.size // _ZSTD_GROWTH + _ZSTD_HEADER
-        store.put_chunks(key, chunks, metadata=described, size_hint=bound)
+        chunks = seal_blocks(pages.blocks(), totals, size=pages.size, sealing=sealing, progress=progress)
+        # The upload's part size is chosen from this bound.
+        store.put_chunks(key, chunks, metadata=described, size_hint=stored_bound(pages.size, sealing))
     assert info is not None  # put_chunks asked for the metadata before storing the object
     return info
 
@@ -144,6 +144,7 @@ def describe_new_snapshot(
         database_id=database_id,
         sqlite_version=source.sqlite_version,
         wal_position=position,
+        envelope=compressed.envelope,
     )
 
 

@@ -18,6 +18,7 @@ from types import FrameType
 
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
+from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
@@ -66,7 +67,13 @@ class _TerminalProgress:
 
 
 def snapshot_database(
-    database: Path, replica: str, *, level: int, database_id: str | None, workdir: Path | None
+    database: Path,
+    replica: str,
+    *,
+    level: int,
+    database_id: str | None,
+    workdir: Path | None,
+    recipients: tuple[str, ...] = (),
 ) -> SnapshotInfo:
     store = open_store(replica)
     database_id = database_id or database.name
@@ -77,7 +84,13 @@ def snapshot_database(
         info = retrying(
             _POLICY,
             lambda: snapshot.stream_snapshot(
-                store, database, database_id=database_id, level=level, workdir=workdir, progress=progress
+                store,
+                database,
+                database_id=database_id,
+                level=level,
+                workdir=workdir,
+                progress=progress,
+                recipients=recipients,
             ),
         )
     finally:
@@ -96,8 +109,10 @@ def restore(
     generation: str | None,
     force: bool,
     database_id: str | None,
+    identity_file: Path | None = None,
 ) -> RestoreResult | OriginalRestoreResult:
     store = open_store(replica)
+    keys = Keyring.from_file(identity_file) if identity_file is not None else None
     until_sequence = sequence
     if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
         # Described from its own object: nothing else the prefix holds can stand in the way.
@@ -129,15 +144,21 @@ def restore(
                 until_sequence=until_sequence,
                 until_time=timestamp,
                 progress=progress,
+                keys=keys,
             ),
         )
     finally:
         progress.clear()
 
 
-def verify(replica: str, *, database_id: str | None, older: bool, workdir: Path | None) -> VerifyReport:
+def verify(
+    replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
+) -> VerifyReport:
     store = open_store(replica)
-    drill = retrying(_POLICY, lambda: restore_drill(store, database_id=database_id, older=older, workdir=workdir))
+    keys = Keyring.from_file(identity_file) if identity_file is not None else None
+    drill = retrying(
+        _POLICY, lambda: restore_drill(store, database_id=database_id, older=older, workdir=workdir, keys=keys)
+    )
     return drill.merge(retrying(_POLICY, lambda: check_index(store)))
 
 

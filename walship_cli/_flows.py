@@ -36,11 +36,24 @@ def quiet_prefect(verbose: bool) -> None:
 
 
 def snapshot_database(
-    database: Path, replica: str, *, level: int, database_id: str | None, workdir: Path | None
+    database: Path,
+    replica: str,
+    *,
+    level: int,
+    database_id: str | None,
+    workdir: Path | None,
+    recipients: tuple[str, ...] = (),
 ) -> SnapshotInfo:
     from flows.snapshot import snapshot_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
-    return snapshot_flow(database=database, replica=replica, level=level, database_id=database_id, workdir=workdir)
+    return snapshot_flow(
+        database=database,
+        replica=replica,
+        level=level,
+        database_id=database_id,
+        workdir=workdir,
+        age_recipients=list(recipients),
+    )
 
 
 def restore(
@@ -53,6 +66,7 @@ def restore(
     generation: str | None,
     force: bool,
     database_id: str | None,
+    identity_file: Path | None = None,
 ) -> RestoreResult | OriginalRestoreResult:
     from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
@@ -65,13 +79,18 @@ def restore(
         generation=generation,
         force=force,
         database_id=database_id,
+        age_identity_file=identity_file,
     )
 
 
-def verify(replica: str, *, database_id: str | None, older: bool, workdir: Path | None) -> VerifyReport:
+def verify(
+    replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
+) -> VerifyReport:
     from flows.verify import verify_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
-    return verify_flow(replica=replica, database_id=database_id, older=older, workdir=workdir)
+    return verify_flow(
+        replica=replica, database_id=database_id, older=older, workdir=workdir, age_identity_file=identity_file
+    )
 
 
 def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:
@@ -104,6 +123,7 @@ def ship(
         level=config.level,
         snapshot_interval=config.snapshot_seconds,
         handover_wait=handover_wait,
+        age_recipients=list(config.recipients),
     )
 
 

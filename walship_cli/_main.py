@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from walship import codec
+from walship import codec, envelope
 from walship.errors import IncompleteError, UsageError, WalshipError
 from walship.fleet import plan_fleet
 from walship.models import RestoreResult
@@ -34,7 +34,7 @@ from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
-from walship_cli import _direct, _flows
+from walship_cli import _age, _direct, _flows
 from walship_cli._mode import prefect_api_configured
 
 __all__ = ["main"]
@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--older", action="store_true", help="also restore a random older point")
     drill.add_argument("--database-id", help="fail if the replica holds another database")
     drill.add_argument("--workdir", type=Path, help="directory for the restored files (default: system temp)")
+    _age.add_options(writers=(snap, ship), readers=(rest, drill))
 
     stat = commands.add_parser("status", help="show what a replica holds")
     stat.add_argument("--replica", required=True)
@@ -235,13 +236,17 @@ def _run_one(args: argparse.Namespace) -> int:
         check_database(args.database)
         codec.validate_level(args.level)
     if args.command == "snapshot":
-        check_not_shipped(open_store(replica))  # before Prefect starts: a refusal takes milliseconds
+        sealing = _age.sealing(args)
+        # Before Prefect starts: a refusal takes milliseconds.
+        check_not_shipped(open_store(replica))
+        envelope.check_replica_sealing(open_store(replica), sealing)
         info = _runner(args).snapshot_database(
             args.database.resolve(),
             replica,
             level=args.level,
             database_id=args.database_id,
             workdir=args.workdir,
+            recipients=sealing.recipients,
         )
         ratio = info.raw_size / max(info.compressed_size, 1)
         print(f"snapshot {info.key}: {info.raw_size} -> {info.compressed_size} bytes (ratio {ratio:.2f})")
@@ -269,6 +274,7 @@ def _restore(args: argparse.Namespace, replica: str) -> int:
         generation=args.generation,
         force=args.force,
         database_id=args.database_id,
+        identity_file=_age.identity_file(args),
     )
     if isinstance(result, RestoreResult):
         position = str(result.position)
@@ -293,7 +299,10 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         )
     database = args.database.resolve()
     config = ShipConfig(
-        database_id=args.database_id or database.name, level=args.level, snapshot_seconds=args.snapshot_interval
+        database_id=args.database_id or database.name,
+        level=args.level,
+        snapshot_seconds=args.snapshot_interval,
+        recipients=_age.sealing(args).recipients,
     )
     report = _runner(args).ship(
         database,
@@ -394,7 +403,13 @@ def _verify(args: argparse.Namespace, replica: str) -> int:
         raise UsageError(f"verify: --workdir {args.workdir} is not a directory: create it first")
     failure: VerificationFailedError | None = None
     try:
-        report = _runner(args).verify(replica, database_id=args.database_id, older=args.older, workdir=args.workdir)
+        report = _runner(args).verify(
+            replica,
+            database_id=args.database_id,
+            older=args.older,
+            workdir=args.workdir,
+            identity_file=_age.identity_file(args),
+        )
     except VerificationFailedError as exc:
         report, failure = exc.report, exc
     for check in report.checks:

@@ -3,6 +3,7 @@
 from pydantic import BaseModel, Field
 
 from walship import codec
+from walship.envelope import Sealing
 
 __all__ = ["ResyncSummary", "ShipConfig", "SyncResult", "merge"]
 
@@ -12,6 +13,7 @@ class ShipConfig(BaseModel):
 
     database_id: str
     level: int = Field(default=codec.DEFAULT_LEVEL, ge=codec.MIN_LEVEL, le=codec.MAX_LEVEL)
+    recipients: tuple[str, ...] = Field(default=(), description="age recipients: objects are encrypted for them")
     checkpoint_pages: int = Field(default=1000, ge=1, description="PASSIVE checkpoint past this many WAL pages")
     restart_pages: int = Field(
         default=10_000, ge=1, description="past this many, pause writers a moment so the WAL can restart"
@@ -22,6 +24,10 @@ class ShipConfig(BaseModel):
     snapshot_seconds: float = Field(
         default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
     )
+
+    @property
+    def sealing(self) -> Sealing:
+        return Sealing(level=self.level, recipients=self.recipients)
 
 
 class ResyncSummary(BaseModel):

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from walship.codec import SealingWriter
+from walship.envelope import Sealing, SegmentSealer
 from walship.layout import format_resync_key
 from walship.models import SegmentInfo, WalCursor, utcnow
 from walship.resync import (
@@ -127,7 +127,7 @@ def spool_resync(
     cursor: WalCursor,
     *,
     reason: str,
-    level: int,
+    sealing: Sealing,
     between: Callable[[], object],
     at_point: Callable[[WalCursor], object],
 ) -> Resynced:
@@ -158,14 +158,20 @@ def spool_resync(
             at_point(moved)
         with spool.writing(".resync.zst", what=f"a resync of {capture.database}", needed=pages.size) as path:
             with path.open("wb") as out:
-                sealer = SealingWriter(out, level)
-                written = write_resync(pages.blocks(), pages.page_size, pages.page_count, replica, sealer.write)
-                sealer.finish()
+                sealer = SegmentSealer(out, sealing)
+                try:
+                    written = write_resync(pages.blocks(), pages.page_size, pages.page_count, replica, sealer.write)
+                    sealer.finish()
+                except BaseException:
+                    sealer.abort()
+                    raise
                 out.flush()
                 os.fsync(out.fileno())
                 stored = out.tell()
             info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored)
-            info = info.model_copy(update={"sha256": sealer.digest.hexdigest(), "level": level})
+            info = info.model_copy(
+                update={"sha256": sealer.digest.hexdigest(), "level": sealing.level, "envelope": sealing.envelope}
+            )
             spool.add(new_entry(info), path)
     tracker.captured(sequence, written.changes)
     summary = ResyncSummary(

@@ -17,6 +17,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from walship.dblock import ShipperIdentity
+from walship.envelope import check_replica_sealing
 from walship.errors import TransientStorageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import holder_for
@@ -156,6 +157,8 @@ class ShippingRun:
         try:
             self._spool = Spool(self.spool_dir)
             self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
+            # Before the lease or any capture: a replica never mixes plaintext and encrypted objects.
+            check_replica_sealing(self._store(), self.config.sealing.check())
             self.steps.acquire_lease(self.replica, self.spool_dir, self.holder)
             self._synced(self.shipper.open())
         except BaseException:

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from walship.codec import SealingWriter
+from walship.envelope import Sealing, SegmentSealer
 from walship.errors import ContinuityLostError
 from walship.layout import format_segment_key
 from walship.models import SegmentInfo, WalCursor, utcnow
@@ -121,7 +121,7 @@ def capture_segment(
     guarded: bool,
     committed_after: datetime,
     max_bytes: int,
-    level: int,
+    sealing: Sealing,
 ) -> Captured | NoRoom | None:
     """Spool the whole committed transactions after ``cursor`` (up to ``max_bytes``); None if there are none.
 
@@ -145,9 +145,9 @@ def capture_segment(
         capture.copy_range(found.start, found.scan.last_commit_offset, both)
 
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        sealed, stored = _seal(data, level, size, copy)
+        sealed, stored = _seal(data, sealing, size, copy)
         info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
-        spool.add(new_entry(info.model_copy(update={"compressed_size": stored, "level": level})), data)
+        spool.add(new_entry(_stored(info, stored, sealing)), data)
     return Captured(info, moved, found.scan.budget_reached, digester.changes())
 
 
@@ -167,26 +167,34 @@ def read_tail(
     return TailCopy(info, moved, data)
 
 
-def spool_tail(spool: Spool, tail: TailCopy, level: int) -> PageChanges:
+def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> PageChanges:
     """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have;
     what it does to the pages (digested here, after writers went on)."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
-        _, stored = _seal(path, level, len(tail.data), lambda write: write(tail.data))
-        spool.add(new_entry(tail.segment.model_copy(update={"compressed_size": stored, "level": level})), path)
+        _, stored = _seal(path, sealing, len(tail.data), lambda write: write(tail.data))
+        spool.add(new_entry(_stored(tail.segment, stored, sealing)), path)
     digester = FrameDigester(tail.segment.page_size)
     digester.feed(tail.data)
     return digester.changes()
 
 
+def _stored(info: SegmentInfo, stored: int, sealing: Sealing) -> SegmentInfo:
+    return info.model_copy(update={"compressed_size": stored, "level": sealing.level, "envelope": sealing.envelope})
+
+
 def _seal(
-    path: Path, level: int, size: int, fill: Callable[[Callable[[bytes], int]], object]
-) -> tuple[SealingWriter, int]:
+    path: Path, sealing: Sealing, size: int, fill: Callable[[Callable[[bytes], int]], object]
+) -> tuple[SegmentSealer, int]:
     """Write the ``size`` raw bytes ``fill`` hands its writer into ``path``, sealed and fsynced;
     the sealer (the raw bytes' SHA-256 and count) and the bytes stored."""
     with path.open("wb") as out:
-        sealed = SealingWriter(out, level, size)
-        fill(sealed.write)
-        sealed.finish()
+        sealed = SegmentSealer(out, sealing, size)
+        try:
+            fill(sealed.write)
+            sealed.finish()
+        except BaseException:
+            sealed.abort()
+            raise
         out.flush()
         os.fsync(out.fileno())
         return sealed, out.tell()

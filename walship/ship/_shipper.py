@@ -59,7 +59,9 @@ class Shipper:
         self._last_checkpoint = time.monotonic()
         # The last capture stopped short of the published WAL end (a spool too small for the backlog).
         self._behind = False
-        self._snapshots = BackgroundSnapshot(spool, self.database, database_id=config.database_id, level=config.level)
+        self._snapshots = BackgroundSnapshot(
+            spool, self.database, database_id=config.database_id, sealing=config.sealing
+        )
         self._snapshot_taken: str | None = None  # reported by the next sync
         self._lock = threading.RLock()
         self._seen: WalIndexState | None = None  # the WAL index at the previous tend
@@ -196,7 +198,7 @@ class Shipper:
                     position,
                     state_at,
                     database_id=self.config.database_id,
-                    level=self.config.level,
+                    sealing=self.config.sealing,
                 )
             self._behind = False
             self.spool.save_cursor(self.cursor)
@@ -223,7 +225,7 @@ class Shipper:
                 self._pages,
                 cursor,
                 reason=reason,
-                level=self.config.level,
+                sealing=self.config.sealing,
                 between=lambda: self.capture.move_pin(covered_by(self.cursor)),
                 at_point=at_point,
             )
@@ -388,7 +390,7 @@ class Shipper:
     def _spool_tail(self, tail: TailCopy | None) -> SyncResult:
         """Make the pause's tail copy durable, then the cursor that covers it."""
         if tail is not None:
-            self._pages.captured(tail.segment.sequence, spool_tail(self.spool, tail, self.config.level))
+            self._pages.captured(tail.segment.sequence, spool_tail(self.spool, tail, self.config.sealing))
             self._last_sync = tail.segment.captured_at
         assert self.cursor is not None
         self.spool.save_cursor(self.cursor)
@@ -445,7 +447,7 @@ class Shipper:
                 guarded=self._guard.guarded,
                 committed_after=self._last_sync,
                 max_bytes=max_bytes,
-                level=self.config.level,
+                sealing=self.config.sealing,
             )
         except WalIndexUnsettledError as exc:
             log.warning("%s", exc)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import apsw
 
-from walship import codec
+from walship.envelope import Sealing, seal_file
 from walship.errors import SpoolFullError
 from walship.models import SnapshotInfo, SnapshotSource, WalPosition
 from walship.snapshot import describe_new_snapshot
@@ -40,12 +40,12 @@ def spool_snapshot(
     state_at: datetime,
     *,
     database_id: str,
-    level: int,
+    sealing: Sealing,
 ) -> SnapshotInfo:
-    """Compress a copy that holds exactly ``position`` and spool it for upload."""
+    """Seal a copy that holds exactly ``position`` and spool it for upload."""
     what = f"compressing a snapshot of {source.database}"
     with spool.writing(".zst", what=what, needed=source.size) as zst:
-        compressed = codec.compress_file(source.path, zst, level)
+        compressed = seal_file(source.path, zst, sealing)
         source.path.unlink()
         info = describe_new_snapshot(
             source,
@@ -72,9 +72,9 @@ class SnapshotJob(NamedTuple):
 class BackgroundSnapshot:
     """At most one in-generation snapshot at a time, copied, compressed and spooled in a thread."""
 
-    def __init__(self, spool: Spool, database: Path, *, database_id: str, level: int) -> None:
+    def __init__(self, spool: Spool, database: Path, *, database_id: str, sealing: Sealing) -> None:
         self.spool, self.database = spool, database
-        self.database_id, self.level = database_id, level
+        self.database_id, self.sealing = database_id, sealing
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
 
@@ -119,7 +119,7 @@ class BackgroundSnapshot:
                 copy = WalCapture.copy_database(connection, self.database, target)
                 source.close()  # the read transaction ends as soon as the copy is made
                 info = spool_snapshot(
-                    self.spool, copy, position, state_at, database_id=self.database_id, level=self.level
+                    self.spool, copy, position, state_at, database_id=self.database_id, sealing=self.sealing
                 )
         except SpoolFullError as full:
             self._put_off(str(full))

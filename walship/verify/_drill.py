@@ -21,6 +21,7 @@ from pathlib import Path
 import apsw
 
 from walship.catalog import list_snapshot_keys, snapshot_or_unusable
+from walship.envelope import Keyring, require_keys
 from walship.errors import UsageError
 from walship.generations import describe_generations
 from walship.layout import GENERATIONS_PREFIX
@@ -48,9 +49,10 @@ def verify_replica(
     older: bool = False,
     seed: int | None = None,
     workdir: Path | None = None,
+    keys: Keyring | None = None,
 ) -> VerifyReport:
     """The whole drill: restores first, then the index against the objects."""
-    drill = restore_drill(store, database_id=database_id, older=older, seed=seed, workdir=workdir)
+    drill = restore_drill(store, database_id=database_id, older=older, seed=seed, workdir=workdir, keys=keys)
     return drill.merge(check_index(store))
 
 
@@ -61,8 +63,13 @@ def restore_drill(
     older: bool = False,
     seed: int | None = None,
     workdir: Path | None = None,
+    keys: Keyring | None = None,
 ) -> VerifyReport:
-    """Restore the newest point (and, with ``older``, a random older one) into a temporary directory."""
+    """Restore the newest point (and, with ``older``, a random older one) into a temporary directory.
+
+    ``keys`` open objects encrypted with age; an encrypted replica without
+    them is bad usage (exit 2), not a failed drill.
+    """
     if workdir is not None and not workdir.is_dir():
         raise UsageError(f"verify: work directory {workdir} does not exist: create it or leave --workdir out")
     started = time.monotonic()
@@ -71,6 +78,8 @@ def restore_drill(
     snapshots = _described_snapshots(drill, listing)
     if not snapshots:
         return drill.report(started, database_id)
+    for snapshot in snapshots:
+        require_keys(snapshot.envelope, keys, snapshot.key)
     ids = sorted({s.database_id for s in snapshots})
     named = database_id or ids[-1]
     if ids != [named]:
@@ -97,7 +106,7 @@ def restore_drill(
         )
     newest = snapshots[-1]
     with tempfile.TemporaryDirectory(prefix="walship-verify-", dir=workdir) as scratch:
-        restore = _Restorer(drill, Path(scratch))
+        restore = _Restorer(drill, Path(scratch), keys)
         with drill.step("restore-newest"):
             # The point a default restore would give: the newest data, not the newest snapshot.
             _, start = generations.require_newest()
@@ -140,8 +149,8 @@ def _described_snapshots(drill: Drill, listing: list[ObjectInfo]) -> list[Snapsh
 class _Restorer:
     """Restores points into the drill's scratch directory, one file per point."""
 
-    def __init__(self, drill: Drill, scratch: Path) -> None:
-        self.drill, self.scratch, self.count = drill, scratch, 0
+    def __init__(self, drill: Drill, scratch: Path, keys: Keyring | None) -> None:
+        self.drill, self.scratch, self.count, self.keys = drill, scratch, 0, keys
 
     def path(self) -> Path:
         self.count += 1
@@ -150,7 +159,7 @@ class _Restorer:
     def point(self, role: str, snapshot: SnapshotInfo, until: int | None, *, keep: bool = False) -> Path:
         """Restore ``snapshot`` plus its segments (up to ``until``); delete the file unless ``keep``."""
         output = self.path()
-        result = restore_snapshot(self.drill.store, snapshot, output, until_sequence=until)
+        result = restore_snapshot(self.drill.store, snapshot, output, until_sequence=until, keys=self.keys)
         self.drill.points.append(
             RestoredPoint(
                 role=role,
@@ -168,7 +177,7 @@ class _Restorer:
     def alone(self, snapshot: SnapshotInfo) -> Path:
         """Restore a snapshot without segments: it must hash to its recorded SHA-256."""
         output = self.path()
-        restore_snapshot(self.drill.store, snapshot, output, segments=False)
+        restore_snapshot(self.drill.store, snapshot, output, segments=False, keys=self.keys)
         return output
 
 

@@ -1,0 +1,337 @@
+"""Client-side encryption with age: every object sealed once, opened by the identity it was sealed for.
+
+Everything runs on the three storage backends. Objects are read back raw and
+checked for what must never be in them (a database, WAL or zstd magic).
+"""
+
+import errno
+import io
+import os
+import pickle
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pyrage
+import pytest
+import zstandard
+from pyrage import x25519
+
+from bench.workload import committed_counts, content_digest, writer_command
+from tests.conftest import Writers
+from tests.helpers import ROOT, rewrite_object, walship
+from tests.test_resync import _checkpoint
+from tests.test_ship import SEED, Running
+from walship import codec, index, snapshot
+from walship.envelope import Keyring, Sealing, SegmentSealer
+from walship.errors import CorruptObjectError, IdentityMismatchError, IdentityNeededError, ReplicaSealingError
+from walship.index import current_snapshots
+from walship.layout import LEASE_KEY, METADATA_KEY, is_resync_key, parse_segment_key
+from walship.models import utcnow
+from walship.restore import restore_snapshot
+from walship.retention import RetentionPolicy, apply_retention, plan_replica
+from walship.status import replica_status
+from walship.storage import ObjectStore, open_store
+from walship.verify import verify_replica
+
+AGE_HEADER = b"age-encryption.org/v1\n"
+FORBIDDEN = {
+    "SQLite header": b"SQLite format 3\x00",
+    "WAL magic (little-endian checksums)": b"\x37\x7f\x06\x82",
+    "WAL magic (big-endian checksums)": b"\x37\x7f\x06\x83",
+    "zstd magic": b"\x28\xb5\x2f\xfd",
+}
+
+
+class Key:
+    """An age identity, its recipient, and its identity file."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.identity = x25519.Identity.generate()
+        self.recipient = str(self.identity.to_public())
+        self.file = directory / f"{name}.txt"
+        self.file.write_text(f"# created for a test\n# public key: {self.recipient}\n{self.identity}\n")
+
+    @property
+    def keys(self) -> Keyring:
+        return Keyring.from_file(self.file)
+
+
+def _data_objects(store: ObjectStore) -> dict[str, bytes]:
+    """Every object but the index and the lease, read whole (test replicas are small)."""
+    found = {}
+    for obj in store.list():
+        if obj.key in (METADATA_KEY, LEASE_KEY):
+            continue
+        with store.open(obj.key) as stream:
+            found[obj.key] = stream.read()
+    return found
+
+
+def _assert_all_sealed(store: ObjectStore) -> dict[str, bytes]:
+    objects = _data_objects(store)
+    assert any("/wal/" in key for key in objects), list(objects)
+    assert any("/snapshots/" in key for key in objects), list(objects)
+    for key, data in objects.items():
+        assert data.startswith(AGE_HEADER), key
+        for what, magic in FORBIDDEN.items():
+            assert magic not in data, f"{key} holds a {what}"
+        assert store.head(key).metadata["walship-envelope"] == "zstd+age", key
+    return objects
+
+
+def _newest_restore(store: ObjectStore, output: Path, keys: Keyring | None) -> None:
+    chosen = current_snapshots(store)[-1]
+    restore_snapshot(store, chosen, output, keys=keys)
+
+
+class TestEncryptedReplica:
+    def test_shipped_under_writers_restores_with_the_identity(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        key = Key(tmp_path, "key")
+        running = Running(
+            database, store, tmp_path / "spool", checkpoint_pages=300, snapshot_seconds=0.5, recipients=(key.recipient,)
+        )
+        running.run_while_writing(3.0, count=2, rate=200)
+        _assert_all_sealed(store)
+        assert index.read_index(store)[0].encrypted is True  # type: ignore[union-attr]
+
+        restored = tmp_path / "restored.db"
+        _newest_restore(store, restored, key.keys)
+        assert committed_counts(restored) == committed_counts(database)
+        assert content_digest(restored) == content_digest(database)
+        report = verify_replica(store, keys=key.keys)
+        assert report.passed, report.failed
+
+        # Status and retention read metadata only: no identity needed.
+        assert replica_status(store).snapshots
+        plan = plan_replica(store, RetentionPolicy(keep_last=1), utcnow())
+        assert plan.delete_keys
+        apply_retention(store, plan)
+        again = tmp_path / "again.db"
+        _newest_restore(store, again, key.keys)
+        assert content_digest(again) == content_digest(database)
+
+    def test_without_or_with_a_wrong_identity_nothing_is_written(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        key, other = Key(tmp_path, "key"), Key(tmp_path, "other")
+        info = snapshot.stream_snapshot(
+            store, database, database_id="app.db", level=codec.DEFAULT_LEVEL, recipients=(key.recipient,)
+        )
+        index.add_snapshot(store, info)
+        output = tmp_path / "out.db"
+        with pytest.raises(IdentityNeededError, match="--age-identity"):
+            _newest_restore(store, output, None)
+        with pytest.raises(IdentityMismatchError, match=info.key):
+            _newest_restore(store, output, other.keys)
+        assert list(tmp_path.glob("out.db*")) == []
+        with pytest.raises(IdentityNeededError):
+            verify_replica(store)
+        assert not verify_replica(store, keys=other.keys).passed
+
+    def test_a_replica_never_mixes_plaintext_and_encrypted(self, store: ObjectStore, database: Path) -> None:
+        key = Key(database.parent, "key")
+        index.add_snapshot(store, snapshot.stream_snapshot(store, database, database_id="app.db", level=1))
+        before = sorted(o.key for o in store.list())
+        with pytest.raises(ReplicaSealingError, match="not encrypted"):
+            snapshot.stream_snapshot(store, database, database_id="app.db", level=1, recipients=(key.recipient,))
+        assert sorted(o.key for o in store.list()) == before
+
+    def test_rotation_each_object_opens_with_its_own_identity(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        old, new = Key(tmp_path, "old"), Key(tmp_path, "new")
+        spool = tmp_path / "spool"
+        Running(database, store, spool, checkpoint_pages=300, recipients=(old.recipient,)).run_while_writing(
+            1.5, count=2, rate=200
+        )
+        first = _assert_all_sealed(store)
+        running = Running(database, store, spool, checkpoint_pages=300, recipients=(new.recipient,))
+        # Writers 3 and 4: the first run's writers 1 and 2 have committed their sequences already.
+        later_writers = [
+            subprocess.Popen(writer_command(database, writer=w, seed=SEED, seconds=60, rate=200), cwd=ROOT)
+            for w in (3, 4)
+        ]
+        try:
+            running.run(1.5)
+        finally:
+            for process in later_writers:
+                process.terminate()
+                process.wait(timeout=30)
+        running.close()
+        later = {k: v for k, v in _assert_all_sealed(store).items() if k not in first}
+        assert any("/wal/" in k for k in later), list(later)
+        for objects, opens, refuses in ((first, old, new), (later, new, old)):
+            for key, data in objects.items():
+                assert pyrage.decrypt(data, [opens.identity]), key
+                with pytest.raises(pyrage.DecryptError):
+                    pyrage.decrypt(data, [refuses.identity])
+
+        both = tmp_path / "both.txt"
+        both.write_text(old.file.read_text() + new.file.read_text())
+        restored = tmp_path / "restored.db"
+        _newest_restore(store, restored, Keyring.from_file(both))
+        assert content_digest(restored) == content_digest(database)
+        with pytest.raises(IdentityMismatchError, match="none of the age identities"):
+            _newest_restore(store, tmp_path / "old-only.db", old.keys)
+        # What was sealed before the rotation still restores with the old identity alone.
+        oldest = current_snapshots(store)[0]
+        assert oldest.key in first
+        last = max(p.sequence for k in first if (p := parse_segment_key(k)) and p.generation == oldest.generation)
+        early = restore_snapshot(store, oldest, tmp_path / "early.db", keys=old.keys, until_sequence=last)
+        assert early.segments_applied > 0
+
+    def test_a_snapshot_opens_with_pyrage_and_zstandard_alone(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        """The disaster recovery of docs/OPERATIONS.md: age -d -i key.txt OBJECT | zstd -d > app.db."""
+        key = Key(tmp_path, "key")
+        info = snapshot.stream_snapshot(store, database, database_id="app.db", level=3, recipients=(key.recipient,))
+        with store.open(info.key) as stream:
+            sealed = stream.read()
+        recovered = tmp_path / "recovered.db"
+        with recovered.open("wb") as out:
+            zstandard.ZstdDecompressor().copy_stream(io.BytesIO(pyrage.decrypt(sealed, [key.identity])), out)
+        with sqlite3.connect(recovered) as connection:
+            assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert content_digest(recovered) == content_digest(database)
+
+
+def test_an_object_without_envelope_metadata_is_plain_zstd(store: ObjectStore, database: Path, tmp_path: Path) -> None:
+    """What walship wrote before the envelope: no walship-envelope key."""
+    info = snapshot.stream_snapshot(store, database, database_id="app.db", level=1)
+    metadata = {k: v for k, v in store.head(info.key).metadata.items() if k != "walship-envelope"}
+    with store.open(info.key) as stream:
+        store.put_stream(info.key, io.BytesIO(stream.read()), metadata=metadata)
+    index.add_snapshot(store, info.model_copy(update={"envelope": "zstd"}))
+    assert "walship-envelope" not in store.head(info.key).metadata
+    restored = tmp_path / "restored.db"
+    _newest_restore(store, restored, None)
+    assert content_digest(restored) == content_digest(database)
+
+
+def test_a_keyring_is_never_shown_or_pickled(tmp_path: Path) -> None:
+    key = Key(tmp_path, "key")
+    assert str(key.identity) not in repr(key.keys)
+    with pytest.raises(TypeError):
+        pickle.dumps(key.keys)
+
+
+class TestCli:
+    """The operator's view: exit statuses and one-line errors (direct mode)."""
+
+    def test_errors_and_refusals(self, replica_url: str, database: Path, tmp_path: Path) -> None:
+        key, other = Key(tmp_path, "key"), Key(tmp_path, "other")
+        env = {"WALSHIP_AGE_RECIPIENTS": ""}
+        taken = walship("snapshot", str(database), "--replica", replica_url, "--age-recipient", key.recipient, env=env)
+        assert taken.returncode == 0, taken.stderr
+        store = open_store(replica_url)
+        before = sorted(o.key for o in store.list())
+        output = tmp_path / "out.db"
+
+        needed = walship("restore", "--replica", replica_url, "--output", str(output))
+        _one_line(needed, 2, "--age-identity")
+        wrong = walship("restore", "--replica", replica_url, "--output", str(output), "--age-identity", str(other.file))
+        _one_line(wrong, 1, "/snapshots/")
+        assert not output.exists()
+        plain = walship("snapshot", str(database), "--replica", replica_url, env=env)
+        _one_line(plain, 2, "is encrypted with age")
+        shipped = walship("ship", str(database), "--replica", replica_url, "--once", env=env)
+        _one_line(shipped, 2, "is encrypted with age")
+        assert sorted(o.key for o in store.list()) == before  # not even a lease
+
+        verified = walship("verify", "--replica", replica_url, env={"WALSHIP_AGE_IDENTITY_FILE": str(key.file)})
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        restored = walship(
+            "restore", "--replica", replica_url, "--output", str(output), "--age-identity", str(key.file)
+        )
+        assert restored.returncode == 0, restored.stderr
+        assert content_digest(output) == content_digest(database)
+        assert walship("status", "--replica", replica_url).returncode == 0
+
+    def test_an_encrypted_write_into_a_plaintext_replica_is_refused(
+        self, replica_url: str, database: Path, tmp_path: Path
+    ) -> None:
+        key = Key(tmp_path, "key")
+        assert walship("snapshot", str(database), "--replica", replica_url).returncode == 0
+        store = open_store(replica_url)
+        before = sorted(o.key for o in store.list())
+        sealed = walship("snapshot", str(database), "--replica", replica_url, "--age-recipient", key.recipient)
+        _one_line(sealed, 2, "is not encrypted")
+        shipped = walship(
+            "ship", str(database), "--replica", replica_url, "--once", env={"WALSHIP_AGE_RECIPIENTS": key.recipient}
+        )
+        _one_line(shipped, 2, "is not encrypted")
+        assert sorted(o.key for o in store.list()) == before
+
+
+def _one_line(result: subprocess.CompletedProcess[str], status: int, fragment: str) -> None:
+    assert result.returncode == status, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("walship: "), result.stderr
+    assert fragment in lines[0], result.stderr
+
+
+def test_a_full_disk_under_the_cipher_stays_a_full_disk(tmp_path: Path) -> None:
+    """The spool's ENOSPC reaches the shipper as itself (SpoolFullError), not as an anonymous cipher error."""
+
+    class FullDisk:
+        written = 0
+
+        def write(self, data: bytes) -> int:
+            self.written += len(data)
+            if self.written > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return len(data)
+
+    sealer = SegmentSealer(FullDisk(), Sealing(level=1, recipients=(Key(tmp_path, "key").recipient,)))  # type: ignore[arg-type]
+
+    def fill() -> None:
+        for _ in range(50):
+            sealer.write(os.urandom(1 << 20))
+        sealer.finish()
+
+    with pytest.raises(OSError, match="No space left") as raised:
+        fill()
+    assert raised.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("change", ["flip", "truncate"])
+def test_a_damaged_encrypted_object_names_itself(
+    store: ObjectStore, database: Path, tmp_path: Path, change: str
+) -> None:
+    key = Key(tmp_path, "key")
+    info = snapshot.stream_snapshot(store, database, database_id="app.db", level=1, recipients=(key.recipient,))
+    index.add_snapshot(store, info)
+    rewrite_object(store, info.key, change)
+    with pytest.raises(CorruptObjectError, match=info.key):
+        _newest_restore(store, tmp_path / "out.db", key.keys)
+    assert list(tmp_path.glob("out.db*")) == []
+
+
+def test_a_resync_segment_is_sealed_too(store: ObjectStore, database: Path, tmp_path: Path) -> None:
+    """The gap after which the shipper resyncs the changed pages: that segment is encrypted like any other."""
+    key = Key(tmp_path, "key")
+    spool = tmp_path / "spool"
+    writers = Writers(database, seed=SEED, count=2, rate=200)
+    try:
+        running = Running(database, store, spool, recipients=(key.recipient,))
+        running.run(1.0)
+        running.close()
+        time.sleep(0.5)  # commits nobody captures
+    finally:
+        writers.stop()
+    _checkpoint(database, "TRUNCATE")
+    running = Running(database, store, spool, recipients=(key.recipient,))
+    assert running.opened.resync is not None
+    running.step()
+    running.close()
+    objects = _assert_all_sealed(store)
+    assert [k for k in objects if is_resync_key(k)] == [running.opened.resync.key]
+    restored = tmp_path / "restored.db"
+    _newest_restore(store, restored, key.keys)
+    assert content_digest(restored) == content_digest(database)

@@ -1,0 +1,215 @@
+"""Sealing and opening an object: zstd, then age when the replica has recipients.
+
+The envelope an object was sealed in is recorded in its own metadata
+(``walship-envelope``); opening reads that name and nothing else, so a new
+transform is one more name here.
+"""
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from walship import codec
+from walship.envelope._age import AgeWriter, decrypt_into
+from walship.envelope._keys import IDENTITY_ENV, Keyring, parse_recipients
+from walship.errors import CorruptObjectError, IdentityNeededError
+from walship.models import CompressedFile
+
+__all__ = [
+    "ENVELOPES",
+    "ZSTD",
+    "ZSTD_AGE",
+    "Sealing",
+    "SegmentSealer",
+    "is_encrypted",
+    "open_to_file",
+    "require_keys",
+    "seal_blocks",
+    "seal_file",
+    "stored_bound",
+]
+
+ZSTD = "zstd"
+ZSTD_AGE = "zstd+age"
+ENVELOPES = (ZSTD, ZSTD_AGE)
+
+# age: a header stanza per recipient (about 100 bytes for X25519, under 1 KiB for SSH RSA: 4 KiB is
+# ample), then 16 bytes of tag per 64 KiB chunk.
+_AGE_CHUNK = 64 << 10
+_AGE_TAG = 16
+_AGE_HEADER = 4096
+
+
+class Sealing(BaseModel):
+    """How new objects are sealed: the zstd level and the age recipients (none: not encrypted).
+
+    Recipients are public keys: they may travel as flow parameters.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    level: int = Field(default=codec.DEFAULT_LEVEL, ge=codec.MIN_LEVEL, le=codec.MAX_LEVEL)
+    recipients: tuple[str, ...] = ()
+
+    @property
+    def envelope(self) -> str:
+        return ZSTD_AGE if self.recipients else ZSTD
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.recipients)
+
+    def check(self) -> "Sealing":
+        """Fail on a recipient age cannot use before anything is copied."""
+        codec.validate_level(self.level)
+        parse_recipients(self.recipients)
+        return self
+
+
+def is_encrypted(envelope: str) -> bool:
+    return "age" in envelope.split("+")
+
+
+def stored_bound(size: int, sealing: Sealing) -> int:
+    """The most ``size`` raw bytes can take once sealed (zstd's bound, then age's overhead)."""
+    bound = size + size // 128 + (1 << 16)
+    if sealing.encrypted:
+        bound += (bound // _AGE_CHUNK + 1) * _AGE_TAG + _AGE_HEADER * len(sealing.recipients)
+    return bound
+
+
+class SegmentSealer:
+    """``codec.SealingWriter`` (zstd, hashing the raw bytes), encrypted on the way out when there are recipients."""
+
+    def __init__(self, target: BinaryIO, sealing: Sealing, size: int = 0) -> None:
+        self._age = AgeWriter(target, parse_recipients(sealing.recipients)) if sealing.encrypted else None
+        self._zstd = codec.SealingWriter(self._age or target, sealing.level, size)
+
+    @property
+    def digest(self) -> "hashlib._Hash":
+        return self._zstd.digest
+
+    @property
+    def raw_size(self) -> int:
+        return self._zstd.raw_size
+
+    def write(self, data: bytes) -> int:
+        return self._zstd.write(data)
+
+    def finish(self) -> None:
+        """End the zstd frame and the age stream; the caller flushes and fsyncs ``target``."""
+        self._zstd.finish()
+        if self._age is not None:
+            self._age.finish()
+
+    def abort(self) -> None:
+        if self._age is not None:
+            self._age.abort()
+
+
+def seal_file(source: Path, target: Path, sealing: Sealing) -> CompressedFile:
+    """Seal the file ``source`` into ``target`` (fsynced): the shipper's spooled snapshots."""
+    if not sealing.encrypted:
+        return codec.compress_file(source, target, sealing.level)
+    with target.open("wb") as out:
+        age = AgeWriter(out, parse_recipients(sealing.recipients))
+        try:
+            raw_size, sha256 = codec.compress_into(source, age, sealing.level)
+            age.finish()
+        except BaseException:
+            age.abort()
+            raise
+        out.flush()
+        os.fsync(out.fileno())
+    return CompressedFile(
+        path=target,
+        raw_size=raw_size,
+        compressed_size=target.stat().st_size,
+        sha256=sha256,
+        level=sealing.level,
+        envelope=sealing.envelope,
+    )
+
+
+def seal_blocks(
+    blocks: Iterable[bytes | bytearray],
+    totals: codec.StreamTotals,
+    *,
+    size: int,
+    sealing: Sealing,
+    progress: codec.Progress | None = None,
+) -> Iterator[bytes]:
+    """``codec.compress_blocks``, encrypted when there are recipients; ``totals.compressed_size`` is the
+    size stored, once the last chunk has been yielded."""
+    chunks = codec.compress_blocks(blocks, totals, size=size, level=sealing.level, progress=progress)
+    if not sealing.encrypted:
+        yield from chunks
+        return
+    out: deque[bytes] = deque()
+    age = AgeWriter(_Appending(out), parse_recipients(sealing.recipients))
+    try:
+        for chunk in chunks:
+            age.write(chunk)
+            while out:
+                yield out.popleft()
+        age.finish()
+    except BaseException:
+        age.abort()
+        raise
+    while out:
+        yield out.popleft()
+    totals.compressed_size = age.stored
+
+
+class _Appending:
+    """Where the cipher's thread leaves sealed bytes for the generator to yield."""
+
+    def __init__(self, out: deque[bytes]) -> None:
+        self._out = out
+
+    def write(self, data: bytes) -> int:
+        self._out.append(data)
+        return len(data)
+
+
+def require_keys(envelope: str, keys: Keyring | None, name: str) -> None:
+    """Fail before reading ``name`` when it is encrypted and no identity was given (exit 2)."""
+    if envelope not in ENVELOPES:
+        raise CorruptObjectError(
+            f"{name} is sealed as {envelope!r}, which this walship cannot open: upgrade walship to restore it"
+        )
+    if is_encrypted(envelope) and keys is None:
+        raise IdentityNeededError(
+            f"{name} is encrypted with age: give an identity that opens it with --age-identity FILE (or {IDENTITY_ENV})"
+        )
+
+
+def open_to_file(
+    source: codec.Readable,
+    target: BinaryIO,
+    *,
+    envelope: str,
+    keys: Keyring | None,
+    expected_sha256: str,
+    expected_size: int,
+    name: str,
+    progress: codec.Progress | None = None,
+) -> int:
+    """Open the object ``source`` reads, sealed in ``envelope``, into ``target``: size and SHA-256 verified."""
+    require_keys(envelope, keys, name)
+    if not is_encrypted(envelope):
+        return codec.decompress_to_file(
+            source, target, expected_sha256=expected_sha256, expected_size=expected_size, name=name, progress=progress
+        )
+    assert keys is not None  # require_keys refused otherwise
+    plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
+    try:
+        decrypt_into(source, plain, keys.identities, name)  # type: ignore[arg-type]
+    finally:
+        written, actual = plain.finish()
+    return codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
