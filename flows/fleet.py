@@ -65,6 +65,7 @@ def ship_fleet_flow(
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
+    age_recipients: Annotated[list[str], titled("age recipients")] = [],  # noqa: B006 - never mutated
     api_wait: Annotated[float, titled("Wait for the Prefect API at the end (s)", ge=0)] = 600.0,
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
@@ -82,6 +83,7 @@ def ship_fleet_flow(
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds each database waits for the previous window's shipper of it to end; 0: refuse.
+        age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         api_wait: How long the run waits, at its end, for a Prefect API that is down.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         retry: How storage steps retry transient errors (attempts, backoff, jitter).
@@ -95,7 +97,12 @@ def ship_fleet_flow(
     stores = SharedStores(block_credentials(credentials_block))
     fleet = FleetShipping(
         members,
-        lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
+        lambda m: ShipConfig(
+            database_id=m.database.name,
+            level=level,
+            snapshot_seconds=snapshot_interval,
+            recipients=tuple(age_recipients),
+        ),
         RetryingSteps(retry, stores),
         stores=stores,
         interval=interval,

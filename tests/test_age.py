@@ -8,6 +8,7 @@ import errno
 import io
 import os
 import pickle
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -335,3 +336,29 @@ def test_a_resync_segment_is_sealed_too(store: ObjectStore, database: Path, tmp_
     restored = tmp_path / "restored.db"
     _newest_restore(store, restored, key.keys)
     assert content_digest(restored) == content_digest(database)
+
+
+def test_a_fleet_ships_encrypted(tmp_path: Path, base_database: Path) -> None:
+    """``ship-many --age-recipient``: every database's objects sealed for the key, each restoring with it."""
+    key = Key(tmp_path, "fleet")
+    (tmp_path / "dbs").mkdir()
+    databases = [tmp_path / "dbs" / f"db{n}.db" for n in range(3)]
+    for path in databases:
+        shutil.copyfile(base_database, path)
+    template = f"file://{tmp_path}/replicas/{{name}}"
+    shipped = walship(
+        "--no-prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", template, "--once",
+        "--age-recipient", key.recipient, env={"WALSHIP_AGE_RECIPIENTS": ""},
+    )  # fmt: skip
+    assert shipped.returncode == 0, shipped.stderr
+    for path in databases:
+        replica = template.format(name=path.name)
+        objects = _data_objects(open_store(replica))
+        assert objects, replica
+        assert all(data.startswith(AGE_HEADER) for data in objects.values()), list(objects)
+        output = tmp_path / f"restored-{path.name}"
+        restored = walship(
+            "--no-prefect", "restore", "--replica", replica, "--output", str(output), "--age-identity", str(key.file)
+        )
+        assert restored.returncode == 0, restored.stderr
+        assert content_digest(output) == content_digest(path)

@@ -197,12 +197,15 @@ def ship_many(
     level: int,
     snapshot_interval: float,
     handover_wait: float,
+    recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     _one_malloc_arena()
     stores = SharedStores()
     fleet = FleetShipping(
         members,
-        lambda m: ShipConfig(database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval),
+        lambda m: ShipConfig(
+            database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval, recipients=recipients
+        ),
         RetryingSteps(_POLICY, stores),
         stores=stores,
         interval=interval,

@@ -138,6 +138,7 @@ def ship_many(
     level: int,
     snapshot_interval: float,
     handover_wait: float,
+    recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     from flows.fleet import ship_fleet_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
@@ -151,4 +152,5 @@ def ship_many(
         level=level,
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        age_recipients=list(recipients),
     )

@@ -162,6 +162,7 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
     window = many.add_mutually_exclusive_group()
     window.add_argument("--once", action="store_true", help="one sync and upload of each database, then exit")
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
+    _age.recipient_option(many)
     many.add_argument("--interval", type=float, default=1.0, help="seconds between syncs of an active database")
     many.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
     many.add_argument(
@@ -350,6 +351,7 @@ def _ship_many(args: argparse.Namespace) -> int:
         level=args.level,
         snapshot_interval=args.snapshot_interval,
         handover_wait=args.handover_wait,
+        recipients=_age.sealing(args).recipients,
     )
     for database, state, position, lag, error in report.table():
         print(f"{state:<8}  {database}  {position}  max lag {lag}" + (f"  {error}" if error else ""))
