@@ -251,7 +251,9 @@ class TestCli:
         )
         assert restored.returncode == 0, restored.stderr
         assert content_digest(output) == content_digest(database)
-        assert walship("status", "--replica", replica_url).returncode == 0
+        status = walship("status", "--replica", replica_url)
+        assert status.returncode == 0, status.stderr
+        assert "encryption:   age (restore and verify need --age-identity)" in status.stdout, status.stdout
 
     def test_an_encrypted_write_into_a_plaintext_replica_is_refused(
         self, replica_url: str, database: Path, tmp_path: Path

@@ -79,6 +79,8 @@ class ReplicaStatus(BaseModel):
     segments_in_generation: int
     segments_total: int
     segment_bytes: int
+    # Whether the replica's objects are encrypted with age (None: no snapshot says yet).
+    encrypted: bool | None = None
     # Resync segments (gaps bridged without a full snapshot), in every generation.
     resyncs_total: int = 0
     resync_bytes: int = 0
@@ -103,6 +105,7 @@ class ReplicaStatus(BaseModel):
             f"replica:      {self.replica}",
             f"database id:  {self.database_id or '-'}",
             f"index:        {index}",
+            f"encryption:   {self._encryption()}",
             f"generation:   {self.current_generation or '-'} ({self.generation_count} in total){self._restorable()}",
             f"snapshots:    {self.snapshot_count} ({human_bytes(self.snapshot_bytes)})",
             *self._snapshot_lines(),
@@ -118,6 +121,11 @@ class ReplicaStatus(BaseModel):
         lines += [f"stray:        {key} (walship did not write it; it is never used)" for key in self.strays]
         lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def _encryption(self) -> str:
+        if self.encrypted is None:
+            return "-"
+        return "age (restore and verify need --age-identity)" if self.encrypted else "none"
 
     def _resync_line(self) -> list[str]:
         if not self.resyncs_total:
@@ -227,6 +235,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         segments_in_generation=len(in_generation),
         segments_total=len(segments),
         segment_bytes=sum(size for _, size in segments),
+        encrypted=_encrypted(metadata, snapshots),
         resyncs_total=sum(len(sizes) for sizes in resyncs.values()),
         resync_bytes=sum(sum(sizes) for sizes in resyncs.values()),
         newest_segment_sequence=in_generation[-1] if in_generation else None,
@@ -252,6 +261,12 @@ def _newest_state(
     if original is not None and original.newest is not None:
         return "original-layout snapshot", original.newest.taken_at
     return None, None
+
+
+def _encrypted(metadata: ReplicaMetadata | None, snapshots: list[SnapshotInfo]) -> bool | None:
+    if metadata is not None and metadata.encrypted is not None:
+        return metadata.encrypted
+    return snapshots[0].encrypted if snapshots else None
 
 
 def _read(store: ObjectStore, problems: list[str]) -> tuple[ReplicaMetadata | None, IndexState]:
