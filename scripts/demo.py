@@ -5,8 +5,11 @@ the real ``walship`` CLI (the core directly unless a Prefect API is
 configured). The shipper starts first and the writers right after it, so
 the backup must be capturing from its first second; the demo then restores
 the newest state and a moment from the middle of the writes, and checks each
-row for row against what the writers had committed by then. Anything that
-shipped nothing under writes, or any difference, fails the demo.
+row for row against what the writers had committed by then. Between the two,
+the application writes while no shipper runs (its last connection checkpoints
+and removes the WAL), and the next run must resync: ship only the pages that
+changed, in the same generation. Anything that shipped nothing under writes,
+a gap that cost a new generation, or any difference, fails the demo.
 """
 
 import json
@@ -86,6 +89,20 @@ def ship_under_writers(database: Path, replica: str, timings: dict[str, float]) 
     return ship_started, writes_ended, logs
 
 
+def ship_after_a_gap(database: Path, replica: str, timings: dict[str, float]) -> None:
+    """The application writes while no shipper runs; the next run resyncs instead of a full snapshot."""
+    print("\n  (the application commits for 3 s while no shipper runs, then closes: its WAL goes)", flush=True)
+    subprocess.run(
+        writer_command(database, writer=3, seed=SEED, seconds=3, rate=150),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
+    timings["ship --once after the gap"], out = run("ship", str(database), "--replica", replica, "--once")
+    if "started generation" in out or "resynced: " not in out:
+        fail("the run after the gap did not resync in the same generation (see its output above)")
+
+
 def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
@@ -99,6 +116,7 @@ def main() -> None:
     timings["snapshot (standalone)"], _ = run("snapshot", str(database), "--replica", f"{replica}-snapshots")
 
     ship_started, writes_ended, logs = ship_under_writers(database, replica, timings)
+    ship_after_a_gap(database, replica, timings)
 
     timings["restore (newest)"], _ = run("restore", "--replica", replica, "--output", str(restored))
     moment = ship_started + (writes_ended - ship_started) / 2

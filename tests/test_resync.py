@@ -184,7 +184,7 @@ class TestResyncAfterGaps:
         assert content_digest(restored) == content_digest(database)
         status = replica_status(store)
         assert (status.resyncs_total, status.resync_bytes) == (1, resync.stored_bytes)
-        assert "resyncs:      1 gaps bridged without a full snapshot" in status.render()
+        assert "resyncs:      1 gap bridged without a full snapshot" in status.render()
         report = verify_replica(store)
         assert report.passed, report.failed
 

@@ -131,7 +131,8 @@ class ReplicaStatus(BaseModel):
         if not self.resyncs_total:
             return []
         size = human_bytes(self.resync_bytes)
-        return [f"resyncs:      {self.resyncs_total} gaps bridged without a full snapshot ({size})"]
+        gaps = "gap" if self.resyncs_total == 1 else "gaps"
+        return [f"resyncs:      {self.resyncs_total} {gaps} bridged without a full snapshot ({size})"]
 
     def _restorable(self) -> str:
         if self.restorable is None:
