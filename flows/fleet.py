@@ -215,7 +215,8 @@ def _api_up() -> bool:
 
 def _publish(replica: str, report: FleetReport) -> None:
     table = [
-        {"database": d, "state": state, "position": position, "max lag": lag, "last error": error or "-"}
+        # "none", not "-": the UI renders a cell as markdown, where a lone "-" is a list bullet.
+        {"database": d, "state": state, "position": position, "max lag": lag, "last error": error or "none"}
         for d, state, position, lag, error in report.table()
     ]
     create_table_artifact(

@@ -20,6 +20,7 @@ from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
+from walship.layout import parse_segment_key
 from walship.models import RetryPolicy, WalPosition
 from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
 from walship.spool import PendingEntry
@@ -165,13 +166,20 @@ def _publish(database: Path, report: ShipReport) -> None:
 
 
 def _resyncs(report: ShipReport) -> str:
+    # The numbers first and the sequence, not the key: a long key in a table cell hides what follows it.
     return (
-        ", ".join(
-            f"`{r.key}`: {r.pages} of {r.page_count} pages, {human_bytes(r.stored_bytes)} ({r.reason})"
+        "; ".join(
+            f"{r.pages:,} of {r.page_count:,} pages, {human_bytes(r.stored_bytes)}, "
+            f"as sequence {_sequence(r.key)} ({r.reason})"
             for r in report.resyncs
         )
         or "none"
     )
+
+
+def _sequence(key: str) -> str:
+    parsed = parse_segment_key(key)
+    return str(parsed.sequence) if parsed is not None else key
 
 
 def _seconds(value: float | None) -> str:

@@ -237,7 +237,9 @@ class TestShipEvents:
         assert event.payload["key"] == resync.key
         assert event.payload["pages"] == resync.pages < event.payload["page_count"]
         summaries = [str(a.data) for a in artifacts(run_id(state), "markdown")]
-        assert any(f"`{resync.key}`: {resync.pages} of {resync.page_count} pages" in s for s in summaries), summaries
+        sequence = resync.key.rsplit("/", 1)[1].split(".")[0].lstrip("0")
+        shown = f"{resync.pages:,} of {resync.page_count:,} pages"
+        assert any(shown in s and f"as sequence {sequence} " in s for s in summaries), summaries
         assert first.generations_started
 
 
