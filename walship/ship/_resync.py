@@ -10,13 +10,12 @@ pages that differ as the next segment of the same generation.
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from walship.envelope import Sealing, SegmentSealer
+from walship.envelope import Sealing
 from walship.layout import format_resync_key
 from walship.models import SegmentInfo, WalCursor, utcnow
 from walship.resync import (
@@ -29,6 +28,7 @@ from walship.resync import (
     write_resync,
 )
 from walship.ship._results import ResyncSummary
+from walship.ship._segment import seal_file
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture, cursor_at_end, read_header
 
@@ -157,17 +157,16 @@ def spool_resync(
             )
             at_point(moved)
         with spool.writing(".resync.zst", what=f"a resync of {capture.database}", needed=pages.size) as path:
-            with path.open("wb") as out:
-                sealer = SegmentSealer(out, sealing)
-                try:
-                    written = write_resync(pages.blocks(), pages.page_size, pages.page_count, replica, sealer.write)
-                    sealer.finish()
-                except BaseException:
-                    sealer.abort()
-                    raise
-                out.flush()
-                os.fsync(out.fileno())
-                stored = out.tell()
+            compared: list[ResyncPages] = []
+            sealer, stored = seal_file(
+                path,
+                sealing,
+                0,
+                lambda write: compared.append(
+                    write_resync(pages.blocks(), pages.page_size, pages.page_count, replica, write)
+                ),
+            )
+            [written] = compared
             info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored)
             info = info.model_copy(
                 update={"sha256": sealer.digest.hexdigest(), "level": sealing.level, "envelope": sealing.envelope}

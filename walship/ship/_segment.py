@@ -22,7 +22,7 @@ from walship.resync import FrameDigester, PageChanges
 from walship.spool import Spool, new_entry
 from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalHeader, WalScan, cursor_at, may_follow_restart
 
-__all__ = ["Captured", "NoRoom", "TailCopy", "TooBig", "capture_segment", "read_tail", "spool_tail"]
+__all__ = ["Captured", "NoRoom", "TailCopy", "TooBig", "capture_segment", "read_tail", "seal_file", "spool_tail"]
 
 
 class Captured(NamedTuple):
@@ -145,7 +145,7 @@ def capture_segment(
         capture.copy_range(found.start, found.scan.last_commit_offset, both)
 
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        sealed, stored = _seal(data, sealing, size, copy)
+        sealed, stored = seal_file(data, sealing, size, copy)
         info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
         spool.add(new_entry(_stored(info, stored, sealing)), data)
     return Captured(info, moved, found.scan.budget_reached, digester.changes())
@@ -171,7 +171,7 @@ def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> PageChanges:
     """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have;
     what it does to the pages (digested here, after writers went on)."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
-        _, stored = _seal(path, sealing, len(tail.data), lambda write: write(tail.data))
+        _, stored = seal_file(path, sealing, len(tail.data), lambda write: write(tail.data))
         spool.add(new_entry(_stored(tail.segment, stored, sealing)), path)
     digester = FrameDigester(tail.segment.page_size)
     digester.feed(tail.data)
@@ -182,7 +182,7 @@ def _stored(info: SegmentInfo, stored: int, sealing: Sealing) -> SegmentInfo:
     return info.model_copy(update={"compressed_size": stored, "level": sealing.level, "envelope": sealing.envelope})
 
 
-def _seal(
+def seal_file(
     path: Path, sealing: Sealing, size: int, fill: Callable[[Callable[[bytes], int]], object]
 ) -> tuple[SegmentSealer, int]:
     """Write the ``size`` raw bytes ``fill`` hands its writer into ``path``, sealed and fsynced;
