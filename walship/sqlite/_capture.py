@@ -100,16 +100,16 @@ class WalCapture:
         self.last_pause_seconds = 0.0
 
     def _connect(self, *, holding: bool = False) -> apsw.Connection:
-        """A connection of ours; ``holding``: one that lives as long as we do and reads no pages of note
-        (pins, the locker, the checkpointer)."""
+        """A connection of ours; ``holding``: one that reads no pages of note (the pins, which live as
+        long as we do, and the locker and the checkpointer, opened for a pause or a checkpoint)."""
         connection = apsw.Connection(str(self.database), flags=apsw.SQLITE_OPEN_READWRITE)
         connection.set_busy_timeout(_BUSY_TIMEOUT_MS)
         # Our connections never checkpoint on their own: walship decides when.
         connection.execute("PRAGMA wal_autocheckpoint=0").fetchall()
         if holding:
             # They need no page cache (a WAL change discards it anyway): dropping SQLite's first bulk
-            # allocation halves what each costs (measured: 160 -> 79 KiB), which a fleet of databases
-            # holding four each feels.
+            # allocation halves what each costs (measured: 160 -> 79 KiB), which a fleet of a thousand
+            # databases feels.
             connection.execute("PRAGMA cache_size=2").fetchall()
             connection.execute("PRAGMA shrink_memory").fetchall()
         return connection
