@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
+from walship.envelope import recorded_encryption
 from walship.errors import CorruptObjectError, UsageError
 from walship.generations import describe_generations
 from walship.index import read_index, rebuild_index, update_index
@@ -236,7 +237,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         segments_in_generation=len(in_generation),
         segments_total=len(segments),
         segment_bytes=sum(size for _, size in segments),
-        encrypted=_encrypted(metadata, snapshots),
+        encrypted=recorded_encryption(metadata, snapshots),
         resyncs_total=sum(len(sizes) for sizes in resyncs.values()),
         resync_bytes=sum(sum(sizes) for sizes in resyncs.values()),
         newest_segment_sequence=in_generation[-1] if in_generation else None,
@@ -262,12 +263,6 @@ def _newest_state(
     if original is not None and original.newest is not None:
         return "original-layout snapshot", original.newest.taken_at
     return None, None
-
-
-def _encrypted(metadata: ReplicaMetadata | None, snapshots: list[SnapshotInfo]) -> bool | None:
-    if metadata is not None and metadata.encrypted is not None:
-        return metadata.encrypted
-    return snapshots[0].encrypted if snapshots else None
 
 
 def _read(store: ObjectStore, problems: list[str]) -> tuple[ReplicaMetadata | None, IndexState]:

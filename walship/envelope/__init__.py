@@ -6,7 +6,7 @@ the object itself. docs/FORMAT.md describes the envelopes.
 """
 
 from walship.envelope._keys import IDENTITY_ENV, RECIPIENTS_ENV, Keyring, parse_recipients, recipients_from_env
-from walship.envelope._replica import check_replica_sealing, replica_encrypted
+from walship.envelope._replica import check_replica_sealing, recorded_encryption, replica_encrypted
 from walship.envelope._seal import (
     ENVELOPES,
     ZSTD,
@@ -35,6 +35,7 @@ __all__ = [
     "open_to_file",
     "parse_recipients",
     "recipients_from_env",
+    "recorded_encryption",
     "replica_encrypted",
     "require_keys",
     "seal_blocks",

@@ -1,13 +1,23 @@
 """A replica is encrypted or not from its first object on: writes of the other kind are refused."""
 
+from collections.abc import Sequence
+
 from walship.catalog import scan_snapshots
 from walship.envelope._keys import RECIPIENTS_ENV
 from walship.envelope._seal import Sealing
 from walship.errors import CorruptObjectError, ReplicaSealingError
 from walship.index import NewerIndexError, read_index
+from walship.models import ReplicaMetadata, SnapshotInfo
 from walship.storage import ObjectStore
 
-__all__ = ["check_replica_sealing", "replica_encrypted"]
+__all__ = ["check_replica_sealing", "recorded_encryption", "replica_encrypted"]
+
+
+def recorded_encryption(metadata: ReplicaMetadata | None, snapshots: Sequence[SnapshotInfo]) -> bool | None:
+    """What the index records (``encrypted``), else what the oldest snapshot says; None with neither."""
+    if metadata is not None and metadata.encrypted is not None:
+        return metadata.encrypted
+    return snapshots[0].encrypted if snapshots else None
 
 
 def replica_encrypted(store: ObjectStore) -> bool | None:
@@ -23,9 +33,9 @@ def replica_encrypted(store: ObjectStore) -> bool | None:
     except CorruptObjectError:
         metadata = None
     if metadata is not None and metadata.encrypted is not None:
-        return metadata.encrypted
+        return metadata.encrypted  # spares the listing below
     snapshots = metadata.snapshots if metadata is not None and metadata.snapshots else scan_snapshots(store)[0]
-    return snapshots[0].encrypted if snapshots else None
+    return recorded_encryption(metadata, snapshots)
 
 
 def check_replica_sealing(store: ObjectStore, sealing: Sealing) -> None:
