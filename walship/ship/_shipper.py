@@ -177,17 +177,14 @@ class Shipper:
                 # Writers wait only while the WAL end is read and the snapshot's
                 # read transaction begins: from then on it sees exactly that end.
                 # The application's own checkpoint may hold the write lock a moment: ask again, moving the pin.
-                with self.capture.writers_paused(
-                    attempts=50, between=lambda: self.capture.move_pin(covered_by(self.cursor))
-                ):
+                with self.capture.writers_paused(attempts=50, between=self._move_pin_to_cursor):
                     cursor = cursor_at_end(self.capture, generation)
                     source_connection = stack.enter_context(self.capture.read_transaction_now())
                     state_at = utcnow()
-                    self.cursor = cursor.model_copy(
+                    landed = cursor.model_copy(
                         update={"moved_at": state_at, "snapshot_sequence": 0, "snapshot_at": state_at}
                     )
-                    # Nothing is appended while writers wait: the pin lands exactly on the cursor.
-                    self._guard.guarded = self.capture.move_pin(covered_by(self.cursor))
+                    self._land(landed)
                 source = self.capture.copy_database(source_connection, self.database, target)
                 # The map describes the replica: the copy's pages (page 1 may differ from the database's).
                 self._pages.begin(generation, source.path, source.page_size)
@@ -201,9 +198,20 @@ class Shipper:
                     sealing=self.config.sealing,
                 )
             self._behind = False
-            self.spool.save_cursor(self.cursor)
+            self.spool.save_cursor(landed)
             self._last_sync = state_at
             return SyncResult(new_generation=generation, reason=reason)
+
+    def _move_pin_to_cursor(self) -> None:
+        """Between two attempts at pausing writers: an application checkpoint holding the write lock
+        may be waiting on our pin."""
+        self.capture.move_pin(covered_by(self.cursor))
+
+    def _land(self, cursor: WalCursor) -> None:
+        """While writers wait: the cursor moves to the exact point a snapshot or resync holds, and the
+        pin with it (nothing is appended meanwhile, so it lands exactly there)."""
+        self.cursor = cursor
+        self._guard.guarded = self.capture.move_pin(covered_by(cursor))
 
     def _recover(self, reason: str, cursor: WalCursor | None) -> SyncResult:
         """After continuity was lost: a resync segment when the page digest map says what the replica
@@ -213,12 +221,6 @@ class Shipper:
             if why_not is not None or cursor is None:
                 return self.start_generation(f"{reason} ({why_not}, so no resync)" if cursor else reason)
             log.warning("resyncing %s in generation %s: %s", self.database, cursor.generation, reason)
-
-            def at_point(moved: WalCursor) -> None:
-                self.cursor = moved
-                # Nothing is appended while writers wait: the pin lands exactly on the cursor.
-                self._guard.guarded = self.capture.move_pin(covered_by(moved))
-
             done = spool_resync(
                 self.capture,
                 self.spool,
@@ -226,8 +228,8 @@ class Shipper:
                 cursor,
                 reason=reason,
                 sealing=self.config.sealing,
-                between=lambda: self.capture.move_pin(covered_by(self.cursor)),
-                at_point=at_point,
+                between=self._move_pin_to_cursor,
+                at_point=self._land,
             )
             self.cursor = done.cursor
             self._behind = False
