@@ -25,13 +25,12 @@ from tests.s3servers import _S3Server, s3_client
 from tests.tcpproxy import TcpProxy
 from walship import index
 from walship.catalog import describe_snapshot, list_snapshots, select_snapshot
-from walship.errors import NotFoundError, TransientStorageError, UsageError
+from walship.errors import CorruptObjectError, NotFoundError, TransientStorageError, UsageError
 from walship.index import current_snapshots
 from walship.restore import restore_snapshot
 from walship.snapshot import stream_snapshot
-from walship.sqlite import read_header
+from walship.sqlite import PageCopy, read_header
 from walship.storage import ObjectStore, S3Store, open_store
-from walship.storage import _multipart as multipart
 
 S3_BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
 
@@ -82,7 +81,7 @@ class TestStreamedSnapshot:
         raw = zstandard.ZstdDecompressor().decompress(data)
         assert (len(data), len(raw)) == (info.compressed_size, info.raw_size)
         assert hashlib.sha256(raw).hexdigest() == info.sha256
-        assert store.head(info.key).metadata == describe_snapshot(info)
+        assert store.head(info.key).metadata == describe_snapshot(info.model_copy(update={"compressed_size": 0}))
         assert list_snapshots(store) == [info]
         assert raw == database.read_bytes()  # no writer: the file itself is the state
 
@@ -121,6 +120,32 @@ class TestStreamedSnapshot:
         assert restored.read_bytes() == database.read_bytes()
         assert not Path(f"{database}-wal").exists()
 
+    def test_a_state_read_differently_the_second_time_stores_nothing(
+        self, store: ObjectStore, database: Path, s3_server: _S3Server | None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The checksum comes from a first read; a second read that hashes otherwise abandons the upload."""
+        reads = 0
+        honest = PageCopy.blocks
+
+        def second_read_differs(pages: PageCopy) -> Iterator[bytes | bytearray]:
+            nonlocal reads
+            reads += 1
+            for number, block in enumerate(honest(pages)):
+                if reads == 2 and number == 0:
+                    changed = bytearray(block)
+                    changed[200] ^= 0xFF
+                    block = changed  # noqa: PLW2901 - the one block the second read gets wrong
+                yield block
+
+        monkeypatch.setattr(PageCopy, "blocks", second_read_differs)
+        with pytest.raises(CorruptObjectError, match="read differently the second time"):
+            stream_snapshot(store, database, database_id="app.db", level=3)
+        assert reads == 2
+        assert list(store.list()) == []
+        if isinstance(store, S3Store):
+            assert s3_server is not None
+            assert _pending_uploads(s3_server, store.bucket) == []
+
     def test_producer_failure_leaves_nothing(self, store: ObjectStore, s3_server: _S3Server | None) -> None:
         def chunks() -> Iterator[bytes]:
             for _ in range(20):
@@ -128,7 +153,7 @@ class TestStreamedSnapshot:
             raise RuntimeError("the database went away")
 
         with pytest.raises(RuntimeError, match="went away"):
-            store.put_chunks("generations/g/snapshots/x.sqlite.zst", chunks(), metadata=dict)
+            store.put_chunks("generations/g/snapshots/x.sqlite.zst", chunks(), metadata={})
         assert list(store.list()) == []
         if isinstance(store, S3Store):
             assert s3_server is not None
@@ -169,23 +194,37 @@ class TestStreamedUploadOnS3:
             assert list(store.list()) == []
             assert _pending_uploads(s3_server, bucket) == []
 
-    def test_objects_over_the_copy_limit_are_copied_in_parts(
-        self, store: ObjectStore, s3_server: _S3Server, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        monkeypatch.setattr(multipart, "COPY_LIMIT", 5 << 20)
-        monkeypatch.setattr(multipart, "_COPY_PART_SIZE", 5 << 20)
+    def test_snapshot_is_one_upload_with_its_metadata_from_the_start(self, store: ObjectStore, tmp_path: Path) -> None:
+        """The object goes up once, under its key, with its whole metadata: no staging object, no copy."""
+        database = tmp_path / "big.db"
+        _random_database(database, 16)
+        assert isinstance(store, S3Store)
+        calls: list[tuple[str, dict[str, object]]] = []
+        store.client.meta.events.register(
+            "provide-client-params.s3", lambda params, model, **_: calls.append((model.name, dict(params)))
+        )
+        info = stream_snapshot(store, database, database_id="big.db", level=1)
+        names = [name for name, _ in calls]
+        assert not {"CopyObject", "UploadPartCopy", "DeleteObject"} & set(names)
+        created = [params for name, params in calls if name == "CreateMultipartUpload"]
+        assert [params["Key"] for params in created] == [store.full(info.key)]
+        assert created[0]["Metadata"] == describe_snapshot(info.model_copy(update={"compressed_size": 0}))
+        assert names.count("UploadPart") >= 2  # the case under test: more than one part
+        assert [o.key for o in store.list()] == [info.key]
+
+    def test_multipart_object_keeps_its_metadata(self, store: ObjectStore, s3_server: _S3Server) -> None:
         data = os.urandom(12 << 20)
         chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
-        info = store.put_chunks("k", chunks, metadata=lambda: {"walship-sha256": "late"})
+        info = store.put_chunks("k", chunks, metadata={"walship-sha256": "given"})
         assert info.size == len(data)
         assert _object_bytes(store, "k") == data
-        assert store.head("k").metadata == {"walship-sha256": "late"}
-        assert [o.key for o in store.list()] == ["k"]  # the staging object is gone
+        assert store.head("k").metadata == {"walship-sha256": "given"}
+        assert [o.key for o in store.list()] == ["k"]
         assert isinstance(store, S3Store)
         assert _pending_uploads(s3_server, store.bucket) == []
 
     def test_small_object_is_one_put(self, store: ObjectStore) -> None:
-        info = store.put_chunks("small", iter([b"a" * 10, b"b" * 5]), metadata=lambda: {"walship-x": "1"})
+        info = store.put_chunks("small", iter([b"a" * 10, b"b" * 5]), metadata={"walship-x": "1"})
         assert (info.size, _object_bytes(store, "small")) == (15, b"a" * 10 + b"b" * 5)
         assert store.head("small").metadata == {"walship-x": "1"}
         assert [o.key for o in store.list()] == ["small"]

@@ -175,13 +175,25 @@ class TestDrillCatches:
         assert checks(report)["index-snapshots"][0]  # the index was right: the object is damaged
         assert os.listdir(workdir) == []
 
-    def test_truncated_snapshot(self, store: ObjectStore, database: Path, workdir: Path) -> None:
-        """A snapshot shorter than its own description fails the snapshots check; the index is not blamed."""
+    def test_truncated_snapshot(self, store: ObjectStore, database: Path, tmp_path: Path, workdir: Path) -> None:
+        """A snapshot shorter than the size its own metadata records fails the snapshots check, naming it."""
+        build_replica(store, database, tmp_path / "spool")
+        shipped = list_snapshots(store)[-1]
+        assert "walship-compressed-size" in store.head(shipped.key).metadata  # the case under test
+        rewrite_object(store, shipped.key, "truncate")
+        report = verify_replica(store, workdir=workdir)
+        assert shipped.key in failed(report)["snapshots"]
+        assert os.listdir(workdir) == []
+
+    def test_truncated_streamed_snapshot(self, store: ObjectStore, database: Path, workdir: Path) -> None:
+        """A streamed snapshot records no size of its own: its restore and the index's size catch a cut."""
         info = take_and_upload(store, database)
+        assert "walship-compressed-size" not in store.head(info.key).metadata  # the case under test
         rewrite_object(store, info.key, "truncate")
         report = verify_replica(store, workdir=workdir)
-        assert list(failed(report)) == ["snapshots"]
-        assert info.key in failed(report)["snapshots"]
+        assert info.key in failed(report)["restore-newest"]
+        assert info.key in failed(report)["index-snapshots"]
+        assert "snapshots" not in failed(report)
         assert os.listdir(workdir) == []
 
     def test_missing_segment(self, store: ObjectStore, database: Path, tmp_path: Path, workdir: Path) -> None:

@@ -47,8 +47,14 @@ class UnusableSnapshot(BaseModel):
 
 
 def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
-    """User metadata stored with a snapshot object (S3 keeps it lowercase)."""
-    metadata = to_metadata(info, exclude={"key", "wal_position"})
+    """User metadata stored with a snapshot object (S3 keeps it lowercase).
+
+    A compressed size of 0 means not known yet, and is left out: a streamed
+    snapshot gives its metadata before its first byte (S3 takes metadata when
+    an upload starts), so its size is the object's own, checked by restore.
+    """
+    unknown = {"compressed_size"} if info.compressed_size == 0 else set()
+    metadata = to_metadata(info, exclude={"key", "wal_position", *unknown})
     if info.wal_position is not None:
         metadata[f"{_PREFIX}wal-position"] = f"{info.wal_position.generation}/{info.wal_position.sequence}"
     return metadata
@@ -189,6 +195,7 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
     if position:
         generation, _, sequence = position.rpartition("/")
         fields["wal_position"] = WalPosition(generation=generation, sequence=int(sequence))
+    fields.setdefault("compressed_size", obj.size)  # a streamed snapshot's is its object's
     try:
         info = SnapshotInfo(key=obj.key, **fields)
     except ValidationError as exc:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,21 +41,20 @@ class LocalStore:
         return f"file://{self.root}"
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        return self._write(key, _chunks_of(stream), _given(metadata))
+        return self._write(key, _chunks_of(stream), metadata)
 
     def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         with path.open("rb") as stream:
-            return self._write(key, _chunks_of(stream), _given(metadata))
+            return self._write(key, _chunks_of(stream), metadata)
 
     def put_chunks(
         self,
         key: str,
         chunks: Iterable[bytes],
         *,
-        metadata: Callable[[], Mapping[str, str]],
+        metadata: Mapping[str, str],
         size_hint: int | None = None,
     ) -> ObjectInfo:
-        # The sidecar is written after the data anyway: late metadata costs nothing here.
         return self._write(key, chunks, metadata)
 
     def put_bytes(
@@ -68,7 +67,7 @@ class LocalStore:
         metadata: Mapping[str, str] | None = None,
     ) -> ObjectInfo:
         if if_match is None and not if_none_match:
-            return self._write(key, [data], _given(metadata))
+            return self._write(key, [data], metadata)
         # The lock makes compare-and-rename atomic against other walship
         # processes writing to the same directory.
         with self._locked():
@@ -77,7 +76,7 @@ class LocalStore:
                 raise ConflictError(f"file: put {key}: object already exists")
             if if_match is not None and current != if_match:
                 raise ConflictError(f"file: put {key}: ETag is {current}, expected {if_match}")
-            return self._write(key, [data], _given(metadata))
+            return self._write(key, [data], metadata)
 
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
         if not self.root.is_dir():
@@ -138,7 +137,7 @@ class LocalStore:
             elif entry.is_file(follow_symlinks=False) and not (directory == self.root and entry.name == _LOCK_FILE):
                 yield Path(entry.path)
 
-    def _write(self, key: str, chunks: Iterable[bytes], metadata: Callable[[], Mapping[str, str]]) -> ObjectInfo:
+    def _write(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None) -> ObjectInfo:
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
         try:
@@ -159,7 +158,7 @@ class LocalStore:
                 out.flush()
                 os.fsync(out.fileno())
             etag = digest.hexdigest()
-            described = dict(metadata())
+            described = dict(metadata or {})
             # Sidecar first: a data file is never visible without its metadata.
             _atomic_write_text(self._meta_path(key), json.dumps({"etag": etag, "metadata": described}), tmp_dir)
             os.replace(tmp_name, target)
@@ -203,10 +202,6 @@ class LocalStore:
 def _chunks_of(stream: ReadStream) -> Iterator[bytes]:
     while chunk := stream.read(CHUNK_SIZE):
         yield chunk
-
-
-def _given(metadata: Mapping[str, str] | None) -> Callable[[], Mapping[str, str]]:
-    return lambda: metadata or {}
 
 
 class _LimitedReader:

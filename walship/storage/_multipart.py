@@ -8,23 +8,19 @@ size. Any failure, of a part or of the producer, aborts the multipart upload:
 no parts are left for the bucket to keep (and bill), and nothing appears
 under the key.
 
-An object whose metadata is known only at the end (a streamed snapshot's
-checksum and size) cannot be written by a multipart upload to its key: S3
-takes the metadata at CreateMultipartUpload and never changes it. So it goes
-up under a staging key first, then one server-side copy writes it under its
-key with its metadata (atomic: the key holds the whole object or nothing), and
-the staging object is deleted.
+The metadata is given before the first byte: S3 takes it at
+CreateMultipartUpload and never changes it (a streamed snapshot therefore
+hashes its state before it uploads it).
 """
 
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import botocore.exceptions
 
@@ -32,11 +28,11 @@ from walship.errors import PermanentStorageError
 from walship.models import ObjectInfo
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, CopySourceTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
     from walship.storage._s3 import S3Store
 
-__all__ = ["COPY_LIMIT", "PART_SIZE", "STAGING_PREFIX", "TRANSFER_THREADS", "part_size_for", "upload"]
+__all__ = ["PART_SIZE", "TRANSFER_THREADS", "part_size_for", "upload"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +44,6 @@ log = logging.getLogger(__name__)
 MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
-COPY_LIMIT = 5 << 30
 # 6 MiB parts x 3 buffers and threads: 18 MiB of parts at most, and 10,000
 # parts reach 58 GiB before the part size has to grow. A streamed snapshot's
 # process is 60 MiB before it starts (Python, botocore's S3 model) and zstd
@@ -56,15 +51,9 @@ COPY_LIMIT = 5 << 30
 # Two threads measured 10-20% slower against moto.
 PART_SIZE = 6 << 20
 TRANSFER_THREADS = 3
-# Where objects whose metadata comes last wait for their copy (outside
-# generations/, so no listing of snapshots or segments ever sees them).
-STAGING_PREFIX = "staging/"
-_COPY_PART_SIZE = 1 << 30
 # Seconds between attempts to abort an upload that failed: about 15 s in all.
 _ABORT_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0)
 _MIB = 1 << 20
-
-Metadata = Mapping[str, str] | Callable[[], Mapping[str, str]]
 
 
 def part_size_for(size_hint: int | None) -> int:
@@ -76,36 +65,25 @@ def part_size_for(size_hint: int | None) -> int:
 
 
 def upload(
-    store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Metadata, size_hint: int | None = None
+    store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Mapping[str, str], size_hint: int | None = None
 ) -> ObjectInfo:
-    """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable asked once the chunks end."""
+    """Write ``chunks`` as the object ``key`` with ``metadata``."""
     buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
     parts = _parts(chunks, buffers)
     # The first two parts tell whether one request will do; held in a list
     # the upload empties, so neither stays in memory once sent.
     ahead = [next(parts)]
     second = next(parts, None)
-    if second is None:  # it fits in one request, and by now the metadata is known
-        described = dict(metadata() if callable(metadata) else metadata)
+    if second is None:
         with store.errors("put object", key):
             response = store.client.put_object(
-                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=described
+                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=dict(metadata)
             )
-        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=described)
+        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=dict(metadata))
     ahead.append(second)
     del second
-    everything = _then(ahead, parts)
-    if not callable(metadata):
-        size = _multipart(store, key, everything, buffers, dict(metadata))
-        return ObjectInfo(key=key, size=size, metadata=dict(metadata))
-    staging = f"{STAGING_PREFIX}{secrets.token_hex(12)}"
-    try:
-        size = _multipart(store, staging, everything, buffers, None, named=key)
-        described = dict(metadata())
-        _copy(store, staging, key, size, described)
-    finally:
-        _delete_quietly(store, staging)
-    return ObjectInfo(key=key, size=size, metadata=described)
+    size = _multipart(store, key, _then(ahead, parts), buffers, dict(metadata))
+    return ObjectInfo(key=key, size=size, metadata=dict(metadata))
 
 
 def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
@@ -164,24 +142,14 @@ def _parts(chunks: Iterable[bytes], buffers: _Buffers) -> Iterator[bytearray]:
 
 
 def _multipart(
-    store: "S3Store",
-    key: str,
-    parts: Iterable[bytearray],
-    buffers: _Buffers,
-    metadata: dict[str, str] | None,
-    *,
-    named: str | None = None,
+    store: "S3Store", key: str, parts: Iterable[bytearray], buffers: _Buffers, metadata: dict[str, str]
 ) -> int:
-    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size.
-
-    Errors name ``named`` (the key the caller asked for) rather than a staging key.
-    """
+    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size."""
     client, target = store.client, store.full(key)
-    extra: dict[str, Any] = {"Metadata": metadata} if metadata is not None else {}
-    with store.errors("put object", named or key):
-        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", **extra)[
-            "UploadId"
-        ]
+    with store.errors("put object", key):
+        upload_id = client.create_multipart_upload(
+            Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", Metadata=metadata
+        )["UploadId"]
         try:
             finished, size = _upload_parts(store, target, upload_id, parts, buffers)
             client.complete_multipart_upload(
@@ -239,50 +207,6 @@ def _giving_back(buffers: _Buffers, data: bytearray) -> Callable[[object], None]
     return lambda _: buffers.give(data)
 
 
-def _copy(store: "S3Store", source: str, key: str, size: int, metadata: dict[str, str]) -> None:
-    """Copy ``source`` to ``key`` inside the store, replacing its metadata."""
-    client, target = store.client, store.full(key)
-    origin: CopySourceTypeDef = {"Bucket": store.bucket, "Key": store.full(source)}
-    with store.errors("put object", key):
-        if size <= COPY_LIMIT:
-            # The copy's checksum is asked for, not inherited: the staging
-            # object's is a checksum of part checksums, and moto (5.2) hands
-            # an inherited one out as if it covered the whole object.
-            client.copy_object(
-                Bucket=store.bucket,
-                Key=target,
-                CopySource=origin,
-                Metadata=metadata,
-                MetadataDirective="REPLACE",
-                ChecksumAlgorithm="CRC32",
-            )
-            return
-        upload_id = client.create_multipart_upload(Bucket=store.bucket, Key=target, Metadata=metadata)["UploadId"]
-        try:
-            step = max(_COPY_PART_SIZE, -(-size // MAX_PARTS))
-
-            def copy_part(number: int) -> "CompletedPartTypeDef":
-                start = (number - 1) * step
-                response = client.upload_part_copy(
-                    Bucket=store.bucket,
-                    Key=target,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource=origin,
-                    CopySourceRange=f"bytes={start}-{min(start + step, size) - 1}",
-                )
-                return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
-
-            with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-copy") as pool:
-                finished = list(pool.map(copy_part, range(1, -(-size // step) + 1)))
-            client.complete_multipart_upload(
-                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
-            )
-        except BaseException:
-            _abort_quietly(store, target, upload_id)
-            raise
-
-
 def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
     """Abort a multipart upload, waiting a while for storage to come back if it must.
 
@@ -306,12 +230,3 @@ def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
             log.warning("s3: abort multipart upload of %s failed: %s", target, failure)
             return
         time.sleep(wait)
-
-
-def _delete_quietly(store: "S3Store", key: str) -> None:
-    # Deleting a staging key that was never written is harmless; one that
-    # cannot be deleted is left under staging/, where nothing reads it.
-    try:
-        store.client.delete_object(Bucket=store.bucket, Key=store.full(key))
-    except Exception as exc:
-        log.warning("s3: delete of staging object %s failed: %s", store.full(key), exc)
