@@ -2,7 +2,7 @@
 
 Both sides move the same database through the same moto S3 server:
 
-    walship   stream_snapshot (copy, compress, upload in one pass) -> add_snapshot  (one child process)
+    walship   stream_snapshot (hash, then read, compress, upload in one pass) -> add_snapshot  (one child process)
               current_snapshots -> select_snapshot -> restore_snapshot               (one child process)
     pipeline  sqlite3 .backup && zstd -3 && aws s3 cp
               aws s3 cp && zstd -d && sqlite3 "PRAGMA integrity_check"
@@ -83,13 +83,11 @@ def child_snapshot(
     snapshot.check_database_id(open_store(replica), db.name)
     lap("check replica")
     store = open_store(replica)
-    from walship.storage import _multipart  # noqa: PLC0415
-
-    lap.wrap(_multipart, "_copy")  # the staging object's copy under its key, with its metadata
+    lap.wrap(snapshot, "_sha256")  # the first read of the held state: its checksum, for the metadata
     info = snapshot.stream_snapshot(
         store, db, database_id=db.name, level=level, workdir=Path(work), recipients=tuple(recipients or ())
     )
-    lap("copy + compress + upload")
+    lap("read + compress + upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
     return {"stages": lap.stages, "compressed": info.compressed_size}
