@@ -12,11 +12,15 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+# Bytecode is compiled at install: uv does not by default, and where
+# PYTHONDONTWRITEBYTECODE is set Python never caches it, so every command
+# would compile Prefect, botocore and pydantic again (0.5-2 s a start).
+$(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet uv==$(UV_VERSION)
-	$(UV) pip sync --quiet --python $(PY) requirements.lock
-	$(UV) pip install --quiet --python $(PY) --no-deps --editable .
+	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements.lock
+	$(UV) pip install --quiet --compile-bytecode --python $(PY) --no-deps --editable .
+	$(PY) -m compileall -q walship walship_cli flows tasks deployments bench scripts
 	touch $(STAMP)
 
 demo: $(STAMP)

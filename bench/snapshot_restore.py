@@ -129,11 +129,19 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, floa
 
 
 def awscli() -> str:
-    aws = AWS_VENV / "bin" / "aws"
+    aws, compiled = AWS_VENV / "bin" / "aws", AWS_VENV / ".compiled"
     if not aws.exists():
         print(f"installing awscli into its own venv {AWS_VENV} (once)", file=sys.stderr)
         subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", AWS_VENV], check=True)
         subprocess.run([AWS_VENV / "bin" / "pip", "install", "--quiet", "awscli"], check=True)
+        compiled.unlink(missing_ok=True)
+    if not compiled.exists():
+        # As walship's own venv is (Makefile): with bytecode cached, as an
+        # installed awscli runs, not compiled again at every start where
+        # PYTHONDONTWRITEBYTECODE is set.
+        python = AWS_VENV / "bin" / "python"
+        subprocess.run([python, "-m", "compileall", "-q", "-j", "0", AWS_VENV / "lib"], check=True)
+        compiled.touch()
     return str(aws)
 
 
