@@ -83,11 +83,10 @@ def child_snapshot(
     snapshot.check_database_id(open_store(replica), db.name)
     lap("check replica")
     store = open_store(replica)
-    lap.wrap(snapshot, "_sha256")  # the first read of the held state: its checksum, for the metadata
     info = snapshot.stream_snapshot(
         store, db, database_id=db.name, level=level, workdir=Path(work), recipients=tuple(recipients or ())
     )
-    lap("read + compress + upload")
+    lap("hash, then read + compress + upload")
     index.add_snapshot(open_store(replica), info)
     lap("update index")
     return {"stages": lap.stages, "compressed": info.compressed_size}

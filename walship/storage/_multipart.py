@@ -65,25 +65,32 @@ def part_size_for(size_hint: int | None) -> int:
 
 
 def upload(
-    store: "S3Store", key: str, chunks: Iterable[bytes], *, metadata: Mapping[str, str], size_hint: int | None = None
+    store: "S3Store",
+    key: str,
+    chunks: Iterable[bytes],
+    *,
+    metadata: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    size_hint: int | None = None,
 ) -> ObjectInfo:
-    """Write ``chunks`` as the object ``key`` with ``metadata``."""
+    """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable, asked once the first two parts
+    are produced and before the object is created."""
     buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
     parts = _parts(chunks, buffers)
     # The first two parts tell whether one request will do; held in a list
     # the upload empties, so neither stays in memory once sent.
     ahead = [next(parts)]
     second = next(parts, None)
+    described = dict(metadata() if callable(metadata) else metadata)
     if second is None:
         with store.errors("put object", key):
             response = store.client.put_object(
-                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=dict(metadata)
+                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=described
             )
-        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=dict(metadata))
+        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=described)
     ahead.append(second)
     del second
-    size = _multipart(store, key, _then(ahead, parts), buffers, dict(metadata))
-    return ObjectInfo(key=key, size=size, metadata=dict(metadata))
+    size = _multipart(store, key, _then(ahead, parts), buffers, described)
+    return ObjectInfo(key=key, size=size, metadata=described)
 
 
 def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
