@@ -83,6 +83,24 @@ class TestPrefectMode:
         assert len(_flow_runs_of(as_flow, since)) == 1
         assert _flow_runs_of(direct, since) == []
 
+    def test_runs_without_a_credentials_block_never_import_prefect_aws(
+        self, api_env: dict[str, str], database: Path, tmp_path: Path
+    ) -> None:
+        """prefect-aws (its ECS worker, aiobotocore, aiohttp) is loaded only by a run that names a block."""
+        fake = tmp_path / "site" / "prefect_aws"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text("raise ImportError('this test forbids importing prefect_aws')\n")
+        env = {**api_env, "PYTHONPATH": str(fake.parent)}
+        replica, output = f"file://{tmp_path / 'replica'}", tmp_path / "restored.db"
+        for command in (
+            ("snapshot", str(database), "--replica", replica),
+            ("restore", "--replica", replica, "--output", str(output)),
+            ("verify", "--replica", replica),
+        ):
+            result = walship("--prefect", *command, env=env)
+            assert result.returncode == 0, (command, result.stderr)
+        assert content_digest(output) == content_digest(database)
+
     def test_api_in_active_profile_makes_a_flow_run(self, prefect_api: str, database: Path, tmp_path: Path) -> None:
         since = utcnow()
         replica = f"file://{tmp_path / 'forced'}"
