@@ -8,9 +8,14 @@ fresh process as an operator would:
     imports   python -X importtime -c "import flows.<name>"   (what each flow module costs to import)
 
     python -m bench.cli_overhead [--mib 32] [--repeat 3]
+
+It says whether Prefect's bytecode is precompiled (``make install`` does it):
+where Python may not write .pyc files (PYTHONDONTWRITEBYTECODE, a read-only
+venv) a flow run otherwise compiles Prefect from source each time.
 """
 
 import argparse
+import importlib.util
 import re
 import shutil
 import socket
@@ -61,6 +66,12 @@ def import_seconds(module: str) -> tuple[float, float]:
     return total, prefect
 
 
+def prefect_precompiled() -> bool:
+    """Whether Prefect's package has its bytecode beside it (found without importing Prefect)."""
+    spec = importlib.util.find_spec("prefect")
+    return spec is not None and spec.origin is not None and Path(importlib.util.cache_from_source(spec.origin)).exists()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cli_overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=32, help="database size (default 32)")
@@ -91,7 +102,9 @@ def main() -> None:
         finally:
             stop_group(server.pid)
         shutil.rmtree(work / "prefect", ignore_errors=True)
-    print(f"\n{args.mib} MiB database, file:// replica; median of {args.repeat} (seconds, whole command)\n")
+    bytecode = "precompiled" if prefect_precompiled() else "not precompiled"
+    print(f"\n{args.mib} MiB database, file:// replica; median of {args.repeat} (seconds, whole command)")
+    print(f"Prefect's bytecode: {bytecode}\n")
     print("| command | direct (--no-prefect) | flow run, local server (--prefect) | Prefect's overhead |")
     print("|---|---:|---:|---:|")
     for command in ("snapshot", "restore"):
