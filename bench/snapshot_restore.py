@@ -20,6 +20,7 @@ plaintext ones of the same round.
 """
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -330,7 +331,9 @@ def main() -> None:
     if args.child:  # one walship operation, in this child process: print its stage timings
         children: dict[str, Callable[..., dict[str, Any]]] = {"snapshot": child_snapshot, "restore": child_restore}
         child = children[args.child[0]]
+        gc.freeze()  # as walship_cli.main does: what is alive at exit is left out of the teardown's collections
         print(json.dumps(child(**json.loads(args.child[1]))))
+        gc.freeze()
         return
     missing = [tool for tool in ("sqlite3", "zstd", "/usr/bin/time") if not shutil.which(tool)]
     if missing:

@@ -13,6 +13,7 @@ directly, at the speed of the work. ``--prefect`` / ``--no-prefect`` choose.
 """
 
 import argparse
+import gc
 import os
 import sys
 import traceback
@@ -183,6 +184,19 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # What the imports built (pydantic's models, botocore, the core: 48,000
+    # objects) lives as long as the process, and what a command built is
+    # done with when it returns: frozen, the collector walks neither again,
+    # not during the command and not in the interpreter's teardown, which
+    # took 0.11 s of every command (83,000 objects after an S3 client).
+    gc.freeze()
+    try:
+        return _command(argv)
+    finally:
+        gc.freeze()
+
+
+def _command(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         code = _run(args)
