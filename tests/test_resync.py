@@ -35,6 +35,7 @@ from walship.resync import (
     state_digest,
     zero_digest,
 )
+from walship.resync import _digest as resync_digest
 from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
 from walship.verify import verify_replica
@@ -71,6 +72,35 @@ class TestFrameDigester:
         assert changes.page_count == 4
         assert changes.low_water == 2
         assert changes.digests == {2: page_digest(bytes([1]) * PAGE), 4: page_digest(bytes([2]) * PAGE)}
+
+    def test_each_page_is_digested_once_in_its_newest_image(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A page rewritten by every transaction costs one digest per segment, not one per frame."""
+        digested: list[bytes] = []
+        honest = resync_digest.page_digest
+
+        def counting(page: bytes | bytearray | memoryview) -> bytes:
+            digested.append(bytes(page))
+            return honest(page)
+
+        monkeypatch.setattr(resync_digest, "page_digest", counting)
+        digester = FrameDigester(PAGE)
+        for n in range(1, 101):  # 100 transactions, each rewriting pages 1 and 2
+            digester.feed(_frame(1, 0, n) + _frame(2, 2, n))
+        changes = digester.changes()
+        assert sorted(digested) == sorted([bytes([100]) * PAGE] * 2)
+        assert changes.digests == {1: honest(bytes([100]) * PAGE), 2: honest(bytes([100]) * PAGE)}
+
+    def test_a_backlog_past_the_memory_bound_digests_the_same(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Newest images held past the bound are digested early; the changes are the same, shrink included."""
+        wal = b"".join(_frame(page, 0, page % 251) for page in range(1, 41)) + _frame(30, 30, 9) + _frame(35, 35, 4)
+        unbounded = FrameDigester(PAGE)
+        unbounded.feed(wal)
+        monkeypatch.setattr(FrameDigester, "PENDING_BYTES", 4 * PAGE)
+        bounded = FrameDigester(PAGE)
+        for at in range(0, len(wal), 3 * PAGE):
+            bounded.feed(wal[at : at + 3 * PAGE])
+        assert bounded.changes() == unbounded.changes()
+        assert set(unbounded.changes().digests) == set(range(1, 31)) | {35}  # 31-34 and 36-40 cut at the commit to 30
 
     def test_a_torn_frame_is_refused(self) -> None:
         digester = FrameDigester(PAGE)
