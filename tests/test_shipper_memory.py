@@ -1,4 +1,4 @@
-"""Between syncs the shipper hands the heap that its buffers freed back to the OS (glibc)."""
+"""What keeps a shipper small for days: freed heap handed back between syncs (glibc), age loaded only to encrypt."""
 
 import json
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from walship import _malloc
 
-pytestmark = pytest.mark.skipif(_malloc._LIBC is None, reason="glibc's malloc only")
+glibc = pytest.mark.skipif(_malloc._LIBC is None, reason="glibc's malloc only")
 
 # In a fresh process: 32 MiB of heap freed under a chunk still in use, which
 # free() alone never gives back; RSS (MiB) before and after ``RELEASE``.
@@ -38,6 +38,7 @@ def _rss_around(setup: str, release: str, cwd: Path) -> tuple[float, float]:
     return before, after
 
 
+@glibc
 def test_release_free_memory_gives_back_freed_heap(tmp_path: Path) -> None:
     before, after = _rss_around("", "assert release_free_memory()", tmp_path)
     assert before - after > 24
@@ -45,6 +46,7 @@ def test_release_free_memory_gives_back_freed_heap(tmp_path: Path) -> None:
     assert kept_before - kept_after < 1  # without the call glibc keeps it
 
 
+@glibc
 def test_the_shipper_releases_before_it_waits_for_commits(database: Path, tmp_path: Path) -> None:
     setup = f"""
 import time
@@ -55,3 +57,19 @@ shipper.open()
 """
     before, after = _rss_around(setup, "shipper.wait_for_commits(0.0, time.monotonic())", tmp_path)
     assert before - after > 24
+
+
+def test_a_shipper_without_recipients_never_loads_age(database: Path, tmp_path: Path) -> None:
+    code = f"""
+import sys
+from pathlib import Path
+from walship.ship import ShipConfig, Shipper
+from walship.spool import Spool
+shipper = Shipper(Path({str(database)!r}), Spool(Path({str(tmp_path / "spool")!r})), ShipConfig(database_id="app.db"))
+shipper.open()
+shipper.sync()
+shipper.close()
+print("pyrage" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
