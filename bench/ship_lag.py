@@ -105,7 +105,6 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
     server.create_bucket(BUCKETS[side])
     env = dict(os.environ)
     if side.startswith("walship"):
-        env["MALLOC_ARENA_MAX"] = "1"  # what `walship ship` asks glibc for itself (walship_cli._direct)
         replica = f"s3://{BUCKETS[side]}/walship?endpoint={server.endpoint}"
         if side == AGE_SIDE:
             config = json.loads(env.get("WALSHIP_BENCH_CONFIG", "{}"))

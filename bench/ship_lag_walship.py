@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from walship import codec, lease, upload
+from walship._malloc import one_arena
 from walship.dblock import ShipperIdentity
 from walship.handover import hold_database
 from walship.ship import ShipConfig, Shipper
@@ -65,6 +66,7 @@ def _time_pauses() -> None:
 
 
 def run(database: Path, replica: str, interval: float, events: Path) -> None:
+    one_arena()  # what `walship ship` asks glibc for (walship_cli._direct), before any thread starts
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     segments: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ from tests.conftest import use_credentials
 from tests.s3servers import SeaweedS3, _S3Server
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
 from walship.storage import ObjectStore, S3Store, StorageCredentials, open_store
+from walship.storage._botodata import KEPT_SERVICES
 
 
 class _Pattern(io.RawIOBase):
@@ -190,3 +191,30 @@ class TestStorageCredentials:
         bad = good.model_copy(update={"secret_access_key": SecretStr("wrong"), "source": "credentials of block 'bad'"})
         with pytest.raises(PermanentStorageError, match=r"access denied .*check the credentials of block 'bad'"):
             list(open_store("s3://walship-explicit/app", bad).list())
+
+
+class TestLeanBotocoreData:
+    """An S3 client holds botocore's models as parsed here: S3's and the credential chain's, no docs."""
+
+    def test_the_client_holds_no_documentation_and_only_the_services_walship_calls(
+        self, moto_server: _S3Server, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        use_credentials(monkeypatch, moto_server)
+        moto_server.create_bucket("walship-lean")
+        store = open_store(f"s3://walship-lean/x?endpoint={moto_server.endpoint}")
+        assert isinstance(store, S3Store)
+        store.put_bytes("k", b"v")
+        assert _read(store, "k") == b"v"
+        model = store.client.meta.service_model
+        assert model.documentation == ""
+        assert model.operation_model("PutObject").documentation == ""
+        assert model.shape_for("PutObjectRequest").members["Key"].documentation == ""
+        # botocore indexes these, so they keep theirs.
+        assert model.client_context_parameters[0].documentation
+        loader = store.client._loader
+        endpoints = loader.load_data("endpoints")
+        for partition in endpoints["partitions"]:
+            assert set(partition["services"]) <= KEPT_SERVICES
+        assert "s3" in endpoints["partitions"][0]["services"]
+        assert type(endpoints) is dict
+        assert type(loader.load_service_model("s3", "service-2")["shapes"]) is dict

@@ -6,7 +6,6 @@ Prefect side (run history, artifacts, events) is missing.
 """
 
 import contextlib
-import ctypes
 import logging
 import signal
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from walship import index, snapshot
+from walship._malloc import one_arena
 from walship.catalog import read_snapshot_info
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
@@ -180,7 +180,7 @@ def ship(
     once: bool,
     handover_wait: float,
 ) -> ShipReport:
-    _one_malloc_arena()
+    one_arena()
     run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=LoggingObserver(log))
     with _stopping(run.stop):
         return run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
@@ -199,7 +199,7 @@ def ship_many(
     handover_wait: float,
     recipients: tuple[str, ...] = (),
 ) -> FleetReport:
-    _one_malloc_arena()
+    one_arena()
     stores = SharedStores()
     fleet = FleetShipping(
         members,
@@ -231,26 +231,6 @@ def _stopping(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _one_malloc_arena() -> None:
-    """Ask glibc for one malloc arena before the shipper's threads start.
-
-    Each thread that allocates gets an arena of its own, and glibc keeps what
-    it holds: a shipper running for days with its pin-tending thread measured
-    about 10 MiB less resident with one arena (bench/ship_lag.py, 74 -> 64 MiB
-    through the load), at no cost in CPU it could measure. Elsewhere (musl,
-    macOS) there is nothing to ask.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-# glibc's malloc.h: the mallopt parameter that caps the number of arenas.
-_M_ARENA_MAX = -8
 
 
 class _CoreSteps:

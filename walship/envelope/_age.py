@@ -4,7 +4,8 @@ pyrage offers ``encrypt_io(reader, writer)`` and ``decrypt_io``: each runs to
 the end of its input. Sealing is pushed to (a writer handed chunks), so
 ``encrypt_io`` runs in a thread of its own, fed through a bounded queue:
 memory stays at a few chunks. Opening runs ``decrypt_io`` on the caller's
-thread, pushing into zstd.
+thread, pushing into zstd. pyrage is imported on first use (see
+``walship.envelope._keys``).
 """
 
 import contextlib
@@ -13,8 +14,6 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import BinaryIO, Protocol
-
-import pyrage
 
 from walship.errors import CorruptObjectError, IdentityMismatchError, WalshipError
 
@@ -125,6 +124,8 @@ class AgeWriter:
         self._thread.join()
 
     def _run(self, recipients: list[object]) -> None:
+        import pyrage  # noqa: PLC0415 - see the module docstring
+
         output = _Counting(self)
         try:
             pyrage.encrypt_io(self._input, output, recipients)
@@ -164,6 +165,8 @@ def decrypt_into(source: BinaryIO, writer: Sink, identities: Sequence[object], n
     last one). An error of ``writer`` (corrupt zstd, a full disk) is raised
     as itself.
     """
+    import pyrage  # noqa: PLC0415 - see the module docstring
+
     guarded = _Guarded(writer)
     try:
         pyrage.decrypt_io(_Reading(source), guarded, list(identities))

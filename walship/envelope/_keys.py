@@ -1,10 +1,12 @@
-"""age recipients (public, may travel as parameters) and identities (secret, never shown)."""
+"""age recipients (public, may travel as parameters) and identities (secret, never shown).
+
+pyrage is imported when a key is first parsed: a replica without recipients
+never needs it, and a shipper that imports it stays 1 MiB larger for days.
+"""
 
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import pyrage
 
 from walship.errors import UsageError
 
@@ -29,6 +31,8 @@ def parse_recipients(recipients: Iterable[str]) -> list[Recipient]:
     """age's own recipients (``age1...``) and SSH public keys, as age accepts them."""
     parsed: list[Recipient] = []
     for given in recipients:
+        import pyrage  # noqa: PLC0415 - see the module docstring
+
         text = given.strip()
         try:
             if text.startswith(("ssh-ed25519 ", "ssh-rsa ")):
@@ -64,6 +68,8 @@ class Keyring:
     @classmethod
     def from_text(cls, text: str, source: str) -> "Keyring":
         """An age identity file's content: ``AGE-SECRET-KEY-1...`` lines; ``#`` comments and blank lines skipped."""
+        import pyrage  # noqa: PLC0415 - see the module docstring
+
         identities: list[Identity] = []
         lines = [line.strip() for line in text.splitlines()]
         if any(line.startswith("-----BEGIN OPENSSH PRIVATE KEY-----") for line in lines):

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from walship._malloc import release_free_memory
 from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
 from walship.layout import new_generation, parse_generation
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
@@ -416,7 +417,12 @@ class Shipper:
         return has_new_commits(self.capture, self.cursor)
 
     def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
-        """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``)."""
+        """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``).
+
+        First the sync's freed buffers go back to the OS: glibc would keep them
+        (``walship._malloc.release_free_memory``).
+        """
+        release_free_memory()
         wait_for_commits(self.capture, lambda: self.cursor, interval, deadline, stop)
 
     def _capture(self) -> SyncResult:

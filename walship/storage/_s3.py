@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import botocore.exceptions
-import botocore.loaders
 import botocore.session
 from botocore.config import Config
 
@@ -30,6 +29,7 @@ from walship.errors import (
     WalshipError,
 )
 from walship.models import ObjectInfo
+from walship.storage._botodata import lean_loader
 from walship.storage._credentials import StorageCredentials
 from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, upload
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["S3Store"]
 
-_LOADER = botocore.loaders.create_loader()
+_LOADER = lean_loader()
 
 _NOT_FOUND = {"NoSuchKey", "NotFound", "404", "NoSuchBucket"}
 _CONFLICT = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
