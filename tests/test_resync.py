@@ -102,6 +102,30 @@ class TestFrameDigester:
         assert bounded.changes() == unbounded.changes()
         assert set(unbounded.changes().digests) == set(range(1, 31)) | {35}  # 31-34 and 36-40 cut at the commit to 30
 
+    def test_random_transactions_in_random_chunks_match_a_replay(self) -> None:
+        """Against a plain replay (every frame applied in order, each commit cutting the file to its size)."""
+        rng = random.Random(11)
+        for _ in range(30):
+            frames, size = [], 8
+            for _ in range(rng.randint(1, 40)):  # transactions
+                pages = [rng.randint(1, 24) for _ in range(rng.randint(1, 6))]
+                size = max(rng.choice([size, size, rng.randint(1, 24)]), max(pages) if rng.random() < 0.8 else 1)
+                frames += [(page, 0) for page in pages[:-1]] + [(pages[-1], size)]
+            wal = b"".join(_frame(page, after, rng.randint(0, 255)) for page, after in frames)
+            replay: dict[int, bytes] = {}
+            low = None
+            for at in range(0, len(wal), len(wal) // len(frames)):
+                page, after = struct.unpack(">II", wal[at : at + 8])
+                replay[page] = page_digest(wal[at + 24 : at + 24 + PAGE])
+                if after:
+                    replay = {p: d for p, d in replay.items() if p <= after}
+                    low = after if low is None else min(low, after)
+            digester = FrameDigester(PAGE)
+            cut = sorted(rng.sample(range(1, len(wal)), min(5, len(wal) - 1)))
+            for start, end in zip([0, *cut], [*cut, len(wal)], strict=True):
+                digester.feed(wal[start:end])
+            assert digester.changes() == (frames[-1][1], low, replay)
+
     def test_a_torn_frame_is_refused(self) -> None:
         digester = FrameDigester(PAGE)
         digester.feed(_frame(1, 1, 1)[:-1])

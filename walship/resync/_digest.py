@@ -9,6 +9,7 @@ faster still, but its margin is thin at the scale of a large fleet.
 
 import functools
 import hashlib
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -114,6 +115,8 @@ class FrameDigester:
     def __init__(self, page_size: int) -> None:
         self._page_size = page_size
         self._frame_size = _FRAME_HEADER_SIZE + page_size
+        # Page number and size after commit, then the rest of the frame skipped.
+        self._headers = struct.Struct(f">II{self._frame_size - 8}x")
         self._partial = bytearray()
         self._digests: dict[int, bytes] = {}
         self._pending: dict[int, bytes] = {}  # page -> its newest image, not digested yet
@@ -127,25 +130,36 @@ class FrameDigester:
             self._partial += chunk
             data = self._partial
         view = memoryview(data)
-        whole = len(view) - len(view) % self._frame_size
-        for at in range(0, whole, self._frame_size):
-            page = int.from_bytes(view[at : at + 4], "big")
-            self._pending[page] = bytes(view[at + _FRAME_HEADER_SIZE : at + self._frame_size])
+        frame = self._frame_size
+        whole = len(view) - len(view) % frame
+        # Frame headers are read as a column (struct walks the frames in C);
+        # an image is copied only once it is a page's newest in this chunk.
+        newest: dict[int, int] = {}  # page -> offset of its newest frame in ``view``
+        at = 0
+        for page, size_after in self._headers.iter_unpack(view[:whole]):
+            newest[page] = at
+            at += frame
             self._max_page = max(self._max_page, page)
-            size_after = int.from_bytes(view[at + 4 : at + 8], "big")
             if size_after:  # a commit frame: the database has this many pages now
                 self._page_count = size_after
                 if self._low_water is None or size_after < self._low_water:
                     self._low_water = size_after
                 if self._max_page > size_after:  # it shrank: what lay past its end is gone
+                    self._hold(view, newest)
+                    newest = {}
                     self._digests = {p: d for p, d in self._digests.items() if p <= size_after}
                     self._pending = {p: d for p, d in self._pending.items() if p <= size_after}
                     self._max_page = max(max(self._digests, default=0), max(self._pending, default=0))
+        self._hold(view, newest)
         rest = bytes(view[whole:])
         view.release()
         self._partial = bytearray(rest)
         if len(self._pending) * self._page_size > self.PENDING_BYTES:
             self._settle()
+
+    def _hold(self, view: memoryview, newest: dict[int, int]) -> None:
+        for page, at in newest.items():
+            self._pending[page] = bytes(view[at + _FRAME_HEADER_SIZE : at + self._frame_size])
 
     def changes(self) -> PageChanges:
         if self._partial:
