@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from walship import codec, lease, upload
-from walship._malloc import one_arena
 from walship.dblock import ShipperIdentity
 from walship.handover import hold_database
+from walship.memory import one_arena
 from walship.ship import ShipConfig, Shipper
 from walship.spool import Spool, default_spool_dir
 from walship.sqlite import WalCapture

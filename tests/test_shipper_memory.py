@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from walship import _malloc
+from walship import memory
 
-glibc = pytest.mark.skipif(_malloc._LIBC is None, reason="glibc's malloc only")
+glibc = pytest.mark.skipif(not memory.GLIBC, reason="glibc's malloc only")
 
 # In a fresh process: 32 MiB of heap freed under a chunk still in use, which
 # free() alone never gives back; RSS (MiB) before and after ``RELEASE``.
 _FRAGMENTED = """
 import json, sys
 from pathlib import Path
-from walship._malloc import one_arena, release_free_memory
+from walship.memory import one_arena, release_free_memory
 one_arena()
 SETUP
 def rss():

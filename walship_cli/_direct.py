@@ -16,12 +16,12 @@ from pathlib import Path
 from types import FrameType
 
 from walship import index, snapshot
-from walship._malloc import one_arena
 from walship.catalog import read_snapshot_info
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_snapshot_key
+from walship.memory import one_arena
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
 from walship.original import OriginalRestoreResult, restore_original
 from walship.restore import restore_snapshot

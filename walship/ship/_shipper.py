@@ -9,9 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from walship._malloc import release_free_memory
 from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
 from walship.layout import new_generation, parse_generation
+from walship.memory import release_free_memory
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
 from walship.ship._results import ShipConfig, SyncResult, merge
@@ -420,7 +420,7 @@ class Shipper:
         """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``).
 
         First the sync's freed buffers go back to the OS: glibc would keep them
-        (``walship._malloc.release_free_memory``).
+        (``walship.memory.release_free_memory``).
         """
         release_free_memory()
         wait_for_commits(self.capture, lambda: self.cursor, interval, deadline, stop)

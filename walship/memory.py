@@ -5,7 +5,7 @@ Elsewhere (musl, macOS) there is nothing to ask, and both calls do nothing.
 
 import ctypes
 
-__all__ = ["one_arena", "release_free_memory"]
+__all__ = ["GLIBC", "one_arena", "release_free_memory"]
 
 # glibc's malloc.h: the mallopt parameter that caps the number of arenas.
 _M_ARENA_MAX = -8
@@ -20,6 +20,8 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 _LIBC = _glibc()
+# Whether there is anything to ask (glibc's malloc); elsewhere both calls do nothing.
+GLIBC = _LIBC is not None
 
 
 def one_arena() -> None:
