@@ -1,7 +1,8 @@
 """Client-side encryption with age: every object sealed once, opened by the identity it was sealed for.
 
-Everything runs on the three storage backends. Objects are read back raw and
-checked for what must never be in them (a database, WAL or zstd magic).
+Everything runs on the three storage backends. Objects are read back raw,
+opened with the identity, and checked for what must never be in them: a
+database or WAL header, or any piece of their own plaintext.
 """
 
 import errno
@@ -37,11 +38,15 @@ from walship.storage import ObjectStore, open_store
 from walship.verify import verify_replica
 
 AGE_HEADER = b"age-encryption.org/v1\n"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Signatures long enough that ciphertext never holds one by chance. A 4-byte
+# magic turns up in about one 4 GiB of random bytes: these tests read tens of
+# MiB of ciphertext a run, and CI once failed on a zstd magic that age's
+# cipher had produced, not leaked (tests/data/zstd_magic_by_chance.age).
 FORBIDDEN = {
     "SQLite header": b"SQLite format 3\x00",
-    "WAL magic (little-endian checksums)": b"\x37\x7f\x06\x82",
-    "WAL magic (big-endian checksums)": b"\x37\x7f\x06\x83",
-    "zstd magic": b"\x28\xb5\x2f\xfd",
+    "WAL header (little-endian checksums)": b"\x37\x7f\x06\x82\x00\x2d\xe2\x18",
+    "WAL header (big-endian checksums)": b"\x37\x7f\x06\x83\x00\x2d\xe2\x18",
 }
 
 
@@ -70,16 +75,42 @@ def _data_objects(store: ObjectStore) -> dict[str, bytes]:
     return found
 
 
-def _assert_all_sealed(store: ObjectStore) -> dict[str, bytes]:
+def _assert_sealed(key: str, data: bytes, identities: list[x25519.Identity]) -> None:
+    """One object is age around a zstd frame: it opens with the identity and shows no header of its own."""
+    assert data.startswith(AGE_HEADER), key
+    for what, signature in FORBIDDEN.items():
+        assert signature not in data, f"{key} holds a {what}"
+    assert pyrage.decrypt(data, identities).startswith(ZSTD_MAGIC), key
+
+
+def _assert_all_sealed(store: ObjectStore, *keys: Key) -> dict[str, bytes]:
     objects = _data_objects(store)
     assert any("/wal/" in key for key in objects), list(objects)
     assert any("/snapshots/" in key for key in objects), list(objects)
     for key, data in objects.items():
-        assert data.startswith(AGE_HEADER), key
-        for what, magic in FORBIDDEN.items():
-            assert magic not in data, f"{key} holds a {what}"
+        _assert_sealed(key, data, [k.identity for k in keys])
         assert store.head(key).metadata["walship-envelope"] == "zstd+age", key
     return objects
+
+
+class TestSealedCheck:
+    """The check above fails on plaintext, never on what the cipher makes by chance."""
+
+    def test_a_magic_made_by_the_cipher_is_not_a_leak(self) -> None:
+        """A real sealed object whose ciphertext holds zstd's 4-byte magic at random passes."""
+        data = (ROOT / "tests/data/zstd_magic_by_chance.age").read_bytes()
+        identity = x25519.Identity.from_str((ROOT / "tests/data/zstd_magic_by_chance.key").read_text().strip())
+        assert ZSTD_MAGIC in data[len(AGE_HEADER) :]
+        _assert_sealed("chance", data, [identity])
+
+    def test_plaintext_behind_an_age_header_is_caught(self) -> None:
+        """An object that only looks sealed, or holds a database, fails the check."""
+        key = x25519.Identity.generate()
+        frame = zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(20_000))
+        with pytest.raises(pyrage.DecryptError):
+            _assert_sealed("fake", AGE_HEADER + frame, [key])
+        with pytest.raises(AssertionError, match="SQLite header"):
+            _assert_sealed("database", AGE_HEADER + b"SQLite format 3\x00" + frame, [key])
 
 
 def _newest_restore(store: ObjectStore, output: Path, keys: Keyring | None) -> None:
@@ -96,7 +127,7 @@ class TestEncryptedReplica:
             database, store, tmp_path / "spool", checkpoint_pages=300, snapshot_seconds=0.5, recipients=(key.recipient,)
         )
         running.run_while_writing(3.0, count=2, rate=200)
-        _assert_all_sealed(store)
+        _assert_all_sealed(store, key)
         assert index.read_index(store)[0].encrypted is True  # type: ignore[union-attr]
 
         restored = tmp_path / "restored.db"
@@ -149,7 +180,7 @@ class TestEncryptedReplica:
         Running(database, store, spool, checkpoint_pages=300, recipients=(old.recipient,)).run_while_writing(
             1.5, count=2, rate=200
         )
-        first = _assert_all_sealed(store)
+        first = _assert_all_sealed(store, old)
         running = Running(database, store, spool, checkpoint_pages=300, recipients=(new.recipient,))
         # Writers 3 and 4: the first run's writers 1 and 2 have committed their sequences already.
         later_writers = [
@@ -163,7 +194,7 @@ class TestEncryptedReplica:
                 process.terminate()
                 process.wait(timeout=30)
         running.close()
-        later = {k: v for k, v in _assert_all_sealed(store).items() if k not in first}
+        later = {k: v for k, v in _assert_all_sealed(store, old, new).items() if k not in first}
         assert any("/wal/" in k for k in later), list(later)
         for objects, opens, refuses in ((first, old, new), (later, new, old)):
             for key, data in objects.items():
@@ -333,7 +364,7 @@ def test_a_resync_segment_is_sealed_too(store: ObjectStore, database: Path, tmp_
     assert running.opened.resync is not None
     running.step()
     running.close()
-    objects = _assert_all_sealed(store)
+    objects = _assert_all_sealed(store, key)
     assert [k for k in objects if is_resync_key(k)] == [running.opened.resync.key]
     restored = tmp_path / "restored.db"
     _newest_restore(store, restored, key.keys)
@@ -357,7 +388,8 @@ def test_a_fleet_ships_encrypted(tmp_path: Path, base_database: Path) -> None:
         replica = template.format(name=path.name)
         objects = _data_objects(open_store(replica))
         assert objects, replica
-        assert all(data.startswith(AGE_HEADER) for data in objects.values()), list(objects)
+        for object_key, data in objects.items():
+            _assert_sealed(object_key, data, [key.identity])
         output = tmp_path / f"restored-{path.name}"
         restored = walship(
             "--no-prefect", "restore", "--replica", replica, "--output", str(output), "--age-identity", str(key.file)
