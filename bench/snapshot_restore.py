@@ -2,7 +2,7 @@
 
 Both sides move the same database through the same moto S3 server:
 
-    walship   stream_snapshot (hash, then read, compress, upload in one pass) -> add_snapshot  (one child process)
+    walship   stream_snapshot (read, hash, compress, upload in one pass) -> add_snapshot  (one child process)
               current_snapshots -> select_snapshot -> restore_snapshot               (one child process)
     pipeline  sqlite3 .backup && zstd -3 && aws s3 cp
               aws s3 cp && zstd -d && sqlite3 "PRAGMA integrity_check"
@@ -42,6 +42,7 @@ WALSHIP = str(Path(sys.executable).parent / "walship")
 AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
 PIPE_KEY = "pipeline/snapshot.sqlite.zst"
+SNAPSHOT_STAGE = "read + compress + upload"  # the streamed stage, named alike in both modes
 
 
 class Laps:
@@ -87,7 +88,7 @@ def child_snapshot(
     info = snapshot.stream_snapshot(
         store, db, database_id=db.name, level=level, workdir=Path(work), recipients=tuple(recipients or ())
     )
-    lap("hash, then read + compress + upload")
+    lap(SNAPSHOT_STAGE)
     index.add_snapshot(open_store(replica), info)
     lap("update index")
     return {"stages": lap.stages, "compressed": info.compressed_size}
@@ -283,7 +284,7 @@ def report(rounds: list[dict[str, Any]], db: Path, level: int) -> None:
             f"snapshot {cost['snapshot']:.3f}, restore {cost['restore']:.3f}; "
             f"stored {sizes['walship+age'] - sizes['walship']} bytes more"
         )
-        streamed = {"snapshot": "copy + compress + upload", "restore": "open_to_file"}
+        streamed = {"snapshot": SNAPSHOT_STAGE, "restore": "open_to_file"}
         stage = {op: med(f"walship+age {op}", "", st) / med(f"walship {op}", "", st) for op, st in streamed.items()}
         print(
             f"the streamed stage alone (no python start, imports or listing), encrypted over plaintext: "

@@ -6,6 +6,7 @@ database or WAL header, or any piece of their own plaintext.
 """
 
 import errno
+import hashlib
 import io
 import os
 import pickle
@@ -27,7 +28,13 @@ from tests.test_resync import _checkpoint
 from tests.test_ship import SEED, Running
 from walship import codec, index, snapshot
 from walship.envelope import Keyring, Sealing, SegmentSealer
-from walship.errors import CorruptObjectError, IdentityMismatchError, IdentityNeededError, ReplicaSealingError
+from walship.errors import (
+    ChecksumMismatchError,
+    CorruptObjectError,
+    IdentityMismatchError,
+    IdentityNeededError,
+    ReplicaSealingError,
+)
 from walship.index import current_snapshots
 from walship.layout import LEASE_KEY, METADATA_KEY, is_resync_key, parse_segment_key
 from walship.models import utcnow
@@ -35,6 +42,7 @@ from walship.restore import restore_snapshot
 from walship.retention import RetentionPolicy, apply_retention, plan_replica
 from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
+from walship.trailer import format_trailer
 from walship.verify import verify_replica
 
 AGE_HEADER = b"age-encryption.org/v1\n"
@@ -164,6 +172,34 @@ class TestEncryptedReplica:
             verify_replica(store)
         assert not verify_replica(store, keys=other.keys).passed
 
+    def test_a_streamed_snapshot_seals_its_checksum_too(
+        self, store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
+        """The SHA-256 at a streamed snapshot's end is inside the encryption, and restore checks it there."""
+        key = Key(tmp_path, "key")
+        info = snapshot.stream_snapshot(
+            store, database, database_id="app.db", level=codec.DEFAULT_LEVEL, recipients=(key.recipient,)
+        )
+        data = _data_objects(store)[info.key]
+        plain = pyrage.decrypt(data, [key.identity])
+        assert plain.endswith(format_trailer(info.sha256))
+        assert format_trailer(info.sha256)[-32:] not in data
+        # Without the identity the rebuild cannot read it: restore checks it as it opens the object.
+        rebuilt = index.rebuild_index(store).snapshots
+        assert [s.sha256 for s in rebuilt] == [""]
+        restored = tmp_path / "restored.db"
+        assert restore_snapshot(store, rebuilt[0], restored, keys=key.keys).snapshot.sha256 == info.sha256
+        assert restored.read_bytes() == database.read_bytes()
+
+        changed = bytearray(plain)
+        changed[-1] ^= 0x01  # the recorded digest, resealed for the same key
+        resealed = pyrage.encrypt(bytes(changed), [key.identity.to_public()])
+        store.put_stream(info.key, io.BytesIO(resealed), metadata=store.head(info.key).metadata)
+        output = tmp_path / "out.db"
+        with pytest.raises(ChecksumMismatchError, match=info.key):
+            restore_snapshot(store, rebuilt[0], output, keys=key.keys)
+        assert not output.exists()
+
     def test_a_replica_never_mixes_plaintext_and_encrypted(self, store: ObjectStore, database: Path) -> None:
         key = Key(database.parent, "key")
         index.add_snapshot(store, snapshot.stream_snapshot(store, database, database_id="app.db", level=1))
@@ -225,11 +261,14 @@ class TestEncryptedReplica:
         with store.open(info.key) as stream:
             sealed = stream.read()
         recovered = tmp_path / "recovered.db"
+        plain = pyrage.decrypt(sealed, [key.identity])
         with recovered.open("wb") as out:
-            zstandard.ZstdDecompressor().copy_stream(io.BytesIO(pyrage.decrypt(sealed, [key.identity])), out)
+            zstandard.ZstdDecompressor().copy_stream(io.BytesIO(plain), out)
         with sqlite3.connect(recovered) as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert content_digest(recovered) == content_digest(database)
+        # ... | tail -c 32 | xxd -p -c 32: the SHA-256 the object ends with, against sha256sum app.db.
+        assert plain[-32:].hex() == hashlib.sha256(recovered.read_bytes()).hexdigest()
 
 
 def test_an_object_without_envelope_metadata_is_plain_zstd(store: ObjectStore, database: Path, tmp_path: Path) -> None:

@@ -161,6 +161,18 @@ class TestRebuild:
             add_snapshot(store, synthetic(0, 0))
         assert store.get_bytes(METADATA_KEY, max_size=1 << 10)[0] == newer
 
+    def test_an_index_of_format_1_is_written_back_as_format_2(self, store: ObjectStore, database: Path) -> None:
+        """Format 2 may hold snapshots whose SHA-256 is at their end: an older walship refuses it."""
+        take_and_upload(store, database)
+        older = read_index(store)[0]
+        assert older is not None
+        store.put_bytes(METADATA_KEY, older.model_copy(update={"format_version": 1}).model_dump_json().encode())
+        add_snapshot(store, synthetic(0, 0))
+        written = read_index(store)[0]
+        assert written is not None
+        assert written.format_version == 2
+        assert any(s.sha256_at_end for s in written.snapshots)
+
 
 class TestRestoreWithoutTheIndex:
     """Restore chooses from a listing: a missing, corrupt or stale index changes nothing."""

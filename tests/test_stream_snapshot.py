@@ -8,6 +8,7 @@ object's recorded SHA-256 and sizes are checked against what is stored.
 import hashlib
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -25,12 +26,14 @@ from tests.s3servers import _S3Server, s3_client
 from tests.tcpproxy import TcpProxy
 from walship import index
 from walship.catalog import describe_snapshot, list_snapshots, select_snapshot
-from walship.errors import CorruptObjectError, NotFoundError, TransientStorageError, UsageError
+from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError, TransientStorageError, UsageError
 from walship.index import current_snapshots
 from walship.restore import restore_snapshot
 from walship.snapshot import stream_snapshot
 from walship.sqlite import PageCopy, read_header
 from walship.storage import ObjectStore, S3Store, open_store
+from walship.trailer import TRAILER_SIZE, format_trailer
+from walship.verify import check_index
 
 S3_BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
 
@@ -81,8 +84,8 @@ class TestStreamedSnapshot:
         raw = zstandard.ZstdDecompressor().decompress(data)
         assert (len(data), len(raw)) == (info.compressed_size, info.raw_size)
         assert hashlib.sha256(raw).hexdigest() == info.sha256
-        assert store.head(info.key).metadata == describe_snapshot(info.model_copy(update={"compressed_size": 0}))
-        assert list_snapshots(store) == [info]
+        unknown_at_start = {"compressed_size": 0, "sha256": ""}
+        assert store.head(info.key).metadata == describe_snapshot(info.model_copy(update=unknown_at_start))
         assert raw == database.read_bytes()  # no writer: the file itself is the state
 
     def test_pages_only_in_the_wal(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
@@ -120,32 +123,86 @@ class TestStreamedSnapshot:
         assert restored.read_bytes() == database.read_bytes()
         assert not Path(f"{database}-wal").exists()
 
-    def test_a_state_read_differently_the_second_time_stores_nothing(
-        self, store: ObjectStore, database: Path, s3_server: _S3Server | None, monkeypatch: pytest.MonkeyPatch
+    def test_the_state_is_read_once_and_its_sha256_ends_the_object(
+        self, store: ObjectStore, database: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The checksum comes from a first read; a second read that hashes otherwise abandons the upload."""
+        """One read is hashed, compressed and uploaded; the digest follows the frame, not the metadata."""
         reads = 0
         honest = PageCopy.blocks
 
-        def second_read_differs(pages: PageCopy) -> Iterator[bytes | bytearray]:
+        def counted(pages: PageCopy) -> Iterator[bytes | bytearray]:
             nonlocal reads
             reads += 1
-            this_read = reads  # the two reads run side by side: each keeps its own number
-            for number, block in enumerate(honest(pages)):
-                if this_read == 2 and number == 0:
-                    changed = bytearray(block)
-                    changed[200] ^= 0xFF
-                    block = changed  # noqa: PLW2901 - the one block the second read gets wrong
-                yield block
+            yield from honest(pages)
 
-        monkeypatch.setattr(PageCopy, "blocks", second_read_differs)
-        with pytest.raises(CorruptObjectError, match="read differently the second time"):
-            stream_snapshot(store, database, database_id="app.db", level=3)
-        assert reads == 2
-        assert list(store.list()) == []
-        if isinstance(store, S3Store):
-            assert s3_server is not None
-            assert _pending_uploads(s3_server, store.bucket) == []
+        monkeypatch.setattr(PageCopy, "blocks", counted)
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        assert reads == 1
+        data = _object_bytes(store, info.key)
+        assert data[-TRAILER_SIZE:] == format_trailer(info.sha256)
+        assert info.sha256 == hashlib.sha256(database.read_bytes()).hexdigest()
+        metadata = store.head(info.key).metadata
+        assert "walship-sha256" not in metadata
+        assert metadata["walship-sha256-at-end"] == "True"
+
+    def test_plain_zstd_passes_over_the_trailer(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """``zstd -d`` turns the object into the database: the checksum is a skippable frame."""
+        if shutil.which("zstd") is None:
+            pytest.skip("the zstd command is not installed")
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        plain = subprocess.run(
+            ["zstd", "-d", "-c"], check=False, input=_object_bytes(store, info.key), capture_output=True
+        )
+        assert plain.returncode == 0, plain.stderr
+        assert plain.stdout == database.read_bytes()
+
+    @pytest.mark.parametrize("damage", ["digest", "cut"])
+    @pytest.mark.parametrize("index_from", ["snapshot", "rebuild"])
+    def test_a_damaged_or_missing_checksum_fails_the_restore(
+        self, store: ObjectStore, database: Path, tmp_path: Path, damage: str, index_from: str
+    ) -> None:
+        """A trailer changed or cut off fails the restore, naming the object, whatever the index knows."""
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        data = bytearray(_object_bytes(store, info.key))
+        if damage == "digest":
+            data[-1] ^= 0x01
+        else:
+            del data[-TRAILER_SIZE:]
+        store.put_stream(info.key, io.BytesIO(bytes(data)), metadata=store.head(info.key).metadata)
+        chosen = info if index_from == "snapshot" else index.rebuild_index(store).snapshots[0]
+        output = tmp_path / "out.db"
+        error = ChecksumMismatchError if damage == "digest" else CorruptObjectError
+        with pytest.raises(error, match=info.key):
+            restore_snapshot(store, chosen, output)
+        assert not output.exists()
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.db")] == []
+
+    def test_the_index_and_the_trailer_must_agree(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """An index entry whose checksum is not the object's fails the restore and the index check."""
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        lying = info.model_copy(update={"sha256": "0" * 64})
+        index.add_snapshot(store, lying)
+        output = tmp_path / "out.db"
+        disagree = f"{info.key}: the index and the object disagree on its checksum \\(the object records"
+        with pytest.raises(ChecksumMismatchError, match=f"{disagree} SHA-256 {info.sha256}"):
+            restore_snapshot(store, lying, output)
+        assert not output.exists()
+        report = check_index(store)
+        assert not report.passed
+        assert "sha256" in str(report.failed)
+        assert info.key in str(report.failed)
+
+    def test_a_rebuilt_index_keeps_the_checksum(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """The rebuild reads each streamed snapshot's trailer (one small ranged read)."""
+        info = stream_snapshot(store, database, database_id="app.db", level=3)
+        assert list_snapshots(store) == [info.model_copy(update={"sha256": ""})]  # its metadata has none
+        assert index.rebuild_index(store).snapshots == [info]
+        index.add_snapshot(store, info)
+        assert check_index(store).passed
+        restored = tmp_path / "restored.db"
+        result = restore_snapshot(store, info, restored)
+        assert result.snapshot.sha256 == info.sha256
+        assert restored.read_bytes() == database.read_bytes()
 
     def test_producer_failure_leaves_nothing(self, store: ObjectStore, s3_server: _S3Server | None) -> None:
         def chunks() -> Iterator[bytes]:
@@ -154,7 +211,7 @@ class TestStreamedSnapshot:
             raise RuntimeError("the database went away")
 
         with pytest.raises(RuntimeError, match="went away"):
-            store.put_chunks("generations/g/snapshots/x.sqlite.zst", chunks(), metadata=dict)
+            store.put_chunks("generations/g/snapshots/x.sqlite.zst", chunks(), metadata={})
         assert list(store.list()) == []
         if isinstance(store, S3Store):
             assert s3_server is not None
@@ -209,14 +266,15 @@ class TestStreamedUploadOnS3:
         assert not {"CopyObject", "UploadPartCopy", "DeleteObject"} & set(names)
         created = [params for name, params in calls if name == "CreateMultipartUpload"]
         assert [params["Key"] for params in created] == [store.full(info.key)]
-        assert created[0]["Metadata"] == describe_snapshot(info.model_copy(update={"compressed_size": 0}))
+        unknown_at_start = {"compressed_size": 0, "sha256": ""}
+        assert created[0]["Metadata"] == describe_snapshot(info.model_copy(update=unknown_at_start))
         assert names.count("UploadPart") >= 2  # the case under test: more than one part
         assert [o.key for o in store.list()] == [info.key]
 
     def test_multipart_object_keeps_its_metadata(self, store: ObjectStore, s3_server: _S3Server) -> None:
         data = os.urandom(12 << 20)
         chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
-        info = store.put_chunks("k", chunks, metadata=lambda: {"walship-sha256": "given"})
+        info = store.put_chunks("k", chunks, metadata={"walship-sha256": "given"})
         assert info.size == len(data)
         assert _object_bytes(store, "k") == data
         assert store.head("k").metadata == {"walship-sha256": "given"}
@@ -225,7 +283,7 @@ class TestStreamedUploadOnS3:
         assert _pending_uploads(s3_server, store.bucket) == []
 
     def test_small_object_is_one_put(self, store: ObjectStore) -> None:
-        info = store.put_chunks("small", iter([b"a" * 10, b"b" * 5]), metadata=lambda: {"walship-x": "1"})
+        info = store.put_chunks("small", iter([b"a" * 10, b"b" * 5]), metadata={"walship-x": "1"})
         assert (info.size, _object_bytes(store, "small")) == (15, b"a" * 10 + b"b" * 5)
         assert store.head("small").metadata == {"walship-x": "1"}
         assert [o.key for o in store.list()] == ["small"]

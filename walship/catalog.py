@@ -2,7 +2,9 @@
 
 Every snapshot object carries its own description in user metadata, so a
 listing plus one HEAD per object rebuilds everything the index says: restore
-never depends on ``metadata.json`` alone.
+never depends on ``metadata.json`` alone. A streamed snapshot's SHA-256 is
+at the object's end instead (``walship.trailer``): one small ranged read,
+when the object is not encrypted.
 """
 
 from collections.abc import Iterable, Sequence
@@ -14,6 +16,7 @@ from walship.errors import CorruptObjectError, NotFoundError
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo, WalPosition
 from walship.storage import ObjectStore
+from walship.trailer import TRAILER_SIZE, parse_trailer
 
 __all__ = [
     "UnusableSnapshot",
@@ -22,6 +25,7 @@ __all__ = [
     "list_snapshot_keys",
     "list_snapshots",
     "read_snapshot_info",
+    "read_trailer_sha256",
     "scan_snapshots",
     "select_snapshot",
     "snapshot_or_unusable",
@@ -49,11 +53,16 @@ class UnusableSnapshot(BaseModel):
 def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
     """User metadata stored with a snapshot object (S3 keeps it lowercase).
 
-    A compressed size of 0 means not known yet, and is left out: a streamed
-    snapshot gives its metadata before its first byte (S3 takes metadata when
-    an upload starts), so its size is the object's own, checked by restore.
+    A compressed size of 0 or an empty SHA-256 means not known yet, and is
+    left out: a streamed snapshot gives its metadata before its first byte
+    (S3 takes metadata when an upload starts), so its size is the object's
+    own and its SHA-256 is at its end (``walship.trailer``), checked by restore.
     """
     unknown = {"compressed_size"} if info.compressed_size == 0 else set()
+    if not info.sha256:
+        unknown.add("sha256")
+    if not info.sha256_at_end:
+        unknown.add("sha256_at_end")  # objects stay as older walships wrote them
     metadata = to_metadata(info, exclude={"key", "wal_position", *unknown})
     if info.wal_position is not None:
         metadata[f"{_PREFIX}wal-position"] = f"{info.wal_position.generation}/{info.wal_position.sequence}"
@@ -82,6 +91,19 @@ def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
     except NotFoundError:
         raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots") from None
     return _from_object(obj)
+
+
+def read_trailer_sha256(store: ObjectStore, info: SnapshotInfo) -> str:
+    """The SHA-256 ``info``'s object records: in its metadata, or at its end (one ranged read).
+
+    An encrypted object's end is readable only with its identity: "" then,
+    and restore checks it there. ``CorruptObjectError`` when the end is not a checksum.
+    """
+    if not info.sha256_at_end or info.envelope != "zstd":
+        return info.sha256
+    start = max(0, info.compressed_size - TRAILER_SIZE)
+    with store.open(info.key, start=start, length=info.compressed_size - start) as stream:
+        return parse_trailer(stream.read(), info.key)
 
 
 def list_snapshot_keys(store: ObjectStore, listing: Iterable[ObjectInfo] | None = None) -> list[str]:
@@ -196,6 +218,8 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
         generation, _, sequence = position.rpartition("/")
         fields["wal_position"] = WalPosition(generation=generation, sequence=int(sequence))
     fields.setdefault("compressed_size", obj.size)  # a streamed snapshot's is its object's
+    if str(fields.get("sha256_at_end", "")).lower() == "true":
+        fields.setdefault("sha256", "")  # at the object's end: restore reads it there
     try:
         info = SnapshotInfo(key=obj.key, **fields)
     except ValidationError as exc:

@@ -17,6 +17,7 @@ import zstandard
 
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
 from walship.models import CompressedFile
+from walship.trailer import format_trailer
 
 __all__ = [
     "CHUNK_SIZE",
@@ -155,13 +156,15 @@ def compress_blocks(
     size: int,
     level: int = DEFAULT_LEVEL,
     progress: Progress | None = None,
+    trailer: bool = False,
 ) -> Iterator[bytes]:
     """Compress ``size`` bytes arriving as ``blocks`` into one zstd frame, yielded in chunks.
 
     Nothing is held beyond zstd's jobs and one chunk: the caller consumes
     chunks (uploads them) while later blocks are compressed. ``totals`` gets
     the SHA-256 and sizes once the last chunk has been yielded; a stream of
-    another size than announced raises ``CorruptObjectError``.
+    another size than announced raises ``CorruptObjectError``. With
+    ``trailer`` the SHA-256 follows the frame (``walship.trailer``).
     """
     validate_level(level)
     chunker = _compressor(level).chunker(size=size, chunk_size=CHUNK_SIZE)
@@ -181,6 +184,10 @@ def compress_blocks(
         totals.compressed_size += len(chunk)
         yield chunk
     totals.raw_size, totals.sha256 = done, digest.hexdigest()
+    if trailer:
+        end = format_trailer(totals.sha256)
+        totals.compressed_size += len(end)
+        yield end
 
 
 def decompress_to_file(

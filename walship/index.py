@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from walship.catalog import list_snapshots
+from walship.catalog import list_snapshots, read_trailer_sha256
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError
 from walship.layout import GENERATIONS_PREFIX, METADATA_KEY, parse_segment_key
 from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, WalPosition, utcnow
@@ -92,7 +92,7 @@ def rebuild_index(store: ObjectStore) -> ReplicaMetadata:
     listing = list(store.list(GENERATIONS_PREFIX))
     metadata = ReplicaMetadata()
     for snapshot in list_snapshots(store, listing=listing):
-        metadata = _with_snapshot(metadata, snapshot)
+        metadata = _with_snapshot(metadata, _with_checksum(store, snapshot))
     # The newest shipped segment of the current generation, as record_wal_position would have it.
     sequences = [
         p.sequence for o in listing if (p := parse_segment_key(o.key)) and p.generation == metadata.current_generation
@@ -102,6 +102,15 @@ def rebuild_index(store: ObjectStore) -> ReplicaMetadata:
             update={"latest_wal_sequence": max(*sequences, metadata.latest_wal_sequence or 0)}
         )
     return metadata
+
+
+def _with_checksum(store: ObjectStore, snapshot: SnapshotInfo) -> SnapshotInfo:
+    """A streamed snapshot's SHA-256 read from its end; left unknown (restore reads it) when that fails."""
+    try:
+        return snapshot.model_copy(update={"sha256": read_trailer_sha256(store, snapshot)})
+    except CorruptObjectError as exc:
+        log.warning("%s (its checksum stays unknown in the index)", exc)
+        return snapshot
 
 
 def update_index(store: ObjectStore, change: Callable[[ReplicaMetadata], ReplicaMetadata]) -> ReplicaMetadata:
@@ -120,7 +129,8 @@ def update_index(store: ObjectStore, change: Callable[[ReplicaMetadata], Replica
                 # and we retry on top of its index instead of overwriting it.
                 log.warning("%s (rebuilding it now)", exc)
         updated = change(current if current is not None else rebuild_index(store))
-        updated = updated.model_copy(update={"last_modified": utcnow()})
+        # Stamped with this walship's format: an older one refuses what it cannot read.
+        updated = updated.model_copy(update={"last_modified": utcnow(), "format_version": METADATA_FORMAT_VERSION})
         body = updated.model_dump_json(indent=2).encode()
         try:
             store.put_bytes(METADATA_KEY, body, if_match=etag, if_none_match=etag is None)

@@ -27,7 +27,8 @@ __all__ = [
 ]
 
 # Bumped when metadata.json changes incompatibly; readers refuse newer versions.
-METADATA_FORMAT_VERSION = 1
+# 2: snapshots may record their SHA-256 at their end (sha256_at_end, walship.trailer).
+METADATA_FORMAT_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -173,6 +174,9 @@ class SnapshotInfo(_Frozen):
     wal_position: WalPosition | None = None
     # How the object is stored (walship.envelope); objects older than the envelope are plain zstd.
     envelope: str = "zstd"
+    # A streamed snapshot records its SHA-256 at the object's end (walship.trailer),
+    # not in its metadata: the object's description then has none, the index has it.
+    sha256_at_end: bool = False
 
     @property
     def encrypted(self) -> bool:

@@ -103,7 +103,10 @@ def restore_snapshot(
     output = check_output(output, force=force)
     # The object's own metadata is the authority, not the index we were given.
     stored = read_snapshot_info(store, snapshot.key)
-    if stored.sha256 != snapshot.sha256 or stored.raw_size != snapshot.raw_size:
+    # A streamed snapshot's own checksum is at its end: the index's, when it
+    # has one, must equal it (open_to_file compares them).
+    expected_sha256 = snapshot.sha256 if stored.sha256_at_end else stored.sha256
+    if expected_sha256 != snapshot.sha256 or stored.raw_size != snapshot.raw_size:
         raise ChecksumMismatchError(
             f"verify {snapshot.key}: the index and the object disagree on its checksum; run 'walship status --json'"
         )
@@ -115,16 +118,18 @@ def restore_snapshot(
     require_keys(stored.envelope, keys, stored.key)
     with staged_output(output, force=force) as tmp:
         with tmp.open("wb") as out, store.open(stored.key) as stream:
-            open_to_file(
+            _, verified = open_to_file(
                 stream,
                 out,
                 envelope=stored.envelope,
                 keys=keys,
-                expected_sha256=stored.sha256,
+                expected_sha256=expected_sha256,
                 expected_size=stored.raw_size,
                 name=stored.key,
                 progress=progress,
+                trailer=stored.sha256_at_end,
             )
+        stored = stored.model_copy(update={"sha256": verified})
         applied: list[SegmentInfo] = []
         stopped_before: SegmentInfo | None = None
         if segments:

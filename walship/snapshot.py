@@ -1,7 +1,7 @@
 """Snapshots over an ``ObjectStore``: the streamed snapshot the flow and the CLI take, and its checks.
 
-``stream_snapshot`` reads a consistent state of the live database, hashes it,
-then compresses and uploads it in one pass: no copy of the database and no
+``stream_snapshot`` reads a consistent state of the live database and hashes,
+compresses and uploads it in one pass: no copy of the database and no
 compressed file on local disk; memory stays at zstd's jobs plus the upload's parts in flight.
 The shipper's own snapshots still go through a spooled file (they must
 survive a crash before upload), built from ``describe_new_snapshot``.
@@ -11,9 +11,6 @@ generation of its own (sequence 0): nothing proves continuity between two
 standalone snapshots, and a generation promises exactly that.
 """
 
-import hashlib
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -43,8 +40,8 @@ def stream_snapshot(
     """Snapshot the live ``database`` into ``store`` in one upload: a new generation at sequence 0.
 
     A read transaction holds one committed state while its pages are read
-    twice: hashed, then compressed and uploaded (writers go on meanwhile). The object
-    appears whole with its metadata, or not at all. ``workdir`` is accepted
+    once, hashed, compressed and uploaded (writers go on meanwhile). The object
+    appears whole with its metadata and ends with its SHA-256, or not at all. ``workdir`` is accepted
     for the callers' sake and unused: nothing is written to local disk.
     ``progress`` hears (bytes read, database size). The index is updated
     separately (``index.add_snapshot``). With age ``recipients`` the object
@@ -53,17 +50,14 @@ def stream_snapshot(
     del workdir  # nothing is spooled; kept so callers need not know
     sealing = Sealing(level=level, recipients=recipients).check()
     check_replica_sealing(store, sealing)
-    with consistent_pages(database) as pages, ThreadPoolExecutor(1, thread_name_prefix="walship-hash") as hashing:
+    with consistent_pages(database) as pages:
         generation = new_generation(pages.taken_at)
-        # Two reads of the one state the transaction holds. The first only
-        # hashes it, so the object's metadata is whole before its first byte
-        # goes up: S3 takes metadata when an upload starts, and the other way
-        # (a staging object copied under its key with late metadata) costs a
-        # server-side copy of the whole object, 1.5 s a GiB against moto.
-        # It runs on a thread of its own (pread and SHA-256 release the GIL)
-        # while the second read compresses the first parts, which wait for
-        # the metadata before they go up.
-        first_read = hashing.submit(_sha256, pages.blocks())
+        # S3 takes metadata when an upload starts, before the SHA-256 of a
+        # state read once is known: the object records it at its end
+        # instead (walship.trailer), and the index records it once the
+        # object is whole. Reading the state twice to know it first cost
+        # 0.8 s a GiB; a staging object copied under its key with late
+        # metadata cost a server-side copy of it, 1.5 s a GiB against moto.
         info = SnapshotInfo(
             key=format_snapshot_key(generation, 0),
             generation=generation,
@@ -71,7 +65,8 @@ def stream_snapshot(
             created_at=pages.taken_at,
             raw_size=pages.size,
             compressed_size=0,  # the object's size, known once it is stored
-            sha256="",  # the first read's, once it has finished
+            sha256="",  # at the object's end
+            sha256_at_end=True,
             page_size=pages.page_size,
             page_count=pages.page_count,
             level=level,
@@ -79,42 +74,13 @@ def stream_snapshot(
             sqlite_version=pages.sqlite_version,
             envelope=sealing.envelope,
         )
-
-        def described() -> dict[str, str]:
-            nonlocal info
-            info = info.model_copy(update={"sha256": first_read.result()})
-            return describe_snapshot(info)
-
         totals = StreamTotals()
-        chunks = seal_blocks(pages.blocks(), totals, size=pages.size, sealing=sealing, progress=progress)
+        chunks = seal_blocks(pages.blocks(), totals, size=pages.size, sealing=sealing, progress=progress, trailer=True)
         # The upload's part size is chosen from this bound.
         stored = store.put_chunks(
-            info.key,
-            _same_state(chunks, totals, first_read, info.key),
-            metadata=described,
-            size_hint=stored_bound(pages.size, sealing),
+            info.key, chunks, metadata=describe_snapshot(info), size_hint=stored_bound(pages.size, sealing)
         )
-    return info.model_copy(update={"compressed_size": stored.size})
-
-
-def _sha256(blocks: Iterable[bytes | bytearray]) -> str:
-    digest = hashlib.sha256()
-    for block in blocks:
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def _same_state(chunks: Iterable[bytes], totals: StreamTotals, first_read: "Future[str]", key: str) -> Iterator[bytes]:
-    """``chunks``, then a check that the second read hashed as the first did (else the upload is abandoned)."""
-    yield from chunks
-    first = first_read.result()
-    if totals.sha256 != first:
-        # The read transaction should make this impossible; if it ever is
-        # not, the object must not appear with a checksum it does not have.
-        raise CorruptObjectError(
-            f"snapshot {key}: the database read differently the second time "
-            f"(SHA-256 {totals.sha256}, first {first}): nothing was stored, take the snapshot again"
-        )
+    return info.model_copy(update={"compressed_size": stored.size, "sha256": totals.sha256})
 
 
 def check_database_id(store: ObjectStore, database_id: str) -> None:

@@ -17,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from walship import codec
 from walship.envelope._age import AgeWriter, decrypt_into
 from walship.envelope._keys import IDENTITY_ENV, Keyring, parse_recipients
-from walship.errors import CorruptObjectError, IdentityNeededError
+from walship.errors import ChecksumMismatchError, CorruptObjectError, IdentityNeededError
 from walship.models import CompressedFile
+from walship.trailer import TailReader, TailWriter
 
 __all__ = [
     "ENVELOPES",
@@ -143,10 +144,11 @@ def seal_blocks(
     size: int,
     sealing: Sealing,
     progress: codec.Progress | None = None,
+    trailer: bool = False,
 ) -> Iterator[bytes]:
     """``codec.compress_blocks``, encrypted when there are recipients; ``totals.compressed_size`` is the
-    size stored, once the last chunk has been yielded."""
-    chunks = codec.compress_blocks(blocks, totals, size=size, level=sealing.level, progress=progress)
+    size stored, once the last chunk has been yielded. The ``trailer`` goes inside the encryption."""
+    chunks = codec.compress_blocks(blocks, totals, size=size, level=sealing.level, progress=progress, trailer=trailer)
     if not sealing.encrypted:
         yield from chunks
         return
@@ -199,17 +201,39 @@ def open_to_file(
     expected_size: int,
     name: str,
     progress: codec.Progress | None = None,
-) -> int:
-    """Open the object ``source`` reads, sealed in ``envelope``, into ``target``: size and SHA-256 verified."""
+    trailer: bool = False,
+) -> tuple[int, str]:
+    """Open the object ``source`` reads, sealed in ``envelope``, into ``target``: size and SHA-256 verified.
+
+    With ``trailer`` the object records its SHA-256 at its end (``walship.trailer``):
+    the bytes must hash to it, and ``expected_sha256`` (when known) must be it.
+    Returns the size and the SHA-256 verified.
+    """
     require_keys(envelope, keys, name)
+    tail: TailReader | TailWriter | None = None
     if not is_encrypted(envelope):
-        return codec.decompress_to_file(
-            source, target, expected_sha256=expected_sha256, expected_size=expected_size, name=name, progress=progress
+        if trailer:
+            source = tail = TailReader(source)
+        written, actual = codec.decompress_stream(
+            source, target, name=name, total=expected_size, progress=progress, across_frames=trailer
         )
-    assert keys is not None  # require_keys refused otherwise
-    plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
-    try:
-        decrypt_into(source, plain, keys.identities, name)  # type: ignore[arg-type]
-    finally:
-        written, actual = plain.finish()
-    return codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
+    else:
+        assert keys is not None  # require_keys refused otherwise
+        plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
+        pushed: codec.DecompressingWriter | TailWriter = plain
+        if trailer:
+            pushed = tail = TailWriter(plain)
+        try:
+            decrypt_into(source, pushed, keys.identities, name)  # type: ignore[arg-type]
+        finally:
+            written, actual = plain.finish()
+    if tail is not None:
+        recorded = tail.sha256(name)
+        if expected_sha256 and expected_sha256 != recorded:
+            raise ChecksumMismatchError(
+                f"verify {name}: the index and the object disagree on its checksum (the object records "
+                f"SHA-256 {recorded}, the index {expected_sha256}); run 'walship verify' to see which is wrong"
+            )
+        expected_sha256 = recorded
+    codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
+    return written, actual

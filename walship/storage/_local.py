@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,10 +52,10 @@ class LocalStore:
         key: str,
         chunks: Iterable[bytes],
         *,
-        metadata: Callable[[], Mapping[str, str]],
+        metadata: Mapping[str, str],
         size_hint: int | None = None,
     ) -> ObjectInfo:
-        return self._write(key, chunks, metadata)  # asked for after the data, before the sidecar
+        return self._write(key, chunks, metadata)
 
     def put_bytes(
         self,
@@ -137,9 +137,7 @@ class LocalStore:
             elif entry.is_file(follow_symlinks=False) and not (directory == self.root and entry.name == _LOCK_FILE):
                 yield Path(entry.path)
 
-    def _write(
-        self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | Callable[[], Mapping[str, str]] | None
-    ) -> ObjectInfo:
+    def _write(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None) -> ObjectInfo:
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
         try:
@@ -160,7 +158,7 @@ class LocalStore:
                 out.flush()
                 os.fsync(out.fileno())
             etag = digest.hexdigest()
-            described = dict((metadata() if callable(metadata) else metadata) or {})
+            described = dict(metadata or {})
             # Sidecar first: a data file is never visible without its metadata.
             _atomic_write_text(self._meta_path(key), json.dumps({"etag": etag, "metadata": described}), tmp_dir)
             os.replace(tmp_name, target)

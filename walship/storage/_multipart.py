@@ -10,7 +10,7 @@ under the key.
 
 The metadata is given before the first byte: S3 takes it at
 CreateMultipartUpload and never changes it (a streamed snapshot therefore
-hashes its state before it uploads it).
+records its SHA-256 at its end, walship.trailer).
 """
 
 import logging
@@ -69,18 +69,17 @@ def upload(
     key: str,
     chunks: Iterable[bytes],
     *,
-    metadata: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    metadata: Mapping[str, str],
     size_hint: int | None = None,
 ) -> ObjectInfo:
-    """Write ``chunks`` as the object ``key``; ``metadata`` may be a callable, asked once the first two parts
-    are produced and before the object is created."""
+    """Write ``chunks`` as the object ``key`` with ``metadata``."""
     buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
     parts = _parts(chunks, buffers)
     # The first two parts tell whether one request will do; held in a list
     # the upload empties, so neither stays in memory once sent.
     ahead = [next(parts)]
     second = next(parts, None)
-    described = dict(metadata() if callable(metadata) else metadata)
+    described = dict(metadata)
     if second is None:
         with store.errors("put object", key):
             response = store.client.put_object(

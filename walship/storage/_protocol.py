@@ -5,7 +5,7 @@ is plain functions over this protocol, so every backend gets it for free and
 one test suite runs against all of them.
 """
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -50,18 +50,16 @@ class ObjectStore(Protocol):
         key: str,
         chunks: Iterable[bytes],
         *,
-        metadata: Callable[[], Mapping[str, str]],
+        metadata: Mapping[str, str],
         size_hint: int | None = None,
     ) -> ObjectInfo:
         """Write a new object from chunks produced while it is written (a streamed snapshot).
 
-        ``metadata`` is asked for once, before the object is created but
-        after its first chunks are taken (on S3 two parts: a multipart
-        upload takes its metadata at its start), so a producer may still be
-        finishing what it describes. The object appears under ``key`` whole,
-        with that metadata, or not at all: a failure (of the store or of the producer, which may raise
-        after its last chunk to refuse the object) leaves nothing there, and
-        no pending multipart upload. ``size_hint`` (an upper bound of the
+        ``metadata`` goes with the object from its start (S3 takes a
+        multipart upload's metadata when it is created). The object appears
+        under ``key`` whole, with that metadata, or not at all: a failure (of
+        the store or of the producer, which may raise after its last chunk to
+        refuse the object) leaves nothing there, and no pending multipart upload. ``size_hint`` (an upper bound of the
         object's size) lets S3 choose a part size within its 10,000-part limit.
         """
         ...

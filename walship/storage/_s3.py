@@ -12,7 +12,7 @@ S3-compatible server understands.
 import contextlib
 import copy
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -146,7 +146,7 @@ class S3Store:
         key: str,
         chunks: Iterable[bytes],
         *,
-        metadata: Callable[[], Mapping[str, str]],
+        metadata: Mapping[str, str],
         size_hint: int | None = None,
     ) -> ObjectInfo:
         return upload(self, key, chunks, metadata=metadata, size_hint=size_hint)

@@ -3,8 +3,8 @@
 import time
 from collections.abc import Callable
 
-from walship.catalog import list_snapshot_keys, read_snapshot_info, snapshot_or_unusable
-from walship.errors import NotFoundError, TransientStorageError, WalshipError
+from walship.catalog import list_snapshot_keys, read_snapshot_info, read_trailer_sha256, snapshot_or_unusable
+from walship.errors import CorruptObjectError, NotFoundError, TransientStorageError, WalshipError
 from walship.index import read_index
 from walship.layout import format_resync_key, format_segment_key, parse_snapshot_key
 from walship.models import ReplicaMetadata, SnapshotInfo
@@ -14,7 +14,16 @@ from walship.verify._report import Drill, VerifyReport
 __all__ = ["check_index"]
 
 # Fields the index records for a snapshot that must equal the object's own.
-_COMPARED = ("raw_size", "compressed_size", "sha256", "page_size", "page_count", "database_id", "wal_position")
+_COMPARED = (
+    "raw_size",
+    "compressed_size",
+    "sha256",
+    "sha256_at_end",
+    "page_size",
+    "page_count",
+    "database_id",
+    "wal_position",
+)
 _REBUILD = "rebuild it with 'walship status --rebuild-index'"
 
 
@@ -74,7 +83,15 @@ def _check_index_snapshots(drill: Drill, metadata: ReplicaMetadata, listed: dict
         except WalshipError as exc:
             problems.append(str(exc))
             continue
-        differ = [name for name in _COMPARED if getattr(entry, name) != getattr(stored, name)]
+        try:
+            # A streamed snapshot's SHA-256 is at its object's end, not in its
+            # description ("" when encrypted: restore compares it there).
+            stored = stored.model_copy(update={"sha256": read_trailer_sha256(drill.store, stored)})
+        except CorruptObjectError as exc:
+            problems.append(str(exc))
+            continue
+        compared = [n for n in _COMPARED if stored.sha256 or n != "sha256"]
+        differ = [name for name in compared if getattr(entry, name) != getattr(stored, name)]
         if differ:
             problems.append(f"the index and {entry.key} disagree on {', '.join(differ)}")
     if metadata.snapshot_count != len(metadata.snapshots):
