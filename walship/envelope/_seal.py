@@ -210,30 +210,36 @@ def open_to_file(
     Returns the size and the SHA-256 verified.
     """
     require_keys(envelope, keys, name)
-    tail: TailReader | TailWriter | None = None
+    if not is_encrypted(envelope) and not trailer:
+        written = codec.decompress_to_file(
+            source, target, expected_sha256=expected_sha256, expected_size=expected_size, name=name, progress=progress
+        )
+        return written, expected_sha256
+    tail: TailReader | TailWriter
     if not is_encrypted(envelope):
-        if trailer:
-            source = tail = TailReader(source)
+        source = tail = TailReader(source)
         written, actual = codec.decompress_stream(
-            source, target, name=name, total=expected_size, progress=progress, across_frames=trailer
+            source, target, name=name, total=expected_size, progress=progress, across_frames=True
         )
     else:
         assert keys is not None  # require_keys refused otherwise
         plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
-        pushed: codec.DecompressingWriter | TailWriter = plain
-        if trailer:
-            pushed = tail = TailWriter(plain)
+        tail = TailWriter(plain)
         try:
-            decrypt_into(source, pushed, keys.identities, name)  # type: ignore[arg-type]
+            decrypt_into(source, tail, keys.identities, name)  # type: ignore[arg-type]
         finally:
             written, actual = plain.finish()
-    if tail is not None:
-        recorded = tail.sha256(name)
-        if expected_sha256 and expected_sha256 != recorded:
-            raise ChecksumMismatchError(
-                f"verify {name}: the index and the object disagree on its checksum (the object records "
-                f"SHA-256 {recorded}, the index {expected_sha256}); run 'walship verify' to see which is wrong"
-            )
-        expected_sha256 = recorded
+    if trailer:
+        expected_sha256 = _agreed(tail.sha256(name), expected_sha256, name)
     codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
     return written, actual
+
+
+def _agreed(recorded: str, expected: str, name: str) -> str:
+    """The SHA-256 an object records at its end, which the index's (when it has one) must equal."""
+    if expected and expected != recorded:
+        raise ChecksumMismatchError(
+            f"verify {name}: the index and the object disagree on its checksum (the object records "
+            f"SHA-256 {recorded}, the index {expected}); run 'walship verify' to see which is wrong"
+        )
+    return recorded
