@@ -189,7 +189,7 @@ class TestStreamedSnapshot:
         assert not output.exists()
         report = check_index(store)
         assert not report.passed
-        assert "sha256" in str(report.failed)
+        assert "sha256 (the one at the object's end)" in str(report.failed)
         assert info.key in str(report.failed)
 
     def test_a_rebuilt_index_keeps_the_checksum(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:

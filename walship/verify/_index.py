@@ -93,7 +93,9 @@ def _check_index_snapshots(drill: Drill, metadata: ReplicaMetadata, listed: dict
         compared = [n for n in _COMPARED if stored.sha256 or n != "sha256"]
         differ = [name for name in compared if getattr(entry, name) != getattr(stored, name)]
         if differ:
-            problems.append(f"the index and {entry.key} disagree on {', '.join(differ)}")
+            # The SHA-256 at an object's end is part of its bytes: damage there fails its restore too.
+            where = " (the one at the object's end)" if "sha256" in differ and stored.sha256_at_end else ""
+            problems.append(f"the index and {entry.key} disagree on {', '.join(differ)}{where}")
     if metadata.snapshot_count != len(metadata.snapshots):
         problems.append(f"snapshot_count is {metadata.snapshot_count} for {len(metadata.snapshots)} snapshots")
     if problems:
