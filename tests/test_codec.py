@@ -3,11 +3,13 @@ import io
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walship.codec import compress_file, decompress_to_file, validate_level
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+from walship.trailer import TRAILER_SIZE, TailReader, TailWriter, format_trailer, parse_trailer
 
 
 def _roundtrip(tmp_path: Path, data: bytes, level: int = 3) -> tuple[bytes, bytes]:
@@ -86,3 +88,46 @@ class TestDecompressToFile:
             decompress_to_file(
                 io.BytesIO(b"plain text, not zstd" * 10), io.BytesIO(), expected_sha256="0", expected_size=1, name="o"
             )
+
+
+class TestTrailer:
+    """The SHA-256 at a streamed snapshot's end: written, found however the bytes arrive, refused when damaged."""
+
+    SHA = hashlib.sha256(b"walship").hexdigest()
+
+    @settings(max_examples=50, deadline=None)
+    @given(body=st.binary(max_size=200), cuts=st.lists(st.integers(0, 300), max_size=8))
+    def test_found_whatever_the_reads(self, body: bytes, cuts: list[int]) -> None:
+        """Reads of any size, a trailer split across them included, leave the trailer as the tail."""
+        reader = TailReader(io.BytesIO(body + format_trailer(self.SHA)))
+        for size in cuts:
+            reader.read(size)
+        while reader.read(7):
+            pass
+        assert reader.sha256("k") == self.SHA
+        writer = TailWriter(io.BytesIO())
+        data = body + format_trailer(self.SHA)
+        for start in range(0, len(data), 5):
+            writer.write(data[start : start + 5])
+        assert writer.sha256("k") == self.SHA
+
+    @pytest.mark.parametrize("damage", [0, 3, 4, 8, TRAILER_SIZE - 1])
+    def test_a_damaged_frame_header_or_a_cut_is_refused(self, damage: int) -> None:
+        trailer = bytearray(format_trailer(self.SHA))
+        if damage == TRAILER_SIZE - 1:
+            del trailer[0]  # one byte short
+        else:
+            trailer[damage] ^= 0x01
+        with pytest.raises(CorruptObjectError, match=r"^verify obj: the object does not end with its SHA-256"):
+            parse_trailer(bytes(trailer), "obj")
+
+    def test_zstd_skips_it(self) -> None:
+        """A skippable frame: decoders go past it to the next frame or the end."""
+        frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"data" * 1000)
+        out = io.BytesIO()
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(frame + format_trailer(self.SHA) + frame), read_across_frames=True
+        )
+        while chunk := reader.read(4096):
+            out.write(chunk)
+        assert out.getvalue() == b"data" * 2000
