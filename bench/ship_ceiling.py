@@ -21,12 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ship_lag import BUCKETS, DRAIN_SECONDS, WRITERS, durable, litestream, run_side, use_moto_credentials
+from bench.ship_lag import DRAIN_SECONDS, WRITERS, durable, litestream, run_side, use_moto_credentials
 from bench.ship_lag_report import lags, pct
 from bench.ship_lag_s3 import RecordingS3
 from bench.snapshot_restore import BUILD, database
 
 # (commits per second, workload transactions per commit)
+# Plaintext walship against Litestream: ship_lag's encrypted side is its own question (--age there).
+SIDES = ("walship", "litestream")
 STEPS = [(500, 1), (1000, 1), (2000, 1), (4000, 1), (2000, 4), (2000, 16), (2000, 64)]
 
 
@@ -41,7 +43,7 @@ def step(rate: int, batch: int, source: Path, args: argparse.Namespace) -> dict[
     with tempfile.TemporaryDirectory(dir=BUILD, prefix="ceiling-") as tmp:
         server = RecordingS3(Path(tmp) / "bodies")
         sides = {}
-        for side in BUCKETS:
+        for side in SIDES:
             print(f"  {side}: {rate} commits/s x {batch} ...", file=sys.stderr)
             sides[side] = run_side(side, server, source, Path(tmp), shape)
             sides[side]["durable"], _ = durable(server, side, Path(tmp))
@@ -64,7 +66,7 @@ def main() -> None:
     litestream()
     source, _ = database(args.mib)
     use_moto_credentials()
-    ceiling: dict[str, float] = dict.fromkeys(BUCKETS, 0.0)
+    ceiling: dict[str, float] = dict.fromkeys(SIDES, 0.0)
     failed: set[str] = set()
     print("| commits/s x batch | commits done | WAL MB/s | walship lag p99 (s) | litestream lag p99 (s) |")
     print("|---|---:|---:|---:|---:|")
@@ -84,7 +86,7 @@ def main() -> None:
             cells.append(f"{p99:.2f}" + (f" ({missing} markers never durable)" if missing else ""))
         done = sides["walship"]["transactions"]
         print(f"| {rate} x {batch} | {done} | {mb:.1f} | {cells[0]} | {cells[1]} |", flush=True)
-        if failed == set(BUCKETS):
+        if failed == set(SIDES):
             break
     for name, best in ceiling.items():
         verdict = "passed the limit at a later step" if name in failed else "never passed the limit: raise the steps"
