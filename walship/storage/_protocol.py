@@ -59,8 +59,9 @@ class ObjectStore(Protocol):
         multipart upload's metadata when it is created). The object appears
         under ``key`` whole, with that metadata, or not at all: a failure (of
         the store or of the producer, which may raise after its last chunk to
-        refuse the object) leaves nothing there, and no pending multipart upload. ``size_hint`` (an upper bound of the
-        object's size) lets S3 choose a part size within its 10,000-part limit.
+        refuse the object) leaves nothing there, and no pending multipart
+        upload. ``size_hint`` (an upper bound of the object's size) lets S3
+        choose a part size within its 10,000-part limit.
         """
         ...
 
