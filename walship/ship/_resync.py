@@ -30,7 +30,7 @@ from walship.resync import (
 from walship.ship._results import ResyncSummary
 from walship.ship._segment import seal_file
 from walship.spool import Spool, new_entry
-from walship.sqlite import WalCapture, cursor_at_end, read_header
+from walship.sqlite import WalCapture, cursor_at_end
 
 __all__ = ["PageTracker", "Resynced", "spool_resync"]
 
@@ -98,7 +98,7 @@ class PageTracker:
             return f"the page digest map is at {page_map.generation}/{page_map.sequence}, not at the cursor"
         if cursor.db_inode != capture.db_inode:
             return "the database file was replaced"
-        page_size = read_header(capture.database).page_size
+        page_size = capture.header().page_size
         if page_size != page_map.page_size:
             return f"the page size changed from {page_map.page_size} to {page_size}"
         return None

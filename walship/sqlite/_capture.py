@@ -33,7 +33,7 @@ import apsw
 
 from walship.errors import CorruptObjectError, UsageError, WalIndexUnsettledError, WritersBusyError
 from walship.models import SnapshotSource, utcnow
-from walship.sqlite._database import check_database
+from walship.sqlite._database import HEADER_SIZE, DatabaseHeader, check_database, parse_header
 from walship.sqlite._pages import PageCopy, transaction_pages
 from walship.sqlite._snapshot import backup_into, describe_copy
 from walship.sqlite._vouched import scan_vouched
@@ -83,7 +83,10 @@ class WalCapture:
             )
         self.wal_path = Path(f"{self.database}-wal")
         self._shm_fd: int | None = None
-        self._db_fd: int | None = None  # for reading pages; open as long as our connections (see close)
+        # Every read of the database file in this process goes through this
+        # descriptor, open as long as our connections: closing any other one
+        # would drop their POSIX locks (see close and ``header``).
+        self._db_fd: int | None = os.open(self.database, os.O_RDONLY)
         self._pins = [self._connect(holding=True), self._connect(holding=True)]
         self._active: int | None = None
         # Open only while writers are paused; checkpoints need a connection outside any transaction,
@@ -129,6 +132,11 @@ class WalCapture:
         if self._db_fd is not None:
             os.close(self._db_fd)
             self._db_fd = None
+
+    def header(self) -> DatabaseHeader:
+        """The database header as the file holds it now, read through the capture's own descriptor."""
+        assert self._db_fd is not None, "the capture is closed"
+        return parse_header(os.pread(self._db_fd, HEADER_SIZE, 0), self.database)
 
     def _read_shm(self, size: int) -> bytes:
         """Read the WAL index through one descriptor kept open for our lifetime.
@@ -406,8 +414,7 @@ class WalCapture:
     @contextlib.contextmanager
     def pages_now(self) -> Iterator[PageCopy]:
         """The pages of the state a read transaction beginning now sees (call it inside ``writers_paused``)."""
-        if self._db_fd is None:
-            self._db_fd = os.open(self.database, os.O_RDONLY)
+        assert self._db_fd is not None, "the capture is closed"
         # The WAL index is read once the transaction began (the second context): see transaction_pages.
         with (
             self.read_transaction_now() as connection,

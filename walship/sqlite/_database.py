@@ -8,11 +8,11 @@ import apsw
 
 from walship.errors import CorruptObjectError, UsageError
 
-__all__ = ["DatabaseHeader", "check_database", "integrity_check", "read_header"]
+__all__ = ["HEADER_SIZE", "DatabaseHeader", "check_database", "integrity_check", "parse_header", "read_header"]
 
 # "Database File Format", section 1.3: the first 100 bytes of every database.
 _MAGIC = b"SQLite format 3\x00"
-_HEADER_SIZE = 100
+HEADER_SIZE = 100
 _CHECK_CACHE_KIB = 8 << 10
 
 
@@ -26,10 +26,18 @@ class DatabaseHeader(NamedTuple):
 
 
 def read_header(path: Path) -> DatabaseHeader:
-    """Parse the fields of the database header that walship records."""
+    """Parse the fields of the database header that walship records.
+
+    Never for a database that this process holds with SQLite connections:
+    closing the descriptor would drop their locks (``WalCapture.header``).
+    """
     with path.open("rb") as handle:
-        header = handle.read(_HEADER_SIZE)
-    if len(header) < _HEADER_SIZE or not header.startswith(_MAGIC):
+        return parse_header(handle.read(HEADER_SIZE), path)
+
+
+def parse_header(header: bytes, path: Path) -> DatabaseHeader:
+    """The fields of the first ``HEADER_SIZE`` bytes of ``path``."""
+    if len(header) < HEADER_SIZE or not header.startswith(_MAGIC):
         raise CorruptObjectError(f"{path} is not a SQLite database (bad header)")
     (raw_page_size,) = struct.unpack(">H", header[16:18])
     # A stored page size of 1 means 65536, which does not fit in two bytes.
