@@ -8,7 +8,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench lock clean serve stop
+.PHONY: install demo test lint bench lock clean serve stop torture
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadfile
+
+# Seeded torture runs (tests/torture/): random seeds for SECONDS in all (default 600), or one SEED
+# replayed; LENGTH is each schedule's length in seconds. Failing seeds are printed with their replay.
+SECONDS ?= 600
+LENGTH ?= 12
+torture: $(STAMP)
+	$(PY) -m tests.torture --length $(LENGTH) $(if $(SEED),--seed $(SEED),--for $(SECONDS))
 
 # A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in $PREFECT_HOME, default
 # build/prefect) serving prefect.yaml's deployments; `make stop` ends both. Site values come from

@@ -1,0 +1,28 @@
+"""Seeded torture runs in ``make test``: half of the spread here, half in test_torture_more.py (two workers).
+
+Each seed runs writers, a shipper and its schedule of faults, then checks
+every acknowledged commit, every point-in-time restore, the newest restore
+and verify (tests/torture/checks.py). A failure prints the schedule, what
+happened and the replay command.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from tests.s3servers import MotoS3
+from tests.torture.__main__ import torture
+from tests.torture.seeds import FAILED, SECONDS, SPREAD
+
+
+def run_seed(seed: int, tmp_path: Path, moto: MotoS3) -> None:
+    run, failures = torture(seed, SECONDS, tmp_path / f"seed-{seed}", moto)
+    report = "\n".join(
+        [str(run.plan), *run.happened, *failures, f"replay: make torture SEED={seed} LENGTH={SECONDS:g}"]
+    )
+    assert not failures, report
+
+
+@pytest.mark.parametrize("seed", SPREAD[::2] + tuple(FAILED))
+def test_torture_seed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
+    run_seed(seed, tmp_path, moto_server)

@@ -1,0 +1,14 @@
+"""The other half of the torture spread (a file of its own so ``--dist loadfile`` runs it beside the first)."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.s3servers import MotoS3
+from tests.test_torture import run_seed
+from tests.torture.seeds import SPREAD
+
+
+@pytest.mark.parametrize("seed", SPREAD[1::2])
+def test_torture_seed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
+    run_seed(seed, tmp_path, moto_server)

@@ -1,0 +1,253 @@
+"""One torture run: writers, a shipper, the plan's faults; then ``Checks`` on what the replica holds."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.workload import create_database
+from tests.helpers import ROOT, WALSHIP
+from tests.s3servers import MotoS3
+from tests.tcpproxy import TcpProxy
+from tests.torture.schedule import Event, Plan
+
+__all__ = ["Shipper", "TortureRun"]
+
+_DATABASE_BYTES = 2 << 20
+_APP = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); "
+    "[c.execute(s).fetchall() for s in sys.argv[2:]]; c.close()"
+)
+
+
+class Shipper:
+    """One ``walship ship`` process, its output in a file, and how it ended."""
+
+    def __init__(self, number: int, command: list[str], log: Path, env: dict[str, str]) -> None:
+        self.number = number
+        self.log = log
+        self.started = time.time()
+        with log.open("w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        self.signal: str | None = None
+        self.signalled_at: float | None = None
+        self.ended_at: float | None = None
+
+    def end(self, how: signal.Signals) -> int:
+        self.signal, self.signalled_at = how.name, time.time()
+        self.process.send_signal(how)
+        return self.wait()
+
+    def wait(self) -> int:
+        code = self.process.wait(timeout=120)
+        self.ended_at = self.ended_at or time.time()
+        return code
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class TortureRun:
+    """Run ``plan`` for ``seconds`` in ``workdir``; ``moto`` is the S3 server when the plan asks for one."""
+
+    def __init__(self, plan: Plan, seconds: float, workdir: Path, moto: MotoS3 | None = None) -> None:
+        self.plan, self.seconds, self.workdir = plan, seconds, workdir
+        self.database = workdir / "app.db"
+        self.base = workdir / "base.db"
+        self.logs = workdir / "logs"
+        self.env = {**os.environ, "PREFECT_API_URL": ""}
+        self.shippers: list[Shipper] = []
+        self.writers: dict[int, subprocess.Popen[bytes]] = {}
+        self.happened: list[str] = []
+        self.started = 0.0
+        self._moto = moto
+        self._proxy: TcpProxy | None = None
+        self.replica = ""
+
+    # Setting up ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def storage(self) -> Iterator[None]:
+        """The replica: a local directory, or a bucket on moto behind a proxy that outages stop."""
+        if self.plan.backend == "local":
+            self.replica = f"file://{self.workdir / 'replica'}"
+            yield
+            return
+        server = self._moto or MotoS3()
+        bucket = f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+        server.create_bucket(bucket)
+        moto = urlsplit(server.endpoint)
+        assert moto.hostname is not None
+        assert moto.port is not None
+        self.env.update(
+            AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key, AWS_DEFAULT_REGION="us-east-1"
+        )
+        try:
+            with TcpProxy(moto.hostname, moto.port) as proxy:
+                self._proxy = proxy
+                self.replica = f"s3://{bucket}/app?endpoint={proxy.endpoint}"
+                yield
+        finally:
+            if self._moto is None:
+                server.stop()
+
+    def prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        create_database(self.base, _DATABASE_BYTES, seed=11)
+        _copy(self.base, self.database)
+
+    # Processes ---------------------------------------------------------------------
+
+    def start_writers(self) -> None:
+        for number, rate in enumerate(self.plan.writers, start=1):
+            command = [
+                sys.executable,
+                "-m",
+                "tests.torture.writer",
+                str(self.database),
+                "--writer",
+                str(number),
+                "--rate",
+                str(rate),
+                "--log",
+                str(self.logs / f"w{number}.log"),
+                "--seed",
+                f"{self.plan.seed}{len(self.happened)}",
+            ]
+            self.writers[number] = subprocess.Popen(command, cwd=ROOT, env=self.env)
+
+    def stop_writers(self) -> None:
+        """The application closes its connections (SIGTERM: each writer closes cleanly)."""
+        for process in self.writers.values():
+            process.send_signal(signal.SIGTERM)
+        for number, process in self.writers.items():
+            if process.wait(timeout=60) != 0:
+                self.note(f"writer {number} exited {process.returncode}")
+        self.writers.clear()
+
+    def start_shipper(self, *, handover_wait: float = 0.0) -> Shipper:
+        number = len(self.shippers) + 1
+        command = [
+            WALSHIP,
+            "--verbose",
+            "ship",
+            str(self.database),
+            "--replica",
+            self.replica,
+            "--duration",
+            "3600",
+            "--interval",
+            str(self.plan.interval),
+            "--handover-wait",
+            str(handover_wait),
+        ]
+        shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
+        self.shippers.append(shipper)
+        return shipper
+
+    @property
+    def shipper(self) -> Shipper:
+        return self.shippers[-1]
+
+    def note(self, what: str) -> None:
+        self.happened.append(f"{time.time() - self.started:7.2f}s {what}")
+
+    # The run -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.prepare()
+        self.started = time.time()
+        self.start_shipper()
+        self.start_writers()
+        for event in self.plan.events:
+            time.sleep(max(0.0, self.started + event.at - time.time()))
+            self.note(f"{event.kind} {event.detail} gap {event.gap}".replace("  ", " "))
+            self._apply(event)
+            if self.shipper.process.poll() is not None:
+                self.note(f"shipper {self.shipper.number} ended on its own: {self.shipper.wait()}")
+                self.start_shipper()
+        time.sleep(max(0.0, self.started + self.seconds - time.time()))
+        self.finish()
+
+    def finish(self) -> None:
+        """Writers stop; the running shipper captures what they left, then ends cleanly."""
+        self.stop_writers()
+        self.note("writers stopped")
+        time.sleep(self.plan.interval * 2 + 0.5)
+        code = self.shipper.end(signal.SIGTERM)
+        self.note(f"shipper {self.shipper.number} SIGTERM: exit {code}")
+
+    def _apply(self, event: Event) -> None:
+        kind = event.kind
+        if kind in {"kill", "term", "gap"}:
+            how = signal.SIGKILL if kind == "kill" else signal.SIGTERM
+            code = self.shipper.end(how)
+            self.note(f"shipper {self.shipper.number} {how.name}: exit {code}")
+            time.sleep(event.gap)
+            self.start_shipper()
+        elif kind == "handover":
+            old = self.shipper
+            self.start_shipper(handover_wait=60)
+            time.sleep(0.3 + event.gap / 4)
+            self.note(f"shipper {old.number} SIGTERM for a hand-over: exit {old.end(signal.SIGTERM)}")
+        elif kind == "checkpoint":
+            self._app(f"PRAGMA wal_checkpoint({event.detail})")
+        elif kind == "quiet":
+            self.stop_writers()
+            time.sleep(event.gap)
+            self.start_writers()
+        elif kind == "vacuum":
+            self._app("DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE id < 1099511627776 LIMIT 300)")
+            self._app("VACUUM")
+        elif kind == "outage":
+            assert self._proxy is not None
+            self._proxy.stop()
+            time.sleep(event.gap + 0.5)
+            self._proxy.start()
+        elif kind in {"replace", "page-size"}:
+            self._maintenance(event)
+        else:
+            raise AssertionError(f"unknown event {kind}")
+
+    def _maintenance(self, event: Event) -> None:
+        """Nothing holds the database: the file replaced by a copy, or its page size changed."""
+        code = self.shipper.end(signal.SIGTERM)
+        self.note(f"shipper {self.shipper.number} SIGTERM for maintenance: exit {code}")
+        self.stop_writers()
+        if event.kind == "replace":
+            copy = self.database.with_name("copy.db")
+            _copy(self.database, copy)
+            os.replace(copy, self.database)
+        else:
+            size = event.detail
+            self._app("PRAGMA journal_mode=DELETE", f"PRAGMA page_size={size}", "VACUUM", "PRAGMA journal_mode=WAL")
+        time.sleep(event.gap)
+        self.start_writers()
+        self.start_shipper()
+
+    def _app(self, *statements: str) -> None:
+        """Statements run by an application process of its own; a busy database is its problem, noted."""
+        command = [sys.executable, "-c", _APP, str(self.database), *statements]
+        done = subprocess.run(command, check=False, capture_output=True)
+        if done.returncode:
+            self.note(f"application: {done.stderr.decode().strip().splitlines()[-1]}")
+
+    def stop_everything(self) -> None:
+        """After a failure in the harness itself: nothing keeps running."""
+        for process in [*self.writers.values(), *(s.process for s in self.shippers)]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _copy(source: Path, target: Path) -> None:
+    """A consistent copy through SQLite (the source may be in WAL mode with a WAL)."""
+    code = "import sqlite3, sys; s = sqlite3.connect(sys.argv[1]); t = sqlite3.connect(sys.argv[2]); s.backup(t)"
+    subprocess.run([sys.executable, "-c", code, str(source), str(target)], check=True)

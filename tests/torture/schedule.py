@@ -1,0 +1,67 @@
+"""A torture schedule: which fault happens when, a pure function of the seed."""
+
+import random
+from typing import NamedTuple
+
+__all__ = ["CHECKPOINT_MODES", "Event", "Plan", "plan"]
+
+CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+# Each kind with its weight. ``gap`` stops the shipper cleanly and starts the next one later;
+# ``quiet`` is the application closing its last connection (writers stop cleanly, then start again);
+# ``replace`` and ``page-size`` happen while nothing holds the database (a maintenance window).
+_KINDS = {
+    "kill": 3,
+    "term": 2,
+    "gap": 3,
+    "handover": 2,
+    "checkpoint": 4,
+    "quiet": 2,
+    "vacuum": 1,
+    "outage": 2,
+    "replace": 1,
+    "page-size": 1,
+}
+
+
+class Event(NamedTuple):
+    at: float  # seconds after the writers started
+    kind: str
+    gap: float  # seconds the shipper (or storage, or the writers) stay away
+    detail: str  # a checkpoint mode, a page size
+
+
+class Plan(NamedTuple):
+    seed: int
+    backend: str  # "local" (file://) or "moto" (S3 through a proxy that outages stop)
+    writers: tuple[float, ...]  # each writer's commits a second
+    interval: float  # the shipper's --interval
+    events: tuple[Event, ...]
+    timestamps: tuple[float, ...]  # extra point-in-time restores, as fractions of the run
+
+
+def plan(seed: int, seconds: float) -> Plan:
+    rng = random.Random(seed)
+    backend = rng.choice(("local", "moto"))
+    kinds = [k for k in _KINDS if backend == "moto" or k != "outage"]
+    weights = [_KINDS[k] for k in kinds]
+    events: list[Event] = []
+    at = rng.uniform(0.8, 2.0)
+    while at < seconds - 1.0:
+        kind = rng.choices(kinds, weights)[0]
+        gap = round(rng.choice((0.0, rng.uniform(0.2, 2.5))), 2)
+        detail = ""
+        if kind == "checkpoint":
+            detail = rng.choice(CHECKPOINT_MODES)
+        elif kind == "page-size":
+            detail = str(rng.choice((1024, 2048, 8192, 16384)))
+        events.append(Event(round(at, 2), kind, gap, detail))
+        at += gap + rng.uniform(0.6, 2.5)
+    return Plan(
+        seed=seed,
+        backend=backend,
+        writers=tuple(round(rng.uniform(20, 250), 1) for _ in range(rng.randint(1, 3))),
+        interval=rng.choice((0.3, 0.5, 1.0)),
+        events=tuple(events),
+        timestamps=tuple(sorted(round(rng.uniform(0.2, 1.0), 3) for _ in range(2))),
+    )
