@@ -6,9 +6,14 @@ import pytest
 
 from tests.s3servers import MotoS3
 from tests.test_torture import run_seed
-from tests.torture.seeds import SPREAD
+from tests.torture.seeds import FAILED, SPREAD
 
 
 @pytest.mark.parametrize("seed", SPREAD[1::2])
 def test_torture_seed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
     run_seed(seed, tmp_path, moto_server)
+
+
+@pytest.mark.parametrize("seed", sorted(FAILED)[1::2])
+def test_seed_that_failed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
+    run_seed(seed, tmp_path, moto_server, FAILED[seed][0])
