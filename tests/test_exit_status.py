@@ -1,11 +1,12 @@
 """Every command's exit status, in both modes: 0 done, 1 failed, 2 bad usage, with one plain error.
 
 One table: each row is a command and an outcome, run once directly (no
-Prefect API) and once as a flow run (the session's API), with the same
-expected status and the same words in its error. The replicas each row
-reads are built once for the module; a row that writes gets its own.
+Prefect API) and once as a flow run (the session's API): the same status
+both times and, for a failure, the same error. The replicas rows read are
+built once for the module; each run that writes gets its own directory.
 """
 
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -153,40 +154,50 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"source": source, "good": good, "damaged": base / "damaged", "headless": base / "headless"}
 
 
-@pytest.fixture(params=["direct", "flow"])
-def mode_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    if request.param == "direct":
-        return {"PREFECT_API_URL": ""}
-    return dict(request.getfixturevalue("api_env"))
-
-
 @pytest.fixture
-def scene(replicas: dict[str, Path], moto_server: MotoS3, tmp_path: Path) -> Scene:
-    database = tmp_path / "app.db"
-    shutil.copyfile(replicas["source"], database)
-    return Scene(
-        work=tmp_path,
-        database=database,
-        good=f"file://{replicas['good']}",
-        damaged=f"file://{replicas['damaged']}",
-        headless=f"file://{replicas['headless']}",
-        no_bucket=f"s3://walship-no-such-bucket/app?endpoint={moto_server.endpoint}",
-        aws={
-            "AWS_ACCESS_KEY_ID": moto_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
-            "AWS_DEFAULT_REGION": moto_server.region,
-        },
-    )
+def scenes(replicas: dict[str, Path], moto_server: MotoS3, tmp_path: Path) -> Callable[[str], Scene]:
+    """A scene per mode: each its own directory and database, the shared replicas."""
+
+    def scene(mode: str) -> Scene:
+        work = tmp_path / mode
+        work.mkdir()
+        database = work / "app.db"
+        shutil.copyfile(replicas["source"], database)
+        return Scene(
+            work=work,
+            database=database,
+            good=f"file://{replicas['good']}",
+            damaged=f"file://{replicas['damaged']}",
+            headless=f"file://{replicas['headless']}",
+            no_bucket=f"s3://walship-no-such-bucket/app?endpoint={moto_server.endpoint}",
+            aws={
+                "AWS_ACCESS_KEY_ID": moto_server.access_key,
+                "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
+                "AWS_DEFAULT_REGION": moto_server.region,
+            },
+        )
+
+    return scene
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{row.command}-{row.outcome}" for row in ROWS])
-def test_exit_status(row: Row, scene: Scene, mode_env: dict[str, str]) -> None:
-    result = walship(*row.argv(scene), env={**scene.aws, **mode_env})
-    if row.status == 0:
-        assert result.returncode == 0, result.stderr
-        assert "Traceback" not in result.stderr
-    else:
-        assert_plain_error(result, row.status, row.error)
+def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str, str]) -> None:
+    """Direct, then as a flow run: the row's status each time, and for a failure the same output and plain error."""
+    errors = {}
+    for mode, env in (("direct", {"PREFECT_API_URL": ""}), ("flow", api_env)):
+        scene = scenes(mode)
+        result = walship(*row.argv(scene), env={**scene.aws, **env})
+        assert result.returncode == row.status, (mode, result.stderr)
+        assert "Traceback" not in result.stderr, (mode, result.stderr)
+        if row.status != 0:
+            lines = result.stderr.strip().splitlines()
+            assert 1 <= len(lines) <= 2, (mode, result.stderr)
+            assert lines[0].startswith("walship: "), (mode, result.stderr)
+            assert row.error in result.stderr, (mode, result.stderr)
+            # What a failure printed, apart from where it ran and how long it took.
+            printed = f"{result.stdout}\n{result.stderr}".replace(str(scene.work), "<work>")
+            errors[mode] = re.sub(r"\d+(\.\d+)? s\b", "N s", printed)
+    assert errors.get("direct") == errors.get("flow")
 
 
 @pytest.mark.parametrize(
