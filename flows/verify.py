@@ -13,7 +13,7 @@ from flows._report import publish, run_name
 from flows._subject import database_of
 from tasks import check_index, restore_drill, with_retry_policy
 from walship.models import RetryPolicy
-from walship.verify import VerificationFailedError, VerifyReport
+from walship.verify import VerifyReport, run_verify
 
 PASSED_EVENT = "walship.verify.passed"
 
@@ -55,10 +55,44 @@ def verify_flow(
     failed drill, or storage unreachable after retries (no proof either way),
     emits ``walship.verify.failed`` (the failure hook) and fails the run."""
     subject = database_of(flow_run.get_parameters())
-    drill = with_retry_policy(restore_drill, retry)(
-        replica, database_id, older, workdir, credentials_block, age_identity_block, age_identity_file
+    report = run_verify(
+        _TaskSteps(replica, retry, credentials_block, age_identity_block, age_identity_file),
+        database_id=database_id,
+        older=older,
+        workdir=workdir,
+        publish=lambda drilled: _publish(subject, drilled),
     )
-    report = drill.merge(with_retry_policy(check_index, retry)(replica, credentials_block))
+    emit(PASSED_EVENT, subject, replica, {"checks": len(report.checks), "points": len(report.points)})
+    return report
+
+
+class _TaskSteps:
+    """``VerifySteps`` as task runs with the flow's retry policy."""
+
+    def __init__(
+        self,
+        replica: str,
+        retry: RetryPolicy,
+        credentials_block: str | None,
+        identity_block: str | None,
+        identity_file: Path | None,
+    ) -> None:
+        self.replica, self.retry, self.block = replica, retry, credentials_block
+        self.identity_block, self.identity_file = identity_block, identity_file
+
+    def restore_drill(
+        self, *, database_id: str | None, older: bool, seed: int | None, workdir: Path | None
+    ) -> VerifyReport:
+        return with_retry_policy(restore_drill, self.retry)(
+            self.replica, database_id, older, workdir, self.block, self.identity_block, self.identity_file, seed
+        )
+
+    def check_index(self) -> VerifyReport:
+        return with_retry_policy(check_index, self.retry)(self.replica, self.block)
+
+
+def _publish(subject: str, report: VerifyReport) -> None:
+    """The run's artifact: every check and restored point, passed or not."""
     publish(
         "verify",
         f"Restore drill of {subject}: {'passed' if report.passed else 'FAILED'}",
@@ -74,10 +108,6 @@ def verify_flow(
             ("duration", f"{report.duration_seconds:.2f} s"),
         ],
     )
-    if not report.passed:
-        raise VerificationFailedError(report)
-    emit(PASSED_EVENT, subject, replica, {"checks": len(report.checks), "points": len(report.points)})
-    return report
 
 
 def _cell(text: str) -> str:

@@ -20,6 +20,7 @@ def restore_drill(
     credentials_block: str | None = None,
     identity_block: str | None = None,
     identity_file: Path | None = None,
+    seed: int | None = None,
 ) -> VerifyReport:
     """Restore the newest point (and a random older one) into a temporary directory, verifying everything;
     encrypted objects open with the identity of ``identity_block`` (a Secret block) or ``identity_file``."""
@@ -27,6 +28,7 @@ def restore_drill(
         open_replica(replica, credentials_block),
         database_id=database_id,
         older=older,
+        seed=seed,
         workdir=workdir,
         keys=load_keys(identity_block, identity_file),
     )

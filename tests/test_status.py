@@ -1,12 +1,14 @@
 """``walship status`` on every backend: fields, index states, --json and --rebuild-index."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import take_and_upload, walship
 from walship.chain import list_segment_sequences, read_segment_info
+from walship.errors import NotFoundError
 from walship.index import read_index
 from walship.layout import METADATA_KEY, format_segment_key
 from walship.lease import acquire_lease, holder_for, release_lease
@@ -96,9 +98,16 @@ class TestFields:
         assert [s.key for s in status.snapshots] == [s.key for s in taken]
 
     def test_empty_replica(self, store: ObjectStore) -> None:
-        """An empty replica reports nothing and says what to run."""
+        """Nothing at the location is no replica to describe: one error says so and what to check."""
+        with pytest.raises(NotFoundError, match=f"no replica at {re.escape(store.location)}: check the URL"):
+            replica_status(store)
+
+    def test_index_alone(self, store: ObjectStore, database: Path) -> None:
+        """A replica whose snapshots are all gone reports none and says what to run."""
+        info = take_and_upload(store, database)
+        store.delete([info.key])
         status = replica_status(store)
-        assert (status.index, status.snapshot_count, status.lag_seconds, status.object_count) == ("missing", 0, None, 0)
+        assert (status.index, status.snapshot_count, status.lag_seconds, status.object_count) == ("stale", 0, None, 1)
         assert "run 'walship snapshot DB --replica URL'" in status.render()
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.test_ship import Running
 from walship import codec, index, snapshot, sqlite
 from walship.catalog import list_snapshots
 from walship.chain import list_segment_sequences
-from walship.errors import TransientStorageError
+from walship.errors import NotFoundError, TransientStorageError
 from walship.layout import METADATA_KEY, format_segment_key
 from walship.models import ReplicaMetadata, RetryPolicy, WalPosition
 from walship.storage import ObjectStore, open_store
@@ -253,12 +254,19 @@ class TestDrillCatches:
         assert checks(report)["restore-newest"][0]
 
     def test_empty_replica(self, store: ObjectStore, workdir: Path) -> None:
-        """A replica with nothing in it fails with a clear first check."""
+        """Nothing at the location: no list of failed checks, one error saying no replica is there."""
+        with pytest.raises(NotFoundError, match=f"no replica at {re.escape(store.location)}: check the URL"):
+            verify_replica(store, workdir=workdir)
+        assert os.listdir(workdir) == []
+
+    def test_index_alone(self, store: ObjectStore, database: Path, workdir: Path) -> None:
+        """A replica whose snapshots are all gone is still a replica: the drill fails its checks."""
+        info = take_and_upload(store, database)
+        store.delete([info.key])
         report = verify_replica(store, workdir=workdir)
         assert not report.passed
         assert report.failed[0].name == "snapshots"
         assert "holds no snapshot" in report.failed[0].detail
-        assert os.listdir(workdir) == []
 
     def test_another_database(self, store: ObjectStore, database: Path) -> None:
         """--database-id names a database the replica does not hold."""

@@ -13,7 +13,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from walship.errors import CorruptObjectError, NotFoundError
-from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, parse_snapshot_key
+from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, is_replica_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo, WalPosition
 from walship.storage import ObjectStore
 from walship.trailer import TRAILER_SIZE, parse_trailer
@@ -26,6 +26,7 @@ __all__ = [
     "list_snapshots",
     "read_snapshot_info",
     "read_trailer_sha256",
+    "require_replica",
     "scan_snapshots",
     "select_snapshot",
     "snapshot_or_unusable",
@@ -232,3 +233,11 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
             f"of {info.compressed_size} bytes, but the object is {obj.size} bytes"
         )
     return info
+
+
+def require_replica(store: ObjectStore, listing: Iterable[ObjectInfo] | None = None) -> None:
+    """Refuse a location with nothing a replica holds: most likely a wrong URL, never something to report on."""
+    if not any(is_replica_key(obj.key) for obj in (store.list() if listing is None else listing)):
+        raise NotFoundError(
+            f"no replica at {store.location}: check the URL, or ship or snapshot a database to it first"
+        )

@@ -36,6 +36,7 @@ __all__ = [
     "format_segment_key",
     "format_snapshot_key",
     "generation_prefix",
+    "is_replica_key",
     "is_resync_key",
     "new_generation",
     "parse_generation",
@@ -108,6 +109,16 @@ def parse_segment_key(key: str) -> ParsedKey | None:
 
 def is_resync_key(key: str) -> bool:
     return key.endswith(_RESYNC_SUFFIX) and parse_segment_key(key) is not None
+
+
+def is_replica_key(key: str) -> bool:
+    """A key walship writes, or the original design wrote: where there is one, there is a replica."""
+    return (
+        key in (METADATA_KEY, LEASE_KEY)
+        or key.startswith(GENERATIONS_PREFIX)
+        or parse_original_snapshot_key(key) is not None
+        or parse_original_wal_key(key) is not None
+    )
 
 
 def format_original_snapshot_key(taken_at: datetime) -> str:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError
 
+from walship.catalog import require_replica
 from walship.envelope import recorded_encryption
 from walship.errors import CorruptObjectError, UsageError
 from walship.generations import describe_generations
@@ -172,10 +173,14 @@ class ReplicaStatus(BaseModel):
 
 
 def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatus:
-    """Describe the replica; with ``rebuild``, first rewrite metadata.json from a listing."""
+    """Describe the replica; with ``rebuild``, first rewrite metadata.json from a listing.
+
+    Raises ``NotFoundError`` where no replica is (a wrong URL, most likely).
+    """
     problems: list[str] = []
     metadata, state = _read(store, problems)
     listing = list(store.list())
+    require_replica(store, listing)
     original = describe_original(store, listing)
     if original is not None and original.metadata_state == "original" and state != "corrupt":
         state = "original"

@@ -30,7 +30,7 @@ from walship.retry import retrying
 from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, drain_spool, let_lease_go, take_lease
 from walship.storage import open_store
 from walship.upload import UploadResult
-from walship.verify import VerifyReport, check_index, restore_drill
+from walship.verify import StoreSteps, VerifyReport, run_verify
 
 __all__ = ["restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
 
@@ -154,12 +154,9 @@ def restore(
 def verify(
     replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
 ) -> VerifyReport:
-    store = open_store(replica)
     keys = Keyring.from_file(identity_file) if identity_file is not None else None
-    drill = retrying(
-        _POLICY, lambda: restore_drill(store, database_id=database_id, older=older, workdir=workdir, keys=keys)
-    )
-    return drill.merge(retrying(_POLICY, lambda: check_index(store)))
+    steps = StoreSteps(open_store(replica), keys, policy=_POLICY)
+    return run_verify(steps, database_id=database_id, older=older, workdir=workdir)
 
 
 def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:

@@ -81,6 +81,9 @@ class LocalStore:
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
         if not self.root.is_dir():
             raise NotFoundError(f"file: get {key}: replica directory {self.root} does not exist")
+        if not self._path(key).is_file():
+            # Before the lock, whose file would be left in a directory that may hold no replica at all.
+            raise NotFoundError(f"file: get {key}: no such object in {self.location}")
         # Conditional writes hold the same lock: content and ETag come from one write.
         with self._locked():
             info = self.head(key)

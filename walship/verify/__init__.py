@@ -1,15 +1,19 @@
 """Restore drills: prove a replica restores, and that its index tells the truth."""
 
-from walship.verify._drill import restore_drill, verify_replica
+from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
 from walship.verify._report import RestoredPoint, VerificationFailedError, VerifyCheck, VerifyReport
+from walship.verify._run import StoreSteps, VerifySteps, run_verify, verify_replica
 
 __all__ = [
     "RestoredPoint",
+    "StoreSteps",
     "VerificationFailedError",
     "VerifyCheck",
     "VerifyReport",
+    "VerifySteps",
     "check_index",
     "restore_drill",
+    "run_verify",
     "verify_replica",
 ]

@@ -9,7 +9,7 @@ earlier snapshot plus segments up to that position must equal it.
 
 Nothing here raises on the first problem: every check lands in a report, so
 the artifact shows all of them. Only ``TransientStorageError`` escapes, so
-the Prefect task can retry it.
+the Prefect task can retry it, and ``NotFoundError`` where no replica is.
 """
 
 import hashlib
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import apsw
 
-from walship.catalog import list_snapshot_keys, snapshot_or_unusable
+from walship.catalog import list_snapshot_keys, require_replica, snapshot_or_unusable
 from walship.envelope import Keyring, require_keys
 from walship.errors import UsageError
 from walship.generations import describe_generations
@@ -28,10 +28,9 @@ from walship.layout import GENERATIONS_PREFIX
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.restore import restore_snapshot
 from walship.storage import ObjectStore
-from walship.verify._index import check_index
 from walship.verify._report import Drill, RestoredPoint, VerifyReport
 
-__all__ = ["restore_drill", "verify_replica"]
+__all__ = ["restore_drill"]
 
 # Page-1 header fields that legitimately differ between two files holding the
 # same pages (docs/FORMAT.md, "Restore drills"): the file change counter
@@ -40,20 +39,6 @@ __all__ = ["restore_drill", "verify_replica"]
 # whichever library wrote page 1 last.
 _VOLATILE_HEADER = ((24, 28), (40, 44), (92, 100))
 _CHUNK = 1 << 20
-
-
-def verify_replica(
-    store: ObjectStore,
-    *,
-    database_id: str | None = None,
-    older: bool = False,
-    seed: int | None = None,
-    workdir: Path | None = None,
-    keys: Keyring | None = None,
-) -> VerifyReport:
-    """The whole drill: restores first, then the index against the objects."""
-    drill = restore_drill(store, database_id=database_id, older=older, seed=seed, workdir=workdir, keys=keys)
-    return drill.merge(check_index(store))
 
 
 def restore_drill(
@@ -68,13 +53,16 @@ def restore_drill(
     """Restore the newest point (and, with ``older``, a random older one) into a temporary directory.
 
     ``keys`` open objects encrypted with age; an encrypted replica without
-    them is bad usage (exit 2), not a failed drill.
+    them is bad usage (exit 2), not a failed drill. A location that holds no
+    replica at all raises ``NotFoundError``.
     """
     if workdir is not None and not workdir.is_dir():
         raise UsageError(f"verify: work directory {workdir} does not exist: create it or leave --workdir out")
     started = time.monotonic()
     drill = Drill(store)
     listing = list(store.list(GENERATIONS_PREFIX))
+    if not listing:
+        require_replica(store)  # nothing to drill at all is a wrong URL, not a list of failed checks
     snapshots = _described_snapshots(drill, listing)
     if not snapshots:
         return drill.report(started, database_id)

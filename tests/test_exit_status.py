@@ -1,0 +1,217 @@
+"""Every command's exit status, in both modes: 0 done, 1 failed, 2 bad usage, with one plain error.
+
+One table: each row is a command and an outcome, run once directly (no
+Prefect API) and once as a flow run (the session's API): the same status
+both times and, for a failure, the same error. The replicas rows read are
+built once for the module; each run that writes gets its own directory.
+"""
+
+import re
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.helpers import walship
+from tests.s3servers import MotoS3
+from tests.test_cli import assert_plain_error
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a row's command line is made of."""
+
+    work: Path  # this row's own directory
+    database: Path  # this row's own copy of a small WAL database
+    good: str  # a shipped replica that restores and verifies
+    damaged: str  # the same with one byte of its snapshot flipped
+    headless: str  # the same without its snapshot object
+    no_bucket: str  # an S3 replica in a bucket that does not exist
+    aws: dict[str, str]
+
+    @property
+    def empty(self) -> Path:
+        (self.work / "empty").mkdir(exist_ok=True)
+        return self.work / "empty"
+
+    @property
+    def fresh(self) -> str:
+        return f"file://{self.work / 'replica'}"
+
+
+class Row(NamedTuple):
+    command: str
+    outcome: str
+    argv: Callable[[Scene], list[str]]
+    status: int
+    error: str  # a fragment of the stderr line(s) of a failure; "" for success
+
+
+ROWS = [
+    Row("snapshot", "success", lambda s: ["snapshot", str(s.database), "--replica", s.fresh], 0, ""),
+    Row("snapshot", "failure", lambda s: ["snapshot", str(s.database), "--replica", s.no_bucket], 1, "bucket"),
+    Row("snapshot", "usage", lambda s: ["snapshot", str(s.work / "nope.db"), "--replica", s.fresh], 2, "nope.db"),
+    Row("ship", "success", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--once"], 0, ""),
+    Row("ship", "failure", lambda s: ["ship", str(s.database), "--replica", s.no_bucket, "--once"], 1, "bucket"),
+    Row("ship", "usage", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--interval", "0"], 2, "--interval"),
+    Row("restore", "success", lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db")], 0, ""),
+    Row(
+        "restore",
+        "failure",
+        lambda s: ["restore", "--replica", s.damaged, "--output", str(s.work / "r.db")],
+        1,
+        "checksum",
+    ),
+    Row(
+        "restore",
+        "usage",
+        lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db"), "--timestamp", "soon"],
+        2,
+        "--timestamp",
+    ),
+    Row("status", "success", lambda s: ["status", "--replica", s.good], 0, ""),
+    Row("status", "failure", lambda s: ["status", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
+    Row("status", "usage", lambda s: ["status", "--replica", "ftp://host/x"], 2, "replica URL"),
+    Row("verify", "success", lambda s: ["verify", "--replica", s.good], 0, ""),
+    Row("verify", "failure", lambda s: ["verify", "--replica", s.damaged], 1, "restore-newest failed"),
+    Row("verify", "no-snapshot", lambda s: ["verify", "--replica", s.headless], 1, "failed"),
+    Row("verify", "no-replica", lambda s: ["verify", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
+    Row("verify", "empty", lambda s: ["verify", "--replica", f"file://{s.empty}"], 1, "no replica"),
+    Row(
+        "verify",
+        "usage",
+        lambda s: ["verify", "--replica", s.good, "--workdir", str(s.work / "nope")],
+        2,
+        "--workdir",
+    ),
+    Row("retention", "success", lambda s: ["retention", "--replica", s.good, "--keep-last", "5", "--dry-run"], 0, ""),
+    Row("retention", "failure", lambda s: ["retention", "--replica", s.no_bucket, "--keep-last", "5"], 1, "bucket"),
+    Row("retention", "usage", lambda s: ["retention", "--replica", s.good, "--keep-last", "-1"], 2, "--keep-last"),
+    Row(
+        "ship-many",
+        "success",
+        lambda s: ["ship-many", str(s.database), "--replica", f"file://{s.work}/replicas/{{name}}", "--once"],
+        0,
+        "",
+    ),
+    Row(
+        "ship-many",
+        "failure",
+        lambda s: ["ship-many", str(s.database), "--replica", s.no_bucket.replace("/app?", "/{name}?"), "--once"],
+        1,
+        "1 of 1 databases failed",
+    ),
+    Row(
+        "ship-many", "usage", lambda s: ["ship-many", str(s.work / "none-*.db"), "--replica", s.fresh], 2, "no database"
+    ),
+]
+
+
+def _small_database(path: Path) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)")
+    connection.executemany("INSERT INTO t (body) VALUES (?)", [(f"row {n}",) for n in range(2000)])
+    connection.commit()
+    connection.close()
+
+
+def _flip_snapshot_byte(replica: Path) -> None:
+    [snapshot] = (replica / "generations").glob("*/snapshots/*.sqlite.zst")
+    data = bytearray(snapshot.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    snapshot.write_bytes(bytes(data))
+
+
+def _drop_snapshot(replica: Path) -> None:
+    [snapshot] = (replica / "generations").glob("*/snapshots/*.sqlite.zst")
+    key = snapshot.relative_to(replica).as_posix()
+    snapshot.unlink()
+    (replica / ".meta" / f"{key}.json").unlink()
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The source database and three replicas of it, built once: good, damaged, headless."""
+    base = tmp_path_factory.mktemp("exit-status")
+    source = base / "app.db"
+    _small_database(source)
+    good = base / "good"
+    direct = {"PREFECT_API_URL": ""}
+    for _ in range(2):  # a snapshot, then a segment after it
+        shipped = walship("ship", str(source), "--replica", f"file://{good}", "--once", env=direct)
+        assert shipped.returncode == 0, shipped.stderr
+        with sqlite3.connect(source) as connection:
+            connection.execute("INSERT INTO t (body) VALUES ('after the snapshot')")
+    shutil.copytree(good, base / "damaged")
+    _flip_snapshot_byte(base / "damaged")
+    shutil.copytree(good, base / "headless")
+    _drop_snapshot(base / "headless")
+    return {"source": source, "good": good, "damaged": base / "damaged", "headless": base / "headless"}
+
+
+@pytest.fixture
+def scenes(replicas: dict[str, Path], moto_server: MotoS3, tmp_path: Path) -> Callable[[str], Scene]:
+    """A scene per mode: each its own directory and database, the shared replicas."""
+
+    def scene(mode: str) -> Scene:
+        work = tmp_path / mode
+        work.mkdir()
+        database = work / "app.db"
+        shutil.copyfile(replicas["source"], database)
+        return Scene(
+            work=work,
+            database=database,
+            good=f"file://{replicas['good']}",
+            damaged=f"file://{replicas['damaged']}",
+            headless=f"file://{replicas['headless']}",
+            no_bucket=f"s3://walship-no-such-bucket/app?endpoint={moto_server.endpoint}",
+            aws={
+                "AWS_ACCESS_KEY_ID": moto_server.access_key,
+                "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
+                "AWS_DEFAULT_REGION": moto_server.region,
+            },
+        )
+
+    return scene
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{row.command}-{row.outcome}" for row in ROWS])
+def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str, str]) -> None:
+    """Direct, then as a flow run: the row's status each time, and for a failure the same output and plain error."""
+    errors = {}
+    for mode, env in (("direct", {"PREFECT_API_URL": ""}), ("flow", api_env)):
+        scene = scenes(mode)
+        result = walship(*row.argv(scene), env={**scene.aws, **env})
+        assert result.returncode == row.status, (mode, result.stderr)
+        assert "Traceback" not in result.stderr, (mode, result.stderr)
+        if row.status != 0:
+            lines = result.stderr.strip().splitlines()
+            assert 1 <= len(lines) <= 2, (mode, result.stderr)
+            assert lines[0].startswith("walship: "), (mode, result.stderr)
+            assert row.error in result.stderr, (mode, result.stderr)
+            # What a failure printed, apart from where it ran and how long it took.
+            printed = f"{result.stdout}\n{result.stderr}".replace(str(scene.work), "<work>")
+            errors[mode] = re.sub(r"\d+(\.\d+)? s\b", "N s", printed)
+    assert errors.get("direct") == errors.get("flow")
+
+
+@pytest.mark.parametrize(
+    ("command", "error"),
+    [(["status"], "no replica"), (["verify"], "no replica"), (["restore", "--output"], "no snapshot")],
+    ids=["status", "verify", "restore"],
+)
+def test_read_only_commands_create_nothing_where_no_replica_is(command: list[str], error: str, tmp_path: Path) -> None:
+    """A directory that holds no replica (here, someone's notes) is left exactly as it was."""
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("not a replica\n")
+    if command[-1] == "--output":
+        command = [*command, str(tmp_path / "restored.db")]
+    result = walship(*command, "--replica", f"file://{other}", env={"PREFECT_API_URL": ""})
+    assert_plain_error(result, 1, error)
+    assert sorted(p.relative_to(other).as_posix() for p in other.rglob("*")) == ["todo.txt"]

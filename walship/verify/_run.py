@@ -1,0 +1,93 @@
+"""A verify run, composed once for both runners: the drill, the index, then the verdict.
+
+The CLI's direct mode and the Prefect flow differ only in how each step
+runs (retried on the core, or as a task run): they hand ``run_verify`` their
+``VerifySteps``, so neither can forget a check or return a failed drill as
+a success.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from walship.envelope import Keyring
+from walship.models import RetryPolicy
+from walship.retry import retrying
+from walship.storage import ObjectStore
+from walship.verify._drill import restore_drill
+from walship.verify._index import check_index
+from walship.verify._report import VerificationFailedError, VerifyReport
+
+__all__ = ["StoreSteps", "VerifySteps", "run_verify", "verify_replica"]
+
+
+class VerifySteps(Protocol):
+    """The two parts of a verify run on one replica, each retried on transient storage errors."""
+
+    def restore_drill(
+        self, *, database_id: str | None, older: bool, seed: int | None, workdir: Path | None
+    ) -> VerifyReport: ...
+
+    def check_index(self) -> VerifyReport: ...
+
+
+class StoreSteps:
+    """``VerifySteps`` on an opened store; with a ``policy``, each step is retried by it."""
+
+    def __init__(self, store: ObjectStore, keys: Keyring | None = None, policy: RetryPolicy | None = None) -> None:
+        self.store, self.keys, self.policy = store, keys, policy
+
+    def restore_drill(
+        self, *, database_id: str | None, older: bool, seed: int | None, workdir: Path | None
+    ) -> VerifyReport:
+        return self._run(
+            lambda: restore_drill(
+                self.store, database_id=database_id, older=older, seed=seed, workdir=workdir, keys=self.keys
+            )
+        )
+
+    def check_index(self) -> VerifyReport:
+        return self._run(lambda: check_index(self.store))
+
+    def _run(self, step: Callable[[], VerifyReport]) -> VerifyReport:
+        return step() if self.policy is None else retrying(self.policy, step)
+
+
+def run_verify(
+    steps: VerifySteps,
+    *,
+    database_id: str | None = None,
+    older: bool = False,
+    seed: int | None = None,
+    workdir: Path | None = None,
+    publish: Callable[[VerifyReport], None] | None = None,
+) -> VerifyReport:
+    """The restore drill, then the index against the objects; a failed check raises.
+
+    ``publish`` sees the whole report before the verdict, passed or not.
+    Raises ``VerificationFailedError`` (holding the report) when any check
+    failed; ``NotFoundError`` when the location holds no replica at all.
+    """
+    drill = steps.restore_drill(database_id=database_id, older=older, seed=seed, workdir=workdir)
+    report = drill.merge(steps.check_index())
+    if publish is not None:
+        publish(report)
+    if not report.passed:
+        raise VerificationFailedError(report)
+    return report
+
+
+def verify_replica(
+    store: ObjectStore,
+    *,
+    database_id: str | None = None,
+    older: bool = False,
+    seed: int | None = None,
+    workdir: Path | None = None,
+    keys: Keyring | None = None,
+) -> VerifyReport:
+    """The whole run on ``store``, its report returned whatever the verdict (for callers that read the checks)."""
+    try:
+        return run_verify(StoreSteps(store, keys), database_id=database_id, older=older, seed=seed, workdir=workdir)
+    except VerificationFailedError as failed:
+        return failed.report
