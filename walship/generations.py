@@ -26,23 +26,14 @@ from pydantic import BaseModel, ConfigDict
 
 from walship.catalog import UnusableSnapshot, lost_metadata, scan_snapshots, select_snapshot, snapshot_or_unusable
 from walship.chain import missing_segment, segment_from_object
+from walship.claims import Claim, claims_of, is_walship_key
 from walship.errors import CorruptObjectError, NotFoundError
 from walship.index import readable_index
-from walship.layout import (
-    GENERATIONS_PREFIX,
-    LEASE_KEY,
-    METADATA_KEY,
-    parse_generation,
-    parse_original_snapshot_key,
-    parse_original_wal_key,
-    parse_segment_key,
-    parse_snapshot_key,
-)
+from walship.layout import GENERATIONS_PREFIX, parse_generation, parse_segment_key
 from walship.models import ObjectInfo, ReplicaMetadata, SnapshotInfo
 from walship.storage import ObjectStore
 
 __all__ = [
-    "Claim",
     "GenerationState",
     "ReplicaGenerations",
     "choose_snapshot",
@@ -56,13 +47,6 @@ _HOW_TO_LIST = "run 'walship status --json' to see the generations"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
-
-
-class Claim(_Frozen):
-    """How far something other than the listing says a generation reached, and what says so."""
-
-    sequence: int
-    source: str
 
 
 class GenerationState(_Frozen):
@@ -196,8 +180,8 @@ def describe_generations(
         if parsed is not None:
             segments[parsed.generation].append(obj)
     names = {s.generation for s in snapshots} | set(segments) | {_generation_of(u.key) for u in unusable}
-    claims = _claims(index)
-    strays = [u.key for u in unusable if u.stray] + [o.key for o in objects if not _walship_key(o.key)]
+    claims = claims_of(index)
+    strays = [u.key for u in unusable if u.stray] + [o.key for o in objects if not is_walship_key(o.key)]
     states: list[GenerationState] = []
     for name in sorted(names):
         listed = sorted(segments.get(name, []), key=lambda o: _sequence(o.key))
@@ -280,7 +264,7 @@ def _confirm_newest_start(store: ObjectStore, states: list[GenerationState], hea
             sequences=newest.sequences,
             newest_segment=newest.newest_captured_at,
             damaged=False,
-            claim=newest.claim or _end_claim(newest),
+            claim=_end_claim(newest, start),
         )
         state = found.state(newest.snapshots[:-1], (*newest.unusable, described))
         if state is not None:
@@ -289,39 +273,11 @@ def _confirm_newest_start(store: ObjectStore, states: list[GenerationState], hea
     return states
 
 
-def _end_claim(state: GenerationState) -> Claim | None:
-    """What a generation reached before one of its snapshots turned out unusable."""
-    return Claim(sequence=state.end, source=f"the replica lists its objects up to sequence {state.end}")
-
-
-def _claims(index: ReplicaMetadata | None) -> dict[str, Claim]:
-    """The furthest sequence the index says each generation reached: its shipped position, its snapshots."""
-    claims: dict[str, Claim] = {}
-
-    def claim(generation: str, sequence: int, source: str) -> None:
-        if generation not in claims or sequence > claims[generation].sequence:
-            claims[generation] = Claim(sequence=sequence, source=source)
-
-    if index is None:
-        return claims
-    for snapshot in index.snapshots:
-        claim(snapshot.generation, snapshot.sequence, f"{METADATA_KEY} records snapshot {snapshot.key}")
-    if index.current_generation is not None and index.latest_wal_sequence is not None:
-        latest = index.latest_wal_sequence
-        claim(index.current_generation, latest, f"{METADATA_KEY} records sequence {latest} as shipped")
-    return claims
-
-
-def _walship_key(key: str) -> bool:
-    """A key walship (or the original design it grows from) writes; older walships' ``staging/`` included."""
-    return (
-        key in (METADATA_KEY, LEASE_KEY)
-        or key.startswith("staging/")
-        or any(parse(key) is not None for parse in _KEY_PARSERS)
-    )
-
-
-_KEY_PARSERS = (parse_snapshot_key, parse_segment_key, parse_original_snapshot_key, parse_original_wal_key)
+def _end_claim(state: GenerationState, start: SnapshotInfo) -> Claim | None:
+    """How far a generation reached, now that the snapshot ``start`` turned out unusable."""
+    if state.claim is not None and state.claim.sequence >= start.sequence:
+        return state.claim
+    return Claim(sequence=start.sequence, source=f"snapshot {start.key} holds the state at that sequence")
 
 
 def choose_snapshot(
