@@ -8,7 +8,7 @@ from tasks._keys import load_keys
 from tasks._progress import ArtifactProgress
 from tasks._retry import walship_task
 from tasks._storage import open_replica
-from walship import catalog, generations, index, original, restore
+from walship import catalog, generations, original, restore
 from walship.models import RestoreResult, RestoreTarget, SnapshotInfo
 
 __all__ = ["describe_generations", "read_snapshot", "restore_original", "restore_snapshot"]
@@ -16,9 +16,8 @@ __all__ = ["describe_generations", "read_snapshot", "restore_original", "restore
 
 @walship_task
 def describe_generations(replica: str, credentials_block: str | None = None) -> generations.ReplicaGenerations:
-    """Every generation a listing of the replica shows, and which holds the newest data (the index spares HEADs)."""
-    store = open_replica(replica, credentials_block)
-    return generations.describe_generations(store, known=index.indexed_snapshots(store))
+    """Every generation a listing of the replica shows, and which holds the newest data, checked against the index."""
+    return generations.describe_replica(open_replica(replica, credentials_block))
 
 
 @walship_task

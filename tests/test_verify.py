@@ -232,15 +232,22 @@ class TestDrillCatches:
     def test_index_claiming_segments_that_do_not_exist(
         self, store: ObjectStore, database: Path, tmp_path: Path
     ) -> None:
-        """latest_wal_sequence past the last shipped segment claims objects the replica lacks."""
+        """latest_wal_sequence past the last shipped segment claims objects the replica lacks.
+
+        The index is written after what it records was uploaded, so the
+        newest point it claims is lost: the newest restore fails as well.
+        """
         build_replica(store, database, tmp_path / "spool")
         metadata = read_metadata(store)
         assert metadata.current_generation is not None
         last = list_segment_sequences(store, metadata.current_generation)[-1]
         write_index(store, metadata.model_copy(update={"latest_wal_sequence": last + 2}))
         report = verify_replica(store)
-        assert list(failed(report)) == ["index-position"]
-        assert format_segment_key(metadata.current_generation, last + 1) in failed(report)["index-position"]
+        assert list(failed(report)) == ["restore-newest", "index-position"]
+        missing = format_segment_key(metadata.current_generation, last + 1)
+        assert missing in failed(report)["index-position"]
+        assert missing in failed(report)["restore-newest"]
+        assert f"--sequence {last}" in failed(report)["restore-newest"]
 
     def test_index_listing_a_deleted_snapshot(self, store: ObjectStore, database: Path) -> None:
         """An index entry whose object is gone is reported; the newest point still restores."""

@@ -24,6 +24,7 @@ __all__ = [
     "from_metadata",
     "list_snapshot_keys",
     "list_snapshots",
+    "lost_metadata",
     "read_snapshot_info",
     "read_trailer_sha256",
     "require_replica",
@@ -166,6 +167,19 @@ def snapshot_or_unusable(obj: ObjectInfo) -> SnapshotInfo | UnusableSnapshot:
         return _from_object(obj)
     except CorruptObjectError as exc:
         return UnusableSnapshot(key=obj.key, stray=False, reason=str(exc))
+
+
+def lost_metadata(stray: UnusableSnapshot) -> UnusableSnapshot:
+    """A snapshot walship recorded whose object has no walship metadata now: damage, not a stray."""
+    key = stray.key
+    return UnusableSnapshot(
+        key=key,
+        stray=False,
+        reason=(
+            f"{key} has lost its walship metadata (a file:// replica keeps it in .meta/{key}.json): "
+            "the index records it, but a restore trusts only the object's own description"
+        ),
+    )
 
 
 def select_snapshot(

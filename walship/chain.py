@@ -32,6 +32,7 @@ __all__ = [
     "apply_segments",
     "list_segment_keys",
     "list_segment_sequences",
+    "missing_segment",
     "read_segment_info",
     "segment_from_object",
 ]
@@ -53,6 +54,11 @@ def list_segment_keys(store: ObjectStore, generation: str) -> dict[int, str]:
             raise CorruptObjectError(f"segments {keys[parsed.sequence]} and {obj.key} share a sequence: a fork")
         keys[parsed.sequence] = obj.key
     return keys
+
+
+def missing_segment(generation: str, sequence: int) -> str:
+    """A segment that is not in the replica, named by both keys it may have had: a gone object shows no kind."""
+    return f"{format_segment_key(generation, sequence)} (or .resync.zst)"
 
 
 class AppliedSegments(NamedTuple):
@@ -88,7 +94,7 @@ def apply_segments(
     sequences = sorted(s for s in segment_keys if s > after)
     if until_sequence is not None and until_sequence not in sequences and until_sequence != after:
         raise NotFoundError(
-            f"{format_segment_key(generation, until_sequence)} is not in the replica: "
+            f"{missing_segment(generation, until_sequence)} is not in the replica: "
             "run 'walship status' to see the newest sequence"
         )
     applied: list[SegmentInfo] = []
@@ -100,7 +106,7 @@ def apply_segments(
         key = segment_keys[sequence]
         if sequence != expected:
             raise NotFoundError(
-                f"{format_segment_key(generation, expected)} is missing: the chain of generation {generation} "
+                f"{missing_segment(generation, expected)} is missing: the chain of generation {generation} "
                 f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
             )
         try:
@@ -119,7 +125,7 @@ def apply_segments(
         applied.append(info)
         expected += 1
     if until_sequence is not None and (applied[-1].sequence if applied else after) != until_sequence:
-        raise NotFoundError(f"{format_segment_key(generation, until_sequence)} could not be reached")
+        raise NotFoundError(f"{missing_segment(generation, until_sequence)} could not be reached")
     return AppliedSegments(applied, stopped_before)
 
 

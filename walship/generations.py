@@ -8,8 +8,14 @@ capture, or its newest snapshot) is latest. When that one cannot be restored,
 the default restore fails and names the explicit ways to an older point; it
 never quietly restores an older generation instead.
 
+What a listing finds is compared with what is claimed: the index records
+the newest shipped position and every snapshot it was told of, so a newest
+segment or snapshot deleted after it was recorded is a gap like any other,
+never a quietly shorter restore.
+
 Cost: one LIST of ``generations/``, a HEAD per snapshot the index does not
-describe, and one HEAD of each generation's newest segment.
+describe, one HEAD of each generation's newest segment, and one HEAD of the
+snapshot a default restore starts from when only the index described it.
 """
 
 from collections import defaultdict
@@ -18,14 +24,23 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
-from walship.catalog import UnusableSnapshot, scan_snapshots, select_snapshot
-from walship.chain import segment_from_object
+from walship.catalog import UnusableSnapshot, lost_metadata, scan_snapshots, select_snapshot, snapshot_or_unusable
+from walship.chain import missing_segment, segment_from_object
+from walship.claims import Claim, claims_of, is_walship_key
 from walship.errors import CorruptObjectError, NotFoundError
-from walship.layout import GENERATIONS_PREFIX, format_segment_key, parse_generation, parse_segment_key
-from walship.models import ObjectInfo, SnapshotInfo
+from walship.index import readable_index
+from walship.layout import GENERATIONS_PREFIX, parse_generation, parse_segment_key
+from walship.models import ObjectInfo, ReplicaMetadata, SnapshotInfo
 from walship.storage import ObjectStore
 
-__all__ = ["GenerationState", "ReplicaGenerations", "choose_snapshot", "choose_start", "describe_generations"]
+__all__ = [
+    "GenerationState",
+    "ReplicaGenerations",
+    "choose_snapshot",
+    "choose_start",
+    "describe_generations",
+    "describe_replica",
+]
 
 _HOW_TO_LIST = "run 'walship status --json' to see the generations"
 
@@ -35,7 +50,7 @@ class _Frozen(BaseModel):
 
 
 class GenerationState(_Frozen):
-    """One generation as a listing shows it."""
+    """One generation as a listing shows it, against what the index claims of it."""
 
     generation: str
     snapshots: tuple[SnapshotInfo, ...]  # usable ones, oldest first
@@ -43,8 +58,10 @@ class GenerationState(_Frozen):
     sequences: tuple[int, ...]  # listed segment sequences, ascending
     newest_point: datetime
     newest_captured_at: datetime | None  # of the newest segment walship wrote, if any
-    # Sequences missing inside the generation's range (first of each gap).
+    # Sequences missing inside the generation's range (first of each gap), up to its claimed end.
     gaps: tuple[int, ...]
+    # Set when the generation was claimed to reach further than the listing shows.
+    claim: Claim | None = None
     # Why a default restore of this generation to its end fails; None when it does not.
     problem: str | None
 
@@ -55,6 +72,14 @@ class GenerationState(_Frozen):
     @property
     def end(self) -> int:
         return max([*self.sequences, *(s.sequence for s in self.snapshots), 0])
+
+    def way_back(self) -> str | None:
+        """``--generation G --sequence N``: the newest point before the first gap after the newest snapshot."""
+        if not self.snapshots:
+            return None
+        base = self.snapshots[-1].sequence
+        before_gap = [g - 1 for g in self.gaps if g > base]
+        return f"--generation {self.generation} --sequence {before_gap[0]}" if before_gap else None
 
 
 class ReplicaGenerations(_Frozen):
@@ -98,11 +123,8 @@ class ReplicaGenerations(_Frozen):
         """The explicit ways to restore an older point when the newest data cannot be restored."""
         newest = self.newest
         options = []
-        if newest is not None and newest.snapshots and newest.gaps:
-            base = newest.snapshots[-1].sequence
-            before_gap = [g - 1 for g in newest.gaps if g > base]
-            if before_gap:
-                options.append(f"--generation {newest.generation} --sequence {before_gap[0]}")
+        if newest is not None and (way_back := newest.way_back()) is not None:
+            options.append(way_back)
         older = [g for g in self.generations[:-1] if g.restorable]
         if older:
             options.append(f"--generation {older[-1].generation}")
@@ -117,57 +139,145 @@ class ReplicaGenerations(_Frozen):
             found.append(newest.problem)
         for state in self.generations:
             for gap in state.gaps:
-                key = format_segment_key(state.generation, gap)
+                key = missing_segment(state.generation, gap)
                 if state is not newest or newest.problem is None or key not in newest.problem:
                     found.append(f"{key} is missing: a gap in generation {state.generation}'s segments")
             found += [u.reason for u in state.unusable if not u.stray and u.reason not in (state.problem or "")]
         return found
 
 
+def describe_replica(store: ObjectStore) -> ReplicaGenerations:
+    """Describe every generation against the index: its descriptions spare HEADs, its claims are checked.
+
+    The index is read before the listing: whatever it claims was uploaded
+    before it was written, so the listing sees it unless it was lost.
+    """
+    return describe_generations(store, known=None, index=readable_index(store))
+
+
 def describe_generations(
-    store: ObjectStore, known: Sequence[SnapshotInfo] = (), listing: Iterable[ObjectInfo] | None = None
+    store: ObjectStore,
+    known: Sequence[SnapshotInfo] | None = None,
+    listing: Iterable[ObjectInfo] | None = None,
+    *,
+    index: ReplicaMetadata | None = None,
 ) -> ReplicaGenerations:
-    """Describe every generation from one listing (``known``: the index's descriptions, sparing HEADs)."""
+    """Describe every generation from one listing.
+
+    ``known``: snapshot descriptions that spare HEADs (default: the index's).
+    ``index``: metadata.json, read before the listing, whose claims a
+    generation must reach. Objects in the listing that walship did not write
+    are strays.
+    """
     objects = list(store.list(GENERATIONS_PREFIX) if listing is None else listing)
-    snapshots, unusable = scan_snapshots(store, known, objects)
+    described = list(index.snapshots if index is not None and known is None else known or ())
+    snapshots, unusable = scan_snapshots(store, described, objects)
+    recorded = {s.key for s in described} | {s.key for s in (index.snapshots if index is not None else ())}
+    unusable = [lost_metadata(u) if u.stray and u.key in recorded else u for u in unusable]
     segments: dict[str, list[ObjectInfo]] = defaultdict(list)
     for obj in objects:
         parsed = parse_segment_key(obj.key)
         if parsed is not None:
             segments[parsed.generation].append(obj)
     names = {s.generation for s in snapshots} | set(segments) | {_generation_of(u.key) for u in unusable}
+    claims = claims_of(index)
+    strays = [u.key for u in unusable if u.stray] + [o.key for o in objects if not is_walship_key(o.key)]
     states: list[GenerationState] = []
-    strays = [u.key for u in unusable if u.stray]
     for name in sorted(names):
         listed = sorted(segments.get(name, []), key=lambda o: _sequence(o.key))
-        usable = tuple(s for s in snapshots if s.generation == name)
         newest_segment, stray_segments = _newest_segment(store, listed)
         strays += stray_segments
-        points = [p for p in (newest_segment, usable[-1].created_at if usable else None) if p is not None]
         damaged_segment = newest_segment is None and len(listed) > len(stray_segments)
-        if damaged_segment or any(not u.stray and _generation_of(u.key) == name for u in unusable):
+        found = _Found(
+            name=name,
+            sequences=tuple(_sequence(o.key) for o in listed if o.key not in stray_segments),
+            newest_segment=newest_segment,
+            damaged=damaged_segment,
+            claim=claims.get(name),
+        )
+        state = found.state(
+            tuple(s for s in snapshots if s.generation == name),
+            tuple(u for u in unusable if _generation_of(u.key) == name),
+        )
+        if state is not None:
+            states.append(state)
+    states.sort(key=lambda g: (g.newest_point, g.generation))
+    states = _confirm_newest_start(store, states, headed={s.key for s in snapshots} - {s.key for s in described})
+    return ReplicaGenerations(generations=tuple(states), strays=tuple(sorted(set(strays))))
+
+
+class _Found(_Frozen):
+    """What the listing found of one generation, besides its snapshots."""
+
+    name: str
+    sequences: tuple[int, ...]
+    newest_segment: datetime | None
+    damaged: bool
+    claim: Claim | None
+
+    def state(self, usable: tuple[SnapshotInfo, ...], unusable: tuple[UnusableSnapshot, ...]) -> GenerationState | None:
+        """The generation's state; None when walship wrote nothing of it (its objects are strays)."""
+        points = [p for p in (self.newest_segment, usable[-1].created_at if usable else None) if p is not None]
+        if self.damaged or any(not u.stray for u in unusable):
             # Damaged objects of walship's are data we cannot read, not strays: they
             # count from their generation's start, so they are never silently skipped.
-            points.append(parse_generation(name))
+            points.append(parse_generation(self.name))
         if not points:
-            continue  # nothing walship wrote: its objects are strays, not data
-        sequences = tuple(_sequence(o.key) for o in listed if o.key not in stray_segments)
-        unusable_here = tuple(u for u in unusable if _generation_of(u.key) == name)
-        gaps = _gaps(sequences, usable)
-        states.append(
-            GenerationState(
-                generation=name,
-                snapshots=usable,
-                unusable=unusable_here,
-                sequences=sequences,
-                newest_point=max(points),
-                newest_captured_at=newest_segment,
-                gaps=gaps,
-                problem=_problem(name, usable, unusable_here, sequences, gaps, max(points)),
-            )
+            return None
+        reached = max([*self.sequences, *(s.sequence for s in usable), 0])
+        claim = self.claim if self.claim is not None and self.claim.sequence > reached else None
+        gaps = _gaps(self.sequences, usable) + ((reached + 1,) if claim is not None else ())
+        return GenerationState(
+            generation=self.name,
+            snapshots=usable,
+            unusable=unusable,
+            sequences=self.sequences,
+            newest_point=max(points),
+            newest_captured_at=self.newest_segment,
+            gaps=gaps,
+            claim=claim,
+            problem=_problem(self.name, usable, unusable, self.sequences, gaps, max(points), claim),
         )
-    states.sort(key=lambda g: (g.newest_point, g.generation))
-    return ReplicaGenerations(generations=tuple(states), strays=tuple(sorted(strays)))
+
+
+def _confirm_newest_start(store: ObjectStore, states: list[GenerationState], headed: set[str]) -> list[GenerationState]:
+    """The snapshot a default restore starts from must describe itself, as restore will ask it to (a HEAD).
+
+    Only one described by the index alone needs the HEAD: its object may have
+    lost its metadata or gone since, and status must not call it restorable.
+    """
+    while states and states[-1].snapshots and (start := states[-1].snapshots[-1]).key not in headed:
+        headed.add(start.key)
+        try:
+            described = snapshot_or_unusable(store.head(start.key))
+        except NotFoundError:
+            described = UnusableSnapshot(
+                key=start.key, stray=False, reason=f"{start.key} is listed but no longer in the replica"
+            )
+        if isinstance(described, SnapshotInfo):
+            break
+        if described.stray:
+            described = lost_metadata(described)
+        newest = states.pop()
+        found = _Found(
+            name=newest.generation,
+            sequences=newest.sequences,
+            newest_segment=newest.newest_captured_at,
+            damaged=False,
+            claim=_end_claim(newest, start),
+        )
+        state = found.state(newest.snapshots[:-1], (*newest.unusable, described))
+        if state is not None:
+            states.append(state)
+            states.sort(key=lambda g: (g.newest_point, g.generation))
+    return states
+
+
+def _end_claim(state: GenerationState, start: SnapshotInfo) -> Claim | None:
+    """How far a generation reached, now that the snapshot ``start`` turned out unusable."""
+    if state.claim is not None and state.claim.sequence >= start.sequence:
+        return state.claim
+    return Claim(sequence=start.sequence, source=f"snapshot {start.key} holds the state at that sequence")
 
 
 def choose_snapshot(
@@ -212,9 +322,31 @@ def choose_start(
     if snapshot_key is not None:
         return select_snapshot(generations.snapshots, key=snapshot_key), sequence
     chosen = choose_snapshot(generations, before=before, generation=generation, sequence=sequence)
+    state = generations.get(chosen.generation)
+    if sequence is None and state is not None:
+        _require_reachable(state, before)
     if sequence is None and before is None:
         return chosen, generations.end_of(chosen)
     return chosen, sequence
+
+
+def _require_reachable(state: GenerationState, before: datetime | None) -> None:
+    """A restore to a generation's end, or to a time past what it lists, must not stop short of a claim.
+
+    A time up to the generation's newest listed point needs nothing later:
+    the segment after that point holds only commits made after it.
+    """
+    if before is None:
+        if state.problem is None:
+            return
+        problem = state.problem
+    elif state.claim is None or before <= state.newest_point:
+        return
+    else:
+        key = missing_segment(state.generation, state.gaps[-1])
+        problem = f"{key} is missing ({state.claim.source}): the state at {before.isoformat()} may need it"
+    options = [o for o in (state.way_back(), f"--timestamp {state.newest_point.isoformat()}") if o is not None]
+    raise NotFoundError(f"{problem}\nto restore an older point, name it: {' or '.join(options)}")
 
 
 def _at_time(generations: ReplicaGenerations, before: datetime) -> SnapshotInfo:
@@ -272,6 +404,7 @@ def _problem(
     sequences: tuple[int, ...],
     gaps: tuple[int, ...],
     newest_point: datetime,
+    claim: Claim | None,
 ) -> str | None:
     where = f"generation {name} holds data up to {newest_point:%Y-%m-%d %H:%M:%S}Z but cannot be restored"
     if not usable:
@@ -280,10 +413,12 @@ def _problem(
         return f"{where}: its snapshot is missing ({len(sequences)} segments remain, nothing to apply them to)"
     base = usable[-1].sequence
     after = [gap for gap in gaps if gap > base]
-    if after:
-        key = format_segment_key(name, after[0])
-        return f"{where}: {key} is missing, so sequences after {after[0] - 1} cannot be applied"
-    return None
+    if not after:
+        return None
+    key = missing_segment(name, after[0])
+    if claim is not None and after[0] == gaps[-1] and after[0] > max(sequences, default=base):
+        return f"{where}: {key} is missing ({claim.source}): the replica lost what came after sequence {after[0] - 1}"
+    return f"{where}: {key} is missing, so sequences after {after[0] - 1} cannot be applied"
 
 
 def _sequence(key: str) -> int:

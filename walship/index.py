@@ -27,6 +27,7 @@ __all__ = [
     "forget_snapshots",
     "indexed_snapshots",
     "read_index",
+    "readable_index",
     "rebuild_index",
     "record_wal_position",
     "update_index",
@@ -79,12 +80,18 @@ def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
 
 def indexed_snapshots(store: ObjectStore) -> list[SnapshotInfo]:
     """The index's snapshot descriptions, to spare HEADs; none when it is missing or unreadable."""
+    metadata = readable_index(store)
+    return metadata.snapshots if metadata else []
+
+
+def readable_index(store: ObjectStore) -> ReplicaMetadata | None:
+    """The index, or None when it is missing or unreadable (status and verify report which)."""
     try:
         metadata, _ = read_index(store)
     except CorruptObjectError as exc:
         log.warning("%s; describing snapshots from the objects instead", exc)
-        metadata = None
-    return metadata.snapshots if metadata else []
+        return None
+    return metadata
 
 
 def rebuild_index(store: ObjectStore) -> ReplicaMetadata:

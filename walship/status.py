@@ -3,9 +3,13 @@
 One LIST of the whole prefix gives every key and size: snapshots,
 segments, the lease and the stored bytes. The index spares a HEAD per
 snapshot it describes; a snapshot it lacks is described from its object, and
-the index is reported ``stale``. Beyond that: one GET of the index, one HEAD
-of each generation's newest segment (walship.generations), one GET of the lease if there is one, and one GET of
-metadata.json again where the listing shows the original design's layout.
+the index is reported ``stale``. What the index claims (the shipped position,
+its snapshots) must be in the listing, or the newest data is lost and not
+restorable; every key walship did not write is listed as a stray. Beyond
+that: one GET of the index, one HEAD of each generation's newest segment and
+of the snapshot a default restore starts from (walship.generations), one GET
+of the lease if there is one, and one GET of metadata.json again where the
+listing shows the original design's layout.
 ``--rebuild-index`` adds a rebuild (a LIST and a HEAD per snapshot), a
 conditional write and a second listing.
 """
@@ -97,7 +101,7 @@ class ReplicaStatus(BaseModel):
     object_count: int
     lease: LeaseState | None
     original: OriginalLayout | None
-    # Objects at walship's keys that walship did not write: reported, never used.
+    # Objects walship did not write, at its keys or anywhere else: reported, never used.
     strays: list[str] = []
     problems: list[str]
 
@@ -184,7 +188,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     original = describe_original(store, listing)
     if original is not None and original.metadata_state == "original" and state != "corrupt":
         state = "original"
-    generations = describe_generations(store, known=metadata.snapshots if metadata else (), listing=listing)
+    # The index was read before the listing: what it claims was uploaded before, so a gap is a loss.
+    generations = describe_generations(store, listing=listing, index=metadata)
     snapshots = generations.snapshots
     if state == "ok" and metadata is not None and {s.key for s in metadata.snapshots} != {s.key for s in snapshots}:
         state = "stale"
@@ -197,7 +202,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         # A conditional write like every update: a racing writer's change is re-read, not lost.
         metadata = update_index(store, lambda _current: rebuild_index(store))
         listing = list(store.list())  # what the replica holds now, the new index included
-        generations = describe_generations(store, known=metadata.snapshots, listing=listing)
+        generations = describe_generations(store, listing=listing, index=metadata)
         snapshots = generations.snapshots
     problems += generations.problems()
     current = generations.newest

@@ -19,7 +19,7 @@ from walship import index, snapshot
 from walship.catalog import read_snapshot_info
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
-from walship.generations import choose_start, describe_generations
+from walship.generations import choose_start, describe_replica
 from walship.layout import parse_snapshot_key
 from walship.memory import one_arena
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
@@ -118,7 +118,7 @@ def restore(
         # Described from its own object: nothing else the prefix holds can stand in the way.
         chosen = retrying(_POLICY, lambda: read_snapshot_info(store, snapshot_key))
     else:
-        generations = retrying(_POLICY, lambda: describe_generations(store, known=index.indexed_snapshots(store)))
+        generations = retrying(_POLICY, lambda: describe_replica(store))
         if not generations.generations and sequence is None and generation is None:
             # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
             return retrying(

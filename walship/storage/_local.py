@@ -3,7 +3,8 @@
 Every write goes to a temporary file in the same file system, is fsynced,
 then renamed into place, so a reader never sees half an object. User
 metadata lives in a sidecar under ``.meta/`` and the ETag is the MD5 of the
-content, as S3 computes it for single-part objects.
+content, as S3 computes it for single-part objects. A file without a sidecar
+is an object without metadata, as S3 would hold it.
 """
 
 import contextlib
@@ -105,9 +106,15 @@ class LocalStore:
         path = self._path(key)
         try:
             stat = path.stat()
-            sidecar = json.loads(self._meta_path(key).read_text())
         except FileNotFoundError:
             raise NotFoundError(f"file: head {key}: no such object in {self.location}") from None
+        try:
+            sidecar = json.loads(self._meta_path(key).read_text())
+        except FileNotFoundError:
+            # A file walship did not write (or whose sidecar was deleted) is what
+            # S3 shows for an object put without metadata: listed, so it exists.
+            # Its ETag changes whenever a write changes it, without reading it.
+            return ObjectInfo(key=key, size=stat.st_size, etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}")
         return ObjectInfo(key=key, size=stat.st_size, etag=sidecar["etag"], metadata=sidecar["metadata"])
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

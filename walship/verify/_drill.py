@@ -20,10 +20,11 @@ from pathlib import Path
 
 import apsw
 
-from walship.catalog import list_snapshot_keys, require_replica, snapshot_or_unusable
+from walship.catalog import list_snapshot_keys, lost_metadata, require_replica, snapshot_or_unusable
 from walship.envelope import Keyring, require_keys
 from walship.errors import UsageError
 from walship.generations import describe_generations
+from walship.index import readable_index
 from walship.layout import GENERATIONS_PREFIX
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.restore import restore_snapshot
@@ -60,10 +61,13 @@ def restore_drill(
         raise UsageError(f"verify: work directory {workdir} does not exist: create it or leave --workdir out")
     started = time.monotonic()
     drill = Drill(store)
-    listing = list(store.list(GENERATIONS_PREFIX))
-    if not listing:
+    # The index before the listing: what it claims was uploaded before it, so a gap is a loss.
+    index = readable_index(store)
+    listing = list(store.list())
+    if not any(o.key.startswith(GENERATIONS_PREFIX) for o in listing):
         require_replica(store)  # nothing to drill at all is a wrong URL, not a list of failed checks
-    snapshots = _described_snapshots(drill, listing)
+    recorded = {s.key for s in index.snapshots} if index is not None else set()
+    snapshots = _described_snapshots(drill, listing, recorded)
     if not snapshots:
         return drill.report(started, database_id)
     for snapshot in snapshots:
@@ -79,7 +83,7 @@ def restore_drill(
         )
     else:
         drill.add("database-id", True, f"every snapshot is of database {named!r}")
-    generations = describe_generations(store, known=snapshots, listing=listing)
+    generations = describe_generations(store, known=snapshots, listing=listing, index=index)
     for state in generations.generations:
         # The listing already made, without the strays it found: no second LIST, no stray as a point.
         drill.known_sequences(state.generation, list(state.sequences))
@@ -106,8 +110,12 @@ def restore_drill(
     return drill.report(started, named)
 
 
-def _described_snapshots(drill: Drill, listing: list[ObjectInfo]) -> list[SnapshotInfo]:
-    """Every listed snapshot described by its own object; a damaged one is a failed check, a stray is not."""
+def _described_snapshots(drill: Drill, listing: list[ObjectInfo], recorded: set[str]) -> list[SnapshotInfo]:
+    """Every listed snapshot described by its own object; a damaged one is a failed check, a stray is not.
+
+    An object without walship metadata that the index ``recorded`` is not a
+    stray: walship wrote it, and it lost its description.
+    """
     snapshots: list[SnapshotInfo] = []
     keys: list[str] = []
     strays = 0
@@ -118,8 +126,10 @@ def _described_snapshots(drill: Drill, listing: list[ObjectInfo]) -> list[Snapsh
                 described = snapshot_or_unusable(drill.store.head(key))
                 if isinstance(described, SnapshotInfo):
                     snapshots.append(described)
-                elif described.stray:
+                elif described.stray and key not in recorded:
                     strays += 1  # reported by the "strays" check
+                elif described.stray:
+                    drill.add("snapshots", False, lost_metadata(described).reason)
                 else:
                     drill.add("snapshots", False, described.reason)
     if len(keys) == strays and not drill.checks:

@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable
 
 from walship.catalog import list_snapshot_keys, read_snapshot_info, read_trailer_sha256, snapshot_or_unusable
+from walship.chain import missing_segment
 from walship.errors import CorruptObjectError, NotFoundError, TransientStorageError, WalshipError
 from walship.index import read_index
 from walship.layout import format_resync_key, format_segment_key, parse_snapshot_key
@@ -35,8 +36,10 @@ def check_index(store: ObjectStore) -> VerifyReport:
     with drill.step("index"):
         # The listing first: whatever the index read after it lists was
         # uploaded before it, so a race with a writer cannot look like a lie.
-        listed = _readable_snapshots(store)
+        listed, strays = _readable_snapshots(store)
         metadata, _ = read_index(store)
+        # Walship wrote what its index records: without its metadata it is damaged (the drill names it).
+        listed.update(dict.fromkeys(strays & {s.key for s in metadata.snapshots} if metadata else (), None))
         if metadata is None:
             fix = _REBUILD if listed else "the first snapshot writes it"
             drill.add("index", False, f"the replica has no metadata.json: {fix}")
@@ -52,9 +55,11 @@ def check_index(store: ObjectStore) -> VerifyReport:
     return drill.report(started, metadata.database_id if metadata else None)
 
 
-def _readable_snapshots(store: ObjectStore) -> dict[str, SnapshotInfo | None]:
-    """Listed snapshots by key; None where the object's own description is bad (the drill reports that)."""
+def _readable_snapshots(store: ObjectStore) -> tuple[dict[str, SnapshotInfo | None], set[str]]:
+    """Listed snapshots by key, None where the object's own description is bad (the drill reports that);
+    and the keys of strays, objects without walship metadata."""
     found: dict[str, SnapshotInfo | None] = {}
+    strays: set[str] = set()
     for key in list_snapshot_keys(store):
         try:
             described = snapshot_or_unusable(store.head(key))
@@ -62,9 +67,11 @@ def _readable_snapshots(store: ObjectStore) -> dict[str, SnapshotInfo | None]:
             continue  # deleted since the listing
         if isinstance(described, SnapshotInfo):
             found[key] = described
-        elif not described.stray:  # a stray is not walship's: the index rightly omits it
+        elif described.stray:  # not walship's: the index rightly omits it
+            strays.add(key)
+        else:
             found[key] = None
-    return found
+    return found, strays
 
 
 def _check_index_snapshots(drill: Drill, metadata: ReplicaMetadata, listed: dict[str, SnapshotInfo | None]) -> None:
@@ -126,6 +133,7 @@ def _check_index_complete(
 def _check_index_position(drill: Drill, metadata: ReplicaMetadata, listed: dict[str, SnapshotInfo | None]) -> None:
     """latest_snapshot, current_generation and latest_wal_sequence claim nothing that does not exist."""
     problems = []
+    fix = _REBUILD
     latest_key = metadata.latest_snapshot
     if latest_key is not None and latest_key not in listed and not _exists(drill.store, latest_key):
         problems.append(f"latest_snapshot {latest_key} does not exist")
@@ -141,10 +149,16 @@ def _check_index_position(drill: Drill, metadata: ReplicaMetadata, listed: dict[
                 key = format_segment_key(generation, sequence)
                 resync = format_resync_key(generation, sequence)
                 if sequence not in present and not _exists(drill.store, key) and not _exists(drill.store, resync):
-                    problems.append(f"latest_wal_sequence {latest} claims {key}, which does not exist")
+                    # Uploaded before the index recorded it: the replica lost it, the index is right.
+                    missing = missing_segment(generation, sequence)
+                    problems.append(f"latest_wal_sequence {latest} claims {missing}, which is not in the replica")
+                    fix = (
+                        f"the replica lost the data after sequence {sequence - 1} (restore-newest names the way "
+                        "to the older point); rebuilding the index would only hide the loss"
+                    )
                     break
     if problems:
-        drill.add("index-position", False, f"{'; '.join(problems)}: {_REBUILD}")
+        drill.add("index-position", False, f"{'; '.join(problems)}: {fix}")
     else:
         where = f"{generation}/{latest}" if generation is not None else "no position"
         drill.add("index-position", True, f"{where}: every claimed object exists")
