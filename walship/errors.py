@@ -11,6 +11,7 @@ __all__ = [
     "ConflictError",
     "ContinuityLostError",
     "CorruptObjectError",
+    "DiskFullError",
     "IdentityMismatchError",
     "IdentityNeededError",
     "IncompleteError",
@@ -71,7 +72,15 @@ class PermanentStorageError(WalshipError):
     """Storage refused in a way retrying cannot fix (credentials, permissions)."""
 
 
-class SpoolFullError(WalshipError):
+class DiskFullError(WalshipError):
+    """A local filesystem (a restore's target, the spool) has no room for what must be written.
+
+    An operation that failed (exit 1), not bad usage: nothing partial is left
+    behind and the same command succeeds once there is room.
+    """
+
+
+class SpoolFullError(DiskFullError):
     """The local disk (the spool, or a snapshot's work directory) has no room for what must be written.
 
     Expected, not a bug: nothing partial is left behind, what was captured

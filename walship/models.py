@@ -121,7 +121,9 @@ class SegmentInfo(_Frozen):
     db_size_pages: int
     wal_restarted: bool = Field(description="first segment of a WAL that restarted after our checkpoint")
     committed_after: datetime = Field(description="the previous capture: every commit here came later")
-    captured_at: datetime = Field(description="when this segment was captured: every commit here came earlier")
+    captured_at: datetime = Field(
+        description="when this segment was captured (before its WAL scan): every commit before it is here or earlier"
+    )
     raw_size: int
     compressed_size: int = Field(default=0, description="the stored object's size (sealed)")
     sha256: str

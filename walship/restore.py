@@ -7,6 +7,7 @@ renamed over the target. An existing database is replaced only with
 """
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -15,12 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from walship._fs import fsync_dir, fsync_path
+from walship._fs import fsync_dir, fsync_path, is_disk_full
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
 from walship.codec import Progress
 from walship.envelope import Keyring, open_to_file, require_keys
-from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+from walship.errors import ChecksumMismatchError, CorruptObjectError, DiskFullError, UsageError
 from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
 from walship.sqlite import integrity_check, read_header
 from walship.storage import ObjectStore
@@ -46,7 +47,29 @@ def check_output(output: Path, *, force: bool) -> Path:
         raise UsageError(f"restore target {output} already exists: choose another path or pass --force to replace it")
     if not output.parent.is_dir():
         raise UsageError(f"restore target directory {output.parent} does not exist: create it first")
+    if not _writable(output.parent):
+        raise _unwritable(output.parent)
     return output
+
+
+def _writable(directory: Path) -> bool:
+    # access(2) also answers EROFS for a read-only mount, which stops root too.
+    effective = os.access in os.supports_effective_ids
+    return os.access(directory, os.W_OK | os.X_OK, effective_ids=effective)
+
+
+def _unwritable(directory: Path) -> UsageError:
+    return UsageError(
+        f"restore target directory {directory} is not writable (read-only or no permission): "
+        "choose an --output in a directory you can write"
+    )
+
+
+def _full(output: Path, exc: BaseException) -> DiskFullError:
+    return DiskFullError(
+        f"restore: no room on the filesystem of {output.parent} for the restored database ({exc}): "
+        f"free space there or choose another --output; {output.name} was not written"
+    )
 
 
 @contextlib.contextmanager
@@ -59,7 +82,15 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
     it is renamed over ``output`` and the directory fsynced. On any error it
     is removed: never a partial file at the target.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
+    except OSError as exc:
+        # The directory changed since check_output (or an ACL or a security module says no).
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _unwritable(output.parent) from exc
+        if is_disk_full(exc):
+            raise _full(output, exc) from exc
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -74,6 +105,10 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
             Path(f"{output}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, output)
         fsync_dir(output.parent)
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise _full(output, exc) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -10,12 +10,13 @@ pages that differ as the next segment of the same generation.
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from walship.envelope import Sealing
+from walship.errors import ContinuityLostError
 from walship.layout import format_resync_key
 from walship.models import SegmentInfo, WalCursor, utcnow
 from walship.resync import (
@@ -27,6 +28,7 @@ from walship.resync import (
     digest_file,
     write_resync,
 )
+from walship.ship._identity import HEADER_BYTES, DatabaseIdentity, IdentityFile, why_another
 from walship.ship._results import ResyncSummary
 from walship.ship._segment import seal_file
 from walship.spool import Spool, new_entry
@@ -45,7 +47,10 @@ class PageTracker:
 
     def __init__(self, spool_root: Path) -> None:
         self._store = PageMapStore(spool_root)
+        self._identity = IdentityFile(spool_root)
         self.map: PageMap | None = None
+        # The header fields of the generation's snapshot or last resync (see walship.ship._identity).
+        self.identity: DatabaseIdentity | None = None
         self.missing = "no earlier capture of this database"
 
     def load(self, cursor: WalCursor | None) -> None:
@@ -54,6 +59,7 @@ class PageTracker:
         if cursor is None:
             self.missing = "no earlier capture of this database"
             return
+        self.identity = self._identity.load(cursor.generation)
         try:
             self.map = self._store.load(cursor.generation, cursor.sequence)
         except MapUnusableError as unusable:
@@ -61,8 +67,9 @@ class PageTracker:
         except OSError as exc:
             self.missing = f"the page digest map could not be read: {exc}"
 
-    def begin(self, generation: str, snapshot: Path, page_size: int) -> None:
-        """A new generation's map, from its snapshot copy's own pages (before the cursor is saved there)."""
+    def begin(self, generation: str, snapshot: Path, page_size: int, identity: DatabaseIdentity) -> None:
+        """A new generation's map, from its snapshot copy's own pages (before the cursor is saved there);
+        ``identity`` is the database's at the snapshot (the copy's schema cookie is the backup's own)."""
         self.close()
 
         def build() -> None:
@@ -70,6 +77,15 @@ class PageTracker:
             self._store.reset(self.map)
 
         self._keep(build, generation)
+        self.recorded(generation, identity)
+
+    def recorded(self, generation: str, identity: DatabaseIdentity) -> None:
+        """The identity of the database whose state the replica now holds (at a snapshot, a resync)."""
+        self.identity = identity
+        try:
+            self._identity.save(generation, identity)
+        except OSError as exc:
+            log.warning("identity of generation %s not recorded: %s", generation, exc)
 
     def close(self) -> None:
         if self.map is not None:
@@ -136,7 +152,9 @@ def spool_resync(
     ``between`` runs between two attempts at pausing writers (to move the
     pin, as for a snapshot); ``at_point`` hears the new cursor while writers
     still wait (to move the pin there). The caller saves the cursor once this
-    returns.
+    returns. Raises ``ContinuityLostError``, spooling nothing and leaving the
+    map as it was, when the database is not the one the replica holds
+    (``walship.ship._identity``).
     """
     replica = tracker.map
     assert replica is not None, "why_not() first"
@@ -158,21 +176,30 @@ def spool_resync(
             at_point(moved)
         with spool.writing(".resync.zst", what=f"a resync of {capture.database}", needed=pages.size) as path:
             compared: list[ResyncPages] = []
+            first = bytearray()
+
+            def blocks() -> Iterator[bytes | bytearray]:
+                for block in pages.blocks():
+                    first.extend(b"" if first else block[:HEADER_BYTES])
+                    yield block
+
             sealer, stored = seal_file(
                 path,
                 sealing,
                 0,
                 lambda write: compared.append(
-                    write_resync(pages.blocks(), pages.page_size, pages.page_count, replica, write)
+                    write_resync(blocks(), pages.page_size, pages.page_count, replica, write)
                 ),
             )
             [written] = compared
+            _same_database(tracker.identity, bytes(first), len(written.changes.digests), pages.page_count)
             info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored)
             info = info.model_copy(
                 update={"sha256": sealer.digest.hexdigest(), "level": sealing.level, "envelope": sealing.envelope}
             )
             spool.add(new_entry(info), path)
     tracker.captured(sequence, written.changes)
+    tracker.recorded(cursor.generation, DatabaseIdentity.from_header(bytes(first)))
     summary = ResyncSummary(
         key=key,
         reason=reason,
@@ -182,6 +209,14 @@ def spool_resync(
         stored_bytes=stored,
     )
     return Resynced(info, moved, summary)
+
+
+def _same_database(recorded: DatabaseIdentity | None, header: bytes, changed: int, page_count: int) -> None:
+    if recorded is None or len(header) < HEADER_BYTES:
+        return  # nothing recorded (a spool of an earlier walship): the inode check is all there is
+    why = why_another(recorded, DatabaseIdentity.from_header(header), changed, page_count)
+    if why is not None:
+        raise ContinuityLostError(f"the database file was replaced: {why}")
 
 
 def _describe(

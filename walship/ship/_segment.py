@@ -56,6 +56,7 @@ class _Found(NamedTuple):
     start: int
     seed: tuple[int, int] | None
     restarted: bool
+    captured_at: datetime  # taken before the scan read where the committed WAL ends
 
 
 def _find(capture: WalCapture, cursor: WalCursor, *, guarded: bool, max_bytes: int | None) -> _Found | None:
@@ -72,17 +73,21 @@ def _find(capture: WalCapture, cursor: WalCursor, *, guarded: bool, max_bytes: i
         start, seed = cursor.offset, (cursor.checksum1, cursor.checksum2)
         if start == WAL_HEADER_SIZE:
             seed = None
+    # Before the scan: a commit published before this moment is in the scan (or
+    # an earlier one), so the segment holds every commit made before its
+    # captured_at. Taken after, a commit between the two would be neither here
+    # nor before the next segment's committed_after.
+    captured_at = utcnow()
     scan = capture.scan(start, seed, max_bytes=max_bytes)
     if scan.commits == 0 or (scan.header.salt1, scan.header.salt2) != (header.salt1, header.salt2):
         return None
-    return _Found(header, scan, start, seed, restarted)
+    return _Found(header, scan, start, seed, restarted, captured_at)
 
 
 def _describe(
     found: _Found, cursor: WalCursor, committed_after: datetime, digest: str, size: int
 ) -> tuple[SegmentInfo, WalCursor]:
-    header, scan = found.header, found.scan
-    now = utcnow()
+    header, scan, now = found.header, found.scan, found.captured_at
     start_checksum = (header.checksum1, header.checksum2) if found.seed is None else found.seed
     info = SegmentInfo(
         key=format_segment_key(cursor.generation, cursor.sequence + 1),

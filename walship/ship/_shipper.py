@@ -14,6 +14,7 @@ from walship.layout import new_generation, parse_generation
 from walship.memory import release_free_memory
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
+from walship.ship._identity import DatabaseIdentity
 from walship.ship._results import ShipConfig, SyncResult, merge
 from walship.ship._resync import PageTracker, spool_resync
 from walship.ship._segment import Captured, NoRoom, TailCopy, TooBig, capture_segment, read_tail, spool_tail
@@ -188,7 +189,7 @@ class Shipper:
                     self._land(landed)
                 source = self.capture.copy_database(source_connection, self.database, target)
                 # The map describes the replica: the copy's pages (page 1 may differ from the database's).
-                self._pages.begin(generation, source.path, source.page_size)
+                self._pages.begin(generation, source.path, source.page_size, DatabaseIdentity.of(source_connection))
                 position = WalPosition(generation=generation, sequence=0)
                 spool_snapshot(
                     self.spool,
@@ -222,16 +223,20 @@ class Shipper:
             if why_not is not None or cursor is None:
                 return self.start_generation(f"{reason} ({why_not}, so no resync)" if cursor else reason)
             log.warning("resyncing %s in generation %s: %s", self.database, cursor.generation, reason)
-            done = spool_resync(
-                self.capture,
-                self.spool,
-                self._pages,
-                cursor,
-                reason=reason,
-                sealing=self.config.sealing,
-                between=self._move_pin_to_cursor,
-                at_point=self._land,
-            )
+            try:
+                done = spool_resync(
+                    self.capture,
+                    self.spool,
+                    self._pages,
+                    cursor,
+                    reason=reason,
+                    sealing=self.config.sealing,
+                    between=self._move_pin_to_cursor,
+                    at_point=self._land,
+                )
+            except ContinuityLostError as another:  # the file holds another database now: nothing was spooled
+                self.cursor = cursor
+                return self.start_generation(f"{reason} ({another}, so no resync)")
             self.cursor = done.cursor
             self._behind = False
             self.spool.save_cursor(self.cursor)

@@ -1,5 +1,6 @@
 """Checks on database files: is it SQLite, what does its header say, is it whole."""
 
+import os
 import struct
 from pathlib import Path
 from typing import NamedTuple
@@ -55,11 +56,33 @@ def check_database(path: Path) -> DatabaseHeader:
     if not path.is_file():
         raise UsageError(f"database {path} is not a regular file: give the path of the SQLite database file")
     try:
-        return read_header(path)
+        header = read_header(path)
     except CorruptObjectError:
         raise UsageError(f"{path} is not a SQLite database (no 'SQLite format 3' header): check the path") from None
     except PermissionError:
         raise UsageError(f"database {path} is not readable: check its permissions") from None
+    _check_writable(path)
+    return header
+
+
+def _check_writable(path: Path) -> None:
+    """walship opens a live database read-write, as its application does: SQLite needs that to share the WAL
+    index and to create the -wal and -shm files beside it. access(2) answers EROFS for a read-only mount too."""
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.R_OK | os.W_OK, effective_ids=effective):
+        raise UsageError(
+            f"database {path} is not writable (read-only file or filesystem): SQLite opens a live database "
+            "for writing; run walship as the user who writes it, on a writable mount"
+        )
+    companions = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+    if os.access(path.parent, os.W_OK | os.X_OK, effective_ids=effective) or all(
+        os.access(name, os.R_OK | os.W_OK, effective_ids=effective) for name in companions
+    ):
+        return
+    raise UsageError(
+        f"database directory {path.parent} is not writable, so SQLite cannot create {path.name}-wal and -shm there: "
+        "run walship as the user who writes the database"
+    )
 
 
 def integrity_check(path: Path) -> None:
