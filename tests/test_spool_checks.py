@@ -64,8 +64,14 @@ def spool_segments(database: Path, connection: sqlite3.Connection, batches: int)
     return [entry for entry in Spool(default_spool_dir(database), lock=False).pending() if entry.segment]
 
 
-def ship_once(database: Path, replica: str) -> subprocess.CompletedProcess[str]:
-    return walship("ship", str(database), "--replica", replica, "--once", env=DIRECT)
+def ship_once(database: Path, replica: str, env: dict[str, str] = DIRECT) -> subprocess.CompletedProcess[str]:
+    return walship("ship", str(database), "--replica", replica, "--once", env=env)
+
+
+@pytest.fixture(params=["direct", "flow"])
+def mode_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The CLI's environment in each of its modes: no Prefect API, or the session's."""
+    return DIRECT if request.param == "direct" else dict(request.getfixturevalue("api_env"))
 
 
 def restored_equals_source(replica: str, database: Path, output: Path) -> None:
@@ -78,9 +84,9 @@ class TestDamagedEntry:
     """A spooled entry whose bytes changed is never uploaded: the run stops naming it, a new generation starts,
     and the replica keeps the consistent state before it."""
 
-    def test_flipped_byte_in_a_pending_segment(self, database: Path, tmp_path: Path) -> None:
+    def test_flipped_byte_in_a_pending_segment(self, database: Path, tmp_path: Path, mode_env: dict[str, str]) -> None:
         replica = f"file://{tmp_path / 'replica'}"
-        assert ship_once(database, replica).returncode == 0
+        assert ship_once(database, replica, mode_env).returncode == 0
         with application(database) as connection:
             spooled = spool_segments(database, connection, 3)
             assert len(spooled) >= 3
@@ -91,7 +97,7 @@ class TestDamagedEntry:
             data[len(data) // 2] ^= 0x01
             path.write_bytes(bytes(data))
 
-            result = ship_once(database, replica)
+            result = ship_once(database, replica, mode_env)
         assert_one_line_error(result, path.name)
         assert "damaged" in result.stderr
         old = damaged.generation
@@ -103,7 +109,7 @@ class TestDamagedEntry:
         assert cursor is not None
         assert cursor.generation != old
 
-        again = ship_once(database, replica)
+        again = ship_once(database, replica, mode_env)
         assert again.returncode == 0, again.stderr
         assert pending_files(database) == []
         assert replica_generations(replica) == {old, cursor.generation}

@@ -264,9 +264,10 @@ class ShippingRun:
         that nothing more is captured into the abandoned one."""
         shipper = self.shipper
         shipper.stop_tending()
+        # What the tending thread captured into it meanwhile goes too (before the new cursor ends the abandonment).
+        shipper.spool.drop_abandoned()
         if shipper.spool.load_cursor() is None:
             self._synced(shipper.start_generation(shipper.spool.no_cursor_reason or "a spool entry was damaged"))
-        shipper.spool.drop_abandoned()
 
     def _finish(self, spool: Spool) -> None:
         """The final drain with the full retry policy, the position, and the lease let go."""
