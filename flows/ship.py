@@ -150,7 +150,7 @@ def _publish(database: Path, report: ShipReport) -> None:
         [
             ("syncs", str(report.syncs)),
             ("segments captured / uploaded", f"{report.segments_captured} / {report.segments_uploaded}"),
-            ("commits captured", str(report.commits_captured)),
+            ("commits captured / uploaded", f"{report.commits_captured} / {report.commits_uploaded}"),
             ("bytes", f"{human_bytes(report.bytes_captured)} captured, {human_bytes(report.bytes_uploaded)} uploaded"),
             ("checkpoints", str(report.checkpoints)),
             ("generations started", generations),

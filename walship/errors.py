@@ -19,6 +19,7 @@ __all__ = [
     "PermanentStorageError",
     "ReplicaSealingError",
     "ShipperRunningError",
+    "SpoolEntryDamagedError",
     "SpoolFullError",
     "TransientStorageError",
     "UsageError",
@@ -107,3 +108,8 @@ class WalIndexUnsettledError(WalshipError):
 class WritersBusyError(WalshipError):
     """The write lock could not be had briefly (the application holds it, e.g. for its own checkpoint); retried
     at the next sync."""
+
+
+class SpoolEntryDamagedError(ChecksumMismatchError):
+    """A spooled entry's bytes are not those spooled: never uploaded; its generation ends before it on the
+    replica and a new generation starts."""

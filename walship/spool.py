@@ -4,6 +4,7 @@ Layout under the spool directory (default ``<database>-walship/``)::
 
     lock                             flock: one shipper per database
     cursor.json                      the WalCursor: what has been captured
+    abandoned.json                   a generation no cursor may continue (a damaged entry was dropped from it)
     lease.json                       our copy of the replica lease and its ETag
     pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
     pending/<gen>/<seq:020>.wal      captured frames, verbatim, until uploaded
@@ -14,6 +15,10 @@ Layout under the spool directory (default ``<database>-walship/``)::
 An entry counts as captured only once its data and description are fsynced
 and the cursor moved past it; a crash in between leaves an orphan that the
 next start removes and captures again.
+
+Each description records the SHA-256 of its data file as spooled
+(``stored_sha256``), hashed while the file was written; uploads check it
+first, so bytes that changed on the local disk never reach the replica.
 
 A full disk is an expected condition (docs/OPERATIONS.md): every file the
 spool writes goes through ``Spool.writing`` or ``_write_atomic``, which
@@ -27,6 +32,7 @@ refused before its copy starts (``check_snapshot_room``).
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import tempfile
@@ -50,6 +56,7 @@ __all__ = [
     "SegmentBudget",
     "Spool",
     "default_spool_dir",
+    "file_sha256",
     "new_entry",
     "read_cursor",
 ]
@@ -61,6 +68,9 @@ log = logging.getLogger(__name__)
 SEGMENT_CAP_BYTES = 64 << 20
 # Kept free for the small files a run must still write: cursor, lease, descriptions.
 SPOOL_RESERVE_BYTES = 1 << 20
+CURSOR_DAMAGED = "the spool's cursor was damaged"
+_ANY = "*"
+_READ_CHUNK = 1 << 20
 
 
 class SegmentBudget(NamedTuple):
@@ -82,6 +92,23 @@ def read_cursor(root: Path) -> WalCursor | None:
         return None
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(_READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Abandoned(BaseModel):
+    """A generation given up from one entry on (``sequence``, and whether that entry was its snapshot)."""
+
+    generation: str
+    sequence: int = 0
+    snapshot: bool = False
+    reason: str
+
+
 class PendingEntry(BaseModel):
     """One spooled object waiting for upload (the original design's cache entry)."""
 
@@ -90,6 +117,8 @@ class PendingEntry(BaseModel):
     segment: SegmentInfo | None = None
     cached_at: datetime
     attempts: int = 0
+    # The data file's SHA-256 as spooled; empty in entries an older walship spooled.
+    stored_sha256: str = ""
 
     @property
     def generation(self) -> str:
@@ -117,6 +146,8 @@ class Spool:
         """Open the spool; ``lock=False`` only for code running under the lock holder
         (a flow's own tasks), since flock refuses a second holder even in one process."""
         self.root = root
+        # Why ``load_cursor`` found none to continue, when it was not simply absent.
+        self.no_cursor_reason: str | None = None
         (root / "pending").mkdir(parents=True, exist_ok=True)
         (root / "tmp").mkdir(exist_ok=True)
         self._lock = (root / "lock").open("a")
@@ -140,17 +171,75 @@ class Spool:
     # The cursor -----------------------------------------------------------
 
     def load_cursor(self) -> WalCursor | None:
+        """The cursor to continue; None when there is none, it is damaged, or its generation was abandoned
+        (``no_cursor_reason`` says which of the last two)."""
+        self.no_cursor_reason = None
         path = self.root / "cursor.json"
-        return WalCursor.model_validate_json(path.read_bytes()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            cursor = WalCursor.model_validate_json(path.read_bytes())
+        except ValidationError:
+            log.warning("spool %s: cursor.json is damaged; the next capture starts a new generation", self.root)
+            self.no_cursor_reason = CURSOR_DAMAGED
+            return None
+        abandoned = self._abandoned()
+        if abandoned is not None and abandoned.generation in (cursor.generation, _ANY):
+            self.no_cursor_reason = abandoned.reason
+            return None
+        return cursor
 
     def save_cursor(self, cursor: WalCursor) -> None:
         self._write_atomic(self.root / "cursor.json", cursor.model_dump_json().encode())
+        abandoned = self._abandoned()
+        if abandoned is not None and abandoned.generation != cursor.generation:
+            (self.root / "abandoned.json").unlink(missing_ok=True)
+
+    def abandon(self, damaged: PendingEntry, reason: str) -> int:
+        """Drop a damaged entry and those after it in its generation; no cursor continues that generation.
+
+        The replica keeps the generation as it was before the entry: consistent, only older. Returns how
+        many entries were dropped.
+        """
+        marker = _Abandoned(
+            generation=damaged.generation, sequence=damaged.sequence, snapshot=damaged.kind == "snapshot", reason=reason
+        )
+        self._write_atomic(self.root / "abandoned.json", marker.model_dump_json().encode())
+        return self.drop_abandoned()
+
+    def drop_abandoned(self) -> int:
+        """Remove the entries of an abandoned generation from its damaged entry on (a capture that raced the
+        abandonment may have added some)."""
+        marker = self._abandoned()
+        if marker is None:
+            return 0
+        start = (marker.generation, marker.sequence, marker.snapshot)
+        dropped = [e for e in self.pending() if e.generation == marker.generation and _order(e) >= start]
+        for entry in dropped:
+            self.remove(entry)
+        return len(dropped)
+
+    def _abandoned(self) -> _Abandoned | None:
+        try:
+            return _Abandoned.model_validate_json((self.root / "abandoned.json").read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValidationError:
+            # Damaged too: whatever generation it named, no cursor may continue it.
+            return _Abandoned(generation=_ANY, reason="the spool's record of an abandoned generation was damaged")
 
     # The lease, as we last wrote it --------------------------------------------
 
     def load_lease(self) -> Lease | None:
+        """The lease as last written here; None when there is none or it is damaged (the lease is taken again)."""
         path = self.root / "lease.json"
-        return Lease.model_validate_json(path.read_bytes()) if path.exists() else None
+        try:
+            return Lease.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValidationError:
+            log.warning("spool %s: lease.json is damaged; the lease is taken again", self.root)
+            return None
 
     def save_lease(self, lease: Lease) -> None:
         self._write_atomic(self.root / "lease.json", lease.model_dump_json().encode())
@@ -256,8 +345,11 @@ class Spool:
         """Move a fully written, fsynced file into the spool with its description.
 
         If the description cannot be written, the data file goes too: an entry
-        exists with both or neither.
+        exists with both or neither. An entry without ``stored_sha256`` gets
+        it here, read back from ``data``.
         """
+        if not entry.stored_sha256:
+            entry = entry.model_copy(update={"stored_sha256": file_sha256(data)})
         target = self.data_path(entry)
         if not target.parent.exists():
             target.parent.mkdir()
@@ -294,7 +386,7 @@ class Spool:
         entries = [
             PendingEntry.model_validate_json(path.read_bytes()) for path in (self.root / "pending").glob("*/*.json")
         ]
-        return sorted(entries, key=lambda e: (e.generation, e.sequence, e.kind == "snapshot"))
+        return sorted(entries, key=_order)
 
     def pending_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.root / "pending").glob("*/*") if p.is_file())
@@ -339,11 +431,16 @@ class Spool:
             leftover.unlink(missing_ok=True)
 
 
+def _order(entry: PendingEntry) -> tuple[str, int, bool]:
+    return entry.generation, entry.sequence, entry.kind == "snapshot"
+
+
 def _snapshot_needs(size: int) -> int:
     return size + max(size // 4, SPOOL_RESERVE_BYTES) + SPOOL_RESERVE_BYTES
 
 
-def new_entry(info: SnapshotInfo | SegmentInfo) -> PendingEntry:
+def new_entry(info: SnapshotInfo | SegmentInfo, stored_sha256: str = "") -> PendingEntry:
+    """An entry for ``info``; ``stored_sha256`` when the writer hashed the file as it wrote it."""
     if isinstance(info, SnapshotInfo):
-        return PendingEntry(kind="snapshot", snapshot=info, cached_at=utcnow())
-    return PendingEntry(kind="segment", segment=info, cached_at=utcnow())
+        return PendingEntry(kind="snapshot", snapshot=info, cached_at=utcnow(), stored_sha256=stored_sha256)
+    return PendingEntry(kind="segment", segment=info, cached_at=utcnow(), stored_sha256=stored_sha256)

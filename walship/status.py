@@ -28,7 +28,8 @@ from walship.layout import LEASE_KEY, is_resync_key, parse_segment_key
 from walship.lease import read_lease
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
-from walship.storage import ObjectStore
+from walship.retention import LEFTOVER_AGE, format_duration
+from walship.storage import ObjectStore, leftovers_of
 from walship.units import human_bytes
 
 __all__ = ["GenerationSummary", "IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
@@ -103,6 +104,9 @@ class ReplicaStatus(BaseModel):
     original: OriginalLayout | None
     # Objects walship did not write, at its keys or anywhere else: reported, never used.
     strays: list[str] = []
+    # Files of interrupted uploads (file://): not objects, but they take room until retention removes them.
+    leftover_count: int = 0
+    leftover_bytes: int = 0
     problems: list[str]
 
     def render(self) -> str:
@@ -125,6 +129,12 @@ class ReplicaStatus(BaseModel):
         if self.original is not None:
             lines += self.original.render()
         lines += [f"stray:        {key} (walship did not write it; it is never used)" for key in self.strays]
+        if self.leftover_count:
+            size, idle = human_bytes(self.leftover_bytes), format_duration(LEFTOVER_AGE)
+            lines.append(
+                f"leftovers:    {self.leftover_count} files of interrupted uploads ({size}) in .tmp: "
+                f"'walship retention' removes those idle for {idle}"
+            )
         lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -216,6 +226,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     captured_at = current.newest_captured_at if current else None
     now = utcnow()
     lag_of, shipped = _newest_state(captured_at, snapshots, original)
+    leftovers = leftovers_of(store)
     return ReplicaStatus(
         replica=store.location,
         checked_at=now,
@@ -259,6 +270,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         lease=_lease(store, now, problems) if any(o.key == LEASE_KEY for o in listing) else None,
         original=original,
         strays=list(generations.strays),
+        leftover_count=len(leftovers),
+        leftover_bytes=sum(leftover.size for leftover in leftovers),
         problems=problems,
     )
 

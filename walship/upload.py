@@ -6,16 +6,18 @@ a crash is uploaded again, with the same content. This is what the Prefect
 task retries; ``walship.ship.Shipper`` is the local half.
 """
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from walship import codec, index
 from walship.catalog import describe_snapshot, to_metadata
-from walship.errors import ChecksumMismatchError
+from walship.envelope import is_encrypted
+from walship.errors import ChecksumMismatchError, CorruptObjectError, SpoolEntryDamagedError
 from walship.lease import acquire_lease, lease_needs_renewal
 from walship.models import SegmentInfo, WalPosition, utcnow
-from walship.spool import PendingEntry, Spool
+from walship.spool import PendingEntry, Spool, file_sha256
 from walship.storage import ObjectStore
 
 __all__ = ["UploadResult", "describe_segment", "upload_pending"]
@@ -26,6 +28,7 @@ class UploadResult(BaseModel):
 
     snapshots: list[str] = Field(default_factory=list)
     segments: int = 0
+    commits: int = 0  # what the uploaded segments hold, whichever run captured them
     bytes: int = 0
     last_position: WalPosition | None = None
     oldest_captured_at_lag_seconds: float | None = None
@@ -42,12 +45,24 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int)
 
     The lease is renewed first when half its time has passed, so an idle
     database costs nothing and a busy one a lease PUT every few minutes.
+
+    Each entry's bytes are checked against what was spooled before they go
+    up. A damaged entry is never uploaded: it and the entries after it in its
+    generation are dropped, that generation is abandoned (the replica keeps
+    it as it was, consistent), and ``SpoolEntryDamagedError`` ends the drain;
+    the shipper starts a new generation.
     """
     result = UploadResult()
+    spool.drop_abandoned()
     lease = spool.load_lease()
     if lease is None or lease_needs_renewal(lease):
         spool.save_lease(acquire_lease(store, holder))
     for entry in spool.pending():
+        try:
+            _check_intact(spool, entry)
+        except SpoolEntryDamagedError as damaged:
+            spool.abandon(entry, f"spool entry {spool.data_path(entry).name} was damaged")
+            raise damaged
         try:
             _upload_one(store, spool, entry, level, result)
         except Exception:
@@ -55,6 +70,34 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int)
             raise
         spool.remove(entry)
     return result
+
+
+def _check_intact(spool: Spool, entry: PendingEntry) -> None:
+    """Raise ``SpoolEntryDamagedError`` when the entry's file is not what was spooled.
+
+    Its SHA-256 as spooled when recorded; else (an older spool) its size, and
+    for plaintext the SHA-256 of what it opens to.
+    """
+    data = spool.data_path(entry)
+    info = entry.snapshot or entry.segment
+    assert info is not None
+    try:
+        if entry.stored_sha256:
+            if file_sha256(data) != entry.stored_sha256:
+                raise ChecksumMismatchError("its SHA-256 is not the one recorded when it was spooled")
+        elif entry.sealed:
+            size = data.stat().st_size
+            if size != info.compressed_size:
+                raise ChecksumMismatchError(f"{size} bytes, {info.compressed_size} when spooled")
+            if not is_encrypted(info.envelope):
+                _check_opens(data, info.sha256, info.raw_size)
+        elif file_sha256(data) != info.sha256:
+            raise ChecksumMismatchError("its SHA-256 is not the one recorded when it was captured")
+    except (ChecksumMismatchError, CorruptObjectError, FileNotFoundError) as exc:
+        raise SpoolEntryDamagedError(
+            f"spool entry {data} is damaged ({exc}): not uploaded; {entry.generation} ends before it on the "
+            "replica and a new generation starts"
+        ) from exc
 
 
 def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:
@@ -68,18 +111,21 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
     segment = entry.segment
     assert segment is not None
     if entry.sealed:
-        size = data.stat().st_size
-        if size != segment.compressed_size:
-            raise ChecksumMismatchError(f"spool {data}: {size} bytes, {segment.compressed_size} when captured")
         store.put_file(segment.key, data, metadata=describe_segment(segment))
         stored = segment.compressed_size
     else:
         stored = _upload_raw(store, spool, data, segment, level)
     result.segments += 1
+    result.commits += segment.commits
     result.bytes += stored
     result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
     lag = (utcnow() - segment.captured_at).total_seconds()
     result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)
+
+
+def _check_opens(data: Path, sha256: str, size: int) -> None:
+    with data.open("rb") as source, open(os.devnull, "wb") as nowhere:
+        codec.decompress_to_file(source, nowhere, expected_sha256=sha256, expected_size=size, name=data.name)
 
 
 def _upload_raw(store: ObjectStore, spool: Spool, data: Path, segment: SegmentInfo, level: int) -> int:

@@ -333,7 +333,7 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     if report.handover_waited_seconds is not None:
         print(f"took over from the previous shipper after {report.handover_waited_seconds:.1f} s")
     print(
-        f"shipped {report.segments_uploaded} segments ({report.commits_captured} commits captured) in "
+        f"shipped {report.segments_uploaded} segments ({report.commits_uploaded} commits) in "
         f"{report.syncs} syncs; position {position}"
     )
     for generation, reason in zip(report.generations_started, report.generation_reasons, strict=True):
@@ -402,6 +402,8 @@ def _retention(args: argparse.Namespace, replica: str) -> int:
     for generation in plan.generations:
         if generation.delete:
             print(f"{verb}  {len(generation.delete)} segments of {generation.generation} ({generation.reason})")
+    for key, size in plan.leftovers.items():
+        print(f"{verb}  {key}  ({size} bytes left by an interrupted upload)")
     if result.dry_run:
         print(f"dry run: {result.planned} objects, {plan.bytes_to_free} bytes would go; nothing deleted")
     else:

@@ -9,9 +9,10 @@ from walship.retention._apply import (
     plan_replica,
 )
 from walship.retention._plan import GenerationDecision, RetentionPlan, SnapshotDecision, plan_retention
-from walship.retention._policy import RetentionPolicy, format_duration, parse_duration
+from walship.retention._policy import LEFTOVER_AGE, RetentionPolicy, format_duration, parse_duration
 
 __all__ = [
+    "LEFTOVER_AGE",
     "GenerationDecision",
     "RetentionPlan",
     "RetentionPolicy",

@@ -17,8 +17,8 @@ from walship.index import current_snapshots, forget_snapshots
 from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.retention._plan import RetentionPlan, plan_retention
-from walship.retention._policy import RetentionPolicy
-from walship.storage import DELETE_BATCH_LIMIT, ObjectStore
+from walship.retention._policy import LEFTOVER_AGE, RetentionPolicy
+from walship.storage import DELETE_BATCH_LIMIT, LocalStore, ObjectStore, leftovers_of
 
 __all__ = ["RetentionReport", "RetentionResult", "apply_retention", "list_history", "newest_data", "plan_replica"]
 
@@ -60,9 +60,11 @@ def newest_data(store: ObjectStore, snapshots: Sequence[SnapshotInfo]) -> str | 
 def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = False) -> RetentionResult:
     """Delete what ``plan`` deletes (nothing with ``dry_run``), then drop deleted snapshots from the index."""
     keys = plan.delete_keys
-    if dry_run or not keys:
-        return RetentionResult(dry_run=dry_run, planned=len(keys))
+    planned = len(keys) + len(plan.leftovers)
+    if dry_run or not planned:
+        return RetentionResult(dry_run=dry_run, planned=planned)
     errors: list[str] = []
+    gone_leftovers = _remove_leftovers(store, plan.leftovers, errors)
     for start in range(0, len(keys), DELETE_BATCH_LIMIT):
         batch = keys[start : start + DELETE_BATCH_LIMIT]
         try:
@@ -81,12 +83,23 @@ def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = 
     sizes = plan.delete_sizes
     return RetentionResult(
         dry_run=False,
-        planned=len(keys),
-        deleted=tuple(deleted),
+        planned=planned,
+        deleted=(*deleted, *gone_leftovers),
         failed=tuple(k for k in keys if k in remaining),
         errors=tuple(errors),
-        bytes_freed=sum(sizes[k] for k in deleted),
+        bytes_freed=sum(sizes[k] for k in deleted) + sum(plan.leftovers[k] for k in gone_leftovers),
     )
+
+
+def _remove_leftovers(store: ObjectStore, leftovers: dict[str, int], errors: list[str]) -> tuple[str, ...]:
+    """Those a live upload took up again (its flock) stay: skipped, not failed."""
+    if not leftovers or not isinstance(store, LocalStore):
+        return ()
+    try:
+        return store.remove_leftovers(sorted(leftovers))
+    except WalshipError as exc:
+        errors.append(str(exc))
+        return ()
 
 
 def _still_listed(store: ObjectStore, keys: Sequence[str], errors: list[str]) -> set[str]:
@@ -112,4 +125,10 @@ class RetentionReport(BaseModel):
 def plan_replica(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionPlan:
     """List the replica's snapshots and segments and decide what ``policy`` keeps (never the newest data)."""
     snapshots, segments = list_history(store)
-    return plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))
+    plan = plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))
+    idle = {
+        leftover.key: leftover.size
+        for leftover in leftovers_of(store)
+        if not leftover.in_use and now - leftover.modified >= LEFTOVER_AGE
+    }
+    return plan.model_copy(update={"leftovers": idle})

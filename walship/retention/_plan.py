@@ -56,6 +56,8 @@ class RetentionPlan(_Frozen):
     policy: RetentionPolicy
     snapshots: tuple[SnapshotDecision, ...]
     generations: tuple[GenerationDecision, ...]
+    # Files interrupted uploads left (key -> bytes), idle for ``LEFTOVER_AGE`` and held by no live upload.
+    leftovers: dict[str, int] = {}
 
     @property
     def kept_snapshots(self) -> list[SnapshotDecision]:
@@ -79,7 +81,8 @@ class RetentionPlan(_Frozen):
 
     @property
     def bytes_to_free(self) -> int:
-        return sum(s.size for s in self.deleted_snapshots) + sum(g.bytes_deleted for g in self.generations)
+        deleted = sum(s.size for s in self.deleted_snapshots) + sum(g.bytes_deleted for g in self.generations)
+        return deleted + sum(self.leftovers.values())
 
     @property
     def bytes_kept(self) -> int:

@@ -6,7 +6,11 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RetentionPolicy", "format_duration", "parse_duration"]
+__all__ = ["LEFTOVER_AGE", "RetentionPolicy", "format_duration", "parse_duration"]
+
+# A leftover of an interrupted upload goes once untouched this long (and only when no live upload holds it):
+# a live upload writes its file every few seconds at the slowest.
+LEFTOVER_AGE = timedelta(hours=1)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^(?:\d+[smhdw])+$")

@@ -193,11 +193,11 @@ def spool_resync(
             )
             [written] = compared
             _same_database(tracker.identity, bytes(first), len(written.changes.digests), pages.page_count)
-            info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored)
+            info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored.size)
             info = info.model_copy(
                 update={"sha256": sealer.digest.hexdigest(), "level": sealing.level, "envelope": sealing.envelope}
             )
-            spool.add(new_entry(info), path)
+            spool.add(new_entry(info, stored.sha256), path)
     tracker.captured(sequence, written.changes)
     tracker.recorded(cursor.generation, DatabaseIdentity.from_header(bytes(first)))
     summary = ResyncSummary(
@@ -206,7 +206,7 @@ def spool_resync(
         pages=len(written.changes.digests),
         page_count=pages.page_count,
         raw_bytes=written.raw_size,
-        stored_bytes=stored,
+        stored_bytes=stored.size,
     )
     return Resynced(info, moved, summary)
 

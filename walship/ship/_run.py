@@ -1,5 +1,9 @@
 """One shipping run: hold the database, take the lease, ship for a window, drain, hand over.
 
+Storage unreachable when the window starts does not stop it: the run captures
+into the spool (which exists for outages) and tries the lease again each
+interval; nothing is written to the replica before the lease is held.
+
 The same run serves the CLI's direct mode and the Prefect flow. Its storage
 steps (lease, final drain, position, release) come from a ``ShipSteps``:
 the flow runs each as a task with the retry policy, the direct mode calls
@@ -11,6 +15,7 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +23,9 @@ from pydantic import BaseModel, Field
 
 from walship.dblock import ShipperIdentity
 from walship.envelope import check_replica_sealing
-from walship.errors import TransientStorageError
+from walship.errors import SpoolEntryDamagedError, TransientStorageError
 from walship.handover import HeldDatabase, hold_database
-from walship.lease import holder_for
+from walship.lease import acquire_lease, holder_for
 from walship.models import WalPosition
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
@@ -39,6 +44,7 @@ class ShipReport(BaseModel):
     commits_captured: int = 0
     bytes_captured: int = 0
     segments_uploaded: int = 0
+    commits_uploaded: int = 0
     bytes_uploaded: int = 0
     snapshots_uploaded: list[str] = Field(default_factory=list)
     checkpoints: int = 0
@@ -65,6 +71,7 @@ class ShipReport(BaseModel):
 
     def count_upload(self, uploaded: UploadResult) -> None:
         self.segments_uploaded += uploaded.segments
+        self.commits_uploaded += uploaded.commits
         self.bytes_uploaded += uploaded.bytes
         self.snapshots_uploaded += uploaded.snapshots
         self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
@@ -125,6 +132,8 @@ class ShippingRun:
         self._spool: Spool | None = None
         self._shipper: Shipper | None = None
         self._opened_store: ObjectStore | None = None
+        # The replica's sealing checked and its lease held: uploads may go.
+        self._connected = False
 
     def stop(self) -> None:
         """End the window early, as if its time were up: the final capture and drain still run."""
@@ -157,9 +166,11 @@ class ShippingRun:
         try:
             self._spool = Spool(self.spool_dir)
             self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
-            # Before the lease or any capture: a replica never mixes plaintext and encrypted objects.
-            check_replica_sealing(self._store(), self.config.sealing.check())
-            self.steps.acquire_lease(self.replica, self.spool_dir, self.holder)
+            self.config.sealing.check()
+            try:
+                self._connect(lambda: self.steps.acquire_lease(self.replica, self.spool_dir, self.holder))
+            except TransientStorageError as exc:
+                self._unreachable(exc)
             self._synced(self.shipper.open())
         except BaseException:
             self.close()
@@ -219,35 +230,78 @@ class ShippingRun:
             # Before the final capture: nothing is spooled behind the final drain.
             shipper.stop_tending()
 
+    def _connect(self, take_lease: Callable[[], None]) -> None:
+        """Check the replica's sealing, then take its lease: before anything is written there."""
+        # A replica never mixes plaintext and encrypted objects.
+        check_replica_sealing(self._store(), self.config.sealing)
+        take_lease()
+        self._connected = True
+
+    def _unreachable(self, exc: TransientStorageError) -> None:
+        """Storage is down: capture goes on into the durable spool; uploads try again next interval."""
+        self.report.upload_failures += 1
+        self.observer.upload_failed(len(self._spool.pending()) if self._spool else 0, exc)
+
     def _upload(self, spool: Spool, store: ObjectStore) -> None:
         """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside)."""
         if not (pending := spool.pending()):
             return
         try:
+            if not self._connected:
+                self._connect(lambda: spool.save_lease(acquire_lease(store, self.holder)))
             uploaded = upload_pending(store, spool, holder=self.holder, level=self.config.level)
         except TransientStorageError as exc:
-            # Storage is down: keep capturing into the durable spool and try again next interval.
-            self.report.upload_failures += 1
-            self.observer.upload_failed(len(spool.pending()), exc)
+            self._unreachable(exc)
+        except SpoolEntryDamagedError:
+            self._new_generation_after_damage()
+            raise
         else:
             self.report.count_upload(uploaded)
             self.observer.uploaded(pending, uploaded)
 
+    def _new_generation_after_damage(self) -> None:
+        """A damaged entry abandoned the spool's generation (``upload_pending``): begin the next one now, so
+        that nothing more is captured into the abandoned one."""
+        shipper = self.shipper
+        shipper.stop_tending()
+        # What the tending thread captured into it meanwhile goes too (before the new cursor ends the abandonment).
+        shipper.spool.drop_abandoned()
+        if shipper.spool.load_cursor() is None:
+            self._synced(shipper.start_generation(shipper.spool.no_cursor_reason or "a spool entry was damaged"))
+
     def _finish(self, spool: Spool) -> None:
         """The final drain with the full retry policy, the position, and the lease let go."""
+        if not self._connected:
+            try:
+                self._connect(lambda: self.steps.acquire_lease(self.replica, self.spool_dir, self.holder))
+            except TransientStorageError as exc:
+                self.report.pending_at_end = len(spool.pending())
+                if self.report.pending_at_end:
+                    raise self._still_spooled() from exc
+                raise
         if pending := spool.pending():
-            drained = self.steps.drain(self.replica, self.spool_dir, self.holder, self.config.level)
+            try:
+                drained = self.steps.drain(self.replica, self.spool_dir, self.holder, self.config.level)
+            except SpoolEntryDamagedError:
+                self._new_generation_after_damage()
+                raise
             self.report.count_upload(drained)
             self.observer.uploaded(pending, drained)
         self.report.pending_at_end = len(spool.pending())
         if self.report.position is not None:
             self.steps.record_position(self.replica, self.report.position)
         if self.report.pending_at_end:
-            raise TransientStorageError(
-                f"{self.report.pending_at_end} entries are still spooled in {self.spool_dir}: storage is "
-                "unreachable; they upload when the next run reaches it"
-            )
+            raise self._still_spooled()
+        if self.report.position is None and self.shipper.cursor is not None:
+            # Nothing uploaded and nothing left: the replica holds what the cursor does.
+            self.report.position = self.shipper.cursor.position
         self.steps.release_lease(self.replica, self.spool_dir)
+
+    def _still_spooled(self) -> TransientStorageError:
+        return TransientStorageError(
+            f"{self.report.pending_at_end} entries are still spooled in {self.spool_dir}: storage is "
+            "unreachable; they upload when the next run reaches it"
+        )
 
     def _synced(self, result: SyncResult) -> None:
         self.report.count_sync(result)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from walship.envelope import Sealing, SegmentSealer
 from walship.errors import ContinuityLostError
@@ -152,7 +152,7 @@ def capture_segment(
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
         sealed, stored = seal_file(data, sealing, size, copy)
         info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
-        spool.add(new_entry(_stored(info, stored, sealing)), data)
+        spool.add(new_entry(_stored(info, stored.size, sealing), stored.sha256), data)
     return Captured(info, moved, found.scan.budget_reached, digester.changes())
 
 
@@ -177,7 +177,7 @@ def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> PageChanges:
     what it does to the pages (digested here, after writers went on)."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
         _, stored = seal_file(path, sealing, len(tail.data), lambda write: write(tail.data))
-        spool.add(new_entry(_stored(tail.segment, stored, sealing)), path)
+        spool.add(new_entry(_stored(tail.segment, stored.size, sealing), stored.sha256), path)
     digester = FrameDigester(tail.segment.page_size)
     digester.feed(tail.data)
     return digester.changes()
@@ -187,13 +187,32 @@ def _stored(info: SegmentInfo, stored: int, sealing: Sealing) -> SegmentInfo:
     return info.model_copy(update={"compressed_size": stored, "level": sealing.level, "envelope": sealing.envelope})
 
 
+class Stored(NamedTuple):
+    """A sealed file as written: its size and SHA-256 (the spool checks it before the upload)."""
+
+    size: int
+    sha256: str
+
+
+class _HashingFile:
+    """A file that hashes what is written to it (the sealed bytes, as they reach the disk)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out, self.digest = out, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+
 def seal_file(
     path: Path, sealing: Sealing, size: int, fill: Callable[[Callable[[bytes], int]], object]
-) -> tuple[SegmentSealer, int]:
+) -> tuple[SegmentSealer, Stored]:
     """Write the ``size`` raw bytes ``fill`` hands its writer into ``path``, sealed and fsynced;
-    the sealer (the raw bytes' SHA-256 and count) and the bytes stored."""
+    the sealer (the raw bytes' SHA-256 and count) and what was stored."""
     with path.open("wb") as out:
-        sealed = SegmentSealer(out, sealing, size)
+        hashing = _HashingFile(out)
+        sealed = SegmentSealer(cast(BinaryIO, hashing), sealing, size)
         try:
             fill(sealed.write)
             sealed.finish()
@@ -202,4 +221,4 @@ def seal_file(
             raise
         out.flush()
         os.fsync(out.fileno())
-        return sealed, out.tell()
+        return sealed, Stored(out.tell(), hashing.digest.hexdigest())

@@ -83,7 +83,7 @@ class Shipper:
                 self._guard.guarded = self.capture.pin_now(covered_by(cursor)) and self._guard.guarded
             try:
                 if cursor is None:
-                    raise ContinuityLostError("no earlier capture of this database")
+                    raise ContinuityLostError(self.spool.no_cursor_reason or "no earlier capture of this database")
                 check_resume(cursor, self.capture, guarded=self._guard.guarded)
                 self.cursor = cursor
                 # Commits made while no shipper ran belong to the next segment.

@@ -8,7 +8,7 @@ need not pay.
 from typing import TYPE_CHECKING, Any
 
 from walship.storage._credentials import StorageCredentials
-from walship.storage._local import LocalStore
+from walship.storage._local import Leftover, LocalStore
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ObjectStore, ReadStream
 from walship.storage._url import ReplicaURL, parse_replica_url
 
@@ -17,12 +17,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DELETE_BATCH_LIMIT",
+    "Leftover",
     "LocalStore",
     "ObjectStore",
     "ReadStream",
     "ReplicaURL",
     "S3Store",
     "StorageCredentials",
+    "leftovers_of",
     "open_store",
     "parse_replica_url",
 ]
@@ -38,6 +40,11 @@ def open_store(url: str | ReplicaURL, credentials: StorageCredentials | None = N
     from walship.storage._s3 import S3Store  # noqa: PLC0415 - see the module docstring
 
     return S3Store(replica.bucket, replica.prefix, endpoint=replica.endpoint, credentials=credentials)
+
+
+def leftovers_of(store: ObjectStore) -> tuple[Leftover, ...]:
+    """What interrupted uploads left behind in ``store`` (``file://`` only)."""
+    return store.leftovers() if isinstance(store, LocalStore) else ()
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,10 @@ then renamed into place, so a reader never sees half an object. User
 metadata lives in a sidecar under ``.meta/`` and the ETag is the MD5 of the
 content, as S3 computes it for single-part objects. A file without a sidecar
 is an object without metadata, as S3 would hold it.
+
+A writer holds an flock on its temporary file while it writes, so the file
+of an upload that was killed (``leftovers``) can be told from one a live
+upload still writes, and only the former is ever removed.
 """
 
 import contextlib
@@ -15,8 +19,11 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+
+from pydantic import BaseModel
 
 from walship._fs import fsync_dir
 from walship.codec import CHUNK_SIZE
@@ -24,11 +31,20 @@ from walship.errors import ConflictError, CorruptObjectError, NotFoundError, Per
 from walship.models import ObjectInfo
 from walship.storage._protocol import ReadStream
 
-__all__ = ["LocalStore"]
+__all__ = ["Leftover", "LocalStore"]
 
 _META_DIR = ".meta"
 _TMP_DIR = ".tmp"
 _LOCK_FILE = ".lock"
+
+
+class Leftover(BaseModel):
+    """A temporary file in ``.tmp`` that no rename will ever turn into an object, unless a live upload holds it."""
+
+    key: str  # ".tmp/<name>"
+    size: int
+    modified: datetime
+    in_use: bool  # a live upload holds it (its flock)
 
 
 class LocalStore:
@@ -138,6 +154,44 @@ class LocalStore:
         if failed:
             raise PermanentStorageError(f"file: delete: {len(failed)} of {len(keys)} not deleted (first {failed[0]})")
 
+    def leftovers(self) -> tuple[Leftover, ...]:
+        """The files in ``.tmp``: those not ``in_use`` were left by uploads that were killed."""
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root / _TMP_DIR):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat(follow_symlinks=False)
+                    found.append(
+                        Leftover(
+                            key=f"{_TMP_DIR}/{entry.name}",
+                            size=stat.st_size,
+                            modified=datetime.fromtimestamp(stat.st_mtime, UTC),
+                            in_use=_in_use(Path(entry.path)),
+                        )
+                    )
+        return tuple(sorted(found, key=lambda leftover: leftover.key))
+
+    def remove_leftovers(self, keys: Sequence[str]) -> tuple[str, ...]:
+        """Remove the named ``.tmp`` files that no live upload holds; the keys removed."""
+        removed = []
+        for key in keys:
+            name = key.removeprefix(f"{_TMP_DIR}/")
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"not a leftover: {key!r}")
+            path = self.root / _TMP_DIR / name
+            try:
+                with path.open("rb") as held:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+            except BlockingIOError:
+                continue  # a live upload writes it
+            except OSError as exc:
+                raise PermanentStorageError(f"file: remove leftover {key}: {exc}") from exc
+            removed.append(key)
+        return tuple(removed)
+
     def _walk(self, directory: Path) -> Iterator[Path]:
         for entry in os.scandir(directory):
             if entry.is_dir(follow_symlinks=False):
@@ -160,6 +214,7 @@ class LocalStore:
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when it closes: see ``leftovers``
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
                     digest.update(chunk)
@@ -234,8 +289,20 @@ def _check_key(key: str) -> None:
 
 def _atomic_write_text(path: Path, text: str, tmp_dir: Path) -> None:
     fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="meta-")
+    fcntl.flock(fd, fcntl.LOCK_EX)
     with os.fdopen(fd, "w") as out:
         out.write(text)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp_name, path)
+
+
+def _in_use(path: Path) -> bool:
+    try:
+        with path.open("rb") as probe:
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
