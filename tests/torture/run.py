@@ -1,6 +1,7 @@
 """One torture run: writers, a shipper, the plan's faults; then ``Checks`` on what the replica holds."""
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -177,12 +178,27 @@ class TortureRun:
         self.finish()
 
     def finish(self) -> None:
-        """Writers stop; the running shipper captures what they left, then ends cleanly."""
+        """Writers stop; the running shipper captures what they left, then ends cleanly.
+
+        It must hold the database first: a shipper still starting up when the
+        signal comes dies by it, having acknowledged nothing.
+        """
         self.stop_writers()
         self.note("writers stopped")
+        self.wait_until_holding(self.shipper)
         time.sleep(self.plan.interval * 2 + 0.5)
         code = self.shipper.end(signal.SIGTERM)
         self.note(f"shipper {self.shipper.number} SIGTERM: exit {code}")
+
+    def wait_until_holding(self, shipper: Shipper, timeout: float = 120) -> None:
+        """Until the database's lock names ``shipper``'s process (or it ended)."""
+        lock = self.database.with_name(f"{self.database.name}-walship.lock")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and shipper.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(lock.read_text()).get("pid") == shipper.process.pid:
+                    return
+            time.sleep(0.05)
 
     def _apply(self, event: Event) -> None:
         kind = event.kind
