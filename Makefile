@@ -35,11 +35,13 @@ test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 # Seeded torture runs (tests/torture/): random seeds for SECONDS in all (default 600), or one SEED
-# replayed; LENGTH is each schedule's length in seconds. Failing seeds are printed with their replay.
+# replayed; LENGTH is each schedule's length in seconds, VERSION the schedule's (default: the newest).
+# Failing seeds are printed with their replay.
 SECONDS ?= 600
 LENGTH ?= 12
 torture: $(STAMP)
-	$(PY) -m tests.torture --length $(LENGTH) $(if $(SEED),--seed $(SEED),--for $(SECONDS))
+	$(PY) -m tests.torture --length $(LENGTH) $(if $(VERSION),--version $(VERSION)) \
+		$(if $(SEED),--seed $(SEED),--for $(SECONDS))
 
 # A Prefect server on 127.0.0.1:$PREFECT_SERVER_API_PORT (default 4200; state in $PREFECT_HOME, default
 # build/prefect) serving prefect.yaml's deployments; `make stop` ends both. Site values come from

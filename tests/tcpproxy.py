@@ -2,7 +2,8 @@
 
 ``stop()`` closes the listener and resets every live connection, so clients
 see refused and reset connections, as in a real outage; ``restart()`` listens
-again on the same port. Each connection has one thread that owns both of its
+again on the same port. ``stall()`` holds every byte until ``resume()``, as
+a storage that hangs. Each connection has one thread that owns both of its
 sockets, so no socket is ever closed under another thread's feet.
 """
 
@@ -28,6 +29,8 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = port
         self._stopping = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
 
@@ -52,6 +55,13 @@ class TcpProxy:
             threads, self._threads = self._threads, []
         for thread in threads:
             thread.join(timeout=10)
+
+    def stall(self) -> None:
+        """Stop passing bytes on, connections left open: a storage that hangs instead of refusing."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def restart(self) -> None:
         self.stop()
@@ -83,6 +93,8 @@ class TcpProxy:
         open_reads = {client, upstream}
         try:
             while open_reads and not stopping.is_set():
+                if not self._flowing.wait(_POLL_SECONDS):
+                    continue
                 readable, _, _ = select.select(list(open_reads), [], [], _POLL_SECONDS)
                 for sock in readable:
                     data = sock.recv(65536)

@@ -16,4 +16,4 @@ def test_torture_seed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
 
 @pytest.mark.parametrize("seed", sorted(FAILED)[1::2])
 def test_seed_that_failed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
-    run_seed(seed, tmp_path, moto_server, FAILED[seed][0])
+    run_seed(seed, tmp_path, moto_server, FAILED[seed].seconds, FAILED[seed].version)

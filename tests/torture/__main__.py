@@ -16,12 +16,14 @@ from pathlib import Path
 from tests.s3servers import MotoS3
 from tests.torture.checks import check
 from tests.torture.run import TortureRun
-from tests.torture.schedule import plan
+from tests.torture.schedule import KINDS, VERSION, plan
 
 
-def torture(seed: int, seconds: float, workdir: Path, moto: MotoS3 | None) -> tuple[TortureRun, list[str]]:
+def torture(
+    seed: int, seconds: float, workdir: Path, moto: MotoS3 | None, version: int = VERSION
+) -> tuple[TortureRun, list[str]]:
     """Run one seed in ``workdir`` and check it; the failures (empty when it held)."""
-    run = TortureRun(plan(seed, seconds), seconds, workdir, moto)
+    run = TortureRun(plan(seed, seconds, version), seconds, workdir, moto)
     with run.storage():
         try:
             run.run()
@@ -34,7 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.torture")
     parser.add_argument("--seed", type=int, help="one seed (default: random seeds)")
     parser.add_argument("--length", type=float, default=12.0, help="each schedule's length in seconds")
+    parser.add_argument("--version", type=int, choices=sorted(KINDS), default=VERSION, help="schedule version")
     parser.add_argument("--for", dest="total", type=float, default=0.0, help="run seeds for this many seconds")
+    parser.add_argument("--verbose", action="store_true", help="print what happened in every seed")
     parser.add_argument("--dir", type=Path, default=None, help="where runs are kept (default: a temporary dir)")
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="walship-torture-"))
@@ -47,7 +51,7 @@ def main() -> int:
         while True:
             seed = seeds.pop() if seeds else random.SystemRandom().randrange(1, 10**6)
             started = time.monotonic()
-            run, failures = torture(seed, args.length, root / f"seed-{seed}", moto)
+            run, failures = torture(seed, args.length, root / f"seed-{seed}", moto, args.version)
             ran += 1
             took = time.monotonic() - started
             if failures:
@@ -58,9 +62,11 @@ def main() -> int:
                     print(f"  {line}", flush=True)
                 for failure in failures:
                     print(f"  {failure}", flush=True)
-                print(f"  replay: make torture SEED={seed} LENGTH={args.length:g}", flush=True)
+                print(f"  replay: make torture SEED={seed} LENGTH={args.length:g} VERSION={args.version}", flush=True)
             else:
                 print(f"seed {seed}: ok in {took:.0f} s ({len(run.happened)} events)", flush=True)
+                for line in run.happened if args.verbose else []:
+                    print(f"  {line}", flush=True)
                 shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
             if args.seed is not None or time.monotonic() >= deadline:
                 break

@@ -81,6 +81,8 @@ class _Checks:
             expected = {"SIGKILL": {-9}, "SIGTERM": {0}}.get(shipper.signal or "", {None})
             if shipper.signal == "SIGTERM" and not shipper.output.strip():
                 expected = {0, -signal.SIGTERM}  # ended by the signal's default before the CLI began to run
+            if any(name in shipper.output for name in self.run.damaged):
+                expected = {1, *expected}  # it found the damaged entry and stopped, saying so
             if code not in expected:
                 tail = " | ".join(shipper.output.strip().splitlines()[-3:])
                 self.failures.append(

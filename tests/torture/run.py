@@ -66,6 +66,7 @@ class TortureRun:
         self.shippers: list[Shipper] = []
         self.writers: dict[int, subprocess.Popen[bytes]] = {}
         self.happened: list[str] = []
+        self.damaged: list[str] = []  # spooled entries the run damaged: a shipper must stop, naming one
         self.started = 0.0
         self._moto = moto
         self._proxy: TcpProxy | None = None
@@ -171,11 +172,15 @@ class TortureRun:
             time.sleep(max(0.0, self.started + event.at - time.time()))
             self.note(f"{event.kind} {event.detail} gap {event.gap}".replace("  ", " "))
             self._apply(event)
-            if self.shipper.process.poll() is not None:
-                self.note(f"shipper {self.shipper.number} ended on its own: {self.shipper.wait()}")
-                self.start_shipper()
+            self._restart_if_ended()
         time.sleep(max(0.0, self.started + self.seconds - time.time()))
         self.finish()
+
+    def _restart_if_ended(self) -> None:
+        """A shipper that stopped on its own (it must say why: see checks) is followed by the next one."""
+        if self.shipper.process.poll() is not None:
+            self.note(f"shipper {self.shipper.number} ended on its own: {self.shipper.wait()}")
+            self.start_shipper()
 
     def finish(self) -> None:
         """Writers stop; the running shipper captures what they left, then ends cleanly.
@@ -185,6 +190,7 @@ class TortureRun:
         """
         self.stop_writers()
         self.note("writers stopped")
+        self._restart_if_ended()
         self.wait_until_holding(self.shipper)
         time.sleep(self.plan.interval * 2 + 0.5)
         code = self.shipper.end(signal.SIGTERM)
@@ -227,10 +233,38 @@ class TortureRun:
             self._proxy.stop()
             time.sleep(event.gap + 0.5)
             self._proxy.start()
+        elif kind == "stall":
+            assert self._proxy is not None
+            self._proxy.stall()
+            time.sleep(event.gap + 0.5)
+            self._proxy.resume()
+        elif kind == "damage":
+            self._damage_a_spooled_entry(event)
         elif kind in {"replace", "page-size"}:
             self._maintenance(event)
         else:
             raise AssertionError(f"unknown event {kind}")
+
+    def _damage_a_spooled_entry(self, event: Event) -> None:
+        """Storage down, a byte of a spooled WAL segment flipped, storage back: that entry must never go up."""
+        assert self._proxy is not None
+        self._proxy.stop()
+        pending = self.database.with_name(f"{self.database.name}-walship") / "pending"
+        deadline = time.monotonic() + event.gap + 3
+        entry = None
+        while entry is None and time.monotonic() < deadline:
+            entry = next(iter(sorted(pending.glob("*/*.wal.zst"))), None)
+            time.sleep(0.05)
+        if entry is not None:
+            with contextlib.suppress(FileNotFoundError), entry.open("r+b") as damaged:
+                size = damaged.seek(0, os.SEEK_END)
+                damaged.seek(size // 2)
+                byte = damaged.read(1)
+                damaged.seek(size // 2)
+                damaged.write(bytes([byte[0] ^ 0x40]))
+            self.damaged.append(entry.name)
+            self.note(f"damaged {entry.name} in the spool")
+        self._proxy.start()
 
     def _maintenance(self, event: Event) -> None:
         """Nothing holds the database: the file replaced by a copy, or its page size changed."""

@@ -3,14 +3,15 @@
 import random
 from typing import NamedTuple
 
-__all__ = ["CHECKPOINT_MODES", "Event", "Plan", "plan"]
+__all__ = ["CHECKPOINT_MODES", "KINDS", "VERSION", "Event", "Plan", "plan"]
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 
 # Each kind with its weight. ``gap`` stops the shipper cleanly and starts the next one later;
 # ``quiet`` is the application closing its last connection (writers stop cleanly, then start again);
-# ``replace`` and ``page-size`` happen while nothing holds the database (a maintenance window).
-_KINDS = {
+# ``replace`` and ``page-size`` happen while nothing holds the database (a maintenance window);
+# ``damage`` flips a byte of a spooled entry while storage is down, which must stop the shipper loudly.
+_KINDS_V1 = {
     "kill": 3,
     "term": 2,
     "gap": 3,
@@ -22,6 +23,13 @@ _KINDS = {
     "replace": 1,
     "page-size": 1,
 }
+# Each version adds kinds; a seed replays the schedule of the version it was drawn with.
+KINDS = {1: _KINDS_V1, 2: {**_KINDS_V1, "stall": 1, "damage": 1}}
+VERSION = max(KINDS)
+
+
+# Faults of the storage, through the proxy in front of moto.
+_STORAGE_FAULTS = {"outage", "stall", "damage"}
 
 
 class Event(NamedTuple):
@@ -40,11 +48,12 @@ class Plan(NamedTuple):
     timestamps: tuple[float, ...]  # extra point-in-time restores, as fractions of the run
 
 
-def plan(seed: int, seconds: float) -> Plan:
+def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
     rng = random.Random(seed)
     backend = rng.choice(("local", "moto"))
-    kinds = [k for k in _KINDS if backend == "moto" or k != "outage"]
-    weights = [_KINDS[k] for k in kinds]
+    table = KINDS[version]
+    kinds = [k for k in table if backend == "moto" or k not in _STORAGE_FAULTS]
+    weights = [table[k] for k in kinds]
     events: list[Event] = []
     at = rng.uniform(0.8, 2.0)
     while at < seconds - 1.0:

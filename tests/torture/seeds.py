@@ -3,16 +3,25 @@
 Seeds that failed are kept here for good, whatever fixed them.
 """
 
+from typing import NamedTuple
+
 SECONDS = 8.0  # each schedule's length in ``make test``
 
 # A spread of schedules: both backends, every kind of event.
 SPREAD = tuple(range(1, 21))
 
-# seed: (the schedule's length in seconds, what it found). Replayed at that length.
-FAILED: dict[int, tuple[float, str]] = {
-    756056: (10.0, "41 acknowledged commits missing: a resync closed a descriptor of the database"),
-    1213: (10.0, "1,481 acknowledged commits missing: the same"),
-    285668: (10.0, "219 acknowledged commits missing: the same"),
-    812733: (10.0, "a shipper's unexpected error, the WAL index not describing the WAL: the same lost locks"),
-    437443: (10.0, "11 acknowledged commits missing: the same"),
+
+class Failed(NamedTuple):
+    seconds: float  # the schedule's length
+    version: int  # the schedule's version (tests/torture/schedule.py)
+    found: str
+
+
+# Replayed at their own length and version.
+FAILED: dict[int, Failed] = {
+    756056: Failed(10.0, 1, "41 acknowledged commits missing: a resync closed a descriptor of the database"),
+    1213: Failed(10.0, 1, "1,481 acknowledged commits missing: the same"),
+    285668: Failed(10.0, 1, "219 acknowledged commits missing: the same"),
+    812733: Failed(10.0, 1, "a shipper's unexpected error, the WAL index not describing the WAL: the same lost locks"),
+    437443: Failed(10.0, 1, "11 acknowledged commits missing: the same"),
 }
