@@ -55,9 +55,23 @@ ROWS = [
     Row("snapshot", "success", lambda s: ["snapshot", str(s.database), "--replica", s.fresh], 0, ""),
     Row("snapshot", "failure", lambda s: ["snapshot", str(s.database), "--replica", s.no_bucket], 1, "bucket"),
     Row("snapshot", "usage", lambda s: ["snapshot", str(s.work / "nope.db"), "--replica", s.fresh], 2, "nope.db"),
+    Row(
+        "snapshot",
+        "replica-under-a-file",
+        lambda s: ["snapshot", str(s.database), "--replica", f"file://{s.database}/replica"],
+        2,
+        "cannot be a directory",
+    ),
     Row("ship", "success", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--once"], 0, ""),
     Row("ship", "failure", lambda s: ["ship", str(s.database), "--replica", s.no_bucket, "--once"], 1, "bucket"),
     Row("ship", "usage", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--interval", "0"], 2, "--interval"),
+    Row(
+        "ship",
+        "replica-under-a-file",
+        lambda s: ["ship", str(s.database), "--replica", f"file://{s.database}/replica", "--once"],
+        2,
+        "cannot be a directory",
+    ),
     Row("restore", "success", lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db")], 0, ""),
     Row(
         "restore",
