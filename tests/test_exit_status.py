@@ -120,6 +120,13 @@ ROWS = [
         "1 of 1 databases failed",
     ),
     Row(
+        "ship-many",
+        "replica-is-the-database",
+        lambda s: ["ship-many", str(s.database), "--replica", f"file://{s.work}/{{name}}", "--once"],
+        2,
+        "cannot be the database file",
+    ),
+    Row(
         "ship-many", "usage", lambda s: ["ship-many", str(s.work / "none-*.db"), "--replica", s.fresh], 2, "no database"
     ),
 ]
