@@ -87,6 +87,13 @@ ROWS = [
         2,
         "--timestamp",
     ),
+    Row(
+        "restore",
+        "no-replica",
+        lambda s: ["restore", "--replica", f"file://{s.work}/no/such/dir", "--output", str(s.work / "r.db")],
+        1,
+        "no replica",
+    ),
     Row("status", "success", lambda s: ["status", "--replica", s.good], 0, ""),
     Row("status", "failure", lambda s: ["status", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
     Row("status", "usage", lambda s: ["status", "--replica", "ftp://host/x"], 2, "replica URL"),
@@ -104,6 +111,13 @@ ROWS = [
     ),
     Row("retention", "success", lambda s: ["retention", "--replica", s.good, "--keep-last", "5", "--dry-run"], 0, ""),
     Row("retention", "failure", lambda s: ["retention", "--replica", s.no_bucket, "--keep-last", "5"], 1, "bucket"),
+    Row(
+        "retention",
+        "no-replica",
+        lambda s: ["retention", "--replica", f"file://{s.work}/no/such/dir", "--keep-last", "5"],
+        1,
+        "no replica",
+    ),
     Row("retention", "usage", lambda s: ["retention", "--replica", s.good, "--keep-last", "-1"], 2, "--keep-last"),
     Row(
         "ship-many",
@@ -223,8 +237,13 @@ def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str
 
 @pytest.mark.parametrize(
     ("command", "error"),
-    [(["status"], "no replica"), (["verify"], "no replica"), (["restore", "--output"], "no snapshot")],
-    ids=["status", "verify", "restore"],
+    [
+        (["status"], "no replica"),
+        (["verify"], "no replica"),
+        (["restore", "--output"], "no replica"),
+        (["retention", "--keep-last", "1"], "no replica"),
+    ],
+    ids=["status", "verify", "restore", "retention"],
 )
 def test_read_only_commands_create_nothing_where_no_replica_is(command: list[str], error: str, tmp_path: Path) -> None:
     """A directory that holds no replica (here, someone's notes) is left exactly as it was."""
