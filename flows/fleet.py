@@ -1,6 +1,6 @@
 """Fleet shipping: one flow run ships every database the patterns match, for one window.
 
-The databases are shipped by the core (``walship.fleet.FleetShipping``) in
+The databases are shipped by the core (``walship.fleet.ship_fleet``) in
 the flow's own process, from its body: no child flow run, no task run per
 database or per upload. So a thousand databases cost one flow run and one
 table artifact per window, and shipping needs nothing from the Prefect API:
@@ -30,18 +30,8 @@ from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, titled
 from flows._report import artifact_key, run_name
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.errors import IncompleteError
-from walship.fleet import (
-    FleetEvent,
-    FleetReport,
-    FleetShipping,
-    RetryingSteps,
-    RowState,
-    SharedStores,
-    plan_fleet,
-)
+from walship.fleet import FleetEvent, FleetReport, RetryingSteps, RowState, SharedStores, plan_fleet, ship_fleet
 from walship.models import RetryPolicy
-from walship.ship import ShipConfig
 
 __all__ = ["ship_fleet_flow"]
 
@@ -88,41 +78,39 @@ def ship_fleet_flow(
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         retry: How storage steps retry transient errors (attempts, backoff, jitter).
 
-    Fails, after every database finished, if any failed."""
+    Fails (``FleetFailedError``, with the report), after every database finished, if any failed."""
     logger = get_run_logger()
     members, unmatched = plan_fleet(databases, replica)
     for pattern in unmatched:
         logger.warning("%r matched no database file", pattern)
     events = _Events(str(flow_run.get_id() or ""))
     stores = SharedStores(block_credentials(credentials_block))
-    fleet = FleetShipping(
+
+    def publish(report: FleetReport) -> None:
+        # Shipping is done whatever the API did; what is left needs the API.
+        if not events.close(api_wait):
+            logger.error("the Prefect API did not answer within %.0f s: %d events are lost", api_wait, events.backlog)
+        _publish(replica, report)
+        # Once per window, busy or idle: what a "fleet shipping stopped" automation watches (docs/AUTOMATIONS.md).
+        counts = {state.value: sum(r.state == state for r in report.rows) for state in RowState}
+        emit("walship.fleet.completed", "fleet", replica, {"databases": len(report.rows), **counts})
+        logger.info("%s", report.summary())
+
+    return ship_fleet(
         members,
-        lambda m: ShipConfig(
-            database_id=m.database.name,
-            level=level,
-            snapshot_seconds=snapshot_interval,
-            recipients=tuple(age_recipients),
-        ),
         RetryingSteps(retry, stores),
         stores=stores,
+        duration=duration,
         interval=interval,
+        once=once,
+        level=level,
+        snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        recipients=tuple(age_recipients),
         notify=events.notify,
+        stopping=_sigterm_ends_window,
+        publish=publish,
     )
-    with _sigterm_ends_window(fleet.stop):
-        report = fleet.run(duration=duration, once=once)
-    # Shipping is done whatever the API did; what is left needs the API.
-    if not events.close(api_wait):
-        logger.error("the Prefect API did not answer within %.0f s: %d events are lost", api_wait, events.backlog)
-    _publish(replica, report)
-    # Once per window, busy or idle: what a "fleet shipping stopped" automation watches (docs/AUTOMATIONS.md).
-    counts = {state.value: sum(r.state == state for r in report.rows) for state in RowState}
-    emit("walship.fleet.completed", "fleet", replica, {"databases": len(report.rows), **counts})
-    logger.info("%s", report.summary())
-    if failed := report.failed:
-        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise IncompleteError(f"{len(failed)} of {len(report.rows)} databases failed ({names}): see the table")
-    return report
 
 
 @contextlib.contextmanager

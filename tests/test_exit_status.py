@@ -55,9 +55,23 @@ ROWS = [
     Row("snapshot", "success", lambda s: ["snapshot", str(s.database), "--replica", s.fresh], 0, ""),
     Row("snapshot", "failure", lambda s: ["snapshot", str(s.database), "--replica", s.no_bucket], 1, "bucket"),
     Row("snapshot", "usage", lambda s: ["snapshot", str(s.work / "nope.db"), "--replica", s.fresh], 2, "nope.db"),
+    Row(
+        "snapshot",
+        "replica-under-a-file",
+        lambda s: ["snapshot", str(s.database), "--replica", f"file://{s.database}/replica"],
+        2,
+        "cannot be a directory",
+    ),
     Row("ship", "success", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--once"], 0, ""),
     Row("ship", "failure", lambda s: ["ship", str(s.database), "--replica", s.no_bucket, "--once"], 1, "bucket"),
     Row("ship", "usage", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--interval", "0"], 2, "--interval"),
+    Row(
+        "ship",
+        "replica-under-a-file",
+        lambda s: ["ship", str(s.database), "--replica", f"file://{s.database}/replica", "--once"],
+        2,
+        "cannot be a directory",
+    ),
     Row("restore", "success", lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db")], 0, ""),
     Row(
         "restore",
@@ -72,6 +86,13 @@ ROWS = [
         lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db"), "--timestamp", "soon"],
         2,
         "--timestamp",
+    ),
+    Row(
+        "restore",
+        "no-replica",
+        lambda s: ["restore", "--replica", f"file://{s.work}/no/such/dir", "--output", str(s.work / "r.db")],
+        1,
+        "no replica",
     ),
     Row("status", "success", lambda s: ["status", "--replica", s.good], 0, ""),
     Row("status", "failure", lambda s: ["status", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
@@ -90,6 +111,13 @@ ROWS = [
     ),
     Row("retention", "success", lambda s: ["retention", "--replica", s.good, "--keep-last", "5", "--dry-run"], 0, ""),
     Row("retention", "failure", lambda s: ["retention", "--replica", s.no_bucket, "--keep-last", "5"], 1, "bucket"),
+    Row(
+        "retention",
+        "no-replica",
+        lambda s: ["retention", "--replica", f"file://{s.work}/no/such/dir", "--keep-last", "5"],
+        1,
+        "no replica",
+    ),
     Row("retention", "usage", lambda s: ["retention", "--replica", s.good, "--keep-last", "-1"], 2, "--keep-last"),
     Row(
         "ship-many",
@@ -104,6 +132,13 @@ ROWS = [
         lambda s: ["ship-many", str(s.database), "--replica", s.no_bucket.replace("/app?", "/{name}?"), "--once"],
         1,
         "1 of 1 databases failed",
+    ),
+    Row(
+        "ship-many",
+        "replica-is-the-database",
+        lambda s: ["ship-many", str(s.database), "--replica", f"file://{s.work}/{{name}}", "--once"],
+        2,
+        "cannot be the database file",
     ),
     Row(
         "ship-many", "usage", lambda s: ["ship-many", str(s.work / "none-*.db"), "--replica", s.fresh], 2, "no database"
@@ -202,8 +237,13 @@ def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str
 
 @pytest.mark.parametrize(
     ("command", "error"),
-    [(["status"], "no replica"), (["verify"], "no replica"), (["restore", "--output"], "no snapshot")],
-    ids=["status", "verify", "restore"],
+    [
+        (["status"], "no replica"),
+        (["verify"], "no replica"),
+        (["restore", "--output"], "no replica"),
+        (["retention", "--keep-last", "1"], "no replica"),
+    ],
+    ids=["status", "verify", "restore", "retention"],
 )
 def test_read_only_commands_create_nothing_where_no_replica_is(command: list[str], error: str, tmp_path: Path) -> None:
     """A directory that holds no replica (here, someone's notes) is left exactly as it was."""

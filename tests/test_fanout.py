@@ -69,6 +69,15 @@ class TestPlanFleet:
         with pytest.raises(UsageError, match="replica URL"):
             replica_for("ftp://host/r", Path("/db/app.db"))
 
+    def test_a_replica_that_would_be_the_database_file_is_refused(self, tmp_path: Path) -> None:
+        """The databases' own directory as a base, or a template naming the file itself or a path under it."""
+        database = tmp_path / "app.db"
+        for replica in (f"file://{tmp_path}", f"file://{tmp_path}/{{name}}", f"file://{tmp_path}/{{name}}/wal"):
+            with pytest.raises(UsageError, match="cannot be the database file"):
+                plan_fleet([str(database)], replica)
+        [member], _ = plan_fleet([str(database)], f"file://{tmp_path}/{{name}}-replica")
+        assert member.replica == f"file://{tmp_path}/app.db-replica"
+
 
 @pytest.mark.usefixtures("prefect_api")
 class TestSnapshotMany:

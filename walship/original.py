@@ -24,6 +24,7 @@ from typing import BinaryIO, Literal, cast
 import zstandard
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from walship.catalog import require_replica
 from walship.codec import Readable, decompress_stream
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.layout import METADATA_KEY, parse_original_snapshot_key, parse_original_wal_key
@@ -231,6 +232,7 @@ def restore_original(
     started = time.monotonic()
     output = check_output(output, force=force)
     listing = list(store.list())
+    require_replica(store, listing)  # nothing at all is a wrong URL, not a replica without snapshots
     chosen = select_original(original_snapshots(listing), key=key, before=before)
     _, metadata = read_original_metadata(store)
     database_id = metadata.db_identifier if metadata is not None else None

@@ -18,7 +18,7 @@ from types import FrameType
 from walship import index, snapshot
 from walship.catalog import read_snapshot_info
 from walship.envelope import Keyring
-from walship.fleet import FleetMember, FleetReport, FleetShipping, RetryingSteps, SharedStores
+from walship.fleet import FleetMember, FleetReport, RetryingSteps, SharedStores, ship_fleet
 from walship.generations import choose_start, describe_replica
 from walship.layout import parse_snapshot_key
 from walship.memory import one_arena
@@ -198,19 +198,20 @@ def ship_many(
 ) -> FleetReport:
     one_arena()
     stores = SharedStores()
-    fleet = FleetShipping(
+    return ship_fleet(
         members,
-        lambda m: ShipConfig(
-            database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval, recipients=recipients
-        ),
         RetryingSteps(_POLICY, stores),
         stores=stores,
+        duration=duration,
         interval=interval,
+        once=once,
+        level=level,
+        snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        recipients=recipients,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
+        stopping=_stopping,
     )
-    with _stopping(fleet.stop):
-        return fleet.run(duration=duration, once=once)
 
 
 @contextlib.contextmanager

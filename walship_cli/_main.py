@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from walship import codec, envelope
-from walship.errors import IncompleteError, UsageError, WalshipError
-from walship.fleet import plan_fleet
+from walship.errors import UsageError, WalshipError
+from walship.fleet import FleetFailedError, plan_fleet
 from walship.models import RestoreResult
 from walship.restore import check_output, point_in_time
 from walship.ship import ShipConfig
@@ -355,26 +355,27 @@ def _ship_many(args: argparse.Namespace) -> int:
         print(f"walship: warning: {pattern!r} matched no database file", file=sys.stderr)
     if not members:
         raise UsageError("ship-many: no database matches the patterns: check them (quote globs for the shell)")
-    report = _runner(args).ship_many(
-        members,
-        args.replica,
-        patterns=args.patterns,
-        duration=args.duration,
-        interval=args.interval,
-        once=args.once,
-        level=args.level,
-        snapshot_interval=args.snapshot_interval,
-        handover_wait=args.handover_wait,
-        recipients=_age.sealing(args).recipients,
-    )
+    failure: FleetFailedError | None = None
+    try:
+        report = _runner(args).ship_many(
+            members,
+            args.replica,
+            patterns=args.patterns,
+            duration=args.duration,
+            interval=args.interval,
+            once=args.once,
+            level=args.level,
+            snapshot_interval=args.snapshot_interval,
+            handover_wait=args.handover_wait,
+            recipients=_age.sealing(args).recipients,
+        )
+    except FleetFailedError as exc:
+        report, failure = exc.report, exc
     for database, state, position, lag, error in report.table():
         print(f"{state:<8}  {database}  {position}  max lag {lag}" + (f"  {error}" if error else ""))
     print(report.summary())
-    if failed := report.failed:
-        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
-        raise IncompleteError(
-            f"ship-many: {len(failed)} of {len(report.rows)} databases failed ({names}): see their rows above"
-        )
+    if failure is not None:
+        raise failure
     return EXIT_OK
 
 

@@ -4,13 +4,15 @@
 runs one ``walship.ship.ShippingRun`` per database (its own spool, lock,
 lease and generations, hand-over included) and schedules their syncs from
 one thread, so that an idle database costs a file ``stat`` now and then
-rather than a thread polling its WAL index.
+rather than a thread polling its WAL index. ``ship_fleet`` is a window of it
+with its verdict, as both the CLI and the flow run it.
 """
 
 from walship.fleet._activity import Activity
 from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, replica_for
-from walship.fleet._rows import FleetReport, FleetRow, RowState
+from walship.fleet._rows import FleetFailedError, FleetReport, FleetRow, RowState
 from walship.fleet._run import FleetEvent, FleetShipping
+from walship.fleet._ship import ship_fleet
 from walship.fleet._steps import RetryingSteps
 from walship.fleet._stores import SharedStores
 
@@ -18,6 +20,7 @@ __all__ = [
     "NAME_PLACEHOLDER",
     "Activity",
     "FleetEvent",
+    "FleetFailedError",
     "FleetMember",
     "FleetReport",
     "FleetRow",
@@ -27,4 +30,5 @@ __all__ = [
     "SharedStores",
     "plan_fleet",
     "replica_for",
+    "ship_fleet",
 ]

@@ -5,10 +5,12 @@ Each database gets a replica of its own (a replica prefix holds one
 database): ``{name}`` in the URL is replaced by the database's file name,
 and a URL without it is a base under which each database goes as
 ``<base>/<file name>``. Two databases with one file name would share a
-replica, so they are refused.
+replica, so they are refused; so is a ``file://`` replica that would be the
+database file itself (a base that is the databases' own directory).
 """
 
 import glob
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel
 
 from walship.errors import UsageError
-from walship.storage import parse_replica_url
+from walship.storage import ReplicaURL, parse_replica_url
 
 __all__ = ["NAME_PLACEHOLDER", "FleetMember", "plan_fleet", "replica_for"]
 
@@ -49,8 +51,20 @@ def replica_for(replica: str, database: Path) -> str:
     else:
         parts = urlsplit(replica)
         url = urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
-    parse_replica_url(url)  # a bad base fails here, naming the URL
+    _check_apart(parse_replica_url(url), database)  # a bad base fails here, naming the URL
     return url
+
+
+def _check_apart(url: ReplicaURL, database: Path) -> None:
+    """A ``file://`` replica is a directory: the database file itself, or a path under it, can never be one."""
+    if url.path is None:
+        return
+    root, file = Path(os.path.realpath(url.path)), Path(os.path.realpath(database))
+    if root == file or file in root.parents:
+        raise UsageError(
+            f"replica {url} of {database} cannot be the database file{'' if root == file else ' or under it'}: "
+            "use a replica directory apart from the databases, e.g. file:///backups/{name}"
+        )
 
 
 def plan_fleet(patterns: Sequence[str], replica: str) -> tuple[list[FleetMember], list[str]]:

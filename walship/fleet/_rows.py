@@ -1,10 +1,13 @@
-"""What a fleet's run reports: a row per database (its state, position, lag, last error)."""
+"""What a fleet's run reports: a row per database (its state, position, lag, last error), and its failure."""
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["FleetReport", "FleetRow", "RowState"]
+from walship.errors import IncompleteError
+
+__all__ = ["FleetFailedError", "FleetReport", "FleetRow", "RowState"]
 
 
 class RowState(StrEnum):
@@ -59,3 +62,17 @@ class FleetReport(BaseModel):
             )
             for r in self.rows
         ]
+
+
+class FleetFailedError(IncompleteError):
+    """At least one database of the window failed; ``report`` holds every row, the failed ones and the rest."""
+
+    def __init__(self, report: FleetReport) -> None:
+        failed = report.failed
+        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        super().__init__(f"{len(failed)} of {len(report.rows)} databases failed ({names}): each one's row says why")
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by Prefect when it records the failed state: rebuild from the report.
+        return (type(self), (self.report,))

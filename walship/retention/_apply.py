@@ -11,6 +11,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from walship.catalog import require_replica
 from walship.errors import WalshipError
 from walship.generations import describe_generations
 from walship.index import current_snapshots, forget_snapshots
@@ -123,8 +124,13 @@ class RetentionReport(BaseModel):
 
 
 def plan_replica(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> RetentionPlan:
-    """List the replica's snapshots and segments and decide what ``policy`` keeps (never the newest data)."""
+    """List the replica's snapshots and segments and decide what ``policy`` keeps (never the newest data).
+
+    Raises ``NotFoundError`` where no replica is: "deleted 0 objects" would
+    hide a wrong URL."""
     snapshots, segments = list_history(store)
+    if not snapshots and not segments:
+        require_replica(store)
     plan = plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))
     idle = {
         leftover.key: leftover.size

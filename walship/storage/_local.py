@@ -12,7 +12,6 @@ upload still writes, and only the former is ever removed.
 """
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -29,6 +28,7 @@ from walship._fs import fsync_dir
 from walship.codec import CHUNK_SIZE
 from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
 from walship.models import ObjectInfo
+from walship.storage._local_errors import local_error
 from walship.storage._protocol import ReadStream
 
 __all__ = ["Leftover", "LocalStore"]
@@ -87,7 +87,7 @@ class LocalStore:
             return self._write(key, [data], metadata)
         # The lock makes compare-and-rename atomic against other walship
         # processes writing to the same directory.
-        with self._locked():
+        with self._locked(f"put {key}"):
             current = self._etag_or_none(key)
             if if_none_match and current is not None:
                 raise ConflictError(f"file: put {key}: object already exists")
@@ -96,13 +96,14 @@ class LocalStore:
             return self._write(key, [data], metadata)
 
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
-        if not self.root.is_dir():
-            raise NotFoundError(f"file: get {key}: replica directory {self.root} does not exist")
-        if not self._path(key).is_file():
-            # Before the lock, whose file would be left in a directory that may hold no replica at all.
-            raise NotFoundError(f"file: get {key}: no such object in {self.location}")
+        with self._refusals(f"get {key}"):
+            if not self.root.is_dir():
+                raise NotFoundError(f"file: get {key}: replica directory {self.root} does not exist")
+            if not self._path(key).is_file():
+                # Before the lock, whose file would be left in a directory that may hold no replica at all.
+                raise NotFoundError(f"file: get {key}: no such object in {self.location}")
         # Conditional writes hold the same lock: content and ETag come from one write.
-        with self._locked():
+        with self._locked(f"get {key}"), self._refusals(f"get {key}"):
             info = self.head(key)
             if info.size > max_size:
                 raise CorruptObjectError(f"file: get {key}: larger than {max_size} bytes")
@@ -114,6 +115,8 @@ class LocalStore:
             handle = self._path(key).open("rb")
         except FileNotFoundError:
             raise NotFoundError(f"file: open {key}: no such object in {self.location}") from None
+        except OSError as exc:
+            raise local_error(exc, self.root, f"open {key}") from exc
         with handle:
             handle.seek(start)
             yield handle if length is None else _LimitedReader(handle, length)
@@ -124,6 +127,8 @@ class LocalStore:
             stat = path.stat()
         except FileNotFoundError:
             raise NotFoundError(f"file: head {key}: no such object in {self.location}") from None
+        except OSError as exc:
+            raise local_error(exc, self.root, f"head {key}") from exc
         try:
             sidecar = json.loads(self._meta_path(key).read_text())
         except FileNotFoundError:
@@ -131,15 +136,18 @@ class LocalStore:
             # S3 shows for an object put without metadata: listed, so it exists.
             # Its ETag changes whenever a write changes it, without reading it.
             return ObjectInfo(key=key, size=stat.st_size, etag=f"{stat.st_size:x}-{stat.st_mtime_ns:x}")
+        except OSError as exc:
+            raise local_error(exc, self.root, f"head {key}") from exc
         return ObjectInfo(key=key, size=stat.st_size, etag=sidecar["etag"], metadata=sidecar["metadata"])
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.is_dir():
             return
-        for path in sorted(self._walk(self.root)):
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix):
-                yield ObjectInfo(key=key, size=path.stat().st_size)
+        with self._refusals(f"list {prefix or '/'}"):
+            for path in sorted(self._walk(self.root)):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key=key, size=path.stat().st_size)
 
     def delete(self, keys: Sequence[str]) -> None:
         failed: list[str] = []
@@ -204,15 +212,13 @@ class LocalStore:
     def _write(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None) -> ObjectInfo:
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
-        try:
+        with self._refusals(f"put {key}"):
             tmp_dir.mkdir(parents=True, exist_ok=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             self._meta_path(key).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PermanentStorageError(f"file: put {key}: cannot create directories in {self.root}: {exc}") from exc
+            fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when it closes: see ``leftovers``
             with os.fdopen(fd, "wb") as out:
@@ -234,9 +240,7 @@ class LocalStore:
                 os.unlink(tmp_name)
             if not isinstance(exc, OSError):
                 raise
-            if exc.errno == errno.ENOSPC:
-                raise PermanentStorageError(f"file: put {key}: no space left in {self.root}") from exc
-            raise PermanentStorageError(f"file: put {key}: {exc}") from exc
+            raise local_error(exc, self.root, f"put {key}") from exc
         return ObjectInfo(key=key, size=size, etag=etag, metadata=described)
 
     def _etag_or_none(self, key: str) -> str | None:
@@ -246,14 +250,24 @@ class LocalStore:
             return None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / _LOCK_FILE).open("a") as lock:
+    def _locked(self, doing: str) -> Iterator[None]:
+        with self._refusals(doing):
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = (self.root / _LOCK_FILE).open("a")
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _refusals(self, doing: str) -> Iterator[None]:
+        """The operating system's refusals within, as walship's errors (what the caller does is its own)."""
+        try:
+            yield
+        except OSError as exc:
+            raise local_error(exc, self.root, doing) from exc
 
     def _path(self, key: str) -> Path:
         _check_key(key)
