@@ -1,6 +1,8 @@
 """Typed errors: one base, one subclass per way an operation can fail.
 
-The CLI maps them to exit statuses (``UsageError`` -> 2, everything else -> 1)
+Two parents group them by what failed: ``StorageError`` (the object store
+answered no, or not at all) and ``IntegrityError`` (bytes are not what was
+written). The CLI maps them to exit statuses (``UsageError`` -> 2, everything else -> 1)
 and Prefect tasks retry only ``TransientStorageError``. ``SpoolFullError`` is
 an operation that failed (exit 1), not bad usage: the same command succeeds
 once the disk has room again.
@@ -15,12 +17,14 @@ __all__ = [
     "IdentityMismatchError",
     "IdentityNeededError",
     "IncompleteError",
+    "IntegrityError",
     "NotFoundError",
     "PermanentStorageError",
     "ReplicaSealingError",
     "ShipperRunningError",
     "SpoolEntryDamagedError",
     "SpoolFullError",
+    "StorageError",
     "TransientStorageError",
     "UsageError",
     "WalIndexUnsettledError",
@@ -37,15 +41,23 @@ class UsageError(WalshipError):
     """Bad usage or bad input: missing file, not a database, malformed URL."""
 
 
-class NotFoundError(WalshipError):
+class StorageError(WalshipError):
+    """The object store refused or could not be reached."""
+
+
+class IntegrityError(WalshipError):
+    """Bytes are not what was written: a checksum disagrees or an object cannot be decoded."""
+
+
+class NotFoundError(StorageError):
     """An object, bucket or database that should exist does not."""
 
 
-class ChecksumMismatchError(WalshipError):
+class ChecksumMismatchError(IntegrityError):
     """Bytes read back do not hash to the checksum recorded when written."""
 
 
-class CorruptObjectError(WalshipError):
+class CorruptObjectError(IntegrityError):
     """An object cannot be decoded (truncated, not zstd, bad database)."""
 
 
@@ -61,7 +73,7 @@ class ReplicaSealingError(UsageError):
     """A write would mix encrypted and plaintext objects in one replica."""
 
 
-class ConflictError(WalshipError):
+class ConflictError(StorageError):
     """A conditional write lost: someone else changed the object first."""
 
 
@@ -69,7 +81,7 @@ class IncompleteError(WalshipError):
     """Part of the work was done; the rest is reported and picked up by the next run."""
 
 
-class PermanentStorageError(WalshipError):
+class PermanentStorageError(StorageError):
     """Storage refused in a way retrying cannot fix (credentials, permissions)."""
 
 
@@ -89,7 +101,7 @@ class SpoolFullError(DiskFullError):
     """
 
 
-class TransientStorageError(WalshipError):
+class TransientStorageError(StorageError):
     """Storage failed in a way that may pass on retry (5xx, throttling, resets)."""
 
 
