@@ -47,10 +47,12 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int)
     database costs nothing and a busy one a lease PUT every few minutes.
 
     Each entry's bytes are checked against what was spooled before they go
-    up. A damaged entry is never uploaded: it and the entries after it in its
-    generation are dropped, that generation is abandoned (the replica keeps
-    it as it was, consistent), and ``SpoolEntryDamagedError`` ends the drain;
-    the shipper starts a new generation.
+    up, and the store checks the bytes it receives against the same SHA-256
+    (the file may change after the first check). A damaged entry is never
+    uploaded: it and the entries after it in its generation are dropped, that
+    generation is abandoned (the replica keeps it as it was, consistent), and
+    ``SpoolEntryDamagedError`` ends the drain; the shipper starts a new
+    generation.
     """
     result = UploadResult()
     spool.drop_abandoned()
@@ -60,11 +62,10 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int)
     for entry in spool.pending():
         try:
             _check_intact(spool, entry)
-        except SpoolEntryDamagedError as damaged:
-            spool.abandon(entry, f"spool entry {spool.data_path(entry).name} was damaged")
-            raise damaged
-        try:
             _upload_one(store, spool, entry, level, result)
+        except SpoolEntryDamagedError:
+            spool.abandon(entry, f"spool entry {spool.data_path(entry).name} was damaged")
+            raise
         except Exception:
             spool.record_attempt(entry)
             raise
@@ -94,16 +95,28 @@ def _check_intact(spool: Spool, entry: PendingEntry) -> None:
         elif file_sha256(data) != info.sha256:
             raise ChecksumMismatchError("its SHA-256 is not the one recorded when it was captured")
     except (ChecksumMismatchError, CorruptObjectError, FileNotFoundError) as exc:
-        raise SpoolEntryDamagedError(
-            f"spool entry {data} is damaged ({exc}): not uploaded; {entry.generation} ends before it on the "
-            "replica and a new generation starts"
-        ) from exc
+        raise _damaged(data, entry, str(exc)) from exc
+
+
+def _damaged(data: Path, entry: PendingEntry, why: str) -> SpoolEntryDamagedError:
+    return SpoolEntryDamagedError(
+        f"spool entry {data} is damaged ({why}): not uploaded; {entry.generation} ends before it on the "
+        "replica and a new generation starts"
+    )
+
+
+def _put_spooled(store: ObjectStore, key: str, data: Path, entry: PendingEntry, metadata: dict[str, str]) -> None:
+    """Upload an entry's file; the store proves that what it received is what was spooled."""
+    try:
+        store.put_file(key, data, metadata=metadata, sha256=entry.stored_sha256 or None)
+    except ChecksumMismatchError as exc:
+        raise _damaged(data, entry, "what was read to upload is not what was spooled") from exc
 
 
 def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:
     data = spool.data_path(entry)
     if entry.snapshot is not None:
-        store.put_file(entry.snapshot.key, data, metadata=describe_snapshot(entry.snapshot))
+        _put_spooled(store, entry.snapshot.key, data, entry, describe_snapshot(entry.snapshot))
         index.add_snapshot(store, entry.snapshot)
         result.snapshots.append(entry.snapshot.key)
         result.bytes += entry.snapshot.compressed_size
@@ -111,7 +124,7 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
     segment = entry.segment
     assert segment is not None
     if entry.sealed:
-        store.put_file(segment.key, data, metadata=describe_segment(segment))
+        _put_spooled(store, segment.key, data, entry, describe_segment(segment))
         stored = segment.compressed_size
     else:
         stored = _upload_raw(store, spool, data, segment, level)

@@ -26,7 +26,13 @@ from pydantic import BaseModel
 
 from walship._fs import fsync_dir
 from walship.codec import CHUNK_SIZE
-from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
+from walship.errors import (
+    ChecksumMismatchError,
+    ConflictError,
+    CorruptObjectError,
+    NotFoundError,
+    PermanentStorageError,
+)
 from walship.models import ObjectInfo
 from walship.storage._local_errors import local_error
 from walship.storage._protocol import ReadStream
@@ -60,9 +66,11 @@ class LocalStore:
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         return self._write(key, _chunks_of(stream), metadata)
 
-    def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(
+        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None, sha256: str | None = None
+    ) -> ObjectInfo:
         with path.open("rb") as stream:
-            return self._write(key, _chunks_of(stream), metadata)
+            return self._write(key, _chunks_of(stream), metadata, sha256)
 
     def put_chunks(
         self,
@@ -209,7 +217,10 @@ class LocalStore:
             elif entry.is_file(follow_symlinks=False) and not (directory == self.root and entry.name == _LOCK_FILE):
                 yield Path(entry.path)
 
-    def _write(self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None) -> ObjectInfo:
+    def _write(
+        self, key: str, chunks: Iterable[bytes], metadata: Mapping[str, str] | None, sha256: str | None = None
+    ) -> ObjectInfo:
+        """Write the object through a temporary file; with ``sha256``, only if what was written hashes to it."""
         target = self._path(key)
         tmp_dir = self.root / _TMP_DIR
         with self._refusals(f"put {key}"):
@@ -218,14 +229,22 @@ class LocalStore:
             self._meta_path(key).parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         digest = hashlib.md5(usedforsecurity=False)
+        written = hashlib.sha256() if sha256 is not None else None
         size = 0
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # released when it closes: see ``leftovers``
             with os.fdopen(fd, "wb") as out:
                 for chunk in chunks:
                     digest.update(chunk)
+                    if written is not None:
+                        written.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+                if written is not None and written.hexdigest() != sha256:
+                    raise ChecksumMismatchError(
+                        f"file: put {key}: the bytes written have SHA-256 {written.hexdigest()}, not {sha256}: "
+                        "nothing stored"
+                    )
                 out.flush()
                 os.fsync(out.fileno())
             etag = digest.hexdigest()

@@ -8,11 +8,22 @@ size. Any failure, of a part or of the producer, aborts the multipart upload:
 no parts are left for the bucket to keep (and bill), and nothing appears
 under the key.
 
+Every request carries the SHA-256 of the bytes it sends, computed from the
+very buffer botocore sends (and sends again on its own retries), for S3 to
+check against what it received: a PUT its object's, a part its part's. With
+the expected SHA-256 of the whole object, the bytes sent are hashed as they
+go and compared with it before anything becomes visible: a single PUT is not
+sent, a multipart upload is aborted instead of completed. That comparison is
+the client's own, so it holds on servers that ignore the checksum headers
+(moto does; SeaweedFS and S3 reject a mismatch with BadDigest).
+
 The metadata is given before the first byte: S3 takes it at
 CreateMultipartUpload and never changes it (a streamed snapshot therefore
 records its SHA-256 at its end, walship.trailer).
 """
 
+import base64
+import hashlib
 import logging
 import queue
 import threading
@@ -24,7 +35,7 @@ from typing import TYPE_CHECKING, cast
 
 import botocore.exceptions
 
-from walship.errors import PermanentStorageError
+from walship.errors import ChecksumMismatchError, PermanentStorageError
 from walship.models import ObjectInfo
 
 if TYPE_CHECKING:
@@ -32,7 +43,7 @@ if TYPE_CHECKING:
 
     from walship.storage._s3 import S3Store
 
-__all__ = ["PART_SIZE", "TRANSFER_THREADS", "part_size_for", "upload"]
+__all__ = ["PART_SIZE", "TRANSFER_THREADS", "part_size_for", "put_one", "upload"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +82,9 @@ def upload(
     *,
     metadata: Mapping[str, str],
     size_hint: int | None = None,
+    sha256: str | None = None,
 ) -> ObjectInfo:
-    """Write ``chunks`` as the object ``key`` with ``metadata``."""
+    """Write ``chunks`` as the object ``key`` with ``metadata``; only if they hash to ``sha256`` (hex), if given."""
     buffers = _Buffers(part_size_for(size_hint), TRANSFER_THREADS)
     parts = _parts(chunks, buffers)
     # The first two parts tell whether one request will do; held in a list
@@ -81,15 +93,42 @@ def upload(
     second = next(parts, None)
     described = dict(metadata)
     if second is None:
-        with store.errors("put object", key):
-            response = store.client.put_object(
-                Bucket=store.bucket, Key=store.full(key), Body=cast(bytes, ahead[0]), Metadata=described
-            )
-        return ObjectInfo(key=key, size=len(ahead[0]), etag=response["ETag"].strip('"'), metadata=described)
+        return put_one(store, key, ahead[0], metadata=described, sha256=sha256)
     ahead.append(second)
     del second
-    size = _multipart(store, key, _then(ahead, parts), buffers, described)
+    size = _multipart(store, key, _then(ahead, parts), buffers, described, sha256)
     return ObjectInfo(key=key, size=size, metadata=described)
+
+
+def put_one(
+    store: "S3Store", key: str, data: bytes | bytearray, *, metadata: Mapping[str, str], sha256: str | None = None
+) -> ObjectInfo:
+    """One PUT of ``data`` (held in memory: the bytes hashed are the bytes sent, on every attempt)."""
+    digest = hashlib.sha256(data).digest()
+    if sha256 is not None and digest.hex() != sha256:
+        raise _mismatch(store, key, sha256, digest.hex())
+    described = dict(metadata)
+    with store.errors("put object", key):
+        response = store.client.put_object(
+            Bucket=store.bucket,
+            Key=store.full(key),
+            Body=cast(bytes, data),  # botocore takes a bytearray as it is
+            Metadata=described,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_base64(digest),
+        )
+    return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'), metadata=described)
+
+
+def _mismatch(store: "S3Store", key: str, expected: str, sent: str) -> ChecksumMismatchError:
+    return ChecksumMismatchError(
+        f"s3: put object s3://{store.bucket}/{store.full(key)}: the bytes read to send have SHA-256 {sent}, "
+        f"not {expected}: nothing stored"
+    )
+
+
+def _base64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
@@ -148,16 +187,25 @@ def _parts(chunks: Iterable[bytes], buffers: _Buffers) -> Iterator[bytearray]:
 
 
 def _multipart(
-    store: "S3Store", key: str, parts: Iterable[bytearray], buffers: _Buffers, metadata: dict[str, str]
+    store: "S3Store",
+    key: str,
+    parts: Iterable[bytearray],
+    buffers: _Buffers,
+    metadata: dict[str, str],
+    sha256: str | None,
 ) -> int:
-    """A multipart upload of ``parts`` to ``key``, aborted on any failure; returns the object's size."""
+    """A multipart upload of ``parts`` to ``key``, aborted on any failure (``sha256`` differing from the
+    parts' is one); returns the object's size."""
     client, target = store.client, store.full(key)
+    whole = hashlib.sha256() if sha256 is not None else None
     with store.errors("put object", key):
         upload_id = client.create_multipart_upload(
-            Bucket=store.bucket, Key=target, ChecksumAlgorithm="CRC32", Metadata=metadata
+            Bucket=store.bucket, Key=target, ChecksumAlgorithm="SHA256", Metadata=metadata
         )["UploadId"]
         try:
-            finished, size = _upload_parts(store, target, upload_id, parts, buffers)
+            finished, size = _upload_parts(store, target, upload_id, parts, buffers, whole)
+            if whole is not None and sha256 is not None and sha256 != (sent := whole.hexdigest()):
+                raise _mismatch(store, key, sha256, sent)
             client.complete_multipart_upload(
                 Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
             )
@@ -168,21 +216,28 @@ def _multipart(
 
 
 def _upload_parts(
-    store: "S3Store", target: str, upload_id: str, parts: Iterable[bytearray], buffers: _Buffers
+    store: "S3Store",
+    target: str,
+    upload_id: str,
+    parts: Iterable[bytearray],
+    buffers: _Buffers,
+    whole: "hashlib._Hash | None",
 ) -> tuple[list["CompletedPartTypeDef"], int]:
+    """Send ``parts``; ``whole`` hashes them in order, as they go."""
+
     def send(number: int, data: bytearray) -> "CompletedPartTypeDef":
+        # Hashed here, on the part's thread (hashlib lets go of the GIL): the buffer stays as it is until sent.
+        checksum = _base64(hashlib.sha256(data).digest())
         response = store.client.upload_part(
             Bucket=store.bucket,
             Key=target,
             UploadId=upload_id,
             PartNumber=number,
             Body=cast(bytes, data),  # botocore takes a bytearray as it is
-            ChecksumAlgorithm="CRC32",
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
         )
-        done: CompletedPartTypeDef = {"PartNumber": number, "ETag": response["ETag"]}
-        if "ChecksumCRC32" in response:
-            done["ChecksumCRC32"] = response["ChecksumCRC32"]
-        return done
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     finished: list[CompletedPartTypeDef] = []
     size = 0
@@ -196,6 +251,8 @@ def _upload_parts(
                         f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
                     )
                 size += len(data)
+                if whole is not None:
+                    whole.update(data)
                 future = pool.submit(send, number, data)
                 future.add_done_callback(_giving_back(buffers, data))
                 running.append(future)

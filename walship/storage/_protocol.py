@@ -41,8 +41,16 @@ class ObjectStore(Protocol):
         """Write a new object from a stream; multipart where the backend has it."""
         ...
 
-    def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        """Write a new object from a local file (lets S3 read parts lazily, in parallel)."""
+    def put_file(
+        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None, sha256: str | None = None
+    ) -> ObjectInfo:
+        """Write a new object from a local file (lets S3 read parts lazily, in parallel).
+
+        With ``sha256`` (hex), the bytes the store received must hash to it,
+        not only the file as it was once read: the file may change while it
+        is read, or between botocore's attempts. When they differ,
+        ``ChecksumMismatchError``, and nothing is stored under ``key``.
+        """
         ...
 
     def put_chunks(

@@ -31,7 +31,7 @@ from walship.errors import (
 from walship.models import ObjectInfo
 from walship.storage._botodata import lean_loader
 from walship.storage._credentials import StorageCredentials
-from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, upload
+from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, put_one, upload
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
 
 if TYPE_CHECKING:
@@ -52,6 +52,10 @@ _DENIED = {
     "ExpiredToken",
     "AuthorizationHeaderMalformed",
 }
+# The body S3 received does not hash to what the request claims. The claim is
+# computed from the bytes in memory that were sent (walship.storage._multipart),
+# so they changed on the way: sending them again is the cure.
+_DAMAGED_ON_THE_WAY = {"BadDigest", "XAmzContentSHA256Mismatch"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 
 
@@ -121,7 +125,10 @@ class S3Store:
         part = part_size_for(None)
         return upload(self, key, iter(lambda: stream.read(part), b""), metadata=dict(metadata or {}))
 
-    def put_file(self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+    def put_file(
+        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None, sha256: str | None = None
+    ) -> ObjectInfo:
+        described = dict(metadata or {})
         try:
             handle = path.open("rb")
         except OSError as exc:
@@ -129,16 +136,13 @@ class S3Store:
         with handle:
             size = os.fstat(handle.fileno()).st_size
             if size < MIN_PART_SIZE:
-                # One request straight from the file: a shipper sends a small
-                # segment every second, and needs no part buffer for it.
-                with self.errors("put object", key):
-                    self.client.put_object(
-                        Bucket=self.bucket, Key=self.full(key), Body=handle, Metadata=dict(metadata or {})
-                    )
-                return ObjectInfo(key=key, size=size, metadata=dict(metadata or {}))
+                # Read once, sent from memory: a file body is read again by
+                # each of botocore's attempts, and could differ from what was
+                # hashed. A small segment needs no part buffer for it.
+                return put_one(self, key, handle.read(), metadata=described, sha256=sha256)
             part = part_size_for(size)
             return upload(
-                self, key, iter(lambda: handle.read(part), b""), metadata=dict(metadata or {}), size_hint=size
+                self, key, iter(lambda: handle.read(part), b""), metadata=described, size_hint=size, sha256=sha256
             )
 
     def put_chunks(
@@ -302,6 +306,8 @@ def _classify(
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
     message = error.get("Message") or code
+    if code in _DAMAGED_ON_THE_WAY:
+        message = "the bytes storage received are not those sent: damaged on the way"
     if code == "NoSuchBucket":
         return NotFoundError(f"{where}: bucket {bucket!r} does not exist: create it or fix the replica URL")
     if code in _NOT_FOUND or status == 404:
@@ -310,7 +316,7 @@ def _classify(
         return ConflictError(f"{where}: precondition failed ({code})")
     if code in _DENIED or status in (401, 403):
         return PermanentStorageError(f"{where}: access denied ({code}): check {credentials} and the bucket policy")
-    if code in _TRANSIENT or status >= 500 or status == 429:
+    if code in _TRANSIENT or code in _DAMAGED_ON_THE_WAY or status >= 500 or status == 429:
         return TransientStorageError(f"{where}: {message} ({code or status})")
     return PermanentStorageError(f"{where}: {message} ({code or status})")
 
