@@ -12,15 +12,14 @@ import pytest
 
 from tests.s3servers import MotoS3
 from tests.torture.__main__ import torture
+from tests.torture.schedule import VERSION
 from tests.torture.seeds import FAILED, SECONDS, SPREAD
 
 
-def run_seed(seed: int, tmp_path: Path, moto: MotoS3) -> None:
-    run, failures = torture(seed, SECONDS, tmp_path / f"seed-{seed}", moto)
-    report = "\n".join(
-        [str(run.plan), *run.happened, *failures, f"replay: make torture SEED={seed} LENGTH={SECONDS:g}"]
-    )
-    assert not failures, report
+def run_seed(seed: int, tmp_path: Path, moto: MotoS3, seconds: float = SECONDS, version: int = VERSION) -> None:
+    run, failures = torture(seed, seconds, tmp_path / f"seed-{seed}", moto, version)
+    replay = f"replay: make torture SEED={seed} LENGTH={seconds:g} VERSION={version}"
+    assert not failures, "\n".join([str(run.plan), *run.happened, *failures, replay])
 
 
 @pytest.mark.parametrize("seed", SPREAD[::2])
