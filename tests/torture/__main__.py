@@ -24,7 +24,7 @@ def torture(
 ) -> tuple[TortureRun, list[str]]:
     """Run one seed in ``workdir`` and check it; the failures (empty when it held)."""
     run = TortureRun(plan(seed, seconds, version), seconds, workdir, moto)
-    with run.storage():
+    with run.storage(), run.spool_disk():
         try:
             run.run()
         finally:

@@ -70,6 +70,7 @@ class TortureRun:
         self.started = 0.0
         self._moto = moto
         self._proxy: TcpProxy | None = None
+        self.spool: Path | None = None  # on a small filesystem of its own (``spool_disk``)
         self.replica = ""
 
     # Setting up ---------------------------------------------------------------------
@@ -105,6 +106,31 @@ class TortureRun:
         create_database(self.base, _DATABASE_BYTES, seed=11)
         _copy(self.base, self.database)
 
+    @contextlib.contextmanager
+    def spool_disk(self) -> Iterator[None]:
+        """The spool on a small tmpfs of its own when the plan says so (and this machine lets us mount one)."""
+        if not self.plan.spool_mib:
+            yield
+            return
+        mount = self.workdir / "spool"
+        mount.mkdir(parents=True, exist_ok=True)
+        size = f"size={self.plan.spool_mib}m"
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount)], check=False, capture_output=True
+        )
+        if done.returncode != 0:
+            self.note(f"no spool filesystem ({done.stderr.decode().strip()}): the spool stays beside the database")
+            yield
+            return
+        self.spool = mount / "walship"
+        try:
+            yield
+        finally:
+            for _ in range(100):
+                if subprocess.run(["umount", str(mount)], check=False, capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+
     # Processes ---------------------------------------------------------------------
 
     def start_writers(self) -> None:
@@ -130,7 +156,8 @@ class TortureRun:
         for process in self.writers.values():
             process.send_signal(signal.SIGTERM)
         for number, process in self.writers.items():
-            if process.wait(timeout=60) != 0:
+            # -SIGTERM: stopped before it began (its handler not yet set), having committed nothing.
+            if process.wait(timeout=60) not in {0, -signal.SIGTERM}:
                 self.note(f"writer {number} exited {process.returncode}")
         self.writers.clear()
 
@@ -149,6 +176,7 @@ class TortureRun:
             str(self.plan.interval),
             "--handover-wait",
             str(handover_wait),
+            *(["--spool", str(self.spool)] if self.spool else []),
         ]
         shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
         self.shippers.append(shipper)
@@ -198,7 +226,7 @@ class TortureRun:
 
     def wait_until_holding(self, shipper: Shipper, timeout: float = 120) -> None:
         """Until the database's lock names ``shipper``'s process (or it ended)."""
-        lock = self.database.with_name(f"{self.database.name}-walship.lock")
+        lock = self.database.with_name(f"{self.database.name}-walship.lock")  # beside the database, whatever the spool
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and shipper.process.poll() is None:
             with contextlib.suppress(OSError, ValueError):
@@ -240,16 +268,30 @@ class TortureRun:
             self._proxy.resume()
         elif kind == "damage":
             self._damage_a_spooled_entry(event)
+        elif kind == "spool-full":
+            self._fill_the_spool(event)
         elif kind in {"replace", "page-size"}:
             self._maintenance(event)
         else:
             raise AssertionError(f"unknown event {kind}")
 
+    def _fill_the_spool(self, event: Event) -> None:
+        """Another program takes all but a sliver of the spool's filesystem for a while."""
+        if self.spool is None:
+            return
+        ballast = self.spool.parent / "ballast"
+        free = os.statvfs(self.spool.parent).f_bavail * os.statvfs(self.spool.parent).f_frsize
+        with contextlib.suppress(OSError), ballast.open("wb") as out:
+            os.posix_fallocate(out.fileno(), 0, max(0, free - (64 << 10)))
+        self.note(f"spool filesystem filled ({free >> 10} KiB were free)")
+        time.sleep(event.gap + 0.5)
+        ballast.unlink(missing_ok=True)
+
     def _damage_a_spooled_entry(self, event: Event) -> None:
         """Storage down, a byte of a spooled WAL segment flipped, storage back: that entry must never go up."""
         assert self._proxy is not None
         self._proxy.stop()
-        pending = self.database.with_name(f"{self.database.name}-walship") / "pending"
+        pending = (self.spool or self.database.with_name(f"{self.database.name}-walship")) / "pending"
         deadline = time.monotonic() + event.gap + 3
         entry = None
         while entry is None and time.monotonic() < deadline:

@@ -10,7 +10,8 @@ CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 # Each kind with its weight. ``gap`` stops the shipper cleanly and starts the next one later;
 # ``quiet`` is the application closing its last connection (writers stop cleanly, then start again);
 # ``replace`` and ``page-size`` happen while nothing holds the database (a maintenance window);
-# ``damage`` flips a byte of a spooled entry while storage is down, which must stop the shipper loudly.
+# ``damage`` flips a byte of a spooled entry while storage is down, which must stop the shipper loudly;
+# ``spool-full`` fills the spool's own small filesystem for a while (from version 2 the spool lives on one).
 _KINDS_V1 = {
     "kill": 3,
     "term": 2,
@@ -24,7 +25,7 @@ _KINDS_V1 = {
     "page-size": 1,
 }
 # Each version adds kinds; a seed replays the schedule of the version it was drawn with.
-KINDS = {1: _KINDS_V1, 2: {**_KINDS_V1, "stall": 1, "damage": 1}}
+KINDS = {1: _KINDS_V1, 2: {**_KINDS_V1, "stall": 1, "damage": 1, "spool-full": 1}}
 VERSION = max(KINDS)
 
 
@@ -46,6 +47,7 @@ class Plan(NamedTuple):
     interval: float  # the shipper's --interval
     events: tuple[Event, ...]
     timestamps: tuple[float, ...]  # extra point-in-time restores, as fractions of the run
+    spool_mib: int = 0  # the spool on a tmpfs of this size (0: beside the database)
 
 
 def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
@@ -66,7 +68,7 @@ def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
             detail = str(rng.choice((1024, 2048, 8192, 16384)))
         events.append(Event(round(at, 2), kind, gap, detail))
         at += gap + rng.uniform(0.6, 2.5)
-    return Plan(
+    run_plan = Plan(
         seed=seed,
         backend=backend,
         writers=tuple(round(rng.uniform(20, 250), 1) for _ in range(rng.randint(1, 3))),
@@ -74,3 +76,6 @@ def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
         events=tuple(events),
         timestamps=tuple(sorted(round(rng.uniform(0.2, 1.0), 3) for _ in range(2))),
     )
+    if version >= 2:  # drawn last: what earlier versions drew stays as it was
+        run_plan = run_plan._replace(spool_mib=rng.choice((16, 32, 64)))
+    return run_plan
