@@ -44,7 +44,7 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
         error = exc
     reason = _one_line(str(error) if isinstance(error, BaseException) else (state.message or state.name or "failed"))
     parameters = flow_run.parameters
-    database, replica = database_of(parameters), replica_of(parameters)
+    database, replica = database_of(parameters, flow_run.id), replica_of(parameters)
     kind = event_kind(flow.name)
     payload: dict[str, Any] = {
         "reason": reason,
