@@ -23,7 +23,7 @@ from walship.errors import UsageError, WalshipError
 from walship.snapshot import recorded_database_id
 from walship.storage import parse_replica_url
 
-__all__ = ["database_of", "generated_name", "replica_of", "replica_tag", "run_name"]
+__all__ = ["database_of", "generated_name", "replica_of", "replica_tag", "run_name", "walship_name"]
 
 # The UI's Run Name field comes filled with a Greek letter (and digits) and a
 # star's constellation, e.g. "gamma5-minas-tensor".
@@ -134,6 +134,10 @@ def run_name() -> str:
     current = flow_run.get_name()
     if current and not generated_name(current):
         return str(current)
-    run = str(flow_run.get_id() or "").replace("-", "")
-    database = database_of(flow_run.get_parameters())
-    return f"{flow_run.get_flow_name()}-{database}-{datetime.now(UTC):%Y%m%dT%H%M}-{run[-6:]}"
+    return walship_name(str(flow_run.get_flow_name()), flow_run.get_parameters(), flow_run.get_id())
+
+
+def walship_name(flow_name: str, parameters: Mapping[str, Any], run_id: object) -> str:
+    """The name ``run_name`` gives a run (the failure hook names a run refused before it started)."""
+    run = str(run_id or "").replace("-", "")
+    return f"{flow_name}-{database_of(parameters, run_id)}-{datetime.now(UTC):%Y%m%dT%H%M}-{run[-6:]}"

@@ -7,7 +7,10 @@ someone typed is kept. A timestamp that is no real date is refused with a
 409 naming the field, and one that still reaches a run ends it in one line.
 """
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -24,8 +27,9 @@ from flows.restore import restore_flow
 from flows.snapshot import snapshot_flow
 from tests.helpers import walship
 from tests.prefect_api import artifacts, flow_run, read_events, run_id
-from tests.test_prefect_citizen import _logs
 from walship.models import utcnow
+
+_PROJECT = Path(__file__).resolve().parent.parent
 
 
 def _replica_named_app(database: Path, tmp_path: Path) -> str:
@@ -115,13 +119,38 @@ class TestTimestampValidation:
         assert created.parameters["timestamp"] == good
         assert re.match(TIMESTAMP, good)
 
-    def test_a_bad_timestamp_that_reaches_a_run_ends_it_in_one_line(self, tmp_path: Path) -> None:
-        state = restore_flow(
-            replica=f"file://{tmp_path}", output=tmp_path / "out.db", timestamp="2026-13-45T25:99Z", return_state=True
+    def test_a_bad_timestamp_that_reaches_a_run_ends_it_in_one_line(self, prefect_api: str, tmp_path: Path) -> None:
+        """A run created without the schema enforced, run as a worker runs it: one plain line, no traceback."""
+        parameters = {
+            "replica": f"file://{tmp_path}",
+            "output": str(tmp_path / "out.db"),
+            "timestamp": "2026-13-45T25:99Z",
+        }
+        with get_client(sync_client=True) as client:
+            created = client.create_flow_run(restore_flow, parameters=parameters)
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": prefect_api,
+            "PREFECT__FLOW_RUN_ID": str(created.id),
+            "PREFECT__FLOW_ENTRYPOINT": "flows/restore.py:restore_flow",
+        }
+        engine = subprocess.run(
+            [sys.executable, "-m", "prefect.engine"],
+            check=False,
+            env=env,
+            cwd=_PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
-        assert state.is_failed()
+        output = engine.stdout + engine.stderr
+        assert "Traceback" not in output, output
+        assert "2026-13-45T25:99Z" in output, output
+        run = flow_run(created.id)
+        assert run.name.startswith(f"restore-{tmp_path.name}-"), run.name  # its own name, not a random one
+        state = run.state
+        assert state is not None
+        assert state.is_failed(), state
         assert state.message is not None
+        assert "timestamp" in state.message, state
         assert "\n" not in state.message.strip(), state.message
-        assert "timestamp" in state.message
-        logs = _logs(run_id(state))
-        assert not [line for line in logs if "Traceback" in line or "\n" in line.strip()], logs
