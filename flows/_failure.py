@@ -15,11 +15,12 @@ import logging
 from typing import Any
 
 from prefect import Flow
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 
 from flows._events import emit
 from flows._report import publish
-from flows._subject import database_of, replica_of
+from flows._subject import database_of, generated_name, replica_of, walship_name
 from walship.errors import IncompleteError, PermanentStorageError, TransientStorageError, WalshipError
 from walship.verify import VerificationFailedError
 
@@ -44,7 +45,12 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
         error = exc
     reason = _one_line(str(error) if isinstance(error, BaseException) else (state.message or state.name or "failed"))
     parameters = flow_run.parameters
-    database, replica = database_of(parameters), replica_of(parameters)
+    if generated_name(flow_run.name):
+        # Refused before it started (bad parameters): Prefect never applied the flow's run name.
+        flow_run.name = walship_name(flow.name, parameters, flow_run.id)
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_name(flow_run.id, flow_run.name)
+    database, replica = database_of(parameters, flow_run.id), replica_of(parameters)
     kind = event_kind(flow.name)
     payload: dict[str, Any] = {
         "reason": reason,

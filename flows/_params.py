@@ -7,7 +7,10 @@ parameters against the JSON schema (409 on failure) but ignores ``format``,
 so every string that must have a shape carries a ``pattern``. A timestamp's
 schema has the pattern and no ``format``: where a validator does check
 ``date-time`` it wants RFC 3339 (seconds and an offset), stricter than what
-the flow accepts, and one rule everywhere is easier to explain.
+the flow accepts, and one rule everywhere is easier to explain. Its pattern
+admits real dates and times only (month lengths, leap years), so the 409
+names the field; a run that gets a bad one anyway (created without the
+schema enforced) fails with one line from ``real_time``.
 
 Optional values. The UI draws ``X | None`` as a type toggle ("Property is
 type 'None'"), and fills a field whose schema has ``"default": null`` with a
@@ -21,11 +24,14 @@ into None before the flow body runs.
 """
 
 import warnings
+from datetime import datetime
 from typing import Any
 
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue, PydanticJsonSchemaWarning
 from pydantic_core import CoreSchema, core_schema
+
+from walship.errors import UsageError
 
 __all__ = [
     "BLOCK_NAME",
@@ -36,6 +42,7 @@ __all__ = [
     "TIMESTAMP",
     "UNSET",
     "optional",
+    "real_time",
     "titled",
 ]
 
@@ -43,8 +50,16 @@ __all__ = [
 REPLICA = r"^(file|s3)://\S+$"
 # What walship names a database by: a file name, never a path.
 DATABASE_ID = r"^[^/\s]{1,255}$"
-# ISO 8601, date or date and time, optional seconds, fraction and offset (no offset: UTC).
-TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+# ISO 8601, date or date and time, optional seconds, fraction and offset (no offset: UTC); only real
+# dates: months of 30 and 31 days, February 29 in leap years (every 4th, centuries only every 400th).
+_DAY = (
+    r"\d{4}-(0[13578]|1[02])-(0[1-9]|[12]\d|3[01])"
+    r"|\d{4}-(0[469]|11)-(0[1-9]|[12]\d|30)"
+    r"|\d{4}-02-(0[1-9]|1\d|2[0-8])"
+    r"|(\d{2}(0[48]|[2468][048]|[13579][26])|([02468][048]|[13579][26])00)-02-29"
+)
+_TIME = r"[T ]([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d{1,6})?)?(Z|[+-]([01]\d|2[0-3]):?[0-5]\d)?"
+TIMESTAMP = rf"^({_DAY})({_TIME})?$"
 # A walship snapshot key, or one of the original layout's (docs/FORMAT.md).
 SNAPSHOT_KEY = (
     r"^(generations/\d{8}T\d{6}Z-[0-9a-f]{8}/snapshots/\d{20}\.sqlite\.zst|snapshots/\d{8}_\d{6}\.sqlite\.zst)$"
@@ -96,3 +111,29 @@ class optional:  # noqa: N801 - used like pydantic's own lower-case annotations
 
     def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         return dict(self.schema)
+
+
+class real_time:  # noqa: N801 - used like pydantic's own lower-case annotations
+    """A timestamp's annotation, after ``optional``: text is read as ISO 8601 before pydantic sees it.
+
+    The server's pattern refuses what is no real date; a run that gets one
+    anyway (created without the schema enforced) fails with walship's own
+    one-line error naming the field, not pydantic's list of errors.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self._parse, handler(source))
+
+    def _parse(self, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            return value
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            # Not a ValueError of its own: pydantic would fold it into its multi-line report.
+            raise UsageError(
+                f"{self.name} {value!r} is not a real date and time ({exc}): use ISO 8601, e.g. 2026-11-29T14:16:00Z"
+            ) from None

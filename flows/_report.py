@@ -41,7 +41,7 @@ def publish(
         parameters = flow_run.get_parameters()
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n" + (f"\n{details}" if details else "")
-    key = artifact_key(kind, database_of(parameters), replica_of(parameters))
+    key = artifact_key(kind, database_of(parameters, flow_run_id), replica_of(parameters))
     artifact = MarkdownArtifact(markdown=markdown, key=key, description=title, flow_run_id=flow_run_id)
     with warnings.catch_warnings():
         # Prefect warns about artifacts made outside a run context; this one names its run explicitly.

@@ -7,7 +7,18 @@ from typing import Annotated
 from prefect import flow
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, GENERATION, REPLICA, SNAPSHOT_KEY, TIMESTAMP, UNSET, optional, titled
+from flows._params import (
+    BLOCK_NAME,
+    DATABASE_ID,
+    GENERATION,
+    REPLICA,
+    SNAPSHOT_KEY,
+    TIMESTAMP,
+    UNSET,
+    optional,
+    real_time,
+    titled,
+)
 from flows._report import human_bytes, publish, run_name
 from tasks import (
     describe_generations,
@@ -36,7 +47,9 @@ from walship.restore import point_in_time
 def restore_flow(
     replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     output: Annotated[Path, titled("Output file")],
-    timestamp: Annotated[datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP)] = UNSET,
+    timestamp: Annotated[
+        datetime | None, titled("Restore to time"), optional("string", pattern=TIMESTAMP), real_time("timestamp")
+    ] = UNSET,
     snapshot_key: Annotated[str | None, titled("Snapshot key"), optional("string", pattern=SNAPSHOT_KEY)] = UNSET,
     sequence: Annotated[int | None, titled("WAL sequence"), optional("integer", minimum=0)] = UNSET,
     generation: Annotated[str | None, titled("Generation"), optional("string", pattern=GENERATION)] = UNSET,

@@ -114,7 +114,8 @@ class TestSnapshotMany:
 
         assert flow_run(run_id(state)).name.startswith("snapshot-many-*.db-")
         children = child_flow_runs(run_id(state))
-        assert sorted(c.name.rsplit("-", 1)[0] for c in children) == [
+        # Each child is named <flow>-<database>-<minute>-<run>.
+        assert sorted(c.name.rsplit("-", 2)[0] for c in children) == [
             "snapshot-a.db",
             "snapshot-b.db",
             "snapshot-broken.db",

@@ -132,7 +132,7 @@ class TestFailureEvents:
         assert output.read_bytes() == b"precious"
         [progress] = artifacts(run_id(state), "progress")
         assert progress.key is None  # never the newest of a key, whatever it shows
-        latest = _latest(artifact_key("restore", "replica", replica))
+        latest = _latest(artifact_key("restore", "app.db", replica))
         assert "FAILED" in latest.data
         assert "force" in latest.data
 

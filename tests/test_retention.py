@@ -204,7 +204,7 @@ class TestRetentionCommand:
         assert "deleted 2 objects" in real.stdout
         assert _snapshot_keys(store) == keys[2:]
         assert (
-            _artifact_markdown(prefect_api, artifact_key("retention", "replica", replica)).count(
+            _artifact_markdown(prefect_api, artifact_key("retention", "app.db", replica)).count(
                 "| deleted | outside the policy |"
             )
             == 2

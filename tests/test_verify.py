@@ -357,16 +357,16 @@ class TestVerifyFlow:
         run_id = state.state_details.flow_run_id
         assert run_id is not None
         with get_client(sync_client=True) as client:
-            assert client.read_flow_run(run_id).name.startswith("verify-replica-")
+            assert client.read_flow_run(run_id).name.startswith("verify-app.db-")
         # A failed flow also records its pickled exception as a result artifact: Prefect's own.
         [artifact] = [a for a in _artifacts(run_id) if a.type == "markdown"]
-        assert artifact.key == artifact_key("verify", "replica", local_replica)
+        assert artifact.key == artifact_key("verify", "app.db", local_replica)
         for name in ("restore-newest", "index-snapshots", "index-complete", "index-position"):
             assert f"| {name} |" in artifact.data
         assert "**FAILED**" in artifact.data
 
         [event] = _events("walship.verify.failed", local_replica)
-        assert event.resource.id == resource_id("replica", local_replica)
+        assert event.resource.id == resource_id("app.db", local_replica)
         assert [check["name"] for check in event.payload["failed"]] == ["restore-newest"]
         assert info.key in json.dumps(event.payload)
         assert os.listdir(workdir) == []

@@ -24,7 +24,14 @@ from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosi
 from walship.sqlite import consistent_pages
 from walship.storage import ObjectStore
 
-__all__ = ["check_database_id", "check_not_shipped", "describe_new_snapshot", "stream_snapshot", "upload_snapshot"]
+__all__ = [
+    "check_database_id",
+    "check_not_shipped",
+    "describe_new_snapshot",
+    "recorded_database_id",
+    "stream_snapshot",
+    "upload_snapshot",
+]
 
 
 def stream_snapshot(
@@ -83,17 +90,22 @@ def stream_snapshot(
     return info.model_copy(update={"compressed_size": stored.size, "sha256": totals.sha256})
 
 
-def check_database_id(store: ObjectStore, database_id: str) -> None:
-    """Refuse to mix two databases in one replica prefix."""
+def recorded_database_id(store: ObjectStore) -> str | None:
+    """The database id the replica records (its index, else its newest snapshot); None when it has no index."""
     try:
         metadata, _ = read_index(store)
-        recorded = metadata.database_id if metadata is not None else None
     except NewerIndexError:
         raise  # a newer walship's index is never rebuilt over: fail before copying anything
     except CorruptObjectError:
-        # The index is rebuilt by the update that follows; the snapshots say whose they are.
+        # The index is rebuilt by the next update; the snapshots say whose they are.
         snapshots = list_snapshots(store)
-        recorded = snapshots[-1].database_id if snapshots else None
+        return snapshots[-1].database_id if snapshots else None
+    return metadata.database_id if metadata is not None else None
+
+
+def check_database_id(store: ObjectStore, database_id: str) -> None:
+    """Refuse to mix two databases in one replica prefix."""
+    recorded = recorded_database_id(store)
     if recorded not in (None, database_id):
         raise UsageError(
             f"replica {store.location} holds database {recorded!r}, not {database_id!r}: "
