@@ -190,11 +190,31 @@ class ShippingRun:
     def end(self) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed."""
         try:
+            self._catch_up()
             self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
         finally:
             self.close()
         return self.report
+
+    def _catch_up(self) -> None:
+        """Capture everything committed before the end, piece by piece through a spool smaller than the backlog.
+
+        Such a spool takes one piece per sync (``Shipper.behind``); ending
+        after one piece would exit 0 with commits left in the WAL only. The
+        pieces are uploaded to make room, up to the WAL's end as it is now
+        (writers that go on during a hand-over are the next run's); a piece
+        that cannot be captured (storage down, the disk full) ends the loop,
+        and the final drain says what is still spooled.
+        """
+        shipper = self.shipper
+        end = shipper.published_end()
+        while shipper.behind and end is not None and not shipper.captured_to(end):
+            self._upload(shipper.spool, self._store())
+            result = shipper.sync()
+            self._synced(result)
+            if not result.segments:
+                return
 
     def close(self) -> None:
         """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""

@@ -416,6 +416,32 @@ class Shipper:
     def _published_end(self) -> int | None:
         return published_end(self.capture)
 
+    def published_end(self) -> tuple[int, int, int] | None:
+        """The WAL's salts and the offset after its last published commit now (None without a WAL)."""
+        with self._lock:
+            header, end = self.capture.wal_header(), self._published_end()
+            return None if header is None or end is None else (header.salt1, header.salt2, end)
+
+    def captured_to(self, end: tuple[int, int, int]) -> bool:
+        """Whether the cursor holds every commit up to ``end`` (from ``published_end``).
+
+        A cursor in a later WAL does (a restart needs every frame of the one
+        before captured); in an earlier one it does not. Salt-1 grows by one
+        per restart.
+        """
+        with self._lock:
+            cursor = self.cursor
+            if cursor is None:
+                return False
+            if (cursor.salt1, cursor.salt2) == end[:2]:
+                return cursor.offset >= end[2]
+            return 0 < (cursor.salt1 - end[0]) & 0xFFFFFFFF < 0x80000000
+
+    @property
+    def behind(self) -> bool:
+        """The last capture stopped short of the committed WAL (a spool smaller than the backlog)."""
+        return self._behind
+
     def has_new_commits(self) -> bool:
         """Whether the WAL index published commits beyond the cursor (reads two local files)."""
         assert self.cursor is not None
