@@ -25,4 +25,6 @@ FAILED: dict[int, Failed] = {
     812733: Failed(10.0, 1, "a shipper's unexpected error, the WAL index not describing the WAL: the same lost locks"),
     437443: Failed(10.0, 1, "11 acknowledged commits missing: the same"),
     20: Failed(8.0, 2, "a shipper behind a spool smaller than its backlog exited 0 after one piece of it"),
+    970363: Failed(12.0, 2, "2,913 acknowledged commits missing after storage outages: the same"),
+    51167: Failed(12.0, 2, "783 acknowledged commits missing: the same"),
 }
