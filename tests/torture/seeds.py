@@ -27,4 +27,6 @@ FAILED: dict[int, Failed] = {
     20: Failed(8.0, 2, "a shipper behind a spool smaller than its backlog exited 0 after one piece of it"),
     970363: Failed(12.0, 2, "2,913 acknowledged commits missing after storage outages: the same"),
     51167: Failed(12.0, 2, "783 acknowledged commits missing: the same"),
+    137498: Failed(12.0, 2, "3,357 acknowledged commits missing: the catch-up stopped at an empty sync"),
+    101201: Failed(12.0, 2, "501 acknowledged commits missing at a hand-over: the same"),
 }

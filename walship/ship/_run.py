@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from walship.dblock import ShipperIdentity
 from walship.envelope import check_replica_sealing
-from walship.errors import SpoolEntryDamagedError, TransientStorageError
+from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import acquire_lease, holder_for
 from walship.models import WalPosition
@@ -34,6 +34,10 @@ from walship.storage import ObjectStore, StorageCredentials, open_store
 from walship.upload import UploadResult, upload_pending
 
 __all__ = ["ShipObserver", "ShipReport", "ShipSteps", "ShippingRun"]
+
+# At the end of a run, how many syncs in a row may capture nothing before the run says it could not catch up.
+_EMPTY_SYNCS = 20
+_EMPTY_SYNC_PAUSE = 0.05
 
 
 class ShipReport(BaseModel):
@@ -200,21 +204,28 @@ class ShippingRun:
     def _catch_up(self) -> None:
         """Capture everything committed before the end, piece by piece through a spool smaller than the backlog.
 
-        Such a spool takes one piece per sync (``Shipper.behind``); ending
-        after one piece would exit 0 with commits left in the WAL only. The
-        pieces are uploaded to make room, up to the WAL's end as it is now
-        (writers that go on during a hand-over are the next run's); a piece
-        that cannot be captured (storage down, the disk full) ends the loop,
-        and the final drain says what is still spooled.
+        Such a spool takes one piece per sync; ending after one piece would
+        exit 0 with commits left in the WAL only. The pieces are uploaded to
+        make room, up to the WAL's end as it is now (writers that go on during
+        a hand-over are the next run's). A sync that captures nothing (an
+        unsettled WAL index) is tried again a few times; when the end cannot
+        be reached (storage down, the disk full) the run fails, naming it.
         """
         shipper = self.shipper
         end = shipper.published_end()
-        while shipper.behind and end is not None and not shipper.captured_to(end):
+        empty = 0
+        while end is not None and not shipper.captured_to(end):
             self._upload(shipper.spool, self._store())
             result = shipper.sync()
             self._synced(result)
-            if not result.segments:
-                return
+            empty = 0 if result.segments else empty + 1
+            if empty >= _EMPTY_SYNCS:
+                raise IncompleteError(
+                    f"committed WAL of {self.database} up to offset {end[2]} is not captured yet (the spool "
+                    f"{self.spool_dir} has no room, or storage is unreachable): it stays in the WAL for the next run"
+                )
+            if empty:
+                time.sleep(_EMPTY_SYNC_PAUSE)
 
     def close(self) -> None:
         """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""
