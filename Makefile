@@ -58,6 +58,12 @@ stop: $(STAMP)
 worker: $(STAMP)
 	$(PY) -m deployments.worker
 
+# walship's alerts (deployments/automations.yaml) created or updated on the server PREFECT_API_URL
+# names, posting to WALSHIP_ALERT_WEBHOOK; SILENCE (seconds) replaces the "shipping stopped" window.
+.PHONY: automations
+automations: $(STAMP)
+	$(PY) -m deployments.automations $(if $(SILENCE),--silence $(SILENCE))
+
 bench: $(STAMP)
 	$(PY) -m bench.snapshot_restore
 

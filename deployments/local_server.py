@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,16 @@ def prefect_env(home: Path, port: int) -> dict[str, str]:
     }
 
 
-def start_server(home: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    """``prefect server start`` on 127.0.0.1:``port`` in its own process group (so it can be ended whole)."""
+def start_server(
+    home: Path, port: int, log: Path, settings: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``prefect server start`` on 127.0.0.1:``port`` in its own process group (so it can be ended whole);
+    ``settings`` are more Prefect settings for the server (e.g. a test's shorter intervals)."""
     home.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=prefect_env(home, port),
+            env={**prefect_env(home, port), **(settings or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

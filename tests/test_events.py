@@ -1,25 +1,14 @@
 """Events and progress artifacts, read back from a real Prefect API."""
 
-import json
-import queue
-import re
-import threading
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from uuid import UUID
 
 import pytest
-import yaml
 from prefect import flow
-from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterId
-from prefect.events.schemas.automations import AutomationCore
-from prefect.events.worker import EventsWorker
 
-from flows._events import emit
 from flows._ship_events import LagWatch, ShippedBatch
 from flows.restore import restore_flow
 from flows.ship import wal_ship_flow
@@ -32,8 +21,6 @@ from walship.index import current_snapshots
 from walship.models import SegmentInfo
 from walship.spool import PendingEntry, new_entry
 from walship.storage import open_store
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _segments(generation: str, first: int, last: int) -> list[PendingEntry]:
@@ -241,127 +228,3 @@ class TestShipEvents:
         shown = f"{resync.pages:,} of {resync.page_count:,} pages"
         assert any(shown in s and f"as sequence {sequence} " in s for s in summaries), summaries
         assert first.generations_started
-
-
-class _Webhook:
-    """A local HTTP endpoint that records the JSON bodies posted to it."""
-
-    def __init__(self) -> None:
-        received: queue.Queue[dict[str, Any]] = queue.Queue()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                received.put(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _documented_automation(expects: str = "walship.lag.exceeded") -> str:
-    """The YAML example of docs/AUTOMATIONS.md that expects ``expects``, as an operator would copy it."""
-    text = (ROOT / "docs" / "AUTOMATIONS.md").read_text()
-    [example] = [block for block in re.findall(r"```yaml\n(.*?)```", text, re.S) if f"- {expects}\n" in block]
-    return str(example)
-
-
-@pytest.mark.usefixtures("prefect_api")
-class TestDocumentedAutomation:
-    """The lag automation in docs/AUTOMATIONS.md is valid for the server and fires on a lag event."""
-
-    def test_example_is_accepted_and_notifies(self) -> None:
-        """Created with a real webhook block, it reads back as written and notifies on walship.lag.exceeded."""
-        hook = _Webhook()
-        block = CustomWebhookNotificationBlock(
-            name="walship-oncall",
-            url=hook.url,
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
-            allow_private_urls=True,
-        )
-        block_id = block.save("walship-lag-test", overwrite=True)
-        spec = yaml.safe_load(_documented_automation().replace("REPLACE-WITH-NOTIFICATION-BLOCK-ID", str(block_id)))
-        with get_client(sync_client=True) as client:
-            automation_id = client.create_automation(AutomationCore.model_validate(spec))
-        try:
-            with get_client(sync_client=True) as client:
-                stored = client.read_automation(automation_id)
-            assert stored is not None
-            written = stored.model_dump(mode="json")
-            for field in ("expect", "match", "for_each", "posture", "threshold"):
-                expected = spec["trigger"][field]
-                assert written["trigger"][field] == (sorted(expected) if isinstance(expected, list) else expected)
-            assert written["actions"][0]["block_document_id"] == str(block_id)
-
-            emit(
-                "walship.lag.exceeded",
-                "automation-test.db",
-                "file:///backups/automation-test.db",
-                {"lag_seconds": 75.5, "threshold_seconds": 60.0, "measure": "spool backlog age", "spooled_entries": 12},
-            )
-            EventsWorker.drain_all()
-            notification = hook.received.get(timeout=120)
-            assert notification["subject"] == "walship: automation-test.db is 75.5 s behind"
-            assert "file:///backups/automation-test.db" in notification["body"]
-            assert "12 entries spooled" in notification["body"]
-        finally:
-            with get_client(sync_client=True) as client:
-                client.delete_automation(automation_id)
-            hook.close()
-
-
-@pytest.mark.usefixtures("prefect_api")
-class TestDocumentedFailureAutomations:
-    """The "any walship failure" and "no successful shipping" automations of docs/AUTOMATIONS.md."""
-
-    def _create(self, expects: str, block_id: UUID) -> UUID:
-        spec = yaml.safe_load(
-            _documented_automation(expects).replace("REPLACE-WITH-NOTIFICATION-BLOCK-ID", str(block_id))
-        )
-        with get_client(sync_client=True) as client:
-            automation_id = client.create_automation(AutomationCore.model_validate(spec))
-            stored = client.read_automation(automation_id)
-        assert stored is not None
-        written = stored.model_dump(mode="json")
-        for field in ("expect", "match", "for_each", "posture", "threshold"):
-            expected = spec["trigger"][field]
-            assert written["trigger"][field] == (sorted(expected) if isinstance(expected, list) else expected)
-        return automation_id
-
-    def test_any_failure_notifies_and_shipping_stopped_is_accepted(self) -> None:
-        """A walship.snapshot.failed event notifies with its reason and replica; the proactive one is valid."""
-        hook = _Webhook()
-        block = CustomWebhookNotificationBlock(
-            name="walship-failures",
-            url=hook.url,
-            json_data={"subject": "{{subject}}", "body": "{{body}}"},
-            allow_private_urls=True,
-        )
-        block_id = block.save("walship-failure-test", overwrite=True)
-        created = [self._create("walship.*.failed", block_id), self._create("walship.ship.completed", block_id)]
-        try:
-            emit(
-                "walship.snapshot.failed",
-                "failure-test.db",
-                "file:///backups/failure-test.db",
-                {"reason": "s3: access denied (403)", "error": "PermanentStorageError", "flow_run": "snapshot-x"},
-            )
-            EventsWorker.drain_all()
-            notification = hook.received.get(timeout=120)
-            assert notification["subject"] == "walship: walship.snapshot.failed for failure-test.db"
-            assert "s3: access denied (403)" in notification["body"]
-            assert "file:///backups/failure-test.db" in notification["body"]
-        finally:
-            with get_client(sync_client=True) as client:
-                for automation_id in created:
-                    client.delete_automation(automation_id)
-            hook.close()

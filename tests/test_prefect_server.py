@@ -57,12 +57,15 @@ class Server:
         # The pull step of prefect.yaml changes into the project directory.
         return {**prefect_env(self.home, self.port), "WALSHIP_PROJECT_DIR": str(ROOT)}
 
-    def run(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """A command to completion in its own process group; the group is ended whatever happens."""
+    def run(
+        self, *argv: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A command to completion in its own process group (``env``: another environment than ``env()``);
+        the group is ended whatever happens."""
         process = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env=self.env(),
+            env=self.env() if env is None else env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -75,8 +78,10 @@ class Server:
             process.wait()
         return subprocess.CompletedProcess(argv, process.returncode, output, "")
 
-    def prefect(self, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return self.run(str(BIN / "prefect"), *argv, timeout=timeout)
+    def prefect(
+        self, *argv: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(str(BIN / "prefect"), *argv, timeout=timeout, env=env)
 
     def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         for attempt in range(6):
