@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, republish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
@@ -31,6 +31,7 @@ from walship.upload import UploadResult
 __all__ = ["ShipReport", "wal_ship_flow"]
 
 
+@plain_refusals
 @flow(
     name="wal-ship",
     description="Capture committed WAL of a live SQLite database every interval and ship it as segments.",
