@@ -18,7 +18,26 @@ from prefect import Flow
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
 
-__all__ = ["PREFECT_YAML", "ROOT", "SiteError", "load_deployments", "load_flow", "site_values", "with_site"]
+__all__ = [
+    "MIN_WINDOW",
+    "PREFECT_YAML",
+    "ROOT",
+    "SERVE_SPREAD",
+    "WORKER_SPREAD",
+    "SiteError",
+    "check_shipping",
+    "load_deployments",
+    "load_flow",
+    "site_values",
+    "with_site",
+]
+
+# How much a shipping run's start (schedule to first line) varies: on a process work pool's worker, as
+# measured (docs/OPERATIONS.md, "Shipping windows"); under serve, whose runs are its own child processes.
+WORKER_SPREAD = 40.0
+SERVE_SPREAD = 10.0
+# Shorter windows are refused: each run's fixed costs (start-up, lease, final drain) would be most of it.
+MIN_WINDOW = 30.0
 
 
 class SiteError(ValueError):
@@ -32,6 +51,36 @@ def _site_node(document: yaml.MappingNode) -> yaml.MappingNode:
                 if inner_key.value == "site" and isinstance(inner_value, yaml.MappingNode):
                     return inner_value
     raise SiteError("prefect.yaml has no definitions.site mapping; restore it from git before overriding site values")
+
+
+def check_shipping(window: float, duration: float, handover_wait: float, spread: float = WORKER_SPREAD) -> None:
+    """Refuse, in one line, shipping windows that could leave the WAL unwatched or keep three runs alive.
+
+    Each run must still ship when the next one starts however late it starts
+    (``duration - window > spread``), must be gone before the one after next
+    starts however early (``duration + spread < 2 * window``), and the next
+    run must wait for it that long (``handover_wait``).
+    """
+    if window < MIN_WINDOW:
+        raise SiteError(f"ship_window {window:g} s is under {MIN_WINDOW:g} s: use a window of {MIN_WINDOW:g} s or more")
+    if window <= 2 * spread:
+        raise SiteError(
+            f"ship_window {window:g} s is too short for runs whose start varies by {spread:g} s: no ship_duration "
+            f"overlaps the next run without a third alive; use a window over {2 * spread:g} s"
+        )
+    fits = f"keep ship_duration between {window + spread:g} and {2 * window - spread:g} s (exclusive)"
+    if duration - window <= spread:
+        raise SiteError(
+            f"ship_duration {duration:g} s must exceed ship_window {window:g} s by more than {spread:g} s "
+            f"(how much runs' start varies), or the WAL goes unwatched between runs: {fits}"
+        )
+    if duration + spread >= 2 * window:
+        raise SiteError(f"ship_duration {duration:g} s keeps three runs alive with ship_window {window:g} s: {fits}")
+    if handover_wait < duration - window + spread:
+        raise SiteError(
+            f"ship_handover_wait {handover_wait:g} s is shorter than the overlap plus how much start-up varies "
+            f"({duration - window + spread:g} s): the next run would give up before this one ends"
+        )
 
 
 def site_values(text: str) -> dict[str, Any]:

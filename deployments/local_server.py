@@ -10,8 +10,12 @@ and profiles never touch ~/.prefect); pid files and logs sit there too.
 by ``--set KEY=VALUE`` or the environment (``WALSHIP_DATABASE``,
 ``WALSHIP_REPLICA``, ``WALSHIP_CREDENTIALS_BLOCK``...: ``WALSHIP_`` and the
 site value's name in capitals); with no database given, ``make demo``'s
-database and replica (nothing copied). The tests start their servers with
-the same functions.
+database and replica (nothing copied). It says which shipping window it
+serves and refuses one that breaks the window rules (``check_shipping``).
+Run again while it serves, it leaves the deployments as they are: with other
+values it says so and how to apply them (``make stop`` first), since
+re-serving would end the shipping run in flight. The tests start their
+servers with the same functions.
 """
 
 import argparse
@@ -29,7 +33,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deployments.config import PREFECT_YAML, ROOT, load_deployments, site_values
+from deployments.config import (
+    PREFECT_YAML,
+    ROOT,
+    SERVE_SPREAD,
+    SiteError,
+    check_shipping,
+    load_deployments,
+    site_values,
+)
 from deployments.serve import parse_site_value
 from deployments.worker import FAST_RUNS
 
@@ -148,6 +160,37 @@ def _running(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline else None
 
 
+_SHIPPING = ("ship_window", "ship_duration", "ship_handover_wait")
+
+
+def served_values(overrides: dict[str, object]) -> dict[str, str]:
+    """Every site value as it is served: prefect.yaml's, with ``overrides``."""
+    return {name: str(value) for name, value in {**site_values(PREFECT_YAML.read_text()), **overrides}.items()}
+
+
+def shipping_window(values: dict[str, str], chosen: set[str], demo: bool) -> str:
+    """The window served, checked against the rules; one line saying it and where it came from."""
+    try:
+        window, duration, wait = (float(values[name]) for name in _SHIPPING)
+    except ValueError:
+        raise SiteError(f"{', '.join(f'{n}={values[n]!r}' for n in _SHIPPING)}: each must be seconds") from None
+    check_shipping(window, duration, wait, SERVE_SPREAD)
+    line = f"shipping: a wal-ship run every {window:g} s, each {duration:g} s long, hand-over wait {wait:g} s"
+    if not chosen & set(_SHIPPING):
+        source = "make serve's demo values" if demo else "prefect.yaml's"
+        line += f' ({source}; SET="ship_window=... ship_duration=... ship_handover_wait=..." to change)'
+    return line
+
+
+def _changes(served: dict[str, str], wanted: dict[str, str]) -> str:
+    names = list(wanted) + [name for name in served if name not in wanted]
+    return ", ".join(
+        f"{name} {served.get(name, '-')} -> {wanted.get(name, '-')}"
+        for name in names
+        if served.get(name) != wanted.get(name)
+    )
+
+
 def site_overrides(given: dict[str, str], environ: dict[str, str]) -> dict[str, object]:
     """The site values to serve with: ``given`` (--set), else ``WALSHIP_<NAME>`` from ``environ``; with no
     database among them, ``make demo``'s database and replica."""
@@ -173,59 +216,97 @@ def site_overrides(given: dict[str, str], environ: dict[str, str]) -> dict[str, 
 
 
 def start(port: int, given: dict[str, str] | None = None) -> int:
-    overrides = site_overrides(given or {}, dict(os.environ))
+    given = given or {}
+    overrides = site_overrides(given, dict(os.environ))
+    chosen = set(given) | {name for name in overrides if f"WALSHIP_{name.upper()}" in os.environ}
+    wanted = served_values(overrides)
+    try:
+        window = shipping_window(wanted, chosen, demo="database" not in chosen)
+    except SiteError as exc:
+        print(f"walship: {exc}", file=sys.stderr)
+        return 2
     database = Path(str(overrides["database"]))
     if not database.exists():
         hint = "run 'make demo' first" if database == DEMO / "app.db" else "check WALSHIP_DATABASE or --set database="
         print(f"error: {database} does not exist: {hint}", file=sys.stderr)
         return 2
-    server_pid_file, serve_pid_file = HOME / "server.pid", HOME / "serve.pid"
-    ui = f"http://127.0.0.1:{port}"
+    serving = _running(HOME / "serve.pid", "deployments.serve")
+    if serving and (served := _read_served(HOME / "served.json")) != wanted:
+        print(
+            f"walship: the deployments are served with other values ({_changes(served, wanted)}) and are left as "
+            "they are: run 'make stop' (it ends the runs in flight), then 'make serve' with the new values",
+            file=sys.stderr,
+        )
+        return 2
+    if code := _start_server(port):
+        return code
+    if serving:
+        print(f"the deployments are already served with these values (pid {serving})")
+    elif code := _serve(port, overrides, wanted, database):
+        return code
+    print(window)
+    print(f"\nPrefect UI: http://127.0.0.1:{port}")
+    print(f"For the CLI: export PREFECT_API_URL={api_url(port)} PREFECT_HOME={HOME}")
+    return 0
+
+
+def _start_server(port: int) -> int:
+    """Start the server unless it runs; 0 once it is healthy."""
+    server_pid_file = HOME / "server.pid"
     if pid := _running(server_pid_file, "prefect"):
-        print(f"the Prefect server is already running (pid {pid}): {ui}")
-    elif _listening(port):
+        print(f"the Prefect server is already running (pid {pid}): http://127.0.0.1:{port}")
+        return 0
+    if _listening(port):
         print(
             f"error: something else listens on 127.0.0.1:{port}: set PREFECT_SERVER_API_PORT to a free port",
             file=sys.stderr,
         )
         return 1
-    else:
-        server = start_server(HOME, port, HOME / "server.log")
-        server_pid_file.write_text(str(server.pid))
-        print(f"starting the Prefect server on 127.0.0.1:{port} (pid {server.pid}, log {HOME / 'server.log'})")
-        try:
-            wait_healthy(port, server)
-        except (RuntimeError, TimeoutError) as exc:
-            stop_group(server.pid)
-            print(f"error: {exc}; see {HOME / 'server.log'}", file=sys.stderr)
-            return 1
-    if pid := _running(serve_pid_file, "deployments.serve"):
-        print(f"the deployments are already served (pid {pid})")
-    else:
-        argv = [str(BIN / "python"), "-m", "deployments.serve"]
-        for name, value in overrides.items():
-            argv += ["--set", f"{name}={value}"]
-        with (HOME / "serve.log").open("ab") as out:
-            serving = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=prefect_env(HOME, port),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        serve_pid_file.write_text(str(serving.pid))
-        print(f"serving prefect.yaml's deployments for {database} (pid {serving.pid}, log {HOME / 'serve.log'})")
-        try:
-            wait_served(port, len(load_deployments()), serving)
-        except (RuntimeError, TimeoutError) as exc:
-            stop_group(serving.pid)
-            tail = (HOME / "serve.log").read_text().strip().splitlines()[-1:]
-            print(f"error: {exc}: {' '.join(tail)}", file=sys.stderr)
-            return 1
-    print(f"\nPrefect UI: {ui}\nFor the CLI: export PREFECT_API_URL={api_url(port)} PREFECT_HOME={HOME}")
+    server = start_server(HOME, port, HOME / "server.log")
+    server_pid_file.write_text(str(server.pid))
+    print(f"starting the Prefect server on 127.0.0.1:{port} (pid {server.pid}, log {HOME / 'server.log'})")
+    try:
+        wait_healthy(port, server)
+    except (RuntimeError, TimeoutError) as exc:
+        stop_group(server.pid)
+        print(f"error: {exc}; see {HOME / 'server.log'}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _serve(port: int, overrides: dict[str, object], wanted: dict[str, str], database: Path) -> int:
+    """serve.py with ``overrides``, remembering the values it serves; 0 once every deployment is registered."""
+    argv = [str(BIN / "python"), "-m", "deployments.serve"]
+    for name, value in overrides.items():
+        argv += ["--set", f"{name}={value}"]
+    with (HOME / "serve.log").open("ab") as out:
+        serving = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=prefect_env(HOME, port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    (HOME / "serve.pid").write_text(str(serving.pid))
+    (HOME / "served.json").write_text(json.dumps(wanted))
+    print(f"serving prefect.yaml's deployments for {database} (pid {serving.pid}, log {HOME / 'serve.log'})")
+    try:
+        wait_served(port, len(load_deployments()), serving)
+    except (RuntimeError, TimeoutError) as exc:
+        stop_group(serving.pid)
+        tail = (HOME / "serve.log").read_text().strip().splitlines()[-1:]
+        print(f"error: {exc}: {' '.join(tail)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_served(path: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}  # served by an older walship: its values are unknown
 
 
 def _api(port: int, path: str, body: object, method: str = "POST", attempts: int = 6) -> Any:

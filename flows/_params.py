@@ -21,12 +21,21 @@ and the server accepts that or an explicit null. Prefect writes a parameter's
 Python default into the schema unless it cannot be serialized, so the Python
 default is ``UNSET``, which cannot; validation turns it (and an empty string)
 into None before the flow body runs.
+
+A bad value that reaches a run all the same (the Python API, a deployment
+whose schema is not enforced) fails it with one line naming each field and
+what it should be (``plain_refusals``), not Prefect's list of errors, a dump
+of every parameter and, on a worker, a traceback.
 """
 
+import logging
+import re
 import warnings
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
+from prefect.exceptions import ParameterTypeError
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue, PydanticJsonSchemaWarning
 from pydantic_core import CoreSchema, core_schema
@@ -42,6 +51,7 @@ __all__ = [
     "TIMESTAMP",
     "UNSET",
     "optional",
+    "plain_refusals",
     "real_time",
     "titled",
 ]
@@ -137,3 +147,45 @@ class real_time:  # noqa: N801 - used like pydantic's own lower-case annotations
             raise UsageError(
                 f"{self.name} {value!r} is not a real date and time ({exc}): use ISO 8601, e.g. 2026-11-29T14:16:00Z"
             ) from None
+
+
+F = TypeVar("F")
+
+
+def plain_refusals(flow: F) -> F:
+    """``flow`` (a Prefect flow), whose run fails with one line when its parameters do not validate."""
+    validate: Callable[[dict[str, Any]], dict[str, Any]] = flow.validate_parameters  # type: ignore[attr-defined]
+    name = flow.name  # type: ignore[attr-defined]
+
+    def validate_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return validate(parameters)
+        except ParameterTypeError as exc:
+            # Not a ParameterTypeError: its message would stay the list, and walship's own errors lose their
+            # traceback in the run's log (flows/_failure.py).
+            raise UsageError(refusal(name, str(exc))) from None
+
+    flow.validate_parameters = validate_parameters  # type: ignore[attr-defined]
+    return flow
+
+
+def refusal(flow_name: str, listed: str) -> str:
+    """Prefect's list (``- field: Input should be ...`` lines) as one line: each field and what it should be."""
+    found = re.findall(r"^ - ([^:]+): (.+)$", listed, re.MULTILINE)
+    problems = "; ".join(f"{field} {_should(text)}" for field, text in found) or " ".join(listed.split())
+    return f"{flow_name} refused its parameters: {problems}. Correct them and run it again"
+
+
+def _should(text: str) -> str:
+    return text.removeprefix("Input ") if text.startswith("Input should") else f"is refused: {text}"
+
+
+class _ValidationDump(logging.Filter):
+    """Drops Prefect's dump of every parameter on a validation failure: the run's one line says what is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Parameter validation failed for flow")
+
+
+if not any(isinstance(f, _ValidationDump) for f in logging.getLogger("prefect.flows").filters):
+    logging.getLogger("prefect.flows").addFilter(_ValidationDump())

@@ -1,5 +1,6 @@
 """Markdown artifacts shared by the flows, keyed by database and replica."""
 
+import inspect
 import re
 import warnings
 from collections.abc import Mapping
@@ -7,12 +8,14 @@ from typing import Any
 from uuid import UUID
 
 from prefect.artifacts import MarkdownArtifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 from prefect.runtime import flow_run
 
 from flows._subject import database_of, replica_of, replica_tag, run_name
 from walship.units import human_bytes
 
-__all__ = ["artifact_key", "human_bytes", "publish", "run_name"]
+__all__ = ["artifact_key", "human_bytes", "publish", "republish", "run_name"]
 
 
 def artifact_key(kind: str, database: str, replica: str) -> str:
@@ -30,8 +33,8 @@ def publish(
     *,
     parameters: Mapping[str, Any] | None = None,
     flow_run_id: UUID | None = None,
-) -> None:
-    """A summary table, then optional ``details`` markdown, under the run's database and replica key.
+) -> UUID:
+    """A summary table, then optional ``details`` markdown, under the run's database and replica key; its id.
 
     Inside a run, the run's own parameters and id; the failure hook passes the
     ones of the run it was handed: a run refused at parameter validation calls
@@ -39,11 +42,24 @@ def publish(
     """
     if parameters is None:
         parameters = flow_run.get_parameters()
-    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
-    markdown = f"# {title}\n\n| | |\n|---|---|\n{table}\n" + (f"\n{details}" if details else "")
     key = artifact_key(kind, database_of(parameters, flow_run_id), replica_of(parameters))
-    artifact = MarkdownArtifact(markdown=markdown, key=key, description=title, flow_run_id=flow_run_id)
+    artifact = MarkdownArtifact(
+        markdown=_markdown(title, rows, details), key=key, description=title, flow_run_id=flow_run_id
+    )
     with warnings.catch_warnings():
         # Prefect warns about artifacts made outside a run context; this one names its run explicitly.
         warnings.simplefilter("ignore", FutureWarning)
-        artifact.create()
+        created = artifact.create()
+    assert not inspect.isawaitable(created)  # the sync variant: the flows are sync
+    return created.id
+
+
+def republish(artifact_id: UUID, title: str, rows: list[tuple[str, str]], details: str = "") -> None:
+    """Replace a published table in place: one artifact per run, current while the run goes on."""
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=_markdown(title, rows, details), description=title))
+
+
+def _markdown(title: str, rows: list[tuple[str, str]], details: str) -> str:
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    return f"# {title}\n\n| | |\n|---|---|\n{table}\n" + (f"\n{details}" if details else "")

@@ -29,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from flows.ship import ShipReport, wal_ship_flow
 from flows.snapshot import snapshot_flow
@@ -58,6 +58,7 @@ _Replica = Annotated[str, titled("Replica URL or template", schema={"pattern": R
 _Block = Annotated[str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)]
 
 
+@plain_refusals
 @flow(
     name="snapshot-many",
     description="Snapshots of every database the patterns match, a few at a time, each into its own replica.",
@@ -95,6 +96,7 @@ def snapshot_many_flow(
     return _report("snapshot-many", databases, f"Snapshots of {len(outcomes)} databases", outcomes)
 
 
+@plain_refusals
 @flow(
     name="wal-ship-many",
     description="WAL shipping of every database the patterns match, all at once, each into its own replica.",

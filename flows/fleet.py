@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 
 from flows._events import emit
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import artifact_key, run_name
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
@@ -39,6 +39,7 @@ __all__ = ["ship_fleet_flow"]
 _API_RECHECK = 5.0
 
 
+@plain_refusals
 @flow(
     name="wal-ship-fleet",
     description="WAL shipping of every database the patterns match, from one process, each into its own replica.",

@@ -16,6 +16,7 @@ from flows._params import (
     TIMESTAMP,
     UNSET,
     optional,
+    plain_refusals,
     real_time,
     titled,
 )
@@ -37,6 +38,7 @@ from walship.original import OriginalRestoreResult
 from walship.restore import point_in_time
 
 
+@plain_refusals
 @flow(
     name="restore",
     description="Restore a replica to a new file: the newest data, a point in time, or a WAL sequence.",

@@ -5,7 +5,7 @@ from typing import Annotated
 from prefect import flow
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
 from walship.errors import IncompleteError
@@ -13,6 +13,7 @@ from walship.models import RetryPolicy, utcnow
 from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, RetentionResult
 
 
+@plain_refusals
 @flow(
     name="retention",
     description="Delete the snapshots and WAL a retention policy no longer keeps (never the newest data).",

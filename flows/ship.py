@@ -5,7 +5,9 @@ before this one ends and takes over when it does (``handover_wait``), so one
 generation runs for days. Capture is local and costs no request. Uploads
 inside the window are direct calls (a failed one is simply tried again next
 interval), so a day of shipping adds a handful of task runs per window, not
-one per second: the run's progress is in its events and artifact.
+one per second. While it ships, the run logs a progress line every
+``progress_interval`` and keeps its table artifact current in place (one
+artifact per run); hand-overs are in its logs too.
 """
 
 from pathlib import Path
@@ -14,14 +16,14 @@ from typing import Annotated, Any
 from prefect import flow, get_run_logger
 
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
-from flows._report import human_bytes, publish, run_name
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
+from flows._report import human_bytes, publish, republish, run_name
 from flows._ship_events import ShipEvents
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.layout import parse_segment_key
-from walship.models import RetryPolicy, WalPosition
+from walship.models import RetryPolicy, WalPosition, utcnow
 from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
 from walship.spool import PendingEntry
 from walship.upload import UploadResult
@@ -29,6 +31,7 @@ from walship.upload import UploadResult
 __all__ = ["ShipReport", "wal_ship_flow"]
 
 
+@plain_refusals
 @flow(
     name="wal-ship",
     description="Capture committed WAL of a live SQLite database every interval and ship it as segments.",
@@ -48,6 +51,7 @@ def wal_ship_flow(
     lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
+    progress_interval: Annotated[float, titled("Progress interval (s)", gt=0)] = 60.0,
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
@@ -68,6 +72,7 @@ def wal_ship_flow(
         lag_threshold_seconds: Lag above which walship.lag.exceeded is emitted (once per crossing).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
+        progress_interval: Seconds between two progress lines in the run's logs and updates of its table.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
@@ -77,7 +82,9 @@ def wal_ship_flow(
     overlapping window) holds the WAL, waits up to ``handover_wait`` for it to
     end, and continues its generation."""
     database_id = database_id or database.name
+    logger = get_run_logger()
     events = ShipEvents(database_id, replica, lag_threshold_seconds)
+    table = _Table(database, progress_interval, logger)
     run = ShippingRun(
         database,
         replica,
@@ -86,16 +93,17 @@ def wal_ship_flow(
             level=level,
             snapshot_seconds=snapshot_interval,
             recipients=tuple(age_recipients),
+            progress_seconds=progress_interval,
         ),
         spool_dir=spool_dir,
         steps=_TaskSteps(retry, credentials_block),
-        observer=_Observer(events, get_run_logger()),
+        observer=_Observer(events, logger, table),
         credentials=block_credentials(credentials_block),
     )
     try:
         report = run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
     finally:
-        _publish(database, run.report)
+        table.show(run.report, ended=True)
     # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.
     events.completed(report.segments_uploaded, str(report.position or ""))
     return report
@@ -121,11 +129,15 @@ class _TaskSteps:
 
 
 class _Observer(LoggingObserver):
-    """The run's log lines (in the flow run's logger), and its events."""
+    """The run's log lines (in the flow run's logger), its events, and its table kept current."""
 
-    def __init__(self, events: ShipEvents, logger: Any) -> None:
+    def __init__(self, events: ShipEvents, logger: Any, table: "_Table") -> None:
         super().__init__(logger)
-        self.events = events
+        self.events, self.table = events, table
+
+    def progress(self, database_id: str, report: ShipReport) -> None:
+        super().progress(database_id, report)
+        self.table.show(report)
 
     def synced(self, result: SyncResult) -> None:
         self.events.synced(result)
@@ -141,28 +153,57 @@ class _Observer(LoggingObserver):
         self.events.close()
 
 
-def _publish(database: Path, report: ShipReport) -> None:
+class _Table:
+    """The run's table artifact: published as the run starts, replaced in place as it ships and when it ends."""
+
+    def __init__(self, database: Path, every: float, logger: Any) -> None:
+        self.title, self.every, self.logger = f"WAL shipping of {database.name}", every, logger
+        self.artifact_id = publish(
+            "ship", self.title, _rows(ShipReport(), "starting (a running shipper is waited for)")
+        )
+
+    def show(self, report: ShipReport, *, ended: bool = False) -> None:
+        window = "ended" if ended else f"shipping; as of {utcnow():%H:%M:%S} UTC, refreshed every {self.every:g} s"
+        try:
+            republish(self.artifact_id, self.title, _rows(report, window))
+        except Exception as exc:  # a table is never worth failing a backup for
+            self.logger.warning("the run's table artifact was not updated: %s", exc)
+
+
+def _rows(report: ShipReport, window: str) -> list[tuple[str, str]]:
+    """The table's rows; the segment rows add up: captured + left by an earlier run = uploaded + still spooled."""
     started = zip(report.generations_started, report.generation_reasons, strict=True)
     generations = ", ".join(f"`{g}` ({why})" for g, why in started) or "none (continued)"
-    publish(
-        "ship",
-        f"WAL shipping of {database.name}",
-        [
-            ("syncs", str(report.syncs)),
-            ("segments captured / uploaded", f"{report.segments_captured} / {report.segments_uploaded}"),
-            ("commits captured / uploaded", f"{report.commits_captured} / {report.commits_uploaded}"),
-            ("bytes", f"{human_bytes(report.bytes_captured)} captured, {human_bytes(report.bytes_uploaded)} uploaded"),
-            ("checkpoints", str(report.checkpoints)),
-            ("generations started", generations),
-            ("resyncs (pages shipped instead of a full snapshot)", _resyncs(report)),
-            ("snapshots uploaded", ", ".join(f"`{k}`" for k in report.snapshots_uploaded) or "none"),
-            ("max lag (capture to storage)", f"{report.max_lag_seconds:.2f} s"),
-            ("took over after", _seconds(report.handover_waited_seconds)),
-            ("upload failures (retried next interval)", str(report.upload_failures)),
-            ("still spooled at end", str(report.pending_at_end)),
-            ("position", str(report.position or "-")),
-        ],
-    )
+    own_commits = report.commits_uploaded - report.commits_uploaded_of_earlier_run
+    return [
+        ("window", window),
+        ("syncs", str(report.syncs)),
+        ("segments captured by this run", str(report.segments_captured)),
+        ("segments left spooled by an earlier run", str(report.segments_left_by_earlier_run)),
+        (
+            "segments uploaded",
+            f"{report.segments_uploaded} ({report.segments_uploaded_of_this_run} captured by this run, "
+            f"{report.segments_uploaded_of_earlier_run} left by an earlier run)",
+        ),
+        ("segments still spooled", str(report.segments_spooled)),
+        ("commits captured by this run", str(report.commits_captured)),
+        (
+            "commits uploaded",
+            f"{report.commits_uploaded} ({own_commits} captured by this run, "
+            f"{report.commits_uploaded_of_earlier_run} left by an earlier run)",
+        ),
+        ("bytes", f"{human_bytes(report.bytes_captured)} captured, {human_bytes(report.bytes_uploaded)} uploaded"),
+        ("checkpoints", str(report.checkpoints)),
+        ("generations started", generations),
+        ("resyncs (pages shipped instead of a full snapshot)", _resyncs(report)),
+        ("snapshots uploaded", ", ".join(f"`{k}`" for k in report.snapshots_uploaded) or "none"),
+        ("lag at the last sync (capture to storage, or the oldest spooled)", f"{report.lag_seconds:.2f} s"),
+        ("max lag (capture to storage)", f"{report.max_lag_seconds:.2f} s"),
+        ("took over after", _seconds(report.handover_waited_seconds)),
+        ("upload failures (retried next interval)", str(report.upload_failures)),
+        ("entries still spooled at end (segments and snapshots)", str(report.pending_at_end)),
+        ("position", str(report.position or "none")),
+    ]
 
 
 def _resyncs(report: ShipReport) -> str:

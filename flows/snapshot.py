@@ -8,7 +8,7 @@ from prefect import flow
 
 from flows._events import emit
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import (
     check_replica,
@@ -22,6 +22,7 @@ from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.models import RetryPolicy, SnapshotInfo
 
 
+@plain_refusals
 @flow(
     name="snapshot",
     description="Consistent zstd snapshot of a live SQLite database, uploaded to its replica.",

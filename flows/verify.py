@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 
 from flows._events import emit
 from flows._failure import on_failure
-from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, titled
+from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import publish, run_name
 from flows._subject import database_of
 from tasks import check_index, restore_drill, with_retry_policy
@@ -18,6 +18,7 @@ from walship.verify import VerifyReport, run_verify
 PASSED_EVENT = "walship.verify.passed"
 
 
+@plain_refusals
 @flow(
     name="verify",
     description="Restore drill: restore into a temporary directory and check every checksum, the chain and integrity.",

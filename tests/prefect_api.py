@@ -18,15 +18,26 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentTaskRunId,
+    LogFilter,
+    LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import Artifact, FlowRun, State
+from prefect.client.schemas.objects import Artifact, FlowRun, Log, State
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
 from prefect.events.schemas.events import ReceivedEvent
 from prefect.events.worker import EventsWorker
 
 from flows._events import resource_id
 
-__all__ = ["artifacts", "child_flow_runs", "database_resource_id", "flow_run", "read_events", "run_id"]
+__all__ = [
+    "artifacts",
+    "child_flow_runs",
+    "database_resource_id",
+    "flow_run",
+    "flow_runs_of",
+    "read_events",
+    "run_id",
+    "run_logs",
+]
 
 # The API refuses larger pages (its limit is 50; the client's default of 100 is rejected).
 _PAGE = 50
@@ -108,3 +119,20 @@ def child_flow_runs(parent_flow_run_id: UUID) -> list[FlowRun]:
                 parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[t.id for t in task_runs])
             )
         )
+
+
+def flow_runs_of(database_id: str) -> list[FlowRun]:
+    """The flow runs whose ``database_id`` parameter is ``database_id``, oldest first."""
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("database_id") == database_id]
+    return sorted(runs, key=lambda r: r.created or r.expected_start_time)
+
+
+def run_logs(flow_run_id: UUID) -> list[Log]:
+    """Everything a flow run and its tasks logged to the API, oldest first (what its run page shows)."""
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    logs: list[Log] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(log_filter, limit=_PAGE, offset=len(logs)):
+            logs += page
+    return sorted(logs, key=lambda log: log.timestamp)

@@ -13,6 +13,7 @@ WAL restart since then lost nothing (see ``walship.sqlite`` lineage rules).
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,12 @@ from walship.dblock import DatabaseLock, HandoverTimedOutError, ShipperIdentity,
 from walship.spool import read_cursor
 from walship.sqlite import Covers, WalCapture, WalIndexState, covered_by
 
-__all__ = ["HeldDatabase", "hold_database"]
+__all__ = ["HeldDatabase", "Told", "hold_database"]
 
 log = logging.getLogger(__name__)
+
+# Where a waiting run says what it waits for and when it took over: a run's own log.
+Told = Callable[[str], None]
 
 _POLL = 0.05
 
@@ -42,8 +46,13 @@ class HeldDatabase:
         self.lock.release()
 
 
-def hold_database(database: Path, spool_dir: Path, identity: ShipperIdentity, *, wait: float = 0.0) -> HeldDatabase:
+def hold_database(
+    database: Path, spool_dir: Path, identity: ShipperIdentity, *, wait: float = 0.0, told: Told = log.info
+) -> HeldDatabase:
     """Pin the database's WAL and take its shipper lock, waiting up to ``wait`` seconds for a running shipper.
+
+    A hand-over is the normal course of overlapping windows, nothing to act
+    on: ``told`` hears that the run waits and when it took over.
 
     Raises ``ShipperRunningError`` (exit 2) when another shipper holds it and
     ``wait`` is 0, and ``HandoverTimedOutError`` when it still runs after ``wait``.
@@ -56,7 +65,7 @@ def hold_database(database: Path, spool_dir: Path, identity: ShipperIdentity, *,
             return HeldDatabase(capture, lock)
         if wait <= 0:
             raise lock.refusal()
-        return _take_over(capture, lock, identity, spool_dir, wait)
+        return _take_over(capture, lock, identity, spool_dir, wait, told)
     except BaseException:
         capture.close()
         lock.release()
@@ -64,15 +73,13 @@ def hold_database(database: Path, spool_dir: Path, identity: ShipperIdentity, *,
 
 
 def _take_over(
-    capture: WalCapture, lock: DatabaseLock, identity: ShipperIdentity, spool_dir: Path, wait: float
+    capture: WalCapture, lock: DatabaseLock, identity: ShipperIdentity, spool_dir: Path, wait: float, told: Told
 ) -> HeldDatabase:
     predecessor = lock.holder()
     spool = predecessor.spool if predecessor is not None else spool_dir
-    log.warning(
-        "database %s is shipped by %s: holding its WAL and waiting up to %.0f s to take over",
-        capture.database,
-        who(predecessor),
-        wait,
+    told(
+        f"database {capture.database} is shipped by {who(predecessor)}: "
+        f"holding its WAL and waiting up to {wait:.0f} s to take over"
     )
     started = time.monotonic()
     guarded = capture.pin_now(_following(spool)) and spool == spool_dir.resolve()
@@ -86,7 +93,7 @@ def _take_over(
             capture.move_pin(_following(spool))
         time.sleep(_POLL)
     waited = time.monotonic() - started
-    log.warning("took over database %s after %.1f s", capture.database, waited)
+    told(f"took over database {capture.database} after {waited:.1f} s")
     return HeldDatabase(capture, lock, guarded=guarded, predecessor=predecessor, waited_seconds=waited)
 
 

@@ -145,6 +145,7 @@ def ship(
         level=config.level,
         snapshot_interval=config.snapshot_seconds,
         handover_wait=handover_wait,
+        progress_interval=config.progress_seconds,
         age_recipients=list(config.recipients),
     )
 

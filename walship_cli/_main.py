@@ -83,31 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     snap.add_argument("--database-id", help="name of the database in the replica (default: file name)")
     snap.add_argument("--workdir", type=Path, help="ignored: snapshots stream, nothing is written locally")
 
-    ship = commands.add_parser("ship", help="ship committed WAL continuously")
-    ship.add_argument("database", type=Path)
-    ship.add_argument("--replica", required=True)
-    window = ship.add_mutually_exclusive_group()
-    window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
-    window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
-    ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
-    ship.add_argument(
-        "--handover-wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="if a shipper of this database is running, hold the WAL and take over when it ends, "
-        "waiting up to SECONDS (default 0: refuse at once)",
-    )
-    ship.add_argument("--database-id", help="name of the database in the replica (default: file name)")
-    ship.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
-    ship.add_argument(
-        "--snapshot-interval",
-        type=float,
-        default=3600.0,
-        metavar="SECONDS",
-        help="snapshot the generation this often when it changed, so restores start recent (default 3600; 0: never)",
-    )
+    ship = _ship_parser(commands)
 
     _ship_many_parser(commands)
 
@@ -150,6 +126,42 @@ def _parser() -> argparse.ArgumentParser:
         "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
     )
     return parser
+
+
+def _ship_parser(commands: "argparse._SubParsersAction[_Parser]") -> _Parser:
+    ship = commands.add_parser("ship", help="ship committed WAL continuously")
+    ship.add_argument("database", type=Path)
+    ship.add_argument("--replica", required=True)
+    window = ship.add_mutually_exclusive_group()
+    window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
+    window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
+    ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
+    ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
+    ship.add_argument(
+        "--handover-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="if a shipper of this database is running, hold the WAL and take over when it ends, "
+        "waiting up to SECONDS (default 0: refuse at once)",
+    )
+    ship.add_argument(
+        "--progress-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="log a progress line (segments, commits, lag, position) this often; with --verbose (default 60)",
+    )
+    ship.add_argument("--database-id", help="name of the database in the replica (default: file name)")
+    ship.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
+    ship.add_argument(
+        "--snapshot-interval",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="snapshot the generation this often when it changed, so restores start recent (default 3600; 0: never)",
+    )
+    return ship
 
 
 def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
@@ -312,12 +324,15 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         raise UsageError(
             "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
         )
+    if args.progress_interval <= 0:
+        raise UsageError("--progress-interval must be positive")
     database = args.database.resolve()
     config = ShipConfig(
         database_id=args.database_id or database.name,
         level=args.level,
         snapshot_seconds=args.snapshot_interval,
         recipients=_age.sealing(args).recipients,
+        progress_seconds=args.progress_interval,
     )
     report = _runner(args).ship(
         database,

@@ -14,6 +14,7 @@ A failure is the database's own: its row says why and the others go on.
 """
 
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +29,13 @@ from walship.fleet._memory import lean_sqlite, more_open_files
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._stores import SharedStores
-from walship.ship import ShipConfig, ShippingRun, ShipSteps, SyncResult
+from walship.ship import ShipConfig, ShippingRun, ShipReport, ShipSteps, SyncResult
 from walship.spool import PendingEntry
 from walship.sqlite import check_database
 from walship.storage import ObjectStore
 from walship.upload import UploadResult
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FleetEvent", "FleetShipping"]
 
@@ -305,6 +308,12 @@ class _RowObserver:
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         self.row.pending = len(pending)
+
+    def handover(self, message: str) -> None:
+        log.info("%s", message)
+
+    def progress(self, database_id: str, report: ShipReport) -> None:
+        pass  # the fleet's table holds every database's row; a line per database would bury it
 
     def close(self) -> None:
         pass

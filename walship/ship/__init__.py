@@ -3,7 +3,14 @@
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._run import ShipObserver, ShippingRun, ShipReport, ShipSteps
 from walship.ship._shipper import Shipper
-from walship.ship._steps import LoggingObserver, describe_resync, drain_spool, let_lease_go, take_lease
+from walship.ship._steps import (
+    LoggingObserver,
+    describe_progress,
+    describe_resync,
+    drain_spool,
+    let_lease_go,
+    take_lease,
+)
 
 __all__ = [
     "LoggingObserver",
@@ -15,6 +22,7 @@ __all__ = [
     "Shipper",
     "ShippingRun",
     "SyncResult",
+    "describe_progress",
     "describe_resync",
     "drain_spool",
     "let_lease_go",

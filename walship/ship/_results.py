@@ -24,6 +24,9 @@ class ShipConfig(BaseModel):
     snapshot_seconds: float = Field(
         default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
     )
+    progress_seconds: float = Field(
+        default=60.0, gt=0, description="tell the observer how the window goes this often (a log line, the artifact)"
+    )
 
     @property
     def sealing(self) -> Sealing:

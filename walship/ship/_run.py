@@ -8,7 +8,8 @@ The same run serves the CLI's direct mode and the Prefect flow. Its storage
 steps (lease, final drain, position, release) come from a ``ShipSteps``:
 the flow runs each as a task with the retry policy, the direct mode calls
 the core with ``retrying``. What happens along the way (syncs, uploads, the
-lag) goes to a ``ShipObserver``: events in Prefect, lines on a terminal.
+lag, a hand-over, progress every ``ShipConfig.progress_seconds``) goes to a
+``ShipObserver``: events, logs and the artifact in Prefect, lines on a terminal.
 """
 
 import os
@@ -26,7 +27,7 @@ from walship.envelope import check_replica_sealing
 from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import acquire_lease, holder_for
-from walship.models import WalPosition
+from walship.models import WalPosition, utcnow
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
@@ -56,6 +57,12 @@ class ShipReport(BaseModel):
     generation_reasons: list[str] = Field(default_factory=list)
     resyncs: list[ResyncSummary] = Field(default_factory=list)
     max_lag_seconds: float = 0.0
+    # Capture-to-storage lag or the oldest spooled entry's age, whichever is larger, at the last sync.
+    lag_seconds: float = 0.0
+    # An earlier run's captures this run found spooled: it uploads them too, before its own.
+    segments_left_by_earlier_run: int = 0
+    commits_left_by_earlier_run: int = 0
+    segments_spooled: int = 0
     handover_waited_seconds: float | None = None
     upload_failures: int = 0
     pending_at_end: int = 0
@@ -81,6 +88,19 @@ class ShipReport(BaseModel):
         self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
         self.position = uploaded.last_position or self.position
 
+    @property
+    def segments_uploaded_of_earlier_run(self) -> int:
+        # Uploads go in spool order, so an earlier run's segments go up before this run's.
+        return min(self.segments_left_by_earlier_run, self.segments_uploaded)
+
+    @property
+    def segments_uploaded_of_this_run(self) -> int:
+        return self.segments_uploaded - self.segments_uploaded_of_earlier_run
+
+    @property
+    def commits_uploaded_of_earlier_run(self) -> int:
+        return min(self.commits_left_by_earlier_run, self.commits_uploaded)
+
 
 class ShipSteps(Protocol):
     """A run's storage steps outside the window, each retried on transient storage errors."""
@@ -105,6 +125,12 @@ class ShipObserver(Protocol):
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         """Once per sync, what is still spooled (for lag alarms)."""
+
+    def handover(self, message: str) -> None:
+        """Waiting for the database's running shipper, and taking over from it."""
+
+    def progress(self, database_id: str, report: "ShipReport") -> None:
+        """About every ``ShipConfig.progress_seconds`` of the window: the report so far."""
 
     def close(self) -> None: ...
 
@@ -138,6 +164,8 @@ class ShippingRun:
         self._opened_store: ObjectStore | None = None
         # The replica's sealing checked and its lease held: uploads may go.
         self._connected = False
+        self._progress_due = time.monotonic() + config.progress_seconds
+        self._upload_lag = 0.0
 
     def stop(self) -> None:
         """End the window early, as if its time were up: the final capture and drain still run."""
@@ -163,12 +191,13 @@ class ShippingRun:
         identity = ShipperIdentity.this_process(self.run_id, self.spool_dir, self.replica)
         # Pin the WAL and take the database's lock first: a second shipper is
         # refused before it touches any spool or replica.
-        held = hold_database(self.database, self.spool_dir, identity, wait=handover_wait)
+        held = hold_database(self.database, self.spool_dir, identity, wait=handover_wait, told=self.observer.handover)
         self._held = held
         if held.predecessor:
             self.report.handover_waited_seconds = held.waited_seconds
         try:
             self._spool = Spool(self.spool_dir)
+            self._count_left_by_earlier_run(self._spool.pending())
             self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
             self.config.sealing.check()
             try:
@@ -189,7 +218,7 @@ class ShippingRun:
         """One sync and the upload of what it spooled (a failed upload stays spooled for the next step)."""
         self._synced(self.shipper.sync())
         self._upload(self.shipper.spool, self._store())
-        self.observer.spooled(self.shipper.spool.pending())
+        self._spooled(self.shipper.spool.pending())
 
     def end(self) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed."""
@@ -253,7 +282,7 @@ class ShippingRun:
                 started = time.monotonic()
                 self._synced(shipper.sync())
                 self._upload(shipper.spool, store)
-                self.observer.spooled(shipper.spool.pending())
+                self._spooled(shipper.spool.pending())
                 if once or time.monotonic() >= deadline or self._stop.is_set():
                     break
                 shipper.wait_for_commits(interval - (time.monotonic() - started), deadline, self._stop)
@@ -288,6 +317,7 @@ class ShippingRun:
             raise
         else:
             self.report.count_upload(uploaded)
+            self._upload_lag = max(self._upload_lag, uploaded.oldest_captured_at_lag_seconds or 0.0)
             self.observer.uploaded(pending, uploaded)
 
     def _new_generation_after_damage(self) -> None:
@@ -319,6 +349,7 @@ class ShippingRun:
             self.report.count_upload(drained)
             self.observer.uploaded(pending, drained)
         self.report.pending_at_end = len(spool.pending())
+        self.report.segments_spooled = _segments(spool.pending())
         if self.report.position is not None:
             self.steps.record_position(self.replica, self.report.position)
         if self.report.pending_at_end:
@@ -334,6 +365,27 @@ class ShippingRun:
             "unreachable; they upload when the next run reaches it"
         )
 
+    def _count_left_by_earlier_run(self, pending: list[PendingEntry]) -> None:
+        left = [entry.segment for entry in pending if entry.segment is not None]
+        self.report.segments_left_by_earlier_run = len(left)
+        self.report.commits_left_by_earlier_run = sum(segment.commits for segment in left)
+        self.report.segments_spooled = len(left)
+
+    def _spooled(self, pending: list[PendingEntry]) -> None:
+        """After each sync's upload: the lag and what is still spooled, and progress when it is due."""
+        oldest = min((entry.cached_at for entry in pending), default=None)
+        backlog = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        self.report.lag_seconds, self._upload_lag = max(self._upload_lag, backlog), 0.0
+        self.report.segments_spooled = _segments(pending)
+        self.observer.spooled(pending)
+        if (now := time.monotonic()) >= self._progress_due:
+            self._progress_due = now + self.config.progress_seconds
+            self.observer.progress(self.config.database_id, self.report)
+
     def _synced(self, result: SyncResult) -> None:
         self.report.count_sync(result)
         self.observer.synced(result)
+
+
+def _segments(pending: list[PendingEntry]) -> int:
+    return sum(1 for entry in pending if entry.kind == "segment")

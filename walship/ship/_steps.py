@@ -8,6 +8,7 @@ run's logger, or ``walship``'s on a terminal).
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from walship import lease, upload
 from walship.errors import TransientStorageError
@@ -16,7 +17,10 @@ from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
 from walship.units import human_bytes
 
-__all__ = ["LoggingObserver", "describe_resync", "drain_spool", "let_lease_go", "take_lease"]
+if TYPE_CHECKING:
+    from walship.ship._run import ShipReport
+
+__all__ = ["LoggingObserver", "describe_progress", "describe_resync", "drain_spool", "let_lease_go", "take_lease"]
 
 
 def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
@@ -34,6 +38,21 @@ def describe_resync(resync: ResyncSummary) -> str:
     return (
         f"resync {resync.key}: {resync.pages} of {resync.page_count} pages changed "
         f"({human_bytes(resync.stored_bytes)} stored) instead of a full snapshot; {resync.reason}"
+    )
+
+
+def describe_progress(database_id: str, report: "ShipReport") -> str:
+    """One line on a window so far: what it captured and uploaded (and whose), what waits, the lag, the position."""
+    uploaded = f"{report.segments_uploaded} uploaded"
+    if report.segments_left_by_earlier_run:
+        uploaded += (
+            f" ({report.segments_uploaded_of_this_run} captured by this run, "
+            f"{report.segments_uploaded_of_earlier_run} left by an earlier run)"
+        )
+    return (
+        f"progress of {database_id}: {report.segments_captured} segments captured "
+        f"({report.commits_captured} commits), {uploaded}, {report.segments_spooled} still spooled; "
+        f"lag {report.lag_seconds:.1f} s; position {report.position or '-'}"
     )
 
 
@@ -66,6 +85,13 @@ class LoggingObserver:
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         pass
+
+    def handover(self, message: str) -> None:
+        # Overlapping windows hand over every time: routine, not a warning.
+        self.logger.info("%s", message)
+
+    def progress(self, database_id: str, report: "ShipReport") -> None:
+        self.logger.info("%s", describe_progress(database_id, report))
 
     def close(self) -> None:
         pass
