@@ -32,7 +32,7 @@ from deployments.local_server import prefect_env, start_server, stop_group, wait
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "bench"
 WALSHIP = str(Path(sys.executable).parent / "walship")
-FLOWS = ["snapshot", "restore", "ship", "verify", "retention", "fanout"]
+FLOWS = ["snapshot", "restore", "ship", "verify", "retention", "snapshot_many"]
 
 
 def free_port() -> int:

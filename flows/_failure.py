@@ -30,7 +30,7 @@ __all__ = ["event_kind", "on_failure"]
 _REPORTED = (IncompleteError, VerificationFailedError)
 
 # Flow name -> the event's middle word (walship.<kind>.failed).
-_KINDS = {"wal-ship": "ship", "wal-ship-many": "ship-many", "wal-ship-fleet": "ship-fleet"}
+_KINDS = {"wal-ship": "ship", "wal-ship-fleet": "ship-fleet"}
 
 
 def event_kind(flow_name: str) -> str:

@@ -17,11 +17,11 @@ from prefect_aws.client_parameters import AwsClientParameters
 from bench.workload import content_digest
 from flows._events import resource_id
 from flows._report import artifact_key
-from flows.fanout import ship_many_flow, snapshot_many_flow
 from flows.restore import restore_flow
 from flows.retention import retention_flow
 from flows.ship import wal_ship_flow
 from flows.snapshot import snapshot_flow
+from flows.snapshot_many import snapshot_many_flow
 from flows.verify import verify_flow
 from tests.helpers import rewrite_object
 from tests.prefect_api import artifacts, flow_run, read_events, run_id
@@ -81,12 +81,6 @@ class TestFailureEvents:
                 "snapshot-many",
                 lambda d, r, o: snapshot_many_flow(
                     databases=[str(d.parent / "none-*.db")], replica=r, return_state=True
-                ),
-            ),
-            (
-                "ship-many",
-                lambda d, r, o: ship_many_flow(
-                    databases=[str(d.parent / "none-*.db")], replica=r, once=True, return_state=True
                 ),
             ),
         ],

@@ -1,4 +1,4 @@
-"""Fan-out over many databases: a replica each, bounded concurrency, failures kept apart."""
+"""Snapshots of many databases: a replica each, bounded concurrency, failures kept apart."""
 
 import shutil
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from bench.workload import content_digest
-from flows.fanout import ship_many_flow, snapshot_many_flow
+from flows.snapshot_many import snapshot_many_flow
 from tests.prefect_api import artifacts, child_flow_runs, flow_run, run_id
 from walship.errors import UsageError, WalshipError
 from walship.fleet import plan_fleet, replica_for
@@ -130,31 +130,3 @@ class TestSnapshotMany:
                 if c.start_time and c.end_time and child.start_time and c.start_time <= child.start_time < c.end_time
             ]
             assert len(running) <= 2
-
-
-@pytest.mark.usefixtures("prefect_api")
-class TestShipMany:
-    """Shipping many databases: all at once, up to the cap."""
-
-    def test_each_database_ships_to_its_replica(self, base_database: Path, tmp_path: Path) -> None:
-        """One sync each: every replica starts a generation with a snapshot of its own database."""
-        paths = _databases(base_database, tmp_path / "dbs", ["one.db", "two.db"])
-        replica = f"file://{tmp_path}/replicas/{{name}}"
-
-        outcomes = ship_many_flow(databases=[str(p) for p in paths], replica=replica, once=True)
-
-        assert [o.ok for o in outcomes] == [True, True]
-        for path in paths:
-            [snapshot] = current_snapshots(open_store(replica_for(replica, path)))
-            assert snapshot.database_id == path.name
-
-    def test_more_databases_than_the_cap_is_refused(self, base_database: Path, tmp_path: Path) -> None:
-        """A shipper per database runs for the whole window, so a queue is refused rather than started."""
-        paths = _databases(base_database, tmp_path / "dbs", ["one.db", "two.db"])
-        state = ship_many_flow(
-            databases=[str(p) for p in paths], replica=f"file://{tmp_path}/r", max_concurrency=1, return_state=True
-        )
-        assert state.is_failed()
-        with pytest.raises(UsageError, match="max_concurrency is 1"):
-            state.result()
-        assert child_flow_runs(run_id(state)) == []

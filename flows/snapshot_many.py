@@ -1,4 +1,4 @@
-"""Fan-out: one deployment backs up many databases, each into a replica of its own.
+"""Snapshots of many databases from one deployment, each into a replica of its own.
 
 ``databases`` lists paths or glob patterns; ``replica`` is a base URL under
 which each database goes as ``<base>/<file name>``, or a template with
@@ -7,18 +7,12 @@ which each database goes as ``<base>/<file name>``, or a template with
 task that never raises: one failing database does not stop the others, and
 the parent fails only once all of them have finished.
 
-For shipping, ``flows/fleet.py`` (one flow run ships the whole fleet from
-its own process) supersedes ``ship_many_flow``, whose child flow run and task
-runs per database load the Prefect server with the fleet's size.
-
 Snapshots run at most ``max_concurrency`` at a time, so memory and disk stay
-bounded by that many snapshots in flight. Shippers are different: each one
-runs for the whole window, so a queue would leave databases unshipped until
-others end; every database ships at once, and ``max_concurrency`` is a cap
-that refuses a fleet larger than it (split the fleet over deployments).
+bounded by that many snapshots in flight. Shipping many databases is
+``flows/fleet.py``: one flow run ships the whole fleet from its own process,
+so the Prefect server's load does not grow with the fleet's size.
 """
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -31,15 +25,14 @@ from pydantic import BaseModel, Field
 from flows._failure import on_failure
 from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
-from flows.ship import ShipReport, wal_ship_flow
 from flows.snapshot import snapshot_flow
 from tasks._retry import walship_task
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.errors import IncompleteError, UsageError
+from walship.errors import IncompleteError
 from walship.fleet import FleetMember, plan_fleet
 from walship.models import RetryPolicy, SnapshotInfo
 
-__all__ = ["DatabaseOutcome", "ship_many_flow", "snapshot_many_flow"]
+__all__ = ["DatabaseOutcome", "snapshot_many_flow"]
 
 
 class DatabaseOutcome(BaseModel):
@@ -96,70 +89,6 @@ def snapshot_many_flow(
     return _report("snapshot-many", databases, f"Snapshots of {len(outcomes)} databases", outcomes)
 
 
-@plain_refusals
-@flow(
-    name="wal-ship-many",
-    description="WAL shipping of every database the patterns match, all at once, each into its own replica.",
-    flow_run_name=run_name,
-    on_failure=[on_failure],
-    log_prints=True,
-)
-def ship_many_flow(
-    databases: _Databases,
-    replica: _Replica,
-    max_concurrency: Annotated[int, titled("Most databases", ge=1, le=256)] = 32,
-    duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
-    interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
-    once: Annotated[bool, titled("One sync only")] = False,
-    level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
-    lag_threshold_seconds: Annotated[float, titled("Lag alert threshold (s)", gt=0)] = 60.0,
-    snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
-    credentials_block: _Block = UNSET,
-    retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
-) -> list[DatabaseOutcome]:
-    """Ship every database ``databases`` names for the whole window, all at once, each into its own replica.
-
-    Args:
-        databases: Paths or glob patterns of the databases on the worker's host.
-        replica: Base URL (each database under <base>/<file name>) or a template with {name}.
-        max_concurrency: Refuse a fleet larger than this (every shipper runs for the whole window).
-        duration: Seconds each shipper runs, counted from its start.
-        interval: Seconds between two syncs (captures and uploads).
-        once: Capture and upload once, then end.
-        level: zstd compression level, 1 (fastest) to 22 (smallest).
-        lag_threshold_seconds: Lag above which walship.lag.exceeded is emitted (once per crossing).
-        snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
-        credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
-        retry: How storage tasks retry transient errors (attempts, backoff, jitter).
-
-    Each keeps its spool beside it. Fails after all finished if any failed."""
-    members, unmatched = plan_fleet(databases, replica)
-    if len(members) > max_concurrency:
-        raise UsageError(
-            f"{len(members)} databases match but max_concurrency is {max_concurrency}: every shipper runs for the "
-            "whole window, so raise max_concurrency or split the databases over several deployments"
-        )
-    options = {
-        "duration": duration,
-        "interval": interval,
-        "once": once,
-        "level": level,
-        "snapshot_interval": snapshot_interval,
-    }
-    parameters = [
-        {
-            "member": m,
-            "options": options,
-            "lag_threshold_seconds": lag_threshold_seconds,
-            "retry": retry,
-            "credentials_block": credentials_block,
-        }
-        for m in members
-    ]
-    outcomes = _fan_out(_ship_one, parameters, max(len(members), 1)) + _unmatched(unmatched)
-    return _report("ship-many", databases, f"WAL shipping of {len(outcomes)} databases", outcomes)
-
-
 @walship_task
 def _snapshot_one(
     member: FleetMember, level: int, workdir: Path | None, retry: RetryPolicy, credentials_block: str | None
@@ -174,28 +103,7 @@ def _snapshot_one(
         retry=retry,
         return_state=True,
     )
-    return _outcome(member, state, _describe_snapshot)
-
-
-@walship_task
-def _ship_one(
-    member: FleetMember,
-    options: dict[str, Any],
-    lag_threshold_seconds: float,
-    retry: RetryPolicy,
-    credentials_block: str | None,
-) -> DatabaseOutcome:
-    """One database's shipper as a child flow run; its failure is an outcome, not an exception."""
-    state = wal_ship_flow(
-        database=member.database,
-        replica=member.replica,
-        lag_threshold_seconds=lag_threshold_seconds,
-        credentials_block=credentials_block,
-        retry=retry,
-        return_state=True,
-        **options,
-    )
-    return _outcome(member, state, _describe_shipping)
+    return _outcome(member, state)
 
 
 def _fan_out(task: Task[..., DatabaseOutcome], parameters: list[dict[str, Any]], limit: int) -> list[DatabaseOutcome]:
@@ -208,10 +116,10 @@ def _fan_out(task: Task[..., DatabaseOutcome], parameters: list[dict[str, Any]],
         return [future.result() for future in futures]
 
 
-def _outcome(member: FleetMember, state: State[Any], describe: Callable[[Any], str]) -> DatabaseOutcome:
+def _outcome(member: FleetMember, state: State[SnapshotInfo]) -> DatabaseOutcome:
     run_id = state.state_details.flow_run_id
     if state.is_completed():
-        return DatabaseOutcome(**member.model_dump(), ok=True, summary=describe(state.result()), flow_run_id=run_id)
+        return DatabaseOutcome(**member.model_dump(), ok=True, summary=_describe(state.result()), flow_run_id=run_id)
     error = state.result(raise_on_failure=False)
     message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
     return DatabaseOutcome(**member.model_dump(), ok=False, summary=message, flow_run_id=run_id)
@@ -224,13 +132,8 @@ def _unmatched(patterns: list[str]) -> list[DatabaseOutcome]:
     ]
 
 
-def _describe_snapshot(info: SnapshotInfo) -> str:
+def _describe(info: SnapshotInfo) -> str:
     return f"`{info.key}`, {human_bytes(info.raw_size)} -> {human_bytes(info.compressed_size)}"
-
-
-def _describe_shipping(report: ShipReport) -> str:
-    position = str(report.position or "-")
-    return f"{report.segments_uploaded} segments to {position}, max lag {report.max_lag_seconds:.2f} s"
 
 
 def _report(kind: str, databases: list[str], title: str, outcomes: list[DatabaseOutcome]) -> list[DatabaseOutcome]:
