@@ -47,7 +47,7 @@ def source_database(mib: int) -> Path:
 def _upload(shipper: Shipper, replica: str) -> tuple[float, int]:
     """Upload what the spool holds; seconds and bytes."""
     started = time.monotonic()
-    uploaded = upload_pending(open_store(replica), shipper.spool, holder=holder_for(shipper.database), level=3)
+    uploaded = upload_pending(open_store(replica), shipper.spool, holder=holder_for(shipper.database))
     return time.monotonic() - started, uploaded.bytes
 
 

@@ -73,10 +73,10 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     cycles: list[dict[str, float]] = []
     upload_one = upload._upload_one
 
-    def traced_upload_one(store: Any, spool: Spool, entry: Any, level: int, result: Any) -> None:
+    def traced_upload_one(store: Any, spool: Spool, entry: Any, result: Any) -> None:
         _segment.clear()
         start = time.time()
-        upload_one(store, spool, entry, level, result)
+        upload_one(store, spool, entry, result)
         if entry.segment is not None:
             info = entry.segment
             times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}
@@ -110,7 +110,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
             shipper.sync()
             synced = time.time()
             if spool.pending():
-                upload_pending(store, spool, holder=holder, level=config.level)
+                upload_pending(store, spool, holder=holder)
             ended = time.time()
             cycles.append({"start": started, "sync": synced - started, "upload": ended - synced, **_cycle})
             if not ready:

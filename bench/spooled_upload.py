@@ -43,7 +43,7 @@ def spool_one_segment(directory: Path, mib: int) -> Path:
     shipper = Shipper(database, spool, ShipConfig(database_id="bench", checkpoint_pages=10**9, restart_pages=10**9))
     try:
         shipper.open()
-        upload_pending(open_store(f"file://{directory / 'first'}"), spool, holder="bench", level=3)
+        upload_pending(open_store(f"file://{directory / 'first'}"), spool, holder="bench")
         application.execute("BEGIN")
         for _ in range((mib << 20) // _ROW):
             application.execute("INSERT INTO blobs VALUES (randomblob(?))", (_ROW,))
@@ -121,7 +121,7 @@ def time_uploads(pristine: Path, work: Path, replica: str, repeat: int) -> tuple
         spool = Spool(copy)
         try:
             start, start_cpu = time.perf_counter(), time.process_time()
-            result = upload_pending(store, spool, holder="bench", level=3)
+            result = upload_pending(store, spool, holder="bench")
             elapsed, used = time.perf_counter() - start, time.process_time() - start_cpu
         finally:
             spool.close()

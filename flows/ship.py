@@ -118,8 +118,8 @@ class _TaskSteps:
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
         with_retry_policy(acquire_lease, self.retry)(replica, spool_dir, holder, self.block)
 
-    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
-        return with_retry_policy(upload_spool, self.retry)(replica, spool_dir, holder, level, self.block)
+    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult:
+        return with_retry_policy(upload_spool, self.retry)(replica, spool_dir, holder, self.block)
 
     def record_position(self, replica: str, position: WalPosition) -> None:
         with_retry_policy(record_position, self.retry)(replica, position, self.block)

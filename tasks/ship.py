@@ -19,10 +19,10 @@ def acquire_lease(replica: str, spool_dir: Path, holder: str, credentials_block:
 
 @walship_task
 def upload_spool(
-    replica: str, spool_dir: Path, holder: str, level: int, credentials_block: str | None = None
+    replica: str, spool_dir: Path, holder: str, credentials_block: str | None = None
 ) -> upload.UploadResult:
     """Upload the spooled snapshot and segments in order (the run's final drain, with the full retry policy)."""
-    return drain_spool(open_replica(replica, credentials_block), spool_dir, holder, level)
+    return drain_spool(open_replica(replica, credentials_block), spool_dir, holder)
 
 
 @walship_task

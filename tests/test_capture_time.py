@@ -48,7 +48,7 @@ def tags(database: Path) -> set[str]:
 
 
 def upload(store: ObjectStore, spool: Spool, database: Path) -> None:
-    upload_pending(store, spool, holder=holder_for(database), level=1)
+    upload_pending(store, spool, holder=holder_for(database))
 
 
 def test_a_commit_during_the_capture_is_before_or_after_the_capture_time(database: Path, tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ class TestSpooledEntryChangedAfterItsCheck:
         victim_key = (victim.snapshot or victim.segment).key  # type: ignore[union-attr]
 
         with pytest.raises(SpoolEntryDamagedError, match=spool.data_path(victim).name):
-            upload_pending(damaging, spool, holder="test", level=3)  # type: ignore[arg-type]
+            upload_pending(damaging, spool, holder="test")  # type: ignore[arg-type]
 
         assert damaging.damaged == 1
         assert_absent(store, victim_key)

@@ -15,12 +15,13 @@ from flows.ship import wal_ship_flow
 from tests.conftest import Writers
 from walship.catalog import select_snapshot
 from walship.chain import list_segment_sequences
+from walship.errors import UsageError
 from walship.index import current_snapshots, read_index
 from walship.lease import holder_for
 from walship.models import SnapshotInfo
 from walship.restore import restore_snapshot
 from walship.ship import ShipConfig, Shipper
-from walship.spool import Spool, new_entry
+from walship.spool import Spool
 from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
 from walship.upload import upload_pending
@@ -47,7 +48,7 @@ class Running:
             self.reasons.append(result.reason or "")
         self.checkpoints += result.checkpointed
         if self.spool.pending():
-            upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
+            upload_pending(self.store, self.spool, holder=holder_for(self.database))
 
     def run(self, seconds: float, interval: float = 0.2) -> None:
         deadline = time.monotonic() + seconds
@@ -69,7 +70,7 @@ class Running:
         result = self.shipper.finish()
         self.checkpoints += result.checkpointed
         if self.spool.pending():
-            upload_pending(self.store, self.spool, holder=holder_for(self.database), level=1)
+            upload_pending(self.store, self.spool, holder=holder_for(self.database))
         self.shipper.close()
         self.spool.close()
 
@@ -304,11 +305,11 @@ class TestSnapshotsWithinGeneration:
 
 
 class TestSealedSpool:
-    """Segments are compressed once, at capture, and uploaded as spooled; raw ones from older spools still go up."""
+    """Segments are compressed once, at capture, and uploaded as spooled; raw ones from older spools are refused."""
 
     def _capture_under_writes(self, database: Path, store: ObjectStore, spool_dir: Path) -> Running:
         running = Running(database, store, spool_dir, checkpoint_pages=100_000)
-        upload_pending(store, running.spool, holder=holder_for(database), level=1)  # the generation's snapshot
+        upload_pending(store, running.spool, holder=holder_for(database))  # the generation's snapshot
         writers = Writers(database, seed=SEED, count=2, rate=200)
         try:
             time.sleep(1.0)
@@ -326,12 +327,11 @@ class TestSealedSpool:
         spooled = {}
         for entry in segments:
             assert entry.segment is not None
-            assert entry.sealed
             data = running.spool.data_path(entry).read_bytes()
             assert data[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
             assert len(data) == entry.segment.compressed_size < entry.segment.raw_size
             spooled[entry.segment.key] = data
-        upload_pending(store, running.spool, holder=holder_for(database), level=1)
+        upload_pending(store, running.spool, holder=holder_for(database))
         for key, data in spooled.items():
             with store.open(key) as stream:
                 assert stream.read() == data
@@ -340,21 +340,46 @@ class TestSealedSpool:
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)
 
-    def test_raw_segments_of_an_older_spool_still_upload(
+    def test_a_spool_holding_raw_segments_is_refused_until_moved_aside(
         self, store: ObjectStore, database: Path, tmp_path: Path
     ) -> None:
-        running = self._capture_under_writes(database, store, tmp_path / "spool")
-        spool = running.spool
-        for entry in [e for e in spool.pending() if e.segment is not None]:
+        """Raw WAL as an older walship spooled it (``<seq>.wal``, ``compressed_size: 0``) is never uploaded:
+        one line names the fix, and a spool moved aside lets the next run start a new generation."""
+        spool_dir = tmp_path / "spool"
+        running = self._capture_under_writes(database, store, spool_dir)
+        raw_files = []
+        for entry in [e for e in running.spool.pending() if e.segment is not None]:
             assert entry.segment is not None
-            raw = zstandard.ZstdDecompressor().decompressobj().decompress(spool.data_path(entry).read_bytes())
-            spool.remove(entry)
-            old = tmp_path / "old.wal"
-            old.write_bytes(raw)
-            unsealed = entry.segment.model_copy(update={"compressed_size": 0, "level": 0})
-            spool.add(new_entry(unsealed), old)
-        assert all(not entry.sealed for entry in spool.pending())
-        running.close()
+            sealed = running.spool.data_path(entry)
+            raw = sealed.with_name(f"{entry.sequence:020d}.wal")
+            raw.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(sealed.read_bytes()))
+            sealed.unlink()
+            older = entry.model_copy(
+                update={
+                    "segment": entry.segment.model_copy(update={"compressed_size": 0, "level": 0}),
+                    "stored_sha256": "",
+                }
+            )
+            raw.with_suffix(".json").write_text(older.model_dump_json())
+            raw_files.append(raw)
+        assert raw_files
+        running.shipper.close()
+        running.spool.close()
+
+        with pytest.raises(UsageError) as refused:
+            Running(database, store, spool_dir)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"holds {len(raw_files)} WAL segments an older walship spooled uncompressed" in message
+        assert "move the spool aside" in message
+        assert all(raw.exists() for raw in raw_files)
+        assert list_segment_sequences(store, running.generations[0]) == []
+
+        spool_dir.rename(tmp_path / "older-spool")
+        again = Running(database, store, spool_dir)
+        assert again.generations
+        assert again.generations[0] != running.generations[0]
+        again.close()
         restored = tmp_path / "restored.db"
         _restore(store, restored)
         assert content_digest(restored) == content_digest(database)

@@ -7,7 +7,7 @@ Layout under the spool directory (default ``<database>-walship/``)::
     abandoned.json                   a generation no cursor may continue (a damaged entry was dropped from it)
     lease.json                       our copy of the replica lease and its ETag
     pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
-    pending/<gen>/<seq:020>.wal      captured frames, verbatim, until uploaded
+    pending/<gen>/<seq:020>.wal.zst  captured frames, sealed as they are stored, until uploaded
     pending/<gen>/*.json             each entry's description, cache time, attempts
     pages/base, pages/journal        the page digest map at the cursor (walship.resync)
     tmp/                             files being written
@@ -132,12 +132,6 @@ class PendingEntry(BaseModel):
         assert info is not None
         return info.sequence
 
-    @property
-    def sealed(self) -> bool:
-        """Spooled as it is stored: every snapshot, and every segment since segments are sealed at capture
-        (a spool written by an older walship holds raw WAL, compressed when uploaded)."""
-        return self.segment is None or self.segment.compressed_size > 0
-
 
 class Spool:
     """A locked spool directory; only one process may hold it."""
@@ -164,6 +158,7 @@ class Spool:
         # Only the lock holder writes here: whatever tmp/ holds is left from a
         # run that died while writing, and only takes room.
         self._clear_tmp()
+        self._refuse_raw_segments()
 
     def close(self) -> None:
         self._lock.close()
@@ -335,10 +330,7 @@ class Spool:
             raise self.full_error(f"a snapshot of {database} ({human_bytes(size)})", needed, free)
 
     def data_path(self, entry: PendingEntry) -> Path:
-        if entry.kind == "snapshot":
-            name = f"snapshot-{entry.sequence:020d}.zst"
-        else:
-            name = f"{entry.sequence:020d}.wal{'.zst' if entry.sealed else ''}"
+        name = f"snapshot-{entry.sequence:020d}.zst" if entry.kind == "snapshot" else f"{entry.sequence:020d}.wal.zst"
         return self.root / "pending" / entry.generation / name
 
     def add(self, entry: PendingEntry, data: Path) -> None:
@@ -429,6 +421,18 @@ class Spool:
     def _clear_tmp(self) -> None:
         for leftover in (self.root / "tmp").iterdir():
             leftover.unlink(missing_ok=True)
+
+    def _refuse_raw_segments(self) -> None:
+        """Refuse a spool holding raw WAL (``<seq>.wal``), as walship spooled it before segments were sealed
+        at capture: this walship uploads only what is spooled as stored (docs/ARCHITECTURE.md)."""
+        raw = sorted((self.root / "pending").glob("*/*.wal"))
+        if raw:
+            self.close()
+            raise UsageError(
+                f"spool {self.root} holds {len(raw)} WAL segments an older walship spooled uncompressed "
+                f"(first: {raw[0].relative_to(self.root)}): upload them with that walship "
+                "(`walship ship --once`), or move the spool aside to start a new generation"
+            )
 
 
 def _order(entry: PendingEntry) -> tuple[str, int, bool]:

@@ -40,7 +40,7 @@ def describe_segment(info: SegmentInfo) -> dict[str, str]:
     return to_metadata(info, exclude={"key"} if info.kind == "resync" else {"key", "kind", "state_digest"})
 
 
-def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int) -> UploadResult:
+def upload_pending(store: ObjectStore, spool: Spool, *, holder: str) -> UploadResult:
     """Upload every spooled entry in order; each is removed only once storage confirmed it.
 
     The lease is renewed first when half its time has passed, so an idle
@@ -62,7 +62,7 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, level: int)
     for entry in spool.pending():
         try:
             _check_intact(spool, entry)
-            _upload_one(store, spool, entry, level, result)
+            _upload_one(store, spool, entry, result)
         except SpoolEntryDamagedError:
             spool.abandon(entry, f"spool entry {spool.data_path(entry).name} was damaged")
             raise
@@ -77,7 +77,8 @@ def _check_intact(spool: Spool, entry: PendingEntry) -> None:
     """Raise ``SpoolEntryDamagedError`` when the entry's file is not what was spooled.
 
     Its SHA-256 as spooled when recorded; else (an older spool) its size, and
-    for plaintext the SHA-256 of what it opens to.
+    for plaintext the SHA-256 of what it opens to. Every entry is spooled as
+    it is stored (``Spool`` refuses a spool that holds raw WAL).
     """
     data = spool.data_path(entry)
     info = entry.snapshot or entry.segment
@@ -86,14 +87,12 @@ def _check_intact(spool: Spool, entry: PendingEntry) -> None:
         if entry.stored_sha256:
             if file_sha256(data) != entry.stored_sha256:
                 raise ChecksumMismatchError("its SHA-256 is not the one recorded when it was spooled")
-        elif entry.sealed:
+        else:
             size = data.stat().st_size
             if size != info.compressed_size:
                 raise ChecksumMismatchError(f"{size} bytes, {info.compressed_size} when spooled")
             if not is_encrypted(info.envelope):
                 _check_opens(data, info.sha256, info.raw_size)
-        elif file_sha256(data) != info.sha256:
-            raise ChecksumMismatchError("its SHA-256 is not the one recorded when it was captured")
     except (ChecksumMismatchError, CorruptObjectError, FileNotFoundError) as exc:
         raise _damaged(data, entry, str(exc)) from exc
 
@@ -113,7 +112,7 @@ def _put_spooled(store: ObjectStore, key: str, data: Path, entry: PendingEntry, 
         raise _damaged(data, entry, "what was read to upload is not what was spooled") from exc
 
 
-def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: int, result: UploadResult) -> None:
+def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, result: UploadResult) -> None:
     data = spool.data_path(entry)
     if entry.snapshot is not None:
         _put_spooled(store, entry.snapshot.key, data, entry, describe_snapshot(entry.snapshot))
@@ -123,14 +122,10 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
         return
     segment = entry.segment
     assert segment is not None
-    if entry.sealed:
-        _put_spooled(store, segment.key, data, entry, describe_segment(segment))
-        stored = segment.compressed_size
-    else:
-        stored = _upload_raw(store, spool, data, segment, level)
+    _put_spooled(store, segment.key, data, entry, describe_segment(segment))
     result.segments += 1
     result.commits += segment.commits
-    result.bytes += stored
+    result.bytes += segment.compressed_size
     result.last_position = WalPosition(generation=segment.generation, sequence=segment.sequence)
     lag = (utcnow() - segment.captured_at).total_seconds()
     result.oldest_captured_at_lag_seconds = max(result.oldest_captured_at_lag_seconds or 0.0, lag)
@@ -139,14 +134,3 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, level: in
 def _check_opens(data: Path, sha256: str, size: int) -> None:
     with data.open("rb") as source, open(os.devnull, "wb") as nowhere:
         codec.decompress_to_file(source, nowhere, expected_sha256=sha256, expected_size=size, name=data.name)
-
-
-def _upload_raw(store: ObjectStore, spool: Spool, data: Path, segment: SegmentInfo, level: int) -> int:
-    """A segment an older walship spooled raw: compressed now, into the spool's tmp/ for the upload only."""
-    with spool.writing(".zst", what=f"compressing segment {data.name}", needed=segment.raw_size) as target:
-        compressed = codec.compress_file(data, target, level)
-        if compressed.sha256 != segment.sha256:
-            raise ChecksumMismatchError(f"spool {data}: content changed since capture")
-        info = segment.model_copy(update={"compressed_size": compressed.compressed_size, "level": level})
-        store.put_file(info.key, compressed.path, metadata=describe_segment(info))
-    return compressed.compressed_size

@@ -237,8 +237,8 @@ class _CoreSteps:
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
         retrying(_POLICY, lambda: take_lease(open_store(replica), spool_dir, holder))
 
-    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
-        return retrying(_POLICY, lambda: drain_spool(open_store(replica), spool_dir, holder, level))
+    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult:
+        return retrying(_POLICY, lambda: drain_spool(open_store(replica), spool_dir, holder))
 
     def record_position(self, replica: str, position: WalPosition) -> None:
         retrying(_POLICY, lambda: index.record_wal_position(open_store(replica), position))

@@ -30,8 +30,8 @@ class RetryingSteps:
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
         retrying(self.policy, lambda: take_lease(self._store(replica), spool_dir, holder))
 
-    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult:
-        return retrying(self.policy, lambda: drain_spool(self._store(replica), spool_dir, holder, level))
+    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult:
+        return retrying(self.policy, lambda: drain_spool(self._store(replica), spool_dir, holder))
 
     def record_position(self, replica: str, position: WalPosition) -> None:
         retrying(self.policy, lambda: index.record_wal_position(self._store(replica), position))

@@ -107,7 +107,7 @@ class ShipSteps(Protocol):
 
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None: ...
 
-    def drain(self, replica: str, spool_dir: Path, holder: str, level: int) -> UploadResult: ...
+    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult: ...
 
     def record_position(self, replica: str, position: WalPosition) -> None: ...
 
@@ -309,7 +309,7 @@ class ShippingRun:
         try:
             if not self._connected:
                 self._connect(lambda: spool.save_lease(acquire_lease(store, self.holder)))
-            uploaded = upload_pending(store, spool, holder=self.holder, level=self.config.level)
+            uploaded = upload_pending(store, spool, holder=self.holder)
         except TransientStorageError as exc:
             self._unreachable(exc)
         except SpoolEntryDamagedError:
@@ -342,7 +342,7 @@ class ShippingRun:
                 raise
         if pending := spool.pending():
             try:
-                drained = self.steps.drain(self.replica, self.spool_dir, self.holder, self.config.level)
+                drained = self.steps.drain(self.replica, self.spool_dir, self.holder)
             except SpoolEntryDamagedError:
                 self._new_generation_after_damage()
                 raise

@@ -28,9 +28,9 @@ def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
     Spool(spool_dir, lock=False).save_lease(lease.acquire_lease(store, holder))
 
 
-def drain_spool(store: ObjectStore, spool_dir: Path, holder: str, level: int) -> upload.UploadResult:
+def drain_spool(store: ObjectStore, spool_dir: Path, holder: str) -> upload.UploadResult:
     """Upload what the spool holds, in order (the run's final drain)."""
-    return upload.upload_pending(store, Spool(spool_dir, lock=False), holder=holder, level=level)
+    return upload.upload_pending(store, Spool(spool_dir, lock=False), holder=holder)
 
 
 def describe_resync(resync: ResyncSummary) -> str:
