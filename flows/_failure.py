@@ -21,8 +21,13 @@ from prefect.client.schemas.objects import FlowRun, State
 from flows._events import emit
 from flows._report import publish
 from flows._subject import database_of, generated_name, replica_of, walship_name
-from walship.errors import IncompleteError, PermanentStorageError, TransientStorageError, WalshipError
-from walship.verify import VerificationFailedError
+from walship.errors import (
+    IncompleteError,
+    PermanentStorageError,
+    TransientStorageError,
+    VerificationFailedError,
+    WalshipError,
+)
 
 __all__ = ["event_kind", "on_failure"]
 

@@ -20,12 +20,11 @@ from tests.s3servers import MotoS3
 from tests.shipping import WriterGroup
 from tests.test_ship import SEED, Running, _restore
 from walship.chain import list_segment_keys
-from walship.errors import ChecksumMismatchError
+from walship.errors import ChecksumMismatchError, MapUnusableError
 from walship.index import current_snapshots
 from walship.layout import is_resync_key, parse_snapshot_key
 from walship.resync import (
     FrameDigester,
-    MapUnusableError,
     PageChanges,
     PageMap,
     PageMapStore,

@@ -24,11 +24,11 @@ from tests.test_ship import Running
 from walship import codec, index, snapshot, sqlite
 from walship.catalog import list_snapshots
 from walship.chain import list_segment_sequences
-from walship.errors import NotFoundError, TransientStorageError
+from walship.errors import NotFoundError, TransientStorageError, VerificationFailedError
 from walship.layout import METADATA_KEY, format_segment_key
 from walship.models import ReplicaMetadata, RetryPolicy, WalPosition
 from walship.storage import ObjectStore, open_store
-from walship.verify import VerificationFailedError, VerifyReport, verify_replica
+from walship.verify import VerifyReport, verify_replica
 
 FAST_RETRY = RetryPolicy(attempts=1, backoff_seconds=0.05, jitter=0)
 

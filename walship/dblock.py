@@ -17,14 +17,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from walship.errors import ShipperRunningError, WalshipError
+from walship.errors import ShipperRunningError
 from walship.models import utcnow
 
-__all__ = ["DatabaseLock", "HandoverTimedOutError", "ShipperIdentity", "lock_path", "who"]
-
-
-class HandoverTimedOutError(WalshipError):
-    """The running shipper did not end within the hand-over wait."""
+__all__ = ["DatabaseLock", "ShipperIdentity", "lock_path", "who"]
 
 
 class ShipperIdentity(BaseModel):

@@ -5,8 +5,15 @@ answered no, or not at all) and ``IntegrityError`` (bytes are not what was
 written). The CLI maps them to exit statuses (``UsageError`` -> 2, everything else -> 1)
 and Prefect tasks retry only ``TransientStorageError``. ``SpoolFullError`` is
 an operation that failed (exit 1), not bad usage: the same command succeeds
-once the disk has room again.
+once the disk has room again. Errors that are neither (a drill's verdict, a
+shipper that will not hand over) hang from the root.
+
+Two errors carry the report of what failed (a drill's checks, a fleet's
+rows); the report's own module builds it, so this module imports nothing of
+walship's and every module may import it.
 """
+
+from typing import Any, Generic, Protocol, TypeVar
 
 __all__ = [
     "ChecksumMismatchError",
@@ -14,10 +21,15 @@ __all__ = [
     "ContinuityLostError",
     "CorruptObjectError",
     "DiskFullError",
+    "FleetFailedError",
+    "HandoverTimedOutError",
     "IdentityMismatchError",
     "IdentityNeededError",
     "IncompleteError",
     "IntegrityError",
+    "LeaseHeldError",
+    "MapUnusableError",
+    "NewerIndexError",
     "NotFoundError",
     "PermanentStorageError",
     "ReplicaSealingError",
@@ -27,6 +39,7 @@ __all__ = [
     "StorageError",
     "TransientStorageError",
     "UsageError",
+    "VerificationFailedError",
     "WalIndexUnsettledError",
     "WalshipError",
     "WritersBusyError",
@@ -125,3 +138,50 @@ class WritersBusyError(WalshipError):
 class SpoolEntryDamagedError(ChecksumMismatchError):
     """A spooled entry's bytes are not those spooled: never uploaded; its generation ends before it on the
     replica and a new generation starts."""
+
+
+class NewerIndexError(CorruptObjectError):
+    """An index a newer walship wrote: never rebuilt over, since that would drop what it added."""
+
+
+class MapUnusableError(WalshipError):
+    """The spool's page digest map cannot say what the replica holds at the cursor (missing, damaged, behind, or
+    of another generation); the message says why, and the shipper takes a full snapshot instead."""
+
+
+class LeaseHeldError(WalshipError):
+    """Another shipper holds the replica's lease."""
+
+
+class HandoverTimedOutError(WalshipError):
+    """The running shipper did not end within the hand-over wait."""
+
+
+class _Report(Protocol):
+    """What an error needs of the report it carries: the one line saying what failed."""
+
+    def failure_message(self) -> str: ...
+
+
+_ReportT = TypeVar("_ReportT", bound=_Report)
+
+
+class _ReportedError(WalshipError, Generic[_ReportT]):
+    """An error raised after the work finished, holding the report of all of it."""
+
+    def __init__(self, report: _ReportT) -> None:
+        super().__init__(report.failure_message())
+        self.report = report
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by Prefect when it records the failed state: rebuild from the report.
+        return (type(self), (self.report,))
+
+
+class VerificationFailedError(_ReportedError[_ReportT]):
+    """A restore drill found a problem; ``report`` (a ``walship.verify.VerifyReport``) holds every check."""
+
+
+class FleetFailedError(_ReportedError[_ReportT], IncompleteError):
+    """At least one database of the window failed; ``report`` (a ``walship.fleet.FleetReport``) holds every row,
+    the failed ones and the rest."""

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from walship.dblock import DatabaseLock, HandoverTimedOutError, ShipperIdentity, who
+from walship.dblock import DatabaseLock, ShipperIdentity, who
+from walship.errors import HandoverTimedOutError
 from walship.spool import read_cursor
 from walship.sqlite import Covers, WalCapture, WalIndexState, covered_by
 

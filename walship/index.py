@@ -15,13 +15,12 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from walship.catalog import list_snapshots, read_trailer_sha256
-from walship.errors import ConflictError, CorruptObjectError, NotFoundError
+from walship.errors import ConflictError, CorruptObjectError, NewerIndexError, NotFoundError
 from walship.layout import GENERATIONS_PREFIX, METADATA_KEY, parse_segment_key
 from walship.models import METADATA_FORMAT_VERSION, ReplicaMetadata, SnapshotInfo, WalPosition, utcnow
 from walship.storage import ObjectStore
 
 __all__ = [
-    "NewerIndexError",
     "add_snapshot",
     "current_snapshots",
     "forget_snapshots",
@@ -67,10 +66,6 @@ def _parse(store: ObjectStore, raw: bytes) -> ReplicaMetadata:
             f"this walship reads up to {METADATA_FORMAT_VERSION}: upgrade walship"
         )
     return metadata
-
-
-class NewerIndexError(CorruptObjectError):
-    """An index a newer walship wrote: never rebuilt over, since that would drop what it added."""
 
 
 def current_snapshots(store: ObjectStore) -> list[SnapshotInfo]:

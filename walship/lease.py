@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from walship.errors import ConflictError, NotFoundError, WalshipError
+from walship.errors import ConflictError, LeaseHeldError, NotFoundError
 from walship.layout import LEASE_KEY
 from walship.models import utcnow
 from walship.storage import ObjectStore
@@ -27,7 +27,6 @@ from walship.storage import ObjectStore
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "Lease",
-    "LeaseHeldError",
     "acquire_lease",
     "holder_for",
     "lease_needs_renewal",
@@ -38,10 +37,6 @@ __all__ = [
 DEFAULT_LEASE_SECONDS = 600.0
 
 log = logging.getLogger(__name__)
-
-
-class LeaseHeldError(WalshipError):
-    """Another shipper holds the replica's lease."""
 
 
 class Lease(BaseModel):

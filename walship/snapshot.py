@@ -17,8 +17,8 @@ from pathlib import Path
 from walship.catalog import describe_snapshot, list_snapshots
 from walship.codec import Progress, StreamTotals
 from walship.envelope import Sealing, check_replica_sealing, seal_blocks, stored_bound
-from walship.errors import CorruptObjectError, NotFoundError, UsageError
-from walship.index import NewerIndexError, read_index
+from walship.errors import CorruptObjectError, NewerIndexError, NotFoundError, UsageError
+from walship.index import read_index
 from walship.layout import LEASE_KEY, format_snapshot_key, new_generation
 from walship.models import CompressedFile, SnapshotInfo, SnapshotSource, WalPosition
 from walship.sqlite import consistent_pages

@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from walship import codec, envelope
-from walship.errors import UsageError, WalshipError
-from walship.fleet import FleetFailedError, plan_fleet
+from walship.errors import FleetFailedError, UsageError, VerificationFailedError, WalshipError
+from walship.fleet import plan_fleet
 from walship.models import RestoreResult
 from walship.restore import check_output, point_in_time
 from walship.ship import ShipConfig
@@ -370,7 +370,7 @@ def _ship_many(args: argparse.Namespace) -> int:
         print(f"walship: warning: {pattern!r} matched no database file", file=sys.stderr)
     if not members:
         raise UsageError("ship-many: no database matches the patterns: check them (quote globs for the shell)")
-    failure: FleetFailedError | None = None
+    failure: WalshipError | None = None
     try:
         report = _runner(args).ship_many(
             members,
@@ -431,11 +431,9 @@ def _retention(args: argparse.Namespace, replica: str) -> int:
 
 
 def _verify(args: argparse.Namespace, replica: str) -> int:
-    from walship.verify import VerificationFailedError  # noqa: PLC0415 - only this command needs it
-
     if args.workdir is not None and not args.workdir.is_dir():
         raise UsageError(f"verify: --workdir {args.workdir} is not a directory: create it first")
-    failure: VerificationFailedError | None = None
+    failure: WalshipError | None = None
     try:
         report = _runner(args).verify(
             replica,

@@ -5,8 +5,8 @@ from collections.abc import Sequence
 from walship.catalog import scan_snapshots
 from walship.envelope._keys import RECIPIENTS_ENV
 from walship.envelope._seal import Sealing
-from walship.errors import CorruptObjectError, ReplicaSealingError
-from walship.index import NewerIndexError, read_index
+from walship.errors import CorruptObjectError, NewerIndexError, ReplicaSealingError
+from walship.index import read_index
 from walship.models import ReplicaMetadata, SnapshotInfo
 from walship.storage import ObjectStore
 

@@ -10,7 +10,7 @@ with its verdict, as both the CLI and the flow run it.
 
 from walship.fleet._activity import Activity
 from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, replica_for
-from walship.fleet._rows import FleetFailedError, FleetReport, FleetRow, RowState
+from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._run import FleetEvent, FleetShipping
 from walship.fleet._ship import ship_fleet
 from walship.fleet._steps import RetryingSteps
@@ -20,7 +20,6 @@ __all__ = [
     "NAME_PLACEHOLDER",
     "Activity",
     "FleetEvent",
-    "FleetFailedError",
     "FleetMember",
     "FleetReport",
     "FleetRow",

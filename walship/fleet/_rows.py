@@ -1,13 +1,10 @@
 """What a fleet's run reports: a row per database (its state, position, lag, last error), and its failure."""
 
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, Field
 
-from walship.errors import IncompleteError
-
-__all__ = ["FleetFailedError", "FleetReport", "FleetRow", "RowState"]
+__all__ = ["FleetReport", "FleetRow", "RowState"]
 
 
 class RowState(StrEnum):
@@ -44,6 +41,12 @@ class FleetReport(BaseModel):
     def failed(self) -> list[FleetRow]:
         return [r for r in self.rows if r.state == RowState.FAILED]
 
+    def failure_message(self) -> str:
+        """What ``FleetFailedError`` says: how many failed, and the first few by name."""
+        failed = self.failed
+        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        return f"{len(failed)} of {len(self.rows)} databases failed ({names}): each one's row says why"
+
     def summary(self) -> str:
         counts = {state: sum(r.state == state for r in self.rows) for state in RowState}
         shown = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
@@ -62,17 +65,3 @@ class FleetReport(BaseModel):
             )
             for r in self.rows
         ]
-
-
-class FleetFailedError(IncompleteError):
-    """At least one database of the window failed; ``report`` holds every row, the failed ones and the rest."""
-
-    def __init__(self, report: FleetReport) -> None:
-        failed = report.failed
-        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
-        super().__init__(f"{len(failed)} of {len(report.rows)} databases failed ({names}): each one's row says why")
-        self.report = report
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled by Prefect when it records the failed state: rebuild from the report.
-        return (type(self), (self.report,))

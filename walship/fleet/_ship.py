@@ -10,8 +10,9 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
+from walship.errors import FleetFailedError
 from walship.fleet._plan import FleetMember
-from walship.fleet._rows import FleetFailedError, FleetReport
+from walship.fleet._rows import FleetReport
 from walship.fleet._run import FleetShipping, Notify
 from walship.fleet._stores import SharedStores
 from walship.ship import ShipConfig, ShipSteps

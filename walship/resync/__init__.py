@@ -22,12 +22,11 @@ from walship.resync._digest import (
     state_digest,
     zero_digest,
 )
-from walship.resync._map import MapUnusableError, PageMap, PageMapStore
+from walship.resync._map import PageMap, PageMapStore
 
 __all__ = [
     "DIGEST_SIZE",
     "FrameDigester",
-    "MapUnusableError",
     "PageChanges",
     "PageMap",
     "PageMapStore",

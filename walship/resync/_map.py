@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from walship._fs import fsync_dir
+from walship.errors import MapUnusableError
 from walship.resync._digest import DIGEST_SIZE, PageChanges, zero_digest
 
-__all__ = ["MapUnusableError", "PageMap", "PageMapStore"]
+__all__ = ["PageMap", "PageMapStore"]
 
 _RECORD_HEAD = struct.Struct(">4sQIII")  # magic, sequence, page count, low water, changes
 _RECORD_MAGIC = b"WSPJ"
@@ -41,10 +42,6 @@ _CHUNK = 1 << 20
 # The journal is folded into the base once it is this many times the base's size (and past a floor).
 _COMPACT_RATIO = 2
 _COMPACT_FLOOR = 4 << 20
-
-
-class MapUnusableError(Exception):
-    """The map on disk cannot say what the replica holds at the cursor; the message says why."""
 
 
 class PageMap:

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from walship.envelope import Sealing
-from walship.errors import ContinuityLostError
+from walship.errors import ContinuityLostError, MapUnusableError
 from walship.layout import format_resync_key
 from walship.models import SegmentInfo, WalCursor, utcnow
 from walship.resync import (
-    MapUnusableError,
     PageChanges,
     PageMap,
     PageMapStore,

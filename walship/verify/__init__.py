@@ -2,13 +2,12 @@
 
 from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
-from walship.verify._report import RestoredPoint, VerificationFailedError, VerifyCheck, VerifyReport
+from walship.verify._report import RestoredPoint, VerifyCheck, VerifyReport
 from walship.verify._run import StoreSteps, VerifySteps, run_verify, verify_replica
 
 __all__ = [
     "RestoredPoint",
     "StoreSteps",
-    "VerificationFailedError",
     "VerifyCheck",
     "VerifyReport",
     "VerifySteps",

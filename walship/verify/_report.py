@@ -4,7 +4,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -13,7 +12,7 @@ from walship.errors import TransientStorageError, WalshipError
 from walship.models import WalPosition
 from walship.storage import ObjectStore
 
-__all__ = ["Drill", "RestoredPoint", "VerificationFailedError", "VerifyCheck", "VerifyReport"]
+__all__ = ["Drill", "RestoredPoint", "VerifyCheck", "VerifyReport"]
 
 
 class VerifyCheck(BaseModel):
@@ -73,26 +72,18 @@ class VerifyReport(BaseModel):
             duration_seconds=self.duration_seconds + other.duration_seconds,
         )
 
+    def failure_message(self) -> str:
+        """What ``VerificationFailedError`` says: the first failed check, and how many failed."""
+        first = self.failed[0] if self.failed else VerifyCheck(name="checks", ok=False, detail="none ran")
+        return (
+            f"verify {self.replica}: {first.name} failed: {first.detail}\n"
+            f"{len(self.failed)} of {len(self.checks)} checks failed; each says what to do"
+        )
+
     def summary(self) -> str:
         if self.passed:
             return f"verify passed: {len(self.checks)} checks ok, {len(self.points)} points restored"
         return f"verify failed: {len(self.failed)} of {len(self.checks)} checks failed"
-
-
-class VerificationFailedError(WalshipError):
-    """A restore drill found a problem; ``report`` holds every check."""
-
-    def __init__(self, report: VerifyReport) -> None:
-        first = report.failed[0] if report.failed else VerifyCheck(name="checks", ok=False, detail="none ran")
-        super().__init__(
-            f"verify {report.replica}: {first.name} failed: {first.detail}\n"
-            f"{len(report.failed)} of {len(report.checks)} checks failed; each says what to do"
-        )
-        self.report = report
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled by Prefect when it records the failed state: rebuild from the report.
-        return (type(self), (self.report,))
 
 
 @dataclass

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Protocol
 
 from walship.envelope import Keyring
+from walship.errors import VerificationFailedError
 from walship.models import RetryPolicy
 from walship.retry import retrying
 from walship.storage import ObjectStore
 from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
-from walship.verify._report import VerificationFailedError, VerifyReport
+from walship.verify._report import VerifyReport
 
 __all__ = ["StoreSteps", "VerifySteps", "run_verify", "verify_replica"]
 
@@ -90,4 +91,5 @@ def verify_replica(
     try:
         return run_verify(StoreSteps(store, keys), database_id=database_id, older=older, seed=seed, workdir=workdir)
     except VerificationFailedError as failed:
-        return failed.report
+        report: VerifyReport = failed.report
+        return report
