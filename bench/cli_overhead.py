@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._common import BUILD, ROOT
 from bench.workload import content_digest, create_database
 from deployments.local_server import prefect_env, start_server, stop_group, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build" / "bench"
 WALSHIP = str(Path(sys.executable).parent / "walship")
 FLOWS = ["snapshot", "restore", "ship", "verify", "retention", "snapshot_many"]
 

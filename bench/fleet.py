@@ -36,10 +36,9 @@ from typing import Any
 import httpx
 import zstandard
 
-from bench.ship_lag import LS_VENV, LS_VERSION, litestream, proc_stats
+from bench._common import LS_VENV, LS_VERSION, ROOT, litestream, proc_stats
 from bench.ship_lag_report import pct
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
-from bench.snapshot_restore import ROOT
 from bench.workload import create_database
 from deployments.local_server import api_url, prefect_env, start_server, stop_group, wait_healthy
 

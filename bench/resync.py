@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._common import BUILD, ROOT
 from bench.workload import create_database, writer_command
 from walship.lease import holder_for
 from walship.ship import ShipConfig, Shipper
@@ -30,8 +31,6 @@ from walship.spool import Spool
 from walship.storage import open_store
 from walship.upload import upload_pending
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build" / "bench"
 SEED = 11
 
 

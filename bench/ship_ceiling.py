@@ -21,10 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.ship_lag import DRAIN_SECONDS, WRITERS, durable, litestream, run_side, use_moto_credentials
+from bench._common import BUILD, database, litestream
+from bench.ship_lag import DRAIN_SECONDS, WRITERS, durable, run_side, use_moto_credentials
 from bench.ship_lag_report import lags, pct
 from bench.ship_lag_s3 import RecordingS3
-from bench.snapshot_restore import BUILD, database
 
 # (commits per second, workload transactions per commit)
 # Plaintext walship against Litestream: ship_lag's encrypted side is its own question (--age there).

