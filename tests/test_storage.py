@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from bench.workload import content_digest
 from tests.conftest import IN_PROCESS_BACKENDS, use_credentials
+from tests.helpers import take_and_upload
 from tests.s3servers import SeaweedS3, _S3Server
+from walship.catalog import select_snapshot
 from walship.errors import (
     ChecksumMismatchError,
     ConflictError,
@@ -18,6 +21,8 @@ from walship.errors import (
     NotFoundError,
     PermanentStorageError,
 )
+from walship.index import current_snapshots
+from walship.restore import restore_snapshot
 from walship.storage import MemoryStore, ObjectStore, S3Store, StorageCredentials, open_store
 from walship.storage._botodata import KEPT_SERVICES
 
@@ -235,6 +240,15 @@ class TestLeanBotocoreData:
         assert "s3" in endpoints["partitions"][0]["services"]
         assert type(endpoints) is dict
         assert type(loader.load_service_model("s3", "service-2")["shapes"]) is dict
+
+
+def test_the_core_snapshots_and_restores_through_a_backend_in_one_file(database: Path, tmp_path: Path) -> None:
+    """memory:// knows nothing of walship but the ObjectStore protocol and its registration, and serves it whole."""
+    store = open_store(f"memory://core-{secrets.token_hex(4)}/backups/app")
+    info = take_and_upload(store, database)
+    restore_snapshot(store, select_snapshot(current_snapshots(store)), tmp_path / "restored.db")
+    assert content_digest(tmp_path / "restored.db") == content_digest(database)
+    assert [s.key for s in current_snapshots(store)] == [info.key]
 
 
 class TestMultipartDriver:
