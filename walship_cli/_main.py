@@ -29,7 +29,8 @@ from walship import codec, envelope
 from walship.errors import UsageError, WalshipError
 from walship.fleet import FleetFailedError, plan_fleet
 from walship.models import RestoreResult
-from walship.restore import check_output, point_in_time
+from walship.placement import check_output
+from walship.restore import point_in_time
 from walship.ship import ShipConfig
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
