@@ -266,8 +266,9 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.command == "snapshot":
         sealing = _age.sealing(args)
         # Before Prefect starts: a refusal takes milliseconds.
-        check_not_shipped(open_store(replica))
-        envelope.check_replica_sealing(open_store(replica), sealing)
+        store = open_store(replica)
+        check_not_shipped(store)
+        envelope.check_replica_sealing(store, sealing)
         info = _runner(args).snapshot_database(
             args.database.resolve(),
             replica,
