@@ -41,6 +41,7 @@ from pydantic.json_schema import JsonSchemaValue, PydanticJsonSchemaWarning
 from pydantic_core import CoreSchema, core_schema
 
 from walship.errors import UsageError
+from walship.storage import schemes
 
 __all__ = [
     "BLOCK_NAME",
@@ -56,8 +57,8 @@ __all__ = [
     "titled",
 ]
 
-# file:///dir or s3://bucket/prefix[?endpoint=...]; the core reports anything subtler.
-REPLICA = r"^(file|s3)://\S+$"
+# A URL of any registered storage backend (file:///dir, s3://bucket/prefix...); the core reports anything subtler.
+REPLICA = rf"^({'|'.join(map(re.escape, schemes()))})://\S+$"
 # What walship names a database by: a file name, never a path.
 DATABASE_ID = r"^[^/\s]{1,255}$"
 # ISO 8601, date or date and time, optional seconds, fraction and offset (no offset: UTC); only real

@@ -79,9 +79,7 @@ def _last_folder(replica: str) -> str:
         url = parse_replica_url(replica)
     except UsageError:
         return replica.rstrip("/").rsplit("/", 1)[-1]
-    if url.path is not None:
-        return url.path.name
-    return url.prefix.rstrip("/").rsplit("/", 1)[-1] or str(url.bucket)
+    return url.name
 
 
 def generated_name(name: str) -> bool:

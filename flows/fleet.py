@@ -12,11 +12,8 @@ clear state.
 """
 
 import collections
-import contextlib
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from prefect import flow, get_run_logger
@@ -28,6 +25,7 @@ from flows._events import emit
 from flows._failure import on_failure
 from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import artifact_key, run_name
+from flows._stopping import sigterm_ends_window
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.fleet import FleetEvent, FleetReport, RetryingSteps, RowState, SharedStores, plan_fleet, ship_fleet
@@ -109,23 +107,9 @@ def ship_fleet_flow(
         handover_wait=handover_wait,
         recipients=tuple(age_recipients),
         notify=events.notify,
-        stopping=_sigterm_ends_window,
+        stopping=sigterm_ends_window,
         publish=publish,
     )
-
-
-@contextlib.contextmanager
-def _sigterm_ends_window(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM (a worker's cancellation, systemd) ends the window as its time would: every database's final
-    capture and drain still run, and the run still reports. Prefect's own handler is back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signals reach the main thread only; there Prefect's handling stays
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class _Events:

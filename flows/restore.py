@@ -30,12 +30,10 @@ from tasks import (
     start_progress,
     with_retry_policy,
 )
-from walship.errors import UsageError
-from walship.generations import choose_start
-from walship.layout import parse_snapshot_key
+from walship.generations import ReplicaGenerations
 from walship.models import RestoreResult, RestoreTarget, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
-from walship.restore import point_in_time
+from walship.restore import point_in_time, run_restore
 
 
 @plain_refusals
@@ -84,37 +82,21 @@ def restore_flow(
 
     With nothing chosen it restores the newest data, failing (with the ways to
     an older point) when that cannot be restored."""
-    if sequence is not None and sequence < 0:
-        raise UsageError(f"--sequence {sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
-    chosen: SnapshotInfo
-    until_sequence = sequence
-    if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
-        # Described from its own object: nothing else the prefix holds can stand in the way.
-        chosen = with_retry_policy(read_snapshot, retry)(replica, snapshot_key, credentials_block)
-    else:
-        generations = with_retry_policy(describe_generations, retry)(replica, credentials_block)
-        if not generations.generations and sequence is None and generation is None:
-            # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
-            original = with_retry_policy(restore_original, retry)(
-                replica, output, force, timestamp, snapshot_key, database_id, credentials_block
-            )
-            publish(
-                "restore",
-                f"Restore of the original layout's snapshot to {output}",
-                original.report_rows(),
-            )
-            return original
-        chosen, until_sequence = choose_start(
-            generations, snapshot_key=snapshot_key, before=timestamp, generation=generation, sequence=sequence
-        )
-    target = RestoreTarget(
-        segments=snapshot_key is None, until_time=timestamp, until_sequence=until_sequence, database_id=database_id
+    steps = _TaskSteps(replica, retry, credentials_block, age_identity_block, age_identity_file)
+    result = run_restore(
+        steps,
+        output,
+        timestamp=timestamp,
+        snapshot_key=snapshot_key,
+        sequence=sequence,
+        generation=generation,
+        force=force,
+        database_id=database_id,
     )
-    progress = start_progress(None, f"Restore of {chosen.database_id}")
-    result = with_retry_policy(restore_snapshot, retry)(
-        replica, chosen, output, force, target, progress, credentials_block, age_identity_block, age_identity_file
-    )
-    finish_progress(progress)
+    if isinstance(result, OriginalRestoreResult):
+        publish("restore", f"Restore of the original layout's snapshot to {output}", result.report_rows())
+        return result
+    chosen = result.snapshot
     publish(
         "restore",
         f"Restore of {chosen.database_id} to {output}",
@@ -131,6 +113,52 @@ def restore_flow(
         ],
     )
     return result
+
+
+class _TaskSteps:
+    """``RestoreSteps`` as task runs with the flow's retry policy; the download moves the run's progress artifact."""
+
+    def __init__(
+        self,
+        replica: str,
+        retry: RetryPolicy,
+        credentials_block: str | None,
+        identity_block: str | None,
+        identity_file: Path | None,
+    ) -> None:
+        self.replica, self.retry, self.block = replica, retry, credentials_block
+        self.identity_block, self.identity_file = identity_block, identity_file
+
+    def read_snapshot(self, key: str) -> SnapshotInfo:
+        return with_retry_policy(read_snapshot, self.retry)(self.replica, key, self.block)
+
+    def describe_generations(self) -> ReplicaGenerations:
+        return with_retry_policy(describe_generations, self.retry)(self.replica, self.block)
+
+    def restore_original(
+        self, output: Path, *, force: bool, before: datetime | None, key: str | None, database_id: str | None
+    ) -> OriginalRestoreResult:
+        return with_retry_policy(restore_original, self.retry)(
+            self.replica, output, force, before, key, database_id, self.block
+        )
+
+    def restore_snapshot(
+        self, snapshot: SnapshotInfo, output: Path, *, force: bool, target: RestoreTarget
+    ) -> RestoreResult:
+        progress = start_progress(None, f"Restore of {snapshot.database_id}")
+        result = with_retry_policy(restore_snapshot, self.retry)(
+            self.replica,
+            snapshot,
+            output,
+            force,
+            target,
+            progress,
+            self.block,
+            self.identity_block,
+            self.identity_file,
+        )
+        finish_progress(progress)
+        return result
 
 
 def _point_in_time_rows(result: RestoreResult) -> list[tuple[str, str]]:

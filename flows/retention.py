@@ -1,5 +1,6 @@
 """Retention flow: plan what the policy keeps, apply it (or only show it), report."""
 
+from datetime import datetime
 from typing import Annotated
 
 from prefect import flow
@@ -8,9 +9,8 @@ from flows._failure import on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
-from walship.errors import IncompleteError
-from walship.models import RetryPolicy, utcnow
-from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, RetentionResult
+from walship.models import RetryPolicy
+from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, RetentionResult, run_retention
 
 
 @plain_refusals
@@ -45,15 +45,26 @@ def retention_flow(
     Deletes that fail are reported, the run ends failed, and the next run
     tries them again.
     """
-    plan = with_retry_policy(plan_retention, retry)(replica, policy, utcnow(), credentials_block, database_id)
-    result = with_retry_policy(apply_retention, retry)(replica, plan, dry_run, credentials_block)
-    _publish(replica, plan, result)
-    if not result.ok:
-        raise IncompleteError(
-            f"retention: {len(result.failed)} of {result.planned} deletes not confirmed "
-            f"({result.errors[0] if result.errors else 'still listed'}); the next run retries them"
-        )
-    return RetentionReport(plan=plan, result=result)
+    return run_retention(
+        _TaskSteps(replica, retry, credentials_block),
+        policy,
+        dry_run=dry_run,
+        database_id=database_id,
+        publish=lambda plan, result: _publish(replica, plan, result),
+    )
+
+
+class _TaskSteps:
+    """``RetentionSteps`` as task runs with the flow's retry policy."""
+
+    def __init__(self, replica: str, retry: RetryPolicy, credentials_block: str | None) -> None:
+        self.replica, self.retry, self.block = replica, retry, credentials_block
+
+    def plan_retention(self, policy: RetentionPolicy, now: datetime, database_id: str | None) -> RetentionPlan:
+        return with_retry_policy(plan_retention, self.retry)(self.replica, policy, now, self.block, database_id)
+
+    def apply_retention(self, plan: RetentionPlan, *, dry_run: bool) -> RetentionResult:
+        return with_retry_policy(apply_retention, self.retry)(self.replica, plan, dry_run, self.block)
 
 
 # A years-long hourly history would make an unreadable artifact.

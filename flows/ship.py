@@ -19,6 +19,7 @@ from flows._failure import on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, republish, run_name
 from flows._ship_events import ShipEvents
+from flows._stopping import sigterm_ends_window
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
@@ -101,7 +102,8 @@ def wal_ship_flow(
         credentials=block_credentials(credentials_block),
     )
     try:
-        report = run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
+        with sigterm_ends_window(run.stop):
+            report = run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
     finally:
         table.show(run.report, ended=True)
     # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.

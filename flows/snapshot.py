@@ -1,8 +1,8 @@
 """Snapshot flow: copy, compress and upload the live database in one pass, then record it."""
 
-import time
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 from prefect import flow
 
@@ -19,7 +19,8 @@ from tasks import (
     with_retry_policy,
 )
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.models import RetryPolicy, SnapshotInfo
+from walship.models import ReplicaMetadata, RetryPolicy, SnapshotInfo
+from walship.snapshot import run_snapshot
 
 
 @plain_refusals
@@ -54,17 +55,12 @@ def snapshot_flow(
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
     """
-    started = time.monotonic()
-    database_id = database_id or database.name
-    check_replica(replica, database_id, credentials_block)
-    progress = start_progress(None, f"Snapshot of {database_id}")
-    # A retry takes a fresh snapshot (a new generation): a failed one left nothing behind.
-    info = with_retry_policy(stream_snapshot, retry)(
-        replica, database, database_id, level, workdir, progress, credentials_block, tuple(age_recipients)
+    steps = _TaskSteps(replica, retry, credentials_block)
+    report = run_snapshot(
+        steps, database, level=level, database_id=database_id, workdir=workdir, recipients=tuple(age_recipients)
     )
-    metadata = with_retry_policy(update_metadata, retry)(replica, info, credentials_block)
-    elapsed = time.monotonic() - started
-    finish_progress(progress)
+    info, elapsed = report.info, report.duration_seconds
+    database_id = info.database_id
     publish(
         "snapshot",
         f"Snapshot of {database_id}",
@@ -76,7 +72,7 @@ def snapshot_flow(
             ("pages", f"{info.page_count} x {info.page_size} B"),
             ("sha256", f"`{info.sha256}`"),
             ("duration", f"{elapsed:.2f} s ({info.raw_size / 1e6 / max(elapsed, 1e-9):.1f} MB/s)"),
-            ("snapshots in replica", str(metadata.snapshot_count)),
+            ("snapshots in replica", str(report.metadata.snapshot_count)),
         ],
     )
     emit(
@@ -93,3 +89,29 @@ def snapshot_flow(
         },
     )
     return info
+
+
+class _TaskSteps:
+    """``SnapshotSteps`` as task runs with the flow's retry policy; the upload and the record move the run's
+    progress artifact."""
+
+    def __init__(self, replica: str, retry: RetryPolicy, credentials_block: str | None) -> None:
+        self.replica, self.retry, self.block = replica, retry, credentials_block
+        self.progress: UUID | None = None
+
+    def check_replica(self, database_id: str) -> None:
+        check_replica(self.replica, database_id, self.block)
+
+    def stream_snapshot(
+        self, database: Path, *, database_id: str, level: int, workdir: Path | None, recipients: tuple[str, ...]
+    ) -> SnapshotInfo:
+        self.progress = start_progress(None, f"Snapshot of {database_id}")
+        return with_retry_policy(stream_snapshot, self.retry)(
+            self.replica, database, database_id, level, workdir, self.progress, self.block, recipients
+        )
+
+    def update_metadata(self, info: SnapshotInfo) -> ReplicaMetadata:
+        metadata = with_retry_policy(update_metadata, self.retry)(self.replica, info, self.block)
+        if self.progress is not None:
+            finish_progress(self.progress)
+        return metadata

@@ -16,6 +16,8 @@ from walship.storage import ObjectStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["local", "moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
+# In-process only: for suites whose every step runs in the test's own process.
+IN_PROCESS_BACKENDS = [*BACKENDS, "memory"]
 
 # Prefect's server and clients read these at import and start-up: quiet,
 # no telemetry, nothing written to the user's ~/.prefect.
@@ -53,7 +55,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def s3_server(request: pytest.FixtureRequest, backend: str) -> _S3Server | None:
-    if backend == "local":
+    if backend in ("local", "memory"):
         return None
     return request.getfixturevalue(f"{'moto' if backend == 'moto' else 'seaweed'}_server")  # type: ignore[no-any-return]
 
@@ -61,6 +63,8 @@ def s3_server(request: pytest.FixtureRequest, backend: str) -> _S3Server | None:
 @pytest.fixture
 def replica_url(backend: str, s3_server: _S3Server | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh, empty replica on the backend under test."""
+    if backend == "memory":
+        return f"memory://walship-{secrets.token_hex(6)}/backups/app"
     if s3_server is None:
         return f"file://{tmp_path / 'replica'}"
     use_credentials(monkeypatch, s3_server)

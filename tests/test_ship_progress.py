@@ -9,6 +9,7 @@ spooled is what was uploaded plus what is still spooled.
 
 import logging
 import re
+import signal
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,8 +110,10 @@ class TestWhileAWindowRuns:
         self, api_env: dict[str, str], replica_url: str, database: Path, tmp_path: Path
     ) -> None:
         spool = f"--spool={tmp_path / 'spool'}"
+        # The first window outlasts the test; it ends (SIGTERM, a clean stop) only once the second is seen
+        # waiting, so the hand-over happens however slowly either starts.
         first = Ship(
-            database, replica_url, "--duration=6", "--progress-interval=1", "--database-id=handover-a.db", spool,
+            database, replica_url, "--duration=600", "--progress-interval=1", "--database-id=handover-a.db", spool,
             env=api_env,
         )  # fmt: skip
         try:
@@ -121,14 +124,21 @@ class TestWhileAWindowRuns:
                 assert time.monotonic() < deadline, first.output
                 time.sleep(0.2)
             second = Ship(
-                database, replica_url, "--duration=1", "--handover-wait=60", "--database-id=handover-b.db", spool,
+                database, replica_url, "--duration=1", "--handover-wait=120", "--database-id=handover-b.db", spool,
                 env=api_env,
             )  # fmt: skip
             try:
+                waiting_run = _wait_for_run("handover-b.db", second)
+                deadline = time.monotonic() + 120
+                while not any(WAITING.search(log.message) for log in run_logs(waiting_run)):
+                    assert second.process.poll() is None, second.output
+                    assert time.monotonic() < deadline, second.output
+                    time.sleep(0.2)
+                first.process.send_signal(signal.SIGTERM)
+                assert first.wait() == 0, first.output
                 assert second.wait() == 0, second.output
             finally:
                 second.close()
-            assert first.wait() == 0, first.output
         finally:
             first.close()
         [second_run] = flow_runs_of("handover-b.db")

@@ -1,17 +1,29 @@
-"""One storage suite, run against every backend: local directory, moto, SeaweedFS."""
+"""One storage suite, run against every backend: local directory, moto, SeaweedFS, in-process memory."""
 
 import hashlib
 import io
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import use_credentials
+from bench.workload import content_digest
+from tests.conftest import IN_PROCESS_BACKENDS, use_credentials
+from tests.helpers import take_and_upload
 from tests.s3servers import SeaweedS3, _S3Server
-from walship.errors import ConflictError, CorruptObjectError, NotFoundError, PermanentStorageError
-from walship.storage import ObjectStore, S3Store, StorageCredentials, open_store
+from walship.catalog import select_snapshot
+from walship.errors import (
+    ChecksumMismatchError,
+    ConflictError,
+    CorruptObjectError,
+    NotFoundError,
+    PermanentStorageError,
+)
+from walship.index import current_snapshots
+from walship.restore import restore_snapshot
+from walship.storage import MemoryStore, ObjectStore, S3Store, StorageCredentials, open_store
 from walship.storage._botodata import KEPT_SERVICES
 
 
@@ -39,6 +51,7 @@ def _read(store: ObjectStore, key: str, **kwargs: int) -> bytes:
         return stream.read()
 
 
+@pytest.mark.parametrize("backend", IN_PROCESS_BACKENDS, indirect=True)
 class TestObjectStore:
     """Every backend honours the ObjectStore protocol the same way."""
 
@@ -124,6 +137,15 @@ class TestObjectStore:
         assert _read(store, "index") == b"v2"
         store.put_bytes("index", b"v3", if_match=second.etag)
         assert _read(store, "index") == b"v3"
+
+    def test_under_is_the_same_store_at_a_deeper_prefix(self, store: ObjectStore) -> None:
+        inner = store.under("fleet/one/")
+        inner.put_bytes("lease.json", b"{}")
+        store.under("fleet/two/").put_bytes("lease.json", b"[]")
+        assert [o.key for o in inner.list()] == ["lease.json"]
+        assert [o.key for o in store.list("fleet/")] == ["fleet/one/lease.json", "fleet/two/lease.json"]
+        assert _read(store.under("fleet/").under("two/"), "lease.json") == b"[]"
+        assert inner.location.rstrip("/").endswith("fleet/one")
 
 
 @pytest.fixture
@@ -218,3 +240,55 @@ class TestLeanBotocoreData:
         assert "s3" in endpoints["partitions"][0]["services"]
         assert type(endpoints) is dict
         assert type(loader.load_service_model("s3", "service-2")["shapes"]) is dict
+
+
+def test_the_core_snapshots_and_restores_through_a_backend_in_one_file(database: Path, tmp_path: Path) -> None:
+    """memory:// knows nothing of walship but the ObjectStore protocol and its registration, and serves it whole."""
+    store = open_store(f"memory://core-{secrets.token_hex(4)}/backups/app")
+    info = take_and_upload(store, database)
+    restore_snapshot(store, select_snapshot(current_snapshots(store)), tmp_path / "restored.db")
+    assert content_digest(tmp_path / "restored.db") == content_digest(database)
+    assert [s.key for s in current_snapshots(store)] == [info.key]
+
+
+class TestMultipartDriver:
+    """The multipart driver knows backends only as part sinks: on the in-process one, as on S3 (tests of
+    test_stream_snapshot.py and test_sent_bytes.py), a failure leaves no object and no pending upload."""
+
+    @pytest.fixture
+    def memory(self) -> MemoryStore:
+        store = open_store(f"memory://driver-{secrets.token_hex(4)}/app")
+        assert isinstance(store, MemoryStore)
+        return store
+
+    def test_parts_become_one_object_with_its_metadata(self, memory: MemoryStore) -> None:
+        chunks = [secrets.token_bytes(1 << 20) for _ in range(13)]
+        info = memory.put_chunks("snap", iter(chunks), metadata={"walship-k": "v"})
+        assert info.size == 13 << 20
+        assert _read(memory, "snap") == b"".join(chunks)
+        assert memory.head("snap").metadata == {"walship-k": "v"}
+        assert memory.pending_uploads() == []
+
+    def test_a_producer_failing_mid_upload_aborts_it(self, memory: MemoryStore) -> None:
+        def failing() -> Iterator[bytes]:
+            yield from (bytes(1 << 20) for _ in range(9))  # past the first part: a multipart upload is open
+            raise RuntimeError("the snapshot's reader failed")
+
+        with pytest.raises(RuntimeError, match="reader failed"):
+            memory.put_chunks("snap", failing(), metadata={})
+        with pytest.raises(NotFoundError):
+            memory.head("snap")
+        assert memory.pending_uploads() == []
+
+    @pytest.mark.parametrize("size", [1000, 13 << 20], ids=["one-request", "multipart"])
+    def test_bytes_that_do_not_hash_as_expected_are_not_stored(
+        self, memory: MemoryStore, tmp_path: Path, size: int
+    ) -> None:
+        path = tmp_path / "segment"
+        path.write_bytes(secrets.token_bytes(size))
+        with pytest.raises(ChecksumMismatchError, match="nothing stored"):
+            memory.put_file("seg", path, sha256=hashlib.sha256(b"other bytes").hexdigest())
+        with pytest.raises(NotFoundError):
+            memory.head("seg")
+        assert memory.pending_uploads() == []
+        assert memory.put_file("seg", path, sha256=hashlib.sha256(path.read_bytes()).hexdigest()).size == size

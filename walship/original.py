@@ -29,7 +29,7 @@ from walship.codec import Readable, decompress_stream
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.layout import METADATA_KEY, parse_original_snapshot_key, parse_original_wal_key
 from walship.models import ObjectInfo
-from walship.restore import check_output, staged_output
+from walship.placement import check_output, staged_output
 from walship.sqlite import read_header
 from walship.storage import ObjectStore
 

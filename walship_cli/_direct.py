@@ -1,8 +1,11 @@
-"""Each command's pipeline run on the core directly, with the flows' retry policy.
+"""Each command run on the core directly, with the flows' retry policy.
 
-The steps are the ones the flows' tasks call, in the same order, so a
-command gives the same result, checks and exit status either way; only the
-Prefect side (run history, artifacts, events) is missing.
+Every operation is composed once in the core (``run_snapshot``,
+``run_restore``, ``run_verify``, ``run_retention``, ``ShippingRun``,
+``ship_fleet``); the flows hand it task runs, this module hands it the
+core's own steps on a store opened once for the run, so a command gives the
+same result, checks and exit status either way; only the Prefect side (run
+history, artifacts, events) is missing.
 """
 
 import contextlib
@@ -15,21 +18,17 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from walship import index, snapshot
-from walship.catalog import read_snapshot_info
+from walship.codec import Progress
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, RetryingSteps, SharedStores, ship_fleet
-from walship.generations import choose_start, describe_replica
-from walship.layout import parse_snapshot_key
 from walship.memory import one_arena
-from walship.models import RestoreResult, RetryPolicy, SnapshotInfo, WalPosition, utcnow
-from walship.original import OriginalRestoreResult, restore_original
-from walship.restore import restore_snapshot
-from walship.retention import RetentionPolicy, RetentionReport, apply_retention, plan_replica
-from walship.retry import retrying
-from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, drain_spool, let_lease_go, take_lease
+from walship.models import RestoreResult, RetryPolicy, SnapshotInfo
+from walship.original import OriginalRestoreResult
+from walship.restore import StoreRestoreSteps, run_restore
+from walship.retention import RetentionPolicy, RetentionReport, StoreRetentionSteps, run_retention
+from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport
+from walship.snapshot import StoreSnapshotSteps, run_snapshot
 from walship.storage import open_store
-from walship.upload import UploadResult
 from walship.verify import StoreSteps, VerifyReport, run_verify
 
 __all__ = ["restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
@@ -66,6 +65,15 @@ class _TerminalProgress:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _terminal_progress(label: str) -> Iterator[Progress]:
+    progress = _TerminalProgress(label)
+    try:
+        yield progress
+    finally:
+        progress.clear()
+
+
 def snapshot_database(
     database: Path,
     replica: str,
@@ -75,28 +83,9 @@ def snapshot_database(
     workdir: Path | None,
     recipients: tuple[str, ...] = (),
 ) -> SnapshotInfo:
-    store = open_store(replica)
-    database_id = database_id or database.name
-    snapshot.check_database_id(store, database_id)
-    snapshot.check_not_shipped(store)
-    progress = _TerminalProgress(f"snapshot of {database_id}")
-    try:
-        info = retrying(
-            _POLICY,
-            lambda: snapshot.stream_snapshot(
-                store,
-                database,
-                database_id=database_id,
-                level=level,
-                workdir=workdir,
-                progress=progress,
-                recipients=recipients,
-            ),
-        )
-    finally:
-        progress.clear()
-    retrying(_POLICY, lambda: index.add_snapshot(store, info))
-    return info
+    steps = StoreSnapshotSteps(open_store(replica), _POLICY, _terminal_progress)
+    report = run_snapshot(steps, database, level=level, database_id=database_id, workdir=workdir, recipients=recipients)
+    return report.info
 
 
 def restore(
@@ -113,42 +102,16 @@ def restore(
 ) -> RestoreResult | OriginalRestoreResult:
     store = open_store(replica)
     keys = Keyring.from_file(identity_file) if identity_file is not None else None
-    until_sequence = sequence
-    if snapshot_key is not None and parse_snapshot_key(snapshot_key) is not None:
-        # Described from its own object: nothing else the prefix holds can stand in the way.
-        chosen = retrying(_POLICY, lambda: read_snapshot_info(store, snapshot_key))
-    else:
-        generations = retrying(_POLICY, lambda: describe_replica(store))
-        if not generations.generations and sequence is None and generation is None:
-            # No walship data: the prefix may hold the original design's layout (docs/FORMAT.md).
-            return retrying(
-                _POLICY,
-                lambda: restore_original(
-                    store, output, force=force, before=timestamp, key=snapshot_key, expected_database_id=database_id
-                ),
-            )
-        chosen, until_sequence = choose_start(
-            generations, snapshot_key=snapshot_key, before=timestamp, generation=generation, sequence=sequence
-        )
-    progress = _TerminalProgress(f"restore of {chosen.database_id}")
-    try:
-        return retrying(
-            _POLICY,
-            lambda: restore_snapshot(
-                store,
-                chosen,
-                output,
-                force=force,
-                expected_database_id=database_id,
-                segments=snapshot_key is None,
-                until_sequence=until_sequence,
-                until_time=timestamp,
-                progress=progress,
-                keys=keys,
-            ),
-        )
-    finally:
-        progress.clear()
+    return run_restore(
+        StoreRestoreSteps(store, keys, _POLICY, _terminal_progress),
+        output,
+        timestamp=timestamp,
+        snapshot_key=snapshot_key,
+        sequence=sequence,
+        generation=generation,
+        force=force,
+        database_id=database_id,
+    )
 
 
 def verify(
@@ -160,10 +123,7 @@ def verify(
 
 
 def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:
-    store = open_store(replica)
-    plan = retrying(_POLICY, lambda: plan_replica(store, policy, utcnow()))
-    result = retrying(_POLICY, lambda: apply_retention(store, plan, dry_run=dry_run))
-    return RetentionReport(plan=plan, result=result)
+    return run_retention(StoreRetentionSteps(open_store(replica), _POLICY), policy, dry_run=dry_run)
 
 
 def ship(
@@ -178,7 +138,9 @@ def ship(
     handover_wait: float,
 ) -> ShipReport:
     one_arena()
-    run = ShippingRun(database, replica, config, spool_dir=spool_dir, steps=_CoreSteps(), observer=LoggingObserver(log))
+    run = ShippingRun(
+        database, replica, config, spool_dir=spool_dir, steps=RetryingSteps(_POLICY), observer=LoggingObserver(log)
+    )
     with _stopping(run.stop):
         return run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
 
@@ -229,19 +191,3 @@ def _stopping(stop: Callable[[], None]) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-class _CoreSteps:
-    """The run's storage steps on the core, with the flows' retry policy."""
-
-    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
-        retrying(_POLICY, lambda: take_lease(open_store(replica), spool_dir, holder))
-
-    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult:
-        return retrying(_POLICY, lambda: drain_spool(open_store(replica), spool_dir, holder))
-
-    def record_position(self, replica: str, position: WalPosition) -> None:
-        retrying(_POLICY, lambda: index.record_wal_position(open_store(replica), position))
-
-    def release_lease(self, replica: str, spool_dir: Path) -> None:
-        retrying(_POLICY, lambda: let_lease_go(open_store(replica), spool_dir))

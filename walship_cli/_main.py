@@ -29,7 +29,8 @@ from walship import codec, envelope
 from walship.errors import FleetFailedError, UsageError, VerificationFailedError, WalshipError
 from walship.fleet import plan_fleet
 from walship.models import RestoreResult
-from walship.restore import check_output, point_in_time
+from walship.placement import check_output
+from walship.restore import point_in_time
 from walship.ship import ShipConfig
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
@@ -265,8 +266,9 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.command == "snapshot":
         sealing = _age.sealing(args)
         # Before Prefect starts: a refusal takes milliseconds.
-        check_not_shipped(open_store(replica))
-        envelope.check_replica_sealing(open_store(replica), sealing)
+        store = open_store(replica)
+        check_not_shipped(store)
+        envelope.check_replica_sealing(store, sealing)
         info = _runner(args).snapshot_database(
             args.database.resolve(),
             replica,

@@ -56,10 +56,10 @@ def replica_for(replica: str, database: Path) -> str:
 
 
 def _check_apart(url: ReplicaURL, database: Path) -> None:
-    """A ``file://`` replica is a directory: the database file itself, or a path under it, can never be one."""
-    if url.path is None:
+    """A replica that is a directory (``file://``): the database file itself, or a path under it, can never be one."""
+    if url.directory is None:
         return
-    root, file = Path(os.path.realpath(url.path)), Path(os.path.realpath(database))
+    root, file = Path(os.path.realpath(url.directory)), Path(os.path.realpath(database))
     if root == file or file in root.parents:
         raise UsageError(
             f"replica {url} of {database} cannot be the database file{'' if root == file else ' or under it'}: "

@@ -1,8 +1,9 @@
-"""A fleet's storage steps: the core's, retried in the process (never a task run per database).
+"""Shipping's storage steps on the core, retried in the process: the fleet's, and ``walship ship``'s in direct mode.
 
 A task run per lease, drain and position would be four API calls per
 database per window, and the run would stop with the API; the fleet calls
 the core with ``walship.retry.retrying`` instead, so storage alone decides.
+Each replica's store is opened once (its URL parsed once), on its first step.
 """
 
 from pathlib import Path
@@ -19,13 +20,17 @@ __all__ = ["RetryingSteps"]
 
 
 class RetryingSteps:
-    """``walship.ship.ShipSteps`` on the core, each retried by ``policy``."""
+    """``walship.ship.ShipSteps`` on the core, each retried by ``policy``, the stores shared by ``stores``."""
 
     def __init__(self, policy: RetryPolicy | None = None, stores: SharedStores | None = None) -> None:
         self.policy, self.stores = policy or RetryPolicy(), stores or SharedStores()
+        self._opened: dict[str, ObjectStore] = {}
 
     def _store(self, replica: str) -> ObjectStore:
-        return self.stores.open(replica)
+        # Steps of one replica never run at once (one run each); two replicas racing here only open twice.
+        if (store := self._opened.get(replica)) is None:
+            store = self._opened[replica] = self.stores.open(replica)
+        return store
 
     def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None:
         retrying(self.policy, lambda: take_lease(self._store(replica), spool_dir, holder))

@@ -1,4 +1,4 @@
-"""Retention: plan (pure) what old snapshots and WAL go, then apply it (or show it, with a dry run)."""
+"""Retention: plan (pure) what old snapshots and WAL go, then apply it (or only show it), composed once per run."""
 
 from walship.retention._apply import (
     RetentionReport,
@@ -10,6 +10,7 @@ from walship.retention._apply import (
 )
 from walship.retention._plan import GenerationDecision, RetentionPlan, SnapshotDecision, plan_retention
 from walship.retention._policy import LEFTOVER_AGE, RetentionPolicy, format_duration, parse_duration
+from walship.retention._run import RetentionSteps, StoreRetentionSteps, run_retention
 
 __all__ = [
     "LEFTOVER_AGE",
@@ -18,7 +19,9 @@ __all__ = [
     "RetentionPolicy",
     "RetentionReport",
     "RetentionResult",
+    "RetentionSteps",
     "SnapshotDecision",
+    "StoreRetentionSteps",
     "apply_retention",
     "format_duration",
     "list_history",
@@ -26,4 +29,5 @@ __all__ = [
     "parse_duration",
     "plan_replica",
     "plan_retention",
+    "run_retention",
 ]

@@ -1,16 +1,22 @@
-"""Object storage: the ``ObjectStore`` protocol and its backends.
+"""Object storage: the ``ObjectStore`` protocol and its backends, registered by URL scheme.
 
-The S3 backend is imported when first used: boto3 takes about 0.3 s to import,
-which a file:// replica (a restore drill, the demo, a Prefect run's process)
-need not pay.
+A backend is its ``ReplicaURL`` subclass (parses the URL, opens the store)
+and its store; registering the subclass for its scheme is all the rest of
+walship needs (flow parameters accept every registered scheme). The S3
+backend's store is imported when one opens: botocore takes about 0.3 s to
+import, which a file:// replica (a restore drill, the demo, a Prefect run's
+process) need not pay.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from walship.storage._credentials import StorageCredentials
-from walship.storage._local import Leftover, LocalStore
+from walship.storage._local import FileURL, Leftover, LocalStore
+from walship.storage._memory import MemoryStore, MemoryURL
+from walship.storage._multipart import PartSink
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ObjectStore, ReadStream
-from walship.storage._url import ReplicaURL, parse_replica_url
+from walship.storage._s3_url import S3URL
+from walship.storage._url import ReplicaURL, parse_replica_url, register, schemes
 
 if TYPE_CHECKING:
     from walship.storage._s3 import S3Store
@@ -19,7 +25,9 @@ __all__ = [
     "DELETE_BATCH_LIMIT",
     "Leftover",
     "LocalStore",
+    "MemoryStore",
     "ObjectStore",
+    "PartSink",
     "ReadStream",
     "ReplicaURL",
     "S3Store",
@@ -27,19 +35,19 @@ __all__ = [
     "leftovers_of",
     "open_store",
     "parse_replica_url",
+    "register",
+    "schemes",
 ]
+
+register("file", FileURL)
+register("s3", S3URL)
+register("memory", MemoryURL)
 
 
 def open_store(url: str | ReplicaURL, credentials: StorageCredentials | None = None) -> ObjectStore:
-    """Open the backend a replica URL names; ``credentials`` (S3 only) replace boto3's chain where they are set."""
+    """Open the backend a replica URL names; ``credentials`` replace the backend's defaults where they are set."""
     replica = parse_replica_url(url) if isinstance(url, str) else url
-    if replica.scheme == "file":
-        assert replica.path is not None
-        return LocalStore(replica.path)
-    assert replica.bucket is not None
-    from walship.storage._s3 import S3Store  # noqa: PLC0415 - see the module docstring
-
-    return S3Store(replica.bucket, replica.prefix, endpoint=replica.endpoint, credentials=credentials)
+    return replica.open(credentials)
 
 
 def leftovers_of(store: ObjectStore) -> tuple[Leftover, ...]:

@@ -1,6 +1,9 @@
-"""Explicit storage credentials: what a caller (a Prefect block, resolved outside the core) hands the S3 backend.
+"""Explicit storage credentials: what a caller (a Prefect block, resolved outside the core) hands a backend.
 
-Plain data, so the core never imports Prefect. The secret and the session
+Each backend reads the fields it knows when it opens a store (S3: all of them,
+walship.storage._s3; file:// and memory://: none), so the caller never needs
+to know which backend a replica URL names. Plain data, so the core never
+imports Prefect. The secret and the session
 token are ``SecretStr``: their repr, str and JSON dump are masked, so a
 model printed in a log or a traceback never shows them. ``source`` says
 where they came from (``block 'walship-s3'``), for error messages.
@@ -12,7 +15,7 @@ __all__ = ["StorageCredentials"]
 
 
 class StorageCredentials(BaseModel):
-    """Keys, region and endpoint used instead of boto3's chain; any field left None falls back to it."""
+    """Keys, region and endpoint used instead of the backend's own defaults (boto3's chain); None falls back to them."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -32,16 +33,52 @@ from walship.errors import (
     CorruptObjectError,
     NotFoundError,
     PermanentStorageError,
+    UsageError,
 )
 from walship.models import ObjectInfo
+from walship.storage._credentials import StorageCredentials
 from walship.storage._local_errors import local_error
 from walship.storage._protocol import ReadStream
+from walship.storage._url import ReplicaURL
 
-__all__ = ["Leftover", "LocalStore"]
+__all__ = ["FileURL", "Leftover", "LocalStore"]
 
 _META_DIR = ".meta"
 _TMP_DIR = ".tmp"
 _LOCK_FILE = ".lock"
+
+
+class FileURL(ReplicaURL):
+    """``file:///absolute/dir``: a directory on this machine (credentials do not apply)."""
+
+    example = "file:///absolute/dir"
+
+    path: Path
+
+    @classmethod
+    def parse(cls, url: str) -> "FileURL":
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise UsageError(
+                f"replica URL {url!r} is not an absolute directory: use file:///absolute/dir (three slashes)"
+            )
+        if parts.query:
+            raise UsageError(f"replica URL {url!r}: file:// URLs take no query parameters")
+        return cls(scheme="file", path=Path(parts.path))
+
+    def open(self, credentials: StorageCredentials | None = None) -> "LocalStore":
+        return LocalStore(self.path)
+
+    @property
+    def directory(self) -> Path:
+        return self.path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def __str__(self) -> str:
+        return f"file://{self.path}"
 
 
 class Leftover(BaseModel):
@@ -54,14 +91,18 @@ class Leftover(BaseModel):
 
 
 class LocalStore:
-    """An ``ObjectStore`` over a directory tree."""
+    """An ``ObjectStore`` over a directory tree, or the part of it under ``prefix`` ("" or ending in "/")."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, prefix: str = "") -> None:
+        self.root, self.prefix = root, prefix
 
     @property
     def location(self) -> str:
-        return f"file://{self.root}"
+        return f"file://{self.root / self.prefix}"
+
+    def under(self, prefix: str) -> "LocalStore":
+        # One directory's sidecars and temporary files, not one per prefix: a prefix's lists stay its objects.
+        return LocalStore(self.root, f"{self.prefix}{prefix}")
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         return self._write(key, _chunks_of(stream), metadata)
@@ -154,8 +195,8 @@ class LocalStore:
         with self._refusals(f"list {prefix or '/'}"):
             for path in sorted(self._walk(self.root)):
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
-                    yield ObjectInfo(key=key, size=path.stat().st_size)
+                if key.startswith(self.prefix + prefix):
+                    yield ObjectInfo(key=key[len(self.prefix) :], size=path.stat().st_size)
 
     def delete(self, keys: Sequence[str]) -> None:
         failed: list[str] = []
@@ -289,12 +330,12 @@ class LocalStore:
             raise local_error(exc, self.root, doing) from exc
 
     def _path(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / key
+        _check_key(self.prefix + key)
+        return self.root / f"{self.prefix}{key}"
 
     def _meta_path(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / _META_DIR / f"{key}.json"
+        _check_key(self.prefix + key)
+        return self.root / _META_DIR / f"{self.prefix}{key}.json"
 
 
 def _chunks_of(stream: ReadStream) -> Iterator[bytes]:

@@ -1,4 +1,8 @@
-"""Uploads to S3: one PUT when the object fits in a part, else a multipart upload.
+"""Uploads through a part sink: one request when the object fits in a part, else a multipart upload.
+
+The driver is the backends': a backend that can write an object in parts
+implements ``PartSink`` (S3's multipart upload; Azure's blocks and GCS's XML
+multipart have the same shape) and hands its uploads here.
 
 Parts go up on a few threads while the caller produces the next one (reads a
 file, or compresses a snapshot). They live in ``TRANSFER_THREADS`` buffers of
@@ -9,49 +13,77 @@ no parts are left for the bucket to keep (and bill), and nothing appears
 under the key.
 
 Every request carries the SHA-256 of the bytes it sends, computed from the
-very buffer botocore sends (and sends again on its own retries), for S3 to
-check against what it received: a PUT its object's, a part its part's. With
-the expected SHA-256 of the whole object, the bytes sent are hashed as they
-go and compared with it before anything becomes visible: a single PUT is not
-sent, a multipart upload is aborted instead of completed. That comparison is
-the client's own, so it holds on servers that ignore the checksum headers
-(moto does; SeaweedFS and S3 reject a mismatch with BadDigest).
+very buffer the backend sends (and sends again on its own retries), for
+storage to check against what it received: a whole object's, a part its
+part's. With the expected SHA-256 of the whole object, the bytes sent are
+hashed as they go and compared with it before anything becomes visible: a
+single write is not sent, a multipart upload is aborted instead of
+completed. That comparison is the client's own, so it holds on servers that
+ignore the checksum headers (moto does; SeaweedFS and S3 reject a mismatch
+with BadDigest).
 
 The metadata is given before the first byte: S3 takes it at
 CreateMultipartUpload and never changes it (a streamed snapshot therefore
 records its SHA-256 at its end, walship.trailer).
 """
 
-import base64
 import hashlib
 import logging
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, cast
-
-import botocore.exceptions
+from typing import Protocol, TypeVar
 
 from walship.errors import ChecksumMismatchError, PermanentStorageError
 from walship.models import ObjectInfo
 
-if TYPE_CHECKING:
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
-
-    from walship.storage._s3 import S3Store
-
-__all__ = ["PART_SIZE", "TRANSFER_THREADS", "part_size_for", "put_one", "upload"]
+__all__ = ["PART_SIZE", "TRANSFER_THREADS", "PartSink", "part_size_for", "put_one", "upload"]
 
 log = logging.getLogger(__name__)
+
+Part = TypeVar("Part")
+
+
+class PartSink(Protocol[Part]):
+    """What the driver needs from a backend to write objects in parts; each method raises walship's typed errors.
+
+    ``sha256`` is the digest of the bytes given, for storage to check against what it received.
+    """
+
+    @property
+    def location(self) -> str:
+        """The replica URL, for messages."""
+        ...
+
+    def put_whole(self, key: str, data: bytes | bytearray, *, metadata: dict[str, str], sha256: bytes) -> ObjectInfo:
+        """Write ``data`` as the object ``key`` in one request."""
+        ...
+
+    def create_upload(self, key: str, *, metadata: dict[str, str]) -> str:
+        """Start a multipart upload of ``key`` with ``metadata``; its id."""
+        ...
+
+    def put_part(self, key: str, upload: str, number: int, data: bytearray, *, sha256: bytes) -> Part:
+        """Send part ``number`` (from 1) of ``upload``; what ``complete_upload`` names it by (may run on any thread)."""
+        ...
+
+    def complete_upload(self, key: str, upload: str, parts: Sequence[Part]) -> None:
+        """Make the parts, in order, the object ``key``."""
+        ...
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        """Discard ``upload`` and its parts; one already gone is no error."""
+        ...
+
 
 # Amazon S3's multipart limits (S3 User Guide, "Amazon S3 multipart upload
 # limits"): parts of 5 MiB to 5 GiB, the last one smaller; at most 10,000
 # parts. CopyObject copies up to 5 GiB in one request (S3 API Reference,
 # CopyObject); larger objects are copied part by part (UploadPartCopy).
-# SeaweedFS and moto accept the same.
+# SeaweedFS and moto accept the same, as do GCS's XML multipart uploads.
 MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
@@ -76,7 +108,7 @@ def part_size_for(size_hint: int | None) -> int:
 
 
 def upload(
-    store: "S3Store",
+    sink: PartSink[Part],
     key: str,
     chunks: Iterable[bytes],
     *,
@@ -93,42 +125,27 @@ def upload(
     second = next(parts, None)
     described = dict(metadata)
     if second is None:
-        return put_one(store, key, ahead[0], metadata=described, sha256=sha256)
+        return put_one(sink, key, ahead[0], metadata=described, sha256=sha256)
     ahead.append(second)
     del second
-    size = _multipart(store, key, _then(ahead, parts), buffers, described, sha256)
+    size = _multipart(sink, key, _then(ahead, parts), buffers, described, sha256)
     return ObjectInfo(key=key, size=size, metadata=described)
 
 
 def put_one(
-    store: "S3Store", key: str, data: bytes | bytearray, *, metadata: Mapping[str, str], sha256: str | None = None
+    sink: PartSink[Part], key: str, data: bytes | bytearray, *, metadata: Mapping[str, str], sha256: str | None = None
 ) -> ObjectInfo:
-    """One PUT of ``data`` (held in memory: the bytes hashed are the bytes sent, on every attempt)."""
+    """One request writing ``data`` (held in memory: the bytes hashed are the bytes sent, on every attempt)."""
     digest = hashlib.sha256(data).digest()
     if sha256 is not None and digest.hex() != sha256:
-        raise _mismatch(store, key, sha256, digest.hex())
-    described = dict(metadata)
-    with store.errors("put object", key):
-        response = store.client.put_object(
-            Bucket=store.bucket,
-            Key=store.full(key),
-            Body=cast(bytes, data),  # botocore takes a bytearray as it is
-            Metadata=described,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_base64(digest),
-        )
-    return ObjectInfo(key=key, size=len(data), etag=response["ETag"].strip('"'), metadata=described)
+        raise _mismatch(sink, key, sha256, digest.hex())
+    return sink.put_whole(key, data, metadata=dict(metadata), sha256=digest)
 
 
-def _mismatch(store: "S3Store", key: str, expected: str, sent: str) -> ChecksumMismatchError:
+def _mismatch(sink: PartSink[Part], key: str, expected: str, sent: str) -> ChecksumMismatchError:
     return ChecksumMismatchError(
-        f"s3: put object s3://{store.bucket}/{store.full(key)}: the bytes read to send have SHA-256 {sent}, "
-        f"not {expected}: nothing stored"
+        f"put object {sink.location}{key}: the bytes read to send have SHA-256 {sent}, not {expected}: nothing stored"
     )
-
-
-def _base64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()
 
 
 def _then(ahead: list[bytearray], rest: Iterator[bytearray]) -> Iterator[bytearray]:
@@ -187,7 +204,7 @@ def _parts(chunks: Iterable[bytes], buffers: _Buffers) -> Iterator[bytearray]:
 
 
 def _multipart(
-    store: "S3Store",
+    sink: PartSink[Part],
     key: str,
     parts: Iterable[bytearray],
     buffers: _Buffers,
@@ -196,59 +213,44 @@ def _multipart(
 ) -> int:
     """A multipart upload of ``parts`` to ``key``, aborted on any failure (``sha256`` differing from the
     parts' is one); returns the object's size."""
-    client, target = store.client, store.full(key)
     whole = hashlib.sha256() if sha256 is not None else None
-    with store.errors("put object", key):
-        upload_id = client.create_multipart_upload(
-            Bucket=store.bucket, Key=target, ChecksumAlgorithm="SHA256", Metadata=metadata
-        )["UploadId"]
-        try:
-            finished, size = _upload_parts(store, target, upload_id, parts, buffers, whole)
-            if whole is not None and sha256 is not None and sha256 != (sent := whole.hexdigest()):
-                raise _mismatch(store, key, sha256, sent)
-            client.complete_multipart_upload(
-                Bucket=store.bucket, Key=target, UploadId=upload_id, MultipartUpload={"Parts": finished}
-            )
-        except BaseException:
-            _abort_quietly(store, target, upload_id)
-            raise
+    upload_id = sink.create_upload(key, metadata=metadata)
+    try:
+        finished, size = _upload_parts(sink, key, upload_id, parts, buffers, whole)
+        if whole is not None and sha256 is not None and sha256 != (sent := whole.hexdigest()):
+            raise _mismatch(sink, key, sha256, sent)
+        sink.complete_upload(key, upload_id, finished)
+    except BaseException:
+        _abort_quietly(sink, key, upload_id)
+        raise
     return size
 
 
 def _upload_parts(
-    store: "S3Store",
-    target: str,
+    sink: PartSink[Part],
+    key: str,
     upload_id: str,
     parts: Iterable[bytearray],
     buffers: _Buffers,
     whole: "hashlib._Hash | None",
-) -> tuple[list["CompletedPartTypeDef"], int]:
+) -> tuple[list[Part], int]:
     """Send ``parts``; ``whole`` hashes them in order, as they go."""
 
-    def send(number: int, data: bytearray) -> "CompletedPartTypeDef":
+    def send(number: int, data: bytearray) -> Part:
         # Hashed here, on the part's thread (hashlib lets go of the GIL): the buffer stays as it is until sent.
-        checksum = _base64(hashlib.sha256(data).digest())
-        response = store.client.upload_part(
-            Bucket=store.bucket,
-            Key=target,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=cast(bytes, data),  # botocore takes a bytearray as it is
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=checksum,
-        )
-        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+        return sink.put_part(key, upload_id, number, data, sha256=hashlib.sha256(data).digest())
 
-    finished: list[CompletedPartTypeDef] = []
+    finished: list[Part] = []
     size = 0
     with ThreadPoolExecutor(TRANSFER_THREADS, thread_name_prefix="walship-part") as pool:
-        running: deque[Future[CompletedPartTypeDef]] = deque()
+        running: deque[Future[Part]] = deque()
         try:
             # Bounds memory: the next part is produced only once a buffer is free.
             for number, data in enumerate(parts, start=1):
                 if number > MAX_PARTS:
                     raise PermanentStorageError(
-                        f"s3: put object {target}: more than {MAX_PARTS} parts (the object outgrew its size hint)"
+                        f"put object {sink.location}{key}: more than {MAX_PARTS} parts "
+                        "(the object outgrew its size hint)"
                     )
                 size += len(data)
                 if whole is not None:
@@ -270,26 +272,22 @@ def _giving_back(buffers: _Buffers, data: bytearray) -> Callable[[object], None]
     return lambda _: buffers.give(data)
 
 
-def _abort_quietly(store: "S3Store", target: str, upload_id: str) -> None:
+def _abort_quietly(sink: PartSink[Part], key: str, upload_id: str) -> None:
     """Abort a multipart upload, waiting a while for storage to come back if it must.
 
     The error that made us abort is the one to report. Parts left behind
     are kept (and billed) by the bucket until aborted, so a failed abort is
-    retried past botocore's own attempts (a short outage is the usual
+    retried past the backend's own attempts (a short outage is the usual
     cause), then logged; a bucket lifecycle rule for incomplete multipart
     uploads is the backstop (docs/OPERATIONS.md).
     """
     for wait in (*_ABORT_WAITS, None):
         try:
-            store.client.abort_multipart_upload(Bucket=store.bucket, Key=target, UploadId=upload_id)
+            sink.abort_upload(key, upload_id)
             return
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                return  # already gone
-            failure: Exception = exc
         except Exception as exc:
             failure = exc
         if wait is None:
-            log.warning("s3: abort multipart upload of %s failed: %s", target, failure)
+            log.warning("abort multipart upload of %s%s failed: %s", sink.location, key, failure)
             return
         time.sleep(wait)

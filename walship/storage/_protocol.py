@@ -2,7 +2,9 @@
 
 Backends are deliberately small; shared logic (snapshot, restore, retention)
 is plain functions over this protocol, so every backend gets it for free and
-one test suite runs against all of them.
+one test suite (tests/test_storage.py) runs against all of them. A backend is
+a ``ReplicaURL`` subclass (walship.storage._url) registered for its scheme,
+and the store it opens.
 """
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -35,6 +37,10 @@ class ObjectStore(Protocol):
     @property
     def location(self) -> str:
         """The replica URL, for messages (never contains credentials)."""
+        ...
+
+    def under(self, prefix: str) -> "ObjectStore":
+        """This store's client, for the keys under ``prefix`` ("" or ending in "/"): one client, many replicas."""
         ...
 
     def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:

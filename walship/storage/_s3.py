@@ -9,6 +9,7 @@ itself); with any explicit endpoint we use path-style addressing, which every
 S3-compatible server understands.
 """
 
+import base64
 import contextlib
 import copy
 import os
@@ -36,6 +37,7 @@ from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 __all__ = ["S3Store"]
 
@@ -60,7 +62,7 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 
 
 class S3Store:
-    """An ``ObjectStore`` over one bucket and prefix."""
+    """An ``ObjectStore`` over one bucket and prefix, and the ``PartSink`` of its multipart uploads."""
 
     def __init__(
         self,
@@ -111,10 +113,10 @@ class S3Store:
         )
 
     def under(self, prefix: str) -> "S3Store":
-        """This store's client (thread-safe) at another prefix of its bucket: a botocore client holds
-        about 0.5 MiB, which a thousand databases shipped by one process must not each pay."""
+        # The client is thread-safe; it holds about 0.5 MiB, which a thousand databases shipped by one
+        # process must not each pay.
         other = copy.copy(self)
-        other.prefix = prefix
+        other.prefix = f"{self.prefix}{prefix}"
         return other
 
     @property
@@ -253,6 +255,51 @@ class S3Store:
                     f"(first {first.get('Key')}: {first.get('Code')} {first.get('Message')})"
                 )
 
+    # The PartSink of walship.storage._multipart: every request carries the SHA-256 of its body.
+
+    def put_whole(self, key: str, data: bytes | bytearray, *, metadata: dict[str, str], sha256: bytes) -> ObjectInfo:
+        with self.errors("put object", key):
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.full(key),
+                Body=cast(bytes, data),  # botocore takes a bytearray as it is
+                Metadata=metadata,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_base64(sha256),
+            )
+        return ObjectInfo(key=key, size=len(data), etag=_unquoted(response["ETag"]), metadata=metadata)
+
+    def create_upload(self, key: str, *, metadata: dict[str, str]) -> str:
+        with self.errors("put object", key):
+            return self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=self.full(key), ChecksumAlgorithm="SHA256", Metadata=metadata
+            )["UploadId"]
+
+    def put_part(self, key: str, upload: str, number: int, data: bytearray, *, sha256: bytes) -> "CompletedPartTypeDef":
+        checksum = _base64(sha256)
+        with self.errors("put object", key):
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=self.full(key),
+                UploadId=upload,
+                PartNumber=number,
+                Body=cast(bytes, data),  # botocore takes a bytearray as it is
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=checksum,
+            )
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    def complete_upload(self, key: str, upload: str, parts: "Sequence[CompletedPartTypeDef]") -> None:
+        with self.errors("put object", key):
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.full(key), UploadId=upload, MultipartUpload={"Parts": parts}
+            )
+
+    def abort_upload(self, key: str, upload: str) -> None:
+        # NoSuchUpload: already gone.
+        with contextlib.suppress(NotFoundError), self.errors("abort multipart upload", key):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.full(key), UploadId=upload)
+
     def full(self, key: str) -> str:
         return f"{self.prefix}{key}"
 
@@ -319,6 +366,10 @@ def _classify(
     if code in _TRANSIENT or code in _DAMAGED_ON_THE_WAY or status >= 500 or status == 429:
         return TransientStorageError(f"{where}: {message} ({code or status})")
     return PermanentStorageError(f"{where}: {message} ({code or status})")
+
+
+def _base64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
 
 
 def _quoted(etag: str) -> str:

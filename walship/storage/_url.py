@@ -1,73 +1,80 @@
-"""Replica URLs: ``file:///absolute/dir`` or ``s3://bucket/prefix[?endpoint=URL]``."""
+"""Replica URLs and the registry of backends, by URL scheme.
 
-import re
+A backend registers its scheme with its ``ReplicaURL`` subclass, which
+parses its URLs and opens its stores. Parsing must stay cheap (a backend's SDK is
+imported by ``open``, not by ``parse``): run names, parameter checks and
+fleet plans parse URLs that the process may never open.
+"""
+
+import abc
 from pathlib import Path
-from typing import Literal
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
 from walship.errors import UsageError
 
-__all__ = ["ReplicaURL", "parse_replica_url"]
+if TYPE_CHECKING:
+    from walship.storage._credentials import StorageCredentials
+    from walship.storage._protocol import ObjectStore
 
-# Bucket naming rules from the S3 user guide ("General purpose bucket naming
-# rules"): 3-63 characters, lowercase letters, digits, dots and hyphens,
-# starting and ending with a letter or digit.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_EXAMPLES = "use file:///absolute/dir or s3://bucket/prefix"
+__all__ = ["ReplicaURL", "parse_replica_url", "register", "schemes"]
 
 
-class ReplicaURL(BaseModel):
-    """A parsed replica location."""
+class ReplicaURL(BaseModel, abc.ABC):
+    """A parsed replica location; each backend's subclass adds its own fields and its canonical ``str``."""
 
     model_config = ConfigDict(frozen=True)
 
-    scheme: Literal["file", "s3"]
-    path: Path | None = None
-    bucket: str | None = None
-    prefix: str = ""
-    endpoint: str | None = None
+    # How the backend's URLs look, for messages that list the accepted forms.
+    example: ClassVar[str]
 
-    def __str__(self) -> str:
-        if self.scheme == "file":
-            return f"file://{self.path}"
-        query = f"?endpoint={self.endpoint}" if self.endpoint else ""
-        return f"s3://{self.bucket}/{self.prefix}{query}"
+    scheme: str
+    # The replica's keys within what one client reaches ("" or ending in "/"), for ``ObjectStore.under``.
+    prefix: str = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def parse(cls, url: str) -> "ReplicaURL":
+        """``url`` (of this backend's scheme) parsed, or ``UsageError`` saying what is wrong and the fix."""
+
+    @abc.abstractmethod
+    def open(self, credentials: "StorageCredentials | None" = None) -> "ObjectStore":
+        """A store for this replica; ``credentials`` replace the backend's own defaults where it reads them."""
+
+    def shared_root(self) -> "ReplicaURL | None":
+        """The URL of what one client serves for many replicas (a bucket), or None when a store costs nothing."""
+        return None
+
+    @property
+    def directory(self) -> Path | None:
+        """The directory the replica is, when it is one on this machine's file system."""
+        return None
+
+    @property
+    def name(self) -> str:
+        """The replica's last folder: a name for it when nothing better is known."""
+        return self.prefix.rstrip("/").rsplit("/", 1)[-1]
+
+
+_BACKENDS: dict[str, type[ReplicaURL]] = {}
+
+
+def register(scheme: str, url_type: type[ReplicaURL]) -> None:
+    """Make ``scheme://`` URLs replica URLs, parsed (and so opened) by ``url_type``."""
+    _BACKENDS[scheme] = url_type
+
+
+def schemes() -> tuple[str, ...]:
+    """The URL schemes of every registered backend, in registration order."""
+    return tuple(_BACKENDS)
 
 
 def parse_replica_url(url: str) -> ReplicaURL:
     """Parse ``url`` or raise ``UsageError`` saying what is wrong and the fix."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return _parse_file(url, parts.netloc, parts.path, parts.query)
-    if parts.scheme == "s3":
-        return _parse_s3(url, parts.netloc, parts.path, parts.query)
-    raise UsageError(f"replica URL {url!r} has no supported scheme: {_EXAMPLES}")
-
-
-def _parse_file(url: str, netloc: str, path: str, query: str) -> ReplicaURL:
-    if netloc not in ("", "localhost") or not path.startswith("/"):
-        raise UsageError(f"replica URL {url!r} is not an absolute directory: use file:///absolute/dir (three slashes)")
-    if query:
-        raise UsageError(f"replica URL {url!r}: file:// URLs take no query parameters")
-    return ReplicaURL(scheme="file", path=Path(path))
-
-
-def _parse_s3(url: str, netloc: str, path: str, query: str) -> ReplicaURL:
-    if not _BUCKET.match(netloc):
-        raise UsageError(
-            f"replica URL {url!r} has an invalid bucket name {netloc!r}: "
-            "use 3-63 lowercase letters, digits, dots or hyphens, as in s3://bucket/prefix"
-        )
-    params = parse_qs(query, keep_blank_values=True)
-    unknown = sorted(set(params) - {"endpoint"})
-    if unknown:
-        raise UsageError(f"replica URL {url!r} has unknown parameter(s) {', '.join(unknown)}: only ?endpoint= is known")
-    endpoint = params.get("endpoint", [None])[-1]
-    if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-        raise UsageError(f"replica URL {url!r}: endpoint must be an http:// or https:// URL")
-    prefix = path.strip("/")
-    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
-        raise UsageError(f"replica URL {url!r} has an invalid prefix {prefix!r}: use plain path segments")
-    return ReplicaURL(scheme="s3", bucket=netloc, prefix=f"{prefix}/" if prefix else "", endpoint=endpoint)
+    url_type = _BACKENDS.get(urlsplit(url).scheme)
+    if url_type is None:
+        examples = " or ".join(backend.example for backend in _BACKENDS.values())
+        raise UsageError(f"replica URL {url!r} has no supported scheme: use {examples}")
+    return url_type.parse(url)

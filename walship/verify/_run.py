@@ -13,7 +13,7 @@ from typing import Protocol
 from walship.envelope import Keyring
 from walship.errors import VerificationFailedError
 from walship.models import RetryPolicy
-from walship.retry import retrying
+from walship.steps import BoundSteps
 from walship.storage import ObjectStore
 from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
@@ -32,26 +32,24 @@ class VerifySteps(Protocol):
     def check_index(self) -> VerifyReport: ...
 
 
-class StoreSteps:
+class StoreSteps(BoundSteps):
     """``VerifySteps`` on an opened store; with a ``policy``, each step is retried by it."""
 
     def __init__(self, store: ObjectStore, keys: Keyring | None = None, policy: RetryPolicy | None = None) -> None:
-        self.store, self.keys, self.policy = store, keys, policy
+        super().__init__(store, policy)
+        self.keys = keys
 
     def restore_drill(
         self, *, database_id: str | None, older: bool, seed: int | None, workdir: Path | None
     ) -> VerifyReport:
-        return self._run(
+        return self._retried(
             lambda: restore_drill(
                 self.store, database_id=database_id, older=older, seed=seed, workdir=workdir, keys=self.keys
             )
         )
 
     def check_index(self) -> VerifyReport:
-        return self._run(lambda: check_index(self.store))
-
-    def _run(self, step: Callable[[], VerifyReport]) -> VerifyReport:
-        return step() if self.policy is None else retrying(self.policy, step)
+        return self._retried(lambda: check_index(self.store))
 
 
 def run_verify(

@@ -1,117 +1,25 @@
-"""Restore: download, verify, and atomically place a database.
+"""One snapshot and the segments after it, downloaded, verified and placed whole (``walship.placement``)."""
 
-The output only ever appears whole: bytes go to a temporary file beside it,
-are verified (size, SHA-256, ``PRAGMA integrity_check``), fsynced, and then
-renamed over the target. An existing database is replaced only with
-``force``.
-"""
-
-import contextlib
-import errno
-import os
-import tempfile
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from walship._fs import fsync_dir, fsync_path, is_disk_full
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
 from walship.codec import Progress
 from walship.envelope import Keyring, open_to_file, require_keys
-from walship.errors import ChecksumMismatchError, CorruptObjectError, DiskFullError, UsageError
+from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
 from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
-from walship.sqlite import integrity_check, read_header
+from walship.placement import check_output, staged_output
+from walship.sqlite import read_header
 from walship.storage import ObjectStore
 
-__all__ = ["MISSING_MARGIN_SECONDS", "check_output", "point_in_time", "restore_snapshot", "staged_output"]
+__all__ = ["MISSING_MARGIN_SECONDS", "point_in_time", "restore_snapshot"]
 
 # A point-in-time restore warns when the asked time is later than the newest
 # point its state is known to hold by more than this: a 1 s sync interval
 # plus room for a slow upload (docs/FORMAT.md, "Point in time").
 MISSING_MARGIN_SECONDS = 5.0
-
-# SQLite's companion files: a stale -wal beside a restored database would be
-# replayed into it, so they go before the new file is renamed into place.
-_COMPANIONS = ("-wal", "-shm", "-journal")
-
-
-def check_output(output: Path, *, force: bool) -> Path:
-    """Refuse an output path that cannot or must not be written."""
-    output = output.absolute()
-    if output.is_dir():
-        raise UsageError(f"restore target {output} is a directory: give a file path for the database")
-    if output.exists() and not force:
-        raise UsageError(f"restore target {output} already exists: choose another path or pass --force to replace it")
-    if not output.parent.is_dir():
-        raise UsageError(f"restore target directory {output.parent} does not exist: create it first")
-    if not _writable(output.parent):
-        raise _unwritable(output.parent)
-    return output
-
-
-def _writable(directory: Path) -> bool:
-    # access(2) also answers EROFS for a read-only mount, which stops root too.
-    effective = os.access in os.supports_effective_ids
-    return os.access(directory, os.W_OK | os.X_OK, effective_ids=effective)
-
-
-def _unwritable(directory: Path) -> UsageError:
-    return UsageError(
-        f"restore target directory {directory} is not writable (read-only or no permission): "
-        "choose an --output in a directory you can write"
-    )
-
-
-def _full(output: Path, exc: BaseException) -> DiskFullError:
-    return DiskFullError(
-        f"restore: no room on the filesystem of {output.parent} for the restored database ({exc}): "
-        f"free space there or choose another --output; {output.name} was not written"
-    )
-
-
-@contextlib.contextmanager
-def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
-    """A temporary file beside ``output`` for the caller to fill and check.
-
-    When the block ends without an error, the file must pass ``PRAGMA
-    integrity_check`` and is fsynced, both at once (the check reads the page
-    cache while the disk writes); then the old database's companions go, and
-    it is renamed over ``output`` and the directory fsynced. On any error it
-    is removed: never a partial file at the target.
-    """
-    try:
-        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".walship-restore")
-    except OSError as exc:
-        # The directory changed since check_output (or an ACL or a security module says no).
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise _unwritable(output.parent) from exc
-        if is_disk_full(exc):
-            raise _full(output, exc) from exc
-        raise
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with ThreadPoolExecutor(1, thread_name_prefix="walship-fsync") as pool:
-            synced = pool.submit(fsync_path, tmp)
-            integrity_check(tmp)
-            synced.result()
-        if output.exists() and not force:
-            raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
-        for suffix in _COMPANIONS:
-            Path(f"{output}{suffix}").unlink(missing_ok=True)
-        os.replace(tmp, output)
-        fsync_dir(output.parent)
-    except Exception as exc:
-        if is_disk_full(exc):
-            raise _full(output, exc) from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def restore_snapshot(
