@@ -33,8 +33,10 @@ STEPS = [(500, 1), (1000, 1), (2000, 1), (4000, 1), (2000, 4), (2000, 16), (2000
 
 
 def wal_mb_per_second(side: dict[str, Any]) -> float:
-    t0, t1, _ = side["windows"]
-    captured = [s["raw_size"] for s in side["events"]["segments"] if t0 / 1e9 <= s["captured_at"] <= t1 / 1e9]
+    t0, t1 = (float(t) for t in side["windows"][:2])
+    captured: list[int] = [
+        s["raw_size"] for s in side["events"]["segments"] if t0 / 1e9 <= s["captured_at"] <= t1 / 1e9
+    ]
     return sum(captured) / 1e6 / ((t1 - t0) / 1e9)
 
 
