@@ -8,7 +8,7 @@ UV := $(VENV)/bin/uv
 UV_VERSION := 0.13.8
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench lock clean serve stop torture
+.PHONY: install demo test test-fast lint bench lock clean serve stop torture
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -n 2 --dist loadfile
+
+# The unit tier, a check while editing: in-process tests on the local backend (no Prefect server, no S3
+# server, no CLI subprocesses), under a minute. `make test` runs everything.
+UNIT_TESTS := architecture codec errors generations layout resync_replaced retention_plan retry \
+	snapshot_restore storage stream_snapshot url wal capture_time
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -n 2 --dist loadfile -m "not seaweedfs and not prefect_server" -k "not moto" \
+		$(foreach name,$(UNIT_TESTS),tests/test_$(name).py)
 
 # Seeded torture runs (tests/torture/): random seeds for SECONDS in all (default 600), or one SEED
 # replayed; LENGTH is each schedule's length in seconds, VERSION the schedule's (default: the newest).
