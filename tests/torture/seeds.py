@@ -32,6 +32,6 @@ FAILED: dict[int, Failed] = {
     199428: Failed(
         12.0,
         2,
-        "the last shipper met a damaged entry at its final drain and exited 1; the newest restore was checked with no next run to ship the new generation (the harness now runs one)",
+        "a damaged entry at the last drain: exit 1, then no next run (the harness now runs one)",
     ),
 }
