@@ -262,11 +262,30 @@ class WalCapture:
         """
         header = self.wal_header()
         end = self.published_end(header) if header is not None else None
-        with self.wal_path.open("rb") as wal:
-            bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
-            if end is None:
-                return scan_wal(wal, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
-            return scan_vouched(bounded, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
+        try:
+            with self.wal_path.open("rb") as wal:
+                bounded = wal if end is None else cast(BinaryIO, _Bounded(wal, end))
+                if end is None:
+                    return scan_wal(wal, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes)
+                return scan_vouched(
+                    bounded, start_offset=start_offset, start_checksum=start_checksum, max_bytes=max_bytes
+                )
+        except CorruptObjectError as exc:
+            # The application may truncate or restart the WAL between our reads of it (the pin allows
+            # that once every frame is captured): what looks damaged then is a reset in progress.
+            if self._reset_since(header):
+                raise WalIndexUnsettledError(f"the WAL {self.wal_path} was reset while being read") from exc
+            raise
+
+    def _reset_since(self, header: WalHeader | None) -> bool:
+        """Whether the WAL is no longer the one ``header`` describes (emptied, gone or restarted)."""
+        try:
+            now = self.wal_header()
+        except CorruptObjectError:
+            return False
+        if header is None or now is None:
+            return True
+        return (now.salt1, now.salt2) != (header.salt1, header.salt2)
 
     def published_end(self, header: WalHeader) -> int:
         """The WAL byte offset after the last frame the WAL index (-shm) published.
