@@ -11,7 +11,8 @@ by ``--set KEY=VALUE`` or the environment (``WALSHIP_DATABASE``,
 ``WALSHIP_REPLICA``, ``WALSHIP_CREDENTIALS_BLOCK``...: ``WALSHIP_`` and the
 site value's name in capitals); with no database given, ``make demo``'s
 database and replica (nothing copied). It says which shipping window it
-serves and refuses one that breaks the window rules (``check_shipping``).
+serves and refuses, before anything starts, one that breaks the window rules
+(``check_shipping``) and whatever serve.py would refuse (an unknown site value).
 Run again while it serves, it leaves the deployments as they are: with other
 values it says so and how to apply them (``make stop`` first), since
 re-serving would end the shipping run in flight. The tests start their
@@ -42,7 +43,7 @@ from deployments.config import (
     load_deployments,
     site_values,
 )
-from deployments.serve import parse_site_value
+from deployments.serve import build, parse_site_value
 from deployments.worker import FAST_RUNS
 
 HOME = Path(os.environ.get("PREFECT_HOME") or ROOT / "build" / "prefect")
@@ -221,6 +222,9 @@ def start(port: int, given: dict[str, str] | None = None) -> int:
     chosen = set(given) | {name for name in overrides if f"WALSHIP_{name.upper()}" in os.environ}
     wanted = served_values(overrides)
     try:
+        # Whatever serve.py would refuse (an unknown site value, an entrypoint that does not import) is refused
+        # here, before a server or serve process exists to be left behind.
+        build(PREFECT_YAML, overrides)
         window = shipping_window(wanted, chosen, demo="database" not in chosen)
     except SiteError as exc:
         print(f"walship: {exc}", file=sys.stderr)
@@ -238,11 +242,16 @@ def start(port: int, given: dict[str, str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    server_was_running = _running(HOME / "server.pid", "prefect")
     if code := _start_server(port):
         return code
     if serving:
         print(f"the deployments are already served with these values (pid {serving})")
     elif code := _serve(port, overrides, wanted, database):
+        if not server_was_running and (pid := _running(HOME / "server.pid", "prefect")):
+            # A refusal serve.py made after all: the server started for it goes too, not left for the next start.
+            print(f"Prefect server: {stop_group(pid)} (pid {pid})", file=sys.stderr)
+            (HOME / "server.pid").unlink(missing_ok=True)
         return code
     print(window)
     print(f"\nPrefect UI: http://127.0.0.1:{port}")

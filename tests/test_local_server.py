@@ -85,6 +85,24 @@ def test_a_window_too_short_is_refused_before_anything_starts(tmp_path: Path) ->
     assert not (home / "server.pid").exists()
 
 
+def test_an_unknown_site_value_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """serve.py's own refusal comes before the server starts, not after it (which left the server running)."""
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    home, port = tmp_path / "home", _free_port()
+    shortest = ["--set=ship_window=30", "--set=ship_duration=45", "--set=ship_handover_wait=60"]
+    try:
+        started = _local_server(home, port, "start", f"--set=database={database}", *shortest, "--set=no_such=10")
+    finally:
+        _local_server(home, port, "stop")
+    assert started.returncode == 2, started.stdout + started.stderr
+    [line] = started.stderr.strip().splitlines()
+    assert line.startswith("walship: unknown site value 'no_such'; prefect.yaml defines "), line
+    assert "ship_window" in line
+    assert not (home / "server.pid").exists()
+    assert not (home / "serve.pid").exists()
+
+
 @pytest.mark.prefect_server
 @pytest.mark.timeout(900)
 def test_served_again_with_other_values(tmp_path: Path) -> None:
