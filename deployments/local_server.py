@@ -39,9 +39,11 @@ from deployments.config import (
     ROOT,
     SERVE_SPREAD,
     SiteError,
+    check_progress,
     check_shipping,
     load_deployments,
     site_values,
+    with_derived,
 )
 from deployments.serve import build, parse_site_value
 from deployments.worker import FAST_RUNS
@@ -161,26 +163,28 @@ def _running(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline else None
 
 
-_SHIPPING = ("ship_window", "ship_duration", "ship_handover_wait")
+_SHIPPING = ("ship_window", "ship_duration", "ship_handover_wait", "ship_progress_interval")
 
 
 def served_values(overrides: dict[str, object]) -> dict[str, str]:
-    """Every site value as it is served: prefect.yaml's, with ``overrides``."""
-    return {name: str(value) for name, value in {**site_values(PREFECT_YAML.read_text()), **overrides}.items()}
+    """Every site value as it is served: prefect.yaml's, with ``overrides`` and the values that follow them."""
+    site = site_values(PREFECT_YAML.read_text())
+    return {name: str(value) for name, value in {**site, **with_derived(overrides, site)}.items()}
 
 
 def shipping_window(values: dict[str, str], chosen: set[str], demo: bool) -> str:
     """The window served, checked against the rules; one line saying it and where it came from."""
     try:
-        window, duration, wait = (float(values[name]) for name in _SHIPPING)
+        window, duration, wait, progress = (float(values[name]) for name in _SHIPPING)
     except ValueError:
         raise SiteError(f"{', '.join(f'{n}={values[n]!r}' for n in _SHIPPING)}: each must be seconds") from None
     check_shipping(window, duration, wait, SERVE_SPREAD)
+    check_progress(progress, duration)
     line = f"shipping: a wal-ship run every {window:g} s, each {duration:g} s long, hand-over wait {wait:g} s"
     if not chosen & set(_SHIPPING):
         source = "make serve's demo values" if demo else "prefect.yaml's"
         line += f' ({source}; SET="ship_window=... ship_duration=... ship_handover_wait=..." to change)'
-    return line
+    return f"{line}; progress in each run's logs every {progress:g} s"
 
 
 def _changes(served: dict[str, str], wanted: dict[str, str]) -> str:
