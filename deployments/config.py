@@ -7,8 +7,9 @@ override reaches every alias, and the result is still a prefect.yaml (anchors
 kept) that ``prefect deploy`` can read.
 """
 
+import contextlib
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ __all__ = [
     "SERVE_SPREAD",
     "WORKER_SPREAD",
     "SiteError",
+    "check_progress",
     "check_shipping",
     "load_deployments",
     "load_flow",
+    "progress_every",
     "site_values",
+    "with_derived",
     "with_site",
 ]
 
@@ -38,6 +42,8 @@ WORKER_SPREAD = 40.0
 SERVE_SPREAD = 10.0
 # Shorter windows are refused: each run's fixed costs (start-up, lease, final drain) would be most of it.
 MIN_WINDOW = 30.0
+# A shipping run's progress line comes this often at most, and at least three times a run.
+MAX_PROGRESS = 60
 
 
 class SiteError(ValueError):
@@ -83,6 +89,38 @@ def check_shipping(window: float, duration: float, handover_wait: float, spread:
         )
 
 
+def progress_every(duration: float) -> int:
+    """Seconds between a shipping run's progress lines: a third of its duration, at most a minute."""
+    return max(1, min(MAX_PROGRESS, int(duration // 3)))
+
+
+def check_progress(progress: float, duration: float) -> None:
+    """Refuse, in one line, a progress interval with which a run would end before its first progress line."""
+    if not 0 < progress < duration:
+        raise SiteError(
+            f"ship_progress_interval {progress:g} s must be positive and shorter than ship_duration {duration:g} s, "
+            f"or a run logs no progress line; leave it out to get {progress_every(duration)} s (a third of the run, "
+            f"at most {MAX_PROGRESS} s)"
+        )
+
+
+def with_derived(overrides: Mapping[str, object], defined: Iterable[str]) -> dict[str, object]:
+    """``overrides`` and the site values that follow them unless named too: another database is another id
+    (its file name), another run duration another progress interval (``progress_every``)."""
+    derived = dict(overrides)
+    defined = set(defined)
+    if "database" in overrides and "database_id" in defined and "database_id" not in overrides:
+        derived["database_id"] = Path(str(overrides["database"])).name
+    if (
+        "ship_duration" in overrides
+        and "ship_progress_interval" in defined
+        and "ship_progress_interval" not in overrides
+    ):
+        with contextlib.suppress(ValueError):  # not seconds: check_shipping says so
+            derived["ship_progress_interval"] = progress_every(float(str(overrides["ship_duration"])))
+    return derived
+
+
 def site_values(text: str) -> dict[str, Any]:
     """The site values prefect.yaml declares, e.g. ``{"database": "/var/lib/app/app.db", ...}``."""
     return dict(yaml.safe_load(text)["definitions"]["site"])
@@ -95,10 +133,7 @@ def with_site(text: str, overrides: Mapping[str, object]) -> str:
         raise SiteError("prefect.yaml is not a mapping")
     site = {key.value: value for key, value in _site_node(document).value}
     resolver = yaml.SafeLoader("")
-    if "database" in overrides and "database_id" in site and "database_id" not in overrides:
-        # Another database is another id: its file name, unless the override names one.
-        overrides = {**overrides, "database_id": Path(str(overrides["database"])).name}
-    for name, value in overrides.items():
+    for name, value in with_derived(overrides, site).items():
         node = site.get(name)
         if not isinstance(node, yaml.ScalarNode):
             raise SiteError(f"unknown site value {name!r}; prefect.yaml defines {', '.join(sorted(site))}")

@@ -11,7 +11,8 @@ by ``--set KEY=VALUE`` or the environment (``WALSHIP_DATABASE``,
 ``WALSHIP_REPLICA``, ``WALSHIP_CREDENTIALS_BLOCK``...: ``WALSHIP_`` and the
 site value's name in capitals); with no database given, ``make demo``'s
 database and replica (nothing copied). It says which shipping window it
-serves and refuses one that breaks the window rules (``check_shipping``).
+serves and refuses, before anything starts, one that breaks the window rules
+(``check_shipping``) and whatever serve.py would refuse (an unknown site value).
 Run again while it serves, it leaves the deployments as they are: with other
 values it says so and how to apply them (``make stop`` first), since
 re-serving would end the shipping run in flight. The tests start their
@@ -38,11 +39,13 @@ from deployments.config import (
     ROOT,
     SERVE_SPREAD,
     SiteError,
+    check_progress,
     check_shipping,
     load_deployments,
     site_values,
+    with_derived,
 )
-from deployments.serve import parse_site_value
+from deployments.serve import build, parse_site_value
 from deployments.worker import FAST_RUNS
 
 HOME = Path(os.environ.get("PREFECT_HOME") or ROOT / "build" / "prefect")
@@ -160,26 +163,28 @@ def _running(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline else None
 
 
-_SHIPPING = ("ship_window", "ship_duration", "ship_handover_wait")
+_SHIPPING = ("ship_window", "ship_duration", "ship_handover_wait", "ship_progress_interval")
 
 
 def served_values(overrides: dict[str, object]) -> dict[str, str]:
-    """Every site value as it is served: prefect.yaml's, with ``overrides``."""
-    return {name: str(value) for name, value in {**site_values(PREFECT_YAML.read_text()), **overrides}.items()}
+    """Every site value as it is served: prefect.yaml's, with ``overrides`` and the values that follow them."""
+    site = site_values(PREFECT_YAML.read_text())
+    return {name: str(value) for name, value in {**site, **with_derived(overrides, site)}.items()}
 
 
 def shipping_window(values: dict[str, str], chosen: set[str], demo: bool) -> str:
     """The window served, checked against the rules; one line saying it and where it came from."""
     try:
-        window, duration, wait = (float(values[name]) for name in _SHIPPING)
+        window, duration, wait, progress = (float(values[name]) for name in _SHIPPING)
     except ValueError:
         raise SiteError(f"{', '.join(f'{n}={values[n]!r}' for n in _SHIPPING)}: each must be seconds") from None
     check_shipping(window, duration, wait, SERVE_SPREAD)
+    check_progress(progress, duration)
     line = f"shipping: a wal-ship run every {window:g} s, each {duration:g} s long, hand-over wait {wait:g} s"
     if not chosen & set(_SHIPPING):
         source = "make serve's demo values" if demo else "prefect.yaml's"
         line += f' ({source}; SET="ship_window=... ship_duration=... ship_handover_wait=..." to change)'
-    return line
+    return f"{line}; progress in each run's logs every {progress:g} s"
 
 
 def _changes(served: dict[str, str], wanted: dict[str, str]) -> str:
@@ -221,6 +226,9 @@ def start(port: int, given: dict[str, str] | None = None) -> int:
     chosen = set(given) | {name for name in overrides if f"WALSHIP_{name.upper()}" in os.environ}
     wanted = served_values(overrides)
     try:
+        # Whatever serve.py would refuse (an unknown site value, an entrypoint that does not import) is refused
+        # here, before a server or serve process exists to be left behind.
+        build(PREFECT_YAML, overrides)
         window = shipping_window(wanted, chosen, demo="database" not in chosen)
     except SiteError as exc:
         print(f"walship: {exc}", file=sys.stderr)
@@ -238,11 +246,16 @@ def start(port: int, given: dict[str, str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    server_was_running = _running(HOME / "server.pid", "prefect")
     if code := _start_server(port):
         return code
     if serving:
         print(f"the deployments are already served with these values (pid {serving})")
     elif code := _serve(port, overrides, wanted, database):
+        if not server_was_running and (pid := _running(HOME / "server.pid", "prefect")):
+            # A refusal serve.py made after all: the server started for it goes too, not left for the next start.
+            print(f"Prefect server: {stop_group(pid)} (pid {pid})", file=sys.stderr)
+            (HOME / "server.pid").unlink(missing_ok=True)
         return code
     print(window)
     print(f"\nPrefect UI: http://127.0.0.1:{port}")

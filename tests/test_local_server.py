@@ -12,10 +12,23 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from prefect.utilities.schema_tools import validate
 
-from deployments.config import SERVE_SPREAD, WORKER_SPREAD, SiteError, check_shipping, load_deployments
+from deployments.config import (
+    PREFECT_YAML,
+    SERVE_SPREAD,
+    WORKER_SPREAD,
+    SiteError,
+    check_progress,
+    check_shipping,
+    load_deployments,
+    with_site,
+)
+from deployments.serve import build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +63,46 @@ class TestWindowRules:
         check_shipping(ship["schedules"][0]["interval"], parameters["duration"], parameters["handover_wait"])
 
 
+class TestProgressInterval:
+    """Every shipping run served or deployed logs progress: its progress interval is a site value, a third
+    of the run's duration (at most 60 s) unless given, read back from the parameters serve registers."""
+
+    @staticmethod
+    def _served_ship(site: dict[str, object]) -> Any:
+        [ship] = [deployment for deployment in build(site=site) if deployment.name == "wal-ship"]
+        return ship
+
+    @pytest.mark.parametrize(
+        ("site", "expected"),
+        [
+            ({}, 60),
+            ({"ship_window": 120, "ship_duration": 170}, 56),
+            ({"ship_window": 30, "ship_duration": 45, "ship_handover_wait": 60}, 15),
+            ({"ship_window": 30, "ship_duration": 45, "ship_progress_interval": 5}, 5),
+        ],
+    )
+    def test_the_served_run_logs_progress_within_its_duration(self, site: dict[str, object], expected: int) -> None:
+        ship = self._served_ship({"database": "/srv/app.db", **site})
+        parameters = ship.parameters
+        assert parameters["progress_interval"] == expected
+        assert 0 < parameters["progress_interval"] < parameters["duration"]
+        schema = ship._parameter_openapi_schema.model_dump()
+        assert validate(parameters, schema, raise_on_error=False, preprocess=True) == []
+
+    def test_a_deployed_copy_follows_its_duration(self) -> None:
+        """What `prefect deploy --prefect-file` reads: with_site's copy of prefect.yaml."""
+        text = with_site(PREFECT_YAML.read_text(), {"ship_window": 30, "ship_duration": 45})
+        [ship] = [d for d in yaml.safe_load(text)["deployments"] if d["name"] == "wal-ship"]
+        assert ship["parameters"]["progress_interval"] == 15
+
+    @pytest.mark.parametrize(("progress", "duration"), [(60, 45), (45, 45), (0, 45)])
+    def test_refused_in_one_line(self, progress: float, duration: float) -> None:
+        with pytest.raises(SiteError) as refused:
+            check_progress(progress, duration)
+        assert str(refused.value).startswith(f"ship_progress_interval {progress:g} s must be positive and shorter")
+        assert "\n" not in str(refused.value)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -82,6 +135,42 @@ def test_a_window_too_short_is_refused_before_anything_starts(tmp_path: Path) ->
     assert started.returncode == 2, started.stdout + started.stderr
     assert started.stderr.startswith("walship: ship_window 20 s is under 30 s"), started.stderr
     assert len(started.stderr.strip().splitlines()) == 1, started.stderr
+    assert not (home / "server.pid").exists()
+
+
+def test_an_unknown_site_value_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """serve.py's own refusal comes before the server starts, not after it (which left the server running)."""
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    home, port = tmp_path / "home", _free_port()
+    shortest = ["--set=ship_window=30", "--set=ship_duration=45", "--set=ship_handover_wait=60"]
+    try:
+        started = _local_server(home, port, "start", f"--set=database={database}", *shortest, "--set=no_such=10")
+    finally:
+        _local_server(home, port, "stop")
+    assert started.returncode == 2, started.stdout + started.stderr
+    [line] = started.stderr.strip().splitlines()
+    assert line.startswith("walship: unknown site value 'no_such'; prefect.yaml defines "), line
+    assert "ship_window" in line
+    assert not (home / "server.pid").exists()
+    assert not (home / "serve.pid").exists()
+
+
+def test_a_progress_interval_as_long_as_the_run_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    home, port = tmp_path / "home", _free_port()
+    shortest = ["--set=ship_window=30", "--set=ship_duration=45", "--set=ship_handover_wait=60"]
+    try:
+        started = _local_server(
+            home, port, "start", f"--set=database={database}", *shortest, "--set=ship_progress_interval=60"
+        )
+    finally:
+        _local_server(home, port, "stop")
+    assert started.returncode == 2, started.stdout + started.stderr
+    [line] = started.stderr.strip().splitlines()
+    assert line.startswith("walship: ship_progress_interval 60 s must be positive and shorter than ship_duration 45 s")
+    assert "15 s" in line
     assert not (home / "server.pid").exists()
 
 

@@ -1,11 +1,21 @@
 """What the shipper is told (``ShipConfig``) and what each of its steps reports (``SyncResult``)."""
 
+import logging
+
 from pydantic import BaseModel, Field
 
 from walship import codec
 from walship.envelope import Sealing
 
-__all__ = ["ResyncSummary", "ShipConfig", "SyncResult", "merge"]
+__all__ = ["FIRST_CAPTURE", "ResyncSummary", "ShipConfig", "SyncResult", "generation_log_level", "merge"]
+
+# Why the first run of a database starts a generation: routine, unlike every other reason.
+FIRST_CAPTURE = "no earlier capture of this database"
+
+
+def generation_log_level(reason: str) -> int:
+    """INFO for a database's first generation, WARNING for one that means continuity was lost."""
+    return logging.INFO if reason == FIRST_CAPTURE else logging.WARNING
 
 
 class ShipConfig(BaseModel):

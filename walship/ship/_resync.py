@@ -28,7 +28,7 @@ from walship.resync import (
     write_resync,
 )
 from walship.ship._identity import HEADER_BYTES, DatabaseIdentity, IdentityFile, why_another
-from walship.ship._results import ResyncSummary
+from walship.ship._results import FIRST_CAPTURE, ResyncSummary
 from walship.ship._segment import seal_file
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture, cursor_at_end
@@ -50,13 +50,13 @@ class PageTracker:
         self.map: PageMap | None = None
         # The header fields of the generation's snapshot or last resync (see walship.ship._identity).
         self.identity: DatabaseIdentity | None = None
-        self.missing = "no earlier capture of this database"
+        self.missing = FIRST_CAPTURE
 
     def load(self, cursor: WalCursor | None) -> None:
         """The map at ``cursor`` from the spool (records past it dropped), or the reason it cannot be had."""
         self.close()
         if cursor is None:
-            self.missing = "no earlier capture of this database"
+            self.missing = FIRST_CAPTURE
             return
         self.identity = self._identity.load(cursor.generation)
         try:
@@ -106,7 +106,7 @@ class PageTracker:
         """Why a resync cannot continue ``cursor``'s generation (None: it can)."""
         page_map = self.map
         if cursor is None:
-            return "no earlier capture of this database"
+            return FIRST_CAPTURE
         if page_map is None:
             return self.missing
         if (page_map.generation, page_map.sequence) != (cursor.generation, cursor.sequence):

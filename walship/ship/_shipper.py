@@ -15,7 +15,7 @@ from walship.memory import release_free_memory
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
 from walship.ship._guard import Guard, Tender
 from walship.ship._identity import DatabaseIdentity
-from walship.ship._results import ShipConfig, SyncResult, merge
+from walship.ship._results import FIRST_CAPTURE, ShipConfig, SyncResult, generation_log_level, merge
 from walship.ship._resync import PageTracker, spool_resync
 from walship.ship._segment import Captured, NoRoom, TailCopy, TooBig, capture_segment, read_tail, spool_tail
 from walship.ship._snapshots import BackgroundSnapshot, SnapshotJob, spool_snapshot
@@ -83,7 +83,7 @@ class Shipper:
                 self._guard.guarded = self.capture.pin_now(covered_by(cursor)) and self._guard.guarded
             try:
                 if cursor is None:
-                    raise ContinuityLostError(self.spool.no_cursor_reason or "no earlier capture of this database")
+                    raise ContinuityLostError(self.spool.no_cursor_reason or FIRST_CAPTURE)
                 check_resume(cursor, self.capture, guarded=self._guard.guarded)
                 self.cursor = cursor
                 # Commits made while no shipper ran belong to the next segment.
@@ -172,7 +172,7 @@ class Shipper:
         """Snapshot the database at an exact WAL point and begin a generation there."""
         with self._lock:
             generation = new_generation()
-            log.warning("starting generation %s of %s: %s", generation, self.database, reason)
+            log.log(generation_log_level(reason), "starting generation %s of %s: %s", generation, self.database, reason)
             self.spool.check_snapshot_room(self.database)
             with self.spool.snapshot_file(self.database) as target, contextlib.ExitStack() as stack:
                 target.unlink()

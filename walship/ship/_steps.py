@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from walship import lease, upload
 from walship.errors import TransientStorageError
-from walship.ship._results import ResyncSummary, SyncResult
+from walship.ship._results import ResyncSummary, SyncResult, generation_log_level
 from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
 from walship.units import human_bytes
@@ -71,7 +71,8 @@ class LoggingObserver:
 
     def synced(self, result: SyncResult) -> None:
         if result.new_generation:
-            self.logger.warning("new generation %s: %s", result.new_generation, result.reason)
+            level = generation_log_level(result.reason or "")
+            self.logger.log(level, "new generation %s: %s", result.new_generation, result.reason)
         if result.snapshot:
             self.logger.info("snapshot %s taken within the generation", result.snapshot)
         if result.resync:
