@@ -1,4 +1,4 @@
-"""What every flow does when it fails: one event, one artifact that says so, one log line.
+"""What every flow does when it fails or crashes: one event, one artifact that says so, one log line.
 
 ``on_failure`` is each flow's Prefect failure hook. It emits
 ``walship.<flow>.failed`` about the run's database and replica, with the
@@ -9,6 +9,14 @@ flow with the exception's traceback; for walship's own errors (storage
 unreachable, access denied, bad input...) the message already says what is
 wrong and what to do, and a page of boto frames only buries it, so a log
 filter drops the traceback of those: bugs keep theirs.
+
+``on_crashed`` is each flow's crash hook: the worker runs it in a process of
+its own once the run's process has died (killed, out of memory). It emits
+``walship.<flow>.crashed`` about the run. Prefect's own Crashed event of a
+run the scheduler created waits in the server's event ordering for its whole
+lookback (Prefect's PRECEDING_EVENT_LOOKBACK: the event follows a Scheduled
+event that is never emitted); this one follows nothing, so the crash alert
+does not wait.
 """
 
 import logging
@@ -18,7 +26,7 @@ from prefect import Flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 
-from flows._events import emit
+from flows._events import emit, emit_about_run
 from flows._report import publish
 from flows._subject import database_of, generated_name, replica_of, walship_name
 from walship.errors import (
@@ -29,7 +37,7 @@ from walship.errors import (
     WalshipError,
 )
 
-__all__ = ["event_kind", "on_failure"]
+__all__ = ["event_kind", "on_crashed", "on_failure"]
 
 # Raised by flows after publishing a report that says what failed: a second artifact would hide it.
 _REPORTED = (IncompleteError, VerificationFailedError)
@@ -74,6 +82,25 @@ def on_failure(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> No
             parameters=parameters,
             flow_run_id=flow_run.id,
         )
+
+
+def on_crashed(flow: Flow[Any, Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """Crash hook: emit ``walship.<flow>.crashed`` about the run, with the reason Prefect recorded."""
+    # The worker's copy of the run predates the name the flow gave it.
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run.id)
+    parameters = flow_run.parameters
+    payload = {"reason": _one_line(state.message or "the run's process died"), "flow_run": flow_run.name}
+    database, replica = database_of(parameters, flow_run.id), replica_of(parameters)
+    emit_about_run(
+        f"walship.{event_kind(flow.name)}.crashed",
+        flow_run.id,
+        flow_run.name,
+        flow_run.tags,
+        database,
+        replica,
+        payload,
+    )
 
 
 def _failed_checks(error: object, reason: str) -> list[dict[str, str]]:

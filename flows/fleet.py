@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
 from flows._events import emit
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import artifact_key, run_name
 from flows._stopping import sigterm_ends_window
@@ -43,6 +43,7 @@ _API_RECHECK = 5.0
     description="WAL shipping of every database the patterns match, from one process, each into its own replica.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def ship_fleet_flow(

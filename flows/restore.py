@@ -6,7 +6,7 @@ from typing import Annotated
 
 from prefect import flow
 
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import (
     BLOCK_NAME,
     DATABASE_ID,
@@ -42,6 +42,7 @@ from walship.restore import point_in_time, run_restore
     description="Restore a replica to a new file: the newest data, a point in time, or a WAL sequence.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def restore_flow(

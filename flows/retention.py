@@ -5,7 +5,7 @@ from typing import Annotated
 
 from prefect import flow
 
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import apply_retention, plan_retention, with_retry_policy
@@ -19,6 +19,7 @@ from walship.retention import RetentionPlan, RetentionPolicy, RetentionReport, R
     description="Delete the snapshots and WAL a retention policy no longer keeps (never the newest data).",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def retention_flow(

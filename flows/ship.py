@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, republish, run_name
 from flows._ship_events import ShipEvents
@@ -38,6 +38,7 @@ __all__ = ["ShipReport", "wal_ship_flow"]
     description="Capture committed WAL of a live SQLite database every interval and ship it as segments.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def wal_ship_flow(

@@ -7,7 +7,7 @@ from uuid import UUID
 from prefect import flow
 
 from flows._events import emit
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from tasks import (
@@ -29,6 +29,7 @@ from walship.snapshot import run_snapshot
     description="Consistent zstd snapshot of a live SQLite database, uploaded to its replica.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def snapshot_flow(

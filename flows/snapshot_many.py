@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import human_bytes, publish, run_name
 from flows.snapshot import snapshot_flow
@@ -57,6 +57,7 @@ _Block = Annotated[str | None, titled("Credentials block"), optional("string", p
     description="Snapshots of every database the patterns match, a few at a time, each into its own replica.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def snapshot_many_flow(

@@ -7,7 +7,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows._events import emit
-from flows._failure import on_failure
+from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import publish, run_name
 from flows._subject import database_of
@@ -24,6 +24,7 @@ PASSED_EVENT = "walship.verify.passed"
     description="Restore drill: restore into a temporary directory and check every checksum, the chain and integrity.",
     flow_run_name=run_name,
     on_failure=[on_failure],
+    on_crashed=[on_crashed],
     log_prints=True,
 )
 def verify_flow(

@@ -1,7 +1,8 @@
 """The alerts `make automations` creates, each driven through a real `prefect server` to a local webhook.
 
 One server for the module (as tests/test_prefect_server.py starts its one,
-with proactive triggers evaluated every second instead of every 5 s), the
+with proactive triggers evaluated every second instead of every 5 s and the
+scheduler creating runs every 2 s instead of every 60 s), the
 automations created by `python -m deployments.automations` with a short
 silence window, and a webhook catcher on 127.0.0.1 recording every POST.
 Failed and crashed runs are real flow runs of prefect.yaml's deployments on
@@ -18,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 import yaml
 
@@ -75,6 +78,19 @@ class Webhook:
         assert len(found) >= count, f"{what}: {len(found)} of {count} posts within {timeout:.0f} s; got {self.posts}"
         return found[:count]
 
+    def settled(self, matches: Callable[[dict[str, Any]], bool], quiet: float = 10) -> list[dict[str, Any]]:
+        """The posts ``matches`` accepts, once none more has come for ``quiet`` seconds."""
+        with self.changed:
+            seen = [0]
+
+            def more() -> bool:
+                return len(self._matching(matches)) > seen[0]
+
+            seen[0] = len(self._matching(matches))
+            while self.changed.wait_for(more, quiet):
+                seen[0] = len(self._matching(matches))
+            return [body for _, body in self._matching(matches)]
+
     def _matching(self, matches: Callable[[dict[str, Any]], bool]) -> list[tuple[float, dict[str, Any]]]:
         return [(at, body) for at, body in self.posts if matches(body)]
 
@@ -87,7 +103,11 @@ class Webhook:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    process = start_server(home, port, home / "server.log", {"PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT1S"})
+    settings = {
+        "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT1S",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+    }
+    process = start_server(home, port, home / "server.log", settings)
     try:
         wait_healthy(port, process)
         yield Server(port, home, home / "server.log")
@@ -304,6 +324,79 @@ class TestAlertsFire:
             "run crashed", lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id)
         )
         assert alert["flow_run"] == server.flow_run(run_id)["name"]
+        # The worker ran the crash hook too: Prefect's event and walship's both reached the automation,
+        # whichever came first alerted, and the other did not alert again.
+        both = {"prefect.flow-run.Crashed", "walship.ship.crashed"}
+        server.wait_for("both crash events", lambda: crash_events(server, run_id) == both)
+        alerts = webhook.settled(lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id))
+        assert len(alerts) == 1, alerts
+
+    def test_a_killed_scheduled_run_fires(
+        self, server: Server, webhook: Webhook, deployed: Site, tmp_path: Path
+    ) -> None:
+        """A shipping run that the server's scheduler created, SIGKILLed while it runs: the crash alert comes
+        within minutes. Prefect emits no Scheduled event for such a run, and its trigger ordering holds the
+        state events that follow the missing one for its whole lookback (PRECEDING_EVENT_LOOKBACK)."""
+        due = datetime.now(UTC) + timedelta(seconds=10)
+        schedule = server.prefect(
+            "deployment",
+            "schedule",
+            "create",
+            "wal-ship/wal-ship",
+            "--interval",
+            "3600",
+            "--anchor-date",
+            due.isoformat(),
+        )
+        assert schedule.returncode == 0, schedule.stdout
+        deployment = server.api("GET", "/deployments/name/wal-ship/wal-ship")
+        try:
+            run_id = server.wait_for("the scheduler to create the run", lambda: scheduled_run(server, deployment, due))
+            server.wait_for("the run to be due", lambda: datetime.now(UTC) >= due)
+            log = tmp_path / "worker.log"
+            worker = start_worker(server, plain_env(server), log)
+            try:
+                server.wait_for(f"run {run_id} to run (worker log {log})", lambda: running(server, run_id, worker, log))
+                [pid] = server.wait_for("the run's process", lambda: run_processes(worker.pid, run_id))
+                os.kill(pid, signal.SIGKILL)
+            finally:
+                state = final_state(server, run_id, worker, log)
+        finally:
+            # Removing a schedule removes the runs it has scheduled, so only once this one is over.
+            for added in deployment["schedules"]:
+                if added["schedule"].get("interval") == 3600:
+                    url = f"http://127.0.0.1:{server.port}/api/deployments/{deployment['id']}/schedules/{added['id']}"
+                    httpx.delete(url, timeout=30).raise_for_status()
+        assert state["type"] == "CRASHED", (state, log.read_text()[-3000:])
+        [(_, alert)] = webhook.wait_for(
+            "run crashed", lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id), timeout=180
+        )
+        print(f"scheduled run's crash alert: {alert}")
+        assert alert["flow_run"] == server.flow_run(run_id)["name"]
+        assert (alert["event"], alert["database"]) == ("walship.ship.crashed", "alerts.db")
+        assert "status code" in alert["message"], alert
+
+
+def crash_events(server: Server, run_id: UUID) -> set[str]:
+    """The names of the crash events about flow run ``run_id`` that the server has."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.Crashed", "walship.ship.crashed"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+        },
+        "limit": 50,
+    }
+    return {event["event"] for event in server.api("POST", "/events/filter", body)["events"]}
+
+
+def scheduled_run(server: Server, deployment: dict[str, Any], due: datetime) -> UUID | None:
+    """The run the scheduler created for ``deployment`` at ``due`` (auto-scheduled, as no hand-started run is)."""
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}}
+    for run in server.api("POST", "/flow_runs/filter", body):
+        start = datetime.fromisoformat(run["expected_start_time"])
+        if run["auto_scheduled"] and abs((start - due).total_seconds()) < 1:
+            return UUID(run["id"])
+    return None
 
 
 def running(server: Server, run_id: UUID, worker: subprocess.Popen[bytes], log: Path) -> bool:
@@ -364,7 +457,11 @@ class TestPlainWorker:
         assert state["type"] == "CRASHED", (state, log.read_text()[-3000:])
         said = f"{state['message']}\n{run_logs(server, run_id)}"
         assert f"WALSHIP_PROJECT_DIR={elsewhere}" in said, said
-        webhook.wait_for("run crashed", lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id))
+        [(_, alert)] = webhook.wait_for(
+            "run crashed", lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id)
+        )
+        # No crash hook could load from there: Prefect's own event is the one that alerts.
+        assert alert["event"] == "prefect.flow-run.Crashed", alert
 
 
 # A shipper's lag check with one segment spooled 90 s ago (storage unreachable) and the default threshold.
