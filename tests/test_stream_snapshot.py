@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import zstandard
 from bench.workload import committed_counts, content_digest, expected_state
 from tests.conftest import Writers, use_credentials
 from tests.s3servers import _S3Server, s3_client
+from tests.shipping import wait_until
 from tests.tcpproxy import TcpProxy
 from walship import index
 from walship.catalog import describe_snapshot, list_snapshots, select_snapshot
@@ -36,6 +36,11 @@ from walship.trailer import TRAILER_SIZE, format_trailer
 from walship.verify import check_index
 
 S3_BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
+
+
+def _counts(database: Path, writers: int) -> list[int]:
+    counts = committed_counts(database)
+    return [counts.get(w, 0) for w in range(1, writers + 1)]
 
 
 def _object_bytes(store: ObjectStore, key: str) -> bytes:
@@ -62,10 +67,12 @@ class TestStreamedSnapshot:
     def test_live_writers_restore_equals_one_committed_state(
         self, store: ObjectStore, database: Path, base_database: Path, writers: Writers, tmp_path: Path
     ) -> None:
-        time.sleep(1.0)
+        # Every writer has committed before the snapshot and goes on during it, however slowly the machine runs.
+        wait_until(lambda: all(n > 0 for n in _counts(database, 3)), "a commit by each of the 3 writers", 120)
         info = stream_snapshot(store, database, database_id="app.db", level=3)
         index.add_snapshot(store, info)
-        time.sleep(0.5)
+        before = sum(committed_counts(database).values())
+        wait_until(lambda: sum(committed_counts(database).values()) > before, "a commit after the snapshot", 120)
         writers.stop()
         restored = tmp_path / "restored.db"
         restore_snapshot(store, select_snapshot(current_snapshots(store)), restored)  # integrity_check included

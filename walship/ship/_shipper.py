@@ -69,6 +69,7 @@ class Shipper:
         self._seen: WalIndexState | None = None  # the WAL index at the previous tend
         self._backfill_seen: WalIndexState | None = None  # ... and at the previous sync
         self._tender = Tender(self.tend, _POLL, str(self.database))
+        self._tended = SyncResult()  # captured by tending since the last sync
         self._pages = PageTracker(spool.root)
 
     # Opening and ending a run ---------------------------------------------------------
@@ -123,7 +124,13 @@ class Shipper:
     def stop_tending(self) -> None:
         self._tender.stop()
 
-    def tend(self) -> SyncResult:
+    def tend(self) -> None:
+        """``_tend`` between syncs; what it captured is reported with the next sync, so a run's counts add up."""
+        result = self._tend()
+        with self._lock:
+            self._tended = merge(self._tended, result)
+
+    def _tend(self) -> SyncResult:
         """Move the pin when the application may be waiting on it; capture first if it backfilled everything.
 
         Under load the pin moves once per sync (after the capture): moving it
@@ -303,6 +310,13 @@ class Shipper:
     # Syncing ------------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
+        """``_sync``, with what the tending thread captured since the last one."""
+        result = self._sync()
+        with self._lock:
+            tended, self._tended = self._tended, SyncResult()
+        return merge(tended, result)
+
+    def _sync(self) -> SyncResult:
         """Capture new committed frames; backfill when the WAL is big, restart it when bigger or old.
 
         Backfilling (PASSIVE, beside the pin) never makes writers wait; a WAL
