@@ -12,6 +12,7 @@ took 0.46 s of every command (median of 5; 0.05 s frozen).
 """
 
 import gc
+import logging
 import os
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,9 @@ def quiet_prefect(verbose: bool) -> None:
         defaults["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+    if verbose:
+        # Prefect's root logger passes WARNING and up; --verbose shows the core's INFO lines too, as in direct mode.
+        logging.getLogger("walship").setLevel(logging.INFO)
 
 
 def snapshot_database(
