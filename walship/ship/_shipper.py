@@ -127,10 +127,11 @@ class Shipper:
     def tend(self) -> None:
         """``_tend`` between syncs; what it captured is reported with the next sync, so a run's counts add up."""
         result = self._tend()
-        with self._lock:
-            self._tended = merge(self._tended, result)
+        if result is not None:  # most tends capture nothing: no merge on the fleet's hot path
+            with self._lock:
+                self._tended = merge(self._tended, result)
 
-    def _tend(self) -> SyncResult:
+    def _tend(self) -> SyncResult | None:
         """Move the pin when the application may be waiting on it; capture first if it backfilled everything.
 
         Under load the pin moves once per sync (after the capture): moving it
@@ -143,11 +144,11 @@ class Shipper:
         """
         with self._lock:
             if self.cursor is None:
-                return SyncResult()
+                return None
             state = self.capture.wal_index()
             if state is None or state == self.capture.pin:
-                return SyncResult()
-            result = SyncResult()
+                return None
+            result: SyncResult | None = None
             if state.complete and not covered_by(self.cursor)(state):
                 try:
                     result = self._capture()
