@@ -18,7 +18,7 @@ from tasks._progress import ArtifactProgress
 from tests.conftest import Writers
 from tests.prefect_api import artifacts, database_resource_id, read_events, run_id
 from walship.index import current_snapshots
-from walship.models import SegmentInfo
+from walship.segment import WalSegment
 from walship.spool import PendingEntry, new_entry
 from walship.storage import open_store
 
@@ -27,8 +27,7 @@ def _segments(generation: str, first: int, last: int) -> list[PendingEntry]:
     now = datetime.now(UTC)
     return [
         new_entry(
-            SegmentInfo(
-                key=f"generations/{generation}/wal/{sequence:020}.wal.zst",
+            WalSegment(
                 generation=generation,
                 sequence=sequence,
                 salt1=1,

@@ -30,11 +30,11 @@ from walship.resync import (
     PageMapStore,
     digest_file,
     page_digest,
-    restored_state,
     state_digest,
     zero_digest,
 )
 from walship.resync import _digest as resync_digest
+from walship.segment import restored_state
 from walship.status import replica_status
 from walship.storage import ObjectStore, open_store
 from walship.verify import verify_replica

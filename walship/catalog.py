@@ -22,6 +22,7 @@ __all__ = [
     "UnusableSnapshot",
     "describe_snapshot",
     "from_metadata",
+    "has_walship_metadata",
     "list_snapshot_keys",
     "list_snapshots",
     "lost_metadata",
@@ -157,9 +158,14 @@ def scan_snapshots(
     return sorted(snapshots, key=lambda s: (s.created_at, s.key)), unusable
 
 
+def has_walship_metadata(obj: ObjectInfo) -> bool:
+    """Whether a HEAD shows user metadata walship wrote."""
+    return any(name.startswith(_PREFIX) for name in obj.metadata)
+
+
 def snapshot_or_unusable(obj: ObjectInfo) -> SnapshotInfo | UnusableSnapshot:
     """The snapshot a HEAD describes, or why it cannot be used: not walship's (a stray) or damaged."""
-    if not any(name.startswith(_PREFIX) for name in obj.metadata):
+    if not has_walship_metadata(obj):
         return UnusableSnapshot(
             key=obj.key, stray=True, reason=f"{obj.key} has no walship metadata: walship did not write it"
         )

@@ -1,11 +1,9 @@
-"""Segments as a verifiable chain, and applying them to a restored database.
+"""A generation's segments as a verifiable chain, applied to a restored database.
 
 A generation's segments must have contiguous sequence numbers after its
-snapshot; each must continue the previous one (same salts, starting at the
-offset and running checksum where it ended) or begin a WAL that restarted
-after walship's own checkpoint. Inside a segment every frame's salts and
-checksum are verified while it is applied. Any break stops the restore with
-an error naming the object: never a silently wrong database.
+snapshot, each continuing the previous one (``walship.segment`` checks the
+link and every frame). Any break stops the restore with an error naming the
+object: never a silently wrong database.
 """
 
 import contextlib
@@ -14,17 +12,21 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, cast
+from typing import BinaryIO, NamedTuple
 
-from pydantic import ValidationError
-
-from walship.catalog import from_metadata
-from walship.envelope import Keyring, open_to_file
+from walship.envelope import Keyring
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
-from walship.layout import format_segment_key, generation_prefix, is_resync_key, parse_segment_key
-from walship.models import ObjectInfo, SegmentInfo
-from walship.resync import apply_resync
-from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, iter_frames, replay_header
+from walship.layout import format_segment_key, generation_prefix, parse_segment_key
+from walship.segment import (
+    ResyncSegment,
+    WalSegment,
+    apply_resync,
+    apply_wal,
+    check_link,
+    download_segment,
+    from_head,
+    read_description,
+)
 from walship.storage import ObjectStore
 
 __all__ = [
@@ -34,7 +36,6 @@ __all__ = [
     "list_segment_sequences",
     "missing_segment",
     "read_segment_info",
-    "segment_from_object",
 ]
 
 
@@ -68,8 +69,8 @@ class AppliedSegments(NamedTuple):
     after its ``committed_after``.
     """
 
-    applied: list[SegmentInfo]
-    stopped_before: SegmentInfo | None
+    applied: list[WalSegment | ResyncSegment]
+    stopped_before: WalSegment | ResyncSegment | None
 
 
 def apply_segments(
@@ -88,7 +89,8 @@ def apply_segments(
     Stops after ``until_sequence``, before the first segment captured after
     ``until_time``, or at the end of the chain. Any damage names the segment
     and the last point that can still be restored (``--sequence N-1``).
-    ``keys`` open segments encrypted with age.
+    ``keys`` open segments encrypted with age. One GET per segment: each
+    object describes itself.
     """
     segment_keys = list_segment_keys(store, generation)
     sequences = sorted(s for s in segment_keys if s > after)
@@ -97,8 +99,8 @@ def apply_segments(
             f"{missing_segment(generation, until_sequence)} is not in the replica: "
             "run 'walship status' to see the newest sequence"
         )
-    applied: list[SegmentInfo] = []
-    stopped_before: SegmentInfo | None = None
+    applied: list[WalSegment | ResyncSegment] = []
+    stopped_before: WalSegment | ResyncSegment | None = None
     expected = after + 1
     for sequence in sequences:
         if until_sequence is not None and sequence > until_sequence:
@@ -110,19 +112,20 @@ def apply_segments(
                 f"breaks after sequence {expected - 1}; restore an earlier point with --sequence {expected - 1}"
             )
         try:
-            with _downloaded(store, key, scratch, keys) as (info, raw):
-                if until_time is not None and info.captured_at > until_time:
-                    stopped_before = info
+            with _downloaded(store, key, scratch, keys, until_time) as (segment, raw):
+                if until_time is not None and segment.captured_at > until_time:
+                    stopped_before = segment
                     break
-                if info.kind == "resync":
-                    apply_resync(raw, info, database)
+                assert raw is not None
+                if isinstance(segment, ResyncSegment):
+                    apply_resync(raw, segment, database)
                 else:
-                    _check_link(applied[-1] if applied else None, info)
-                    _apply(raw, info, database)
+                    check_link(applied[-1] if applied else None, segment)
+                    apply_wal(raw, segment, database)
         except (ChecksumMismatchError, CorruptObjectError) as exc:
             # The same way out a missing segment offers: everything before it still restores.
             raise type(exc)(f"{exc}; restore an earlier point with --sequence {sequence - 1}") from exc
-        applied.append(info)
+        applied.append(segment)
         expected += 1
     if until_sequence is not None and (applied[-1].sequence if applied else after) != until_sequence:
         raise NotFoundError(f"{missing_segment(generation, until_sequence)} could not be reached")
@@ -131,110 +134,43 @@ def apply_segments(
 
 @contextlib.contextmanager
 def _downloaded(
-    store: ObjectStore, key: str, scratch: Path, keys: Keyring | None
-) -> Iterator[tuple[SegmentInfo, Path]]:
-    """Download, open and checksum one segment into a scratch file."""
+    store: ObjectStore, key: str, scratch: Path, keys: Keyring | None, until_time: datetime | None
+) -> Iterator[tuple[WalSegment | ResyncSegment, Path | None]]:
+    """Download, open and check one segment into a scratch file.
+
+    A segment that fails its checks but whose metadata says it was captured
+    after ``until_time`` is not needed: it comes back described, with no body.
+    """
     fd, name = tempfile.mkstemp(dir=scratch, suffix=".wal")
     raw = Path(name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            info = read_segment_info(store, key)
-            with store.open(key) as stream:
-                open_to_file(
-                    stream,
-                    out,
-                    envelope=info.envelope,
-                    keys=keys,
-                    expected_sha256=info.sha256,
-                    expected_size=info.raw_size,
-                    name=key,
-                )
-        yield info, raw
+        try:
+            with os.fdopen(fd, "wb") as out:
+                segment = download_segment(store, key, out, keys)
+        except (ChecksumMismatchError, CorruptObjectError):
+            past = _described_past(store, key, until_time)
+            if past is None:
+                raise
+            yield past, None
+            return
+        yield segment, raw
     finally:
         raw.unlink(missing_ok=True)
 
 
-def read_segment_info(store: ObjectStore, key: str) -> SegmentInfo:
-    """Describe one segment object from its own metadata (one HEAD)."""
-    return segment_from_object(store.head(key))
-
-
-def segment_from_object(obj: ObjectInfo) -> SegmentInfo:
-    """A segment's description from a HEAD of it."""
-    key = obj.key
+def _described_past(store: ObjectStore, key: str, until_time: datetime | None) -> WalSegment | ResyncSegment | None:
+    if until_time is None:
+        return None
     try:
-        info = SegmentInfo(key=key, **from_metadata(obj.metadata))
-    except ValidationError as exc:
-        raise CorruptObjectError(f"segment {key} has missing or bad metadata: {exc.error_count()} problem(s)") from exc
-    parsed = parse_segment_key(key)
-    named_as = "resync" if is_resync_key(key) else "wal"
-    if (
-        parsed is None
-        or (info.generation, info.sequence) != parsed
-        or info.compressed_size != obj.size
-        or info.kind != named_as
-    ):
-        raise CorruptObjectError(f"segment {key}: its metadata does not describe this object")
-    return info
+        segment = from_head(store.head(key))
+    except (CorruptObjectError, NotFoundError):
+        return None
+    return segment if segment.captured_at > until_time else None
 
 
-def _check_link(previous: SegmentInfo | None, info: SegmentInfo) -> None:
-    if previous is None:
-        return
-    if info.wal_restarted:
-        if info.start_offset != WAL_HEADER_SIZE or (info.salt1, info.salt2) == (previous.salt1, previous.salt2):
-            raise CorruptObjectError(f"segment {info.key} claims a WAL restart it does not show: a fork")
-        return
-    continues = (
-        (info.salt1, info.salt2) == (previous.salt1, previous.salt2)
-        and info.start_offset == previous.end_offset
-        and (info.checksum_start1, info.checksum_start2) == (previous.checksum_end1, previous.checksum_end2)
-    )
-    if not continues:
-        raise CorruptObjectError(
-            f"segment {info.key} does not continue {previous.key} (salts, offset or checksum differ): "
-            "an overlap or a fork"
-        )
-
-
-class _Shifted:
-    """Presents a segment file at the WAL offsets its frames came from."""
-
-    def __init__(self, raw: BinaryIO, shift: int) -> None:
-        self._raw, self._shift = raw, shift
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._raw.seek(offset - self._shift, whence) + self._shift
-
-    def read(self, size: int = -1) -> bytes:
-        return self._raw.read(size)
-
-
-def _apply(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
-    """Write every frame's page into the database; verify salts and checksums frame by frame."""
-    header = replay_header(big_endian=info.big_endian, page_size=info.page_size, salt1=info.salt1, salt2=info.salt2)
-    seed = (info.checksum_start1, info.checksum_start2)
-    frames = commits = 0
-    last = seed
-    with raw_path.open("rb") as raw:
-        shifted = cast(BinaryIO, _Shifted(raw, info.start_offset))
-        pages = iter_frames(shifted, header, start_offset=info.start_offset, start_checksum=seed, with_data=True)
-        for frame, page in pages:
-            database.seek((frame.page_number - 1) * info.page_size)
-            database.write(page)
-            frames += 1
-            last = (frame.checksum1, frame.checksum2)
-            if frame.is_commit:
-                commits += 1
-                database.truncate(frame.db_size_after_commit * info.page_size)
-    frame_size = info.page_size + FRAME_HEADER_SIZE
-    if (
-        frames != info.frames
-        or frames * frame_size != info.raw_size
-        or last != (info.checksum_end1, info.checksum_end2)
-    ):
-        raise ChecksumMismatchError(
-            f"verify {info.key}: {frames} of {info.frames} frames verify against the WAL checksum chain"
-        )
-    if commits != info.commits:
-        raise CorruptObjectError(f"verify {info.key}: {commits} commits, recorded {info.commits}")
+def read_segment_info(store: ObjectStore, key: str) -> WalSegment | ResyncSegment:
+    """Describe one segment object without reading its body (``walship.segment.read_description``)."""
+    segment = read_description(store, key)
+    if segment is None:
+        raise CorruptObjectError(f"segment {key} describes itself nowhere: walship did not write it, or it is damaged")
+    return segment

@@ -25,12 +25,13 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from walship.catalog import UnusableSnapshot, lost_metadata, scan_snapshots, select_snapshot, snapshot_or_unusable
-from walship.chain import missing_segment, segment_from_object
+from walship.chain import missing_segment
 from walship.claims import Claim, claims_of, is_walship_key
 from walship.errors import CorruptObjectError, NotFoundError
 from walship.index import readable_index
 from walship.layout import GENERATIONS_PREFIX, parse_generation, parse_segment_key
 from walship.models import ObjectInfo, ReplicaMetadata, SnapshotInfo
+from walship.segment import read_description
 from walship.storage import ObjectStore
 
 __all__ = [
@@ -367,21 +368,21 @@ def _at_time(generations: ReplicaGenerations, before: datetime) -> SnapshotInfo:
 
 
 def _newest_segment(store: ObjectStore, listed: list[ObjectInfo]) -> tuple[datetime | None, list[str]]:
-    """The newest segment's capture time (one HEAD), passing over segments walship did not write."""
+    """The newest segment's capture time (one HEAD, or a ranged GET where metadata is gone), passing over
+    segments walship did not write."""
     strays: list[str] = []
     for obj in reversed(listed):
         try:
-            head = store.head(obj.key)
+            segment = read_description(store, obj.key)
         except NotFoundError:
             continue  # deleted since the listing
-        if not any(name.startswith("walship-") for name in head.metadata):
-            strays.append(obj.key)
-            continue
-        try:
-            return segment_from_object(head).captured_at, strays
         except CorruptObjectError:
             # Damaged: restore names it when it gets there; the upload time still says data is here.
-            return head.last_modified or obj.last_modified, strays
+            return obj.last_modified, strays
+        if segment is None:
+            strays.append(obj.key)
+            continue
+        return segment.captured_at, strays
     return None, strays
 
 

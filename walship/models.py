@@ -18,7 +18,6 @@ __all__ = [
     "RestoreResult",
     "RestoreTarget",
     "RetryPolicy",
-    "SegmentInfo",
     "SnapshotInfo",
     "SnapshotSource",
     "WalCursor",
@@ -91,47 +90,6 @@ class WalCursor(_Frozen):
     @property
     def position(self) -> "WalPosition":
         return WalPosition(generation=self.generation, sequence=self.sequence)
-
-
-class SegmentInfo(_Frozen):
-    """One shipped run of whole committed transactions, copied verbatim from the WAL.
-
-    A *resync* segment (``kind="resync"``) holds instead the pages that
-    changed while nobody watched (walship.resync): ``frames`` counts its
-    pages, ``db_size_pages`` is the page count it leaves, ``state_digest`` the
-    digest of the whole state it produces, and its salts, ``end_offset`` and
-    ``checksum_end*`` the WAL position the next segment continues from.
-    """
-
-    key: str
-    generation: str
-    sequence: int = Field(ge=1)
-    salt1: int
-    salt2: int
-    big_endian: bool
-    page_size: int
-    start_offset: int
-    end_offset: int
-    checksum_start1: int
-    checksum_start2: int
-    checksum_end1: int
-    checksum_end2: int
-    frames: int
-    commits: int
-    db_size_pages: int
-    wal_restarted: bool = Field(description="first segment of a WAL that restarted after our checkpoint")
-    committed_after: datetime = Field(description="the previous capture: every commit here came later")
-    captured_at: datetime = Field(
-        description="when this segment was captured (before its WAL scan): every commit before it is here or earlier"
-    )
-    raw_size: int
-    compressed_size: int = Field(default=0, description="the stored object's size (sealed)")
-    sha256: str
-    level: int = 0
-    kind: Literal["wal", "resync"] = "wal"
-    state_digest: str = ""
-    # How the object is stored (walship.envelope); objects older than the envelope are plain zstd.
-    envelope: str = "zstd"
 
 
 class SnapshotSource(_Frozen):

@@ -46,7 +46,8 @@ from pydantic import BaseModel, ValidationError
 from walship._fs import free_bytes, fsync_dir, is_disk_full, remove_sqlite_file
 from walship.errors import SpoolFullError, UsageError
 from walship.lease import Lease
-from walship.models import SegmentInfo, SnapshotInfo, WalCursor, utcnow
+from walship.models import SnapshotInfo, WalCursor, utcnow
+from walship.segment import ResyncSegment, Segment, WalSegment
 from walship.units import human_bytes
 
 __all__ = [
@@ -114,7 +115,7 @@ class PendingEntry(BaseModel):
 
     kind: Literal["snapshot", "segment"]
     snapshot: SnapshotInfo | None = None
-    segment: SegmentInfo | None = None
+    segment: Segment | None = None
     cached_at: datetime
     attempts: int = 0
     # The data file's SHA-256 as spooled; empty in entries an older walship spooled.
@@ -443,7 +444,7 @@ def _snapshot_needs(size: int) -> int:
     return size + max(size // 4, SPOOL_RESERVE_BYTES) + SPOOL_RESERVE_BYTES
 
 
-def new_entry(info: SnapshotInfo | SegmentInfo, stored_sha256: str = "") -> PendingEntry:
+def new_entry(info: SnapshotInfo | WalSegment | ResyncSegment, stored_sha256: str = "") -> PendingEntry:
     """An entry for ``info``; ``stored_sha256`` when the writer hashed the file as it wrote it."""
     if isinstance(info, SnapshotInfo):
         return PendingEntry(kind="snapshot", snapshot=info, cached_at=utcnow(), stored_sha256=stored_sha256)

@@ -12,15 +12,16 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from walship import codec, index
-from walship.catalog import describe_snapshot, to_metadata
+from walship.catalog import describe_snapshot
 from walship.envelope import is_encrypted
 from walship.errors import ChecksumMismatchError, CorruptObjectError, SpoolEntryDamagedError
 from walship.lease import acquire_lease, lease_needs_renewal
-from walship.models import SegmentInfo, WalPosition, utcnow
+from walship.models import WalPosition, utcnow
+from walship.segment import segment_metadata
 from walship.spool import PendingEntry, Spool, file_sha256
 from walship.storage import ObjectStore
 
-__all__ = ["UploadResult", "describe_segment", "upload_pending"]
+__all__ = ["UploadResult", "upload_pending"]
 
 
 class UploadResult(BaseModel):
@@ -32,12 +33,6 @@ class UploadResult(BaseModel):
     bytes: int = 0
     last_position: WalPosition | None = None
     oldest_captured_at_lag_seconds: float | None = None
-
-
-def describe_segment(info: SegmentInfo) -> dict[str, str]:
-    """User metadata stored with a segment object."""
-    # A WAL segment's metadata stays as it always was: readers default the resync fields.
-    return to_metadata(info, exclude={"key"} if info.kind == "resync" else {"key", "kind", "state_digest"})
 
 
 def upload_pending(store: ObjectStore, spool: Spool, *, holder: str) -> UploadResult:
@@ -122,7 +117,7 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, result: U
         return
     segment = entry.segment
     assert segment is not None
-    _put_spooled(store, segment.key, data, entry, describe_segment(segment))
+    _put_spooled(store, segment.key, data, entry, segment_metadata(segment))
     result.segments += 1
     result.commits += segment.commits
     result.bytes += segment.compressed_size

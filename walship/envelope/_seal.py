@@ -10,7 +10,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,15 +19,18 @@ from walship.envelope._age import AgeWriter, decrypt_into
 from walship.envelope._keys import IDENTITY_ENV, Keyring, parse_recipients
 from walship.errors import ChecksumMismatchError, CorruptObjectError, IdentityNeededError
 from walship.models import CompressedFile
-from walship.trailer import TailReader, TailWriter
+from walship.trailer import TRAILER_SIZE, TailReader, TailWriter, parse_trailer
 
 __all__ = [
     "ENVELOPES",
     "ZSTD",
     "ZSTD_AGE",
+    "Opened",
     "Sealing",
     "SegmentSealer",
+    "detect_envelope",
     "is_encrypted",
+    "open_detected",
     "open_to_file",
     "require_keys",
     "seal_blocks",
@@ -89,7 +92,8 @@ class SegmentSealer:
 
     def __init__(self, target: BinaryIO, sealing: Sealing, size: int = 0) -> None:
         self._age = AgeWriter(target, parse_recipients(sealing.recipients)) if sealing.encrypted else None
-        self._zstd = codec.SealingWriter(self._age or target, sealing.level, size)
+        self._out: codec.Writable = self._age or target
+        self._zstd = codec.SealingWriter(self._out, sealing.level, size)
 
     @property
     def digest(self) -> "hashlib._Hash":
@@ -102,9 +106,12 @@ class SegmentSealer:
     def write(self, data: bytes) -> int:
         return self._zstd.write(data)
 
-    def finish(self) -> None:
-        """End the zstd frame and the age stream; the caller flushes and fsyncs ``target``."""
+    def finish(self, trailer: bytes = b"") -> None:
+        """End the zstd frame, add ``trailer`` (skippable frames, ``walship.trailer``) inside the
+        encryption, and end the age stream; the caller flushes and fsyncs ``target``."""
         self._zstd.finish()
+        if trailer:
+            self._out.write(trailer)
         if self._age is not None:
             self._age.finish()
 
@@ -215,24 +222,93 @@ def open_to_file(
             source, target, expected_sha256=expected_sha256, expected_size=expected_size, name=name, progress=progress
         )
         return written, expected_sha256
+    opened = _open(source, target, envelope, keys, name=name, total=expected_size, progress=progress)
+    if trailer:
+        expected_sha256 = _agreed(parse_trailer(opened.tail, name), expected_sha256, name)
+    codec.check_decoded(
+        opened.size, opened.sha256, expected_sha256=expected_sha256, expected_size=expected_size, name=name
+    )
+    return opened.size, opened.sha256
+
+
+class Opened(NamedTuple):
+    """An object opened: the plaintext's size and SHA-256 (compared with nothing yet), the last
+    ``keep`` bytes of its zstd stream (where its trailers are), and the envelope it was sealed in."""
+
+    size: int
+    sha256: str
+    tail: bytes
+    envelope: str
+
+
+_AGE_MAGIC = b"age-encryption.org/"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_SNIFF = len(_AGE_MAGIC)
+
+
+def detect_envelope(first: bytes) -> str | None:
+    """The envelope an object's first bytes show (None: neither a zstd frame nor an age file)."""
+    if first.startswith(_AGE_MAGIC):
+        return ZSTD_AGE
+    if first.startswith(_ZSTD_MAGIC):
+        return ZSTD
+    return None
+
+
+def open_detected(source: codec.Readable, target: BinaryIO, *, keys: Keyring | None, name: str, keep: int) -> Opened:
+    """Open an object whose envelope its own first bytes tell into ``target``; nothing is compared here."""
+    first = b""
+    while len(first) < _SNIFF and (more := source.read(_SNIFF - len(first))):
+        first += more
+    envelope = detect_envelope(first)
+    if envelope is None:
+        raise CorruptObjectError(f"verify {name}: the object is neither zstd nor age (corrupt, or not walship's)")
+    return _open(_Prefixed(first, source), target, envelope, keys, name=name, keep=keep)
+
+
+def _open(
+    source: codec.Readable,
+    target: BinaryIO,
+    envelope: str,
+    keys: Keyring | None,
+    *,
+    name: str,
+    total: int = 0,
+    progress: codec.Progress | None = None,
+    keep: int = TRAILER_SIZE,
+) -> Opened:
+    require_keys(envelope, keys, name)
     tail: TailReader | TailWriter
     if not is_encrypted(envelope):
-        source = tail = TailReader(source)
+        source = tail = TailReader(source, keep)
         written, actual = codec.decompress_stream(
-            source, target, name=name, total=expected_size, progress=progress, across_frames=True
+            source, target, name=name, total=total, progress=progress, across_frames=True
         )
     else:
         assert keys is not None  # require_keys refused otherwise
-        plain = codec.DecompressingWriter(target, name=name, total=expected_size, progress=progress)
-        tail = TailWriter(plain)
+        plain = codec.DecompressingWriter(target, name=name, total=total, progress=progress)
+        tail = TailWriter(plain, keep)
         try:
             decrypt_into(source, tail, keys.identities, name)  # type: ignore[arg-type]
         finally:
             written, actual = plain.finish()
-    if trailer:
-        expected_sha256 = _agreed(tail.sha256(name), expected_sha256, name)
-    codec.check_decoded(written, actual, expected_sha256=expected_sha256, expected_size=expected_size, name=name)
-    return written, actual
+    return Opened(written, actual, tail.tail, envelope)
+
+
+class _Prefixed:
+    """A reader that returns ``first`` (bytes already read from ``rest``) before what ``rest`` reads."""
+
+    def __init__(self, first: bytes, rest: codec.Readable) -> None:
+        self._first, self._rest = first, rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._first:
+            return self._rest.read(size)
+        if 0 <= size < len(self._first):
+            data, self._first = self._first[:size], self._first[size:]
+            return data
+        data, self._first = self._first, b""
+        return data + self._rest.read(-1 if size < 0 else size - len(data))
 
 
 def _agreed(recorded: str, expected: str, name: str) -> str:

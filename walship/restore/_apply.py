@@ -9,8 +9,9 @@ from walship.chain import apply_segments
 from walship.codec import Progress
 from walship.envelope import Keyring, open_to_file, require_keys
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
-from walship.models import RestoreResult, SegmentInfo, SnapshotInfo, WalPosition
+from walship.models import RestoreResult, SnapshotInfo, WalPosition
 from walship.placement import check_output, staged_output
+from walship.segment import ResyncSegment, WalSegment
 from walship.sqlite import read_header
 from walship.storage import ObjectStore
 
@@ -73,8 +74,8 @@ def restore_snapshot(
                 trailer=stored.sha256_at_end,
             )
         stored = stored.model_copy(update={"sha256": verified})
-        applied: list[SegmentInfo] = []
-        stopped_before: SegmentInfo | None = None
+        applied: list[WalSegment | ResyncSegment] = []
+        stopped_before: WalSegment | ResyncSegment | None = None
         if segments:
             with tmp.open("r+b") as database:
                 applied, stopped_before = apply_segments(
@@ -110,7 +111,10 @@ def restore_snapshot(
 
 
 def _complete_until(
-    snapshot: SnapshotInfo, applied: list[SegmentInfo], stopped_before: SegmentInfo | None, asked: datetime | None
+    snapshot: SnapshotInfo,
+    applied: list[WalSegment | ResyncSegment],
+    stopped_before: WalSegment | ResyncSegment | None,
+    asked: datetime | None,
 ) -> datetime:
     """The newest time up to which the restored state holds every commit.
 

@@ -4,13 +4,13 @@ The shipper keeps, in its spool, a digest of every page as the replica holds
 it at the cursor (``PageMapStore``, updated with each captured segment). When
 continuity cannot be proven but the database is the same file, a consistent
 copy is compared with that map page by page, and the pages that differ go up
-as a *resync segment* in the same generation (``write_resync``). Its object
-records the digest of the whole state it produces, and restore checks the
-restored file against it (``apply_resync``): a map that drifted shows up as
-a failed check naming the segment, never as a different database.
+as a *resync segment* in the same generation (``walship.segment.write_resync``).
+Its object records the digest of the whole state it produces, and restore
+checks the restored file against it (``walship.segment.apply_resync``): a map
+that drifted shows up as a failed check naming the segment, never as a
+different database.
 """
 
-from walship.resync._body import ResyncPages, apply_resync, restored_state, write_resync
 from walship.resync._digest import (
     DIGEST_SIZE,
     FrameDigester,
@@ -30,14 +30,10 @@ __all__ = [
     "PageChanges",
     "PageMap",
     "PageMapStore",
-    "ResyncPages",
     "StateHasher",
-    "apply_resync",
     "digest_blocks",
     "digest_file",
     "page_digest",
-    "restored_state",
     "state_digest",
-    "write_resync",
     "zero_digest",
 ]

@@ -18,18 +18,11 @@ from typing import NamedTuple
 from walship.envelope import Sealing
 from walship.errors import ContinuityLostError, MapUnusableError
 from walship.layout import format_resync_key
-from walship.models import SegmentInfo, WalCursor, utcnow
-from walship.resync import (
-    PageChanges,
-    PageMap,
-    PageMapStore,
-    ResyncPages,
-    digest_file,
-    write_resync,
-)
+from walship.models import WalCursor, utcnow
+from walship.resync import PageChanges, PageMap, PageMapStore, digest_file
+from walship.segment import ResyncPages, ResyncSegment, seal_segment, write_resync
 from walship.ship._identity import HEADER_BYTES, DatabaseIdentity, IdentityFile, why_another
 from walship.ship._results import FIRST_CAPTURE, ResyncSummary
-from walship.ship._segment import seal_file
 from walship.spool import Spool, new_entry
 from walship.sqlite import WalCapture, cursor_at_end
 
@@ -130,7 +123,7 @@ class PageTracker:
 
 
 class Resynced(NamedTuple):
-    segment: SegmentInfo
+    segment: ResyncSegment
     cursor: WalCursor
     summary: ResyncSummary
 
@@ -182,20 +175,22 @@ def spool_resync(
                     first.extend(b"" if first else block[:HEADER_BYTES])
                     yield block
 
-            sealer, stored = seal_file(
+            def described(sha256: str, _raw_size: int) -> ResyncSegment:
+                [written] = compared
+                # Checked before the description ends the object: another database's pages never go up.
+                _same_database(tracker.identity, bytes(first), len(written.changes.digests), pages.page_count)
+                return _describe(moved, cursor.moved_at or state_at, state_at, pages.page_size, written, sha256)
+
+            info, stored = seal_segment(
                 path,
                 sealing,
                 0,
                 lambda write: compared.append(
                     write_resync(blocks(), pages.page_size, pages.page_count, replica, write)
                 ),
+                described,
             )
             [written] = compared
-            _same_database(tracker.identity, bytes(first), len(written.changes.digests), pages.page_count)
-            info = _describe(key, moved, cursor.moved_at or state_at, state_at, pages.page_size, written, stored.size)
-            info = info.model_copy(
-                update={"sha256": sealer.digest.hexdigest(), "level": sealing.level, "envelope": sealing.envelope}
-            )
             spool.add(new_entry(info, stored.sha256), path)
     tracker.captured(sequence, written.changes)
     tracker.recorded(cursor.generation, DatabaseIdentity.from_header(bytes(first)))
@@ -219,39 +214,24 @@ def _same_database(recorded: DatabaseIdentity | None, header: bytes, changed: in
 
 
 def _describe(
-    key: str,
-    moved: WalCursor,
-    committed_after: datetime,
-    state_at: datetime,
-    page_size: int,
-    written: ResyncPages,
-    stored: int,
-) -> SegmentInfo:
-    # Its WAL fields name the position the next segment continues from (the
-    # cursor's): the chain check after a resync runs against them.
-    return SegmentInfo(
-        key=key,
+    moved: WalCursor, committed_after: datetime, state_at: datetime, page_size: int, written: ResyncPages, sha256: str
+) -> ResyncSegment:
+    # Its WAL position is the cursor's: the segment after it continues from there.
+    return ResyncSegment(
+        kind="resync",
         generation=moved.generation,
         sequence=moved.sequence,
+        page_size=page_size,
+        db_size_pages=written.changes.page_count,
         salt1=moved.salt1,
         salt2=moved.salt2,
-        big_endian=moved.big_endian,
-        page_size=page_size,
-        start_offset=moved.offset,
         end_offset=moved.offset,
-        checksum_start1=moved.checksum1,
-        checksum_start2=moved.checksum2,
         checksum_end1=moved.checksum1,
         checksum_end2=moved.checksum2,
-        frames=len(written.changes.digests),
-        commits=1,
-        db_size_pages=written.changes.page_count,
-        wal_restarted=False,
+        pages=len(written.changes.digests),
+        state_digest=written.state,
         committed_after=committed_after,
         captured_at=state_at,
         raw_size=written.raw_size,
-        compressed_size=stored,
-        sha256="",
-        kind="resync",
-        state_digest=written.state,
+        sha256=sha256,
     )

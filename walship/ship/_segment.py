@@ -8,27 +8,25 @@ walship's; ``spool_tail`` makes that segment durable once writers go on.
 """
 
 import hashlib
-import os
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO, NamedTuple, cast
+from typing import NamedTuple
 
-from walship.envelope import Sealing, SegmentSealer
+from walship.envelope import Sealing
 from walship.errors import ContinuityLostError
-from walship.layout import format_segment_key
-from walship.models import SegmentInfo, WalCursor, utcnow
+from walship.models import WalCursor, utcnow
 from walship.resync import FrameDigester, PageChanges
+from walship.segment import WalSegment, seal_segment
 from walship.spool import Spool, new_entry
 from walship.sqlite import WAL_HEADER_SIZE, WalCapture, WalHeader, WalScan, cursor_at, may_follow_restart
 
-__all__ = ["Captured", "NoRoom", "TailCopy", "TooBig", "capture_segment", "read_tail", "seal_file", "spool_tail"]
+__all__ = ["Captured", "NoRoom", "TailCopy", "TooBig", "capture_segment", "read_tail", "spool_tail"]
 
 
 class Captured(NamedTuple):
     """One segment spooled, and the cursor just after it."""
 
-    segment: SegmentInfo
+    segment: WalSegment
     cursor: WalCursor
     budget_reached: bool  # more committed WAL waits beyond the byte budget
     pages: PageChanges  # what it does to the database's pages (the page digest map follows)
@@ -41,7 +39,7 @@ class NoRoom(NamedTuple):
 class TailCopy(NamedTuple):
     """A segment read into memory; it counts as captured once ``spool_tail`` made it durable."""
 
-    segment: SegmentInfo
+    segment: WalSegment
     cursor: WalCursor
     data: bytes
 
@@ -84,13 +82,10 @@ def _find(capture: WalCapture, cursor: WalCursor, *, guarded: bool, max_bytes: i
     return _Found(header, scan, start, seed, restarted, captured_at)
 
 
-def _describe(
-    found: _Found, cursor: WalCursor, committed_after: datetime, digest: str, size: int
-) -> tuple[SegmentInfo, WalCursor]:
-    header, scan, now = found.header, found.scan, found.captured_at
+def _describe(found: _Found, cursor: WalCursor, committed_after: datetime, sha256: str, size: int) -> WalSegment:
+    header, scan = found.header, found.scan
     start_checksum = (header.checksum1, header.checksum2) if found.seed is None else found.seed
-    info = SegmentInfo(
-        key=format_segment_key(cursor.generation, cursor.sequence + 1),
+    return WalSegment(
         generation=cursor.generation,
         sequence=cursor.sequence + 1,
         salt1=header.salt1,
@@ -108,14 +103,22 @@ def _describe(
         db_size_pages=scan.db_size_pages or 0,
         wal_restarted=found.restarted,
         committed_after=committed_after,
-        captured_at=now,
+        captured_at=found.captured_at,
         raw_size=size,
-        sha256=digest,
+        sha256=sha256,
     )
-    moved = cursor_at(cursor.generation, info.sequence, header, scan, cursor.db_inode).model_copy(
-        update={"moved_at": now, "snapshot_sequence": cursor.snapshot_sequence, "snapshot_at": cursor.snapshot_at}
+
+
+def _moved(found: _Found, cursor: WalCursor) -> WalCursor:
+    """The cursor just after the segment ``found`` makes."""
+    moved = cursor_at(cursor.generation, cursor.sequence + 1, found.header, found.scan, cursor.db_inode)
+    return moved.model_copy(
+        update={
+            "moved_at": found.captured_at,
+            "snapshot_sequence": cursor.snapshot_sequence,
+            "snapshot_at": cursor.snapshot_at,
+        }
     )
-    return info, moved
 
 
 def capture_segment(
@@ -150,10 +153,11 @@ def capture_segment(
         capture.copy_range(found.start, found.scan.last_commit_offset, both)
 
     with spool.writing(".wal.zst", what=f"a WAL segment of {capture.database}", needed=size) as data:
-        sealed, stored = seal_file(data, sealing, size, copy)
-        info, moved = _describe(found, cursor, committed_after, sealed.digest.hexdigest(), sealed.raw_size)
-        spool.add(new_entry(_stored(info, stored.size, sealing), stored.sha256), data)
-    return Captured(info, moved, found.scan.budget_reached, digester.changes())
+        segment, stored = seal_segment(
+            data, sealing, size, copy, lambda sha, raw_size: _describe(found, cursor, committed_after, sha, raw_size)
+        )
+        spool.add(new_entry(segment, stored.sha256), data)
+    return Captured(segment, _moved(found, cursor), found.scan.budget_reached, digester.changes())
 
 
 def read_tail(
@@ -168,57 +172,18 @@ def read_tail(
     chunks: list[bytes] = []
     capture.copy_range(found.start, found.scan.last_commit_offset, chunks.append)
     data = b"".join(chunks)
-    info, moved = _describe(found, cursor, committed_after, hashlib.sha256(data).hexdigest(), len(data))
-    return TailCopy(info, moved, data)
+    segment = _describe(found, cursor, committed_after, hashlib.sha256(data).hexdigest(), len(data))
+    return TailCopy(segment, _moved(found, cursor), data)
 
 
 def spool_tail(spool: Spool, tail: TailCopy, sealing: Sealing) -> PageChanges:
     """Write a tail copy into the spool, sealed and fsynced, as ``capture_segment`` would have;
     what it does to the pages (digested here, after writers went on)."""
     with spool.writing(".wal.zst", what=f"a WAL segment ({tail.segment.key})", needed=len(tail.data)) as path:
-        _, stored = seal_file(path, sealing, len(tail.data), lambda write: write(tail.data))
-        spool.add(new_entry(_stored(tail.segment, stored.size, sealing), stored.sha256), path)
+        segment, stored = seal_segment(
+            path, sealing, len(tail.data), lambda write: write(tail.data), lambda _sha256, _size: tail.segment
+        )
+        spool.add(new_entry(segment, stored.sha256), path)
     digester = FrameDigester(tail.segment.page_size)
     digester.feed(tail.data)
     return digester.changes()
-
-
-def _stored(info: SegmentInfo, stored: int, sealing: Sealing) -> SegmentInfo:
-    return info.model_copy(update={"compressed_size": stored, "level": sealing.level, "envelope": sealing.envelope})
-
-
-class Stored(NamedTuple):
-    """A sealed file as written: its size and SHA-256 (the spool checks it before the upload)."""
-
-    size: int
-    sha256: str
-
-
-class _HashingFile:
-    """A file that hashes what is written to it (the sealed bytes, as they reach the disk)."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self.out, self.digest = out, hashlib.sha256()
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        return self.out.write(data)
-
-
-def seal_file(
-    path: Path, sealing: Sealing, size: int, fill: Callable[[Callable[[bytes], int]], object]
-) -> tuple[SegmentSealer, Stored]:
-    """Write the ``size`` raw bytes ``fill`` hands its writer into ``path``, sealed and fsynced;
-    the sealer (the raw bytes' SHA-256 and count) and what was stored."""
-    with path.open("wb") as out:
-        hashing = _HashingFile(out)
-        sealed = SegmentSealer(cast(BinaryIO, hashing), sealing, size)
-        try:
-            fill(sealed.write)
-            sealed.finish()
-        except BaseException:
-            sealed.abort()
-            raise
-        out.flush()
-        os.fsync(out.fileno())
-        return sealed, Stored(out.tell(), hashing.digest.hexdigest())

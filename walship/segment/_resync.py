@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from walship.errors import ChecksumMismatchError, CorruptObjectError
-from walship.models import SegmentInfo
-from walship.resync._digest import DIGEST_SIZE, PageChanges, StateHasher, page_digest
-from walship.resync._map import PageMap
+from walship.resync import DIGEST_SIZE, PageChanges, PageMap, StateHasher, page_digest
+from walship.segment._models import ResyncSegment
 
 __all__ = ["ResyncPages", "apply_resync", "restored_state", "write_resync"]
 
@@ -63,7 +62,7 @@ def write_resync(
     return ResyncPages(changes, state.hexdigest(), raw_size)
 
 
-def apply_resync(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
+def apply_resync(raw_path: Path, info: ResyncSegment, database: BinaryIO) -> None:
     """Write a resync's pages into ``database`` (open r+b), then prove the whole state is the one it records."""
     record = _PAGE_NUMBER + info.page_size
     previous = 0
@@ -78,8 +77,8 @@ def apply_resync(raw_path: Path, info: SegmentInfo, database: BinaryIO) -> None:
             database.seek((page - 1) * info.page_size)
             database.write(chunk[_PAGE_NUMBER:])
             previous, written = page, written + 1
-    if written != info.frames:
-        raise CorruptObjectError(f"verify {info.key}: {written} pages, recorded {info.frames}")
+    if written != info.pages:
+        raise CorruptObjectError(f"verify {info.key}: {written} pages, recorded {info.pages}")
     database.truncate(info.db_size_pages * info.page_size)
     database.flush()
     if restored_state(database, info.page_size, info.db_size_pages) != info.state_digest:
