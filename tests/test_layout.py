@@ -8,6 +8,7 @@ from walship.layout import (
     format_resync_key,
     format_segment_key,
     format_snapshot_key,
+    generation_of,
     is_resync_key,
     new_generation,
     parse_generation,
@@ -60,6 +61,23 @@ class TestKeys:
     )
     def test_foreign_keys_do_not_parse(self, key: str) -> None:
         assert parse_snapshot_key(key) is None
+
+    @given(sequence=sequences)
+    def test_every_key_of_a_generation_names_it(self, sequence: int) -> None:
+        generation = new_generation()
+        for key in (
+            format_snapshot_key(generation, sequence),
+            format_segment_key(generation, sequence),
+            format_resync_key(generation, sequence),
+        ):
+            assert generation_of(key) == generation
+
+    @pytest.mark.parametrize(
+        "key",
+        ["metadata.json", "generations/notagen/wal/1.wal.zst", "generations/", "wal/00000000000000000001.wal.zst"],
+    )
+    def test_keys_of_no_generation(self, key: str) -> None:
+        assert generation_of(key) is None
 
     def test_sequence_out_of_range(self) -> None:
         with pytest.raises(ValueError, match="out of range"):

@@ -26,6 +26,7 @@ from walship.segment import (
     ResyncSegment,
     WalSegment,
     description_trailer,
+    download_segment,
     from_trailer,
     parse_segment,
 )
@@ -153,9 +154,9 @@ class TestObjectsDescribeThemselves:
                 tail = _plain_tail(stream.read())
             described = from_trailer(tail, key)
             assert described is not None
-            assert described.model_copy(update={"compressed_size": store.head(key).size}) == read_segment_info(
-                store, key
-            )
+            from_metadata = read_segment_info(store, key)
+            assert described.model_copy(update={"compressed_size": store.head(key).size}) == from_metadata
+            assert download_segment(store, key, io.BytesIO(), None) == from_metadata
 
     def test_a_plain_zstd_decoder_reads_the_body(self, shipped: tuple[Path, str, str]) -> None:
         """The description is a skippable frame: ``zstd -d`` gives the WAL frames (or resync records) alone."""

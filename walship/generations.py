@@ -29,7 +29,7 @@ from walship.chain import missing_segment
 from walship.claims import Claim, claims_of, is_walship_key
 from walship.errors import CorruptObjectError, NotFoundError
 from walship.index import readable_index
-from walship.layout import GENERATIONS_PREFIX, parse_generation, parse_segment_key
+from walship.layout import GENERATIONS_PREFIX, generation_of, parse_generation, parse_segment_key
 from walship.models import ObjectInfo, ReplicaMetadata, SnapshotInfo
 from walship.segment import read_description
 from walship.storage import ObjectStore
@@ -180,7 +180,8 @@ def describe_generations(
         parsed = parse_segment_key(obj.key)
         if parsed is not None:
             segments[parsed.generation].append(obj)
-    names = {s.generation for s in snapshots} | set(segments) | {_generation_of(u.key) for u in unusable}
+    names = {s.generation for s in snapshots} | set(segments) | {generation_of(u.key) or "" for u in unusable}
+    names.discard("")
     claims = claims_of(index)
     strays = [u.key for u in unusable if u.stray] + [o.key for o in objects if not is_walship_key(o.key)]
     states: list[GenerationState] = []
@@ -198,7 +199,7 @@ def describe_generations(
         )
         state = found.state(
             tuple(s for s in snapshots if s.generation == name),
-            tuple(u for u in unusable if _generation_of(u.key) == name),
+            tuple(u for u in unusable if generation_of(u.key) == name),
         )
         if state is not None:
             states.append(state)
@@ -425,7 +426,3 @@ def _problem(
 def _sequence(key: str) -> int:
     parsed = parse_segment_key(key)
     return parsed.sequence if parsed is not None else -1
-
-
-def _generation_of(key: str) -> str:
-    return key[len(GENERATIONS_PREFIX) :].split("/", 1)[0]

@@ -35,6 +35,7 @@ __all__ = [
     "format_resync_key",
     "format_segment_key",
     "format_snapshot_key",
+    "generation_of",
     "generation_prefix",
     "is_replica_key",
     "is_resync_key",
@@ -56,6 +57,7 @@ _GENERATION = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{8})$")
 _SNAPSHOT = re.compile(r"^generations/([^/]+)/snapshots/(\d{20})\.sqlite\.zst$")
 _SEGMENT = re.compile(r"^generations/([^/]+)/wal/(\d{20})\.(?:wal|resync)\.zst$")
 _RESYNC_SUFFIX = ".resync.zst"
+_UNDER_GENERATION = re.compile(r"^generations/([^/]+)/")
 # The original design's keys: a snapshot named by the UTC second its upload
 # began (two in one second overwrote each other there), WAL by sequence.
 _ORIGINAL_SNAPSHOT = re.compile(r"^snapshots/(\d{8}_\d{6})\.sqlite\.zst$")
@@ -84,6 +86,12 @@ def parse_generation(name: str) -> datetime:
 def generation_prefix(generation: str) -> str:
     parse_generation(generation)
     return f"{GENERATIONS_PREFIX}{generation}/"
+
+
+def generation_of(key: str) -> str | None:
+    """The generation a key under ``generations/`` belongs to (None: no generation's)."""
+    match = _UNDER_GENERATION.match(key)
+    return match.group(1) if match and _GENERATION.match(match.group(1)) else None
 
 
 def format_snapshot_key(generation: str, sequence: int) -> str:

@@ -24,7 +24,7 @@ from walship.envelope import recorded_encryption
 from walship.errors import CorruptObjectError, UsageError
 from walship.generations import describe_generations
 from walship.index import read_index, rebuild_index, update_index
-from walship.layout import LEASE_KEY, is_resync_key, parse_segment_key
+from walship.layout import LEASE_KEY, generation_of, is_resync_key, parse_segment_key
 from walship.lease import read_lease
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
@@ -220,8 +220,9 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     segments = [(parsed, o.size) for o in listing if (parsed := parse_segment_key(o.key)) is not None]
     resyncs: dict[str, list[int]] = {}
     for obj in listing:
-        if is_resync_key(obj.key):
-            resyncs.setdefault(obj.key.split("/")[1], []).append(obj.size)
+        owner = generation_of(obj.key)
+        if owner is not None and is_resync_key(obj.key):
+            resyncs.setdefault(owner, []).append(obj.size)
     in_generation = list(current.sequences) if current else []
     captured_at = current.newest_captured_at if current else None
     now = utcnow()

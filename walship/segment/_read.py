@@ -18,17 +18,31 @@ def download_segment(store: ObjectStore, key: str, out: BinaryIO, keys: Keyring 
     """Open segment ``key`` into ``out`` (its raw body) and return its description, both verified:
     the body's size and SHA-256 are the description's, and the description names this key."""
     with store.open(key) as stream:
-        opened = open_detected(stream, out, keys=keys, name=key, keep=DESCRIPTION_LIMIT)
+        counted = _Counted(stream)
+        opened = open_detected(counted, out, keys=keys, name=key, keep=DESCRIPTION_LIMIT)
     segment = from_trailer(opened.tail, key)
     if segment is None:
         # Written before segments described themselves (or its end is damaged): its metadata describes it.
         segment = from_head(store.head(key))
+    segment = segment.model_copy(update={"compressed_size": counted.size})
     if segment.envelope != opened.envelope:
         raise CorruptObjectError(f"verify {key}: sealed as {opened.envelope}, described as {segment.envelope}")
     codec.check_decoded(
         opened.size, opened.sha256, expected_sha256=segment.sha256, expected_size=segment.raw_size, name=key
     )
     return segment
+
+
+class _Counted:
+    """A reader that counts what it read: the stored object's size, without a HEAD."""
+
+    def __init__(self, source: codec.Readable) -> None:
+        self._source, self.size = source, 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        self.size += len(data)
+        return data
 
 
 def read_description(store: ObjectStore, key: str) -> WalSegment | ResyncSegment | None:
