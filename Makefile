@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest -n 2 --dist loadfile
+	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=25
 
 # The unit tier, a check while editing: in-process tests on the local backend (no Prefect server, no S3
 # server, no CLI subprocesses), under a minute. `make test` runs everything.
