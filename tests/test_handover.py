@@ -58,7 +58,7 @@ def _commit_times(logs: Path) -> dict[int, list[float]]:
 class TestApplicationCheckpoints:
     """An application that checkpoints with RESTART and TRUNCATE every 0.5 s is never blocked by the shipper.
 
-    Its checkpoints run with a 1 s busy timeout: one that the shipper's hold
+    Its checkpoints run with a 3 s busy timeout: one that the shipper's hold
     on the WAL kept waiting longer comes back busy.
     """
 
@@ -71,9 +71,12 @@ class TestApplicationCheckpoints:
         ship = Ship(database, replica, "--duration", "30", "--interval", "1", env=api_env)
         spawned.append(ship)
         assert ship.wait_for(GENERATION_CONFIRMED), ship.output
-        checkpointer = AppProcess("checkpoint", database, tmp_path / "checkpoints.jsonl", "--modes", "RESTART,TRUNCATE")
-        # The writer's 3 s busy timeout is above a loaded disk's fsync stalls yet far below the
-        # application checkpoint's own wait (10 s in the field) that a stuck pin would impose on it.
+        # A 3 s busy timeout, for the checkpoints as for the writer: above what a loaded machine's scheduling and
+        # fsync stalls add, yet far below the wait (10 s in the field, the window's end here) that a stuck pin
+        # would impose.
+        checkpointer = AppProcess(
+            "checkpoint", database, tmp_path / "checkpoints.jsonl", "--modes", "RESTART,TRUNCATE", "--busy-ms", "3000"
+        )
         writer = AppProcess(
             "write", database, tmp_path / "writes.jsonl", "--writer", "5", "--rate", "100", "--busy-ms", "3000"
         )
