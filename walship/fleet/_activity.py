@@ -41,7 +41,9 @@ class Activity:
         database = _stat(self.database)
         if database is None:
             raise FileNotFoundError(self.database)
-        return (database, _stat(self.wal))
+        wal = _stat(self.wal)
+        # An empty WAL holds no commit, as a missing one: SQLite creates and deletes it as connections come and go.
+        return (database, None if wal is None or wal[0] == 0 else wal)
 
     def settle(self, seen: Signature | None) -> None:
         """Compare the next ``look`` with ``seen`` (taken before the last capture began; None: anything)."""

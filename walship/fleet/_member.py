@@ -26,6 +26,7 @@ __all__ = [
     "RowObserver",
     "Totals",
     "caught_up_record",
+    "forget_caught_up",
     "read_caught_up",
 ]
 
@@ -68,12 +69,17 @@ class Member:
     last_change: float = field(default_factory=time.monotonic)
     busy: bool = False
     done: bool = False
+    park_again: bool = False  # its last end changed the files: parked again soon if nothing else does
     begun: bool = False  # a run of it began in this window (the first one waits for a hand-over)
     totals: Totals = field(default_factory=Totals)
 
 
 def caught_up_record(seen: Signature, position: object) -> bytes:
     return json.dumps({"signature": seen, "position": None if position is None else str(position)}).encode()
+
+
+def forget_caught_up(database: Path) -> None:
+    (default_spool_dir(database) / CAUGHT_UP).unlink(missing_ok=True)
 
 
 def read_caught_up(database: Path) -> tuple[Signature, str | None] | None:

@@ -40,6 +40,7 @@ from walship.fleet._member import (
     RowObserver,
     Totals,
     caught_up_record,
+    forget_caught_up,
     read_caught_up,
 )
 from walship.fleet._memory import lean_sqlite
@@ -60,6 +61,8 @@ _UPLOAD_BUDGET = 0.3
 # A held database with no change for this long is parked (sooner when others wait to be opened).
 PARK_AFTER = 30.0
 _PARK_UNDER_PRESSURE = 1.0
+# Parked again this soon when its end itself changed the files (its checkpoint); past the recent-change window.
+_PARK_AGAIN = 3.0
 
 
 class FleetShipping:
@@ -170,7 +173,7 @@ class FleetShipping:
             if changed:
                 member.hot_until, member.idle_delay, member.last_change = now + _HOT_SECONDS, self.poll, now
             else:
-                if now - member.last_change >= self._park_after():
+                if now - member.last_change >= (_PARK_AGAIN if member.park_again else self._park_after()):
                     self._submit(member, pool, self._park)
                     return self.poll
                 if now - member.last_step >= self.idle_sync:
@@ -187,7 +190,7 @@ class FleetShipping:
         except Exception:
             commits = True  # let the sync meet the problem and report it
         if commits:
-            member.hot_until, member.last_change = now + _HOT_SECONDS, now
+            member.hot_until, member.last_change, member.park_again = now + _HOT_SECONDS, now, False
             member.noticed = member.noticed if member.noticed is not None else now
         waited = now - member.noticed if member.noticed is not None else 0.0
         budget = min(_UPLOAD_BUDGET, self.interval / 3)
@@ -346,7 +349,6 @@ class FleetShipping:
         try:
             seen = member.activity.signature()  # before the final capture: a commit after it shows as a change
             if self._finish(member, seen):
-                member.activity.settle(seen)
                 member.row.state = RowState.PARKED
         except FileNotFoundError:
             self._finish(member, None, RowState.REMOVED)
@@ -371,11 +373,33 @@ class FleetShipping:
             self._let_go(member)
             self._failed(member, exc)
             return False
+        self._settle(member, seen)
         self._copy(member)
         member.row.state = state
         member.totals = self._totals(member)
         self._let_go(member)
         return True
+
+    def _settle(self, member: Member, seen: Signature | None) -> None:
+        """What the next looks compare with, once the run ended.
+
+        The end's own final checkpoint (and SQLite's, when our connection was
+        the last) may change the files; a commit made after the final capture
+        would too, and cannot be told apart. So ``seen`` (taken before the
+        final capture) stands only while the files still show it; otherwise
+        the record goes and the next look wakes the database, whose next end
+        then changes nothing.
+        """
+        try:
+            after: Signature | None = member.activity.signature()
+        except FileNotFoundError:
+            after = None
+        if seen is not None and after == seen:
+            member.activity.settle(seen)
+            return
+        forget_caught_up(member.spec.database.absolute())
+        member.activity.settle(None)
+        member.park_again = True
 
     def _let_go(self, member: Member) -> None:
         """The run is over (ended, or closed after a failure): its slot is free."""

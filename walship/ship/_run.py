@@ -223,17 +223,12 @@ class ShippingRun:
     def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed.
 
-        With ``caught_up`` the database's files are left as they are (no final
-        checkpoint, none when our connections close) and what it gives is
-        written into the spool, still held, once nothing is left pending:
-        ``walship.fleet`` parks an idle database this way, and compares the
-        files' stat taken before this end with what it sees later.
+        What ``caught_up`` gives is written into the spool, still held, once
+        nothing is left pending (``walship.fleet`` parks an idle database this way).
         """
         try:
             self._catch_up()
-            if caught_up is not None:
-                self.shipper.capture.keep_wal_on_close()
-            self._synced(self.shipper.finish(checkpoint=caught_up is None))
+            self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
             if caught_up is not None:
                 self.shipper.spool.save_caught_up(caught_up())

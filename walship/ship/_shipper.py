@@ -94,24 +94,17 @@ class Shipper:
             self._note_pin()
             return self.sync()
 
-    def finish(self, *, checkpoint: bool = True) -> SyncResult:
+    def finish(self) -> SyncResult:
         """Capture the tail and backfill what readers allow, so that a successor can continue.
 
         A successor that overlapped this run continues whatever happened; one
         that starts after a gap can prove continuity only from a cursor that
-        records a complete checkpoint, hence a last ``_checkpoint`` here
-        (without ``checkpoint``, a gap in which the application resets the WAL
-        is bridged by a resync instead).
+        records a complete checkpoint, hence a last ``_checkpoint`` here.
         """
         self._snapshots.wait()
         with self._lock:
             result = self.sync()
-            if (
-                checkpoint
-                and result.new_generation is None
-                and self.cursor is not None
-                and not self.cursor.checkpointed
-            ):
+            if result.new_generation is None and self.cursor is not None and not self.cursor.checkpointed:
                 result = merge(result, self._checkpoint())
             self._pages.sync()
             return result

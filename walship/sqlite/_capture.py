@@ -117,14 +117,6 @@ class WalCapture:
             connection.execute("PRAGMA shrink_memory").fetchall()
         return connection
 
-    def keep_wal_on_close(self) -> None:
-        """Let ``close`` leave the files as they are: SQLite's last connection to close otherwise checkpoints
-        and deletes the WAL, which a caller comparing the files' stat before and after would take for a write."""
-        for connection in (*self._pins, self._locker, self._checkpointer):
-            with contextlib.suppress(apsw.Error):
-                if connection is not None:
-                    connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-
     def close(self) -> None:
         for connection in (*self._pins, self._locker, self._checkpointer):
             with contextlib.suppress(apsw.Error):
