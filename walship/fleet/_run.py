@@ -285,9 +285,12 @@ class FleetShipping:
                 self._end(member)
 
     def _wake(self, member: Member) -> None:
-        """Open a parked database again (its slot taken already)."""
+        """Open a parked database again (its slot taken already) and ship what changed, at once."""
+        log.debug("waking %s", member.spec.database)
         try:
-            self._begin(member)
+            if self._begin(member):
+                member.hot_until = time.monotonic() + _HOT_SECONDS
+                self._step(member)
         finally:
             member.busy = False
 
@@ -346,6 +349,7 @@ class FleetShipping:
 
     def _park(self, member: Member) -> None:
         """End the database's run as a window's end does, leaving it closed until it changes."""
+        log.debug("parking %s", member.spec.database)
         try:
             seen = member.activity.signature()  # before the final capture: a commit after it shows as a change
             if self._finish(member, seen):
@@ -397,6 +401,7 @@ class FleetShipping:
         if seen is not None and after == seen:
             member.activity.settle(seen)
             return
+        log.debug("%s: its end changed the files: it wakes again", member.spec.database)
         forget_caught_up(member.spec.database.absolute())
         member.activity.settle(None)
         member.park_again = True
