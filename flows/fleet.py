@@ -28,7 +28,16 @@ from flows._report import artifact_key, run_name
 from flows._stopping import sigterm_ends_window
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.fleet import FleetEvent, FleetReport, RetryingSteps, RowState, SharedStores, plan_fleet, ship_fleet
+from walship.fleet import (
+    PARK_AFTER,
+    FleetEvent,
+    FleetReport,
+    RetryingSteps,
+    RowState,
+    SharedStores,
+    plan_fleet,
+    ship_fleet,
+)
 from walship.models import RetryPolicy
 
 __all__ = ["ship_fleet_flow"]
@@ -55,6 +64,7 @@ def ship_fleet_flow(
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
+    park_after: Annotated[float, titled("Close an idle database after (s)", ge=0)] = PARK_AFTER,
     age_recipients: Annotated[list[str], titled("age recipients")] = [],  # noqa: B006 - never mutated
     api_wait: Annotated[float, titled("Wait for the Prefect API at the end (s)", ge=0)] = 600.0,
     credentials_block: Annotated[
@@ -73,6 +83,8 @@ def ship_fleet_flow(
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds each database waits for the previous window's shipper of it to end; 0: refuse.
+        park_after: Seconds without a change before a database is closed (no connection, no open file) until
+            it changes again.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         api_wait: How long the run waits, at its end, for a Prefect API that is down.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
@@ -106,6 +118,7 @@ def ship_fleet_flow(
         level=level,
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        park_after=park_after,
         recipients=tuple(age_recipients),
         notify=events.notify,
         stopping=sigterm_ends_window,

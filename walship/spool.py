@@ -51,6 +51,7 @@ from walship.segment import ResyncSegment, Segment, WalSegment
 from walship.units import human_bytes
 
 __all__ = [
+    "CAUGHT_UP",
     "SEGMENT_CAP_BYTES",
     "SPOOL_RESERVE_BYTES",
     "PendingEntry",
@@ -70,6 +71,9 @@ SEGMENT_CAP_BYTES = 64 << 20
 # Kept free for the small files a run must still write: cursor, lease, descriptions.
 SPOOL_RESERVE_BYTES = 1 << 20
 CURSOR_DAMAGED = "the spool's cursor was damaged"
+# Written by a run that ended with everything captured and uploaded (walship.fleet: a parked database);
+# dropped by the next run that takes the spool.
+CAUGHT_UP = "caught-up.json"
 _ANY = "*"
 _READ_CHUNK = 1 << 20
 
@@ -159,6 +163,8 @@ class Spool:
         # Only the lock holder writes here: whatever tmp/ holds is left from a
         # run that died while writing, and only takes room.
         self._clear_tmp()
+        # A run holds the spool: what it does may change what a caught-up record said.
+        (root / CAUGHT_UP).unlink(missing_ok=True)
         self._refuse_raw_segments()
 
     def close(self) -> None:
@@ -408,6 +414,10 @@ class Spool:
     def _sidecar(self, entry: PendingEntry) -> Path:
         name = f"snapshot-{entry.sequence:020d}.json" if entry.kind == "snapshot" else f"{entry.sequence:020d}.json"
         return self.root / "pending" / entry.generation / name
+
+    def save_caught_up(self, data: bytes) -> None:
+        """Record that a run ended caught up (nothing pending), while this spool is still held."""
+        self._write_atomic(self.root / CAUGHT_UP, data)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         """Replace ``path`` with ``data`` durably; on any failure the old file stays and no temporary file."""

@@ -156,6 +156,7 @@ def ship_many(
     level: int,
     snapshot_interval: float,
     handover_wait: float,
+    park_after: float,
     recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     one_arena()
@@ -170,6 +171,7 @@ def ship_many(
         level=level,
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        park_after=park_after,
         recipients=recipients,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
         stopping=_stopping,

@@ -165,6 +165,7 @@ def ship_many(
     level: int,
     snapshot_interval: float,
     handover_wait: float,
+    park_after: float,
     recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     from flows.fleet import ship_fleet_flow  # noqa: PLC0415 - Prefect only when a flow runs
@@ -181,5 +182,6 @@ def ship_many(
         level=level,
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
+        park_after=park_after,
         age_recipients=list(recipients),
     )

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from walship import codec, envelope
 from walship.errors import FleetFailedError, UsageError, VerificationFailedError, WalshipError
-from walship.fleet import plan_fleet
+from walship.fleet import PARK_AFTER, plan_fleet
 from walship.models import RestoreResult
 from walship.placement import check_output
 from walship.restore import point_in_time
@@ -178,6 +178,12 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
     _age.recipient_option(many)
     many.add_argument("--interval", type=float, default=1.0, help="seconds between syncs of an active database")
+    many.add_argument(
+        "--park-after",
+        type=float,
+        default=PARK_AFTER,
+        help=f"seconds without a change before a database is closed until it changes (default {PARK_AFTER:.0f})",
+    )
     many.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
     many.add_argument(
         "--snapshot-interval",
@@ -366,6 +372,8 @@ def _ship_many(args: argparse.Namespace) -> int:
         raise UsageError(
             "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
         )
+    if args.park_after < 0:
+        raise UsageError("--park-after must not be negative")
     codec.validate_level(args.level)
     members, unmatched = plan_fleet(args.patterns, args.replica)  # a bad template fails here, before any work
     for pattern in unmatched:
@@ -384,6 +392,7 @@ def _ship_many(args: argparse.Namespace) -> int:
             level=args.level,
             snapshot_interval=args.snapshot_interval,
             handover_wait=args.handover_wait,
+            park_after=args.park_after,
             recipients=_age.sealing(args).recipients,
         )
     except FleetFailedError as exc:

@@ -9,15 +9,17 @@ with its verdict, as both the CLI and the flow run it.
 """
 
 from walship.fleet._activity import Activity
+from walship.fleet._member import FleetEvent
 from walship.fleet._plan import NAME_PLACEHOLDER, FleetMember, plan_fleet, replica_for
 from walship.fleet._rows import FleetReport, FleetRow, RowState
-from walship.fleet._run import FleetEvent, FleetShipping
+from walship.fleet._run import PARK_AFTER, FleetShipping
 from walship.fleet._ship import ship_fleet
 from walship.fleet._steps import RetryingSteps
 from walship.fleet._stores import SharedStores
 
 __all__ = [
     "NAME_PLACEHOLDER",
+    "PARK_AFTER",
     "Activity",
     "FleetEvent",
     "FleetMember",

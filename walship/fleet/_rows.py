@@ -13,6 +13,8 @@ class RowState(StrEnum):
     FAILED = "failed"  # stopped early or could not start; last_error says why
     SKIPPED = "skipped"  # matched a pattern but is not a SQLite database: nothing to back up
     REMOVED = "removed"  # deleted during the window: shipped what it had, then let go
+    PARKED = "parked"  # idle in the window now: shipped to its last change, then closed until the next
+    IDLE = "idle"  # unchanged since a run shipped all of it: not opened in this window
 
 
 class FleetRow(BaseModel):

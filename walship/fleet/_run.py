@@ -1,4 +1,4 @@
-"""One process ships a fleet: a ``ShippingRun`` per database, their syncs scheduled from one thread.
+"""One process ships a fleet: a ``ShippingRun`` per written database, their syncs scheduled from one thread.
 
 Each database keeps everything a single shipper guarantees (its spool, lock,
 lease, generations and hand-over) because it *is* a ``ShippingRun``, driven
@@ -6,9 +6,18 @@ step by step (``begin``, ``step``, ``end``). What changes is who decides
 when: instead of a thread per database polling its WAL index every 50 ms,
 one scheduler keeps a heap of next looks. A database that took writes
 lately is hot: its WAL index is read (and its pin tended) every ``poll``.
-An idle one is looked at through two ``stat`` calls (``Activity``), backing
-off to ``idle_poll``; a change makes it hot again. Syncs and uploads run on
-a few worker threads, so a slow upload never delays another database's look.
+
+An idle database is *parked*: its run ended as a window's end does (every
+commit captured and uploaded, the lease let go) and it holds no connection
+and no descriptor; it is looked at through two ``stat`` calls
+(``Activity``), backing off to ``idle_poll``, and a change wakes it: a new
+run begins, which captures what was committed meanwhile (or resyncs, when
+the application reset the WAL while nobody held it). The stat signature
+taken before a run's final capture is recorded in its spool (``CAUGHT_UP``),
+so the next window leaves a database that has not changed since closed.
+How many databases are held at once is bounded by the open-files limit
+(``open_file_budget``). Syncs, uploads, wakes and parks run on a few worker
+threads, so a slow upload never delays another database's look.
 
 A failure is the database's own: its row says why and the others go on.
 """
@@ -19,56 +28,41 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
-from pydantic import BaseModel
-
-from walship.errors import UsageError
-from walship.fleet._activity import Activity
-from walship.fleet._memory import lean_sqlite, more_open_files
+from walship.errors import ShipperRunningError, UsageError
+from walship.fleet._activity import Activity, Signature
+from walship.fleet._budget import budget_warning, open_file_budget
+from walship.fleet._member import (
+    FleetEvent,
+    Member,
+    MemberRun,
+    Notify,
+    RowObserver,
+    Totals,
+    caught_up_record,
+    forget_caught_up,
+    read_caught_up,
+)
+from walship.fleet._memory import lean_sqlite
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._stores import SharedStores
-from walship.ship import ShipConfig, ShippingRun, ShipReport, ShipSteps, SyncResult
-from walship.spool import PendingEntry
+from walship.ship import ShipConfig, ShipSteps
 from walship.sqlite import check_database
-from walship.storage import ObjectStore
-from walship.upload import UploadResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FleetEvent", "FleetShipping"]
+__all__ = ["PARK_AFTER", "FleetShipping"]
 
 # A database stays hot this long after its last sign of writes.
 _HOT_SECONDS = 5.0
 # Time kept for the upload once commits were noticed (as the single shipper's wait).
 _UPLOAD_BUDGET = 0.3
-
-
-class FleetEvent(BaseModel):
-    """A change or a failure worth telling (not every sync): new generation, upload failing or back, a stop."""
-
-    kind: str  # generation | resynced | upload-failed | upload-recovered | failed | removed
-    database: str
-    replica: str
-    detail: str = ""
-
-
-Notify = Callable[[FleetEvent], None]
-
-
-@dataclass(eq=False)
-class _Member:
-    spec: FleetMember
-    row: FleetRow
-    activity: Activity
-    run: ShippingRun | None = None
-    hot_until: float = 0.0
-    idle_delay: float = 0.0
-    noticed: float | None = None
-    last_step: float = field(default_factory=time.monotonic)
-    busy: bool = False
-    done: bool = False
+# A held database with no change for this long is parked (sooner when others wait to be opened).
+PARK_AFTER = 30.0
+_PARK_UNDER_PRESSURE = 1.0
+# Parked again this soon when its end itself changed the files (its checkpoint); past the recent-change window.
+_PARK_AGAIN = 3.0
 
 
 class FleetShipping:
@@ -87,19 +81,28 @@ class FleetShipping:
         poll: float = 0.05,
         idle_poll: float = 1.0,
         idle_sync: float = 30.0,
+        park_after: float = PARK_AFTER,
         handover_wait: float = 0.0,
+        open_files: int | None = None,
     ) -> None:
-        """``handover_wait``: how long each database waits for a running shipper of it (the previous window)."""
+        """``handover_wait``: how long each database waits for a running shipper of it (the previous window);
+        ``open_files``: the limit to budget for (default: this process's, raised to its hard limit)."""
         self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
+        self.park_after = park_after
         self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
         self._members = [
-            _Member(m, FleetRow(database=str(m.database), replica=m.replica), Activity(m.database.absolute()))
+            Member(m, FleetRow(database=str(m.database), replica=m.replica), Activity(m.database.absolute()))
             for m in members
         ]
         self._workers = workers
+        self._open_files = open_files
         self._stop = threading.Event()
+        self._held = 0  # databases held or being opened (the budget's count)
+        self._held_lock = threading.Lock()
+        self._budget = 0
+        self._warned = False
 
     @property
     def rows(self) -> list[FleetRow]:
@@ -113,14 +116,20 @@ class FleetShipping:
         started = time.monotonic()
         deadline = started + duration
         lean_sqlite()
-        more_open_files()
+        self._budget = open_file_budget(self._workers, self._open_files)
         with ThreadPoolExecutor(self._workers, thread_name_prefix="walship-fleet") as pool:
-            list(pool.map(self._begin, self._members))
+            caught_up = list(pool.map(self._caught_up, self._members))
+            waiting = [m for m, idle in zip(self._members, caught_up, strict=True) if not idle]
             if once:
-                list(pool.map(self._step, [m for m in self._members if self._live(m)]))
+                list(pool.map(self._once, waiting))
             else:
                 self._window(pool, deadline)
+                # Closed databases written since their last look still get their commits captured.
+                list(pool.map(self._once, [m for m in self._members if m.run is None and self._changed(m)]))
             list(pool.map(self._end, [m for m in self._members if self._live(m)]))
+        for member in self._members:
+            if member.row.state == RowState.PARKED:
+                member.row.state = RowState.DONE
         return FleetReport(rows=self.rows, seconds=time.monotonic() - started)
 
     # The scheduler -------------------------------------------------------------------------
@@ -129,7 +138,7 @@ class FleetShipping:
         now = time.monotonic()
         # Spread the first looks over one idle poll, so that a thousand databases do not stat at once.
         spread = self.idle_poll / max(len(self._members), 1)
-        heap = [(now + i * spread, i) for i, m in enumerate(self._members) if self._live(m)]
+        heap = [(now + i * spread, i) for i, m in enumerate(self._members) if not m.done]
         heapq.heapify(heap)
         while heap and not self._stop.is_set() and (now := time.monotonic()) < deadline:
             while heap and heap[0][0] <= now:
@@ -143,25 +152,33 @@ class FleetShipping:
         while any(m.busy for m in self._members):
             time.sleep(self.poll)
 
-    def _look(self, member: _Member, now: float, pool: ThreadPoolExecutor) -> float | None:
-        """Decide what ``member`` needs now (nothing, a tend, a sync); the delay to its next look, None for never."""
-        if not self._live(member):
+    def _look(self, member: Member, now: float, pool: ThreadPoolExecutor) -> float | None:
+        """Decide what ``member`` needs now (nothing, a tend, a sync, a wake, a park); the delay to its next look,
+        None for never."""
+        if member.done:
             return None
         if member.busy:
             return self.poll
+        if member.run is None:
+            return self._look_parked(member, now, pool)
+        return self._look_held(member, now, pool)
+
+    def _look_held(self, member: Member, now: float, pool: ThreadPoolExecutor) -> float | None:
         if now >= member.hot_until:
             try:
                 changed = member.activity.look()
             except FileNotFoundError:
-                member.busy = True
-                pool.submit(self._removed, member)
+                self._submit(member, pool, self._removed)
                 return None
             if changed:
-                member.hot_until, member.idle_delay = now + _HOT_SECONDS, self.poll
+                member.hot_until, member.idle_delay, member.last_change = now + _HOT_SECONDS, self.poll, now
             else:
+                if now - member.last_change >= (_PARK_AGAIN if member.park_again else self._park_after()):
+                    self._submit(member, pool, self._park)
+                    return self.poll
                 if now - member.last_step >= self.idle_sync:
                     # Now and then a sync all the same: checkpoints and snapshots fall due on idle databases too.
-                    self._submit(member, pool)
+                    self._submit(member, pool, self._step)
                 member.idle_delay = min(max(member.idle_delay * 2, self.poll), self.idle_poll)
                 return member.idle_delay
         assert member.run is not None
@@ -173,53 +190,156 @@ class FleetShipping:
         except Exception:
             commits = True  # let the sync meet the problem and report it
         if commits:
-            member.hot_until = now + _HOT_SECONDS
+            member.hot_until, member.last_change, member.park_again = now + _HOT_SECONDS, now, False
             member.noticed = member.noticed if member.noticed is not None else now
         waited = now - member.noticed if member.noticed is not None else 0.0
         budget = min(_UPLOAD_BUDGET, self.interval / 3)
         if waited >= self.interval - budget - self.poll or now - member.last_step >= self.interval:
-            self._submit(member, pool)
+            self._submit(member, pool, self._step)
         return self.poll
 
-    def _submit(self, member: _Member, pool: ThreadPoolExecutor) -> None:
+    def _look_parked(self, member: Member, now: float, pool: ThreadPoolExecutor) -> float | None:
+        try:
+            changed = member.activity.look()
+        except FileNotFoundError:
+            member.done, member.row.state = True, RowState.REMOVED
+            self._notify(self._event("removed", member, "the database file is gone; its shipping had ended"))
+            return None
+        if not changed:
+            member.idle_delay = min(max(member.idle_delay * 2, self.poll), self.idle_poll)
+            return member.idle_delay
+        if self._take_slot():
+            member.last_change = now
+            self._submit(member, pool, self._wake)
+            return self.poll
+        self._make_room(now, pool)
+        member.activity.settle(None)  # still changed at the next look
+        return self.idle_poll
+
+    def _park_after(self) -> float:
+        return _PARK_UNDER_PRESSURE if self._held >= self._budget else self.park_after
+
+    def _take_slot(self) -> bool:
+        with self._held_lock:
+            if self._held >= self._budget:
+                return False
+            self._held += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._held_lock:
+            self._held -= 1
+
+    def _make_room(self, now: float, pool: ThreadPoolExecutor) -> None:
+        """Every slot is held and a written database waits: park the longest idle one (if any is idle)."""
+        idle = [m for m in self._members if m.run is not None and not m.busy and not m.done]
+        oldest = min(idle, key=lambda m: m.last_change, default=None)
+        if oldest is not None and now - oldest.last_change >= _PARK_UNDER_PRESSURE:
+            self._submit(oldest, pool, self._park)
+        elif not self._warned:
+            self._warned = True
+            waiting = sum(1 for m in self._members if m.run is None and not m.done and m.activity.recent())
+            log.warning("%s", budget_warning(max(waiting, 1), self._budget))
+
+    def _submit(self, member: Member, pool: ThreadPoolExecutor, work: Callable[[Member], None]) -> None:
         member.busy = True
-        pool.submit(self._step, member)
+        pool.submit(work, member)
 
     # Each database's run, on the workers ---------------------------------------------------------
 
-    def _live(self, member: _Member) -> bool:
+    def _live(self, member: Member) -> bool:
         return member.run is not None and not member.done
 
-    def _begin(self, member: _Member) -> None:
+    def _changed(self, member: Member) -> bool:
+        if member.done:
+            return False
+        try:
+            return member.activity.look()
+        except FileNotFoundError:
+            return False
+
+    def _caught_up(self, member: Member) -> bool:
+        """True when the database has not changed since a run recorded it caught up: it stays closed."""
+        recorded = read_caught_up(member.spec.database.absolute())
+        if recorded is None:
+            return False
+        seen, position = recorded
+        try:
+            now = member.activity.signature()
+        except FileNotFoundError:
+            return False
+        if now != seen or Activity.recent_signature(now):
+            return False
+        member.activity.settle(now)
+        member.row.state, member.row.position = RowState.IDLE, position
+        return True
+
+    def _once(self, member: Member) -> None:
+        """Open, sync, upload and close one database (``--once``, and the written ones left at the window's end).
+        As many run at once as there are workers, which the budget always holds."""
+        with self._held_lock:
+            self._held += 1
+        if self._begin(member):
+            self._step(member)
+            if self._live(member):
+                self._end(member)
+
+    def _wake(self, member: Member) -> None:
+        """Open a parked database again (its slot taken already) and ship what changed, at once."""
+        log.debug("waking %s", member.spec.database)
+        try:
+            if self._begin(member):
+                member.hot_until = time.monotonic() + _HOT_SECONDS
+                self._step(member)
+        finally:
+            member.busy = False
+
+    def _begin(self, member: Member) -> bool:
         spec, row = member.spec, member.row
+        first = not member.begun
+        member.begun = True
         try:
             check_database(spec.database)
         except UsageError as exc:
+            self._free_slot()
+            member.done = True
             row.state, row.last_error = RowState.SKIPPED, str(exc)
-            return
-        run = _Run(
+            return False
+        run = MemberRun(
             spec.database.absolute(),
             spec.replica,
             self._config_for(spec),
             spool_dir=None,
             steps=self._steps,
-            observer=_RowObserver(row, self._notify),
+            observer=RowObserver(row, self._notify),
         )
         run.stores = self._stores
         try:
-            run.begin(handover_wait=self.handover_wait)
+            # Once it ran here, a shipper that holds it now is a newer window's: it is theirs.
+            run.begin(handover_wait=self.handover_wait if first else 0.0)
+        except ShipperRunningError as exc:
+            self._free_slot()
+            if first:
+                self._failed(member, exc)
+            else:
+                member.done, row.state = True, RowState.DONE
+            return False
         except Exception as exc:
+            self._free_slot()
             self._failed(member, exc)
-            return
+            return False
         member.run = run
+        row.state = RowState.SHIPPING
         self._copy(member)
+        return True
 
-    def _step(self, member: _Member) -> None:
+    def _step(self, member: Member) -> None:
         assert member.run is not None
         try:
             member.run.step()
         except Exception as exc:
             member.run.close()
+            self._let_go(member)
             self._failed(member, exc)
         else:
             self._copy(member)
@@ -227,93 +347,100 @@ class FleetShipping:
             member.last_step, member.noticed = time.monotonic(), None
             member.busy = False
 
-    def _end(self, member: _Member, state: RowState = RowState.DONE) -> None:
-        assert member.run is not None
+    def _park(self, member: Member) -> None:
+        """End the database's run as a window's end does, leaving it closed until it changes."""
+        log.debug("parking %s", member.spec.database)
         try:
-            member.run.end()
-        except Exception as exc:
-            self._failed(member, exc)
-        else:
-            self._copy(member)
-            member.row.state = state
+            seen = member.activity.signature()  # before the final capture: a commit after it shows as a change
+            if self._finish(member, seen):
+                member.row.state = RowState.PARKED
+        except FileNotFoundError:
+            self._finish(member, None, RowState.REMOVED)
+        finally:
+            member.busy = False
+
+    def _end(self, member: Member, state: RowState = RowState.DONE) -> None:
+        try:
+            seen: Signature | None = member.activity.signature()
+        except FileNotFoundError:
+            seen = None
+        self._finish(member, seen, state)
         member.done = True
 
-    def _removed(self, member: _Member) -> None:
+    def _finish(self, member: Member, seen: Signature | None, state: RowState = RowState.DONE) -> bool:
+        run = member.run
+        assert run is not None
+        try:
+            run.end(caught_up=None if seen is None else lambda: caught_up_record(seen, run.report.position))
+        except Exception as exc:
+            self._copy(member)
+            self._let_go(member)
+            self._failed(member, exc)
+            return False
+        self._settle(member, seen)
+        self._copy(member)
+        member.row.state = state
+        member.totals = self._totals(member)
+        self._let_go(member)
+        return True
+
+    def _settle(self, member: Member, seen: Signature | None) -> None:
+        """What the next looks compare with, once the run ended.
+
+        The end's own final checkpoint (and SQLite's, when our connection was
+        the last) may change the files; a commit made after the final capture
+        would too, and cannot be told apart. So ``seen`` (taken before the
+        final capture) stands only while the files still show it; otherwise
+        the record goes and the next look wakes the database, whose next end
+        then changes nothing.
+        """
+        try:
+            after: Signature | None = member.activity.signature()
+        except FileNotFoundError:
+            after = None
+        if seen is not None and after == seen:
+            member.activity.settle(seen)
+            return
+        log.debug("%s: its end changed the files: it wakes again", member.spec.database)
+        forget_caught_up(member.spec.database.absolute())
+        member.activity.settle(None)
+        member.park_again = True
+
+    def _let_go(self, member: Member) -> None:
+        """The run is over (ended, or closed after a failure): its slot is free."""
+        if member.run is not None:
+            member.run = None
+            self._free_slot()
+
+    def _removed(self, member: Member) -> None:
         """The database was deleted: ship what it had, let its lease go, and look at it no more."""
         self._end(member, RowState.REMOVED)
         self._notify(self._event("removed", member, "the database file is gone; its shipping ended"))
         member.busy = False
 
-    def _failed(self, member: _Member, exc: Exception) -> None:
+    def _failed(self, member: Member, exc: Exception) -> None:
         member.done = True
-        if member.run is not None:
-            self._copy(member)
         member.row.state, member.row.last_error = RowState.FAILED, str(exc) or type(exc).__name__
         self._notify(self._event("failed", member, member.row.last_error))
 
-    def _copy(self, member: _Member) -> None:
+    def _copy(self, member: Member) -> None:
         assert member.run is not None
-        report, row = member.run.report, member.row
+        report, row, before = member.run.report, member.row, member.totals
         if report.position is not None:
             row.position = str(report.position)
         elif report.generations_started:
             row.position = f"{report.generations_started[-1]}/0"  # its snapshot so far, no segment yet
-        row.max_lag_seconds = report.max_lag_seconds
-        row.segments_uploaded = report.segments_uploaded
-        row.syncs = report.syncs
-        row.generations = list(report.generations_started)
-        row.upload_failures = report.upload_failures
+        row.max_lag_seconds = max(before.max_lag_seconds, report.max_lag_seconds)
+        row.segments_uploaded = before.segments_uploaded + report.segments_uploaded
+        row.syncs = before.syncs + report.syncs
+        row.generations = [*before.generations, *report.generations_started]
+        row.upload_failures = before.upload_failures + report.upload_failures
 
     @staticmethod
-    def _event(kind: str, member: _Member, detail: str) -> FleetEvent:
+    def _totals(member: Member) -> Totals:
+        row = member.row
+        return Totals(row.segments_uploaded, row.syncs, row.upload_failures, list(row.generations), row.max_lag_seconds)
+
+    @staticmethod
+    def _event(kind: str, member: Member, detail: str) -> FleetEvent:
         return FleetEvent(kind=kind, database=member.row.database, replica=member.row.replica, detail=detail)
-
-
-class _Run(ShippingRun):
-    """A database's run whose uploads go through the fleet's shared storage clients."""
-
-    stores: SharedStores
-
-    def _store(self) -> ObjectStore:
-        return self.stores.open(self.replica)
-
-
-class _RowObserver:
-    """A database's ``ShipObserver``: keeps its row current and tells the fleet of changes and failures only."""
-
-    def __init__(self, row: FleetRow, notify: Notify) -> None:
-        self.row, self.notify = row, notify
-        self._failing = False
-
-    def _event(self, kind: str, detail: str) -> None:
-        self.notify(FleetEvent(kind=kind, database=self.row.database, replica=self.row.replica, detail=detail))
-
-    def synced(self, result: SyncResult) -> None:
-        if result.new_generation:
-            self._event("generation", f"{result.new_generation}: {result.reason}")
-        if result.resync:
-            resync = result.resync
-            self._event("resynced", f"{resync.key}: {resync.pages} of {resync.page_count} pages ({resync.reason})")
-
-    def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
-        if self._failing:
-            self._failing, self.row.last_error = False, None
-            self._event("upload-recovered", f"{uploaded.segments} segments uploaded")
-
-    def upload_failed(self, still_spooled: int, error: Exception) -> None:
-        self.row.last_error, self.row.pending = str(error), still_spooled
-        if not self._failing:
-            self._failing = True
-            self._event("upload-failed", f"{still_spooled} entries stay spooled: {error}")
-
-    def spooled(self, pending: list[PendingEntry]) -> None:
-        self.row.pending = len(pending)
-
-    def handover(self, message: str) -> None:
-        log.info("%s", message)
-
-    def progress(self, database_id: str, report: ShipReport) -> None:
-        pass  # the fleet's table holds every database's row; a line per database would bury it
-
-    def close(self) -> None:
-        pass

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from walship.errors import FleetFailedError
+from walship.fleet._member import Notify
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport
-from walship.fleet._run import FleetShipping, Notify
+from walship.fleet._run import PARK_AFTER, FleetShipping
 from walship.fleet._stores import SharedStores
 from walship.ship import ShipConfig, ShipSteps
 
@@ -38,6 +39,7 @@ def ship_fleet(
     level: int,
     snapshot_interval: float,
     handover_wait: float,
+    park_after: float = PARK_AFTER,
     recipients: tuple[str, ...] = (),
     notify: Notify | None = None,
     stopping: Stopping = _no_signals,
@@ -58,6 +60,7 @@ def ship_fleet(
         stores=stores,
         interval=interval,
         handover_wait=handover_wait,
+        park_after=park_after,
         notify=notify,
     )
     with stopping(fleet.stop):

@@ -220,12 +220,18 @@ class ShippingRun:
         self._upload(self.shipper.spool, self._store())
         self._spooled(self.shipper.spool.pending())
 
-    def end(self) -> ShipReport:
-        """The final capture, drain and position; the lease let go; everything closed."""
+    def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
+        """The final capture, drain and position; the lease let go; everything closed.
+
+        What ``caught_up`` gives is written into the spool, still held, once
+        nothing is left pending (``walship.fleet`` parks an idle database this way).
+        """
         try:
             self._catch_up()
             self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
+            if caught_up is not None:
+                self.shipper.spool.save_caught_up(caught_up())
         finally:
             self.close()
         return self.report
