@@ -6,10 +6,10 @@ prefect.yaml on a work queue named after it, with its own patterns and
 replica prefix, and its own process worker (``python -m deployments.worker
 --work-queue <host>``) on the session's Prefect server. Each window is a run
 per host, created as a schedule would create it. Host A's worker is killed
-mid-window together with its run (SIGKILL to its process group, as the OOM
-killer or a crash ends a service), restarted, and runs the next window, which
-takes over from what the killed run left in the spools; host B's windows
-overlap and hand over meanwhile. Every database restores equal to its source
+mid-window together with its run (SIGKILL to both, as the OOM killer or a
+crash ends a service), restarted, and runs the next window, which takes over
+from what the killed run left in the spools; host B's next window is created
+while its first still ships. Every database restores equal to its source
 from its host's prefix, and each host's runs show tables of its own databases.
 """
 
