@@ -13,6 +13,7 @@ from deployments.config import PREFECT_YAML, SiteError, load_deployments, load_f
 from deployments.local_server import site_overrides
 from deployments.serve import build, main
 from flows._subject import generated_name
+from tests.test_fleet_hosts import host_deployment
 
 DEPLOYMENTS = load_deployments()
 NAMES = [d["name"] for d in DEPLOYMENTS]
@@ -89,6 +90,28 @@ class TestPrefectYaml:
         # The next run waits at most for the overlap plus the start-up difference and the final drain.
         assert ship["parameters"]["handover_wait"] >= duration - window + 60
         assert ship["concurrency_limit"] == {"limit": 2, "collision_strategy": "CANCEL_NEW"}
+
+    def test_a_hosts_copy_of_the_fleet_deployment(self) -> None:
+        """prefect.yaml's example of a host's copy of wal-ship-fleet: its own name and work queue, its own patterns
+        and replica, the shipping schedule, and the rest (concurrency, parameters) wal-ship-fleet's; site values
+        reach it; the flow accepts its parameters."""
+        copy_of_db7 = host_deployment("db7", "/srv/db1/*.db", "s3://b/fleet/db7/{name}")
+        specs = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text() + copy_of_db7)["deployments"]}
+        fleet, copy = specs["wal-ship-fleet"], specs["wal-ship-fleet-db7"]
+        assert copy["work_pool"] == {"name": "walship", "work_queue_name": "db7"}
+        assert copy["schedules"] == [{"interval": site_values(PREFECT_YAML.read_text())["ship_window"]}]
+        assert {k: v for k, v in copy.items() if k not in ("name", "work_pool", "schedules", "parameters")} == {
+            k: v for k, v in fleet.items() if k not in ("name", "work_pool", "parameters")
+        }
+        assert copy["parameters"] == {
+            **fleet["parameters"],
+            "databases": ["/srv/db1/*.db"],
+            "replica": "s3://b/fleet/db7/{name}",
+        }
+        validate(copy["parameters"], _schema(load_flow(copy["entrypoint"])), raise_on_error=True)
+        changed = yaml.safe_load(with_site(PREFECT_YAML.read_text() + copy_of_db7, {"ship_window": 300}))
+        [served] = [d for d in changed["deployments"] if d["name"] == "wal-ship-fleet-db7"]
+        assert served["schedules"] == [{"interval": 300}]
 
 
 class TestSiteValues:
