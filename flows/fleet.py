@@ -83,8 +83,7 @@ def ship_fleet_flow(
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds each database waits for the previous window's shipper of it to end; 0: refuse.
-        park_after: Seconds without a change before a database is closed (no connection, no open file) until
-            it changes again.
+        park_after: Seconds without a change before a database is closed until it changes again.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         api_wait: How long the run waits, at its end, for a Prefect API that is down.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
