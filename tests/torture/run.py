@@ -302,7 +302,8 @@ class TortureRun:
 
     def _park(self, event: Event) -> None:
         """The writers go idle (connections open) until the fleet parks the database (a single shipper: a second);
-        then, while it is parked, the application checkpoints, closes its last connection, or vacuums."""
+        then, while it is parked, the application checkpoints, closes its last connection or vacuums, or the
+        shipper is followed by the next one."""
         self.pause.touch()
         try:
             if self.plan.fleet:
@@ -315,6 +316,10 @@ class TortureRun:
                 self.stop_writers()
             elif event.detail == "vacuum":
                 self._vacuum()
+            elif event.detail == "restart":
+                # The next one finds the database as the last run left it, caught up: it must notice the writes.
+                self.note(f"shipper {self.shipper.number} SIGTERM: exit {self.shipper.end(signal.SIGTERM)}")
+                self.wait_until_holding(self.start_shipper())
             time.sleep(event.gap)
         finally:
             self.pause.unlink(missing_ok=True)

@@ -13,8 +13,8 @@ CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 # ``damage`` flips a byte of a spooled entry while storage is down, which must stop the shipper loudly;
 # ``spool-full`` fills the spool's own small filesystem for a while (from version 2 the spool lives on one);
 # ``park`` pauses the writers (their connections open) until a fleet parks the database (a single shipper: a while),
-# then does its detail while it is parked (an application checkpoint, the application's last close, a VACUUM, or
-# nothing) and resumes them.
+# then does its detail while it is parked (an application checkpoint, the application's last close, a VACUUM, the
+# shipper's SIGTERM and the next one's start, or nothing) and resumes them.
 _KINDS_V1 = {
     "kill": 3,
     "term": 2,
@@ -33,8 +33,9 @@ KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: {**_KINDS_V2, "park": 3}}
 VERSION = max(KINDS)
 
 # What a ``park`` event does while the database is parked.
-PARKED_ACTIONS = ("", *CHECKPOINT_MODES, "close", "vacuum")
-# The schedule's allowance for a ``park`` event's wait until the database is parked.
+PARKED_ACTIONS = ("", *CHECKPOINT_MODES, "close", "vacuum", "restart")
+# The schedule's allowance for a ``park`` event's wait until the database is parked (a fleet parks it some 5-11 s
+# after the last commit, whatever its --park-after: it stays hot for a while first).
 _PARK_ALLOWANCE = 8.0
 # What a fleet has no use for: ``ship-many`` takes no --spool.
 _NOT_FOR_A_FLEET = {"spool-full"}
