@@ -1,6 +1,6 @@
 """Seeded torture runs in ``make test``: half of the spread here, half in test_torture_more.py (two workers).
 
-Each seed runs writers, a shipper and its schedule of faults, then checks
+Each seed runs writers, a shipper (or a fleet) and its schedule of faults, then checks
 every acknowledged commit, every point-in-time restore, the newest restore
 and verify (tests/torture/checks.py). A failure prints the schedule, what
 happened and the replay command.

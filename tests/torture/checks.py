@@ -8,6 +8,9 @@
 - The newest restore equals the source once everything stopped; verify passes.
 - A shipper ends only when told to, with the status its ending calls for, and
   nothing prints an unexpected error.
+- A fleet parks the database when its writers go idle. A fleet that had it
+  parked when its successor took it over without waiting acknowledged
+  nothing at its own exit: from then on the successor shipped it.
 """
 
 import bisect
@@ -20,7 +23,8 @@ from pathlib import Path
 
 from bench.workload import committed_counts, content_digest, expected_state
 from tests.helpers import ROOT, WALSHIP
-from tests.torture.run import TortureRun
+from tests.torture.fleet import WAITED_FOR_HANDOVER
+from tests.torture.run import Shipper, TortureRun
 from tests.torture.writer import TRANSACTIONS_SEED
 
 __all__ = ["check"]
@@ -60,11 +64,8 @@ class _Checks:
 
     def all(self) -> list[str]:
         self._shippers()
-        acknowledged = [
-            (s.ended_at, s.signalled_at)
-            for s in self.run.shippers
-            if s.signal == "SIGTERM" and s.process.returncode == 0 and s.ended_at and s.signalled_at
-        ]
+        self.failures.extend(self.run.not_parked)
+        acknowledged = [(s.ended_at, s.signalled_at) for s in self.run.shippers if self._acknowledged(s)]
         for ended, signalled in acknowledged:
             self._point_in_time(ended, f"shipper's exit at {ended - self.run.started:.2f}s", signalled)
         span = (self.run.shippers[-1].ended_at or 0) - self.run.started
@@ -75,6 +76,16 @@ class _Checks:
         self._newest()
         self._verify()
         return self.failures
+
+    def _acknowledged(self, shipper: Shipper) -> bool:
+        """Whether ``shipper`` acknowledged every commit logged before its signal, by its clean exit."""
+        if not (shipper.signal == "SIGTERM" and shipper.process.returncode == 0):
+            return False
+        if not (shipper.ended_at and shipper.signalled_at):
+            return False
+        successor = shipper.successor
+        # A fleet lets a parked database go: a successor that took it without waiting shipped what followed.
+        return not (self.run.plan.fleet and successor is not None and WAITED_FOR_HANDOVER not in successor.output)
 
     def _shippers(self) -> None:
         for shipper in self.run.shippers:

@@ -1,7 +1,6 @@
-"""One torture run: writers, a shipper, the plan's faults; then ``Checks`` on what the replica holds."""
+"""One torture run: writers, a shipper (or a fleet), the plan's faults; then ``Checks`` on what the replica holds."""
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -15,11 +14,15 @@ from bench.workload import create_database
 from tests.helpers import ROOT, WALSHIP
 from tests.s3servers import MotoS3
 from tests.tcpproxy import TcpProxy
-from tests.torture.schedule import Event, Plan
+from tests.torture.fleet import handles_sigterm, holds_files_of, lock_names
+from tests.torture.schedule import CHECKPOINT_MODES, Event, Plan
+from walship.fleet import replica_for
 
 __all__ = ["Shipper", "TortureRun"]
 
 _DATABASE_BYTES = 2 << 20
+# How long a park event waits for the fleet to park the idle database (it is a failure when it does not).
+PARK_TIMEOUT = 40.0
 _APP = (
     "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); "
     "[c.execute(s).fetchall() for s in sys.argv[2:]]; c.close()"
@@ -27,7 +30,7 @@ _APP = (
 
 
 class Shipper:
-    """One ``walship ship`` process, its output in a file, and how it ended."""
+    """One ``walship ship`` (or ``ship-many``) process, its output in a file, and how it ended."""
 
     def __init__(self, number: int, command: list[str], log: Path, env: dict[str, str]) -> None:
         self.number = number
@@ -38,6 +41,7 @@ class Shipper:
         self.signal: str | None = None
         self.signalled_at: float | None = None
         self.ended_at: float | None = None
+        self.successor: Shipper | None = None  # the shipper it handed the database over to
 
     def end(self, how: signal.Signals) -> int:
         self.signal, self.signalled_at = how.name, time.time()
@@ -71,7 +75,10 @@ class TortureRun:
         self._moto = moto
         self._proxy: TcpProxy | None = None
         self.spool: Path | None = None  # on a small filesystem of its own (``spool_disk``)
-        self.replica = ""
+        self.replica = ""  # the database's replica, which the checks read
+        self.shipped_to = ""  # the shipper's --replica (a fleet's base URL)
+        self.pause = workdir / "pause"  # the writers commit nothing while it exists
+        self.not_parked: list[str] = []  # park events whose fleet never parked the idle database
 
     # Setting up ---------------------------------------------------------------------
 
@@ -79,7 +86,7 @@ class TortureRun:
     def storage(self) -> Iterator[None]:
         """The replica: a local directory, or a bucket on moto behind a proxy that outages stop."""
         if self.plan.backend == "local":
-            self.replica = f"file://{self.workdir / 'replica'}"
+            self._replica(f"file://{self.workdir / 'replica'}")
             yield
             return
         server = self._moto or MotoS3()
@@ -94,11 +101,16 @@ class TortureRun:
         try:
             with TcpProxy(moto.hostname, moto.port) as proxy:
                 self._proxy = proxy
-                self.replica = f"s3://{bucket}/app?endpoint={proxy.endpoint}"
+                self._replica(f"s3://{bucket}/app?endpoint={proxy.endpoint}")
                 yield
         finally:
             if self._moto is None:
                 server.stop()
+
+    def _replica(self, url: str) -> None:
+        """A fleet is given a base URL and ships the database under it (``<base>/app.db``)."""
+        self.shipped_to = url
+        self.replica = replica_for(url, self.database) if self.plan.fleet else url
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +160,8 @@ class TortureRun:
                 str(self.logs / f"w{number}.log"),
                 "--seed",
                 f"{self.plan.seed}{len(self.happened)}",
+                "--pause",
+                str(self.pause),
             ]
             self.writers[number] = subprocess.Popen(command, cwd=ROOT, env=self.env)
 
@@ -166,10 +180,10 @@ class TortureRun:
         command = [
             WALSHIP,
             "--verbose",
-            "ship",
+            "ship-many" if self.plan.fleet else "ship",
             str(self.database),
             "--replica",
-            self.replica,
+            self.shipped_to,
             "--duration",
             "3600",
             "--interval",
@@ -177,6 +191,7 @@ class TortureRun:
             "--handover-wait",
             str(handover_wait),
             *(["--spool", str(self.spool)] if self.spool else []),
+            *(["--park-after", str(self.plan.park_after)] if self.plan.fleet else []),
         ]
         shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
         self.shippers.append(shipper)
@@ -233,13 +248,14 @@ class TortureRun:
         self.note(f"shipper {self.shipper.number} SIGTERM: exit {code}")
 
     def wait_until_holding(self, shipper: Shipper, timeout: float = 120) -> None:
-        """Until the database's lock names ``shipper``'s process (or it ended)."""
-        lock = self.database.with_name(f"{self.database.name}-walship.lock")  # beside the database, whatever the spool
+        """Until the database's lock names ``shipper``'s process (or it ended). A fleet may have the database
+        parked (its lock let go) or leave it closed (unchanged since a run left it caught up): running, with its
+        SIGTERM handler in place, is enough."""
+        pid = shipper.process.pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and shipper.process.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(lock.read_text()).get("pid") == shipper.process.pid:
-                    return
+            if lock_names(self.database, pid) or (self.plan.fleet and handles_sigterm(pid)):
+                return
             time.sleep(0.05)
 
     def _apply(self, event: Event) -> None:
@@ -252,7 +268,7 @@ class TortureRun:
             self.start_shipper()
         elif kind == "handover":
             old = self.shipper
-            self.start_shipper(handover_wait=60)
+            old.successor = self.start_shipper(handover_wait=60)
             time.sleep(0.3 + event.gap / 4)
             self.note(f"shipper {old.number} SIGTERM for a hand-over: exit {old.end(signal.SIGTERM)}")
         elif kind == "checkpoint":
@@ -262,8 +278,7 @@ class TortureRun:
             time.sleep(event.gap)
             self.start_writers()
         elif kind == "vacuum":
-            self._app("DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE id < 1099511627776 LIMIT 300)")
-            self._app("VACUUM")
+            self._vacuum()
         elif kind == "outage":
             assert self._proxy is not None
             self._proxy.stop()
@@ -280,8 +295,49 @@ class TortureRun:
             self._fill_the_spool(event)
         elif kind in {"replace", "page-size"}:
             self._maintenance(event)
+        elif kind == "park":
+            self._park(event)
         else:
             raise AssertionError(f"unknown event {kind}")
+
+    def _park(self, event: Event) -> None:
+        """The writers go idle (connections open) until the fleet parks the database (a single shipper: a second);
+        then, while it is parked, the application checkpoints, closes its last connection or vacuums, or the
+        shipper is followed by the next one."""
+        self.pause.touch()
+        try:
+            if self.plan.fleet:
+                self._wait_until_parked()
+            else:
+                time.sleep(1.0)
+            if event.detail in CHECKPOINT_MODES:
+                self._app(f"PRAGMA wal_checkpoint({event.detail})")
+            elif event.detail == "close":
+                self.stop_writers()
+            elif event.detail == "vacuum":
+                self._vacuum()
+            elif event.detail == "restart":
+                # The next one finds the database as the last run left it, caught up: it must notice the writes.
+                self.note(f"shipper {self.shipper.number} SIGTERM: exit {self.shipper.end(signal.SIGTERM)}")
+                self.wait_until_holding(self.start_shipper())
+            time.sleep(event.gap)
+        finally:
+            self.pause.unlink(missing_ok=True)
+        if not self.writers:
+            self.start_writers()
+
+    def _wait_until_parked(self) -> None:
+        """Until the fleet, having held the database, holds none of its files (or it ended, or the time is up)."""
+        shipper, started = self.shipper, time.monotonic()
+        pid = shipper.process.pid
+        while shipper.process.poll() is None and time.monotonic() - started < PARK_TIMEOUT:
+            if lock_names(self.database, pid) and not holds_files_of(self.database, pid):
+                self.note(f"parked by shipper {shipper.number} after {time.monotonic() - started:.1f} s")
+                return
+            time.sleep(0.05)
+        if shipper.process.poll() is None:
+            self.not_parked.append(f"shipper {shipper.number} held the idle database for {PARK_TIMEOUT:.0f} s")
+            self.note(f"not parked by shipper {shipper.number} after {PARK_TIMEOUT:.0f} s")
 
     def _fill_the_spool(self, event: Event) -> None:
         """Another program takes all but a sliver of the spool's filesystem for a while."""
@@ -331,6 +387,10 @@ class TortureRun:
         time.sleep(event.gap)
         self.start_writers()
         self.start_shipper()
+
+    def _vacuum(self) -> None:
+        self._app("DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE id < 1099511627776 LIMIT 300)")
+        self._app("VACUUM")
 
     def _app(self, *statements: str) -> None:
         """Statements run by an application process of its own; a busy database is its problem, noted."""

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 SECONDS = 8.0  # each schedule's length in ``make test``
 
-# A spread of schedules: both backends, every kind of event.
+# A spread of schedules: both backends, every kind of event, single shippers and fleets that park the database.
 SPREAD = tuple(range(1, 21))
 
 

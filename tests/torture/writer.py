@@ -6,7 +6,8 @@ writer picks up where its last commit left off), commits 1 to 4 of the
 workload's transactions at a time and now and then a big one, and appends
 ``n<TAB>unix time`` to FILE after each COMMIT returns. SIGTERM closes the
 connection cleanly (the application closing its last connection); SIGKILL
-is a crash.
+is a crash. While the file ``--pause`` names exists, it commits nothing and
+keeps its connection open (an application gone idle).
 """
 
 import argparse
@@ -34,13 +35,16 @@ def _batch(rng: random.Random) -> int:
     return rng.choice((1, 1, 1, 2, 3, 4)) if rng.random() > 0.02 else rng.randint(50, 300)
 
 
-def write(database: Path, writer: int, rate: float, log: Path, seed: int) -> None:
+def write(database: Path, writer: int, rate: float, log: Path, seed: int, pause: Path | None = None) -> None:
     connection = sqlite3.connect(database, isolation_level=None, timeout=30)
     (done,) = connection.execute("SELECT COALESCE(MAX(seq), 0) FROM ledger WHERE writer = ?", (writer,)).fetchone()
     rng = random.Random(f"{seed}:{writer}:{done}")
     interval = 1.0 / rate
     with log.open("a", buffering=1) as commits:
         while not _stop:
+            if pause is not None and pause.exists():
+                time.sleep(0.02)
+                continue
             batch = _batch(rng)
             connection.execute("BEGIN IMMEDIATE")
             for n in range(done + 1, done + batch + 1):
@@ -59,9 +63,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, required=True, help="commits a second, on average")
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0, help="varies batch sizes and pauses")
+    parser.add_argument("--pause", type=Path, help="commit nothing while this file exists")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_term)
-    write(args.database, args.writer, args.rate, args.log, args.seed)
+    write(args.database, args.writer, args.rate, args.log, args.seed, args.pause)
 
 
 if __name__ == "__main__":
