@@ -152,6 +152,21 @@ def writer_argv(db: Path, log: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def stop(shipper: subprocess.Popen[bytes], after: float = 0.0) -> None:
+    """SIGTERM (after ``after`` seconds of waiting for it to exit by itself), then SIGKILL after 300 s."""
+    try:
+        shipper.wait(timeout=after)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    os.killpg(shipper.pid, signal.SIGTERM)
+    try:
+        shipper.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(shipper.pid, signal.SIGKILL)
+        shipper.wait()
+
+
 def first_window(
     side: str, dbs: list[Path], replicas: Path, args: argparse.Namespace, log: Path, env: dict[str, str] | None
 ) -> tuple[float | None, int]:
@@ -167,11 +182,9 @@ def first_window(
         return time.monotonic() - began, done
     finally:
         if side == "litestream":
-            os.killpg(shipper.pid, signal.SIGTERM)
-        try:
-            shipper.wait(timeout=args.startup_timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(shipper.pid, signal.SIGKILL)
+            stop(shipper)
+        else:
+            stop(shipper, after=args.startup_timeout)
 
 
 def run_side(
@@ -222,11 +235,9 @@ def run_side(
         result["load_cpu_percent"] = 100 * (proc_stats(shipper.pid)[0] - cpu0) / (time.monotonic() - t0)
         result["peak_rss_mib"] = proc_stats(shipper.pid)[2]
     finally:
-        os.killpg(shipper.pid, signal.SIGTERM)
-        try:
-            shipper.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(shipper.pid, signal.SIGKILL)
+        stop(shipper)
+        if "error" in result:
+            result["log_tail"] = log.read_text(errors="replace")[-1500:]
         print(f"{side}: {json.dumps(result)}", flush=True)
     values, committed = lags(side, active, replicas, logs)
     result.update(
