@@ -59,6 +59,8 @@ WALSHIP = Path(sys.executable).parent / "walship"
 DRAIN_SECONDS = 5.0
 MARKER_EVERY = 5
 PORT = 4281  # the --prefect server's
+# After --park-after: the last written databases parked (and parked again, when their end touched the files).
+SETTLE_PAST_PARKING = 30.0
 
 
 def prepare(directory: Path, count: int, base: Path) -> list[Path]:
@@ -287,14 +289,14 @@ def main() -> None:
     parser.add_argument("--sides", default="walship,litestream", help="of walship, before, litestream")
     parser.add_argument("--before", type=Path, help="the baseline's source tree (side 'before'), by PYTHONPATH")
     parser.add_argument("--park-after", type=float, help="walship's --park-after (default: its own)")
-    parser.add_argument("--settle", type=float, help="seconds between start-up and the idle phase (default: 35)")
+    parser.add_argument("--settle", type=float, help="start-up to idle phase, s (default: park-after + 30)")
     parser.add_argument("--warm", action="store_true", help="time the start-up of a second window (see above)")
     parser.add_argument(
         "--prefect", action="store_true", help="walship as a wal-ship-fleet flow run on a local Prefect server (SQLite)"
     )
     args = parser.parse_args()
     if args.settle is None:
-        args.settle = (30.0 if args.park_after is None else args.park_after) + 5
+        args.settle = (30.0 if args.park_after is None else args.park_after) + SETTLE_PAST_PARKING
     if "before" in args.sides and args.before is None:
         parser.error("side 'before' needs --before TREE")
     before_env = {**os.environ, "PYTHONPATH": str(args.before)} if args.before else None
