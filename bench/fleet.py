@@ -8,15 +8,27 @@ shippers, not a storage server), one side after the other:
     litestream  litestream replicate (0.5.17, build/bench/litestream-venv as bench.ship_lag
                 installs it) with one ``dbs:`` entry per database, file replicas
 
-Phases: start-up (until every database's replica holds its first object),
-``--idle`` seconds with no writes (CPU of the shipper process: the idle
-cost), then ``--load`` seconds of writes to ``--active`` of the databases
-(bench.ship_lag_writer, ``--rate`` tx/s each, a marker token every 5th
-transaction), then a drain. Lag: from a marker's COMMIT returning to the
-mtime of the first replica file holding it (files are written whole, then
-renamed). Peak RSS is the shipper's VmHWM.
+    before      walship ship-many of another source tree (``--before``: a git worktree of an
+                older revision), run by PYTHONPATH: the same-run baseline
 
-    python -m bench.fleet [--databases 1000] [--active 20] [--rate 20] [--idle 30] [--load 60]
+Phases: start-up (until every database's replica holds its first object),
+a settling wait past ``--park-after`` (so that idle databases are parked),
+``--idle`` seconds with no writes (CPU of the shipper process: the idle
+cost; its open descriptors at the end), then ``--load`` seconds of writes
+to ``--active`` of the databases (spread over the fleet; bench.ship_lag_writer,
+``--rate`` tx/s each, a marker token every 5th transaction), then a drain.
+Lag: from a marker's COMMIT returning to the mtime of the first replica file
+holding it (files are written whole, then renamed). Peak RSS is the
+shipper's VmHWM. At the end, with the shipper stopped, every written
+database is restored and compared with its source (content digest).
+
+``--warm``: the first window is a ``ship-many --once`` (Litestream: replicate
+until every database has its first object, then SIGTERM), so that every
+database has its generation and its caught-up record; then one marker commit
+per written database while no shipper runs, and the measured window's
+start-up lasts until those commits are in the replicas (bench.fleet_checks).
+
+    python -m bench.fleet [--databases 1000] [--active 20] [--rate 20] [--idle 30] [--load 60] [--warm]
 """
 
 import argparse
@@ -37,6 +49,7 @@ import httpx
 import zstandard
 
 from bench._common import LS_VENV, LS_VERSION, ROOT, litestream, proc_stats
+from bench.fleet_checks import commit_markers, descriptors, restored_equal, spread, wait_markers
 from bench.ship_lag_report import pct
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
 from bench.workload import create_database
@@ -46,6 +59,8 @@ WALSHIP = Path(sys.executable).parent / "walship"
 DRAIN_SECONDS = 5.0
 MARKER_EVERY = 5
 PORT = 4281  # the --prefect server's
+# After --park-after: the last written databases parked (and parked again, when their end touched the files).
+SETTLE_PAST_PARKING = 30.0
 
 
 def prepare(directory: Path, count: int, base: Path) -> list[Path]:
@@ -57,15 +72,23 @@ def prepare(directory: Path, count: int, base: Path) -> list[Path]:
 
 
 def start(
-    side: str, dbs: list[Path], replicas: Path, interval: float, log: Path, env: dict[str, str] | None
+    side: str,
+    dbs: list[Path],
+    replicas: Path,
+    args: argparse.Namespace,
+    log: Path,
+    env: dict[str, str] | None,
+    once: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """The shipper; ``env``: walship as a flow run on the Prefect server it names."""
-    if side == "walship":
+    """The shipper; ``env``: walship as a flow run on the Prefect server it names, or the baseline's tree."""
+    if side != "litestream":
         template = f"file://{replicas}/{{name}}"
         pattern = str(dbs[0].parent / "*.db")
-        mode = "--prefect" if env else "--no-prefect"
-        argv = [str(WALSHIP), mode, "ship-many", pattern, "--replica", template]
-        argv += ["--duration", "86400", "--interval", str(interval)]
+        mode = "--prefect" if env and side == "walship" else "--no-prefect"
+        argv = [str(WALSHIP), mode, "ship-many", pattern, "--replica", template, "--interval", str(args.interval)]
+        argv += ["--once"] if once else ["--duration", "86400"]
+        if side == "walship" and args.park_after is not None:
+            argv += ["--park-after", str(args.park_after)]
     else:
         entries = "".join(
             f"  - path: {db}\n    replica:\n      type: file\n      path: {replicas / db.name}\n" for db in dbs
@@ -73,7 +96,7 @@ def start(
         config = replicas.parent / "litestream.yml"
         config.write_text(f"logging:\n  level: warn\n  stderr: true\ndbs:\n{entries}")
         argv = [str(LS_VENV / "bin" / "litestream"), "replicate", "-config", str(config)]
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         return subprocess.Popen(
             argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env or None
         )
@@ -81,7 +104,7 @@ def start(
 
 def started(side: str, dbs: list[Path], replicas: Path) -> int:
     """How many databases have their first object in their replica."""
-    suffix = ".zst" if side == "walship" else ".ltx"
+    suffix = ".ltx" if side == "litestream" else ".zst"
     return sum(any(p.name.endswith(suffix) for p in (replicas / db.name).rglob("*")) for db in dbs)
 
 
@@ -94,7 +117,9 @@ def cpu_over(pid: int, seconds: float) -> float:
 
 def tokens_in(side: str, files: list[Path]) -> list[tuple[int, list[str]]]:
     """(mtime ns, tokens) of each replica file."""
-    if side == "walship":
+    if not files:
+        return []
+    if side != "litestream":
         found = []
         for path in files:
             data = path.read_bytes()
@@ -113,7 +138,7 @@ def lags(side: str, active: list[Path], replicas: Path, logs: list[Path]) -> tup
         for line in log.read_text().splitlines():
             token, ns = line.split()
             committed[token] = int(ns)
-    suffix = ".wal.zst" if side == "walship" else ".ltx"
+    suffix = ".ltx" if side == "litestream" else ".zst"
     files = [p for db in active for p in (replicas / db.name).rglob(f"*{suffix}")]
     durable: dict[str, int] = {}
     for mtime, tokens in sorted(tokens_in(side, files)):
@@ -129,6 +154,41 @@ def writer_argv(db: Path, log: Path, args: argparse.Namespace) -> list[str]:
     ]
 
 
+def stop(shipper: subprocess.Popen[bytes], after: float = 0.0) -> None:
+    """SIGTERM (after ``after`` seconds of waiting for it to exit by itself), then SIGKILL after 300 s."""
+    try:
+        shipper.wait(timeout=after)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    os.killpg(shipper.pid, signal.SIGTERM)
+    try:
+        shipper.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(shipper.pid, signal.SIGKILL)
+        shipper.wait()
+
+
+def first_window(
+    side: str, dbs: list[Path], replicas: Path, args: argparse.Namespace, log: Path, env: dict[str, str] | None
+) -> tuple[float | None, int]:
+    """``--warm``'s first window: seconds until every database's replica holds its first object (None: not all
+    did), and how many did."""
+    began = time.monotonic()
+    shipper = start(side, dbs, replicas, args, log, env, once=side != "litestream")
+    try:
+        while (done := started(side, dbs, replicas)) < len(dbs):
+            if shipper.poll() is not None or time.monotonic() - began > args.startup_timeout:
+                return None, done
+            time.sleep(1)
+        return time.monotonic() - began, done
+    finally:
+        if side == "litestream":
+            stop(shipper)
+        else:
+            stop(shipper, after=args.startup_timeout)
+
+
 def run_side(
     side: str, work: Path, base: Path, args: argparse.Namespace, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -136,24 +196,40 @@ def run_side(
     dbs = prepare(here / "dbs", args.databases, base)
     replicas = here / "replicas"
     replicas.mkdir()
-    began = time.monotonic()
-    shipper = start(side, dbs, replicas, args.interval, here / "shipper.log", env if side == "walship" else None)
+    log = here / "shipper.log"
+    active = spread(dbs, args.active)
     result: dict[str, Any] = {}
+    if args.warm:
+        result["startup_seconds"], result["started"] = first_window(side, dbs, replicas, args, log, env)
+        markers = commit_markers(active)
+    began = time.monotonic()
+    shipper = start(side, dbs, replicas, args, log, env)
+    logs = [here / f"w{i}.log" for i in range(len(active))]
     try:
-        deadline = began + args.startup_timeout
-        while (done := started(side, dbs, replicas)) < len(dbs):
-            if shipper.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"{side}: {done} of {len(dbs)} started; log: {(here / 'shipper.log').read_text()[-2000:]}")
-            time.sleep(1)
-        result["startup_seconds"] = time.monotonic() - began
-        time.sleep(5)  # the first snapshots' compression and uploads settle
+        if args.warm:
+            alive = lambda: shipper.poll() is None  # noqa: E731
+            seconds, made = wait_markers(side, markers, replicas, tokens_in, alive, args.startup_timeout)
+            result["warm_startup_seconds"], result["warm_started"] = seconds, made
+            if seconds is None:
+                result["error"] = f"{made} of {len(active)} pre-start commits shipped"
+        else:
+            while (done := started(side, dbs, replicas)) < len(dbs):
+                if shipper.poll() is not None or time.monotonic() - began > args.startup_timeout:
+                    result["error"] = f"{done} of {len(dbs)} started"
+                    break
+                time.sleep(1)
+            else:
+                result["startup_seconds"] = time.monotonic() - began
+        if "error" in result:
+            result["peak_rss_mib"] = proc_stats(shipper.pid)[2] if shipper.poll() is None else float("nan")
+            return result
+        time.sleep(args.settle)  # first snapshots settle; past --park-after, idle databases are parked
         result["idle_cpu_percent"] = cpu_over(shipper.pid, args.idle)
-        active = dbs[: args.active]
-        logs = [here / f"w{i}.log" for i in range(len(active))]
+        result["idle_descriptors"] = descriptors(shipper.pid)
         cpu0, t0 = proc_stats(shipper.pid)[0], time.monotonic()
         writers = [
-            subprocess.Popen(writer_argv(db, log, args), cwd=ROOT, stdout=subprocess.DEVNULL)
-            for db, log in zip(active, logs, strict=True)
+            subprocess.Popen(writer_argv(db, w, args), cwd=ROOT, stdout=subprocess.DEVNULL)
+            for db, w in zip(active, logs, strict=True)
         ]
         for writer in writers:
             writer.wait()
@@ -161,11 +237,10 @@ def run_side(
         result["load_cpu_percent"] = 100 * (proc_stats(shipper.pid)[0] - cpu0) / (time.monotonic() - t0)
         result["peak_rss_mib"] = proc_stats(shipper.pid)[2]
     finally:
-        os.killpg(shipper.pid, signal.SIGTERM)
-        try:
-            shipper.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            os.killpg(shipper.pid, signal.SIGKILL)
+        stop(shipper)
+        if "error" in result:
+            result["log_tail"] = log.read_text(errors="replace")[-1500:]
+        print(f"{side}: {json.dumps(result)}", flush=True)
     values, committed = lags(side, active, replicas, logs)
     result.update(
         tokens=committed,
@@ -173,6 +248,7 @@ def run_side(
         lag_p50=pct(values, 0.5),
         lag_p99=pct(values, 0.99),
         lag_max=max(values, default=float("nan")),
+        restored=f"{restored_equal(side, active, replicas, env, WALSHIP)}/{len(active)}",
     )
     return result
 
@@ -195,6 +271,12 @@ def api_server(pid: int) -> dict[str, Any]:
     return {"server_cpu_seconds": cpu, "server_peak_rss_mib": rss, "server_events": events, **counts}
 
 
+def cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else f"{value:.{digits}f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--databases", type=int, default=1000)
@@ -204,11 +286,21 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=60, help="seconds of writes")
     parser.add_argument("--interval", type=float, default=1.0, help="walship's sync interval")
     parser.add_argument("--startup-timeout", type=float, default=600)
-    parser.add_argument("--sides", default="walship,litestream")
+    parser.add_argument("--sides", default="walship,litestream", help="of walship, before, litestream")
+    parser.add_argument("--before", type=Path, help="the baseline's source tree (side 'before'), by PYTHONPATH")
+    parser.add_argument("--park-after", type=float, help="walship's --park-after (default: its own)")
+    parser.add_argument("--settle", type=float, help="start-up to idle phase, s (default: park-after + 30)")
+    parser.add_argument("--warm", action="store_true", help="time the start-up of a second window (see above)")
     parser.add_argument(
         "--prefect", action="store_true", help="walship as a wal-ship-fleet flow run on a local Prefect server (SQLite)"
     )
     args = parser.parse_args()
+    if args.settle is None:
+        args.settle = (30.0 if args.park_after is None else args.park_after) + SETTLE_PAST_PARKING
+    if "before" in args.sides and args.before is None:
+        parser.error("side 'before' needs --before TREE")
+    before_env = {**os.environ, "PYTHONPATH": str(args.before)} if args.before else None
+    load_before = os.getloadavg()
     litestream()
     with tempfile.TemporaryDirectory(prefix="walship-fleet-") as tmp:
         work = Path(tmp)
@@ -223,31 +315,39 @@ def main() -> None:
             if server is not None:
                 wait_healthy(PORT, server)
             env = prefect_env(work / "prefect", PORT) if server is not None else None
-            results = {side: run_side(side, work, base, args, env) for side in args.sides.split(",")}
+            envs = {"walship": env, "before": before_env, "litestream": None}
+            results = {side: run_side(side, work, base, args, envs[side]) for side in args.sides.split(",")}
             if server is not None:
                 results["walship"].update(api_server(server.pid))
         finally:
             if server is not None:
                 stop_group(server.pid)
     print(f"\n{args.databases} databases, {args.active} written at {args.rate:g} tx/s each for {args.load:g} s")
-    print(f"(litestream {LS_VERSION}; loadavg {os.getloadavg()[1]:.2f})\n")
+    loads = "/".join(f"{x:.1f}" for x in (*load_before, *os.getloadavg()))
+    print(f"(litestream {LS_VERSION}; loadavg 1/5/15 min before, then after: {loads})\n")
     print(f"{'':28}" + "".join(f"{side:>14}" for side in results))
     rows = [
         ("start-up (s)", "startup_seconds", 1),
+        ("start-up, 2nd window (s)", "warm_startup_seconds", 1),
         ("peak RSS (MiB)", "peak_rss_mib", 1),
         ("CPU, all idle (% of a core)", "idle_cpu_percent", 2),
         ("CPU, under load (%)", "load_cpu_percent", 1),
         ("lag p50 (s)", "lag_p50", 2),
         ("lag p99 (s)", "lag_p99", 2),
         ("lag max (s)", "lag_max", 2),
+        ("descriptors, idle", "idle_descriptors", 0),
         ("markers durable / committed", None, 0),
+        ("restored equal / written", "restored", 0),
     ]
     for label, key, digits in rows:
         if key is None:
-            cells = [f"{r['durable']}/{r['tokens']}" for r in results.values()]
+            cells = [f"{r.get('durable', '-')}/{r.get('tokens', '-')}" for r in results.values()]
         else:
-            cells = [f"{r[key]:.{digits}f}" for r in results.values()]
+            cells = [cell(r.get(key), digits) for r in results.values()]
         print(f"{label:28}" + "".join(f"{c:>14}" for c in cells))
+    for side, r in results.items():
+        if "error" in r:
+            print(f"{side}: {r['error']}")
     if args.prefect:
         w = results["walship"]
         print(
