@@ -25,6 +25,7 @@ __all__ = [
     "MAX_LEVEL",
     "MIN_LEVEL",
     "DecompressingWriter",
+    "PrefixedReader",
     "Progress",
     "Readable",
     "SealingWriter",
@@ -67,6 +68,22 @@ class Readable(Protocol):
 
 class Writable(Protocol):
     def write(self, data: bytes, /) -> int: ...
+
+
+class PrefixedReader:
+    """Bytes already read from ``rest`` (a header peeked at), then the rest of the stream."""
+
+    def __init__(self, first: bytes, rest: Readable) -> None:
+        self._first, self._rest = first, rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._first:
+            return self._rest.read(size)
+        if 0 <= size < len(self._first):
+            data, self._first = self._first[:size], self._first[size:]
+            return data
+        data, self._first = self._first, b""
+        return data + self._rest.read(-1 if size < 0 else size - len(data))
 
 
 class _HashingReader:

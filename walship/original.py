@@ -25,7 +25,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from walship.catalog import require_replica
-from walship.codec import Readable, decompress_stream
+from walship.codec import PrefixedReader, Readable, decompress_stream
 from walship.errors import CorruptObjectError, NotFoundError, UsageError
 from walship.layout import METADATA_KEY, parse_original_snapshot_key, parse_original_wal_key
 from walship.models import ObjectInfo
@@ -262,22 +262,6 @@ def restore_original(
     )
 
 
-class _Prefixed:
-    """The bytes peeked for the frame header, then the rest of the stream."""
-
-    def __init__(self, head: bytes, rest: Readable) -> None:
-        self._head, self._rest = head, rest
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._head:
-            return self._rest.read(size)
-        if size < 0 or size >= len(self._head):
-            head, self._head = self._head, b""
-            return head + self._rest.read(-1 if size < 0 else size - len(head))
-        head, self._head = self._head[:size], self._head[size:]
-        return head
-
-
 def _decompress(stream: Readable, out: BinaryIO, *, name: str) -> tuple[int, str, str]:
     """Stream-decompress into ``out``; return the size, SHA-256 and what checksum was verified."""
     head = stream.read(_FRAME_HEADER_MAX)
@@ -286,7 +270,7 @@ def _decompress(stream: Readable, out: BinaryIO, *, name: str) -> tuple[int, str
     except zstandard.ZstdError as exc:
         raise CorruptObjectError(f"decompress {name}: not a zstd frame ({exc})") from exc
     # zstd verifies each frame's content checksum itself, when there is one.
-    written, sha256 = decompress_stream(_Prefixed(head, stream), out, name=name, across_frames=True)
+    written, sha256 = decompress_stream(PrefixedReader(head, stream), out, name=name, across_frames=True)
     if frame.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, written):
         raise CorruptObjectError(f"verify {name}: decompressed to {written} bytes, its frame says {frame.content_size}")
     if frame.has_checksum:

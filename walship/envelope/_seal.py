@@ -263,7 +263,7 @@ def open_detected(source: codec.Readable, target: BinaryIO, *, keys: Keyring | N
     envelope = detect_envelope(first)
     if envelope is None:
         raise CorruptObjectError(f"verify {name}: the object is neither zstd nor age (corrupt, or not walship's)")
-    return _open(_Prefixed(first, source), target, envelope, keys, name=name, keep=keep)
+    return _open(codec.PrefixedReader(first, source), target, envelope, keys, name=name, keep=keep)
 
 
 def _open(
@@ -293,22 +293,6 @@ def _open(
         finally:
             written, actual = plain.finish()
     return Opened(written, actual, tail.tail, envelope)
-
-
-class _Prefixed:
-    """A reader that returns ``first`` (bytes already read from ``rest``) before what ``rest`` reads."""
-
-    def __init__(self, first: bytes, rest: codec.Readable) -> None:
-        self._first, self._rest = first, rest
-
-    def read(self, size: int = -1, /) -> bytes:
-        if not self._first:
-            return self._rest.read(size)
-        if 0 <= size < len(self._first):
-            data, self._first = self._first[:size], self._first[size:]
-            return data
-        data, self._first = self._first, b""
-        return data + self._rest.read(-1 if size < 0 else size - len(data))
 
 
 def _agreed(recorded: str, expected: str, name: str) -> str:
