@@ -55,18 +55,15 @@ class _Segment(BaseModel):
         """Descriptions spooled or stored by an older walship: a ``key`` given must be the segment's own."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)  # the caller's stays as it was
-        if "key" in data:
-            given = data.pop("key")
-            fields = cls._legacy(data)
-            try:
-                own = cls._key_of(str(fields["generation"]), int(fields["sequence"]))
-            except (KeyError, TypeError, ValueError):
-                return fields  # the missing or bad fields are reported by validation
-            if given != own:
-                raise ValueError(f"the description names {given}, not {own}")
-            return fields
-        return cls._legacy(data)
+        fields = cls._legacy(dict(data))  # the caller's stays as it was
+        given = fields.pop("key", None)
+        try:
+            own = cls._key_of(str(fields["generation"]), int(fields["sequence"]))
+        except (KeyError, TypeError, ValueError):
+            return fields  # the missing or bad fields are reported by validation
+        if given is not None and given != own:
+            raise ValueError(f"the description names {given}, not {own}")
+        return fields
 
     @classmethod
     def _legacy(cls, data: dict[str, Any]) -> dict[str, Any]:
