@@ -8,7 +8,6 @@ can leave the mtime as it was, so a file changed a moment ago counts as
 changed until its mtime is old enough to tell.
 """
 
-import json
 import os
 import time
 from pathlib import Path
@@ -45,6 +44,13 @@ class Activity:
         # An empty WAL holds no commit, as a missing one: SQLite creates and deletes it as connections come and go.
         return (database, None if wal is None or wal[0] == 0 else wal)
 
+    def current(self) -> Signature | None:
+        """``signature``, or None once the database is gone."""
+        try:
+            return self.signature()
+        except FileNotFoundError:
+            return None
+
     def settle(self, seen: Signature | None) -> None:
         """Compare the next ``look`` with ``seen`` (taken before the last capture began; None: anything)."""
         self._seen = seen
@@ -58,15 +64,10 @@ class Activity:
         return _recent(seen)
 
     @staticmethod
-    def encode(seen: Signature) -> bytes:
-        return json.dumps(seen).encode()
-
-    @staticmethod
-    def decode(data: bytes) -> Signature | None:
-        """A signature ``encode`` wrote; None when it is not one."""
+    def parse(raw: object) -> Signature | None:
+        """A signature as JSON gives it back (lists for tuples); None when it is not one."""
         try:
-            raw = json.loads(data)
-            database, wal = (None if s is None else (int(s[0]), int(s[1]), int(s[2])) for s in raw)
+            database, wal = (None if s is None else (int(s[0]), int(s[1]), int(s[2])) for s in raw)  # type: ignore[attr-defined]
         except (ValueError, TypeError, IndexError):
             return None
         return None if database is None else (database, wal)

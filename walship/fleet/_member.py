@@ -86,7 +86,7 @@ def read_caught_up(database: Path) -> tuple[Signature, str | None] | None:
     """The signature and position a run recorded when it ended caught up; None when none is recorded (or damaged)."""
     try:
         raw = json.loads((default_spool_dir(database) / CAUGHT_UP).read_bytes())
-        seen = Activity.decode(json.dumps(raw["signature"]).encode())
+        seen = Activity.parse(raw["signature"])
         position = raw.get("position")
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -264,11 +264,8 @@ class FleetShipping:
         if recorded is None:
             return False
         seen, position = recorded
-        try:
-            now = member.activity.signature()
-        except FileNotFoundError:
-            return False
-        if now != seen or Activity.recent_signature(now):
+        now = member.activity.current()
+        if now is None or now != seen or Activity.recent_signature(now):
             return False
         member.activity.settle(now)
         member.row.state, member.row.position = RowState.IDLE, position
@@ -295,13 +292,19 @@ class FleetShipping:
             member.busy = False
 
     def _begin(self, member: Member) -> bool:
+        """Begin a run of ``member`` in the slot taken for it; the slot is freed again when none began."""
+        begun = self._open(member)
+        if not begun:
+            self._free_slot()
+        return begun
+
+    def _open(self, member: Member) -> bool:
         spec, row = member.spec, member.row
         first = not member.begun
         member.begun = True
         try:
             check_database(spec.database)
         except UsageError as exc:
-            self._free_slot()
             member.done = True
             row.state, row.last_error = RowState.SKIPPED, str(exc)
             return False
@@ -318,14 +321,12 @@ class FleetShipping:
             # Once it ran here, a shipper that holds it now is a newer window's: it is theirs.
             run.begin(handover_wait=self.handover_wait if first else 0.0)
         except ShipperRunningError as exc:
-            self._free_slot()
             if first:
                 self._failed(member, exc)
             else:
                 member.done, row.state = True, RowState.DONE
             return False
         except Exception as exc:
-            self._free_slot()
             self._failed(member, exc)
             return False
         member.run = run
@@ -350,21 +351,14 @@ class FleetShipping:
     def _park(self, member: Member) -> None:
         """End the database's run as a window's end does, leaving it closed until it changes."""
         log.debug("parking %s", member.spec.database)
+        seen = member.activity.current()  # before the final capture: a commit after it shows as a change
         try:
-            seen = member.activity.signature()  # before the final capture: a commit after it shows as a change
-            if self._finish(member, seen):
-                member.row.state = RowState.PARKED
-        except FileNotFoundError:
-            self._finish(member, None, RowState.REMOVED)
+            self._finish(member, seen, RowState.REMOVED if seen is None else RowState.PARKED)
         finally:
             member.busy = False
 
     def _end(self, member: Member, state: RowState = RowState.DONE) -> None:
-        try:
-            seen: Signature | None = member.activity.signature()
-        except FileNotFoundError:
-            seen = None
-        self._finish(member, seen, state)
+        self._finish(member, member.activity.current(), state)
         member.done = True
 
     def _finish(self, member: Member, seen: Signature | None, state: RowState = RowState.DONE) -> bool:
@@ -394,11 +388,7 @@ class FleetShipping:
         the record goes and the next look wakes the database, whose next end
         then changes nothing.
         """
-        try:
-            after: Signature | None = member.activity.signature()
-        except FileNotFoundError:
-            after = None
-        if seen is not None and after == seen:
+        if seen is not None and member.activity.current() == seen:
             member.activity.settle(seen)
             return
         log.debug("%s: its end changed the files: it wakes again", member.spec.database)
