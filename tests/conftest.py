@@ -11,7 +11,7 @@ import pytest
 
 from bench.workload import create_database, writer_command
 from tests.s3servers import MotoS3, SeaweedS3, _S3Server
-from tests.shipping import Ship, WriterGroup
+from tests.shipping import SEED, Ship, WriterGroup
 from walship.storage import ObjectStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,14 @@ def base_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4 MiB WAL-mode database of realistic rows, built once per session."""
     path = tmp_path_factory.mktemp("base") / "base.db"
     create_database(path, 4 << 20, seed=11)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64 KiB database: what the fleet tests copy many times (``tests.shipping.database_copies``)."""
+    path = tmp_path_factory.mktemp("small-base") / "base.db"
+    create_database(path, 64 << 10, seed=SEED)
     return path
 
 

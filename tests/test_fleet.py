@@ -17,28 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.workload import create_database
 from tests.helpers import ROOT, WALSHIP, walship
-from tests.shipping import SEED, WriterGroup, assert_restore_equals_source, replica_generations, wait_until
+from tests.shipping import (
+    WriterGroup,
+    assert_restore_equals_source,
+    database_copies,
+    replica_generations,
+    wait_until,
+)
 from walship.fleet import Activity, SharedStores, replica_for
 
 FLEET = 200
 ACTIVE = 10
-
-
-@pytest.fixture(scope="module")
-def small_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("fleet-base") / "base.db"
-    create_database(path, 64 << 10, seed=SEED)
-    return path
-
-
-def _fleet(directory: Path, base: Path, count: int) -> list[Path]:
-    directory.mkdir(exist_ok=True)
-    paths = [directory / f"db{i:04d}.db" for i in range(count)]
-    for path in paths:
-        shutil.copyfile(base, path)
-    return paths
 
 
 @pytest.fixture
@@ -50,7 +40,7 @@ def writers() -> Iterator[list[WriterGroup]]:
 
 
 def test_two_hundred_databases_one_process(small_database: Path, tmp_path: Path, writers: list[WriterGroup]) -> None:
-    databases = _fleet(tmp_path / "dbs", small_database, FLEET)
+    databases = database_copies(tmp_path / "dbs", small_database, FLEET)
     (tmp_path / "dbs" / "notes.db").write_text("not a database\n")
     active, doomed = databases[:ACTIVE], databases[-1]
     replica = f"file://{tmp_path}/replicas/{{name}}"
@@ -88,7 +78,7 @@ def test_two_hundred_databases_one_process(small_database: Path, tmp_path: Path,
 
 
 def test_next_window_picks_up_new_databases_and_lets_removed_ones_go(small_database: Path, tmp_path: Path) -> None:
-    _, second = _fleet(tmp_path / "dbs", small_database, 2)
+    _, second = database_copies(tmp_path / "dbs", small_database, 2)
     replica = f"file://{tmp_path}/replicas"
     pattern = str(tmp_path / "dbs" / "*.db")
     assert walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once").returncode == 0
@@ -131,7 +121,7 @@ def test_activity_sees_a_commit_through_stat_alone(small_database: Path, tmp_pat
 def test_overlapping_windows_hand_over_database_by_database(
     small_database: Path, tmp_path: Path, writers: list[WriterGroup]
 ) -> None:
-    databases = _fleet(tmp_path / "dbs", small_database, 3)
+    databases = database_copies(tmp_path / "dbs", small_database, 3)
     replica = f"file://{tmp_path}/replicas/{{name}}"
     pattern = str(tmp_path / "dbs" / "*.db")
     writers.append(WriterGroup(databases[0], [1], rate=50))
@@ -155,7 +145,7 @@ def test_overlapping_windows_hand_over_database_by_database(
 
 @pytest.mark.parametrize("backend", ["moto"], indirect=True)
 def test_a_fleet_into_s3_shares_one_client(small_database: Path, tmp_path: Path, replica_url: str) -> None:
-    databases = _fleet(tmp_path / "dbs", small_database, 3)
+    databases = database_copies(tmp_path / "dbs", small_database, 3)
     result = walship("--no-prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", replica_url, "--once")
     assert result.returncode == 0, result.stderr
     for db in databases:

@@ -5,7 +5,6 @@ parked database's application commits is lost, even when it resets the WAL while
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.workload import content_digest, create_database
+from bench.workload import content_digest
 from tests.helpers import WALSHIP, walship
-from tests.shipping import SEED, wait_until
+from tests.shipping import database_copies, wait_until
 from walship.errors import UsageError
 from walship.fleet import FleetMember, FleetShipping, RetryingSteps, RowState, SharedStores
 from walship.fleet._budget import FILES_PER_DATABASE, open_file_budget
@@ -25,21 +24,6 @@ from walship.ship import ShipConfig
 from walship.spool import CAUGHT_UP, default_spool_dir
 
 DIRECT = {"PREFECT_API_URL": ""}
-
-
-@pytest.fixture(scope="module")
-def small_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("parking-base") / "base.db"
-    create_database(path, 64 << 10, seed=SEED)
-    return path
-
-
-def _databases(directory: Path, base: Path, count: int) -> list[Path]:
-    directory.mkdir(exist_ok=True)
-    paths = [directory / f"db{i:02d}.db" for i in range(count)]
-    for path in paths:
-        shutil.copyfile(base, path)
-    return paths
 
 
 def _fleet(databases: list[Path], replicas: Path, **options: float) -> FleetShipping:
@@ -113,7 +97,7 @@ def _state(fleet: FleetShipping, database: Path) -> RowState:
 def test_an_idle_database_is_parked_and_woken_by_a_change(
     small_database: Path, tmp_path: Path, window: list[threading.Thread]
 ) -> None:
-    quiet, gap = _databases(tmp_path / "dbs", small_database, 2)
+    quiet, gap = database_copies(tmp_path / "dbs", small_database, 2)
     fleet = _fleet([quiet, gap], tmp_path / "replicas", park_after=1.0)
     out = _run_in_thread(fleet, 40, window)
     wait_until(lambda: _state(fleet, quiet) == RowState.PARKED, "the idle database to be parked", 30)
@@ -141,7 +125,7 @@ def test_an_idle_database_is_parked_and_woken_by_a_change(
 
 
 def test_the_next_window_leaves_unchanged_databases_closed(small_database: Path, tmp_path: Path) -> None:
-    databases = _databases(tmp_path / "dbs", small_database, 3)
+    databases = database_copies(tmp_path / "dbs", small_database, 3)
     pattern, replica = str(tmp_path / "dbs" / "*.db"), f"file://{tmp_path}/replicas/{{name}}"
     first = walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once", env=DIRECT)
     assert first.returncode == 0, first.stderr
@@ -160,7 +144,7 @@ def test_the_next_window_leaves_unchanged_databases_closed(small_database: Path,
 def test_more_written_databases_than_the_budget_holds(
     small_database: Path, tmp_path: Path, window: list[threading.Thread], caplog: pytest.LogCaptureFixture
 ) -> None:
-    databases = _databases(tmp_path / "dbs", small_database, 8)
+    databases = database_copies(tmp_path / "dbs", small_database, 8)
     # Room for the workers' four databases at once, and no more.
     fleet = _fleet(databases, tmp_path / "replicas", park_after=30.0, open_files=256 + 4 * FILES_PER_DATABASE)
     out = _run_in_thread(fleet, 25, window)
@@ -178,7 +162,7 @@ def test_a_limit_too_small_for_the_workers_is_one_line(small_database: Path, tmp
     with pytest.raises(UsageError, match=r"needs at least \d+ open files.*ulimit -n"):
         open_file_budget(4, limit=100)
     assert open_file_budget(4, limit=256 + 4 * FILES_PER_DATABASE) == 4
-    _databases(tmp_path / "dbs", small_database, 2)
+    database_copies(tmp_path / "dbs", small_database, 2)
     result = subprocess.run(
         [WALSHIP, "--no-prefect", "ship-many", str(tmp_path / "dbs" / "*.db"), "--replica", f"file://{tmp_path}/r"],
         capture_output=True,

@@ -9,11 +9,11 @@ import sqlite3
 import subprocess
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zstandard
 
+from bench.segment_restore import Counting
 from bench.workload import content_digest
 from tests.helpers import rewrite_object, walship
 from tests.test_ship import _restore
@@ -105,31 +105,12 @@ def _generation(store: ObjectStore) -> str:
     return current_snapshots(store)[-1].generation
 
 
-class _Counting:
-    """A store that counts the requests a reader makes of it."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
-        self.calls: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._store, name)
-        if not callable(value):
-            return value
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] = self.calls.get(name, 0) + 1
-            return value(*args, **kwargs)
-
-        return counted
-
-
 class TestObjectsDescribeThemselves:
     def test_restore_reads_no_head_per_segment(self, shipped: tuple[Path, str, str], tmp_path: Path) -> None:
         _, url, digest = shipped
         store = open_store(url)
         segments = len(list_segment_keys(store, _generation(store)))
-        counting = _Counting(store)
+        counting = Counting(store)
         result = _restore(counting, tmp_path / "restored.db")  # type: ignore[arg-type]
         assert result.segments_applied == segments
         assert content_digest(tmp_path / "restored.db") == digest
