@@ -5,11 +5,17 @@ run one way (tests/test_architecture.py holds the project free of import circles
 """
 
 import os
+import secrets
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.workload import content_digest, create_database
@@ -21,6 +27,7 @@ __all__ = [
     "ROOT",
     "database",
     "litestream",
+    "moto_bucket",
     "proc_stats",
     "without_litestream",
 ]
@@ -81,3 +88,29 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
     rss, hwm = (int(status[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
     return (int(fields[11]) + int(fields[12])) / _TICK, rss, hwm
+
+
+@contextmanager
+def moto_bucket() -> Iterator[tuple[str, str]]:
+    """moto's server in a process of its own (in this one it would share the GIL with what it serves), with a
+    new bucket: its endpoint and the bucket's name. moto checks no signature."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 - http://127.0.0.1
+                break
+            except OSError:
+                time.sleep(0.1)
+        bucket = f"bench-{secrets.token_hex(4)}"
+        request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")  # noqa: S310 - http://127.0.0.1
+        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+        yield endpoint, bucket
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -23,14 +23,11 @@ import argparse
 import json
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -38,6 +35,7 @@ from typing import Any, cast
 
 import zstandard
 
+from bench._common import moto_bucket
 from bench.workload import content_digest
 from walship.catalog import select_snapshot
 from walship.chain import list_segment_keys
@@ -180,28 +178,9 @@ def measure(replica: Replica, pristine: Path, digest: str, args: argparse.Namesp
 
 @contextmanager
 def moto_replica() -> Iterator[Replica]:
-    """moto's server in a process of its own (in this one it would share the GIL with the restore it serves)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    argv = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 - http://127.0.0.1
-                break
-            except OSError:
-                time.sleep(0.1)
-        bucket = f"bench-{secrets.token_hex(4)}"
-        request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")  # noqa: S310 - moto checks no signature
-        urllib.request.urlopen(request, timeout=10)  # noqa: S310
+    with moto_bucket() as (endpoint, bucket):
         keys = StorageCredentials(access_key_id="any", secret_access_key="any", region="us-east-1")  # noqa: S106 - moto checks none
         yield f"s3://{bucket}/{{prefix}}?endpoint={endpoint}", keys
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @contextmanager

@@ -13,18 +13,15 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench._common import moto_bucket
 from walship.ship import ShipConfig, Shipper
 from walship.spool import Spool
 from walship.storage import open_store
@@ -58,37 +55,12 @@ def spool_one_segment(directory: Path, mib: int) -> Path:
     return spool_dir
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def moto_replica() -> Iterator[str]:
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310 - http://127.0.0.1
-                break
-            except OSError:
-                time.sleep(0.1)
+    with moto_bucket() as (endpoint, bucket):
         moto_keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # moto checks none
         os.environ.update(moto_keys, AWS_DEFAULT_REGION="us-east-1")
-        bucket = f"bench-{secrets.token_hex(4)}"
-        request = urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")  # noqa: S310 - http://127.0.0.1
-        urllib.request.urlopen(request, timeout=10)  # noqa: S310
         yield f"s3://{bucket}/spooled?endpoint={endpoint}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @contextmanager
