@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import httpx
 import pytest
 import yaml
 
@@ -365,8 +364,7 @@ class TestAlertsFire:
             # Removing a schedule removes the runs it has scheduled, so only once this one is over.
             for added in deployment["schedules"]:
                 if added["schedule"].get("interval") == 3600:
-                    url = f"http://127.0.0.1:{server.port}/api/deployments/{deployment['id']}/schedules/{added['id']}"
-                    httpx.delete(url, timeout=30).raise_for_status()
+                    server.api("DELETE", f"/deployments/{deployment['id']}/schedules/{added['id']}")
         assert state["type"] == "CRASHED", (state, log.read_text()[-3000:])
         [(_, alert)] = webhook.wait_for(
             "run crashed", lambda b: b["alert"] == "run crashed" and b["flow_run_id"] == str(run_id), timeout=180

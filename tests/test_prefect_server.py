@@ -91,7 +91,7 @@ class Server:
                 break
             time.sleep(0.5 * 2**attempt)
         response.raise_for_status()
-        return response.json()
+        return response.json() if response.content else None
 
     def flow_run(self, run_id: UUID) -> dict[str, Any]:
         return self.api("GET", f"/flow_runs/{run_id}")  # type: ignore[no-any-return]
