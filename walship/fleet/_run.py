@@ -9,8 +9,9 @@ lately is hot: its WAL index is read (and its pin tended) every ``poll``.
 
 An idle database is *parked*: its run ended as a window's end does (every
 commit captured and uploaded, the lease let go) and it holds no connection
-and no descriptor; it is looked at through two ``stat`` calls
-(``Activity``), backing off to ``idle_poll``, and a change wakes it: a new
+and no descriptor; the kernel says when its files change (``ChangeWatch``),
+else it is looked at through two ``stat`` calls (``Activity``) backing off
+to ``idle_poll``, and a change wakes it: a new
 run begins, which captures what was committed meanwhile (or resyncs, when
 the application reset the WAL while nobody held it). The stat signature
 taken before a run's final capture is recorded in its spool (``CAUGHT_UP``),
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from walship.errors import ShipperRunningError, UsageError
 from walship.fleet._activity import Activity, Signature
 from walship.fleet._budget import budget_warning, open_file_budget
+from walship.fleet._changes import WATCHED_POLL, ChangeWatch
 from walship.fleet._member import (
     FleetEvent,
     Member,
@@ -82,14 +84,18 @@ class FleetShipping:
         idle_poll: float = 1.0,
         idle_sync: float = 30.0,
         park_after: float = PARK_AFTER,
+        watched_poll: float = WATCHED_POLL,
+        watch_changes: bool = True,
         handover_wait: float = 0.0,
         open_files: int | None = None,
     ) -> None:
         """``handover_wait``: how long each database waits for a running shipper of it (the previous window);
-        ``open_files``: the limit to budget for (default: this process's, raised to its hard limit)."""
+        ``open_files``: the limit to budget for (default: this process's, raised to its hard limit);
+        ``watched_poll``: how often a parked database is looked at all the same when the kernel tells of changes
+        to its files (``ChangeWatch``; ``watch_changes=False``: never), against ``idle_poll`` when it does not."""
         self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
-        self.park_after = park_after
+        self.park_after, self.watched_poll, self.watch_changes = park_after, watched_poll, watch_changes
         self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
         self._members = [
@@ -99,6 +105,7 @@ class FleetShipping:
         self._workers = workers
         self._open_files = open_files
         self._stop = threading.Event()
+        self._nudge = threading.Event()  # the scheduler looks again now: a stop, or files changed
         self._held = 0  # databases held or being opened (the budget's count)
         self._held_lock = threading.Lock()
         self._budget = 0
@@ -111,6 +118,7 @@ class FleetShipping:
     def stop(self) -> None:
         """End the window early, as if its time were up: every database's final capture and drain still run."""
         self._stop.set()
+        self._nudge.set()
 
     def run(self, *, duration: float, once: bool = False) -> FleetReport:
         started = time.monotonic()
@@ -135,22 +143,49 @@ class FleetShipping:
     # The scheduler -------------------------------------------------------------------------
 
     def _window(self, pool: ThreadPoolExecutor, deadline: float) -> None:
-        now = time.monotonic()
-        # Spread the first looks over one idle poll, so that a thousand databases do not stat at once.
-        spread = self.idle_poll / max(len(self._members), 1)
-        heap = [(now + i * spread, i) for i, m in enumerate(self._members) if not m.done]
-        heapq.heapify(heap)
-        while heap and not self._stop.is_set() and (now := time.monotonic()) < deadline:
-            while heap and heap[0][0] <= now:
-                _, i = heapq.heappop(heap)
-                member = self._members[i]
-                if (delay := self._look(member, now, pool)) is not None:
-                    heapq.heappush(heap, (now + delay, i))
-            if heap:
-                self._stop.wait(max(0.0, min(heap[0][0], deadline) - time.monotonic()))
+        watch = ChangeWatch([m.activity.database for m in self._members], self._nudge)
+        if self.watch_changes:
+            watch.start()
+        for member, watched in zip(self._members, watch.watched, strict=True):
+            member.watched = watched
+        try:
+            self._schedule(pool, deadline, watch)
+        finally:
+            watch.close()
         # Wait for the syncs in flight, so that the final ones start from a settled run.
         while any(m.busy for m in self._members):
             time.sleep(self.poll)
+
+    def _schedule(self, pool: ThreadPoolExecutor, deadline: float, watch: ChangeWatch) -> None:
+        """Each member's looks, from a heap of (due, index); an entry whose time is no longer its member's
+        ``due`` was overtaken by a change the watch told of."""
+        now = time.monotonic()
+        # Spread the first looks over one idle poll, so that a thousand databases do not stat at once.
+        spread = self.idle_poll / max(len(self._members), 1)
+        heap = []
+        for i, member in enumerate(self._members):
+            if not member.done:
+                member.due = now + i * spread
+                heap.append((member.due, i))
+        heapq.heapify(heap)
+        while heap and not self._stop.is_set() and (now := time.monotonic()) < deadline:
+            for i in watch.take():
+                member = self._members[i]
+                member.watched = watch.watched[i]  # False once its directory went: no more events
+                if not member.done and member.due > now + self.poll:
+                    member.due = now
+                    heapq.heappush(heap, (now, i))
+            while heap and heap[0][0] <= now:
+                due, i = heapq.heappop(heap)
+                member = self._members[i]
+                if due != member.due:
+                    continue
+                if (delay := self._look(member, now, pool)) is not None:
+                    member.due = now + delay
+                    heapq.heappush(heap, (member.due, i))
+            if heap:
+                self._nudge.wait(max(0.0, min(heap[0][0], deadline) - time.monotonic()))
+                self._nudge.clear()
 
     def _look(self, member: Member, now: float, pool: ThreadPoolExecutor) -> float | None:
         """Decide what ``member`` needs now (nothing, a tend, a sync, a wake, a park); the delay to its next look,
@@ -206,6 +241,8 @@ class FleetShipping:
             self._notify(self._event("removed", member, "the database file is gone; its shipping had ended"))
             return None
         if not changed:
+            if member.watched:
+                return self.watched_poll  # the kernel tells of a change
             member.idle_delay = min(max(member.idle_delay * 2, self.poll), self.idle_poll)
             return member.idle_delay
         if self._take_slot():
