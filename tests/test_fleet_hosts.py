@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,8 @@ def _start_worker(host: Host, env: dict[str, str]) -> None:
 
 def _stop_worker(host: Host) -> None:
     if host.worker is not None:
-        stop_group(host.worker.pid)
+        # A worker whose runs are over has nothing to finish: it gets 10 s, not the default 30.
+        stop_group(host.worker.pid, timeout=10)
         host.worker.wait()
         host.worker = None
 
@@ -180,8 +182,9 @@ def _table(run_id: UUID) -> list[dict[str, Any]]:
 def hosts(tmp_path: Path, base_database: Path) -> Iterator[list[Host]]:
     made = [_host(name, tmp_path, base_database) for name in HOSTS]
     yield made
+    with ThreadPoolExecutor(len(made)) as pool:
+        list(pool.map(_stop_worker, made))
     for host in made:
-        _stop_worker(host)
         # A run's process has a process group of its own: whatever a failing test left running goes too.
         for run_id in host.runs:
             for pid in _run_processes(run_id):
