@@ -206,7 +206,9 @@ class FleetShipping:
                 self._submit(member, pool, self._removed)
                 return None
             if changed:
-                member.hot_until, member.idle_delay, member.last_change = now + _HOT_SECONDS, self.poll, now
+                # Hot again only if the WAL index shows commits: the files also changed by the commits this run
+                # captured while hot (their stats were not looked at then) and by checkpoints.
+                member.idle_delay = self.poll
             else:
                 if now - member.last_change >= (_PARK_AGAIN if member.park_again else self._park_after()):
                     self._submit(member, pool, self._park)
