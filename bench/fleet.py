@@ -16,7 +16,9 @@ a settling wait past ``--park-after`` (so that idle databases are parked),
 ``--idle`` seconds with no writes (CPU of the shipper process: the idle
 cost; its open descriptors at the end), then ``--load`` seconds of writes
 to ``--active`` of the databases (spread over the fleet; bench.ship_lag_writer,
-``--rate`` tx/s each, a marker token every 5th transaction), then a drain.
+``--rate`` tx/s each, a marker token every 5th transaction; with
+``--writer-processes K``, K bench.fleet_writer processes share them, as an
+application serving many tenants does), then a drain.
 Lag: from a marker's COMMIT returning to the mtime of the first replica file
 holding it (files are written whole, then renamed). Peak RSS is the
 shipper's VmHWM. At the end, with the shipper stopped, every written
@@ -147,11 +149,17 @@ def lags(side: str, active: list[Path], replicas: Path, logs: list[Path]) -> tup
     return [(durable[t] - ns) / 1e9 for t, ns in committed.items() if t in durable], len(committed)
 
 
-def writer_argv(db: Path, log: Path, args: argparse.Namespace) -> list[str]:
-    return [
-        *(sys.executable, "-m", "bench.ship_lag_writer", str(db), "--writer", "1", "--rate", str(args.rate)),
-        *("--seconds", str(args.load), "--marker-every", str(MARKER_EVERY), "--log", str(log)),
-    ]
+def writers_argv(active: list[Path], logs: list[Path], args: argparse.Namespace) -> list[list[str]]:
+    """A writer process per written database, or ``--writer-processes`` processes sharing them."""
+    timing = ("--rate", str(args.rate), "--seconds", str(args.load), "--marker-every", str(MARKER_EVERY))
+    if not args.writer_processes:
+        return [
+            [sys.executable, "-m", "bench.ship_lag_writer", str(db), "--writer", "1", *timing, "--log", str(log)]
+            for db, log in zip(active, logs, strict=True)
+        ]
+    pairs = [f"{db}:{log}" for db, log in zip(active, logs, strict=True)]
+    groups = [pairs[i :: args.writer_processes] for i in range(min(args.writer_processes, len(pairs)))]
+    return [[sys.executable, "-m", "bench.fleet_writer", *timing, *group] for group in groups]
 
 
 def stop(shipper: subprocess.Popen[bytes], after: float = 0.0) -> None:
@@ -228,8 +236,7 @@ def run_side(
         result["idle_descriptors"] = descriptors(shipper.pid)
         cpu0, t0 = proc_stats(shipper.pid)[0], time.monotonic()
         writers = [
-            subprocess.Popen(writer_argv(db, w, args), cwd=ROOT, stdout=subprocess.DEVNULL)
-            for db, w in zip(active, logs, strict=True)
+            subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL) for argv in writers_argv(active, logs, args)
         ]
         for writer in writers:
             writer.wait()
@@ -284,6 +291,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20, help="transactions/s per active database")
     parser.add_argument("--idle", type=float, default=30, help="seconds of the idle measurement")
     parser.add_argument("--load", type=float, default=60, help="seconds of writes")
+    parser.add_argument(
+        "--writer-processes", type=int, help="processes writing the --active databases (default: one each)"
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="walship's sync interval")
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--sides", default="walship,litestream", help="of walship, before, litestream")

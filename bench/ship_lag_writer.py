@@ -25,8 +25,7 @@ TOKEN_PATTERN = rb"MRK[0-9a-f]{24}"  # what the bench searches for in shipped ob
 def write(
     db: Path, writer: int, rate: float, seconds: float, every: int, log: Path, batch: int = 1
 ) -> dict[str, object]:
-    connection = sqlite3.connect(db, timeout=30, isolation_level=None)  # autocheckpoint: SQLite's default 1000
-    connection.execute("PRAGMA busy_timeout=30000")
+    connection = connect(db)
     markers: list[str] = []
     latencies: list[float] = []
     n, interval = 0, 1.0 / rate
@@ -35,21 +34,32 @@ def write(
     while time.monotonic() < deadline:
         n += 1
         began = time.monotonic()
-        connection.execute("BEGIN IMMEDIATE")
-        for part in range(batch):  # a bigger transaction: several of the workload's in one commit
-            apply_transaction(connection, 1, writer, (n - 1) * batch + part + 1)
-        token = f"MRK{secrets.token_hex(12)}" if n % every == 0 else None
-        if token:
-            connection.execute("INSERT INTO ship_lag_marker VALUES (?, ?, ?)", (token, writer, n))
-        connection.execute("COMMIT")
+        if token := transaction(connection, writer, n, every, batch):
+            markers.append(token)
         latencies.append(round(time.monotonic() - began, 6))
-        if token:
-            markers.append(f"{token} {time.time_ns()}")
         next_at += interval
         time.sleep(max(0.0, next_at - time.monotonic()))
     connection.close()
     log.write_text("".join(f"{line}\n" for line in markers))
     return {"transactions": n, "latencies": latencies}
+
+
+def connect(db: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(db, timeout=30, isolation_level=None)  # autocheckpoint: SQLite's default 1000
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+def transaction(connection: sqlite3.Connection, writer: int, n: int, every: int, batch: int = 1) -> str | None:
+    """The ``n``-th transaction; every ``every``-th one's "token ns" line (its marker and when COMMIT returned)."""
+    connection.execute("BEGIN IMMEDIATE")
+    for part in range(batch):  # a bigger transaction: several of the workload's in one commit
+        apply_transaction(connection, 1, writer, (n - 1) * batch + part + 1)
+    token = f"MRK{secrets.token_hex(12)}" if n % every == 0 else None
+    if token:
+        connection.execute("INSERT INTO ship_lag_marker VALUES (?, ?, ?)", (token, writer, n))
+    connection.execute("COMMIT")
+    return None if token is None else f"{token} {time.time_ns()}"
 
 
 def main() -> None:
