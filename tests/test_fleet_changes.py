@@ -110,3 +110,21 @@ def test_a_parked_database_wakes_at_its_change(small_database: Path, tmp_path: P
         fleet.stop()
         thread.join(timeout=120)
     assert fleet.rows[0].state == RowState.DONE, fleet.rows
+
+
+def test_a_database_named_through_a_link_is_watched_where_its_file_is(small_database: Path, tmp_path: Path) -> None:
+    """SQLite puts the WAL beside the file the link names, so that directory is the one watched."""
+    [database] = database_copies(tmp_path / "real", small_database, 1)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "alias.db"
+    link.symlink_to(database)
+    nudge = threading.Event()
+    watch = ChangeWatch([link], nudge)
+    watch.start()
+    try:
+        connection = sqlite3.connect(link, isolation_level=None)
+        connection.execute("CREATE TABLE t (x)")
+        connection.close()
+        assert _told(watch, nudge, {0}) == {0}
+    finally:
+        watch.close()

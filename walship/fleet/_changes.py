@@ -79,8 +79,10 @@ class ChangeWatch:
         if self._fd < 0:
             return
         directories: dict[Path, list[int]] = {}
-        for i, database in enumerate(self._databases):
-            directories.setdefault(database.resolve().parent, []).append(i)
+        names: list[bytes] = []
+        for i, (directory, name) in enumerate(_where(self._databases)):
+            directories.setdefault(directory, []).append(i)
+            names.append(name)
         for directory, indices in directories.items():
             if not _local(directory):
                 log.info("%s is not on a local filesystem: its databases are looked at every poll", directory)
@@ -90,8 +92,7 @@ class ChangeWatch:
                 continue
             self._by_watch[wd] = indices
             for i in indices:
-                name = os.fsencode(self._databases[i].resolve().name)
-                for file in (name, name + b"-wal"):
+                for file in (names[i], names[i] + b"-wal"):
                     self._names.setdefault((wd, file), []).append(i)
                 self.watched[i] = True
         if not self._by_watch:
@@ -152,6 +153,22 @@ class ChangeWatch:
             else:
                 changed.update(self._names.get((wd, name), ()))
         return changed
+
+
+def _where(databases: list[Path]) -> list[tuple[Path, bytes]]:
+    """The directory that holds each database's file, links followed (SQLite puts the WAL beside the file the link
+    names), and its name there: one ``lstat`` per database, one ``realpath`` per directory."""
+    real: dict[Path, Path] = {}
+    found = []
+    for database in databases:
+        if database.is_symlink():
+            target = database.resolve()
+            found.append((target.parent, os.fsencode(target.name)))
+            continue
+        if (directory := real.get(database.parent)) is None:
+            directory = real[database.parent] = database.parent.resolve()
+        found.append((directory, os.fsencode(database.name)))
+    return found
 
 
 @functools.cache
