@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How often a parked database under a watch is looked at all the same.
 WATCHED_POLL = 10.0
+# Events are read at most this often.
+_BATCH_SECONDS = 0.05
 
 _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_FROM, _IN_MOVED_TO = 0x2, 0x4, 0x40, 0x80
 _IN_CREATE, _IN_DELETE, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x100, 0x200, 0x400, 0x800
@@ -71,6 +73,7 @@ class ChangeWatch:
         self._fd = -1
         self._wakeup: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
         self.watched = [False] * len(databases)
 
     def start(self) -> None:
@@ -110,6 +113,7 @@ class ChangeWatch:
 
     def close(self) -> None:
         if self._thread is not None and self._wakeup is not None:
+            self._closing.set()
             os.write(self._wakeup[1], b"x")
             self._thread.join()
             for fd in self._wakeup:
@@ -134,6 +138,10 @@ class ChangeWatch:
                 with self._lock:
                     self._changed |= changed
                 self._nudge.set()
+            # Written databases raise events at every commit: reading them in batches, the kernel merges a file's
+            # repeated writes meanwhile and this thread wakes (and takes the interpreter's lock) a few times a second.
+            if self._closing.wait(_BATCH_SECONDS):
+                return
 
     def _parse(self, data: bytes) -> set[int]:
         changed: set[int] = set()
