@@ -1,8 +1,9 @@
 """The walship side of bench.ship_lag: the wal-ship flow's loop, core only, in its own process.
 
 What flows/ship.py does, minus Prefect: hold the database (pin and lock), take the
-lease, ``Shipper.open()``, tend the pin in its thread, then every ``--interval`` seconds
-``sync()`` and, when the spool holds entries, ``upload_pending`` with the run's one store. Prints
+lease, ``Shipper.open()``, tend the pin in its thread, then ``sync()`` and, when the spool holds
+entries, ``upload_pending`` with the run's one store, whenever ``Shipper.wait_for_commits`` says a
+sync is due (new commits, ``coalesce_seconds`` after the last; else every ``--interval`` seconds). Prints
 "ready" once the first upload (the generation's snapshot) is done; runs until SIGTERM,
 then writes per-cycle and per-segment timings to ``--events`` as JSON.
 
@@ -88,6 +89,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     _timed(S3Store, "put_file", "put+head", _segment)
     _timed(S3Store, "head", "head", _segment)
     _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # PASSIVE beside the pin, no writers' pause
+    _timed(WalCapture, "checkpoint_passive", "passive", _cycle)  # beside the pin, after a capture
     _timed(S3Store, "__init__", "open_store", _cycle)
     _time_pauses()
 
@@ -106,7 +108,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     try:
         while not stop.is_set():
             _cycle.clear()
-            started = time.time()
+            started, began = time.time(), time.monotonic()
             shipper.sync()
             synced = time.time()
             if spool.pending():
@@ -116,8 +118,8 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
             if not ready:
                 print("ready", flush=True)
                 ready = True
-            # As the flow does: poll the WAL index until the next sync is due.
-            shipper.wait_for_commits(interval - (time.time() - started), time.monotonic() + interval, stop)
+            # As the flow does: wait until the next sync is due, polling the WAL index once one may be.
+            shipper.wait_for_commits(interval, began + interval, stop, since=began)
     finally:
         shipper.close()
         spool.close()

@@ -49,7 +49,7 @@ from walship.fleet._memory import lean_sqlite
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._stores import SharedStores
-from walship.ship import ShipConfig, ShipSteps
+from walship.ship import ShipConfig, ShipSteps, budget_window, sync_due
 from walship.sqlite import check_database
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ __all__ = ["PARK_AFTER", "FleetShipping"]
 
 # A database stays hot this long after its last sign of writes.
 _HOT_SECONDS = 5.0
-# Time kept for the upload once commits were noticed (as the single shipper's wait).
-_UPLOAD_BUDGET = 0.3
 # A held database with no change for this long is parked (sooner when others wait to be opened).
 PARK_AFTER = 30.0
 _PARK_UNDER_PRESSURE = 1.0
@@ -228,10 +226,9 @@ class FleetShipping:
             commits = True  # let the sync meet the problem and report it
         if commits:
             member.hot_until, member.last_change, member.park_again = now + _HOT_SECONDS, now, False
-            member.noticed = member.noticed if member.noticed is not None else now
-        waited = now - member.noticed if member.noticed is not None else 0.0
-        budget = min(_UPLOAD_BUDGET, self.interval / 3)
-        if waited >= self.interval - budget - self.poll or now - member.last_step >= self.interval:
+        # The single shipper's rule, with a window that keeps each database's lag near ``interval``: a fleet's
+        # hot databases share its CPU, so they sync less often than one shipper alone.
+        if sync_due(now - member.last_step, commits, window=budget_window(self.interval), interval=self.interval):
             self._submit(member, pool, self._step)
         return self.poll
 
@@ -375,6 +372,7 @@ class FleetShipping:
 
     def _step(self, member: Member) -> None:
         assert member.run is not None
+        member.last_step = time.monotonic()  # windows count from a sync's start
         try:
             member.run.step()
         except Exception as exc:
@@ -384,7 +382,6 @@ class FleetShipping:
         else:
             self._copy(member)
         finally:
-            member.last_step, member.noticed = time.monotonic(), None
             member.busy = False
 
     def _park(self, member: Member) -> None:

@@ -11,6 +11,7 @@ from walship.ship._steps import (
     let_lease_go,
     take_lease,
 )
+from walship.ship._watch import budget_window, sync_due
 
 __all__ = [
     "LoggingObserver",
@@ -22,9 +23,11 @@ __all__ = [
     "Shipper",
     "ShippingRun",
     "SyncResult",
+    "budget_window",
     "describe_progress",
     "describe_resync",
     "drain_spool",
     "let_lease_go",
+    "sync_due",
     "take_lease",
 ]

@@ -34,6 +34,12 @@ class ShipConfig(BaseModel):
     snapshot_seconds: float = Field(
         default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
     )
+    coalesce_seconds: float = Field(
+        default=0.35,
+        gt=0,
+        description="commits wait this long after the previous sync began to share a segment: under steady "
+        "writes one upload per window, a commit in storage about this plus an upload after it was made",
+    )
     progress_seconds: float = Field(
         default=60.0, gt=0, description="tell the observer how the window goes this often (a log line, the artifact)"
     )

@@ -291,7 +291,7 @@ class ShippingRun:
                 self._spooled(shipper.spool.pending())
                 if once or time.monotonic() >= deadline or self._stop.is_set():
                     break
-                shipper.wait_for_commits(interval - (time.monotonic() - started), deadline, self._stop)
+                shipper.wait_for_commits(interval, deadline, self._stop, since=started)
         finally:
             # Before the final capture: nothing is spooled behind the final drain.
             shipper.stop_tending()

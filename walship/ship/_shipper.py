@@ -462,14 +462,21 @@ class Shipper:
         assert self.cursor is not None
         return has_new_commits(self.capture, self.cursor)
 
-    def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
-        """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``).
+    def wait_for_commits(
+        self, interval: float, deadline: float, stop: threading.Event | None = None, *, since: float | None = None
+    ) -> None:
+        """Sleep until the next sync is due: new commits once ``config.coalesce_seconds`` passed since the
+        sync that began at ``since`` (monotonic; default now), or ``interval`` (``walship.ship._watch``).
 
         First the sync's freed buffers go back to the OS: glibc would keep them
         (``walship.memory.release_free_memory``).
         """
         release_free_memory()
-        wait_for_commits(self.capture, lambda: self.cursor, interval, deadline, stop)
+        since = time.monotonic() if since is None else since
+        window, cursor = self.config.coalesce_seconds, lambda: self.cursor
+        wait_for_commits(
+            self.capture, cursor, since=since, window=window, interval=interval, deadline=deadline, stop=stop
+        )
 
     def _capture(self) -> SyncResult:
         """Capture the committed tail, in segments no bigger than the spool's budget.
