@@ -66,7 +66,7 @@ def wal_ship_flow(
         database: Path of the live SQLite database on the worker's host.
         replica: Where segments go: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
         duration: Seconds the run ships, counted from its start.
-        interval: Seconds between two syncs (captures and uploads).
+        interval: The longest between two syncs (captures and uploads); new commits sync sooner, within 0.35 s.
         once: Capture and upload once, then end.
         spool_dir: Local spool directory; empty: beside the database.
         database_id: Name of the database in the replica; empty: the database's file name.

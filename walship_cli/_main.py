@@ -136,7 +136,9 @@ def _ship_parser(commands: "argparse._SubParsersAction[_Parser]") -> _Parser:
     window = ship.add_mutually_exclusive_group()
     window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
+    ship.add_argument(
+        "--interval", type=float, default=1.0, help="the longest between two syncs (default 1); new commits sync sooner"
+    )
     ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
     ship.add_argument(
         "--handover-wait",

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
@@ -310,37 +311,55 @@ class Shipper:
 
     # Syncing ------------------------------------------------------------------------------
 
-    def sync(self) -> SyncResult:
-        """``_sync``, with what the tending thread captured since the last one."""
-        result = self._sync()
+    def sync(self, upload: Callable[[SyncResult], None] | None = None) -> SyncResult:
+        """Capture new committed frames, then backfill, restart or snapshot when due (``_upkeep``); with what
+        the tending thread captured since the last sync.
+
+        ``upload``, when given, is handed what was captured as soon as it is
+        spooled, before the upkeep (and outside the lock: the pin is tended
+        meanwhile), and the result holds only what came after: a commit's way
+        to storage never waits for a checkpoint. What the upkeep spools (a
+        checkpoint's last frames) goes up with the next capture.
+        """
+        with self._lock:
+            assert self.cursor is not None, "open() first"
+            try:
+                result, recovered = self._capture(), False
+            except ContinuityLostError as lost:
+                result, recovered = self._recover(str(lost), self.cursor), True
+        if upload is not None:
+            upload(merge(self._take_tended(), result))
+            result = SyncResult()
+        if not recovered:
+            result = merge(result, self._upkeep())
+        return merge(self._take_tended(), result)
+
+    def _take_tended(self) -> SyncResult:
         with self._lock:
             tended, self._tended = self._tended, SyncResult()
-        return merge(tended, result)
+        return tended
 
-    def _sync(self) -> SyncResult:
-        """Capture new committed frames; backfill when the WAL is big, restart it when bigger or old.
+    def _upkeep(self) -> SyncResult:
+        """After a capture: backfill when the WAL is big, restart it when bigger or old, snapshot when due.
 
         Backfilling (PASSIVE, beside the pin) never makes writers wait; a WAL
         restart needs every frame backfilled at once, which under steady
         writes takes a moment's pause of writers (``_checkpoint``): only past
         ``restart_pages`` or ``checkpoint_seconds``, so writers rarely feel it.
         """
+        result = SyncResult()
         with self._lock:
-            assert self.cursor is not None, "open() first"
-            try:
-                result = self._capture()
-            except ContinuityLostError as lost:
-                return self._recover(str(lost), self.cursor)
+            assert self.cursor is not None
             # The live WAL ends where the index says: after a restart SQLite
             # reuses the file without shrinking it, so its size says nothing.
             live = self._published_end() or self.cursor.offset
             if live > self.config.emergency_wal_bytes:
-                return merge(result, self._emergency_brake())
+                return self._emergency_brake()
             page = max(self.cursor.page_size, 512)
             app_backfilled = self._app_backfills()
             aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
             if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
-                result = merge(result, self._checkpoint())
+                result = self._checkpoint()
             else:
                 self._move_pin()  # to what was just captured: backfill may go that far
                 if not self.cursor.checkpointed and live > self.config.checkpoint_pages * page and not app_backfilled:
