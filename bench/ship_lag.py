@@ -121,6 +121,9 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
             if shipper.poll() is not None:
                 sys.exit(f"litestream failed to start: {(here / 'shipper.log').read_text()[-2000:]}")
             time.sleep(0.1)
+    # Dirty pages the copy, the snapshot and earlier sides' restores left are written back now: inside the
+    # load, their writeback would slow the writers' fsyncs of whichever side comes first in a round.
+    os.sync()
     time.sleep(2.0)  # let the initial snapshot settle on both sides
     samples: list[tuple[float, float]] = []
     stop = threading.Event()

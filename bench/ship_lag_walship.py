@@ -97,7 +97,8 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     run_id = "bench"
     held = hold_database(database, spool_dir, ShipperIdentity.this_process(run_id, spool_dir, replica))
     spool = Spool(spool_dir)
-    config = ShipConfig(database_id=database.name, **json.loads(os.environ.get("WALSHIP_BENCH_CONFIG", "{}")))
+    told = json.loads(os.environ.get("WALSHIP_BENCH_CONFIG", "{}"))
+    config = ShipConfig(database_id=database.name, **{"backfill_seconds": interval, **told})  # as the flow's
     holder = lease.holder_for(database, run_id)
     store = open_store(replica)
     spool.save_lease(lease.acquire_lease(store, holder))  # the acquire_lease task
