@@ -76,6 +76,7 @@ class FleetShipping:
         *,
         stores: SharedStores,
         interval: float = 1.0,
+        coalesce: float = 0.0,
         notify: Notify | None = None,
         workers: int = 4,
         poll: float = 0.05,
@@ -87,13 +88,16 @@ class FleetShipping:
         handover_wait: float = 0.0,
         open_files: int | None = None,
     ) -> None:
-        """``handover_wait``: how long each database waits for a running shipper of it (the previous window);
+        """``coalesce``: a written database's window (``sync_due``; 0: ``budget_window(interval)``);
+        ``handover_wait``: how long each database waits for a running shipper of it (the previous window);
         ``open_files``: the limit to budget for (default: this process's, raised to its hard limit);
         ``watched_poll``: how often a parked database is looked at all the same when the kernel tells of changes
         to its files (``ChangeWatch``; ``watch_changes=False``: never), against ``idle_poll`` when it does not."""
         self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
         self.park_after, self.watched_poll, self.watch_changes = park_after, watched_poll, watch_changes
+        # Hot databases share one process's CPU: by default each keeps its lag near ``interval``, not lower.
+        self.window = coalesce or budget_window(interval)
         self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
         self._members = [
@@ -226,9 +230,7 @@ class FleetShipping:
             commits = True  # let the sync meet the problem and report it
         if commits:
             member.hot_until, member.last_change, member.park_again = now + _HOT_SECONDS, now, False
-        # The single shipper's rule, with a window that keeps each database's lag near ``interval``: a fleet's
-        # hot databases share its CPU, so they sync less often than one shipper alone.
-        if sync_due(now - member.last_step, commits, window=budget_window(self.interval), interval=self.interval):
+        if sync_due(now - member.last_step, commits, window=self.window, interval=self.interval):
             self._submit(member, pool, self._step)
         return self.poll
 
