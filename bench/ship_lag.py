@@ -18,7 +18,9 @@ to the server. Core only: the Prefect flow process is excluded (its import is me
     python -m bench.ship_lag [--rate 500] [--seconds 60] [--idle 60] [--interval 1] [--age]
 
 ``--age`` adds a third side, walship encrypting every object for one age recipient
-(``walship+age``), and reports its CPU and lag against plaintext walship's.
+(``walship+age``), and reports its CPU and lag against plaintext walship's. ``--baseline DIR``
+adds ``walship@base``: the walship side of another checkout (say main's, from ``git archive``),
+run from there in the same rounds, with the lag, requests and CPU of both side by side.
 """
 
 import argparse
@@ -50,13 +52,14 @@ from bench._common import (
     proc_stats,
     without_litestream,
 )
-from bench.ship_lag_report import KINDS, report, summary
+from bench.ship_lag_report import KINDS, report, summary, versus_baseline
 from bench.ship_lag_s3 import RecordingS3
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
 from bench.workload import content_digest
 
 BUCKETS = {"walship": "walship-lag", "litestream": "litestream-lag", "walship+age": "walship-age-lag"}
-AGE_SIDE = "walship+age"
+BUCKETS["walship@base"] = "walship-base-lag"
+AGE_SIDE, BASE_SIDE = "walship+age", "walship@base"
 WRITERS = 2
 DRAIN_SECONDS = 5.0  # after the writers stop: the last sync's upload belongs to the load
 
@@ -98,6 +101,8 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
             config = json.loads(env.get("WALSHIP_BENCH_CONFIG", "{}"))
             env["WALSHIP_BENCH_CONFIG"] = json.dumps({**config, "recipients": [str(args.age.to_public())]})
         argv = [sys.executable, "-m", "bench.ship_lag_walship", str(db), replica]
+        if side == BASE_SIDE:
+            env["PYTHONPATH"] = str(args.baseline)
         argv += ["--interval", str(args.interval), "--events", str(here / "events.json")]
     else:
         env.pop("AWS_CA_BUNDLE", None)  # Go's SDK would load it, and there is no TLS here
@@ -105,7 +110,8 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
         argv = [str(LS_VENV / "bin" / "litestream"), "replicate", "-config", str(here / "litestream.yml")]
     log = (here / "shipper.log").open("w")
     out = subprocess.PIPE if side.startswith("walship") else log  # walship says "ready" on stdout
-    shipper = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=log, text=True)
+    cwd = args.baseline if side == BASE_SIDE else ROOT
+    shipper = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=log, text=True)
     if side.startswith("walship"):
         assert shipper.stdout is not None
         if shipper.stdout.readline().strip() != "ready":
@@ -115,6 +121,9 @@ def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: arg
             if shipper.poll() is not None:
                 sys.exit(f"litestream failed to start: {(here / 'shipper.log').read_text()[-2000:]}")
             time.sleep(0.1)
+    # Dirty pages the copy, the snapshot and earlier sides' restores left are written back now: inside the
+    # load, their writeback would slow the writers' fsyncs of whichever side comes first in a round.
+    os.sync()
     time.sleep(2.0)  # let the initial snapshot settle on both sides
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
@@ -263,6 +272,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=16, help="database size in MiB (default 16)")
     parser.add_argument("--sample", type=float, default=5.0, help="RSS sampling period, seconds (default 5)")
     parser.add_argument("--age", action="store_true", help="also walship encrypting with age (a third side)")
+    parser.add_argument("--baseline", type=Path, help="also run the walship side of this checkout (walship@base)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="run both sides this many times, alternating who goes first (default 1)"
     )
@@ -278,11 +288,13 @@ def main() -> None:
     rounds: list[dict[str, dict[str, Any]]] = []
     for n in range(args.rounds):
         # Alternate who goes first: on a shared machine, load drifts between the two halves of a round.
-        sides = [s for s in BUCKETS if s != AGE_SIDE or args.age is not None]
+        sides = [s for s in BUCKETS if (s != AGE_SIDE or args.age is not None) and (s != BASE_SIDE or args.baseline)]
         order = sides if n % 2 == 0 else sides[::-1]
         rounds.append(one_round(source, args, order, full_report=n == 0))
     if args.rounds > 1:
         summary(rounds)
+        if args.baseline:
+            versus_baseline(rounds)
 
 
 def one_round(source: Path, args: argparse.Namespace, order: list[str], *, full_report: bool) -> dict[str, Any]:
@@ -300,11 +312,15 @@ def one_round(source: Path, args: argparse.Namespace, order: list[str], *, full_
         ok["litestream"] = verify_litestream(sides["litestream"]["db"], work)
         if AGE_SIDE in sides:
             ok[AGE_SIDE] = verify_walship(server, sides[AGE_SIDE]["db"], work, AGE_SIDE, args.age)
+        if BASE_SIDE in sides:
+            ok[BASE_SIDE] = verify_walship(server, sides[BASE_SIDE]["db"], work, BASE_SIDE)
         server.stop()
         if full_report:
             report(sides, args, ok, prefect_import(), LS_VERSION, litestream_config(Path("DB"), "ENDPOINT"))
     if AGE_SIDE in sides:
         _age_cost(sides)
+    if BASE_SIDE in sides:
+        versus_baseline([sides])
     if not all(ok[side] for side in ok if side.startswith("walship")):
         sys.exit("FAIL: a walship restore differs from the source database")
     return sides

@@ -135,6 +135,7 @@ def breakdown(w: dict[str, Any], args: argparse.Namespace) -> None:
     cycles = [c for c in w["events"]["cycles"] if t0 / 1e9 <= c["start"] <= t1 / 1e9 + args.drain]
     parts["sync() per cycle"] = [c["sync"] for c in cycles]
     parts["  of which checkpoint (PASSIVE, then the pause)"] = [c.get("checkpoint", 0.0) for c in cycles]
+    parts["  of which PASSIVE backfill beside the pin"] = [c.get("passive", 0.0) for c in cycles]
     parts["  writers paused (per pause)"] = [c["paused"] for c in cycles if "paused" in c]
     parts["upload_pending per cycle"] = [c["upload"] for c in cycles]
     parts["  of which open_store (new boto3 client)"] = [c.get("open_store", 0.0) for c in cycles]
@@ -173,3 +174,34 @@ def summary(rounds: list[dict[str, dict[str, Any]]]) -> None:
         print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median(ratios):.2f} |")
     loads = ", ".join(f"{sides['walship']['loadavg']:.2f}/{sides['litestream']['loadavg']:.2f}" for sides in rounds)
     print(f"\n5-minute load average at the end of each side (walship/litestream), per round: {loads}")
+
+
+def versus_baseline(rounds: list[dict[str, dict[str, Any]]]) -> None:
+    """walship against the baseline checkout's walship (``--baseline``) and Litestream, round by round,
+    with the median of the per-round ratios."""
+    metrics: dict[str, Any] = {
+        "lag p50 (s)": lambda s: pct(lags(s), 0.5),
+        "lag p99 (s)": lambda s: pct(lags(s), 0.99),
+        "lag max (s)": lambda s: pct(lags(s), 1.0),
+        "PUT per minute, load": lambda s: s["requests"]["load"]["PUT"],
+        "requests, idle window": lambda s: s["requests"]["idle"]["total"],
+        "shipper CPU s, load": lambda s: s["cpu"][0],
+        "shipper CPU s, idle": lambda s: s["cpu"][1],
+        "writer transaction p99 (ms)": lambda s: pct(s["latencies"], 0.99) * 1e3,
+    }
+    sides = ("walship", "walship@base", "litestream")
+    print(f"\nwalship / walship@base / litestream, {len(rounds)} round(s); median ratios over the rounds:\n")
+    print("| metric | " + " | ".join(f"round {n + 1}" for n in range(len(rounds))) + " | /base | /litestream |")
+    print("|---|" + "---:|" * (len(rounds) + 2))
+    for name, measure in metrics.items():
+        values = [[measure(r[side]) for side in sides] for r in rounds]
+        cells = [" / ".join(cell(v) for v in row) for row in values]
+        over_base = statistics.median(ratio_value(w, b) for w, b, _ in values)
+        over_ls = statistics.median(ratio_value(w, ls) for w, _, ls in values)
+        print(f"| {name} | " + " | ".join(cells) + f" | {cell(over_base)} | {cell(over_ls)} |")
+    loads = ", ".join("/".join(f"{r[side]['loadavg']:.2f}" for side in sides) for r in rounds)
+    print(f"\n5-minute load average at the end of each side, per round: {loads}")
+
+
+def ratio_value(a: float, b: float) -> float:
+    return a / b if b else (1.0 if a == b else math.nan)

@@ -1,8 +1,9 @@
 """The walship side of bench.ship_lag: the wal-ship flow's loop, core only, in its own process.
 
 What flows/ship.py does, minus Prefect: hold the database (pin and lock), take the
-lease, ``Shipper.open()``, tend the pin in its thread, then every ``--interval`` seconds
-``sync()`` and, when the spool holds entries, ``upload_pending`` with the run's one store. Prints
+lease, ``Shipper.open()``, tend the pin in its thread, then ``sync()`` and, when the spool holds
+entries, ``upload_pending`` with the run's one store, whenever ``Shipper.wait_for_commits`` says a
+sync is due (new commits, ``coalesce_seconds`` after the last; else every ``--interval`` seconds). Prints
 "ready" once the first upload (the generation's snapshot) is done; runs until SIGTERM,
 then writes per-cycle and per-segment timings to ``--events`` as JSON.
 
@@ -88,6 +89,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     _timed(S3Store, "put_file", "put+head", _segment)
     _timed(S3Store, "head", "head", _segment)
     _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # PASSIVE beside the pin, no writers' pause
+    _timed(WalCapture, "checkpoint_passive", "passive", _cycle)  # beside the pin, after a capture
     _timed(S3Store, "__init__", "open_store", _cycle)
     _time_pauses()
 
@@ -95,7 +97,8 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     run_id = "bench"
     held = hold_database(database, spool_dir, ShipperIdentity.this_process(run_id, spool_dir, replica))
     spool = Spool(spool_dir)
-    config = ShipConfig(database_id=database.name, **json.loads(os.environ.get("WALSHIP_BENCH_CONFIG", "{}")))
+    told = json.loads(os.environ.get("WALSHIP_BENCH_CONFIG", "{}"))
+    config = ShipConfig(database_id=database.name, **{"backfill_seconds": interval, **told})  # as the flow's
     holder = lease.holder_for(database, run_id)
     store = open_store(replica)
     spool.save_lease(lease.acquire_lease(store, holder))  # the acquire_lease task
@@ -103,21 +106,27 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     shipper.open()
     shipper.start_tending()
     ready = False
+    uploading: dict[str, float] = {}
+
+    def upload_captured(_: Any) -> None:  # as the flow's loop: what was captured goes up before the upkeep
+        uploading["start"] = time.time()
+        if spool.pending():
+            upload_pending(store, spool, holder=holder)
+        uploading["end"] = time.time()
+
     try:
         while not stop.is_set():
             _cycle.clear()
-            started = time.time()
-            shipper.sync()
-            synced = time.time()
-            if spool.pending():
-                upload_pending(store, spool, holder=holder)
+            started, began = time.time(), time.monotonic()
+            shipper.sync(upload_captured)
             ended = time.time()
-            cycles.append({"start": started, "sync": synced - started, "upload": ended - synced, **_cycle})
+            took = uploading["end"] - uploading["start"]
+            cycles.append({"start": started, "sync": ended - started - took, "upload": took, **_cycle})
             if not ready:
                 print("ready", flush=True)
                 ready = True
-            # As the flow does: poll the WAL index until the next sync is due.
-            shipper.wait_for_commits(interval - (time.time() - started), time.monotonic() + interval, stop)
+            # As the flow does: wait until the next sync is due, polling the WAL index once one may be.
+            shipper.wait_for_commits(interval, began + interval, stop, since=began)
     finally:
         shipper.close()
         spool.close()

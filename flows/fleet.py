@@ -60,6 +60,7 @@ def ship_fleet_flow(
     replica: Annotated[str, titled("Replica URL or template", schema={"pattern": REPLICA})],
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
+    coalesce: Annotated[float, titled("Coalescing window (s)", ge=0, le=3600)] = 0.0,
     once: Annotated[bool, titled("One sync only")] = False,
     level: Annotated[int, titled("Compression level", ge=MIN_LEVEL, le=MAX_LEVEL)] = DEFAULT_LEVEL,
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
@@ -79,6 +80,7 @@ def ship_fleet_flow(
         replica: Base URL (each database under <base>/<file name>) or a template with {name}.
         duration: Seconds the window lasts.
         interval: Seconds between two syncs of an active database.
+        coalesce: A written database syncs this long after its previous sync began; 0: interval less an upload.
         once: One sync and upload of each database, then end.
         level: zstd compression level, 1 (fastest) to 22 (smallest).
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
@@ -118,6 +120,7 @@ def ship_fleet_flow(
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
         park_after=park_after,
+        coalesce=coalesce,
         recipients=tuple(age_recipients),
         notify=events.notify,
         stopping=sigterm_ends_window,

@@ -25,7 +25,7 @@ from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.layout import parse_segment_key
 from walship.models import RetryPolicy, WalPosition, utcnow
-from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
+from walship.ship import COALESCE_SECONDS, LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
 from walship.spool import PendingEntry
 from walship.upload import UploadResult
 
@@ -46,6 +46,7 @@ def wal_ship_flow(
     replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
+    coalesce: Annotated[float, titled("Coalescing window (s)", gt=0, le=3600)] = COALESCE_SECONDS,
     once: Annotated[bool, titled("One sync only")] = False,
     spool_dir: Annotated[Path | None, titled("Spool directory"), optional("string")] = UNSET,
     database_id: Annotated[str | None, titled("Database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
@@ -66,7 +67,8 @@ def wal_ship_flow(
         database: Path of the live SQLite database on the worker's host.
         replica: Where segments go: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
         duration: Seconds the run ships, counted from its start.
-        interval: Seconds between two syncs (captures and uploads).
+        interval: The longest between two syncs (captures and uploads); new commits sync sooner.
+        coalesce: New commits sync this long after the previous sync began, sharing one upload (at most interval).
         once: Capture and upload once, then end.
         spool_dir: Local spool directory; empty: beside the database.
         database_id: Name of the database in the replica; empty: the database's file name.
@@ -96,6 +98,8 @@ def wal_ship_flow(
             snapshot_seconds=snapshot_interval,
             recipients=tuple(age_recipients),
             progress_seconds=progress_interval,
+            coalesce_seconds=coalesce,
+            backfill_seconds=interval,
         ),
         spool_dir=spool_dir,
         steps=_TaskSteps(retry, credentials_block),

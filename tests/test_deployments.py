@@ -60,6 +60,12 @@ class TestPrefectYaml:
         [
             ("flows/snapshot.py:snapshot_flow", {"database": "/x.db", "replica": "file:///r", "level": 99}, "level"),
             ("flows/ship.py:wal_ship_flow", {"database": "/x.db", "replica": "file:///r", "interval": 0}, "interval"),
+            ("flows/ship.py:wal_ship_flow", {"database": "/x.db", "replica": "file:///r", "coalesce": 0}, "coalesce"),
+            (
+                "flows/fleet.py:ship_fleet_flow",
+                {"databases": ["/x.db"], "replica": "file:///r", "coalesce": -1},
+                "coalesce",
+            ),
             (
                 "flows/restore.py:restore_flow",
                 {"replica": "file:///r", "output": "/o", "retry": {"attempts": 99}},

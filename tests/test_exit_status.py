@@ -67,6 +67,13 @@ ROWS = [
     Row("ship", "usage", lambda s: ["ship", str(s.database), "--replica", s.fresh, "--interval", "0"], 2, "--interval"),
     Row(
         "ship",
+        "coalesce",
+        lambda s: ["ship", str(s.database), "--replica", s.fresh, "--coalesce", "0"],
+        2,
+        "--coalesce",
+    ),
+    Row(
+        "ship",
         "replica-under-a-file",
         lambda s: ["ship", str(s.database), "--replica", f"file://{s.database}/replica", "--once"],
         2,
@@ -142,6 +149,13 @@ ROWS = [
     ),
     Row(
         "ship-many", "usage", lambda s: ["ship-many", str(s.work / "none-*.db"), "--replica", s.fresh], 2, "no database"
+    ),
+    Row(
+        "ship-many",
+        "coalesce",
+        lambda s: ["ship-many", str(s.database), "--replica", f"file://{s.work}/r/{{name}}", "--coalesce", "-1"],
+        2,
+        "--coalesce",
     ),
 ]
 

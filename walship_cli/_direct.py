@@ -157,6 +157,7 @@ def ship_many(
     snapshot_interval: float,
     handover_wait: float,
     park_after: float,
+    coalesce: float = 0.0,
     recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     one_arena()
@@ -172,6 +173,7 @@ def ship_many(
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
         park_after=park_after,
+        coalesce=coalesce,
         recipients=recipients,
         notify=lambda event: log.warning("%s: %s: %s", event.database, event.kind, event.detail),
         stopping=_stopping,

@@ -150,6 +150,7 @@ def ship(
         snapshot_interval=config.snapshot_seconds,
         handover_wait=handover_wait,
         progress_interval=config.progress_seconds,
+        coalesce=config.coalesce_seconds,
         age_recipients=list(config.recipients),
     )
 
@@ -166,6 +167,7 @@ def ship_many(
     snapshot_interval: float,
     handover_wait: float,
     park_after: float,
+    coalesce: float = 0.0,
     recipients: tuple[str, ...] = (),
 ) -> FleetReport:
     from flows.fleet import ship_fleet_flow  # noqa: PLC0415 - Prefect only when a flow runs
@@ -183,5 +185,6 @@ def ship_many(
         snapshot_interval=snapshot_interval,
         handover_wait=handover_wait,
         park_after=park_after,
+        coalesce=coalesce,
         age_recipients=list(recipients),
     )

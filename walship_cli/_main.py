@@ -31,7 +31,7 @@ from walship.fleet import PARK_AFTER, plan_fleet
 from walship.models import RestoreResult
 from walship.placement import check_output
 from walship.restore import point_in_time
-from walship.ship import ShipConfig
+from walship.ship import COALESCE_SECONDS, ShipConfig
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
@@ -136,7 +136,17 @@ def _ship_parser(commands: "argparse._SubParsersAction[_Parser]") -> _Parser:
     window = ship.add_mutually_exclusive_group()
     window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    ship.add_argument("--interval", type=float, default=1.0, help="seconds between syncs (default 1)")
+    ship.add_argument(
+        "--interval", type=float, default=1.0, help="the longest between two syncs (default 1); new commits sync sooner"
+    )
+    ship.add_argument(
+        "--coalesce",
+        type=float,
+        default=COALESCE_SECONDS,
+        metavar="SECONDS",
+        help="new commits sync this long after the previous sync began, sharing one upload "
+        f"(default {COALESCE_SECONDS:g}; at most --interval)",
+    )
     ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
     ship.add_argument(
         "--handover-wait",
@@ -178,6 +188,14 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
     _age.recipient_option(many)
     many.add_argument("--interval", type=float, default=1.0, help="seconds between syncs of an active database")
+    many.add_argument(
+        "--coalesce",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="a written database syncs this long after its previous sync began, sharing one upload "
+        "(default 0: --interval less an upload's time)",
+    )
     many.add_argument(
         "--park-after",
         type=float,
@@ -334,6 +352,8 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         )
     if args.progress_interval <= 0:
         raise UsageError("--progress-interval must be positive")
+    if not args.coalesce > 0:
+        raise UsageError(f"--coalesce must be positive (seconds; default {COALESCE_SECONDS:g})")
     database = args.database.resolve()
     config = ShipConfig(
         database_id=args.database_id or database.name,
@@ -341,6 +361,8 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         snapshot_seconds=args.snapshot_interval,
         recipients=_age.sealing(args).recipients,
         progress_seconds=args.progress_interval,
+        coalesce_seconds=args.coalesce,
+        backfill_seconds=args.interval,
     )
     report = _runner(args).ship(
         database,
@@ -374,6 +396,8 @@ def _ship_many(args: argparse.Namespace) -> int:
         )
     if args.park_after < 0:
         raise UsageError("--park-after must not be negative")
+    if not args.coalesce >= 0:
+        raise UsageError("--coalesce must not be negative (seconds; 0: --interval less an upload's time)")
     codec.validate_level(args.level)
     members, unmatched = plan_fleet(args.patterns, args.replica)  # a bad template fails here, before any work
     for pattern in unmatched:
@@ -393,6 +417,7 @@ def _ship_many(args: argparse.Namespace) -> int:
             snapshot_interval=args.snapshot_interval,
             handover_wait=args.handover_wait,
             park_after=args.park_after,
+            coalesce=args.coalesce,
             recipients=_age.sealing(args).recipients,
         )
     except FleetFailedError as exc:

@@ -192,6 +192,7 @@ class TortureRun:
             str(handover_wait),
             *(["--spool", str(self.spool)] if self.spool else []),
             *(["--park-after", str(self.plan.park_after)] if self.plan.fleet else []),
+            *(["--coalesce", str(self.plan.coalesce)] if self.plan.coalesce else []),
         ]
         shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
         self.shippers.append(shipper)

@@ -29,7 +29,8 @@ _KINDS_V1 = {
 }
 # Each version adds kinds; a seed replays the schedule of the version it was drawn with.
 _KINDS_V2 = {**_KINDS_V1, "stall": 1, "damage": 1, "spool-full": 1}
-KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: {**_KINDS_V2, "park": 3}}
+# Version 4 adds no kind: it draws the shipper's --coalesce window.
+KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: {**_KINDS_V2, "park": 3}, 4: {**_KINDS_V2, "park": 3}}
 VERSION = max(KINDS)
 
 # What a ``park`` event does while the database is parked.
@@ -62,6 +63,7 @@ class Plan(NamedTuple):
     spool_mib: int = 0  # the spool on a tmpfs of this size (0: beside the database)
     fleet: bool = False  # shipped by ``walship ship-many`` (which parks the idle database) instead of ``ship``
     park_after: float = 0.0  # the fleet's --park-after
+    coalesce: float = 0.0  # the shipper's --coalesce (0: its default); longer than interval too
 
 
 def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
@@ -99,4 +101,6 @@ def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
         if fleet:  # its spool is the default one, beside the database
             events = [e for e in events if e.kind not in _NOT_FOR_A_FLEET]
             run_plan = run_plan._replace(events=tuple(events), spool_mib=0, fleet=True, park_after=park_after)
+    if version >= 4:  # drawn last again
+        run_plan = run_plan._replace(coalesce=rng.choice((0.0, 0.05, 0.15, 0.35, 0.7)))
     return run_plan

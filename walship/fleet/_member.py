@@ -66,7 +66,6 @@ class Member:
     idle_delay: float = 0.0
     watched: bool = False  # the kernel tells of changes to its files (``ChangeWatch``)
     due: float = 0.0  # when the scheduler looks next
-    noticed: float | None = None
     last_step: float = field(default_factory=time.monotonic)
     last_change: float = field(default_factory=time.monotonic)
     busy: bool = False

@@ -49,7 +49,7 @@ from walship.fleet._memory import lean_sqlite
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetReport, FleetRow, RowState
 from walship.fleet._stores import SharedStores
-from walship.ship import ShipConfig, ShipSteps
+from walship.ship import ShipConfig, ShipSteps, budget_window, sync_due
 from walship.sqlite import check_database
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ __all__ = ["PARK_AFTER", "FleetShipping"]
 
 # A database stays hot this long after its last sign of writes.
 _HOT_SECONDS = 5.0
-# Time kept for the upload once commits were noticed (as the single shipper's wait).
-_UPLOAD_BUDGET = 0.3
 # A held database with no change for this long is parked (sooner when others wait to be opened).
 PARK_AFTER = 30.0
 _PARK_UNDER_PRESSURE = 1.0
@@ -78,6 +76,7 @@ class FleetShipping:
         *,
         stores: SharedStores,
         interval: float = 1.0,
+        coalesce: float = 0.0,
         notify: Notify | None = None,
         workers: int = 4,
         poll: float = 0.05,
@@ -89,13 +88,16 @@ class FleetShipping:
         handover_wait: float = 0.0,
         open_files: int | None = None,
     ) -> None:
-        """``handover_wait``: how long each database waits for a running shipper of it (the previous window);
+        """``coalesce``: a written database's window (``sync_due``; 0: ``budget_window(interval)``);
+        ``handover_wait``: how long each database waits for a running shipper of it (the previous window);
         ``open_files``: the limit to budget for (default: this process's, raised to its hard limit);
         ``watched_poll``: how often a parked database is looked at all the same when the kernel tells of changes
         to its files (``ChangeWatch``; ``watch_changes=False``: never), against ``idle_poll`` when it does not."""
         self.handover_wait = handover_wait
         self.interval, self.poll, self.idle_poll, self.idle_sync = interval, poll, idle_poll, idle_sync
         self.park_after, self.watched_poll, self.watch_changes = park_after, watched_poll, watch_changes
+        # Hot databases share one process's CPU: by default each keeps its lag near ``interval``, not lower.
+        self.window = coalesce or budget_window(interval)
         self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
         self._members = [
@@ -228,10 +230,7 @@ class FleetShipping:
             commits = True  # let the sync meet the problem and report it
         if commits:
             member.hot_until, member.last_change, member.park_again = now + _HOT_SECONDS, now, False
-            member.noticed = member.noticed if member.noticed is not None else now
-        waited = now - member.noticed if member.noticed is not None else 0.0
-        budget = min(_UPLOAD_BUDGET, self.interval / 3)
-        if waited >= self.interval - budget - self.poll or now - member.last_step >= self.interval:
+        if sync_due(now - member.last_step, commits, window=self.window, interval=self.interval):
             self._submit(member, pool, self._step)
         return self.poll
 
@@ -375,6 +374,7 @@ class FleetShipping:
 
     def _step(self, member: Member) -> None:
         assert member.run is not None
+        member.last_step = time.monotonic()  # windows count from a sync's start
         try:
             member.run.step()
         except Exception as exc:
@@ -384,7 +384,6 @@ class FleetShipping:
         else:
             self._copy(member)
         finally:
-            member.last_step, member.noticed = time.monotonic(), None
             member.busy = False
 
     def _park(self, member: Member) -> None:

@@ -40,6 +40,7 @@ def ship_fleet(
     snapshot_interval: float,
     handover_wait: float,
     park_after: float = PARK_AFTER,
+    coalesce: float = 0.0,
     recipients: tuple[str, ...] = (),
     notify: Notify | None = None,
     stopping: Stopping = _no_signals,
@@ -54,11 +55,16 @@ def ship_fleet(
     fleet = FleetShipping(
         members,
         lambda m: ShipConfig(
-            database_id=m.database.name, level=level, snapshot_seconds=snapshot_interval, recipients=recipients
+            database_id=m.database.name,
+            level=level,
+            snapshot_seconds=snapshot_interval,
+            recipients=recipients,
+            backfill_seconds=interval,
         ),
         steps,
         stores=stores,
         interval=interval,
+        coalesce=coalesce,
         handover_wait=handover_wait,
         park_after=park_after,
         notify=notify,

@@ -7,10 +7,22 @@ from pydantic import BaseModel, Field
 from walship import codec
 from walship.envelope import Sealing
 
-__all__ = ["FIRST_CAPTURE", "ResyncSummary", "ShipConfig", "SyncResult", "generation_log_level", "merge"]
+__all__ = [
+    "COALESCE_SECONDS",
+    "FIRST_CAPTURE",
+    "ResyncSummary",
+    "ShipConfig",
+    "SyncResult",
+    "generation_log_level",
+    "merge",
+]
 
 # Why the first run of a database starts a generation: routine, unlike every other reason.
 FIRST_CAPTURE = "no earlier capture of this database"
+
+
+# A single shipper's window for commits to share one sync ("When a sync is due", docs/ARCHITECTURE.md).
+COALESCE_SECONDS = 0.35
 
 
 def generation_log_level(reason: str) -> int:
@@ -33,6 +45,19 @@ class ShipConfig(BaseModel):
     spool_cap_bytes: int = Field(default=1 << 30, description="warn loudly when the spool holds more")
     snapshot_seconds: float = Field(
         default=3600.0, ge=0, description="snapshot within the generation this often when it changed (0: never)"
+    )
+    coalesce_seconds: float = Field(
+        default=COALESCE_SECONDS,
+        gt=0,
+        description="commits wait this long after the previous sync began to share a segment: under steady "
+        "writes one upload per window, a commit in storage about this plus an upload after it was made",
+    )
+    backfill_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="under steady writes the pin moves past new captures (then SQLite's autocheckpoint backfills "
+        "and fsyncs in a writer's commit) and the WAL is backfilled at most this often, however often syncs "
+        "capture (0: at every sync); a shipper's interval",
     )
     progress_seconds: float = Field(
         default=60.0, gt=0, description="tell the observer how the window goes this often (a log line, the artifact)"

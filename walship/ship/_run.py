@@ -68,8 +68,9 @@ class ShipReport(BaseModel):
     pending_at_end: int = 0
     position: WalPosition | None = None
 
-    def count_sync(self, result: SyncResult) -> None:
-        self.syncs += 1
+    def count_sync(self, result: SyncResult, *, counted: bool = False) -> None:
+        """``counted``: the rest of a sync whose capture was counted already."""
+        self.syncs += int(not counted)
         self.segments_captured += result.segments
         self.commits_captured += result.commits
         self.bytes_captured += result.bytes
@@ -216,9 +217,17 @@ class ShippingRun:
 
     def step(self) -> None:
         """One sync and the upload of what it spooled (a failed upload stays spooled for the next step)."""
-        self._synced(self.shipper.sync())
-        self._upload(self.shipper.spool, self._store())
-        self._spooled(self.shipper.spool.pending())
+        self._sync_and_upload(self.shipper, self._store())
+
+    def _sync_and_upload(self, shipper: Shipper, store: ObjectStore) -> None:
+        """A sync whose capture goes up before its checkpoint or snapshot work (``Shipper.sync``)."""
+
+        def upload(captured: SyncResult) -> None:
+            self._synced(captured)
+            self._upload(shipper.spool, store)
+
+        self._synced(shipper.sync(upload), counted=True)
+        self._spooled(shipper.spool.pending())
 
     def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed.
@@ -286,12 +295,10 @@ class ShippingRun:
         try:
             while True:
                 started = time.monotonic()
-                self._synced(shipper.sync())
-                self._upload(shipper.spool, store)
-                self._spooled(shipper.spool.pending())
+                self._sync_and_upload(shipper, store)
                 if once or time.monotonic() >= deadline or self._stop.is_set():
                     break
-                shipper.wait_for_commits(interval - (time.monotonic() - started), deadline, self._stop)
+                shipper.wait_for_commits(interval, deadline, self._stop, since=started)
         finally:
             # Before the final capture: nothing is spooled behind the final drain.
             shipper.stop_tending()
@@ -388,8 +395,8 @@ class ShippingRun:
             self._progress_due = now + self.config.progress_seconds
             self.observer.progress(self.config.database_id, self.report)
 
-    def _synced(self, result: SyncResult) -> None:
-        self.report.count_sync(result)
+    def _synced(self, result: SyncResult, *, counted: bool = False) -> None:
+        self.report.count_sync(result, counted=counted)
         self.observer.synced(result)
 
 

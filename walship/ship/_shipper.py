@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
@@ -59,6 +60,7 @@ class Shipper:
         self._guard = Guard(self.capture, guarded=guarded)
         self._last_sync = utcnow()
         self._last_checkpoint = time.monotonic()
+        self._last_backfill = -float("inf")  # when a sync last moved the pin and backfilled (``_tend_wal``)
         # The last capture stopped short of the published WAL end (a spool too small for the backlog).
         self._behind = False
         self._snapshots = BackgroundSnapshot(
@@ -134,9 +136,10 @@ class Shipper:
     def _tend(self) -> SyncResult | None:
         """Move the pin when the application may be waiting on it; capture first if it backfilled everything.
 
-        Under load the pin moves once per sync (after the capture): moving it
-        more often would let SQLite's autocheckpoint backfill, and fsync the
-        database, at nearly every commit. It moves between syncs when the WAL
+        Under load the pin moves with a sync's upkeep (``_tend_wal``, at most
+        every ``backfill_seconds``): moving it more often would let SQLite's
+        autocheckpoint backfill, and fsync the database, at nearly every
+        commit. It moves between syncs when the WAL
         went quiet (its end did not move for a poll: an application's FULL,
         RESTART or TRUNCATE checkpoint holds the write lock while it waits for
         readers), or when the application backfilled every frame: the pin that
@@ -310,42 +313,50 @@ class Shipper:
 
     # Syncing ------------------------------------------------------------------------------
 
-    def sync(self) -> SyncResult:
-        """``_sync``, with what the tending thread captured since the last one."""
-        result = self._sync()
-        with self._lock:
-            tended, self._tended = self._tended, SyncResult()
-        return merge(tended, result)
+    def sync(self, upload: Callable[[SyncResult], None] | None = None) -> SyncResult:
+        """Capture new committed frames, then backfill, restart or snapshot when due (``_upkeep``); with what
+        the tending thread captured since the last sync.
 
-    def _sync(self) -> SyncResult:
-        """Capture new committed frames; backfill when the WAL is big, restart it when bigger or old.
-
-        Backfilling (PASSIVE, beside the pin) never makes writers wait; a WAL
-        restart needs every frame backfilled at once, which under steady
-        writes takes a moment's pause of writers (``_checkpoint``): only past
-        ``restart_pages`` or ``checkpoint_seconds``, so writers rarely feel it.
+        ``upload``, when given, is handed what was captured as soon as it is
+        spooled, before the upkeep (and outside the lock: the pin is tended
+        meanwhile), and the result holds only what came after: a commit's way
+        to storage never waits for a checkpoint. What the upkeep spools (a
+        checkpoint's last frames) goes up with the next capture.
         """
+        began = time.monotonic()
         with self._lock:
             assert self.cursor is not None, "open() first"
             try:
-                result = self._capture()
+                result, recovered = self._capture(), False
             except ContinuityLostError as lost:
-                return self._recover(str(lost), self.cursor)
+                result, recovered = self._recover(str(lost), self.cursor), True
+        if upload is not None:
+            upload(merge(self._take_tended(), result))
+            result = SyncResult()
+        if not recovered:
+            result = merge(result, self._upkeep(began))
+        return merge(self._take_tended(), result)
+
+    def _take_tended(self) -> SyncResult:
+        with self._lock:
+            tended, self._tended = self._tended, SyncResult()
+        return tended
+
+    def _upkeep(self, began: float) -> SyncResult:
+        """After the capture of a sync that ``began`` (monotonic): the WAL's upkeep when due (``_tend_wal``),
+        a snapshot when due. Counted between syncs' starts, which keep to their schedule: a quiet database's
+        syncs, ``interval`` apart, each tend the WAL."""
+        result = SyncResult()
+        with self._lock:
+            assert self.cursor is not None
             # The live WAL ends where the index says: after a restart SQLite
             # reuses the file without shrinking it, so its size says nothing.
             live = self._published_end() or self.cursor.offset
             if live > self.config.emergency_wal_bytes:
-                return merge(result, self._emergency_brake())
-            page = max(self.cursor.page_size, 512)
-            app_backfilled = self._app_backfills()
-            aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
-            if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
-                result = merge(result, self._checkpoint())
-            else:
-                self._move_pin()  # to what was just captured: backfill may go that far
-                if not self.cursor.checkpointed and live > self.config.checkpoint_pages * page and not app_backfilled:
-                    # Beside the pin, writers go on; if it all got in, the next tend lets the WAL restart.
-                    self.capture.checkpoint_passive()
+                return self._emergency_brake()
+            if began - self._last_backfill >= self.config.backfill_seconds:
+                self._last_backfill = began
+                result = self._tend_wal(live)
         if self.snapshot_due():
             result = merge(result, self.take_snapshot())
         with self._lock:
@@ -359,6 +370,29 @@ class Shipper:
                 self.config.spool_cap_bytes,
             )
         return result
+
+    def _tend_wal(self, live: int) -> SyncResult:
+        """Move the pin to what was captured and backfill when the WAL is big; restart it when bigger or old.
+
+        Backfilling (PASSIVE, beside the pin) never makes writers wait; a WAL
+        restart needs every frame backfilled at once, which under steady
+        writes takes a moment's pause of writers (``_checkpoint``): only past
+        ``restart_pages`` or ``checkpoint_seconds``, so writers rarely feel it.
+        Each pin move lets SQLite's autocheckpoint backfill and fsync the
+        database inside the next writer's commit, so under steady writes this
+        runs at most every ``backfill_seconds``, however often syncs capture.
+        """
+        assert self.cursor is not None
+        page = max(self.cursor.page_size, 512)
+        app_backfilled = self._app_backfills()
+        aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+        if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
+            return self._checkpoint()
+        self._move_pin()  # to what was just captured: backfill may go that far
+        if not self.cursor.checkpointed and live > self.config.checkpoint_pages * page and not app_backfilled:
+            # Beside the pin, writers go on; if it all got in, the next tend lets the WAL restart.
+            self.capture.checkpoint_passive()
+        return SyncResult()
 
     def _app_backfills(self) -> bool:
         """Whether the application's own checkpoints backfilled since the last sync (then ours would only
@@ -462,14 +496,21 @@ class Shipper:
         assert self.cursor is not None
         return has_new_commits(self.capture, self.cursor)
 
-    def wait_for_commits(self, interval: float, deadline: float, stop: threading.Event | None = None) -> None:
-        """Sleep until the next sync is due (see ``walship.ship._watch.wait_for_commits``).
+    def wait_for_commits(
+        self, interval: float, deadline: float, stop: threading.Event | None = None, *, since: float | None = None
+    ) -> None:
+        """Sleep until the next sync is due: new commits once ``config.coalesce_seconds`` passed since the
+        sync that began at ``since`` (monotonic; default now), or ``interval`` (``walship.ship._watch``).
 
         First the sync's freed buffers go back to the OS: glibc would keep them
         (``walship.memory.release_free_memory``).
         """
         release_free_memory()
-        wait_for_commits(self.capture, lambda: self.cursor, interval, deadline, stop)
+        since = time.monotonic() if since is None else since
+        window, cursor = self.config.coalesce_seconds, lambda: self.cursor
+        wait_for_commits(
+            self.capture, cursor, since=since, window=window, interval=interval, deadline=deadline, stop=stop
+        )
 
     def _capture(self) -> SyncResult:
         """Capture the committed tail, in segments no bigger than the spool's budget.

@@ -1,4 +1,4 @@
-"""Watching the WAL between syncs: two local reads per poll, no storage request."""
+"""Watching the WAL between syncs, and when the next sync is due: local reads only, no storage request."""
 
 import threading
 import time
@@ -8,12 +8,29 @@ from walship.errors import CorruptObjectError, WalIndexUnsettledError
 from walship.models import WalCursor
 from walship.sqlite import WalCapture
 
-__all__ = ["POLL_SECONDS", "has_new_commits", "published_end", "wait_for_commits"]
+__all__ = ["POLL_SECONDS", "budget_window", "has_new_commits", "published_end", "sync_due", "wait_for_commits"]
 
-# How often the WAL index is polled between syncs, and the time kept for the
-# upload after a capture (measured p99 about 0.1 s for a segment, bench/).
+# How often the WAL index is polled once a sync may be due, and the time kept
+# for the capture and upload when a window is derived from a lag (bench/ship_lag.py).
 POLL_SECONDS = 0.05
 _UPLOAD_BUDGET = 0.3
+
+
+def sync_due(waited: float, commits: bool, *, window: float, interval: float) -> bool:
+    """Whether a sync is due ``waited`` seconds after the previous one began.
+
+    The rule of the single shipper and of the fleet: as soon as there are new
+    commits once ``window`` has passed (commits made within it share one
+    segment, one PUT), and after ``interval`` whatever happened (checkpoints
+    and snapshots fall due on a quiet database too). A lone commit is
+    captured at its first poll; a steady writer gets one capture per window.
+    """
+    return waited >= interval or (commits and waited >= window)
+
+
+def budget_window(interval: float) -> float:
+    """The window that keeps a commit's lag to about ``interval``: it, less the time a capture and upload take."""
+    return max(interval - min(_UPLOAD_BUDGET, interval / 3) - POLL_SECONDS, 0.0)
 
 
 def published_end(capture: WalCapture) -> int | None:
@@ -39,25 +56,25 @@ def has_new_commits(capture: WalCapture, cursor: WalCursor) -> bool:
 def wait_for_commits(
     capture: WalCapture,
     cursor: Callable[[], WalCursor | None],
+    *,
+    since: float,
+    window: float,
     interval: float,
     deadline: float,
     stop: threading.Event | None = None,
 ) -> None:
-    """Sleep until the next sync is due, polling the WAL index.
+    """Sleep until a sync is due (``sync_due``) for a sync that began at ``since`` (monotonic), or ``deadline``.
 
-    A sync is due ``interval`` after the previous one, or sooner: once new
-    commits have waited ``interval`` minus the time an upload takes, so a
-    commit is durable in storage within about ``interval`` of being made.
+    Nothing can be due within the window, so it is slept through without a
+    look at the WAL index; from then on the index is polled.
     """
-    budget = min(_UPLOAD_BUDGET, interval / 3)
-    started = time.monotonic()
-    noticed: float | None = None
-    while (now := time.monotonic()) < deadline and now - started < interval:
-        if stop is not None and stop.is_set():
-            return
+    stop = stop or threading.Event()
+    window = min(window, interval)
+    if stop.wait(max(0.0, min(since + window, deadline) - time.monotonic())):
+        return
+    while (now := time.monotonic()) < deadline and not stop.is_set():
         current = cursor()
-        if noticed is None and current is not None and has_new_commits(capture, current):
-            noticed = now
-        if noticed is not None and now - noticed >= interval - budget - POLL_SECONDS:
+        commits = current is not None and has_new_commits(capture, current)
+        if sync_due(now - since, commits, window=window, interval=interval):
             return
-        time.sleep(min(POLL_SECONDS, max(0.0, deadline - now)))
+        stop.wait(max(0.0, min(POLL_SECONDS, deadline - now, since + interval - now)))
