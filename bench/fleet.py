@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -54,7 +53,7 @@ from bench._common import LS_VENV, LS_VERSION, ROOT, litestream, proc_stats
 from bench.fleet_checks import commit_markers, descriptors, restored_equal, spread, wait_markers
 from bench.ship_lag_report import pct
 from bench.ship_lag_writer import MARKER_TABLE, TOKEN_PATTERN
-from bench.workload import create_database
+from bench.workload import create_database, database_copies
 from deployments.local_server import api_url, prefect_env, start_server, stop_group, wait_healthy
 
 WALSHIP = Path(sys.executable).parent / "walship"
@@ -63,14 +62,6 @@ MARKER_EVERY = 5
 PORT = 4281  # the --prefect server's
 # After --park-after: the last written databases parked (and parked again, when their end touched the files).
 SETTLE_PAST_PARKING = 30.0
-
-
-def prepare(directory: Path, count: int, base: Path) -> list[Path]:
-    directory.mkdir(parents=True)
-    paths = [directory / f"db{i:04d}.db" for i in range(count)]
-    for path in paths:
-        shutil.copyfile(base, path)
-    return paths
 
 
 def start(
@@ -201,7 +192,7 @@ def run_side(
     side: str, work: Path, base: Path, args: argparse.Namespace, env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     here = work / side
-    dbs = prepare(here / "dbs", args.databases, base)
+    dbs = database_copies(here / "dbs", base, args.databases)
     replicas = here / "replicas"
     replicas.mkdir()
     log = here / "shipper.log"

@@ -125,6 +125,15 @@ def create_database(path: Path, size_bytes: int, *, seed: int = 1) -> None:
     connection.close()
 
 
+def database_copies(directory: Path, base: Path, count: int) -> list[Path]:
+    """``count`` copies of ``base`` in ``directory``: a fleet of databases."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"db{i:04d}.db" for i in range(count)]
+    for path in paths:
+        shutil.copyfile(base, path)
+    return paths
+
+
 def _wal_size(path: Path) -> int:
     wal = Path(f"{path}-wal")
     return wal.stat().st_size if wal.exists() else 0

@@ -89,7 +89,7 @@ def base_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 64 KiB database: what the fleet tests copy many times (``tests.shipping.database_copies``)."""
+    """A 64 KiB database: what the fleet tests copy many times (``bench.workload.database_copies``)."""
     path = tmp_path_factory.mktemp("small-base") / "base.db"
     create_database(path, 64 << 10, seed=SEED)
     return path

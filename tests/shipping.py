@@ -10,7 +10,6 @@ started (``spawned``) and point the CLI at the session's Prefect API
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -148,15 +147,6 @@ class WriterGroup:
         self.resume()
         for process in self.processes:
             process.wait(timeout=30)
-
-
-def database_copies(directory: Path, base: Path, count: int) -> list[Path]:
-    """``count`` copies of ``base`` in ``directory``: a fleet of databases."""
-    directory.mkdir(exist_ok=True)
-    paths = [directory / f"db{i:04d}.db" for i in range(count)]
-    for path in paths:
-        shutil.copyfile(base, path)
-    return paths
 
 
 def process_state(pid: int) -> str | None:

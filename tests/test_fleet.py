@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.workload import database_copies
 from tests.helpers import ROOT, WALSHIP, walship
 from tests.shipping import (
     WriterGroup,
     assert_restore_equals_source,
-    database_copies,
     replica_generations,
     wait_until,
 )

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.workload import content_digest
+from bench.workload import content_digest, database_copies
 from tests.helpers import WALSHIP, walship
-from tests.shipping import database_copies, wait_until
+from tests.shipping import wait_until
 from walship.errors import UsageError
 from walship.fleet import FleetMember, FleetShipping, RetryingSteps, RowState, SharedStores
 from walship.fleet._budget import FILES_PER_DATABASE, open_file_budget
