@@ -166,6 +166,22 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def app_commits(database: Path, rows: int, *, checkpoint: str | None = None) -> None:
+    """The application commits ``rows`` transactions in its own process (a lock of this process's would not
+    conflict with the fleet's pins), opening and closing its connection as a request would."""
+    code = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n"
+        "c.execute('CREATE TABLE IF NOT EXISTS late (id INTEGER PRIMARY KEY, body TEXT)')\n"
+        "for n in range(int(sys.argv[2])):\n"
+        "    c.execute('INSERT INTO late (body) VALUES (?)', (f'row {n} ' * 40,))\n"
+        "if sys.argv[3]:\n"
+        "    c.execute(f'PRAGMA wal_checkpoint({sys.argv[3]})')\n"
+        "c.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(database), str(rows), checkpoint or ""], check=True)
+
+
 def checkpoint_truncate(database: Path) -> tuple[int, int, int]:
     """The application runs PRAGMA wal_checkpoint(TRUNCATE) in its own process."""
     return checkpoint_mode(database, "TRUNCATE")

@@ -5,8 +5,6 @@ longer counted on, and a fleet wakes a parked database at its change, not at its
 import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,12 +13,11 @@ from pathlib import Path
 import pytest
 
 from bench.workload import database_copies
-from tests.shipping import wait_until
+from tests.shipping import app_commits, wait_until
 from walship.fleet import FleetMember, FleetShipping, RetryingSteps, RowState, SharedStores
 from walship.fleet._changes import ChangeWatch
 from walship.ship import ShipConfig
 
-_COMMIT = "import sqlite3, sys; sqlite3.connect(sys.argv[1], isolation_level=None).execute('CREATE TABLE late (x)')"
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/sys/fs/inotify"), reason="Linux inotify")
 
 
@@ -105,8 +102,7 @@ def test_a_parked_database_wakes_at_its_change(small_database: Path, tmp_path: P
     try:
         wait_until(lambda: fleet.rows[0].state == RowState.PARKED, "the idle database to be parked", 30)
         time.sleep(1)  # past the look that follows its parking: the next one is a poll away
-        # From another process, as the application: a connection of this one would share the fleet's locks.
-        subprocess.run([sys.executable, "-c", _COMMIT, str(database)], check=True)
+        app_commits(database, 1)
         wait_until(lambda: fleet.rows[0].state != RowState.PARKED, "the change to wake it", 20)
     finally:
         fleet.stop()

@@ -6,7 +6,6 @@ parked database's application commits is lost, even when it resets the WAL while
 import os
 import resource
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 
 from bench.workload import content_digest, database_copies
 from tests.helpers import WALSHIP, walship
-from tests.shipping import wait_until
+from tests.shipping import app_commits, wait_until
 from walship.errors import UsageError
 from walship.fleet import FleetMember, FleetShipping, RetryingSteps, RowState, SharedStores
 from walship.fleet._budget import FILES_PER_DATABASE, open_file_budget
@@ -50,22 +49,6 @@ def _open_files_of(database: Path) -> list[str]:
         if target in names:
             found.append(target)
     return found
-
-
-def _commit(database: Path, rows: int, *, checkpoint: str | None = None) -> None:
-    """The application commits ``rows`` transactions in its own process (a lock of this process's would not
-    conflict with the fleet's pins), opening and closing its connection as a request would."""
-    code = (
-        "import sqlite3, sys\n"
-        "c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n"
-        "c.execute('CREATE TABLE IF NOT EXISTS late (id INTEGER PRIMARY KEY, body TEXT)')\n"
-        "for n in range(int(sys.argv[2])):\n"
-        "    c.execute('INSERT INTO late (body) VALUES (?)', (f'row {n} ' * 40,))\n"
-        "if sys.argv[3]:\n"
-        "    c.execute(f'PRAGMA wal_checkpoint({sys.argv[3]})')\n"
-        "c.close()\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(database), str(rows), checkpoint or ""], check=True)
 
 
 def _restored_equals(database: Path, replica: Path, output: Path) -> None:
@@ -104,13 +87,13 @@ def test_an_idle_database_is_parked_and_woken_by_a_change(
     assert _open_files_of(quiet) == []  # parked: no connection, no descriptor
     assert (default_spool_dir(quiet) / CAUGHT_UP).exists()
 
-    _commit(quiet, 20)
+    app_commits(quiet, 20)
     wait_until(lambda: _state(fleet, quiet) == RowState.SHIPPING, "the change to wake it", 10)
     assert _open_files_of(quiet)  # held while written
 
     # While parked, the application resets the WAL nobody holds: the wake resyncs, nothing is lost.
     wait_until(lambda: _state(fleet, gap) == RowState.PARKED, "the second database to be parked", 30)
-    _commit(gap, 30, checkpoint="TRUNCATE")
+    app_commits(gap, 30, checkpoint="TRUNCATE")
     wait_until(lambda: _state(fleet, gap) != RowState.PARKED, "the change to wake it", 10)
     wait_until(lambda: _state(fleet, gap) == RowState.PARKED, "it to be parked again", 30)
     fleet.stop()
@@ -130,7 +113,7 @@ def test_the_next_window_leaves_unchanged_databases_closed(small_database: Path,
     first = walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once", env=DIRECT)
     assert first.returncode == 0, first.stderr
     time.sleep(3)  # past the files' recent-change window: an unchanged file is known unchanged
-    _commit(databases[1], 10)
+    app_commits(databases[1], 10)
     second = walship("--no-prefect", "ship-many", pattern, "--replica", replica, "--once", env=DIRECT)
     assert second.returncode == 0, second.stderr
     states = {line.split()[1]: line.split()[0] for line in second.stdout.splitlines() if line.split()[1:2]}
@@ -150,7 +133,7 @@ def test_more_written_databases_than_the_budget_holds(
     out = _run_in_thread(fleet, 25, window)
     for _ in range(3):
         for db in databases:
-            _commit(db, 5)
+            app_commits(db, 5)
         time.sleep(1)
     window[0].join(timeout=120)
     assert not out["report"].failed  # type: ignore[attr-defined]
