@@ -73,7 +73,6 @@ class ChangeWatch:
         self._fd = -1
         self._wakeup: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
         self.watched = [False] * len(databases)
 
     def start(self) -> None:
@@ -113,7 +112,6 @@ class ChangeWatch:
 
     def close(self) -> None:
         if self._thread is not None and self._wakeup is not None:
-            self._closing.set()
             os.write(self._wakeup[1], b"x")
             self._thread.join()
             for fd in self._wakeup:
@@ -140,7 +138,7 @@ class ChangeWatch:
                 self._nudge.set()
             # Written databases raise events at every commit: reading them in batches, the kernel merges a file's
             # repeated writes meanwhile and this thread wakes (and takes the interpreter's lock) a few times a second.
-            if self._closing.wait(_BATCH_SECONDS):
+            if select.select([self._wakeup[0]], [], [], _BATCH_SECONDS)[0]:
                 return
 
     def _parse(self, data: bytes) -> set[int]:
