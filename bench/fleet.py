@@ -29,6 +29,7 @@ until every database has its first object, then SIGTERM), so that every
 database has its generation and its caught-up record; then one marker commit
 per written database while no shipper runs, and the measured window's
 start-up lasts until those commits are in the replicas (bench.fleet_checks).
+``--first-window-only`` stops after that first (cold) window.
 
     python -m bench.fleet [--databases 1000] [--active 20] [--rate 20] [--idle 30] [--load 60] [--warm]
 """
@@ -200,6 +201,8 @@ def run_side(
     result: dict[str, Any] = {}
     if args.warm:
         result["startup_seconds"], result["started"] = first_window(side, dbs, replicas, args, log, env)
+        if args.first_window_only:
+            return result
         markers = commit_markers(active)
     began = time.monotonic()
     shipper = start(side, dbs, replicas, args, log, env)
@@ -275,7 +278,7 @@ def cell(value: Any, digits: int) -> str:
     return value if isinstance(value, str) else f"{value:.{digits}f}"
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--databases", type=int, default=1000)
     parser.add_argument("--active", type=int, default=20)
@@ -293,13 +296,23 @@ def main() -> None:
     parser.add_argument("--settle", type=float, help="start-up to idle phase, s (default: park-after + 30)")
     parser.add_argument("--warm", action="store_true", help="time the start-up of a second window (see above)")
     parser.add_argument(
+        "--first-window-only", action="store_true", help="with --warm: time the first window only, then stop"
+    )
+    parser.add_argument(
         "--prefect", action="store_true", help="walship as a wal-ship-fleet flow run on a local Prefect server (SQLite)"
     )
     args = parser.parse_args()
     if args.settle is None:
         args.settle = (30.0 if args.park_after is None else args.park_after) + SETTLE_PAST_PARKING
+    if args.first_window_only and not args.warm:
+        parser.error("--first-window-only needs --warm")
     if "before" in args.sides and args.before is None:
         parser.error("side 'before' needs --before TREE")
+    return args
+
+
+def main() -> None:
+    args = arguments()
     before_env = {**os.environ, "PYTHONPATH": str(args.before)} if args.before else None
     load_before = os.getloadavg()
     litestream()

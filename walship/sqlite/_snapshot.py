@@ -42,13 +42,19 @@ def take_snapshot(database: Path, target: Path) -> SnapshotSource:
     except apsw.Error as exc:
         target.unlink(missing_ok=True)
         raise CorruptObjectError(f"snapshot {database}: SQLite could not copy it: {exc}") from exc
+    fsync_path(target)
     return describe_copy(database, target, taken_at)
 
 
 def backup_into(source: apsw.Connection, target: Path) -> None:
-    """Copy what ``source`` sees (its open read transaction, if any) into a new file, in one step."""
+    """Copy what ``source`` sees (its open read transaction, if any) into a new file, in one step.
+
+    The copy is scratch: it is read once, into a sealed object that is
+    itself fsynced and checksummed, so it needs neither a journal nor syncs.
+    """
     copy = apsw.Connection(str(target))
     try:
+        copy.execute("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF").fetchall()
         with copy.backup("main", source, "main") as backup:
             backup.step(-1)
     finally:
@@ -56,8 +62,7 @@ def backup_into(source: apsw.Connection, target: Path) -> None:
 
 
 def describe_copy(database: Path, target: Path, taken_at: datetime) -> SnapshotSource:
-    """Fsync a fresh copy and describe it from its header."""
-    fsync_path(target)
+    """Describe a fresh copy from its header."""
     header = read_header(target)
     return SnapshotSource(
         path=target,
