@@ -344,12 +344,15 @@ class TestRefused:
             with pytest.raises(StandbyChangedError, match="did not apply"):
                 applying.apply(pages, count)
 
-    def test_not_in_wal_mode(self, tmp_path: Path) -> None:
+    def test_not_a_wal_database(self, tmp_path: Path) -> None:
         plain = tmp_path / "plain.db"
         connection = apsw.Connection(str(plain))
         connection.execute("CREATE TABLE t (x)")
         connection.close()
         with pytest.raises(UsageError, match="not WAL"):
             Standby(plain)
+        (tmp_path / "text.db").write_text("not a database\n" * 200)
+        with pytest.raises(UsageError, match="cannot be opened as a SQLite database"):
+            Standby(tmp_path / "text.db")
         with pytest.raises(UsageError, match="does not exist"):
             Standby(tmp_path / "missing.db")

@@ -79,6 +79,9 @@ class Standby:
                 self._wal, shm = self._descriptors
                 self._index = WalIndexWriter(shm)
                 self._published = self._index.header()
+        except apsw.Error as exc:
+            self.close()
+            raise UsageError(f"standby {path} cannot be opened as a SQLite database ({exc}): check the path") from exc
         except BaseException:
             self.close()
             raise

@@ -150,7 +150,7 @@ class WalIndexWriter:
         now = os.fstat(self._fd).st_size
         if now < size:
             os.pwrite(self._fd, bytes(size - now), now)
-        self._maps.append(mmap.mmap(self._fd, max(size, now)))
+        self._maps.append(mmap.mmap(self._fd, size))
         return self._maps[-1]
 
 
