@@ -36,6 +36,8 @@ __all__ = [
     "ShipperRunningError",
     "SpoolEntryDamagedError",
     "SpoolFullError",
+    "StandbyBusyError",
+    "StandbyChangedError",
     "StorageError",
     "TransientStorageError",
     "UsageError",
@@ -120,6 +122,14 @@ class TransientStorageError(StorageError):
 
 class ShipperRunningError(UsageError):
     """Another shipper holds the database: one shipper per database, whatever its spool or replica."""
+
+
+class StandbyBusyError(UsageError):
+    """Someone else holds a standby's write lock: a standby is written by walship alone, read by everyone else."""
+
+
+class StandbyChangedError(UsageError):
+    """A standby holds a commit walship did not apply: it no longer follows its replica."""
 
 
 class ContinuityLostError(WalshipError):

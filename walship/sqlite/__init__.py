@@ -14,12 +14,24 @@ from walship.sqlite._lineage import (
 )
 from walship.sqlite._pages import PageCopy, consistent_pages
 from walship.sqlite._snapshot import take_snapshot
-from walship.sqlite._wal import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalHeader, WalScan, iter_frames
+from walship.sqlite._wal import (
+    FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    WAL_MAGIC,
+    WAL_VERSION,
+    WalHeader,
+    WalScan,
+    iter_frames,
+    parse_wal_header,
+    wal_checksum,
+)
 from walship.sqlite._walindex import WalIndexState
 
 __all__ = [
     "FRAME_HEADER_SIZE",
     "WAL_HEADER_SIZE",
+    "WAL_MAGIC",
+    "WAL_VERSION",
     "Covers",
     "PageCopy",
     "WalCapture",
@@ -37,7 +49,9 @@ __all__ = [
     "integrity_check",
     "iter_frames",
     "may_follow_restart",
+    "parse_wal_header",
     "read_header",
     "replay_header",
     "take_snapshot",
+    "wal_checksum",
 ]
