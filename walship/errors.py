@@ -38,6 +38,7 @@ __all__ = [
     "SpoolFullError",
     "StandbyBusyError",
     "StandbyChangedError",
+    "StandbyUnsettledError",
     "StorageError",
     "TransientStorageError",
     "UsageError",
@@ -130,6 +131,10 @@ class StandbyBusyError(UsageError):
 
 class StandbyChangedError(UsageError):
     """A standby holds a commit walship did not apply: it no longer follows its replica."""
+
+
+class StandbyUnsettledError(WalshipError):
+    """Readers kept a standby's WAL longer than walship waits to checkpoint it; the next try may succeed."""
 
 
 class ContinuityLostError(WalshipError):

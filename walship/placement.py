@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from walship._fs import fsync_dir, fsync_path, is_disk_full
+from walship.copies import drop_copy_record
 from walship.errors import DiskFullError, UsageError
 from walship.sqlite import integrity_check
 
@@ -89,6 +90,8 @@ def staged_output(output: Path, *, force: bool) -> Iterator[Path]:
             raise UsageError(f"restore target {output} appeared during the restore: pass --force to replace it")
         for suffix in _COMPANIONS:
             Path(f"{output}{suffix}").unlink(missing_ok=True)
+        # What the old file held is no longer true; the caller records what the new one holds.
+        drop_copy_record(output)
         os.replace(tmp, output)
         fsync_dir(output.parent)
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""The operator CLI: ``walship snapshot | ship | ship-many | restore | status | verify | retention``.
+"""The operator CLI: ``walship snapshot | ship | ship-many | restore | follow | status | verify | retention``.
 
 Exit status: 0 done; 1 the operation failed (corrupt or missing data,
 verification failed, storage unreachable after retries); 2 bad usage or bad
@@ -36,7 +36,7 @@ from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
-from walship_cli import _age, _direct, _flows
+from walship_cli import _age, _direct, _flows, _standby
 from walship_cli._mode import prefect_api_configured
 
 __all__ = ["main"]
@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rest.add_argument("--force", action="store_true", help="replace an existing database at --output")
     rest.add_argument("--database-id", help="refuse a replica that holds another database")
+    rest.add_argument(
+        "--delta",
+        action="store_true",
+        help="--output is a copy walship restored: download and apply only what changed since",
+    )
+    follow = _standby.add_follow_parser(commands)
 
     keep = commands.add_parser("retention", help="delete old snapshots and WAL that the policy does not keep")
     keep.add_argument("--replica", required=True)
@@ -118,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--older", action="store_true", help="also restore a random older point")
     drill.add_argument("--database-id", help="fail if the replica holds another database")
     drill.add_argument("--workdir", type=Path, help="directory for the restored files (default: system temp)")
-    _age.add_options(writers=(snap, ship), readers=(rest, drill))
+    _age.add_options(writers=(snap, ship), readers=(rest, drill, follow))
 
     stat = commands.add_parser("status", help="show what a replica holds")
     stat.add_argument("--replica", required=True)
@@ -275,6 +281,8 @@ def _runner(args: argparse.Namespace) -> ModuleType:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "ship-many":
         return _ship_many(args)
+    if args.command == "follow":
+        return _standby.follow_command(args, str(parse_replica_url(args.replica)))
     return _run_one(args)
 
 
@@ -316,8 +324,12 @@ def _run_one(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace, replica: str) -> int:
     if args.sequence is not None and args.sequence < 0:
         raise UsageError(f"--sequence {args.sequence}: a WAL sequence is 0 or more ('walship status' shows them)")
-    output = check_output(args.output, force=args.force)
     timestamp = _parse_timestamp(args.timestamp) if args.timestamp else None
+    if args.delta and args.force:
+        raise UsageError("--delta updates the copy at --output, --force replaces it: choose one")
+    if args.delta and args.output.exists():
+        return _standby.restore_delta(args, replica, timestamp)
+    output = check_output(args.output, force=args.force)
     result = _runner(args).restore(
         replica,
         output,

@@ -7,9 +7,10 @@ from pathlib import Path
 from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
 from walship.codec import Progress
+from walship.copies import CopyRecord, file_mark, save_copy_record
 from walship.envelope import Keyring, open_to_file, require_keys
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
-from walship.models import RestoreResult, SnapshotInfo, WalPosition
+from walship.models import RestoreResult, SnapshotInfo, WalPosition, utcnow
 from walship.placement import check_output, staged_output
 from walship.segment import ResyncSegment, WalSegment
 from walship.sqlite import read_header
@@ -95,14 +96,25 @@ def restore_snapshot(
                 f"verify {applied[-1].key if applied else stored.key}: restored {header.page_count} pages "
                 f"of {header.page_size} bytes, recorded {pages} of {stored.page_size}"
             )
+    sequence = applied[-1].sequence if applied else stored.sequence
+    save_copy_record(
+        output,
+        CopyRecord(
+            database_id=stored.database_id,
+            generation=stored.generation,
+            sequence=sequence,
+            page_size=stored.page_size,
+            page_count=pages,
+            updated_at=utcnow(),
+            file=file_mark(output),
+        ),
+    )
     return RestoreResult(
         output=output,
         snapshot=stored,
         size=output.stat().st_size,
         duration_seconds=time.monotonic() - started,
-        position=WalPosition(
-            generation=stored.generation, sequence=applied[-1].sequence if applied else stored.sequence
-        ),
+        position=WalPosition(generation=stored.generation, sequence=sequence),
         segments_applied=len(applied),
         asked_time=until_time,
         complete_until=_complete_until(stored, applied, stopped_before, until_time),

@@ -2,10 +2,23 @@
 
 ``Standby`` applies pages as one commit of the standby's own WAL under
 SQLite's write lock (docs/ARCHITECTURE.md, "A standby readers can trust");
-``segment_pages`` turns a downloaded WAL segment into the pages it leaves.
+``KeptCopy`` keeps a restored copy at a replica's position; ``catch_up``
+(``restore --delta``) and ``follow`` bring it there and keep it there.
 """
 
 from walship.standby._apply import CHECKPOINT_FRAMES, Applied, Standby
+from walship.standby._copy import KeptCopy
+from walship.standby._follow import CaughtUp, catch_up, follow
 from walship.standby._pages import SegmentPages, segment_pages
 
-__all__ = ["CHECKPOINT_FRAMES", "Applied", "SegmentPages", "Standby", "segment_pages"]
+__all__ = [
+    "CHECKPOINT_FRAMES",
+    "Applied",
+    "CaughtUp",
+    "KeptCopy",
+    "SegmentPages",
+    "Standby",
+    "catch_up",
+    "follow",
+    "segment_pages",
+]

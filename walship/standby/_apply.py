@@ -13,9 +13,11 @@ nobody reads, and SQLite's recovery replays them only up to a whole commit.
 
 import contextlib
 import os
+import platform
 import secrets
 import struct
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,8 @@ _NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 CHECKPOINT_FRAMES = 1000
 # How long a checkpoint waits for readers still in the WAL; they keep it for the next one.
 _CHECKPOINT_WAIT_MS = 200
+# The index's entries and header are plain stores, seen in the order written only where the CPU keeps it (TSO).
+_ORDERED_STORES = {"x86_64", "amd64", "i386", "i686"}
 
 
 class Applied(NamedTuple):
@@ -58,6 +62,11 @@ class Standby:
     """
 
     def __init__(self, path: Path, *, busy_seconds: float = 5.0, checkpoint_frames: int = CHECKPOINT_FRAMES) -> None:
+        if platform.machine().lower() not in _ORDERED_STORES:
+            raise UsageError(
+                f"a standby cannot be kept on {platform.machine()} yet (its WAL index writes need x86's store order): "
+                "restore without --delta, or follow from an x86-64 host"
+            )
         if not path.is_file():
             raise UsageError(f"standby {path} does not exist: restore it first ('walship restore --output {path}')")
         self.path, self._checkpoint_frames = path, checkpoint_frames
@@ -124,6 +133,23 @@ class Standby:
             self._published = after
         checkpointed = after.max_frame >= self._checkpoint_frames and self.checkpoint()
         return Applied(len(numbers), page_count, checkpointed)
+
+    @property
+    def published(self) -> IndexHeader:
+        """The WAL index header as walship last published or found it."""
+        assert self._published is not None, "the standby is closed"
+        return self._published
+
+    def settle(self, wait_seconds: float) -> bool:
+        """Checkpoint until the WAL is empty and the file holds the whole state; False if readers kept it that long."""
+        deadline = time.monotonic() + wait_seconds
+        while not self.checkpoint():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        assert self._index is not None
+        self._published = self._index.header()
+        return True
 
     def checkpoint(self) -> bool:
         """Copy the WAL into the database file and empty it; False when a reader still in it kept it for later."""

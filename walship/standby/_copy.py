@@ -1,0 +1,264 @@
+"""A restored copy kept at a replica's position: segments applied as one atomic step each, or pages that differ.
+
+The copy is a ``Standby`` (readers may have it open) with its record beside
+it (``walship.copies``). Before anything is applied, the copy must be proven
+unchanged since walship last wrote it: its WAL index still as walship's last
+apply published it, or its file as walship left it, or its pages' digest
+the one recorded. A copy that cannot be proven so is rebuilt: the target is
+restored beside it and only the pages that differ are applied.
+"""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, NamedTuple, cast
+
+from walship.chain import missing_segment
+from walship.copies import CopyRecord, WalMark, file_mark, read_copy_record, save_copy_record
+from walship.envelope import Keyring
+from walship.errors import CorruptObjectError, NotFoundError, StandbyUnsettledError, UsageError
+from walship.layout import generation_prefix, parse_segment_key
+from walship.models import SnapshotInfo, utcnow
+from walship.resync import StateHasher, page_digest
+from walship.segment import (
+    ResyncSegment,
+    WalSegment,
+    apply_resync,
+    apply_wal,
+    check_link,
+    download_segment,
+    read_description,
+)
+from walship.standby._apply import Standby
+from walship.standby._overlay import Overlay
+from walship.standby._pages import SegmentPages
+from walship.standby._walindex import IndexHeader
+from walship.storage import ObjectStore
+
+__all__ = ["KeptCopy", "Segments", "list_segments"]
+
+# How long applying a resync or sealing waits for readers to leave the WAL before it gives up for now.
+SETTLE_SECONDS = 30.0
+
+
+class Segments(NamedTuple):
+    """A generation's segments after a point: their keys and stored sizes, by sequence."""
+
+    keys: dict[int, str]
+    sizes: dict[int, int]
+
+
+def list_segments(store: ObjectStore, generation: str) -> Segments:
+    keys: dict[int, str] = {}
+    sizes: dict[int, int] = {}
+    for obj in store.list(f"{generation_prefix(generation)}wal/"):
+        parsed = parse_segment_key(obj.key)
+        if parsed is None or parsed.generation != generation:
+            continue
+        if parsed.sequence in keys:
+            raise CorruptObjectError(f"segments {keys[parsed.sequence]} and {obj.key} share a sequence: a fork")
+        keys[parsed.sequence], sizes[parsed.sequence] = obj.key, obj.size
+    return Segments(keys, sizes)
+
+
+class KeptCopy:
+    """The copy at ``output`` of the replica in ``store``, open for updates (one per copy per process)."""
+
+    def __init__(self, store: ObjectStore, output: Path, *, keys: Keyring | None = None) -> None:
+        record = read_copy_record(output)
+        if record is None:
+            raise UsageError(
+                f"{output} holds no walship record ({output.name}-walship-copy.json): it may not be a copy of this "
+                "replica; restore it without --delta (with --force to replace it)"
+            )
+        self.store, self.output, self.keys, self.record = store, output, keys, record
+        self.standby = Standby(output)
+        # Every read of the file goes through this one descriptor, closed after SQLite's: closing any descriptor
+        # of the file would drop the locks SQLite holds on it (they belong to the process).
+        self._file = os.open(output, os.O_RDONLY)
+        self.downloaded = 0
+        self._last: WalSegment | ResyncSegment | None = None
+
+    def close(self) -> None:
+        self.standby.close()
+        os.close(self._file)
+
+    def __enter__(self) -> "KeptCopy":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Trust ------------------------------------------------------------------------------------------------------
+
+    def unproven(self) -> str | None:
+        """Why the copy cannot be proven to hold its record's state (None: it does)."""
+        record, header = self.record, self.standby.published
+        if record.wal is not None and header.max_frame and mark_of(header) == record.wal:
+            return None
+        if record.file is not None and header.max_frame == 0 and file_mark(self.output) == record.file:
+            return None
+        if record.state_digest is None:
+            return "it changed since walship last wrote it, or walship stopped before recording its digest"
+        if not self.standby.settle(SETTLE_SECONDS):
+            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        if self._digest(record.page_count) != record.state_digest:
+            return "its pages are not the state walship recorded: it was changed locally"
+        return None
+
+    # Segments of the same generation ---------------------------------------------------------------------------
+
+    def advance(self, segments: Segments, until: int | None = None, until_time: datetime | None = None) -> int:
+        """Apply the generation's segments after the copy's sequence, up to ``until`` and captured by
+        ``until_time``; how many were applied."""
+        wanted = sorted(s for s in segments.keys if s > self.record.sequence and (until is None or s <= until))
+        applied = 0
+        for sequence in wanted:
+            if sequence != self.record.sequence + 1:
+                raise NotFoundError(
+                    f"{missing_segment(self.record.generation, self.record.sequence + 1)} is missing: the copy "
+                    "cannot catch up segment by segment"
+                )
+            if not self._apply(segments, sequence, until_time):
+                break
+            applied += 1
+        return applied
+
+    def _apply(self, segments: Segments, sequence: int, until_time: datetime | None) -> bool:
+        previous = segments.keys.get(sequence - 1)
+        if self._last is None and previous is not None:
+            # The link to what the copy holds is checked as a restore checks it from one segment to the next.
+            self._last = read_description(self.store, previous)
+        with self._downloaded(segments.keys[sequence]) as (segment, raw):
+            if until_time is not None and segment.captured_at > until_time:
+                return False
+            if isinstance(segment, ResyncSegment):
+                self._apply_resync(segment, raw)
+            else:
+                check_link(self._last, segment)
+                with self._scratch() as scratch:
+                    pages = SegmentPages(segment.page_size, scratch)
+                    apply_wal(raw, segment, pages)  # type: ignore[arg-type]  # the part of a file it uses
+                    self.standby.apply(pages.pages(), pages.page_count)
+            self._last = segment
+            self._record(segment.sequence, segment.db_size_pages)
+        return True
+
+    def _apply_resync(self, segment: ResyncSegment, raw: Path) -> None:
+        """Prove the state the resync records over the settled copy, then apply its pages."""
+        if not self.standby.settle(SETTLE_SECONDS):
+            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        with self._scratch() as scratch:
+            overlay = Overlay(segment.page_size, scratch, self._page, self.record.page_count)
+            apply_resync(raw, segment, overlay)  # type: ignore[arg-type]  # raises unless the state is the recorded one
+            self.standby.apply(overlay.pages() if len(overlay) else self._first_page(overlay), overlay.page_count)
+
+    def _first_page(self, overlay: Overlay) -> Iterator[tuple[int, bytes]]:
+        """A resync that only shrank the database still needs a commit frame: page 1, unchanged."""
+        overlay.seek(0)
+        yield 1, overlay.read(overlay.page_size)
+
+    # Pages that differ -----------------------------------------------------------------------------------------
+
+    def take(self, target: Path, snapshot: SnapshotInfo, sequence: int) -> int:
+        """Make the copy ``target``'s state (a verified restore of ``snapshot`` up to ``sequence``) by applying
+        the pages that differ; how many did."""
+        if not self.standby.settle(SETTLE_SECONDS):
+            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        page_size = snapshot.page_size
+        if page_size != self.standby.page_size:
+            raise UsageError(
+                f"{self.output} has {self.standby.page_size}-byte pages, the replica {page_size}: "
+                "restore it without --delta (with --force to replace it)"
+            )
+        pages = target.stat().st_size // page_size
+        differing = 0
+
+        def changed() -> Iterator[tuple[int, bytes]]:
+            # Page 1 always goes: an apply needs a commit frame even when only the page count changed.
+            nonlocal differing
+            with target.open("rb") as new:
+                for number in range(1, pages + 1):
+                    image = new.read(page_size)
+                    differs = self._page(number) != image
+                    differing += differs
+                    if differs or number == 1:
+                        yield number, image
+
+        self.standby.apply(changed(), pages)
+        self._last = None
+        self._record_at(snapshot, sequence, pages)
+        return differing
+
+    # Records ----------------------------------------------------------------------------------------------------
+
+    def seal(self) -> CopyRecord:
+        """Checkpoint the copy whole and record its file and its pages' digest (False: readers kept the WAL)."""
+        if self.standby.settle(SETTLE_SECONDS):
+            digest = self._digest(self.record.page_count)
+            self.record = self.record.model_copy(
+                update={"file": file_mark(self.output), "wal": None, "state_digest": digest, "updated_at": utcnow()}
+            )
+            save_copy_record(self.output, self.record)
+        return self.record
+
+    def _record(self, sequence: int, page_count: int) -> None:
+        self.record = self.record.model_copy(
+            update={
+                "sequence": sequence,
+                "page_count": page_count,
+                "updated_at": utcnow(),
+                "file": None,
+                "wal": mark_of(self.standby.published),
+                "state_digest": None,
+            }
+        )
+        save_copy_record(self.output, self.record)
+
+    def _record_at(self, snapshot: SnapshotInfo, sequence: int, page_count: int) -> None:
+        self.record = self.record.model_copy(
+            update={"database_id": snapshot.database_id, "generation": snapshot.generation}
+        )
+        self._record(sequence, page_count)
+
+    def _digest(self, page_count: int) -> str:
+        page_size = self.standby.page_size
+        state = StateHasher(page_size, page_count)
+        for number in range(1, page_count + 1):
+            state.update(page_digest(self._page(number)))
+        return state.hexdigest()
+
+    def _page(self, number: int) -> bytes:
+        """Page ``number`` of the file (zeros past its end, as SQLite reads a hole)."""
+        size = self.standby.page_size
+        page = os.pread(self._file, size, (number - 1) * size)
+        return page + bytes(size - len(page))
+
+    @contextlib.contextmanager
+    def _downloaded(self, key: str) -> Iterator[tuple[WalSegment | ResyncSegment, Path]]:
+        fd, name = tempfile.mkstemp(dir=self.output.parent, prefix=f".{self.output.name}.", suffix=".segment")
+        raw = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                segment = download_segment(self.store, key, out, self.keys)
+            self.downloaded += segment.compressed_size
+            yield segment, raw
+        finally:
+            raw.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[BinaryIO]:
+        with tempfile.TemporaryFile(dir=self.output.parent) as scratch:
+            yield cast(BinaryIO, scratch)
+
+
+def mark_of(header: IndexHeader) -> WalMark:
+    return WalMark(
+        max_frame=header.max_frame,
+        page_count=header.page_count,
+        salts=header.salts.hex(),
+        frame_checksum=header.frame_checksum,
+    )
