@@ -1,0 +1,187 @@
+"""A restored copy brought up to date (``restore --delta``) and kept there (``follow``), with real processes.
+
+Each copy ends byte for byte as a fresh restore of the same point, checked by
+the replica's own record of it (the state digest walship takes of a sealed
+copy) and by its rows; what cannot be proven a copy of this replica is
+refused, and what changed locally is rebuilt with a line saying so.
+"""
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.workload import content_digest
+from tests.helpers import WALSHIP, walship
+from tests.shipping import app_commits, wait_until
+from walship.copies import read_copy_record
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _ship_once(database: Path, replica: str, *options: str) -> None:
+    result = walship("--no-prefect", "ship", str(database), "--replica", replica, "--once", *options)
+    assert result.returncode == 0, result.stderr
+
+
+def _restore(replica: str, output: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return walship("--no-prefect", "restore", "--replica", replica, "--output", str(output), *options)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def shipped(database: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A database shipped once with its WAL kept (segments, not a resync), and a copy of that point."""
+    replica = f"file://{tmp_path / 'replica'}"
+    app_commits(database, 50)
+    _ship_once(database, replica)
+    return database, replica
+
+
+def _fresh(replica: str, tmp_path: Path, name: str, *options: str) -> Path:
+    fresh = tmp_path / name
+    result = _restore(replica, fresh, *options)
+    assert result.returncode == 0, result.stderr
+    return fresh
+
+
+def test_delta_applies_only_the_segments_after_the_copy(shipped: tuple[Path, str], tmp_path: Path) -> None:
+    database, replica = shipped
+    copy = _fresh(replica, tmp_path, "copy.db")
+    before = read_copy_record(copy)
+    assert before is not None
+    assert before.file is not None
+    app_commits(database, 200)
+    _ship_once(database, replica)
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "segments applied" in result.stdout, result.stdout
+    assert "rebuilt" not in result.stdout, result.stdout
+    downloaded, full = [int(w) for w in result.stdout.replace(")", " ").split() if w.isdigit()][-2:]
+    assert downloaded < full, result.stdout
+    fresh = _fresh(replica, tmp_path, "fresh.db")
+    assert _file_digest(copy) == _file_digest(fresh)
+    assert _rows(copy) == _rows(database)
+    after = read_copy_record(copy)
+    assert after is not None
+    assert after.sequence > before.sequence
+    assert after.state_digest is not None
+    assert not Path(f"{copy}-wal").exists() or Path(f"{copy}-wal").stat().st_size == 0
+
+
+def test_a_copy_changed_locally_is_rebuilt_from_the_pages_that_differ(
+    shipped: tuple[Path, str], tmp_path: Path
+) -> None:
+    database, replica = shipped
+    copy = _fresh(replica, tmp_path, "copy.db")
+    with sqlite3.connect(copy) as local:
+        local.execute("CREATE TABLE local_only (x)")
+    app_commits(database, 20)
+    _ship_once(database, replica)
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt by comparing pages" in result.stdout, result.stdout
+    assert _file_digest(copy) == _file_digest(_fresh(replica, tmp_path, "fresh.db"))
+    assert content_digest(copy) == content_digest(database)
+
+
+def test_a_copy_that_cannot_be_proven_is_refused_and_left_alone(shipped: tuple[Path, str], tmp_path: Path) -> None:
+    _database, replica = shipped
+    stranger = tmp_path / "stranger.db"
+    with sqlite3.connect(stranger) as other:
+        other.execute("PRAGMA journal_mode=WAL")
+        other.execute("CREATE TABLE t (x)")
+    untouched = _file_digest(stranger)
+    result = _restore(replica, stranger, "--delta")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "holds no walship record" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _file_digest(stranger) == untouched
+
+    # A copy of another database, with its own record.
+    other_replica = f"file://{tmp_path / 'other-replica'}"
+    _ship_once(stranger, other_replica, "--database-id", "other")
+    theirs = _fresh(other_replica, tmp_path, "theirs.db")
+    kept = _file_digest(theirs)
+    result = _restore(replica, theirs, "--delta")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "is a copy of database 'other'" in result.stderr
+    assert _file_digest(theirs) == kept
+
+
+def test_delta_to_an_earlier_point_and_to_a_new_generation(shipped: tuple[Path, str], tmp_path: Path) -> None:
+    database, replica = shipped
+    app_commits(database, 30)
+    _ship_once(database, replica)
+    copy = _fresh(replica, tmp_path, "copy.db")
+    # Back to sequence 0: the copy is past it, so it is rebuilt; equal to a fresh restore of that point.
+    result = _restore(replica, copy, "--delta", "--sequence", "0")
+    assert result.returncode == 0, result.stderr
+    assert "past the point asked" in result.stdout
+    assert _file_digest(copy) == _file_digest(_fresh(replica, tmp_path, "at0.db", "--sequence", "0"))
+    # The spool gone: the next ship starts a new generation, which the copy takes by its pages.
+    for leftover in database.parent.glob(f"{database.name}-walship*"):
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    app_commits(database, 10)
+    _ship_once(database, replica)
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt by comparing pages: the replica's point is in generation" in result.stdout, result.stdout
+    assert content_digest(copy) == content_digest(database)
+
+
+def test_follow_keeps_a_readable_copy_and_survives_sigkill(shipped: tuple[Path, str], tmp_path: Path) -> None:
+    database, replica = shipped
+    copy = tmp_path / "standby.db"
+    argv = [WALSHIP, "--no-prefect", "follow", "--replica", replica, "--output", str(copy), "--interval", "0.2"]
+    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: read_copy_record(copy) is not None, "the first restore")
+        for _ in range(3):
+            app_commits(database, 40)
+            _ship_once(database, replica)
+        wanted = _rows(database)
+        wait_until(lambda: _readable_counts(copy) == wanted, "the follower to catch up", timeout=60)
+        follower.send_signal(signal.SIGKILL)
+        follower.wait(timeout=30)
+        app_commits(database, 40)
+        _ship_once(database, replica)
+        follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wanted = _rows(database)
+        wait_until(lambda: _readable_counts(copy) == wanted, "the restarted follower to converge", timeout=60)
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        assert "integrity ok" in out
+    finally:
+        if follower.poll() is None:
+            os.kill(follower.pid, signal.SIGKILL)
+            follower.wait()
+    assert content_digest(copy) == content_digest(database)
+    record = read_copy_record(copy)
+    assert record is not None
+    assert record.state_digest is not None
+
+
+def _rows(database: Path) -> int:
+    """The application's rows in the state ``database`` holds, read as applications must read a standby."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        (count,) = connection.execute("SELECT count(*) FROM late").fetchone()
+    finally:
+        connection.close()
+    return int(count)
+
+
+def _readable_counts(copy: Path) -> int | None:
+    try:
+        return _rows(copy)
+    except sqlite3.Error:
+        return None
