@@ -55,6 +55,8 @@ class CopyRecord(BaseModel):
     page_size: int
     page_count: int
     updated_at: datetime
+    # Every commit the source made before this moment is in the copy (its last segment's capture).
+    captured_at: datetime | None = None
     file: FileMark | None = None  # None while applies are in the WAL and not yet checkpointed
     wal: WalMark | None = None
     # Of the file's pages at this position, once its WAL was checkpointed; None when not taken since.

@@ -97,6 +97,7 @@ def restore_snapshot(
                 f"of {header.page_size} bytes, recorded {pages} of {stored.page_size}"
             )
     sequence = applied[-1].sequence if applied else stored.sequence
+    complete_until = _complete_until(stored, applied, stopped_before, until_time)
     save_copy_record(
         output,
         CopyRecord(
@@ -106,6 +107,7 @@ def restore_snapshot(
             page_size=stored.page_size,
             page_count=pages,
             updated_at=utcnow(),
+            captured_at=complete_until,
             file=file_mark(output),
         ),
     )
@@ -117,7 +119,7 @@ def restore_snapshot(
         position=WalPosition(generation=stored.generation, sequence=sequence),
         segments_applied=len(applied),
         asked_time=until_time,
-        complete_until=_complete_until(stored, applied, stopped_before, until_time),
+        complete_until=complete_until,
         next_sequence=stopped_before.sequence if stopped_before else None,
     )
 

@@ -144,7 +144,7 @@ class KeptCopy:
                     apply_wal(raw, segment, pages)  # type: ignore[arg-type]  # the part of a file it uses
                     self.standby.apply(pages.pages(), pages.page_count)
             self._last = segment
-            self._record(segment.sequence, segment.db_size_pages)
+            self._record(segment.sequence, segment.db_size_pages, segment.captured_at)
         return True
 
     def _apply_resync(self, segment: ResyncSegment, raw: Path) -> None:
@@ -163,7 +163,7 @@ class KeptCopy:
 
     # Pages that differ -----------------------------------------------------------------------------------------
 
-    def take(self, target: Path, snapshot: SnapshotInfo, sequence: int) -> int:
+    def take(self, target: Path, snapshot: SnapshotInfo, sequence: int, captured_at: datetime | None) -> int:
         """Make the copy ``target``'s state (a verified restore of ``snapshot`` up to ``sequence``) by applying
         the pages that differ; how many did."""
         if not self.standby.settle(SETTLE_SECONDS):
@@ -190,7 +190,7 @@ class KeptCopy:
 
         self.standby.apply(changed(), pages)
         self._last = None
-        self._record_at(snapshot, sequence, pages)
+        self._record_at(snapshot, sequence, pages, captured_at)
         return differing
 
     # Records ----------------------------------------------------------------------------------------------------
@@ -205,11 +205,12 @@ class KeptCopy:
             save_copy_record(self.output, self.record)
         return self.record
 
-    def _record(self, sequence: int, page_count: int) -> None:
+    def _record(self, sequence: int, page_count: int, captured_at: datetime | None) -> None:
         self.record = self.record.model_copy(
             update={
                 "sequence": sequence,
                 "page_count": page_count,
+                "captured_at": captured_at,
                 "updated_at": utcnow(),
                 "file": None,
                 "wal": mark_of(self.standby.published),
@@ -218,11 +219,11 @@ class KeptCopy:
         )
         save_copy_record(self.output, self.record)
 
-    def _record_at(self, snapshot: SnapshotInfo, sequence: int, page_count: int) -> None:
+    def _record_at(self, snapshot: SnapshotInfo, sequence: int, page_count: int, captured_at: datetime | None) -> None:
         self.record = self.record.model_copy(
             update={"database_id": snapshot.database_id, "generation": snapshot.generation}
         )
-        self._record(sequence, page_count)
+        self._record(sequence, page_count, captured_at)
 
     def _digest(self, page_count: int) -> str:
         page_size = self.standby.page_size

@@ -21,7 +21,7 @@ from walship.copies import CopyRecord, read_copy_record
 from walship.envelope import Keyring
 from walship.errors import NotFoundError, StandbyUnsettledError, TransientStorageError, UsageError
 from walship.generations import choose_start, describe_generations
-from walship.models import SnapshotInfo
+from walship.models import SnapshotInfo, utcnow
 from walship.restore import restore_snapshot
 from walship.sqlite import integrity_check
 from walship.standby._copy import KeptCopy, Segments, list_segments
@@ -42,6 +42,8 @@ class CaughtUp(BaseModel):
     rebuilt_because: str | None = None
     downloaded: int  # bytes of objects fetched
     full_restore_bytes: int  # what a whole restore of the same point fetches
+    # From the capture of the newest commits applied to their being readable in the copy.
+    lag_seconds: float | None = None
 
     def summary(self) -> str:
         share = f"{100 * self.downloaded / max(self.full_restore_bytes, 1):.1f} %"
@@ -50,9 +52,10 @@ class CaughtUp(BaseModel):
             if self.pages_rewritten is None
             else f"rebuilt, {self.pages_rewritten} pages rewritten"
         )
+        lag = f"; {self.lag_seconds:.2f} s after its capture" if self.lag_seconds is not None else ""
         return (
             f"caught up {self.output} to {self.record.position} ({how}; downloaded {self.downloaded} bytes, "
-            f"{share} of a full restore's {self.full_restore_bytes})"
+            f"{share} of a full restore's {self.full_restore_bytes}{lag})"
         )
 
 
@@ -102,6 +105,7 @@ def _update(
     if why is not None:
         rewritten = _rebuild(copy, chosen, segments, until, timestamp)
     record = copy.seal() if seal else copy.record
+    lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
     return CaughtUp(
         output=copy.output,
         record=record,
@@ -110,6 +114,7 @@ def _update(
         rebuilt_because=why,
         downloaded=copy.downloaded,
         full_restore_bytes=chosen.compressed_size + _bytes_between(segments, chosen.sequence, record.sequence),
+        lag_seconds=lag,
     )
 
 
@@ -133,7 +138,7 @@ def _rebuild(
             keys=copy.keys,
         )
         copy.downloaded += chosen.compressed_size + _bytes_between(segments, chosen.sequence, result.position.sequence)
-        return copy.take(scratch, result.snapshot, result.position.sequence)
+        return copy.take(scratch, result.snapshot, result.position.sequence, result.complete_until)
     finally:
         for leftover in (scratch, Path(f"{scratch}-walship-copy.json")):
             leftover.unlink(missing_ok=True)
