@@ -100,6 +100,12 @@ class TestObjectStore:
         assert [o.key for o in store.list("p/")] == ["p/a", "p/b", "p/c/d"]
         assert [o.size for o in store.list("p/")] == [3, 3, 5]
         assert [o.key for o in store.list("nothing/")] == []
+        # A prefix that ends inside a name, or names a directory deeper down, lists the same keys on every backend.
+        assert [o.key for o in store.list("p/c/")] == ["p/c/d"]
+        assert [o.key for o in store.list("p/")] == [o.key for o in store.list("p")]
+        assert [o.key for o in store.list("p/c/d")] == ["p/c/d"]
+        assert [o.key for o in store.list("p/a")] == ["p/a"]
+        assert [o.key for o in store.list("q/zz")] == []
 
     def test_list_pages_through_more_than_one_page(self, store: ObjectStore) -> None:
         if isinstance(store, S3Store):

@@ -193,7 +193,8 @@ class LocalStore:
         if not self.root.is_dir():
             return
         with self._refusals(f"list {prefix or '/'}"):
-            for path in sorted(self._walk(self.root)):
+            start = self._listing_start(prefix)
+            for path in sorted(self._walk(start)) if start is not None else ():
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(self.prefix + prefix):
                     yield ObjectInfo(key=key[len(self.prefix) :], size=path.stat().st_size)
@@ -248,6 +249,20 @@ class LocalStore:
                 raise PermanentStorageError(f"file: remove leftover {key}: {exc}") from exc
             removed.append(key)
         return tuple(removed)
+
+    def _listing_start(self, prefix: str) -> Path | None:
+        """The directory a listing of ``prefix`` walks: only the one the prefix names can hold its keys, so a
+        narrow prefix costs that directory's walk, not the replica's (None: no such directory, no keys)."""
+        directory = (self.prefix + prefix).rpartition("/")[0]
+        parts = directory.split("/") if directory else []
+        if any(p in ("", ".", "..") for p in parts) or (parts and parts[0] in (_META_DIR, _TMP_DIR)):
+            return self.root  # not a key's directory: the whole walk, filtered, as for any prefix
+        start = self.root
+        for part in parts:
+            start = start / part
+            if start.is_symlink() or not start.is_dir():  # the walk never follows a link either
+                return None
+        return start
 
     def _walk(self, directory: Path) -> Iterator[Path]:
         for entry in os.scandir(directory):
