@@ -12,14 +12,17 @@ import re
 import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.workload import content_digest
 from tests.helpers import WALSHIP, walship
-from tests.shipping import app_commits, wait_until
+from tests.shipping import Ship, WriterGroup, app_commits, replica_generations, wait_until
 from walship.copies import read_copy_record
+from walship.layout import parse_segment_key
+from walship.storage import open_store
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -185,5 +188,61 @@ def _rows(database: Path) -> int:
 def _readable_counts(copy: Path) -> int | None:
     try:
         return _rows(copy)
+    except sqlite3.Error:
+        return None
+
+
+def test_a_standby_and_a_catch_up_follow_live_writers_across_a_hand_over(
+    database: Path, tmp_path: Path, spawned: list[Ship | WriterGroup]
+) -> None:
+    """Real writers, a shipper handing over to the next window: WAL segments, applied as they come."""
+    replica = f"file://{tmp_path / 'replica'}"
+    writers = WriterGroup(database, [1, 2], rate=100)
+    spawned.append(writers)
+    first = Ship(database, replica, "--duration", "6", "--interval", "0.3", env={})
+    spawned.append(first)
+    wait_until(lambda: bool(replica_generations(replica)), "the first generation", timeout=60)
+    old = _fresh(replica, tmp_path, "old.db")
+    copy = tmp_path / "standby.db"
+    argv = [WALSHIP, "--no-prefect", "follow", "--replica", replica, "--output", str(copy), "--interval", "0.2"]
+    follower = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        second = Ship(database, replica, "--duration", "12", "--interval", "0.3", "--handover-wait", "60", env={})
+        spawned.append(second)
+        assert first.wait() == 0, first.output[-3000:]
+        time.sleep(3)
+        writers.stop()
+        assert second.wait() == 0, second.output[-3000:]
+        assert "started generation" not in second.output, second.output[-3000:]
+        wanted = content_digest(database)
+        wait_until(lambda: _readable_digest(copy) == wanted, "the standby to hold every commit", timeout=60)
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+    finally:
+        if follower.poll() is None:
+            os.kill(follower.pid, signal.SIGKILL)
+            follower.wait()
+    applied = sum(int(n) for n in re.findall(r"\((\d+) segments applied", out))
+    wal_segments = [o.key for o in open_store(replica).list("generations/") if o.key.endswith(".wal.zst")]
+    assert len(wal_segments) >= 5, wal_segments
+    # Most arrived while it followed (those before it came with its first restore), each as its own apply.
+    assert applied >= len(wal_segments) // 2, out[-2000:]
+    record = read_copy_record(copy)
+    assert record is not None
+    newest = max(p.sequence for o in open_store(replica).list("generations/") if (p := parse_segment_key(o.key)))
+    assert record.sequence == newest
+    assert content_digest(copy) == wanted
+
+    result = _restore(replica, old, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "segments applied" in result.stdout, result.stdout
+    assert "rebuilt" not in result.stdout, result.stdout
+    assert content_digest(old) == wanted
+
+
+def _readable_digest(copy: Path) -> str | None:
+    try:
+        return content_digest(copy)
     except sqlite3.Error:
         return None

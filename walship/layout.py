@@ -45,6 +45,7 @@ __all__ = [
     "parse_original_wal_key",
     "parse_segment_key",
     "parse_snapshot_key",
+    "segment_prefix",
 ]
 
 METADATA_KEY = "metadata.json"
@@ -104,6 +105,11 @@ def parse_snapshot_key(key: str) -> ParsedKey | None:
 
 def format_segment_key(generation: str, sequence: int) -> str:
     return f"{generation_prefix(generation)}wal/{_sequence(sequence)}.wal.zst"
+
+
+def segment_prefix(generation: str, sequence: int) -> str:
+    """The prefix both kinds of segment ``sequence`` share (WAL or resync): one listing finds either."""
+    return f"{generation_prefix(generation)}wal/{_sequence(sequence)}."
 
 
 def format_resync_key(generation: str, sequence: int) -> str:

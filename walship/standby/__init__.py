@@ -7,8 +7,9 @@ SQLite's write lock (docs/ARCHITECTURE.md, "A standby readers can trust");
 """
 
 from walship.standby._apply import CHECKPOINT_FRAMES, Applied, Standby
+from walship.standby._catch_up import CaughtUp, catch_up
 from walship.standby._copy import KeptCopy
-from walship.standby._follow import CaughtUp, catch_up, follow
+from walship.standby._follow import follow
 from walship.standby._pages import SegmentPages, segment_pages
 
 __all__ = [

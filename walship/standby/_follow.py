@@ -1,155 +1,35 @@
-"""Bringing a kept copy to a point of its replica (``restore --delta``), and keeping it there (``follow``).
+"""``follow``: a kept copy held at its replica's newest point, one atomic apply per shipped segment.
 
-One way for both: a copy proven unchanged, in the generation of the point,
-with every segment up to it still in the replica, takes those segments; any
-other copy of the same database is rebuilt by restoring the point beside it
-and applying only the pages that differ. Either way the copy is then sealed
-(its WAL checkpointed into the file, its pages' digest recorded) and
-``integrity_check`` passes; a copy of another database is refused.
+Each round asks the replica only for the copy's next segment (one narrow
+listing, which finds a WAL or a resync segment alike). A wide look, the
+replica's generations from one listing, comes first and again whenever
+nothing new came for ``WIDE_LOOK_SECONDS``: it finds a new generation, which
+the copy takes by the pages that differ, and a chain the copy cannot follow.
 """
 
 import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
-
-from pydantic import BaseModel
 
 from walship.copies import CopyRecord, read_copy_record
 from walship.envelope import Keyring
-from walship.errors import NotFoundError, StandbyUnsettledError, TransientStorageError, UsageError
+from walship.errors import StandbyUnsettledError, TransientStorageError
 from walship.generations import choose_start, describe_generations
-from walship.models import SnapshotInfo, utcnow
+from walship.layout import parse_segment_key, segment_prefix
+from walship.models import utcnow
 from walship.restore import restore_snapshot
 from walship.sqlite import integrity_check
+from walship.standby._catch_up import CaughtUp, require_same_database, update
 from walship.standby._copy import KeptCopy, Segments, list_segments
 from walship.storage import ObjectStore
 
-__all__ = ["CaughtUp", "catch_up", "follow"]
+__all__ = ["WIDE_LOOK_SECONDS", "follow"]
 
 log = logging.getLogger(__name__)
 
-
-class CaughtUp(BaseModel):
-    """What one update of a copy did."""
-
-    output: Path
-    record: CopyRecord
-    segments_applied: int = 0
-    pages_rewritten: int | None = None  # set when the copy was rebuilt by comparing pages
-    rebuilt_because: str | None = None
-    downloaded: int  # bytes of objects fetched
-    full_restore_bytes: int  # what a whole restore of the same point fetches
-    # From the capture of the newest commits applied to their being readable in the copy.
-    lag_seconds: float | None = None
-
-    def summary(self) -> str:
-        share = f"{100 * self.downloaded / max(self.full_restore_bytes, 1):.1f} %"
-        how = (
-            f"{self.segments_applied} segments applied"
-            if self.pages_rewritten is None
-            else f"rebuilt, {self.pages_rewritten} pages rewritten"
-        )
-        lag = f"; {self.lag_seconds:.2f} s after its capture" if self.lag_seconds is not None else ""
-        return (
-            f"caught up {self.output} to {self.record.position} ({how}; downloaded {self.downloaded} bytes, "
-            f"{share} of a full restore's {self.full_restore_bytes}{lag})"
-        )
-
-
-def catch_up(
-    store: ObjectStore,
-    output: Path,
-    *,
-    timestamp: datetime | None = None,
-    sequence: int | None = None,
-    generation: str | None = None,
-    keys: Keyring | None = None,
-) -> CaughtUp:
-    """Bring the copy at ``output`` to the replica's newest point, or the one asked, downloading what changed."""
-    output = output.absolute()
-    generations = describe_generations(store)
-    chosen, until = choose_start(generations, before=timestamp, generation=generation, sequence=sequence)
-    segments = list_segments(store, chosen.generation)
-    with KeptCopy(store, output, keys=keys) as copy:
-        _require_same_database(copy.record, chosen, output)
-        result = _update(copy, chosen, segments, until, timestamp)
-    integrity_check(output)
-    return result
-
-
-def _update(
-    copy: KeptCopy,
-    chosen: SnapshotInfo,
-    segments: Segments,
-    until: int | None,
-    timestamp: datetime | None,
-    *,
-    seal: bool = True,
-) -> CaughtUp:
-    record = copy.record
-    why = copy.unproven()
-    if why is None and record.generation != chosen.generation:
-        why = f"the replica's point is in generation {chosen.generation}, the copy in {record.generation}"
-    if why is None and until is not None and record.sequence > until:
-        why = f"the copy is past the point asked ({record.position})"
-    applied = 0
-    if why is None:
-        try:
-            applied = copy.advance(segments, until, timestamp)
-        except NotFoundError as exc:
-            why = str(exc)
-    rewritten = None
-    if why is not None:
-        rewritten = _rebuild(copy, chosen, segments, until, timestamp)
-    record = copy.seal() if seal else copy.record
-    lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
-    return CaughtUp(
-        output=copy.output,
-        record=record,
-        segments_applied=applied,
-        pages_rewritten=rewritten,
-        rebuilt_because=why,
-        downloaded=copy.downloaded,
-        full_restore_bytes=chosen.compressed_size + _bytes_between(segments, chosen.sequence, record.sequence),
-        lag_seconds=lag,
-    )
-
-
-def _bytes_between(segments: Segments, after: int, last: int) -> int:
-    return sum(size for sequence, size in segments.sizes.items() if after < sequence <= last)
-
-
-def _rebuild(
-    copy: KeptCopy, chosen: SnapshotInfo, segments: Segments, until: int | None, timestamp: datetime | None
-) -> int:
-    """Restore the point beside the copy, then apply the pages that differ; how many did."""
-    scratch = copy.output.with_name(f".{copy.output.name}.walship-target")
-    try:
-        result = restore_snapshot(
-            copy.store,
-            chosen,
-            scratch,
-            force=True,
-            until_sequence=until,
-            until_time=timestamp,
-            keys=copy.keys,
-        )
-        copy.downloaded += chosen.compressed_size + _bytes_between(segments, chosen.sequence, result.position.sequence)
-        return copy.take(scratch, result.snapshot, result.position.sequence, result.complete_until)
-    finally:
-        for leftover in (scratch, Path(f"{scratch}-walship-copy.json")):
-            leftover.unlink(missing_ok=True)
-
-
-def _require_same_database(record: CopyRecord, chosen: SnapshotInfo, output: Path) -> None:
-    if record.database_id != chosen.database_id:
-        raise UsageError(
-            f"{output} is a copy of database {record.database_id!r}, the replica holds {chosen.database_id!r}: "
-            "choose the right replica, or restore without --delta (with --force to replace it)"
-        )
+WIDE_LOOK_SECONDS = 10.0
 
 
 def follow(
@@ -160,23 +40,23 @@ def follow(
     stop: threading.Event,
     keys: Keyring | None = None,
     report: Callable[[CaughtUp], None] = lambda _: None,
-) -> CopyRecord | None:
+) -> CopyRecord:
     """Keep the copy at ``output`` at the replica's newest point, looking every ``interval`` s until ``stop``.
 
-    The copy is restored whole first when there is none. Each new segment is
-    one atomic apply; a new generation is taken by the pages that differ.
-    Returns the record the copy was sealed with at the end.
+    The copy is restored whole first when there is none. Returns the record
+    the copy was sealed with at the end (its WAL checkpointed when readers
+    let it, its pages' digest taken); ``integrity_check`` has passed.
     """
     output = output.absolute()
     if read_copy_record(output) is None and not output.exists():
-        generations = describe_generations(store)
-        chosen, until = choose_start(generations)
+        chosen, until = choose_start(describe_generations(store))
         restore_snapshot(store, chosen, output, until_sequence=until, keys=keys)
     with KeptCopy(store, output, keys=keys) as copy:
+        rounds = _Rounds(copy, report)
         while not stop.is_set():
             began = time.monotonic()
             try:
-                _follow_once(copy, report)
+                rounds.once()
             except (StandbyUnsettledError, TransientStorageError) as exc:
                 log.warning("follow %s: %s; trying again in %g s", output, exc, interval)
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
@@ -185,12 +65,55 @@ def follow(
     return record
 
 
-def _follow_once(copy: KeptCopy, report: Callable[[CaughtUp], None]) -> None:
-    """One look at the replica; an update when its newest point moved past the copy's."""
-    chosen, until = choose_start(describe_generations(copy.store))
-    _require_same_database(copy.record, chosen, copy.output)
-    newest = until if until is not None else chosen.sequence
-    if (copy.record.generation, copy.record.sequence) == (chosen.generation, newest):
-        return
-    copy.downloaded = 0
-    report(_update(copy, chosen, list_segments(copy.store, chosen.generation), until, None, seal=False))
+class _Rounds:
+    def __init__(self, copy: KeptCopy, report: Callable[[CaughtUp], None]) -> None:
+        self.copy, self.report = copy, report
+        self._wide_at = 0.0
+
+    def once(self) -> None:
+        if time.monotonic() >= self._wide_at:
+            self._wide()
+        elif not self._next():
+            return
+        self._wide_at = time.monotonic() + WIDE_LOOK_SECONDS
+
+    def _wide(self) -> None:
+        """The replica's newest point, from its generations; an update when the copy is not there."""
+        copy = self.copy
+        chosen, until = choose_start(describe_generations(copy.store))
+        require_same_database(copy.record, chosen, copy.output)
+        newest = until if until is not None else chosen.sequence
+        if (copy.record.generation, copy.record.sequence) == (chosen.generation, newest):
+            return
+        copy.downloaded = 0
+        segments = list_segments(copy.store, chosen.generation)
+        self.report(update(copy, chosen, segments, until, None, seal=False))
+
+    def _next(self) -> bool:
+        """Apply the copy's next segments while the replica has them; whether there was any."""
+        copy = self.copy
+        copy.downloaded = applied = 0
+        while found := self._find(copy.record.generation, copy.record.sequence + 1):
+            sequence, key, size = found
+            copy.advance(Segments({sequence: key}, {sequence: size}))
+            applied += 1
+        if applied:
+            record = copy.record
+            lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
+            self.report(
+                CaughtUp(
+                    output=copy.output,
+                    record=record,
+                    segments_applied=applied,
+                    downloaded=copy.downloaded,
+                    lag_seconds=lag,
+                )
+            )
+        return applied > 0
+
+    def _find(self, generation: str, sequence: int) -> tuple[int, str, int] | None:
+        for found in self.copy.store.list(segment_prefix(generation, sequence)):
+            parsed = parse_segment_key(found.key)
+            if parsed is not None and (parsed.generation, parsed.sequence) == (generation, sequence):
+                return sequence, found.key, found.size
+        return None
