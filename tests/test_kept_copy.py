@@ -77,7 +77,7 @@ def test_delta_applies_only_the_segments_after_the_copy(shipped: tuple[Path, str
     after = read_copy_record(copy)
     assert after is not None
     assert after.sequence > before.sequence
-    assert after.state_digest is not None
+    assert after.file is not None
     assert not Path(f"{copy}-wal").exists() or Path(f"{copy}-wal").stat().st_size == 0
 
 
@@ -173,6 +173,22 @@ def test_follow_keeps_a_readable_copy_and_survives_sigkill(shipped: tuple[Path, 
     record = read_copy_record(copy)
     assert record is not None
     assert record.state_digest is not None
+
+    # Stopped, it was sealed with its pages' digest: a stat change alone (chmod) is proven harmless by it...
+    copy.chmod(0o640)
+    app_commits(database, 10)
+    _ship_once(database, replica)
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "segments applied" in result.stdout, result.stdout
+    assert "rebuilt" not in result.stdout, result.stdout
+    # ... and a local write is not.
+    with sqlite3.connect(copy) as local:
+        local.execute("DELETE FROM late WHERE id = 1")
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert "rebuilt by comparing pages: it changed since walship last wrote it" in result.stdout, result.stdout
+    assert content_digest(copy) == content_digest(database)
 
 
 def _rows(database: Path) -> int:

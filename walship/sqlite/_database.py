@@ -85,15 +85,17 @@ def _check_writable(path: Path) -> None:
     )
 
 
-def integrity_check(path: Path) -> None:
-    """Run ``PRAGMA integrity_check`` on a file nobody else has open.
+def integrity_check(path: Path, *, live: bool = False) -> None:
+    """Run ``PRAGMA integrity_check`` on a file nobody else has open, or, ``live``, on a database others read.
 
     ``immutable=1`` tells SQLite no one else writes the file, so it takes no
     locks and creates no -wal or -shm beside a file we are about to rename.
+    A live database is checked as its readers see it, its WAL included.
     """
-    uri = f"file:{path}?immutable=1"
+    uri = f"file:{path}" if live else f"file:{path}?immutable=1"
+    flags = (apsw.SQLITE_OPEN_READWRITE if live else apsw.SQLITE_OPEN_READONLY) | apsw.SQLITE_OPEN_URI
     try:
-        connection = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        connection = apsw.Connection(uri, flags=flags)
         try:
             # The check walks every b-tree and every index against its table:
             # with SQLite's default 2 MiB page cache it re-reads interior pages

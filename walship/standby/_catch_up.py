@@ -74,7 +74,7 @@ def catch_up(
     with KeptCopy(store, output, keys=keys) as copy:
         require_same_database(copy.record, chosen, output)
         result = update(copy, chosen, segments, until, timestamp)
-    integrity_check(output)
+    integrity_check(output, live=True)
     return result
 
 

@@ -195,12 +195,18 @@ class KeptCopy:
 
     # Records ----------------------------------------------------------------------------------------------------
 
-    def seal(self) -> CopyRecord:
-        """Checkpoint the copy whole and record its file and its pages' digest (False: readers kept the WAL)."""
+    def seal(self, *, digest: bool = False) -> CopyRecord:
+        """Checkpoint the copy whole and record its file as it stands (and, ``digest``, its pages' digest, which
+        proves it later even when its stat changed: a read of every page). Readers still in the WAL after
+        ``SETTLE_SECONDS`` keep it: the record keeps the WAL index mark instead."""
         if self.standby.settle(SETTLE_SECONDS):
-            digest = self._digest(self.record.page_count)
             self.record = self.record.model_copy(
-                update={"file": file_mark(self.output), "wal": None, "state_digest": digest, "updated_at": utcnow()}
+                update={
+                    "file": file_mark(self.output),
+                    "wal": None,
+                    "state_digest": self._digest(self.record.page_count) if digest else None,
+                    "updated_at": utcnow(),
+                }
             )
             save_copy_record(self.output, self.record)
         return self.record

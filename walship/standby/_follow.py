@@ -60,8 +60,8 @@ def follow(
             except (StandbyUnsettledError, TransientStorageError) as exc:
                 log.warning("follow %s: %s; trying again in %g s", output, exc, interval)
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
-        record = copy.seal()
-    integrity_check(output)
+        record = copy.seal(digest=True)
+    integrity_check(output, live=True)
     return record
 
 
