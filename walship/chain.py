@@ -17,6 +17,7 @@ from typing import BinaryIO, NamedTuple
 from walship.envelope import Keyring
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError
 from walship.layout import format_segment_key, generation_prefix, parse_segment_key
+from walship.models import ObjectInfo
 from walship.segment import (
     ResyncSegment,
     WalSegment,
@@ -33,6 +34,7 @@ __all__ = [
     "AppliedSegments",
     "apply_segments",
     "list_segment_keys",
+    "list_segment_objects",
     "list_segment_sequences",
     "missing_segment",
     "read_segment_info",
@@ -46,15 +48,20 @@ def list_segment_sequences(store: ObjectStore, generation: str) -> list[int]:
 
 def list_segment_keys(store: ObjectStore, generation: str) -> dict[int, str]:
     """A generation's segment keys (WAL or resync) by sequence (one LIST, no HEAD)."""
-    keys: dict[int, str] = {}
+    return {sequence: obj.key for sequence, obj in list_segment_objects(store, generation).items()}
+
+
+def list_segment_objects(store: ObjectStore, generation: str) -> dict[int, ObjectInfo]:
+    """A generation's segment objects (WAL or resync), key and stored size, by sequence (one LIST, no HEAD)."""
+    found: dict[int, ObjectInfo] = {}
     for obj in store.list(f"{generation_prefix(generation)}wal/"):
         parsed = parse_segment_key(obj.key)
         if parsed is None or parsed.generation != generation:
             continue
-        if parsed.sequence in keys:
-            raise CorruptObjectError(f"segments {keys[parsed.sequence]} and {obj.key} share a sequence: a fork")
-        keys[parsed.sequence] = obj.key
-    return keys
+        if parsed.sequence in found:
+            raise CorruptObjectError(f"segments {found[parsed.sequence].key} and {obj.key} share a sequence: a fork")
+        found[parsed.sequence] = obj
+    return found
 
 
 def missing_segment(generation: str, sequence: int) -> str:

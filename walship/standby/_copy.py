@@ -16,11 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
-from walship.chain import missing_segment
+from walship.chain import list_segment_objects, missing_segment
 from walship.copies import CopyRecord, WalMark, file_mark, read_copy_record, save_copy_record
 from walship.envelope import Keyring
-from walship.errors import CorruptObjectError, NotFoundError, StandbyUnsettledError, UsageError
-from walship.layout import generation_prefix, parse_segment_key
+from walship.errors import NotFoundError, StandbyUnsettledError, UsageError
 from walship.models import SnapshotInfo, utcnow
 from walship.resync import StateHasher, page_digest
 from walship.segment import (
@@ -52,16 +51,8 @@ class Segments(NamedTuple):
 
 
 def list_segments(store: ObjectStore, generation: str) -> Segments:
-    keys: dict[int, str] = {}
-    sizes: dict[int, int] = {}
-    for obj in store.list(f"{generation_prefix(generation)}wal/"):
-        parsed = parse_segment_key(obj.key)
-        if parsed is None or parsed.generation != generation:
-            continue
-        if parsed.sequence in keys:
-            raise CorruptObjectError(f"segments {keys[parsed.sequence]} and {obj.key} share a sequence: a fork")
-        keys[parsed.sequence], sizes[parsed.sequence] = obj.key, obj.size
-    return Segments(keys, sizes)
+    objects = list_segment_objects(store, generation)
+    return Segments({s: o.key for s, o in objects.items()}, {s: o.size for s, o in objects.items()})
 
 
 class KeptCopy:
