@@ -10,7 +10,10 @@ crosses ``lag_threshold_seconds``, ``walship.standby.recovered`` when it is
 back under it, and ``walship.standby.completed`` at the end of the window.
 """
 
+import contextlib
+import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,7 +98,7 @@ def standby_flow(
             events.update(update)
         else:
             stop = threading.Event()
-            with sigterm_ends_window(stop.set):
+            with sigterm_ends_window(stop.set), _interrupt_ends_window(stop):
                 window = follow_window(
                     open_replica(replica, credentials_block),
                     output,
@@ -121,6 +124,19 @@ def standby_flow(
     )
     events.completed(window)
     return window
+
+
+@contextlib.contextmanager
+def _interrupt_ends_window(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C of ``walship follow`` (the flow run in its process) seals the copy, as SIGTERM does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _seen(events: "_Events", table: "_Table", window: FollowReport, update: CaughtUp) -> None:
