@@ -212,6 +212,7 @@ def site_overrides(given: dict[str, str], environ: dict[str, str]) -> dict[str, 
         "replica": f"file://{DEMO / 'replica'}",
         "snapshot_replica": f"file://{DEMO / 'replica'}-snapshots",
         "restore_output": DEMO / "restored-from-prefect.db",
+        "standby_output": DEMO / "standby.db",
         # Short shipping runs so the dashboard shows runs within two minutes;
         # they overlap by more than start-up varies (see prefect.yaml).
         "ship_window": 120,

@@ -1,8 +1,8 @@
-"""Restore flow: pick a snapshot, download, verify, place atomically."""
+"""Restore flow: pick a snapshot, download, verify, place atomically; or bring a kept copy up to date (``delta``)."""
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from prefect import flow
 
@@ -22,6 +22,7 @@ from flows._params import (
 )
 from flows._report import human_bytes, publish, run_name
 from tasks import (
+    catch_up_copy,
     describe_generations,
     finish_progress,
     read_snapshot,
@@ -30,10 +31,12 @@ from tasks import (
     start_progress,
     with_retry_policy,
 )
+from walship.errors import UsageError
 from walship.generations import ReplicaGenerations
 from walship.models import RestoreResult, RestoreTarget, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
 from walship.restore import point_in_time, run_restore
+from walship.standby import CaughtUp
 
 
 @plain_refusals
@@ -55,6 +58,7 @@ def restore_flow(
     sequence: Annotated[int | None, titled("WAL sequence"), optional("integer", minimum=0)] = UNSET,
     generation: Annotated[str | None, titled("Generation"), optional("string", pattern=GENERATION)] = UNSET,
     force: Annotated[bool, titled("Replace an existing file")] = False,
+    delta: Annotated[bool, titled("Update the copy at the output")] = False,
     database_id: Annotated[str | None, titled("Expected database id"), optional("string", pattern=DATABASE_ID)] = UNSET,
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
@@ -64,7 +68,7 @@ def restore_flow(
     ] = UNSET,
     age_identity_file: Annotated[Path | None, titled("age identity file"), optional("string")] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
-) -> RestoreResult | OriginalRestoreResult:
+) -> RestoreResult | OriginalRestoreResult | CaughtUp:
     """Restore ``replica`` to ``output``.
 
     Args:
@@ -75,6 +79,7 @@ def restore_flow(
         sequence: Restore up to this WAL sequence of the generation (0 or more).
         generation: The generation of the sequence; empty: the one with the newest data.
         force: Replace the output file if it exists.
+        delta: The output is a copy walship restored or keeps: download and apply only what changed since.
         database_id: Refuse a replica of another database than this one; empty: no check.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_identity_block: Name of a Secret block holding the age identity that opens encrypted objects.
@@ -82,7 +87,23 @@ def restore_flow(
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     With nothing chosen it restores the newest data, failing (with the ways to
-    an older point) when that cannot be restored."""
+    an older point) when that cannot be restored. With ``delta``, an output
+    that is no walship copy of this replica is refused, and one changed
+    locally is rebuilt from the pages that differ (the table says which)."""
+    if delta and output.exists():
+        return _catch_up(
+            replica,
+            output,
+            timestamp,
+            snapshot_key,
+            sequence,
+            generation,
+            force,
+            retry,
+            credentials_block,
+            age_identity_block,
+            age_identity_file,
+        )
     steps = _TaskSteps(replica, retry, credentials_block, age_identity_block, age_identity_file)
     result = run_restore(
         steps,
@@ -111,6 +132,45 @@ def restore_flow(
             ("sha256", f"`{chosen.sha256}` (verified)"),
             ("integrity_check", result.integrity),
             ("duration", f"{result.duration_seconds:.2f} s"),
+        ],
+    )
+    return result
+
+
+def _catch_up(
+    replica: str,
+    output: Path,
+    timestamp: datetime | None,
+    snapshot_key: str | None,
+    sequence: int | None,
+    generation: str | None,
+    force: bool,
+    retry: RetryPolicy,
+    *blocks: Any,
+) -> CaughtUp:
+    if snapshot_key is not None or force:
+        raise UsageError("delta brings a copy to a point in time: give no snapshot key, and leave force off")
+    result = with_retry_policy(catch_up_copy, retry)(replica, output, timestamp, sequence, generation, *blocks)
+    how = (
+        f"{result.segments_applied} segments applied"
+        if result.pages_rewritten is None
+        else f"rebuilt, {result.pages_rewritten} pages rewritten: {result.rebuilt_because}"
+    )
+    publish(
+        "restore",
+        f"Catch-up of {output}",
+        [
+            ("position", result.record.position),
+            ("how", how.replace("|", "/")),
+            (
+                "downloaded",
+                f"{human_bytes(result.downloaded)} (a full restore: {human_bytes(result.full_restore_bytes)})",
+            ),
+            (
+                "lag (from the capture of its newest commit)",
+                "-" if result.lag_seconds is None else f"{result.lag_seconds:.2f} s",
+            ),
+            ("integrity_check", "ok"),
         ],
     )
     return result

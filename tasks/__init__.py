@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tasks.retention import apply_retention, plan_retention
     from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
     from tasks.snapshot import check_replica, stream_snapshot, update_metadata
+    from tasks.standby import catch_up_copy
     from tasks.verify import check_index, restore_drill
 
 _HOME = {
@@ -29,6 +30,7 @@ _HOME = {
     "tasks.retention": ("apply_retention", "plan_retention"),
     "tasks.ship": ("acquire_lease", "record_position", "release_lease", "upload_spool"),
     "tasks.snapshot": ("check_replica", "stream_snapshot", "update_metadata"),
+    "tasks.standby": ("catch_up_copy",),
     "tasks.verify": ("check_index", "restore_drill"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
@@ -36,6 +38,7 @@ _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 __all__ = [
     "acquire_lease",
     "apply_retention",
+    "catch_up_copy",
     "check_index",
     "check_replica",
     "describe_generations",

@@ -17,7 +17,7 @@ from tests.test_fleet_hosts import host_deployment
 
 DEPLOYMENTS = load_deployments()
 NAMES = [d["name"] for d in DEPLOYMENTS]
-SCHEDULED = {"snapshot-hourly", "wal-ship", "retention-daily", "verify-daily"}
+SCHEDULED = {"snapshot-hourly", "wal-ship", "standby", "retention-daily", "verify-daily"}
 
 
 def _schema(flow: Flow[Any, Any]) -> dict[str, Any]:
@@ -71,6 +71,13 @@ class TestPrefectYaml:
                 {"replica": "file:///r", "output": "/o", "retry": {"attempts": 99}},
                 "20",
             ),
+            ("flows/standby.py:standby_flow", {"replica": "file:///r", "output": "/o", "interval": 0}, "interval"),
+            ("flows/standby.py:standby_flow", {"replica": "file:///r", "output": "/o", "duration": -1}, "duration"),
+            (
+                "flows/standby.py:standby_flow",
+                {"replica": "file:///r", "output": "/o", "lag_threshold_seconds": 0},
+                "lag_threshold_seconds",
+            ),
         ],
     )
     def test_bad_parameters_are_rejected(self, entrypoint: str, parameters: dict[str, Any], field: str) -> None:
@@ -96,6 +103,21 @@ class TestPrefectYaml:
         # The next run waits at most for the overlap plus the start-up difference and the final drain.
         assert ship["parameters"]["handover_wait"] >= duration - window + 60
         assert ship["concurrency_limit"] == {"limit": 2, "collision_strategy": "CANCEL_NEW"}
+
+    def test_standby_runs_overlap_as_shipping_runs_do(self) -> None:
+        """The standby follows in wal-ship's windows: the same schedule, duration, hand-over wait and concurrency,
+        and the site's replica and database id; its copy is a site value of its own."""
+        specs = {d["name"]: d for d in DEPLOYMENTS}
+        ship, standby = specs["wal-ship"], specs["standby"]
+        assert standby["schedules"] == ship["schedules"]
+        assert standby["concurrency_limit"] == ship["concurrency_limit"]
+        for name in ("duration", "handover_wait", "replica", "database_id", "progress_interval"):
+            assert standby["parameters"][name] == ship["parameters"][name], name
+        assert standby["parameters"]["output"] == site_values(PREFECT_YAML.read_text())["standby_output"]
+        [served] = [
+            d for d in load_deployments(PREFECT_YAML, {"standby_output": "/srv/s.db"}) if d["name"] == "standby"
+        ]
+        assert served["parameters"]["output"] == "/srv/s.db"
 
     def test_a_hosts_copy_of_the_fleet_deployment(self) -> None:
         """prefect.yaml's example of a host's copy of wal-ship-fleet: its own name and work queue, its own patterns

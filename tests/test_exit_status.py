@@ -49,9 +49,32 @@ class Row(NamedTuple):
     argv: Callable[[Scene], list[str]]
     status: int
     error: str  # a fragment of the stderr line(s) of a failure; "" for success
+    prepare: Callable[[Scene], None] | None = None  # run directly before the command, in its scene
+
+
+def _kept_copy(scene: Scene) -> None:
+    """A copy of the good replica at ``copy.db``, with the record a later update needs."""
+    restored = walship("--no-prefect", "restore", "--replica", scene.good, "--output", str(scene.work / "copy.db"))
+    assert restored.returncode == 0, restored.stderr
+
+
+def _copy_argv(command: list[str], scene: Scene, replica: str = "") -> list[str]:
+    return [*command, "--replica", replica or scene.good, "--output", str(scene.work / "copy.db")]
 
 
 ROWS = [
+    Row("follow", "once", lambda s: _copy_argv(["follow", "--once"], s), 0, "", _kept_copy),
+    Row("follow", "failure", lambda s: _copy_argv(["follow", "--once"], s, s.no_bucket), 1, "bucket"),
+    Row("follow", "usage", lambda s: _copy_argv(["follow", "--interval", "0"], s), 2, "--interval"),
+    Row(
+        "follow",
+        "not-a-copy",
+        lambda s: ["follow", "--once", "--replica", s.good, "--output", str(s.database)],
+        2,
+        "holds no walship record",
+    ),
+    Row("restore", "delta", lambda s: [*_copy_argv(["restore"], s), "--delta"], 0, "", _kept_copy),
+    Row("restore", "delta-usage", lambda s: [*_copy_argv(["restore"], s), "--delta", "--force"], 2, "--delta"),
     Row("snapshot", "success", lambda s: ["snapshot", str(s.database), "--replica", s.fresh], 0, ""),
     Row("snapshot", "failure", lambda s: ["snapshot", str(s.database), "--replica", s.no_bucket], 1, "bucket"),
     Row("snapshot", "usage", lambda s: ["snapshot", str(s.work / "nope.db"), "--replica", s.fresh], 2, "nope.db"),
@@ -235,6 +258,8 @@ def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str
     errors = {}
     for mode, env in (("direct", {"PREFECT_API_URL": ""}), ("flow", api_env)):
         scene = scenes(mode)
+        if row.prepare is not None:
+            row.prepare(scene)
         result = walship(*row.argv(scene), env={**scene.aws, **env})
         assert result.returncode == row.status, (mode, result.stderr)
         assert "Traceback" not in result.stderr, (mode, result.stderr)

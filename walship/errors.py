@@ -22,6 +22,7 @@ __all__ = [
     "CorruptObjectError",
     "DiskFullError",
     "FleetFailedError",
+    "FollowerRunningError",
     "HandoverTimedOutError",
     "IdentityMismatchError",
     "IdentityNeededError",
@@ -123,6 +124,10 @@ class TransientStorageError(StorageError):
 
 class ShipperRunningError(UsageError):
     """Another shipper holds the database: one shipper per database, whatever its spool or replica."""
+
+
+class FollowerRunningError(UsageError):
+    """Another walship follows or updates the kept copy: one applier per copy, whatever its replica."""
 
 
 class StandbyBusyError(UsageError):

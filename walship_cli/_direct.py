@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,6 +22,7 @@ from types import FrameType
 from walship.codec import Progress
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, RetryingSteps, SharedStores, ship_fleet
+from walship.following import FollowerIdentity, FollowReport, catch_up_alone, follow_window
 from walship.memory import one_arena
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
@@ -28,10 +30,12 @@ from walship.restore import StoreRestoreSteps, run_restore
 from walship.retention import RetentionPolicy, RetentionReport, StoreRetentionSteps, run_retention
 from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport
 from walship.snapshot import StoreSnapshotSteps, run_snapshot
+from walship.standby import CaughtUp
 from walship.storage import open_store
 from walship.verify import StoreSteps, VerifyReport, run_verify
+from walship_cli._standby import show_update
 
-__all__ = ["restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
+__all__ = ["follow", "restore", "restore_delta", "retention", "ship", "ship_many", "snapshot_database", "verify"]
 
 _POLICY = RetryPolicy()
 log = logging.getLogger("walship")
@@ -180,13 +184,60 @@ def ship_many(
     )
 
 
+def restore_delta(
+    replica: str,
+    output: Path,
+    *,
+    timestamp: datetime | None,
+    sequence: int | None,
+    generation: str | None,
+    identity_file: Path | None = None,
+) -> CaughtUp:
+    return catch_up_alone(
+        open_store(replica),
+        output,
+        FollowerIdentity.this_process("restore --delta", replica),
+        timestamp=timestamp,
+        sequence=sequence,
+        generation=generation,
+        keys=Keyring.from_file(identity_file) if identity_file is not None else None,
+    )
+
+
+def follow(
+    replica: str,
+    output: Path,
+    *,
+    interval: float,
+    duration: float,
+    once: bool,
+    handover_wait: float,
+    identity_file: Path | None = None,
+) -> FollowReport:
+    """Each update's line as it is applied (the flow logs them to its run instead)."""
+    stop = threading.Event()
+    with _stopping(stop.set, "sealing the standby"):
+        return follow_window(
+            open_store(replica),
+            output,
+            FollowerIdentity.this_process("follow", replica),
+            interval=interval,
+            stop=stop,
+            duration=duration,
+            once=once,
+            handover_wait=handover_wait,
+            keys=Keyring.from_file(identity_file) if identity_file is not None else None,
+            report=lambda _window, update: show_update(update),
+        )
+
+
 @contextlib.contextmanager
-def _stopping(stop: Callable[[], None]) -> Iterator[None]:
+def _stopping(stop: Callable[[], None], doing: str = "finishing the window") -> Iterator[None]:
     """SIGTERM (systemd, a supervisor) or Ctrl-C ends the window the way its time would: the final capture and
     upload still run."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        print(f"walship: {signal.Signals(signum).name}: finishing the window", file=sys.stderr)
+        print(f"walship: {signal.Signals(signum).name}: {doing}", file=sys.stderr)
         stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -18,13 +18,25 @@ from datetime import datetime
 from pathlib import Path
 
 from walship.fleet import FleetMember, FleetReport
+from walship.following import FollowReport
 from walship.models import RestoreResult, SnapshotInfo
 from walship.original import OriginalRestoreResult
 from walship.retention import RetentionPolicy, RetentionReport
 from walship.ship import ShipConfig, ShipReport
+from walship.standby import CaughtUp
 from walship.verify import VerifyReport
 
-__all__ = ["quiet_prefect", "restore", "retention", "ship", "ship_many", "snapshot_database", "verify"]
+__all__ = [
+    "follow",
+    "quiet_prefect",
+    "restore",
+    "restore_delta",
+    "retention",
+    "ship",
+    "ship_many",
+    "snapshot_database",
+    "verify",
+]
 
 
 def _imported() -> None:
@@ -90,7 +102,7 @@ def restore(
 
     _imported()
 
-    return restore_flow(
+    result = restore_flow(
         replica=replica,
         output=output,
         timestamp=timestamp,
@@ -99,6 +111,60 @@ def restore(
         generation=generation,
         force=force,
         database_id=database_id,
+        age_identity_file=identity_file,
+    )
+    assert not isinstance(result, CaughtUp)  # only with delta
+    return result
+
+
+def restore_delta(
+    replica: str,
+    output: Path,
+    *,
+    timestamp: datetime | None,
+    sequence: int | None,
+    generation: str | None,
+    identity_file: Path | None = None,
+) -> CaughtUp:
+    from flows.restore import restore_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    _imported()
+
+    result = restore_flow(
+        replica=replica,
+        output=output,
+        timestamp=timestamp,
+        sequence=sequence,
+        generation=generation,
+        delta=True,
+        age_identity_file=identity_file,
+    )
+    assert isinstance(result, CaughtUp)  # the copy exists: the CLI sends only those here
+    return result
+
+
+def follow(
+    replica: str,
+    output: Path,
+    *,
+    interval: float,
+    duration: float,
+    once: bool,
+    handover_wait: float,
+    identity_file: Path | None = None,
+) -> FollowReport:
+    """Each update's line goes to the run's logs (``--verbose`` shows them), the window's summary to the caller."""
+    from flows.standby import standby_flow  # noqa: PLC0415 - Prefect only when a flow runs
+
+    _imported()
+
+    return standby_flow(
+        replica=replica,
+        output=output,
+        interval=interval,
+        duration=duration,
+        once=once,
+        handover_wait=handover_wait,
         age_identity_file=identity_file,
     )
 

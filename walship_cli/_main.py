@@ -6,7 +6,7 @@ input. Errors are one or two plain lines on stderr; ``--debug`` adds the
 traceback. Input is checked here, before any flow starts, so a typo fails in
 milliseconds rather than after Prefect has started.
 
-snapshot, ship, ship-many, restore, verify and retention run as Prefect flow runs when a
+snapshot, ship, ship-many, restore, follow, verify and retention run as Prefect flow runs when a
 Prefect API is configured (``PREFECT_API_URL`` in the environment or the active
 profile), so they appear in its dashboard; otherwise they run the core
 directly, at the speed of the work. ``--prefect`` / ``--no-prefect`` choose.
@@ -282,7 +282,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "ship-many":
         return _ship_many(args)
     if args.command == "follow":
-        return _standby.follow_command(args, str(parse_replica_url(args.replica)))
+        return _standby.follow_command(args, str(parse_replica_url(args.replica)), _runner(args))
     return _run_one(args)
 
 
@@ -328,7 +328,7 @@ def _restore(args: argparse.Namespace, replica: str) -> int:
     if args.delta and args.force:
         raise UsageError("--delta updates the copy at --output, --force replaces it: choose one")
     if args.delta and args.output.exists():
-        return _standby.restore_delta(args, replica, timestamp)
+        return _standby.restore_delta(args, replica, timestamp, _runner(args))
     output = check_output(args.output, force=args.force)
     result = _runner(args).restore(
         replica,
