@@ -164,7 +164,12 @@ def _catch_up(
             ("how", how.replace("|", "/")),
             (
                 "downloaded",
-                f"{human_bytes(result.downloaded)} (a full restore: {human_bytes(result.full_restore_bytes)})",
+                f"{human_bytes(result.downloaded)}"
+                + (
+                    f" (a full restore: {human_bytes(result.full_restore_bytes)})"
+                    if result.full_restore_bytes is not None
+                    else ""
+                ),
             ),
             (
                 "lag (from the capture of its newest commit)",

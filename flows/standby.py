@@ -2,7 +2,7 @@
 
 Meant to be scheduled with overlapping windows, as ``wal-ship`` is: the
 next run waits (``handover_wait``) for this one to seal the copy and let go
-of its lock (``walship.following``), then follows on from the copy's
+of its lock (``walship.standby``), then follows on from the copy's
 recorded point, so readers see it move all day. The run keeps its table
 artifact current in place (position, lag, segments applied, bytes
 downloaded) and emits ``walship.standby.lagging`` when an update's lag
@@ -30,9 +30,8 @@ from flows._subject import database_of
 from tasks import catch_up_copy, with_retry_policy
 from tasks._keys import load_keys
 from tasks._storage import open_replica
-from walship.following import FollowerIdentity, FollowReport, follow_window
 from walship.models import RetryPolicy, utcnow
-from walship.standby import CaughtUp
+from walship.standby import CaughtUp, FollowerIdentity, FollowReport, follow_window
 
 __all__ = ["FollowReport", "standby_flow"]
 

@@ -8,8 +8,7 @@ from prefect.runtime import flow_run
 from tasks._keys import load_keys
 from tasks._retry import walship_task
 from tasks._storage import open_replica
-from walship.following import FollowerIdentity, catch_up_alone
-from walship.standby import CaughtUp
+from walship.standby import CaughtUp, FollowerIdentity, catch_up_alone
 
 __all__ = ["catch_up_copy"]
 

@@ -22,7 +22,6 @@ from types import FrameType
 from walship.codec import Progress
 from walship.envelope import Keyring
 from walship.fleet import FleetMember, FleetReport, RetryingSteps, SharedStores, ship_fleet
-from walship.following import FollowerIdentity, FollowReport, catch_up_alone, follow_window
 from walship.memory import one_arena
 from walship.models import RestoreResult, RetryPolicy, SnapshotInfo
 from walship.original import OriginalRestoreResult
@@ -30,7 +29,7 @@ from walship.restore import StoreRestoreSteps, run_restore
 from walship.retention import RetentionPolicy, RetentionReport, StoreRetentionSteps, run_retention
 from walship.ship import LoggingObserver, ShipConfig, ShippingRun, ShipReport
 from walship.snapshot import StoreSnapshotSteps, run_snapshot
-from walship.standby import CaughtUp
+from walship.standby import CaughtUp, FollowerIdentity, FollowReport, catch_up_alone, follow_window
 from walship.storage import open_store
 from walship.verify import StoreSteps, VerifyReport, run_verify
 from walship_cli._standby import show_update

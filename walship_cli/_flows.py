@@ -18,12 +18,11 @@ from datetime import datetime
 from pathlib import Path
 
 from walship.fleet import FleetMember, FleetReport
-from walship.following import FollowReport
 from walship.models import RestoreResult, SnapshotInfo
 from walship.original import OriginalRestoreResult
 from walship.retention import RetentionPolicy, RetentionReport
 from walship.ship import ShipConfig, ShipReport
-from walship.standby import CaughtUp
+from walship.standby import CaughtUp, FollowReport
 from walship.verify import VerifyReport
 
 __all__ = [

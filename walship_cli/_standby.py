@@ -13,8 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from walship.errors import UsageError
-from walship.following import FollowReport
-from walship.standby import CaughtUp
+from walship.standby import CaughtUp, FollowReport
 from walship_cli import _age
 
 __all__ = ["add_follow_parser", "follow_command", "restore_delta", "show_update"]

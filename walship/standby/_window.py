@@ -31,7 +31,8 @@ from walship.envelope import Keyring
 from walship.errors import FollowerRunningError, HandoverTimedOutError, UsageError
 from walship.models import utcnow
 from walship.snapshot import recorded_database_id
-from walship.standby import CaughtUp, catch_up, follow
+from walship.standby._catch_up import CaughtUp, catch_up
+from walship.standby._follow import follow
 from walship.storage import ObjectStore
 
 __all__ = [
