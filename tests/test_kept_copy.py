@@ -264,3 +264,15 @@ def _readable_digest(copy: Path) -> str | None:
         return content_digest(copy)
     except sqlite3.Error:
         return None
+
+
+def test_follow_once_makes_the_copy_when_there_is_none(shipped: tuple[Path, str], tmp_path: Path) -> None:
+    database, replica = shipped
+    copy = tmp_path / "new.db"
+    result = walship("--no-prefect", "follow", "--replica", replica, "--output", str(copy), "--once")
+    assert result.returncode == 0, result.stderr
+    assert "no copy there: restored whole" in result.stdout, result.stdout
+    assert content_digest(copy) == content_digest(database)
+    result = walship("--no-prefect", "follow", "--replica", replica, "--output", str(copy), "--once")
+    assert result.returncode == 0, result.stderr
+    assert "nothing to apply" in result.stdout, result.stdout

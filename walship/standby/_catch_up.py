@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from walship.copies import CopyRecord
+from walship.copies import CopyRecord, read_copy_record
 from walship.envelope import Keyring
 from walship.errors import NotFoundError, UsageError
 from walship.generations import choose_start, describe_generations
@@ -34,6 +34,7 @@ class CaughtUp(BaseModel):
     segments_applied: int = 0
     pages_rewritten: int | None = None  # set when the copy was rebuilt by comparing pages
     rebuilt_because: str | None = None
+    restored_whole: bool = False  # there was no copy: a plain restore made one
     downloaded: int  # bytes of objects fetched
     full_restore_bytes: int | None = None  # what a whole restore of the same point fetches (None: not counted)
     # From the capture of the newest commits applied to their being readable in the copy.
@@ -51,6 +52,10 @@ class CaughtUp(BaseModel):
             if self.pages_rewritten is None
             else f"rebuilt, {self.pages_rewritten} pages rewritten"
         )
+        if self.restored_whole:
+            how = f"no copy there: restored whole with {self.segments_applied} segments"
+        elif not self.segments_applied and self.pages_rewritten is None:
+            return f"{self.output} already holds {self.record.position}: nothing to apply"
         lag = f"; {self.lag_seconds:.2f} s after its capture" if self.lag_seconds is not None else ""
         return (
             f"caught up {self.output} to {self.record.position} ({how}; downloaded {self.downloaded} bytes{share}{lag})"
@@ -71,11 +76,37 @@ def catch_up(
     generations = describe_generations(store)
     chosen, until = choose_start(generations, before=timestamp, generation=generation, sequence=sequence)
     segments = list_segments(store, chosen.generation)
+    if not output.exists():
+        return _restored_whole(store, output, chosen, segments, until, timestamp, keys)
     with KeptCopy(store, output, keys=keys) as copy:
         require_same_database(copy.record, chosen, output)
         result = update(copy, chosen, segments, until, timestamp)
     integrity_check(output, live=True)
     return result
+
+
+def _restored_whole(
+    store: ObjectStore,
+    output: Path,
+    chosen: SnapshotInfo,
+    segments: Segments,
+    until: int | None,
+    timestamp: datetime | None,
+    keys: Keyring | None,
+) -> CaughtUp:
+    result = restore_snapshot(store, chosen, output, until_sequence=until, until_time=timestamp, keys=keys)
+    record = read_copy_record(output)
+    assert record is not None, "a restore records what it placed"
+    fetched = chosen.compressed_size + _bytes_between(segments, chosen.sequence, result.position.sequence)
+    return CaughtUp(
+        output=output,
+        record=record,
+        segments_applied=result.segments_applied,
+        restored_whole=True,
+        downloaded=fetched,
+        full_restore_bytes=fetched,
+        lag_seconds=_since(record),
+    )
 
 
 def update(
@@ -103,7 +134,8 @@ def update(
     if why is not None:
         rewritten = _rebuild(copy, chosen, segments, until, timestamp)
     record = copy.seal() if seal else copy.record
-    lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
+    # Nothing applied: the copy already held the point, and is behind the replica by nothing.
+    lag = 0.0 if not applied and why is None else _since(record)
     return CaughtUp(
         output=copy.output,
         record=record,
@@ -148,3 +180,8 @@ def require_same_database(record: CopyRecord, chosen: SnapshotInfo, output: Path
             f"{output} is a copy of database {record.database_id!r}, the replica holds {chosen.database_id!r}: "
             "choose the right replica, or restore without --delta (with --force to replace it)"
         )
+
+
+def _since(record: CopyRecord) -> float | None:
+    """From the capture of the newest commits the copy holds to now, when they were just applied."""
+    return (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
