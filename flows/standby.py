@@ -109,6 +109,7 @@ def standby_flow(
                     database_id=database_id,
                     keys=load_keys(age_identity_block, age_identity_file),
                     report=lambda so_far, update: _seen(events, table, so_far, update),
+                    unreached=events.unreached,
                     told=logger.info,
                 )
     finally:
@@ -149,6 +150,21 @@ class _Events:
     def __init__(self, database_id: str, replica: str, output: Path, threshold: float) -> None:
         self.database_id, self.replica, self.output = database_id, replica, output
         self.lag = LagWatch(threshold)
+        # A follower that cannot read the replica applies nothing, so no update says it falls behind: this does.
+        self.unreachable = LagWatch(threshold)
+
+    def unreached(self, seconds: float, why: str) -> None:
+        was_above = self.unreachable.above
+        payload = {
+            "unreached_seconds": round(seconds, 3),
+            "threshold_seconds": self.unreachable.threshold,
+            "output": str(self.output),
+            "reason": why or "the replica is read again",
+        }
+        if self.unreachable.observe(seconds):
+            self._emit("walship.standby.lagging", payload)
+        elif was_above and not self.unreachable.above:
+            self._emit("walship.standby.recovered", payload)
 
     def update(self, update: CaughtUp) -> None:
         if update.rebuilt_because is not None:

@@ -9,19 +9,26 @@ refused, and what changed locally is rebuilt with a line saying so.
 import hashlib
 import os
 import re
+import secrets
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from bench.workload import content_digest
+from tests.conftest import use_credentials
 from tests.helpers import WALSHIP, walship
+from tests.s3servers import MotoS3
 from tests.shipping import Ship, WriterGroup, app_commits, replica_generations, wait_until
+from tests.tcpproxy import TcpProxy
 from walship.copies import read_copy_record
 from walship.layout import parse_segment_key
+from walship.standby import follow
 from walship.storage import open_store
 
 pytestmark = pytest.mark.timeout(180)
@@ -276,3 +283,40 @@ def test_follow_once_makes_the_copy_when_there_is_none(shipped: tuple[Path, str]
     result = walship("--no-prefect", "follow", "--replica", replica, "--output", str(copy), "--once")
     assert result.returncode == 0, result.stderr
     assert "nothing to apply" in result.stdout, result.stdout
+
+
+def test_a_follower_that_cannot_reach_its_replica_says_for_how_long(
+    database: Path, tmp_path: Path, moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No update comes while the replica is down, so ``unreached`` is what tells a flow its standby falls behind."""
+    use_credentials(monkeypatch, moto_server)
+    bucket = f"walship-standby-{secrets.token_hex(4)}"
+    moto_server.create_bucket(bucket)
+    moto = urlsplit(moto_server.endpoint)
+    assert moto.hostname is not None
+    assert moto.port is not None
+    heard: list[tuple[float, str]] = []
+    with TcpProxy(moto.hostname, moto.port) as proxy:
+        replica = f"s3://{bucket}/backups/app?endpoint={proxy.endpoint}"
+        app_commits(database, 20)
+        _ship_once(database, replica)
+        stop = threading.Event()
+        copy = tmp_path / "standby.db"
+        follower = threading.Thread(
+            target=follow,
+            args=(open_store(replica), copy),
+            kwargs={"interval": 0.2, "stop": stop, "unreached": lambda s, why: heard.append((s, why))},
+        )
+        follower.start()
+        try:
+            wait_until(lambda: bool(heard) and heard[-1][0] == 0.0, "a first round that reached the replica")
+            proxy.stop()
+            wait_until(lambda: heard[-1][0] > 1.0, "rounds that could not reach it", timeout=90)
+            assert heard[-1][1], heard[-1]
+            proxy.start()
+            wait_until(lambda: heard[-1][0] == 0.0, "a round that reached it again", timeout=90)
+        finally:
+            stop.set()
+            follower.join(timeout=120)
+    assert not follower.is_alive()
+    assert content_digest(copy) == content_digest(database)

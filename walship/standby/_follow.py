@@ -40,12 +40,15 @@ def follow(
     stop: threading.Event,
     keys: Keyring | None = None,
     report: Callable[[CaughtUp], None] = lambda _: None,
+    unreached: Callable[[float, str], None] = lambda _seconds, _why: None,
 ) -> CopyRecord:
     """Keep the copy at ``output`` at the replica's newest point, looking every ``interval`` s until ``stop``.
 
-    The copy is restored whole first when there is none. Returns the record
-    the copy was sealed with at the end (its WAL checkpointed when readers
-    let it, its pages' digest taken); ``integrity_check`` has passed.
+    The copy is restored whole first when there is none. ``report`` hears
+    each update; ``unreached`` hears, after every round, for how long no
+    round could look at the replica (0 once one could) and why. Returns
+    the record the copy was sealed with at the end (its WAL checkpointed when
+    readers let it, its pages' digest taken); ``integrity_check`` has passed.
     """
     output = output.absolute()
     if read_copy_record(output) is None and not output.exists():
@@ -53,12 +56,17 @@ def follow(
         restore_snapshot(store, chosen, output, until_sequence=until, keys=keys)
     with KeptCopy(store, output, keys=keys) as copy:
         rounds = _Rounds(copy, report)
+        looked = time.monotonic()
         while not stop.is_set():
             began = time.monotonic()
             try:
                 rounds.once()
             except (StandbyUnsettledError, TransientStorageError) as exc:
                 log.warning("follow %s: %s; trying again in %g s", output, exc, interval)
+                unreached(time.monotonic() - looked, str(exc))
+            else:
+                looked = time.monotonic()
+                unreached(0.0, "")
             stop.wait(max(0.0, interval - (time.monotonic() - began)))
         record = copy.seal(digest=True)
     integrity_check(output, live=True)

@@ -191,6 +191,7 @@ def follow_window(
     database_id: str | None = None,
     keys: Keyring | None = None,
     report: Callable[[FollowReport, CaughtUp], None] = lambda _window, _update: None,
+    unreached: Callable[[float, str], None] = lambda _seconds, _why: None,
     told: Callable[[str], None] = log.info,
 ) -> FollowReport:
     """Follow ``store`` into the copy at ``output`` for ``duration`` s (0: until ``stop``), or catch up ``once``.
@@ -224,7 +225,9 @@ def follow_window(
                 seen(catch_up(store, output, keys=keys))
                 window.sealed = True
             else:
-                window.record = follow(store, output, interval=interval, stop=stop, keys=keys, report=seen)
+                window.record = follow(
+                    store, output, interval=interval, stop=stop, keys=keys, report=seen, unreached=unreached
+                )
                 window.sealed = window.record is not None and window.record.state_digest is not None
         finally:
             lock.release()
