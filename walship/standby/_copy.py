@@ -104,21 +104,28 @@ class KeptCopy:
 
     def advance(self, segments: Segments, until: int | None = None, until_time: datetime | None = None) -> int:
         """Apply the generation's segments after the copy's sequence, up to ``until`` and captured by
-        ``until_time``; how many were applied."""
+        ``until_time``; how many were applied.
+
+        Consecutive WAL segments are applied together, each page's last image
+        once, as one commit (a resync goes on its own): what a catch-up writes
+        is what changed, not every frame that changed it.
+        """
         wanted = sorted(s for s in segments.keys if s > self.record.sequence and (until is None or s <= until))
-        applied = 0
-        for sequence in wanted:
-            if sequence != self.record.sequence + 1:
-                raise NotFoundError(
-                    f"{missing_segment(self.record.generation, self.record.sequence + 1)} is missing: the copy "
-                    "cannot catch up segment by segment"
-                )
-            if not self._apply(segments, sequence, until_time):
-                break
-            applied += 1
+        expected, applied = self.record.sequence + 1, 0
+        with _Batch(self.output.parent) as batch:
+            for sequence in wanted:
+                if sequence != expected:
+                    raise NotFoundError(
+                        f"{missing_segment(self.record.generation, expected)} is missing: the copy cannot "
+                        "catch up segment by segment"
+                    )
+                if not self._take(segments, sequence, until_time, batch):
+                    break
+                expected, applied = expected + 1, applied + 1
+            self._flush(batch)
         return applied
 
-    def _apply(self, segments: Segments, sequence: int, until_time: datetime | None) -> bool:
+    def _take(self, segments: Segments, sequence: int, until_time: datetime | None, batch: "_Batch") -> bool:
         previous = segments.keys.get(sequence - 1)
         if self._last is None and previous is not None:
             # The link to what the copy holds is checked as a restore checks it from one segment to the next.
@@ -127,16 +134,27 @@ class KeptCopy:
             if until_time is not None and segment.captured_at > until_time:
                 return False
             if isinstance(segment, ResyncSegment):
+                self._flush(batch)
                 self._apply_resync(segment, raw)
+                self._record(segment.sequence, segment.db_size_pages, segment.captured_at)
             else:
                 check_link(self._last, segment)
-                with self._scratch() as scratch:
-                    pages = SegmentPages(segment.page_size, scratch)
-                    apply_wal(raw, segment, pages)  # type: ignore[arg-type]  # the part of a file it uses
-                    self.standby.apply(pages.pages(), pages.page_count)
+                batch.add(raw, segment)
+                if batch.full:
+                    self._flush(batch)
             self._last = segment
-            self._record(segment.sequence, segment.db_size_pages, segment.captured_at)
         return True
+
+    def _flush(self, batch: "_Batch") -> None:
+        """Apply what the batch holds, as one commit, and record the last segment in it."""
+        last = batch.last
+        if last is None:
+            return
+        pages = batch.pages
+        assert pages is not None
+        self.standby.apply(pages.pages(), pages.page_count)
+        self._record(last.sequence, last.db_size_pages, last.captured_at)
+        batch.clear()
 
     def _apply_resync(self, segment: ResyncSegment, raw: Path) -> None:
         """Prove the state the resync records over the settled copy, then apply its pages."""
@@ -260,3 +278,40 @@ def mark_of(header: IndexHeader) -> WalMark:
         salts=header.salts.hex(),
         frame_checksum=header.frame_checksum,
     )
+
+
+class _Batch:
+    """Consecutive WAL segments' pages, each page's last image kept in a scratch file, until applied."""
+
+    # Applied together at most this many pages (the copy's WAL grows by as many frames before its checkpoint).
+    LIMIT_PAGES = 65536
+
+    def __init__(self, scratch: Path) -> None:
+        self._scratch_dir = scratch
+        self._file: BinaryIO | None = None
+        self.pages: SegmentPages | None = None
+        self.last: WalSegment | None = None
+
+    def __enter__(self) -> "_Batch":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.clear()
+
+    @property
+    def full(self) -> bool:
+        return self.pages is not None and len(self.pages) >= self.LIMIT_PAGES
+
+    def add(self, raw: Path, segment: WalSegment) -> None:
+        """Check every frame of ``segment`` (``apply_wal``) while its pages go into the batch."""
+        if self.pages is None:
+            # Closed by ``clear``, which the batch's own ``with`` always reaches.
+            self._file = cast(BinaryIO, tempfile.TemporaryFile(dir=self._scratch_dir))  # noqa: SIM115
+            self.pages = SegmentPages(segment.page_size, self._file)
+        apply_wal(raw, segment, self.pages)  # type: ignore[arg-type]  # the part of a file it uses
+        self.last = segment
+
+    def clear(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self.pages, self.last = None, None, None

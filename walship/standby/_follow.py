@@ -30,6 +30,8 @@ __all__ = ["WIDE_LOOK_SECONDS", "follow"]
 log = logging.getLogger(__name__)
 
 WIDE_LOOK_SECONDS = 10.0
+# A follower that fell behind takes at most this many segments in one commit, then looks again.
+_BATCH_MAX = 64
 
 
 def follow(
@@ -98,13 +100,15 @@ class _Rounds:
         self.report(update(copy, chosen, segments, until, None, seal=False))
 
     def _next(self) -> bool:
-        """Apply the copy's next segments while the replica has them; whether there was any."""
+        """Apply the copy's next segments, those the replica has now, as one commit; whether there were any."""
         copy = self.copy
-        copy.downloaded = applied = 0
-        while found := self._find(copy.record.generation, copy.record.sequence + 1):
-            sequence, key, size = found
-            copy.advance(Segments({sequence: key}, {sequence: size}))
-            applied += 1
+        copy.downloaded = 0
+        found = Segments({}, {})
+        sequence = copy.record.sequence + 1
+        while len(found.keys) < _BATCH_MAX and (next_one := self._find(copy.record.generation, sequence)):
+            _, found.keys[sequence], found.sizes[sequence] = next_one
+            sequence += 1
+        applied = copy.advance(found) if found.keys else 0
         if applied:
             record = copy.record
             lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
