@@ -13,14 +13,15 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from walship.copies import CopyRecord, read_copy_record
+from walship.chain import list_segment_objects
+from walship.copies import CopyRecord, drop_copy_record, read_copy_record
 from walship.envelope import Keyring
 from walship.errors import NotFoundError, UsageError
 from walship.generations import choose_start, describe_generations
 from walship.models import SnapshotInfo, utcnow
 from walship.restore import restore_snapshot
 from walship.sqlite import integrity_check
-from walship.standby._copy import KeptCopy, Segments, list_segments
+from walship.standby._copy import KeptCopy, Segments
 from walship.storage import ObjectStore
 
 __all__ = ["CaughtUp", "catch_up", "require_same_database", "update"]
@@ -75,7 +76,7 @@ def catch_up(
     output = output.absolute()
     generations = describe_generations(store)
     chosen, until = choose_start(generations, before=timestamp, generation=generation, sequence=sequence)
-    segments = list_segments(store, chosen.generation)
+    segments = list_segment_objects(store, chosen.generation)
     if not output.exists():
         return _restored_whole(store, output, chosen, segments, until, timestamp, keys)
     with KeptCopy(store, output, keys=keys) as copy:
@@ -149,7 +150,7 @@ def update(
 
 
 def _bytes_between(segments: Segments, after: int, last: int) -> int:
-    return sum(size for sequence, size in segments.sizes.items() if after < sequence <= last)
+    return sum(obj.size for sequence, obj in segments.items() if after < sequence <= last)
 
 
 def _rebuild(
@@ -170,8 +171,8 @@ def _rebuild(
         copy.downloaded += chosen.compressed_size + _bytes_between(segments, chosen.sequence, result.position.sequence)
         return copy.take(scratch, result.snapshot, result.position.sequence, result.complete_until)
     finally:
-        for leftover in (scratch, Path(f"{scratch}-walship-copy.json")):
-            leftover.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
+        drop_copy_record(scratch)
 
 
 def require_same_database(record: CopyRecord, chosen: SnapshotInfo, output: Path) -> None:

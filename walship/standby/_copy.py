@@ -14,13 +14,13 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, NamedTuple, cast
+from typing import BinaryIO, cast
 
-from walship.chain import list_segment_objects, missing_segment
+from walship.chain import missing_segment
 from walship.copies import CopyRecord, WalMark, file_mark, read_copy_record, save_copy_record
 from walship.envelope import Keyring
 from walship.errors import NotFoundError, StandbyUnsettledError, UsageError
-from walship.models import SnapshotInfo, utcnow
+from walship.models import ObjectInfo, SnapshotInfo, utcnow
 from walship.resync import StateHasher, page_digest
 from walship.segment import (
     ResyncSegment,
@@ -37,22 +37,14 @@ from walship.standby._pages import SegmentPages
 from walship.standby._walindex import IndexHeader
 from walship.storage import ObjectStore
 
-__all__ = ["KeptCopy", "Segments", "list_segments"]
+__all__ = ["KeptCopy", "Segments"]
 
 # How long applying a resync or sealing waits for readers to leave the WAL before it gives up for now.
 SETTLE_SECONDS = 30.0
 
 
-class Segments(NamedTuple):
-    """A generation's segments after a point: their keys and stored sizes, by sequence."""
-
-    keys: dict[int, str]
-    sizes: dict[int, int]
-
-
-def list_segments(store: ObjectStore, generation: str) -> Segments:
-    objects = list_segment_objects(store, generation)
-    return Segments({s: o.key for s, o in objects.items()}, {s: o.size for s, o in objects.items()})
+# A generation's segment objects (key and stored size) by sequence, as ``chain.list_segment_objects`` lists them.
+Segments = dict[int, ObjectInfo]
 
 
 class KeptCopy:
@@ -94,8 +86,7 @@ class KeptCopy:
             return None
         if record.state_digest is None:
             return "it changed since walship last wrote it, or walship stopped before recording its digest"
-        if not self.standby.settle(SETTLE_SECONDS):
-            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        self._settled()
         if self._digest(record.page_count) != record.state_digest:
             return "its pages are not the state walship recorded: it was changed locally"
         return None
@@ -110,7 +101,7 @@ class KeptCopy:
         once, as one commit (a resync goes on its own): what a catch-up writes
         is what changed, not every frame that changed it.
         """
-        wanted = sorted(s for s in segments.keys if s > self.record.sequence and (until is None or s <= until))
+        wanted = sorted(s for s in segments if s > self.record.sequence and (until is None or s <= until))
         expected, applied = self.record.sequence + 1, 0
         with _Batch(self.output.parent) as batch:
             for sequence in wanted:
@@ -126,11 +117,11 @@ class KeptCopy:
         return applied
 
     def _take(self, segments: Segments, sequence: int, until_time: datetime | None, batch: "_Batch") -> bool:
-        previous = segments.keys.get(sequence - 1)
+        previous = segments.get(sequence - 1)
         if self._last is None and previous is not None:
             # The link to what the copy holds is checked as a restore checks it from one segment to the next.
-            self._last = read_description(self.store, previous)
-        with self._downloaded(segments.keys[sequence]) as (segment, raw):
+            self._last = read_description(self.store, previous.key)
+        with self._downloaded(segments[sequence].key) as (segment, raw):
             if until_time is not None and segment.captured_at > until_time:
                 return False
             if isinstance(segment, ResyncSegment):
@@ -158,8 +149,7 @@ class KeptCopy:
 
     def _apply_resync(self, segment: ResyncSegment, raw: Path) -> None:
         """Prove the state the resync records over the settled copy, then apply its pages."""
-        if not self.standby.settle(SETTLE_SECONDS):
-            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        self._settled()
         with self._scratch() as scratch:
             overlay = Overlay(segment.page_size, scratch, self._page, self.record.page_count)
             apply_resync(raw, segment, overlay)  # type: ignore[arg-type]  # raises unless the state is the recorded one
@@ -175,8 +165,7 @@ class KeptCopy:
     def take(self, target: Path, snapshot: SnapshotInfo, sequence: int, captured_at: datetime | None) -> int:
         """Make the copy ``target``'s state (a verified restore of ``snapshot`` up to ``sequence``) by applying
         the pages that differ; how many did."""
-        if not self.standby.settle(SETTLE_SECONDS):
-            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
+        self._settled()
         page_size = snapshot.page_size
         if page_size != self.standby.page_size:
             raise UsageError(
@@ -219,6 +208,11 @@ class KeptCopy:
             )
             save_copy_record(self.output, self.record)
         return self.record
+
+    def _settled(self) -> None:
+        """The copy's WAL checkpointed into its file, so the file holds its whole state; or the reason it is not."""
+        if not self.standby.settle(SETTLE_SECONDS):
+            raise StandbyUnsettledError(f"standby {self.output}: readers kept its WAL for {SETTLE_SECONDS:g} s")
 
     def _record(self, sequence: int, page_count: int, captured_at: datetime | None) -> None:
         self.record = self.record.model_copy(

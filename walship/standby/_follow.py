@@ -13,16 +13,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from walship.chain import list_segment_objects
 from walship.copies import CopyRecord, read_copy_record
 from walship.envelope import Keyring
 from walship.errors import StandbyUnsettledError, TransientStorageError
 from walship.generations import choose_start, describe_generations
 from walship.layout import parse_segment_key, segment_prefix
-from walship.models import utcnow
+from walship.models import ObjectInfo, utcnow
 from walship.restore import restore_snapshot
 from walship.sqlite import integrity_check
 from walship.standby._catch_up import CaughtUp, require_same_database, update
-from walship.standby._copy import KeptCopy, Segments, list_segments
+from walship.standby._copy import KeptCopy, Segments
 from walship.storage import ObjectStore
 
 __all__ = ["WIDE_LOOK_SECONDS", "follow"]
@@ -96,19 +97,19 @@ class _Rounds:
         if (copy.record.generation, copy.record.sequence) == (chosen.generation, newest):
             return
         copy.downloaded = 0
-        segments = list_segments(copy.store, chosen.generation)
+        segments = list_segment_objects(copy.store, chosen.generation)
         self.report(update(copy, chosen, segments, until, None, seal=False))
 
     def _next(self) -> bool:
         """Apply the copy's next segments, those the replica has now, as one commit; whether there were any."""
         copy = self.copy
         copy.downloaded = 0
-        found = Segments({}, {})
+        found: Segments = {}
         sequence = copy.record.sequence + 1
-        while len(found.keys) < _BATCH_MAX and (next_one := self._find(copy.record.generation, sequence)):
-            _, found.keys[sequence], found.sizes[sequence] = next_one
+        while len(found) < _BATCH_MAX and (next_one := self._find(copy.record.generation, sequence)):
+            found[sequence] = next_one
             sequence += 1
-        applied = copy.advance(found) if found.keys else 0
+        applied = copy.advance(found) if found else 0
         if applied:
             record = copy.record
             lag = (utcnow() - record.captured_at).total_seconds() if record.captured_at is not None else None
@@ -123,9 +124,9 @@ class _Rounds:
             )
         return applied > 0
 
-    def _find(self, generation: str, sequence: int) -> tuple[int, str, int] | None:
+    def _find(self, generation: str, sequence: int) -> ObjectInfo | None:
         for found in self.copy.store.list(segment_prefix(generation, sequence)):
             parsed = parse_segment_key(found.key)
             if parsed is not None and (parsed.generation, parsed.sequence) == (generation, sequence):
-                return sequence, found.key, found.size
+                return found
         return None
