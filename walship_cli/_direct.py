@@ -104,7 +104,7 @@ def restore(
     identity_file: Path | None = None,
 ) -> RestoreResult | OriginalRestoreResult:
     store = open_store(replica)
-    keys = Keyring.from_file(identity_file) if identity_file is not None else None
+    keys = _keys(identity_file)
     return run_restore(
         StoreRestoreSteps(store, keys, _POLICY, _terminal_progress),
         output,
@@ -120,7 +120,7 @@ def restore(
 def verify(
     replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
 ) -> VerifyReport:
-    keys = Keyring.from_file(identity_file) if identity_file is not None else None
+    keys = _keys(identity_file)
     steps = StoreSteps(open_store(replica), keys, policy=_POLICY)
     return run_verify(steps, database_id=database_id, older=older, workdir=workdir)
 
@@ -199,7 +199,7 @@ def restore_delta(
         timestamp=timestamp,
         sequence=sequence,
         generation=generation,
-        keys=Keyring.from_file(identity_file) if identity_file is not None else None,
+        keys=_keys(identity_file),
     )
 
 
@@ -225,7 +225,7 @@ def follow(
             duration=duration,
             once=once,
             handover_wait=handover_wait,
-            keys=Keyring.from_file(identity_file) if identity_file is not None else None,
+            keys=_keys(identity_file),
             report=lambda _window, update: show_update(update),
         )
 
@@ -245,3 +245,8 @@ def _stopping(stop: Callable[[], None], doing: str = "finishing the window") -> 
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _keys(identity_file: Path | None) -> Keyring | None:
+    """The identities that open encrypted objects, read from the file the CLI checked; None without one."""
+    return Keyring.from_file(identity_file) if identity_file is not None else None
