@@ -118,7 +118,9 @@ def leftovers(spool: Path) -> list[Path]:
     found = [p for p in (spool / "tmp").iterdir()] if (spool / "tmp").exists() else []
     found += [p for p in spool.rglob("*-journal")]
     for data in (spool / "pending").rglob("*"):
-        if data.is_file() and data.suffix != ".json" and not data.with_suffix(".json").exists():
+        # "<seq>.wal.zst" is described by "<seq>.json" (every suffix goes, as the spool names it).
+        described = data.with_name(data.name.split(".", 1)[0] + ".json")
+        if data.is_file() and data.suffix != ".json" and not described.exists():
             found.append(data)
     return sorted(found)
 

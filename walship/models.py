@@ -63,8 +63,9 @@ class WalCursor(_Frozen):
     """Where WAL capture stands: the end of the last captured commit.
 
     ``checkpointed`` means the database file holds everything up to here
-    (our own checkpoint backfilled it all), so a WAL that restarts with new
-    salts still continues this lineage.
+    (our own checkpoint backfilled it all) and nothing can follow it in this
+    WAL (its next writer restarts it), so a WAL restarted once since, with
+    new salts, still continues this lineage.
     """
 
     generation: str

@@ -29,7 +29,10 @@ def torture(
             run.run()
         finally:
             run.stop_everything()
-        return run, check(run)
+        failures = check(run)
+        if failures:
+            run.keep_replica()
+        return run, failures
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from bench.workload import create_database
 from tests.helpers import ROOT, WALSHIP
-from tests.s3servers import MotoS3
+from tests.s3servers import MotoS3, s3_client
 from tests.tcpproxy import TcpProxy
 from tests.torture.fleet import handles_sigterm, holds_files_of, lock_names
 from tests.torture.schedule import CHECKPOINT_MODES, Event, Plan
@@ -26,6 +26,16 @@ PARK_TIMEOUT = 40.0
 _APP = (
     "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); "
     "[c.execute(s).fetchall() for s in sys.argv[2:]]; c.close()"
+)
+
+# A commit that changes no row (the checks compare rows): it sets the header's user version.
+_NO_ROW_CHANGED = "PRAGMA user_version = 7"
+# An application's long read, just after such a commit of its own (so that its snapshot is a WAL end not yet in
+# the database file): "reading" on stdout once it began; it ends when stdin closes.
+_READER = (
+    "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10); c.execute(sys.argv[2]); "
+    "c.execute('BEGIN'); c.execute('SELECT count(*) FROM sqlite_schema').fetchall(); "
+    "print('reading', flush=True); sys.stdin.read(); c.execute('COMMIT'); c.close()"
 )
 
 
@@ -74,6 +84,7 @@ class TortureRun:
         self.started = 0.0
         self._moto = moto
         self._proxy: TcpProxy | None = None
+        self._bucket: tuple[MotoS3, str] | None = None  # kept on a failed check (keep_replica)
         self.spool: Path | None = None  # on a small filesystem of its own (``spool_disk``)
         self.replica = ""  # the database's replica, which the checks read
         self.shipped_to = ""  # the shipper's --replica (a fleet's base URL)
@@ -92,6 +103,7 @@ class TortureRun:
         server = self._moto or MotoS3()
         bucket = f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
         server.create_bucket(bucket)
+        self._bucket = (server, bucket)
         moto = urlsplit(server.endpoint)
         assert moto.hostname is not None
         assert moto.port is not None
@@ -106,6 +118,19 @@ class TortureRun:
         finally:
             if self._moto is None:
                 server.stop()
+
+    def keep_replica(self) -> None:
+        """After a failed check: the bucket's objects into ``replica-kept/`` (a local replica stays as it is)."""
+        if self._bucket is None:
+            return
+        server, bucket = self._bucket
+        client = s3_client(server)
+        kept = self.workdir / "replica-kept"
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                target = kept / obj["Key"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file(bucket, obj["Key"], str(target))
 
     def _replica(self, url: str) -> None:
         """A fleet is given a base URL and ships the database under it (``<base>/app.db``)."""
@@ -290,16 +315,24 @@ class TortureRun:
             self._proxy.stall()
             time.sleep(event.gap + 0.5)
             self._proxy.resume()
-        elif kind == "damage":
-            self._damage_a_spooled_entry(event)
-        elif kind == "spool-full":
-            self._fill_the_spool(event)
-        elif kind in {"replace", "page-size"}:
-            self._maintenance(event)
-        elif kind == "park":
-            self._park(event)
         else:
-            raise AssertionError(f"unknown event {kind}")
+            self._apply_one_of_its_own(event)
+
+    def _apply_one_of_its_own(self, event: Event) -> None:
+        """The kinds with a method of their own."""
+        kind = event.kind
+        if kind in {"replace", "page-size"}:
+            kind = "maintenance"
+        apply = {
+            "damage": self._damage_a_spooled_entry,
+            "spool-full": self._fill_the_spool,
+            "maintenance": self._maintenance,
+            "park": self._park,
+            "reader": self._reader_across_an_end,
+        }.get(kind)
+        if apply is None:
+            raise AssertionError(f"unknown event {event.kind}")
+        apply(event)
 
     def _park(self, event: Event) -> None:
         """The writers go idle (connections open) until the fleet parks the database (a single shipper: a second);
@@ -326,6 +359,33 @@ class TortureRun:
             self.pause.unlink(missing_ok=True)
         if not self.writers:
             self.start_writers()
+
+    def _reader_across_an_end(self, event: Event) -> None:
+        """An application's long read begins in a quiet moment and spans the shipper's end: the writers' next
+        commits go on in the WAL it holds (the next writer cannot restart it). In the next quiet moment the read
+        ends, the application checkpoints and commits once (the WAL restarts, once), and the next shipper starts."""
+        self.pause.touch()
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(self.database), _NO_ROW_CHANGED],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)  # commits under way when the pause came are done
+            assert reader.stdout is not None
+            reader.stdout.readline()
+            self.note(f"shipper {self.shipper.number} SIGTERM under a reader: exit {self.shipper.end(signal.SIGTERM)}")
+            self.pause.unlink()
+            time.sleep(0.3 + event.gap / 2)
+            self.pause.touch()
+            time.sleep(0.3)
+            reader.communicate()
+            self._app("PRAGMA wal_checkpoint(PASSIVE)", _NO_ROW_CHANGED)
+            time.sleep(event.gap / 2)
+            self.wait_until_holding(self.start_shipper())
+        finally:
+            self.pause.unlink(missing_ok=True)
 
     def _wait_until_parked(self) -> None:
         """Until the fleet, having held the database, holds none of its files (or it ended, or the time is up)."""

@@ -14,7 +14,8 @@ CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 # ``spool-full`` fills the spool's own small filesystem for a while (from version 2 the spool lives on one);
 # ``park`` pauses the writers (their connections open) until a fleet parks the database (a single shipper: a while),
 # then does its detail while it is parked (an application checkpoint, the application's last close, a VACUUM, the
-# shipper's SIGTERM and the next one's start, or nothing) and resumes them.
+# shipper's SIGTERM and the next one's start, or nothing) and resumes them;
+# ``reader`` is an application's long read that begins while the writers are quiet and spans the shipper's end.
 _KINDS_V1 = {
     "kill": 3,
     "term": 2,
@@ -30,7 +31,8 @@ _KINDS_V1 = {
 # Each version adds kinds; a seed replays the schedule of the version it was drawn with.
 _KINDS_V2 = {**_KINDS_V1, "stall": 1, "damage": 1, "spool-full": 1}
 # Version 4 adds no kind: it draws the shipper's --coalesce window.
-KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: {**_KINDS_V2, "park": 3}, 4: {**_KINDS_V2, "park": 3}}
+_KINDS_V4 = {**_KINDS_V2, "park": 3}
+KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: _KINDS_V4, 4: _KINDS_V4, 5: {**_KINDS_V4, "reader": 2}}
 VERSION = max(KINDS)
 
 # What a ``park`` event does while the database is parked.

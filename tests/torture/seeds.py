@@ -27,11 +27,20 @@ FAILED: dict[int, Failed] = {
     20: Failed(8.0, 2, "a shipper behind a spool smaller than its backlog exited 0 after one piece of it"),
     970363: Failed(12.0, 2, "2,913 acknowledged commits missing after storage outages: the same"),
     51167: Failed(12.0, 2, "783 acknowledged commits missing: the same"),
-    137498: Failed(12.0, 2, "3,357 acknowledged commits missing: the catch-up stopped at an empty sync"),
+    137498: Failed(
+        12.0,
+        2,
+        "3,357 acknowledged commits missing: the catch-up stopped at an empty sync; later a corrupt restore: "
+        "a writer's read kept the WAL from restarting after the last checkpoint, and the successor continued "
+        "across the restart that came after those commits were backfilled",
+    ),
     101201: Failed(12.0, 2, "501 acknowledged commits missing at a hand-over: the same"),
     199428: Failed(
         12.0,
         2,
         "a damaged entry at the last drain: exit 1, then no next run (the harness now runs one)",
+    ),
+    41: Failed(
+        8.0, 5, "a corrupt restore: an application's read across a shipper's end kept the WAL from restarting (137498)"
     ),
 }

@@ -25,7 +25,7 @@ class Guard:
         self.guarded = guarded
 
     def after_pin(self, cursor: WalCursor | None) -> WalCursor | None:
-        """Note the pin just taken; the cursor marked ``checkpointed`` if the pin shows it complete (else None)."""
+        """Note the pin just taken; the cursor marked ``checkpointed`` if ``seal`` allows it (else None)."""
         pin = self.capture.pin
         if cursor is None or pin is None:
             return None
@@ -35,10 +35,30 @@ class Guard:
             self.guarded = self.guarded or same_wal
         else:
             self.guarded = False
-        complete_here = self.capture.pin_lets_restart and same_wal and captured_frames(cursor) == pin.max_frame
-        if complete_here and pin.max_frame and not cursor.checkpointed:
-            return cursor.model_copy(update={"checkpointed": True, "db_mtime_ns": self.capture.db_mtime_ns})
-        return None
+        return self.seal(cursor)
+
+    def sealable(self, cursor: WalCursor | None) -> bool:
+        """Every frame of the cursor's WAL is captured and backfilled, and the pin reads the database file alone."""
+        pin = self.capture.pin
+        if cursor is None or pin is None or not pin.max_frame or not self.capture.pin_lets_restart:
+            return False
+        same_wal = (pin.salt1, pin.salt2) == (cursor.salt1, cursor.salt2)
+        return same_wal and captured_frames(cursor) == pin.max_frame
+
+    def seal(self, cursor: WalCursor | None) -> WalCursor | None:
+        """The cursor marked ``checkpointed`` once its WAL can hold no frame after it (else None).
+
+        A successor that did not overlap this run continues across exactly
+        one WAL restart only from such a cursor: its WAL was all in the
+        database file and captured, and nothing could follow it there
+        (``WalCapture.ends_at``).
+        """
+        if cursor is None or cursor.checkpointed or not self.sealable(cursor):
+            return None
+        assert self.capture.pin is not None
+        if not self.capture.ends_at(self.capture.pin):
+            return None
+        return cursor.model_copy(update={"checkpointed": True, "db_mtime_ns": self.capture.db_mtime_ns})
 
 
 class Tender:

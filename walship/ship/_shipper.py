@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _POLL = POLL_SECONDS
 # The most a checkpoint's last step reads while writers wait; more means they outran the backfill.
 _TAIL_LIMIT = 8 << 20
+# How long a run's end waits for its last checkpoint's seal (``Guard.seal``), and how often it looks.
+_SEAL_WAIT = 0.5
+_SEAL_POLL = 0.01
 
 
 class Shipper:
@@ -101,15 +104,28 @@ class Shipper:
 
         A successor that overlapped this run continues whatever happened; one
         that starts after a gap can prove continuity only from a cursor that
-        records a complete checkpoint, hence a last ``_checkpoint`` here.
+        records a complete checkpoint, hence a last ``_checkpoint`` here, and
+        a moment's wait for its seal (``Guard.seal``): under writes, the next
+        one restarts the WAL within milliseconds.
         """
         self._snapshots.wait()
         with self._lock:
             result = self.sync()
             if result.new_generation is None and self.cursor is not None and not self.cursor.checkpointed:
                 result = merge(result, self._checkpoint())
+                self._await_seal()
             self._pages.sync()
             return result
+
+    def _await_seal(self) -> None:
+        deadline = time.monotonic() + _SEAL_WAIT
+        while self._guard.sealable(self.cursor) and not self._seal() and time.monotonic() < deadline:
+            time.sleep(_SEAL_POLL)
+        if self._guard.sealable(self.cursor) and self.cursor is not None and not self.cursor.checkpointed:
+            log.info(
+                "a reader of %s keeps its WAL from restarting: the next run compares pages to continue (a resync)",
+                self.database,
+            )
 
     def close(self) -> None:
         self.stop_tending()
@@ -151,6 +167,7 @@ class Shipper:
             state = self.capture.wal_index()
             if state is None or state == self.capture.pin:
                 return None
+            self._seal()  # the WAL restarted after a complete checkpoint: a successor may continue across it
             result: SyncResult | None = None
             if state.complete and not covered_by(self.cursor)(state):
                 try:
@@ -166,6 +183,14 @@ class Shipper:
     def _move_pin(self, *, save: bool = True) -> None:
         if self.capture.move_pin(covered_by(self.cursor)):
             self._note_pin(save=save)
+
+    def _seal(self) -> bool:
+        """Mark the cursor ``checkpointed`` if its WAL can hold nothing after it now (``Guard.seal``)."""
+        if (sealed := self._guard.seal(self.cursor)) is None:
+            return False
+        self.cursor = sealed
+        self.spool.save_cursor(sealed)
+        return True
 
     def _note_pin(self, *, save: bool = True) -> None:
         """After a new pin: whether the WAL is guarded, and a complete checkpoint at the cursor recorded.
@@ -386,6 +411,9 @@ class Shipper:
         page = max(self.cursor.page_size, 512)
         app_backfilled = self._app_backfills()
         aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
+        if not self.cursor.checkpointed and self._guard.sealable(self.cursor):
+            self._seal()  # all backfilled and captured: only the restart is awaited
+            return SyncResult()
         if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
             return self._checkpoint()
         self._move_pin()  # to what was just captured: backfill may go that far
@@ -442,6 +470,8 @@ class Shipper:
             return self._recover(str(lost), self.cursor)
         if isinstance(tail, TooBig):
             return SyncResult()  # writers outran the backfill; the next sync tries again
+        if complete and (sealed := self._guard.seal(self.cursor)) is not None:
+            self.cursor = sealed  # saved with the tail
         return merge(self._spool_tail(tail), SyncResult(checkpointed=complete))
 
     def _spool_tail(self, tail: TailCopy | None) -> SyncResult:

@@ -408,11 +408,35 @@ class WalCapture:
 
     def truncate_if_free(self) -> bool:
         """The emergency brake: TRUNCATE the WAL if nothing holds it back right now (never waits)."""
+        return self._checkpoint_if_free("TRUNCATE")
+
+    def ends_at(self, state: WalIndexState) -> bool:
+        """Whether no frame can follow ``state`` in its WAL; ask it holding a pin at ``state`` that lets the
+        WAL restart.
+
+        Every frame is backfilled then, and SQLite backfills nothing more
+        while such a pin reads the database file alone: that WAL can only
+        restart as it is. True once it did restart, or when a RESTART
+        checkpoint that does not wait finds no reader that could keep the
+        next writer from restarting it. A reader whose snapshot is the WAL's
+        end does keep it: writers then go on in the same WAL, and once that
+        reader ends, their frames can be backfilled and the WAL restarted
+        with nobody watching.
+        """
+        now = self.wal_index()
+        if now is None:
+            return False
+        if (now.salt1, now.salt2) != (state.salt1, state.salt2):
+            return True
+        return now == state and self._checkpoint_if_free("RESTART") and self.wal_index() == state
+
+    def _checkpoint_if_free(self, mode: str) -> bool:
+        """A checkpoint of ``mode`` that never waits: True when nothing held it back."""
         try:
             with self._checkpointing() as checkpointer:
                 checkpointer.set_busy_timeout(0)
                 try:
-                    (busy, log, done), *_ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                    (busy, log, done), *_ = checkpointer.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
                 finally:
                     checkpointer.set_busy_timeout(_BUSY_TIMEOUT_MS)
         except apsw.BusyError:
