@@ -294,6 +294,7 @@ class TortureRun:
             self.start_shipper()
         elif kind == "handover":
             old = self.shipper
+            self.wait_until_holding(old)  # a successor that came first would leave it nothing to hand over
             old.successor = self.start_shipper(handover_wait=60)
             time.sleep(0.3 + event.gap / 4)
             self.note(f"shipper {old.number} SIGTERM for a hand-over: exit {old.end(signal.SIGTERM)}")

@@ -43,4 +43,7 @@ FAILED: dict[int, Failed] = {
     41: Failed(
         8.0, 5, "a corrupt restore: an application's read across a shipper's end kept the WAL from restarting (137498)"
     ),
+    736513: Failed(
+        12.0, 5, "a hand-over's successor took the lock before its predecessor started (the harness waits for it now)"
+    ),
 }
