@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walship.errors import CorruptObjectError
+from walship.sqlite import FrameShares, frame_checksum, wal_checksum
 from walship.sqlite._vouched import scan_vouched
 from walship.sqlite._wal import (
     FRAME_HEADER_SIZE,
@@ -22,7 +23,6 @@ from walship.sqlite._wal import (
     iter_frames,
     parse_wal_header,
     scan_wal,
-    wal_checksum,
 )
 
 MASK = 0xFFFFFFFF
@@ -188,6 +188,23 @@ class TestWalChecksum:
         cut = min(cut * 8, len(data))
         head = wal_checksum(data[:cut], 5, 6, big_endian)
         assert wal_checksum(data[cut:], *head, big_endian) == wal_checksum(data, 5, 6, big_endian)
+
+    @pytest.mark.parametrize("page_size", [512, 4096, 65536])
+    @pytest.mark.parametrize("big_endian", [False, True])
+    def test_frame_shares_chain_as_frame_by_frame(self, page_size: int, big_endian: bool) -> None:
+        """A batch's shares give every frame the checksum the documented algorithm gives it, in a chain."""
+        frame_size = FRAME_HEADER_SIZE + page_size
+        rng = random.Random(page_size + big_endian)
+        frames = rng.randbytes(5 * frame_size) + b"\xff" * frame_size + rng.randbytes(frame_size // 2)
+        shares = FrameShares(frames, frame_size, big_endian)
+        assert len(shares) == 6, "a torn frame at the end has no share"
+        checksum = (MASK, 7)
+        for index in range(6):
+            frame = frames[index * frame_size : (index + 1) * frame_size]
+            expected = reference_checksum(frame[:8] + frame[FRAME_HEADER_SIZE:], *checksum, big_endian)
+            assert frame_checksum(frame, checksum, big_endian) == expected
+            checksum = shares.after(index, checksum)
+            assert checksum == expected
 
     def test_accepts_memoryviews(self) -> None:
         data = bytes(range(256)) * 4

@@ -1,6 +1,7 @@
 """SQLite-facing code: input checks, consistent snapshots, holding and reading a live WAL, its lineage."""
 
 from walship.sqlite._capture import Covers, WalCapture
+from walship.sqlite._checksum import FrameShares, frame_checksum, wal_checksum
 from walship.sqlite._database import check_database, integrity_check, read_header
 from walship.sqlite._lineage import (
     began_without_wal,
@@ -23,7 +24,6 @@ from walship.sqlite._wal import (
     WalScan,
     iter_frames,
     parse_wal_header,
-    wal_checksum,
 )
 from walship.sqlite._walindex import WalIndexState
 
@@ -33,6 +33,7 @@ __all__ = [
     "WAL_MAGIC",
     "WAL_VERSION",
     "Covers",
+    "FrameShares",
     "PageCopy",
     "WalCapture",
     "WalHeader",
@@ -46,6 +47,7 @@ __all__ = [
     "covered_by",
     "cursor_at",
     "cursor_at_end",
+    "frame_checksum",
     "integrity_check",
     "iter_frames",
     "may_follow_restart",

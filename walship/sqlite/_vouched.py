@@ -17,10 +17,10 @@ core; the columns take a few milliseconds.
 
 from typing import BinaryIO
 
+from walship.sqlite._checksum import frame_checksum
 from walship.sqlite._wal import (
     WAL_HEADER_SIZE,
     WalScan,
-    frame_checksum,
     parse_wal_header,
     read_frame_header,
     read_up_to,

@@ -11,14 +11,13 @@ so they see exactly the transactions SQLite itself would recover, and they read
 one frame at a time: memory stays bounded by one page whatever the log's size.
 """
 
-import functools
-import operator
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, NamedTuple, overload
 
 from walship.errors import CorruptObjectError
+from walship.sqlite._checksum import FrameShares, wal_checksum
 
 __all__ = [
     "FRAME_HEADER_SIZE",
@@ -28,13 +27,11 @@ __all__ = [
     "Frame",
     "WalHeader",
     "WalScan",
-    "frame_checksum",
     "iter_frames",
     "parse_wal_header",
     "read_frame_header",
     "read_up_to",
     "scan_wal",
-    "wal_checksum",
 ]
 
 # Section 4.1, "WAL Header Format" and "WAL Frame Header Format": all fields
@@ -46,7 +43,6 @@ _FRAME_HEADER = struct.Struct(">6I")
 # The header checksum covers the fields before it; a frame's checksum covers
 # the first 8 bytes of its header (page number, commit size) then the page.
 _HEADER_CHECKSUMMED = 24
-_FRAME_HEADER_CHECKSUMMED = 8
 
 # Section 4.1: the magic's low bit is the checksum byte order (section 4.2):
 # set, the checksum reads big-endian words; clear, little-endian. SQLite
@@ -61,8 +57,6 @@ WAL_VERSION = _VERSION
 # database header's two-byte field, the WAL's four-byte field holds 65536 as is.
 _MIN_PAGE_SIZE = 512
 _MAX_PAGE_SIZE = 65536
-
-_MASK = 0xFFFFFFFF
 
 
 class WalHeader(NamedTuple):
@@ -141,109 +135,6 @@ def parse_wal_header(data: bytes) -> WalHeader:
     return header
 
 
-# The checksum (section 4.2) steps through pairs of 32-bit words (x0, x1):
-#     s0 += x0 + s1;  s1 += x1 + s0   (mod 2**32)
-# that is, (s0, s1) -> (s0 + s1 + x0, s0 + 2*s1 + x0 + x1): linear. So the
-# checksum of a stretch seeded with s is STEP**n @ s plus the stretch's own
-# checksum seeded with zero, and a long input can be cut into lanes that are
-# checksummed independently from zero, then combined. A per-word Python loop
-# manages about 70 MB/s; running all lanes at once, each in its own 64-bit
-# field of one Python integer, does one big-integer operation per step for
-# every lane together, several times faster.
-_STEP = ((1, 1), (1, 2))
-# Pairs each lane covers. From zero, 16 steps over words of 0xFFFFFFFF grow a
-# lane to under 2**55, so lanes never carry into each other's 64-bit fields.
-_LANE_PAIRS = 16
-_LANE_BYTES = 8 * _LANE_PAIRS
-# The lane results are combined as one dot product of integers packing the
-# s0 weight low and the s1 weight shifted by this many bits: each product is
-# under 2**88 (a 32-bit weight times a lane), so the s0 half cannot reach the
-# s1 half before 2**40 products, far more than any page has lanes.
-_PACK = 128
-
-_Matrix = tuple[tuple[int, int], tuple[int, int]]
-
-
-def wal_checksum(data: bytes | bytearray | memoryview, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
-    """Continue SQLite's WAL checksum from ``(s0, s1)`` over ``data`` (a multiple of 8 bytes)."""
-    view = memoryview(data).cast("B")
-    if len(view) % 8:
-        raise ValueError(f"the WAL checksum covers whole 8-byte pairs of words, not {len(view)} bytes")
-    lanes = len(view) // _LANE_BYTES
-    if lanes:
-        s0, s1 = _checksum_lanes(view[: lanes * _LANE_BYTES], lanes, s0, s1, big_endian)
-    return _checksum_pairs(view[lanes * _LANE_BYTES :], s0, s1, big_endian)
-
-
-def _checksum_pairs(view: memoryview, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
-    """The checksum as section 4.2 writes it: for the short inputs lanes do not pay for."""
-    words = struct.unpack(f"{'>' if big_endian else '<'}{len(view) // 4}I", view)
-    pairs = iter(words)
-    for x0, x1 in zip(pairs, pairs, strict=True):
-        s0 = (s0 + x0 + s1) & _MASK
-        s1 = (s1 + x1 + s0) & _MASK
-    return s0, s1
-
-
-def _checksum_lanes(view: memoryview, lanes: int, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
-    """The checksum over ``lanes`` lanes of 16 pairs each, all stepped at once."""
-    s0_weights, s1_weights, jump, low_words = _lane_tables(lanes)
-    order: Literal["big", "little"] = "big" if big_endian else "little"
-    pairs = view.cast("Q")  # only to slice whole pairs: the bytes are never read as 64-bit numbers
-    lane_s0 = lane_s1 = 0
-    for step in range(_LANE_PAIRS):
-        # Pair ``step`` of every lane, one lane per 64-bit field. Read in the
-        # checksum's byte order, each field holds x0 in its high half for
-        # big-endian words and in its low half for little-endian ones.
-        both = int.from_bytes(pairs[step::_LANE_PAIRS].tobytes(), order)
-        high, low = (both >> 32) & low_words, both & low_words
-        x0, x1 = (high, low) if big_endian else (low, high)
-        lane_s0 += x0 + lane_s1
-        lane_s1 += x1 + lane_s0
-    # The same byte order lists the lanes first to last either way.
-    fields = struct.Struct(f"{'>' if big_endian else '<'}{lanes}Q")
-    total = sum(map(operator.mul, s0_weights, fields.unpack(lane_s0.to_bytes(8 * lanes, order))))
-    total += sum(map(operator.mul, s1_weights, fields.unpack(lane_s1.to_bytes(8 * lanes, order))))
-    (j00, j01), (j10, j11) = jump
-    return (j00 * s0 + j01 * s1 + total) & _MASK, (j10 * s0 + j11 * s1 + (total >> _PACK)) & _MASK
-
-
-# One entry per input length in lanes: in practice one per page size.
-@functools.lru_cache(maxsize=16)
-def _lane_tables(lanes: int) -> tuple[list[int], list[int], _Matrix, int]:
-    """Per lane count (one per page size): lane weights, the seed's matrix, the mask of low words."""
-    lane_jump = _matrix_power(_STEP, _LANE_PAIRS)
-    # Lane i is followed by lanes - 1 - i lanes, so it is weighted by
-    # lane_jump ** (lanes - 1 - i): build the powers up, then reverse them.
-    powers = [((1, 0), (0, 1))]
-    for _ in range(lanes - 1):
-        powers.append(_matrix_multiply(powers[-1], lane_jump))
-    powers.reverse()
-    s0_weights = [m[0][0] | m[1][0] << _PACK for m in powers]
-    s1_weights = [m[0][1] | m[1][1] << _PACK for m in powers]
-    low_words = int.from_bytes(b"\xff\xff\xff\xff\x00\x00\x00\x00" * lanes, "little")
-    return s0_weights, s1_weights, _matrix_power(_STEP, lanes * _LANE_PAIRS), low_words
-
-
-def _matrix_multiply(a: _Matrix, b: _Matrix) -> _Matrix:
-    (a00, a01), (a10, a11) = a
-    (b00, b01), (b10, b11) = b
-    return (
-        ((a00 * b00 + a01 * b10) & _MASK, (a00 * b01 + a01 * b11) & _MASK),
-        ((a10 * b00 + a11 * b10) & _MASK, (a10 * b01 + a11 * b11) & _MASK),
-    )
-
-
-def _matrix_power(m: _Matrix, exponent: int) -> _Matrix:
-    result: _Matrix = ((1, 0), (0, 1))
-    while exponent:
-        if exponent & 1:
-            result = _matrix_multiply(result, m)
-        m = _matrix_multiply(m, m)
-        exponent >>= 1
-    return result
-
-
 @overload
 def iter_frames(
     f: BinaryIO,
@@ -319,14 +210,15 @@ def _valid_frames(
         chunk = read_up_to(f, frame_size * batch)
         view = memoryview(chunk)
         whole = len(chunk) // frame_size  # a torn frame at the end is no frame
-        for at in range(0, whole * frame_size, frame_size):
+        shares = FrameShares(view[: whole * frame_size], frame_size, header.big_endian)
+        for number, at in enumerate(range(0, whole * frame_size, frame_size)):
             page_number, db_size, salt1, salt2, checksum1, checksum2 = _FRAME_HEADER.unpack_from(chunk, at)
             # SQLite's own reader (walDecodeFrame in wal.c) also refuses page 0,
             # which no database has: a zeroed frame is never valid.
             if page_number == 0 or salt1 != header.salt1 or salt2 != header.salt2:
                 return
             raw = view[at : at + frame_size]
-            if frame_checksum(raw, checksum, header.big_endian) != (checksum1, checksum2):
+            if shares.after(number, checksum) != (checksum1, checksum2):
                 return
             checksum = (checksum1, checksum2)
             frame = Frame(index, offset, page_number, db_size, salt1, salt2, checksum1, checksum2)
@@ -335,13 +227,6 @@ def _valid_frames(
             offset += frame_size
         if whole < batch:
             return
-
-
-def frame_checksum(raw: bytes | memoryview, seed: tuple[int, int], big_endian: bool) -> tuple[int, int]:
-    """The checksum a whole frame (header and page) carries, given the running checksum before it."""
-    view = memoryview(raw)
-    checksum = wal_checksum(view[:_FRAME_HEADER_CHECKSUMMED], *seed, big_endian)
-    return wal_checksum(view[FRAME_HEADER_SIZE:], *checksum, big_endian)
 
 
 def read_up_to(f: BinaryIO, size: int) -> bytes:

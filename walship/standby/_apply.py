@@ -26,12 +26,24 @@ from typing import NamedTuple
 import apsw
 
 from walship.errors import CorruptObjectError, StandbyBusyError, StandbyChangedError, UsageError
-from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WAL_MAGIC, WAL_VERSION, parse_wal_header, wal_checksum
+from walship.sqlite import (
+    FRAME_HEADER_SIZE,
+    WAL_HEADER_SIZE,
+    WAL_MAGIC,
+    WAL_VERSION,
+    FrameShares,
+    parse_wal_header,
+    wal_checksum,
+)
 from walship.standby._walindex import IndexHeader, WalIndexWriter
 
 __all__ = ["CHECKPOINT_FRAMES", "Applied", "Standby"]
 
 _WRITE_BYTES = 1 << 20
+# A frame header's checksum: its last two words, filled in once the batch's shares are known.
+_FRAME_CHECKSUM = struct.Struct(">II")
+_FRAME_CHECKSUM_AT = 16
+_NO_CHECKSUM_YET = bytes(_FRAME_CHECKSUM.size)
 _MAGIC = b"SQLite format 3\x00"
 _NATIVE_BIG_ENDIAN = sys.byteorder == "big"
 # A WAL past this many frames is checkpointed and emptied after an apply, as
@@ -222,15 +234,21 @@ class Standby:
         checksum, numbers, batch = start.frame_checksum, [], bytearray()
         held: tuple[int, bytes] | None = None  # the frame that commits is the last, known only at the end
 
-        def frame(number: int, image: bytes, commit: int) -> None:
+        def write_batch() -> None:
+            """Chain the batch's checksums into its frame headers, then write it."""
             nonlocal checksum, offset, batch
-            head = struct.pack(">II", number, commit)
-            checksum = wal_checksum(image, *wal_checksum(head, *checksum, start.big_endian), start.big_endian)
-            batch += head + start.salts + struct.pack(">II", *checksum) + image
+            shares = FrameShares(batch, frame_size, start.big_endian)
+            for index in range(len(shares)):
+                checksum = shares.after(index, checksum)
+                _FRAME_CHECKSUM.pack_into(batch, index * frame_size + _FRAME_CHECKSUM_AT, *checksum)
+            os.pwrite(self._wal, batch, offset)
+            offset, batch = offset + len(batch), bytearray()
+
+        def frame(number: int, image: bytes, commit: int) -> None:
+            batch.extend(struct.pack(">II", number, commit) + start.salts + _NO_CHECKSUM_YET + image)
             numbers.append(number)
             if len(batch) >= _WRITE_BYTES or commit:
-                os.pwrite(self._wal, batch, offset)
-                offset, batch = offset + len(batch), bytearray()
+                write_batch()
 
         for number, image in pages:
             self._check_page(number, image)
