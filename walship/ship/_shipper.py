@@ -119,9 +119,9 @@ class Shipper:
 
     def _await_seal(self) -> None:
         deadline = time.monotonic() + _SEAL_WAIT
-        while self._guard.sealable(self.cursor) and not self._seal() and time.monotonic() < deadline:
+        while self._unsealed() and not self._seal() and time.monotonic() < deadline:
             time.sleep(_SEAL_POLL)
-        if self._guard.sealable(self.cursor) and self.cursor is not None and not self.cursor.checkpointed:
+        if self._unsealed():
             log.info(
                 "a reader of %s keeps its WAL from restarting: the next run compares pages to continue (a resync)",
                 self.database,
@@ -183,6 +183,10 @@ class Shipper:
     def _move_pin(self, *, save: bool = True) -> None:
         if self.capture.move_pin(covered_by(self.cursor)):
             self._note_pin(save=save)
+
+    def _unsealed(self) -> bool:
+        """Everything is backfilled and captured, and only the seal is missing."""
+        return self.cursor is not None and not self.cursor.checkpointed and self._guard.sealable(self.cursor)
 
     def _seal(self) -> bool:
         """Mark the cursor ``checkpointed`` if its WAL can hold nothing after it now (``Guard.seal``)."""
@@ -411,7 +415,7 @@ class Shipper:
         page = max(self.cursor.page_size, 512)
         app_backfilled = self._app_backfills()
         aged = live > WAL_HEADER_SIZE and time.monotonic() - self._last_checkpoint > self.config.checkpoint_seconds
-        if not self.cursor.checkpointed and self._guard.sealable(self.cursor):
+        if self._unsealed():
             self._seal()  # all backfilled and captured: only the restart is awaited
             return SyncResult()
         if not self.cursor.checkpointed and (aged or live > self.config.restart_pages * page):
