@@ -93,7 +93,7 @@ def standby_flow(
                 replica, output, None, None, None, credentials_block, age_identity_block, age_identity_file
             )
             window.add(update)
-            window.sealed = True
+            window.sealed = update.settled
             events.update(update)
         else:
             stop = threading.Event()
@@ -242,7 +242,7 @@ def _rows(window: FollowReport, state: str) -> list[tuple[str, str]]:
             "took over after",
             "-" if window.handover_waited_seconds is None else f"{window.handover_waited_seconds:.1f} s",
         ),
-        ("sealed (checkpointed, digest recorded, integrity ok)", "yes" if window.sealed else "not yet"),
+        ("sealed (checkpointed, integrity ok)", "yes" if window.sealed else "not yet"),
     ]
 
 

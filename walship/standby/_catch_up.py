@@ -41,6 +41,11 @@ class CaughtUp(BaseModel):
     # From the capture of the newest commits applied to their being readable in the copy.
     lag_seconds: float | None = None
 
+    @property
+    def settled(self) -> bool:
+        """The copy's WAL was checkpointed into its file, whose stat the record holds (readers may keep it)."""
+        return self.record.file is not None
+
     def summary(self) -> str:
         share = (
             f", {100 * self.downloaded / max(self.full_restore_bytes, 1):.1f} % of a full restore's "

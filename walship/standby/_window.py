@@ -159,7 +159,9 @@ class FollowReport(BaseModel):
     lag_seconds: float | None = None  # of the last update: from its newest commit's capture to its being readable
     max_lag_seconds: float | None = None
     handover_waited_seconds: float | None = None
-    sealed: bool = False  # the window ended with the copy checkpointed, its digest recorded, integrity checked
+    # The window ended with the copy checkpointed into its file and its integrity checked (a follower's end also
+    # records its pages' digest); readers still in its WAL keep it unsealed, its record then holding the WAL's mark.
+    sealed: bool = False
 
     @property
     def position(self) -> str:
@@ -222,8 +224,9 @@ def follow_window(
 
         try:
             if once:
-                seen(catch_up(store, output, keys=keys))
-                window.sealed = True
+                caught_up = catch_up(store, output, keys=keys)
+                seen(caught_up)
+                window.sealed = caught_up.settled
             else:
                 window.record = follow(
                     store, output, interval=interval, stop=stop, keys=keys, report=seen, unreached=unreached
