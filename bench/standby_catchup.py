@@ -1,10 +1,12 @@
 """The catch-up phase of bench.standby: `restore --delta` of a copy left behind, against a full restore, one run.
 
-A copy is restored while the writers run, then left ``--behind`` seconds
-behind as they go on and `walship ship` ships; once the shipper has uploaded
-everything, both bring a file to the replica's newest sequence, one after the
-other with the page cache's dirty pages written back before each: a full
-`walship restore` into a new file, and `walship restore --delta` of the copy.
+A copy is restored ``--lead`` seconds after the generation's snapshot while
+the writers run (a copy refreshed between two hourly snapshots is tens of
+minutes past the newest), then left ``--behind`` seconds behind as they go
+on and `walship ship` ships. Once the shipper has uploaded everything, both
+bring a file to the replica's newest sequence, one after the other, with the
+page cache's dirty pages written back before each: a full `walship restore`
+into a new file, and `walship restore --delta` of the copy.
 Besides, the generation's snapshot restored alone (`restore --snapshot`): what a
 full restore would cost were there a snapshot of that very point, the cheapest
 a full restore gets.
@@ -34,7 +36,6 @@ from bench.standby_setup import (
 )
 from walship.copies import read_copy_record
 
-LEAD_SECONDS = 5.0  # writes before the copy is restored: it starts past the snapshot, as a kept copy would
 QUIET_SECONDS = 3.0  # no new segment for this long after the writers stopped: the shipper has uploaded all
 
 
@@ -63,9 +64,9 @@ def catch_up_run(server: Backend, base: Path, work: Path, args: argparse.Namespa
     source, copy, fresh, alone = here / "source.db", here / "copy.db", here / "fresh.db", here / "snapshot.db"
     prepare_source(base, source)
     prefix = "catchup"
-    shipper = start_shipper(server, source, prefix, LEAD_SECONDS + args.behind + 900, here / "ship.log")
-    writers = start_writers(source, args.rate, LEAD_SECONDS + args.behind, here)
-    time.sleep(LEAD_SECONDS)
+    shipper = start_shipper(server, source, prefix, args.lead + args.behind + 900, here / "ship.log")
+    writers = start_writers(source, args.rate, args.lead + args.behind, here)
+    time.sleep(args.lead)
     first_s, _ = _restore(server, prefix, copy)
     record = read_copy_record(copy)
     if record is None:
@@ -97,6 +98,7 @@ def catch_up_run(server: Backend, base: Path, work: Path, args: argparse.Namespa
     return {
         "backend": server.name,
         "behind": args.behind,
+        "lead": args.lead,
         "database_bytes": fresh.stat().st_size,
         "copy_restored_s": round(first_s, 2),
         "segments": segments_applied,
