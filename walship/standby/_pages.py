@@ -26,6 +26,7 @@ class SegmentPages:
     def __init__(self, page_size: int, scratch: BinaryIO) -> None:
         self.page_size, self.page_count = page_size, 0
         self._scratch, self._at, self._where = scratch, 0, dict[int, int]()
+        self._highest = 0  # no page above this is kept: a commit that does not shrink the file costs nothing
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         for number in sorted(self._where):
@@ -46,13 +47,17 @@ class SegmentPages:
             raise ValueError("a segment writes whole pages")
         self._scratch.seek(0, 2)
         self._where[number + 1] = self._scratch.tell()
+        self._highest = max(self._highest, number + 1)
         self._scratch.write(page)
         return len(page)
 
     def truncate(self, size: int) -> int:
+        """Every commit cuts the file to its size; only a shrink below a kept page drops pages."""
         self.page_count = size // self.page_size
-        for number in [n for n in self._where if n > self.page_count]:
-            del self._where[number]
+        if self._highest > self.page_count:
+            for number in [n for n in self._where if n > self.page_count]:
+                del self._where[number]
+            self._highest = self.page_count
         return size
 
 
