@@ -37,8 +37,6 @@ class Overlay(SegmentPages):
         pass
 
     def _page(self, number: int) -> bytes:
-        at = self._where.get(number)
-        if at is not None:
-            self._scratch.seek(at)
-            return self._scratch.read(self.page_size)
+        if number in self._where:
+            return self._read_image(number)
         return self._base(number)
