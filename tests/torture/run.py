@@ -321,16 +321,14 @@ class TortureRun:
 
     def _apply_one_of_its_own(self, event: Event) -> None:
         """The kinds with a method of their own."""
-        kind = event.kind
-        if kind in {"replace", "page-size"}:
-            kind = "maintenance"
         apply = {
             "damage": self._damage_a_spooled_entry,
             "spool-full": self._fill_the_spool,
-            "maintenance": self._maintenance,
+            "replace": self._maintenance,
+            "page-size": self._maintenance,
             "park": self._park,
             "reader": self._reader_across_an_end,
-        }.get(kind)
+        }.get(event.kind)
         if apply is None:
             raise AssertionError(f"unknown event {event.kind}")
         apply(event)
@@ -366,6 +364,7 @@ class TortureRun:
         commits go on in the WAL it holds (the next writer cannot restart it). In the next quiet moment the read
         ends, the application checkpoints and commits once (the WAL restarts, once), and the next shipper starts."""
         self.pause.touch()
+        time.sleep(0.3)  # commits under way when the pause came are done: the reader's snapshot is the WAL's end
         reader = subprocess.Popen(
             [sys.executable, "-c", _READER, str(self.database), _NO_ROW_CHANGED],
             stdin=subprocess.PIPE,
@@ -373,7 +372,6 @@ class TortureRun:
             stderr=subprocess.DEVNULL,
         )
         try:
-            time.sleep(0.3)  # commits under way when the pause came are done
             assert reader.stdout is not None
             reader.stdout.readline()
             self.note(f"shipper {self.shipper.number} SIGTERM under a reader: exit {self.shipper.end(signal.SIGTERM)}")
