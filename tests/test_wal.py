@@ -1,11 +1,12 @@
 """The pure-Python WAL reader against WALs that SQLite itself wrote, intact and damaged."""
 
 import io
+import itertools
 import random
 import struct
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 import apsw
 import pytest
@@ -14,16 +15,19 @@ from hypothesis import strategies as st
 
 from walship.errors import CorruptObjectError
 from walship.sqlite import FrameShares, frame_checksum, wal_checksum
+from walship.sqlite import _wal as wal_module
 from walship.sqlite._vouched import scan_vouched
 from walship.sqlite._wal import (
     FRAME_HEADER_SIZE,
     WAL_HEADER_SIZE,
     WalHeader,
     WalScan,
+    iter_frame_runs,
     iter_frames,
     parse_wal_header,
     scan_wal,
 )
+from walship.standby import SegmentPages
 
 MASK = 0xFFFFFFFF
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -41,10 +45,12 @@ def reference_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple
 class LiveDatabase:
     """A WAL-mode database whose connection stays open, so SQLite never checkpoints the WAL away."""
 
-    def __init__(self, directory: Path, page_size: int, seed: int = 0) -> None:
+    def __init__(self, directory: Path, page_size: int, seed: int = 0, *, auto_vacuum: bool = False) -> None:
         self.path = directory / "app.db"
         self.connection = apsw.Connection(str(self.path))
         self.connection.execute(f"PRAGMA page_size={page_size}")
+        if auto_vacuum:
+            self.connection.execute("PRAGMA auto_vacuum=FULL")
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.wal_autocheckpoint(0)
         self.random = random.Random(seed)
@@ -507,6 +513,78 @@ class TestIterFrames:
     def test_needs_checksum_past_first_frame(self, wal: Wal) -> None:
         with pytest.raises(ValueError, match="running checksum"):
             iter_frames(io.BytesIO(wal.data), wal.header, start_offset=WAL_HEADER_SIZE + wal.header.frame_size)
+
+    @PROPERTY
+    @given(data=st.data())
+    def test_runs_of_any_length_end_at_the_first_bad_frame(self, wal: Wal, data: st.DataObject) -> None:
+        """Frames are checked a run at a time; wherever a run begins or ends, the valid frames are the same."""
+        size = wal.header.frame_size
+        run_bytes = data.draw(st.integers(1, 5), label="frames a run") * size
+        bit = data.draw(st.integers(WAL_HEADER_SIZE * 8, len(wal.data) * 8 - 1), label="bit")
+        damaged = bytearray(wal.data)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        good = (bit // 8 - WAL_HEADER_SIZE) // size
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(wal_module, "_BATCH_BYTES", run_bytes)
+            runs = list(iter_frame_runs(io.BytesIO(bytes(damaged)), wal.header))
+        assert [n for run in runs for n in run.page_numbers] == [frame[0] for frame in wal.frames[:good]]
+        assert [c for run in runs for c in run.checksums] == [frame[4:] for frame in wal.frames[:good]]
+        assert b"".join(run.frames for run in runs) == wal.data[WAL_HEADER_SIZE : WAL_HEADER_SIZE + good * size]
+
+
+class TestFrameRuns:
+    """A run of frames applied at once leaves a database as SQLite's frame by frame replay does."""
+
+    @staticmethod
+    def shrinking_wal(directory: Path, seed: int) -> bytes:
+        """A WAL of small commits that grow the file and cut it (auto-vacuum), and of VACUUMs."""
+        database = LiveDatabase(directory, 1024, seed, auto_vacuum=True)
+        try:
+            for step in range(40):
+                if step % 3 == 2:
+                    database.commit("DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY random() LIMIT 1)")
+                else:
+                    database.insert_random(1, 3 * 1024)
+                if step % 20 == 19:
+                    database.connection.execute("VACUUM")
+            return database.wal()
+        finally:
+            database.close()
+
+    @PROPERTY
+    @given(seed=st.integers(0, 2**16), frames=st.integers(1, 9))
+    def test_runs_of_any_length_apply_as_frames_do(
+        self, tmp_path_factory: pytest.TempPathFactory, seed: int, frames: int
+    ) -> None:
+        data = self.shrinking_wal(tmp_path_factory.mktemp("runs"), seed)
+        header = parse_wal_header(data)
+        sizes = [frame[1] for frame in Wal.of(data, 0, 0).frames if frame[1]]
+        assert any(later < earlier for earlier, later in itertools.pairwise(sizes)), "the WAL never shrinks the file"
+        # The oracle: every frame written in turn, the file cut at each commit.
+        replayed, one_by_one = io.BytesIO(), iter_frames(io.BytesIO(data), header, with_data=True)
+        out, applied = io.BytesIO(), 0
+        kept = SegmentPages(header.page_size, cast(BinaryIO, io.BytesIO()))  # what a standby keeps of the runs
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(wal_module, "_BATCH_BYTES", frames * header.frame_size)
+            for run in iter_frame_runs(io.BytesIO(data), header):
+                run.apply_to(out)
+                kept.take(run)
+                for frame, page in itertools.islice(one_by_one, len(run)):
+                    replayed.seek((frame.page_number - 1) * header.page_size)
+                    replayed.write(page)
+                    if frame.is_commit:
+                        replayed.truncate(frame.db_size_after_commit * header.page_size)
+                applied += len(run)
+                # After every run, not only at the end: a VACUUM rewrites every page and would hide a wrong one.
+                assert out.getvalue() == replayed.getvalue(), f"after {applied} frames"
+                if run.db_sizes[-1]:
+                    assert kept.page_count == run.db_sizes[-1]
+                    images = dict(kept.pages())
+                    assert max(images, default=0) <= kept.page_count, "a page the file no longer holds is kept"
+                    blank = bytes(header.page_size)
+                    whole = b"".join(images.get(n, blank) for n in range(1, kept.page_count + 1))
+                    assert whole == replayed.getvalue(), f"kept pages after {applied} frames"
+        assert applied * header.frame_size == len(data) - WAL_HEADER_SIZE
 
 
 def vouched(data: bytes, **kwargs: object) -> WalScan:

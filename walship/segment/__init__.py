@@ -5,11 +5,11 @@ WAL; a ``ResyncSegment`` the pages a gap nobody watched changed. This package
 writes them (``seal_segment``: the body sealed, then the description at the
 object's end), describes them (that trailer, and the same fields as user
 metadata, a shortcut), reads them back (``download_segment``: one GET, no
-HEAD) and checks and applies them (``check_link``, ``apply_wal``,
-``apply_resync``). docs/FORMAT.md describes the bytes.
+HEAD) and checks and applies them (``check_link``, ``apply_wal`` or, a run of frames at a time,
+``wal_runs``; ``apply_resync``). docs/FORMAT.md describes the bytes.
 """
 
-from walship.segment._apply import apply_wal, check_link
+from walship.segment._apply import apply_wal, check_link, wal_runs
 from walship.segment._describe import FORMAT, description_trailer, from_head, from_trailer, segment_metadata
 from walship.segment._models import ResyncSegment, Segment, WalPoint, WalSegment, parse_segment
 from walship.segment._read import download_segment, read_description
@@ -36,5 +36,6 @@ __all__ = [
     "restored_state",
     "seal_segment",
     "segment_metadata",
+    "wal_runs",
     "write_resync",
 ]

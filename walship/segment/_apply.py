@@ -6,14 +6,15 @@ after walship's own checkpoint. Inside it every frame's salts and checksum
 are verified while it is applied. Any break names the object.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from walship.errors import ChecksumMismatchError, CorruptObjectError
 from walship.segment._models import ResyncSegment, WalSegment
-from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, iter_frames, replay_header
+from walship.sqlite import FRAME_HEADER_SIZE, WAL_HEADER_SIZE, FrameRun, iter_frame_runs, replay_header
 
-__all__ = ["apply_wal", "check_link"]
+__all__ = ["apply_wal", "check_link", "wal_runs"]
 
 
 def check_link(previous: WalSegment | ResyncSegment | None, segment: WalSegment) -> None:
@@ -48,7 +49,15 @@ class _Shifted:
 
 
 def apply_wal(raw_path: Path, segment: WalSegment, database: BinaryIO) -> None:
-    """Write every frame's page into ``database`` (open r+b); verify salts and checksums frame by frame."""
+    """Apply the segment to ``database`` (open r+b), verifying salts and checksums frame by frame."""
+    for run in wal_runs(raw_path, segment):
+        run.apply_to(database)
+
+
+def wal_runs(raw_path: Path, segment: WalSegment) -> Iterator[FrameRun]:
+    """The frames of the WAL segment whose raw body is ``raw_path``, a run at a time, for its consumer to
+    apply in order; once they are all taken, the segment's frame and commit counts and its closing
+    checksum are checked, and any difference raises."""
     header = replay_header(
         big_endian=segment.big_endian, page_size=segment.page_size, salt1=segment.salt1, salt2=segment.salt2
     )
@@ -57,15 +66,11 @@ def apply_wal(raw_path: Path, segment: WalSegment, database: BinaryIO) -> None:
     last = seed
     with raw_path.open("rb") as raw:
         shifted = cast(BinaryIO, _Shifted(raw, segment.start_offset))
-        pages = iter_frames(shifted, header, start_offset=segment.start_offset, start_checksum=seed, with_data=True)
-        for frame, page in pages:
-            database.seek((frame.page_number - 1) * segment.page_size)
-            database.write(page)
-            frames += 1
-            last = (frame.checksum1, frame.checksum2)
-            if frame.is_commit:
-                commits += 1
-                database.truncate(frame.db_size_after_commit * segment.page_size)
+        for run in iter_frame_runs(shifted, header, start_offset=segment.start_offset, start_checksum=seed):
+            yield run
+            frames += len(run)
+            commits += sum(1 for size in run.db_sizes if size)
+            last = run.checksums[-1]
     frame_size = segment.page_size + FRAME_HEADER_SIZE
     if (
         frames != segment.frames

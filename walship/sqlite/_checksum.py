@@ -76,6 +76,7 @@ class FrameShares:
         weights = _weights(pairs)
         head = words[:, :_CHECKSUMMED_HEADER_WORDS] @ weights[:_CHECKSUMMED_HEADER_WORDS]
         shares = head + words[:, _HEADER_WORDS:] @ weights[_CHECKSUMMED_HEADER_WORDS:]
+        self._array = shares
         self._shares: list[list[int]] = shares.tolist()
         self._jump = _jump(pairs)
 
@@ -88,6 +89,25 @@ class FrameShares:
         a, b = self._shares[index]
         s0, s1 = checksum
         return (j00 * s0 + j01 * s1 + a) & _MASK, (j10 * s0 + j11 * s1 + b) & _MASK
+
+    def chained(self, seed: tuple[int, int], stored: "npt.NDArray[np.uint32]") -> int:
+        """How many frames, from the first, carry the checksum the chain from ``seed`` gives them.
+
+        ``stored`` holds each frame's two checksum words. Frame i is checked
+        against frame i-1's stored checksum, so every frame is checked at once:
+        up to the first mismatch, stored and computed chains are the same.
+        """
+        import numpy as np  # noqa: PLC0415 - see wal_checksum
+
+        count = len(self._array)
+        before = np.empty((count, 2), dtype=np.uint32)
+        before[0] = seed
+        before[1:] = stored[: count - 1]
+        # Wrapping 32-bit arithmetic is the checksum's own.
+        jump = np.array(self._jump, dtype=np.uint32)
+        expected = before @ jump.T + self._array
+        matches = (expected == stored[:count]).all(axis=1)
+        return count if matches.all() else int(np.argmin(matches))
 
 
 def _advance(jump: _Matrix, checksum: tuple[int, int], share: tuple[int, int]) -> tuple[int, int]:

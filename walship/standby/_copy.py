@@ -26,10 +26,10 @@ from walship.segment import (
     ResyncSegment,
     WalSegment,
     apply_resync,
-    apply_wal,
     check_link,
     download_segment,
     read_description,
+    wal_runs,
 )
 from walship.standby._apply import Standby
 from walship.standby._overlay import Overlay
@@ -297,12 +297,13 @@ class _Batch:
         return self.pages is not None and len(self.pages) >= self.LIMIT_PAGES
 
     def add(self, raw: Path, segment: WalSegment) -> None:
-        """Check every frame of ``segment`` (``apply_wal``) while its pages go into the batch."""
+        """Check every frame of ``segment`` (``wal_runs``) while its pages go into the batch."""
         if self.pages is None:
             # Closed by ``clear``, which the batch's own ``with`` always reaches.
             self._file = cast(BinaryIO, tempfile.TemporaryFile(dir=self._scratch_dir))  # noqa: SIM115
             self.pages = SegmentPages(segment.page_size, self._file)
-        apply_wal(raw, segment, self.pages)  # type: ignore[arg-type]  # the part of a file it uses
+        for run in wal_runs(raw, segment):
+            self.pages.take(run)
         self.last = segment
 
     def clear(self) -> None:

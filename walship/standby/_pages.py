@@ -2,11 +2,10 @@
 
 A segment holds every frame of its transactions; a standby needs only the
 last image of each page that is still inside the database once the segment's
-last commit is applied. ``walship.segment.apply_wal`` checks the segment
-(salts, the checksum chain, frame and commit counts) while it writes each
-frame into a file-like target; here the target keeps the images in a scratch
-file and remembers where each page's last one is, so memory holds a number per
-page, never the pages.
+last commit is applied. ``walship.segment.wal_runs`` checks the segment
+(salts, the checksum chain, frame and commit counts) a run of frames at a
+time; here the runs go into a scratch file, and a page's entry says where
+its last image is, so memory holds a number per page, never the pages.
 """
 
 import contextlib
@@ -15,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from walship.segment import WalSegment, apply_wal
+from walship.segment import WalSegment, wal_runs
+from walship.sqlite import FrameRun
 
 __all__ = ["SegmentPages", "segment_pages"]
+
+# Images go to the scratch file this many bytes at a time: a write call per page cost more than reading the segment.
+_WRITE_BYTES = 1 << 20
 
 
 class SegmentPages:
@@ -27,15 +30,16 @@ class SegmentPages:
         self.page_size, self.page_count = page_size, 0
         self._scratch, self._at, self._where = scratch, 0, dict[int, int]()
         self._highest = 0  # no page above this is kept: a commit that does not shrink the file costs nothing
-        # Where the next image goes, and whether a read moved the file since (a seek per write was a tenth
-        # of a catch-up's time).
-        self._end, self._moved = 0, True
+        # Where the next image goes, whether a read moved the file since (saves a seek per write), and
+        # images not yet written out.
+        self._end, self._moved, self._pending = 0, True, bytearray()
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         for number in sorted(self._where):
             yield number, self._read_image(number)
 
     def _read_image(self, number: int) -> bytes:
+        self._flush()
         self._moved = True
         self._scratch.seek(self._where[number])
         return self._scratch.read(self.page_size)
@@ -43,7 +47,22 @@ class SegmentPages:
     def __len__(self) -> int:
         return len(self._where)
 
-    # The part of a writable file apply_wal uses.
+    def take(self, run: FrameRun) -> None:
+        """Keep a run of a segment's frames, applied in order: each page's last image, the page count it left."""
+        images = run.last_images()
+        if images.smallest is not None and self._highest > images.smallest:
+            _drop_above(self._where, images.smallest)
+            self._highest = images.smallest
+        if images.final is not None:
+            self.page_count = images.final
+        for number, index in images.last.items():
+            self._where[number] = self._end + len(self._pending)
+            self._pending += run.page(index)
+        self._highest = max(self._highest, max(images.last, default=0))
+        if len(self._pending) >= _WRITE_BYTES:
+            self._flush()
+
+    # The part of a writable file a resync's pages are applied to (``walship.standby.Overlay``).
     def seek(self, offset: int, whence: int = 0) -> int:
         self._at = offset
         return offset
@@ -52,23 +71,35 @@ class SegmentPages:
         number, rest = divmod(self._at, self.page_size)
         if rest or len(page) != self.page_size:
             raise ValueError("a segment writes whole pages")
+        self._where[number + 1] = self._end + len(self._pending)
+        self._highest = max(self._highest, number + 1)
+        self._pending += page
+        if len(self._pending) >= _WRITE_BYTES:
+            self._flush()
+        return len(page)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
         if self._moved:
             self._scratch.seek(self._end)
             self._moved = False
-        self._where[number + 1] = self._end
-        self._highest = max(self._highest, number + 1)
-        self._scratch.write(page)
-        self._end += len(page)
-        return len(page)
+        self._scratch.write(self._pending)
+        self._end += len(self._pending)
+        self._pending = bytearray()
 
     def truncate(self, size: int) -> int:
         """Every commit cuts the file to its size; only a shrink below a kept page drops pages."""
         self.page_count = size // self.page_size
         if self._highest > self.page_count:
-            for number in [n for n in self._where if n > self.page_count]:
-                del self._where[number]
+            _drop_above(self._where, self.page_count)
             self._highest = self.page_count
         return size
+
+
+def _drop_above(pages: dict[int, int], count: int) -> None:
+    for number in [n for n in pages if n > count]:
+        del pages[number]
 
 
 @contextlib.contextmanager
@@ -76,5 +107,6 @@ def segment_pages(raw_path: Path, segment: WalSegment, scratch: Path) -> Iterato
     """The pages of the WAL segment whose raw body (downloaded, its checksum verified) is ``raw_path``."""
     with tempfile.TemporaryFile(dir=scratch) as kept:
         pages = SegmentPages(segment.page_size, cast(BinaryIO, kept))
-        apply_wal(raw_path, segment, cast(BinaryIO, pages))
+        for run in wal_runs(raw_path, segment):
+            pages.take(run)
         yield pages
