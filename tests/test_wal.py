@@ -5,6 +5,7 @@ import itertools
 import random
 import struct
 import sys
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
 
@@ -563,8 +564,9 @@ class TestFrameRuns:
         # The oracle: every frame written in turn, the file cut at each commit.
         replayed, one_by_one = io.BytesIO(), iter_frames(io.BytesIO(data), header, with_data=True)
         out, applied = io.BytesIO(), 0
-        kept = SegmentPages(header.page_size, cast(BinaryIO, io.BytesIO()))  # what a standby keeps of the runs
-        with pytest.MonkeyPatch.context() as patch:
+        scratch = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, whatever happens
+        kept = SegmentPages(header.page_size, cast(BinaryIO, scratch))  # what a standby keeps of the runs
+        with scratch, pytest.MonkeyPatch.context() as patch:
             patch.setattr(wal_module, "_BATCH_BYTES", frames * header.frame_size)
             for run in iter_frame_runs(io.BytesIO(data), header):
                 run.apply_to(out)

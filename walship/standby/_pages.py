@@ -4,11 +4,13 @@ A segment holds every frame of its transactions; a standby needs only the
 last image of each page that is still inside the database once the segment's
 last commit is applied. ``walship.segment.wal_runs`` checks the segment
 (salts, the checksum chain, frame and commit counts) a run of frames at a
-time; here the runs go into a scratch file, and a page's entry says where
-its last image is, so memory holds a number per page, never the pages.
+time; here each page's newest image goes into a scratch file, over its older
+one, and a page's entry says where it is: memory holds a number per page,
+never the pages, and the scratch file each page once.
 """
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +29,12 @@ class SegmentPages:
     """What a segment left: its page count, and each page's last image in page order (``pages``)."""
 
     def __init__(self, page_size: int, scratch: BinaryIO) -> None:
+        """``scratch`` is a file of its own (a temporary one): it is read and written by position."""
         self.page_size, self.page_count = page_size, 0
-        self._scratch, self._at, self._where = scratch, 0, dict[int, int]()
+        self._scratch, self._at, self._where = scratch.fileno(), 0, dict[int, int]()
         self._highest = 0  # no page above this is kept: a commit that does not shrink the file costs nothing
-        # Where the next image goes, whether a read moved the file since (saves a seek per write), and
-        # images not yet written out.
-        self._end, self._moved, self._pending = 0, True, bytearray()
+        # Where the next image goes in the scratch file, and images not yet written out.
+        self._end, self._pending = 0, bytearray()
 
     def pages(self) -> Iterator[tuple[int, bytes]]:
         for number in sorted(self._where):
@@ -40,9 +42,7 @@ class SegmentPages:
 
     def _read_image(self, number: int) -> bytes:
         self._flush()
-        self._moved = True
-        self._scratch.seek(self._where[number])
-        return self._scratch.read(self.page_size)
+        return os.pread(self._scratch, self.page_size, self._where[number])
 
     def __len__(self) -> int:
         return len(self._where)
@@ -56,8 +56,7 @@ class SegmentPages:
         if images.final is not None:
             self.page_count = images.final
         for number, index in images.last.items():
-            self._where[number] = self._end + len(self._pending)
-            self._pending += run.page(index)
+            self._keep(number, run.page(index))
         self._highest = max(self._highest, max(images.last, default=0))
         if len(self._pending) >= _WRITE_BYTES:
             self._flush()
@@ -71,20 +70,27 @@ class SegmentPages:
         number, rest = divmod(self._at, self.page_size)
         if rest or len(page) != self.page_size:
             raise ValueError("a segment writes whole pages")
-        self._where[number + 1] = self._end + len(self._pending)
+        self._keep(number + 1, page)
         self._highest = max(self._highest, number + 1)
-        self._pending += page
         if len(self._pending) >= _WRITE_BYTES:
             self._flush()
         return len(page)
 
+    def _keep(self, number: int, image: bytes | memoryview) -> None:
+        """Page ``number``'s newest image: over its older one, so the scratch file holds each page once."""
+        at = self._where.get(number)
+        if at is None:
+            self._where[number] = self._end + len(self._pending)
+            self._pending += image
+        elif at >= self._end:
+            self._pending[at - self._end : at - self._end + self.page_size] = image
+        else:
+            os.pwrite(self._scratch, image, at)
+
     def _flush(self) -> None:
         if not self._pending:
             return
-        if self._moved:
-            self._scratch.seek(self._end)
-            self._moved = False
-        self._scratch.write(self._pending)
+        os.pwrite(self._scratch, self._pending, self._end)
         self._end += len(self._pending)
         self._pending = bytearray()
 
