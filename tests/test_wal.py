@@ -29,6 +29,7 @@ from walship.sqlite._wal import (
     scan_wal,
 )
 from walship.standby import SegmentPages
+from walship.standby import _pages as standby_pages
 
 MASK = 0xFFFFFFFF
 PROPERTY = settings(max_examples=60, deadline=None)
@@ -553,10 +554,11 @@ class TestFrameRuns:
             database.close()
 
     @PROPERTY
-    @given(seed=st.integers(0, 2**16), frames=st.integers(1, 9))
+    @given(seed=st.integers(0, 2**16), frames=st.integers(1, 9), hot=st.integers(1, 12))
     def test_runs_of_any_length_apply_as_frames_do(
-        self, tmp_path_factory: pytest.TempPathFactory, seed: int, frames: int
+        self, tmp_path_factory: pytest.TempPathFactory, seed: int, frames: int, hot: int
     ) -> None:
+        """``hot``: the pages a standby keeps in memory before they go to its scratch file."""
         data = self.shrinking_wal(tmp_path_factory.mktemp("runs"), seed)
         header = parse_wal_header(data)
         sizes = [frame[1] for frame in Wal.of(data, 0, 0).frames if frame[1]]
@@ -565,9 +567,10 @@ class TestFrameRuns:
         replayed, one_by_one = io.BytesIO(), iter_frames(io.BytesIO(data), header, with_data=True)
         out, applied = io.BytesIO(), 0
         scratch = tempfile.TemporaryFile()  # noqa: SIM115 - closed below, whatever happens
-        kept = SegmentPages(header.page_size, cast(BinaryIO, scratch))  # what a standby keeps of the runs
         with scratch, pytest.MonkeyPatch.context() as patch:
             patch.setattr(wal_module, "_BATCH_BYTES", frames * header.frame_size)
+            patch.setattr(standby_pages, "_HOT_BYTES", hot * header.page_size)
+            kept = SegmentPages(header.page_size, cast(BinaryIO, scratch))  # what a standby keeps of the runs
             for run in iter_frame_runs(io.BytesIO(data), header):
                 run.apply_to(out)
                 kept.take(run)
@@ -583,6 +586,7 @@ class TestFrameRuns:
                     assert kept.page_count == run.db_sizes[-1]
                     images = dict(kept.pages())
                     assert max(images, default=0) <= kept.page_count, "a page the file no longer holds is kept"
+                    assert len(kept) == len(images)
                     blank = bytes(header.page_size)
                     whole = b"".join(images.get(n, blank) for n in range(1, kept.page_count + 1))
                     assert whole == replayed.getvalue(), f"kept pages after {applied} frames"

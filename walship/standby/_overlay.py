@@ -37,6 +37,6 @@ class Overlay(SegmentPages):
         pass
 
     def _page(self, number: int) -> bytes:
-        if number in self._where:
+        if self.holds(number):
             return self._read_image(number)
         return self._base(number)
