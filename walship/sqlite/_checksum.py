@@ -77,11 +77,16 @@ class FrameShares:
         head = words[:, :_CHECKSUMMED_HEADER_WORDS] @ weights[:_CHECKSUMMED_HEADER_WORDS]
         shares = head + words[:, _HEADER_WORDS:] @ weights[_CHECKSUMMED_HEADER_WORDS:]
         self._array = shares
-        self._shares: list[list[int]] = shares.tolist()
         self._jump = _jump(pairs)
 
     def __len__(self) -> int:
-        return len(self._shares)
+        return len(self._array)
+
+    @functools.cached_property
+    def _shares(self) -> list[list[int]]:
+        """The shares as Python ints, for ``after``; a chain checked at once (``chained``) never needs them."""
+        shares: list[list[int]] = self._array.tolist()
+        return shares
 
     def after(self, index: int, checksum: tuple[int, int]) -> tuple[int, int]:
         # _advance, inlined: this runs once per frame read or written.

@@ -57,7 +57,7 @@ class SegmentPages:
     def take(self, run: FrameRun) -> None:
         """Keep a run of a segment's frames, applied in order: each page's last image, the page count it left."""
         images = run.last_images()
-        if images.smallest is not None and self._highest > images.smallest:
+        if images.smallest is not None:
             self._drop_above(images.smallest)
         if images.final is not None:
             self.page_count = images.final
@@ -81,8 +81,7 @@ class SegmentPages:
     def truncate(self, size: int) -> int:
         """Every commit cuts the file to its size; only a shrink below a kept page drops pages."""
         self.page_count = size // self.page_size
-        if self._highest > self.page_count:
-            self._drop_above(self.page_count)
+        self._drop_above(self.page_count)
         return size
 
     def _keep(self, number: int, image: bytes | memoryview) -> None:
@@ -108,6 +107,9 @@ class SegmentPages:
         self._hot_only = 0
 
     def _drop_above(self, count: int) -> None:
+        """Forget the pages past ``count``; nothing to look through unless a kept page is."""
+        if self._highest <= count:
+            return
         for pages in (self._hot, self._where):
             for number in [n for n in pages if n > count]:
                 del pages[number]
