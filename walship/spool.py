@@ -5,7 +5,9 @@ Layout under the spool directory (default ``<database>-walship/``)::
     lock                             flock: one shipper per database
     cursor.json                      the WalCursor: what has been captured
     abandoned.json                   a generation no cursor may continue (a damaged entry was dropped from it)
-    lease.json                       our copy of the replica lease and its ETag
+    replicas/<id>/lease.json         our copy of each replica's lease and its ETag (<id>: ``replica_key``)
+    replicas/<id>/stored.json        with several replicas, how far each has stored (``walship.acks``)
+    replicas/served.json             with several replicas, which ones the spool serves
     pending/<gen>/snapshot-<seq:020>.zst  a snapshot of the generation at that sequence, until uploaded
     pending/<gen>/<seq:020>.wal.zst  captured frames, sealed as they are stored, until uploaded
     pending/<gen>/*.json             each entry's description, cache time, attempts
@@ -33,6 +35,7 @@ refused before its copy starts (``check_snapshot_room``).
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -54,6 +57,7 @@ __all__ = [
     "CAUGHT_UP",
     "SEGMENT_CAP_BYTES",
     "SPOOL_RESERVE_BYTES",
+    "EntryOrder",
     "PendingEntry",
     "SegmentBudget",
     "Spool",
@@ -61,6 +65,7 @@ __all__ = [
     "file_sha256",
     "new_entry",
     "read_cursor",
+    "replica_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +81,19 @@ CURSOR_DAMAGED = "the spool's cursor was damaged"
 CAUGHT_UP = "caught-up.json"
 _ANY = "*"
 _READ_CHUNK = 1 << 20
+
+
+class EntryOrder(NamedTuple):
+    """An entry's place in upload order: a later snapshot at sequence N goes right after segment N."""
+
+    generation: str
+    sequence: int
+    snapshot: bool
+
+
+def replica_key(location: str) -> str:
+    """The short, stable name of a replica (its ``ObjectStore.location``) among a spool's files."""
+    return hashlib.sha256(location.encode()).hexdigest()[:16]
 
 
 class SegmentBudget(NamedTuple):
@@ -124,6 +142,8 @@ class PendingEntry(BaseModel):
     attempts: int = 0
     # The data file's SHA-256 as spooled; empty in entries an older walship spooled.
     stored_sha256: str = ""
+    # The replicas (locations) it is for; empty: every one (a snapshot taken to bridge one replica's gap).
+    only_for: tuple[str, ...] = ()
 
     @property
     def generation(self) -> str:
@@ -136,6 +156,11 @@ class PendingEntry(BaseModel):
         info = self.snapshot or self.segment
         assert info is not None
         return info.sequence
+
+    @property
+    def order(self) -> "EntryOrder":
+        """Where the entry goes in upload order (``Spool.pending``)."""
+        return EntryOrder(self.generation, self.sequence, self.kind == "snapshot")
 
 
 class Spool:
@@ -216,7 +241,7 @@ class Spool:
         if marker is None:
             return 0
         start = (marker.generation, marker.sequence, marker.snapshot)
-        dropped = [e for e in self.pending() if e.generation == marker.generation and _order(e) >= start]
+        dropped = [e for e in self.pending() if e.generation == marker.generation and e.order >= start]
         for entry in dropped:
             self.remove(entry)
         return len(dropped)
@@ -230,21 +255,47 @@ class Spool:
             # Damaged too: whatever generation it named, no cursor may continue it.
             return _Abandoned(generation=_ANY, reason="the spool's record of an abandoned generation was damaged")
 
-    # The lease, as we last wrote it --------------------------------------------
+    # Each replica's lease as we last wrote it, and what it stored ----------------------
 
-    def load_lease(self) -> Lease | None:
-        """The lease as last written here; None when there is none or it is damaged (the lease is taken again)."""
-        path = self.root / "lease.json"
+    def load_lease(self, replica: str) -> Lease | None:
+        """The lease of ``replica`` (its location) as last written here; None when there is none or it is
+        damaged (the lease is taken again)."""
+        path = self.replica_file(replica, "lease.json")
         try:
             return Lease.model_validate_json(path.read_bytes())
         except FileNotFoundError:
             return None
         except ValidationError:
-            log.warning("spool %s: lease.json is damaged; the lease is taken again", self.root)
+            log.warning("spool %s: %s is damaged; the lease is taken again", self.root, path)
             return None
 
-    def save_lease(self, lease: Lease) -> None:
-        self._write_atomic(self.root / "lease.json", lease.model_dump_json().encode())
+    def save_lease(self, replica: str, lease: Lease) -> None:
+        self.save_replica_file(replica, "lease.json", lease.model_dump_json().encode())
+
+    def replica_file(self, replica: str, name: str) -> Path:
+        """The spool's file ``name`` about ``replica`` (its location)."""
+        return self.root / "replicas" / replica_key(replica) / name
+
+    def save_replica_file(self, replica: str, name: str, data: bytes) -> None:
+        path = self.replica_file(replica, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_atomic(path, data)
+
+    def load_served(self) -> list[str]:
+        """The replicas (locations) a run of several last said it serves; empty for a run of one."""
+        try:
+            return list(json.loads((self.root / "replicas" / "served.json").read_bytes()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return []
+
+    def save_served(self, replicas: list[str]) -> None:
+        """Record the replicas a run serves; for one, none (its uploads remove entries at once)."""
+        path = self.root / "replicas" / "served.json"
+        if len(replicas) < 2:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(exist_ok=True)
+        self._write_atomic(path, json.dumps(replicas).encode())
 
     # Entries ----------------------------------------------------------------
 
@@ -382,13 +433,20 @@ class Spool:
         a later snapshot at sequence N goes right after segment N, whose
         state it holds.
         """
-        entries = [
-            PendingEntry.model_validate_json(path.read_bytes()) for path in (self.root / "pending").glob("*/*.json")
-        ]
-        return sorted(entries, key=_order)
+        entries = []
+        for path in (self.root / "pending").glob("*/*.json"):
+            try:
+                entries.append(PendingEntry.model_validate_json(path.read_bytes()))
+            except FileNotFoundError:
+                continue  # uploaded everywhere since the listing (another replica's uploader removed it)
+        return sorted(entries, key=lambda e: e.order)
 
     def pending_bytes(self) -> int:
-        return sum(p.stat().st_size for p in (self.root / "pending").glob("*/*") if p.is_file())
+        total = 0
+        for path in (self.root / "pending").glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):  # uploaded everywhere since the listing
+                total += path.stat().st_size
+        return total
 
     def discard_uncaptured(self, cursor: WalCursor | None) -> int:
         """Remove entries the cursor never reached (a crash between spooling and the cursor),
@@ -446,16 +504,16 @@ class Spool:
             )
 
 
-def _order(entry: PendingEntry) -> tuple[str, int, bool]:
-    return entry.generation, entry.sequence, entry.kind == "snapshot"
-
-
 def _snapshot_needs(size: int) -> int:
     return size + max(size // 4, SPOOL_RESERVE_BYTES) + SPOOL_RESERVE_BYTES
 
 
-def new_entry(info: SnapshotInfo | WalSegment | ResyncSegment, stored_sha256: str = "") -> PendingEntry:
+def new_entry(
+    info: SnapshotInfo | WalSegment | ResyncSegment, stored_sha256: str = "", *, only_for: tuple[str, ...] = ()
+) -> PendingEntry:
     """An entry for ``info``; ``stored_sha256`` when the writer hashed the file as it wrote it."""
     if isinstance(info, SnapshotInfo):
-        return PendingEntry(kind="snapshot", snapshot=info, cached_at=utcnow(), stored_sha256=stored_sha256)
+        return PendingEntry(
+            kind="snapshot", snapshot=info, cached_at=utcnow(), stored_sha256=stored_sha256, only_for=only_for
+        )
     return PendingEntry(kind="segment", segment=info, cached_at=utcnow(), stored_sha256=stored_sha256)

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from walship import codec, index
+from walship.acks import ReplicaAcks
 from walship.catalog import describe_snapshot
 from walship.envelope import is_encrypted
 from walship.errors import ChecksumMismatchError, CorruptObjectError, SpoolEntryDamagedError
@@ -35,8 +36,9 @@ class UploadResult(BaseModel):
     oldest_captured_at_lag_seconds: float | None = None
 
 
-def upload_pending(store: ObjectStore, spool: Spool, *, holder: str) -> UploadResult:
-    """Upload every spooled entry in order; each is removed only once storage confirmed it.
+def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, acks: ReplicaAcks | None = None) -> UploadResult:
+    """Upload every spooled entry ``store``'s replica needs, in order; each is acknowledged only once storage
+    confirmed it (``acks``: the run's, shared by its replicas' uploaders; else the spool's, as last served).
 
     The lease is renewed first when half its time has passed, so an idle
     database costs nothing and a busy one a lease PUT every few minutes.
@@ -50,11 +52,16 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str) -> UploadRe
     generation.
     """
     result = UploadResult()
+    acks = acks or ReplicaAcks(spool)
+    replica = store.location
     spool.drop_abandoned()
-    lease = spool.load_lease()
+    wanted = [entry for entry in spool.pending() if acks.wants(replica, entry)]
+    if not wanted:
+        return result
+    lease = spool.load_lease(replica)
     if lease is None or lease_needs_renewal(lease):
-        spool.save_lease(acquire_lease(store, holder))
-    for entry in spool.pending():
+        spool.save_lease(replica, acquire_lease(store, holder))
+    for entry in wanted:
         try:
             _check_intact(spool, entry)
             _upload_one(store, spool, entry, result)
@@ -64,7 +71,7 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str) -> UploadRe
         except Exception:
             spool.record_attempt(entry)
             raise
-        spool.remove(entry)
+        acks.stored(replica, entry)
     return result
 
 

@@ -99,8 +99,8 @@ class MemberRun(ShippingRun):
 
     stores: SharedStores
 
-    def _store(self) -> ObjectStore:
-        return self.stores.open(self.replica)
+    def _open_store(self, url: str) -> ObjectStore:
+        return self.stores.open(url)
 
 
 class RowObserver:
@@ -133,6 +133,12 @@ class RowObserver:
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         self.row.pending = len(pending)
+
+    def replica_behind(self, replica: str, reason: str) -> None:
+        self._event("replica-behind", f"{replica}: {reason}")
+
+    def replica_caught_up(self, replica: str, detail: str) -> None:
+        self._event("replica-caught-up", f"{replica}: {detail}")
 
     def handover(self, message: str) -> None:
         log.info("%s", message)

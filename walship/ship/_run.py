@@ -12,27 +12,29 @@ lag, a hand-over, progress every ``ShipConfig.progress_seconds``) goes to a
 ``ShipObserver``: events, logs and the artifact in Prefect, lines on a terminal.
 """
 
+import functools
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from walship.acks import ReplicaAcks
 from walship.dblock import ShipperIdentity
-from walship.envelope import check_replica_sealing
-from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError
+from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError, UsageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import acquire_lease, holder_for
-from walship.models import WalPosition, utcnow
+from walship.models import WalPosition
+from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, ReplicaUploader
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
 from walship.storage import ObjectStore, StorageCredentials, open_store
-from walship.upload import UploadResult, upload_pending
+from walship.upload import UploadResult
 
 __all__ = ["ShipObserver", "ShipReport", "ShipSteps", "ShippingRun"]
 
@@ -67,6 +69,8 @@ class ShipReport(BaseModel):
     upload_failures: int = 0
     pending_at_end: int = 0
     position: WalPosition | None = None
+    # A row per replica; the upload figures above are the first replica's (all of them with one).
+    replicas: list[ReplicaReport] = Field(default_factory=list)
 
     def count_sync(self, result: SyncResult, *, counted: bool = False) -> None:
         """``counted``: the rest of a sync whose capture was counted already."""
@@ -133,16 +137,23 @@ class ShipObserver(Protocol):
     def progress(self, database_id: str, report: "ShipReport") -> None:
         """About every ``ShipConfig.progress_seconds`` of the window: the report so far."""
 
+    def replica_behind(self, replica: str, reason: str) -> None:
+        """One of several replicas stopped holding the spool back (``walship.acks``)."""
+
+    def replica_caught_up(self, replica: str, detail: str) -> None:
+        """A replica that was behind stores entries again."""
+
     def close(self) -> None: ...
 
 
 class ShippingRun:
-    """``database``'s WAL to ``replica`` for one window; ``report`` fills as it goes, even when it fails."""
+    """``database``'s WAL to ``replicas`` (one URL or several) for one window; ``report`` fills as it goes, even
+    when it fails."""
 
     def __init__(
         self,
         database: Path,
-        replica: str,
+        replicas: str | Sequence[str],
         config: ShipConfig,
         *,
         spool_dir: Path | None,
@@ -150,9 +161,16 @@ class ShippingRun:
         observer: ShipObserver,
         credentials: StorageCredentials | None = None,
     ) -> None:
-        self.database, self.replica, self.config = database, replica, config
+        self.replicas = [replicas] if isinstance(replicas, str) else list(replicas)
+        if not self.replicas:
+            raise UsageError("no replica to ship to: name one with --replica")
+        self.database, self.replica, self.config = database, self.replicas[0], config
         # For the window's own uploads (the steps open storage their own way).
         self.credentials = credentials
+        self._stores: dict[str, ObjectStore] = {}
+        self.links = [ReplicaLink(url, self._open_store, config.sealing) for url in self.replicas]
+        self._uploaders: list[ReplicaUploader] = []
+        self._acks: ReplicaAcks | None = None
         self.spool_dir = (spool_dir or default_spool_dir(database)).resolve()
         self.steps, self.observer = steps, observer
         self.run_id = f"{os.getpid()}-{secrets.token_hex(3)}"
@@ -162,9 +180,6 @@ class ShippingRun:
         self._held: HeldDatabase | None = None
         self._spool: Spool | None = None
         self._shipper: Shipper | None = None
-        self._opened_store: ObjectStore | None = None
-        # The replica's sealing checked and its lease held: uploads may go.
-        self._connected = False
         self._progress_due = time.monotonic() + config.progress_seconds
         self._upload_lag = 0.0
 
@@ -178,7 +193,7 @@ class ShippingRun:
         deadline = time.monotonic() + duration
         self.begin(handover_wait=handover_wait)
         try:
-            self._window(self.shipper, self._store(), deadline=deadline, interval=interval, once=once)
+            self._window(self.shipper, deadline=deadline, interval=interval, once=once)
         except BaseException:
             self.close()
             raise
@@ -189,7 +204,7 @@ class ShippingRun:
 
     def begin(self, *, handover_wait: float = 0.0) -> None:
         """Hold the database, take the lease, prove continuity (or start a generation)."""
-        identity = ShipperIdentity.this_process(self.run_id, self.spool_dir, self.replica)
+        identity = ShipperIdentity.this_process(self.run_id, self.spool_dir, ", ".join(self.replicas))
         # Pin the WAL and take the database's lock first: a second shipper is
         # refused before it touches any spool or replica.
         held = hold_database(self.database, self.spool_dir, identity, wait=handover_wait, told=self.observer.handover)
@@ -201,10 +216,17 @@ class ShippingRun:
             self._count_left_by_earlier_run(self._spool.pending())
             self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
             self.config.sealing.check()
-            try:
-                self._connect(lambda: self.steps.acquire_lease(self.replica, self.spool_dir, self.holder))
-            except TransientStorageError as exc:
-                self._unreachable(exc)
+            self._acks = ReplicaAcks(self._spool, self._locations())
+            for link in self.links:
+                try:
+                    link.connect(lambda link=link: self._take_lease(link))  # type: ignore[misc]
+                except TransientStorageError as exc:
+                    link.unreachable(exc, len(self._spool.pending()), self._events(link))
+            if len(self.links) > 1:
+                spool = self._spool
+                self._uploaders = [
+                    ReplicaUploader(link, functools.partial(self._drain, link, spool)) for link in self.links
+                ]
             self._synced(self.shipper.open())
         except BaseException:
             self.close()
@@ -215,19 +237,27 @@ class ShippingRun:
         assert self._shipper is not None, "begin() first"
         return self._shipper
 
+    @property
+    def acks(self) -> ReplicaAcks:
+        assert self._acks is not None, "begin() first"
+        return self._acks
+
     def step(self) -> None:
         """One sync and the upload of what it spooled (a failed upload stays spooled for the next step)."""
-        self._sync_and_upload(self.shipper, self._store())
+        self._sync_and_upload(self.shipper)
 
-    def _sync_and_upload(self, shipper: Shipper, store: ObjectStore) -> None:
+    def _sync_and_upload(self, shipper: Shipper) -> None:
         """A sync whose capture goes up before its checkpoint or snapshot work (``Shipper.sync``)."""
 
         def upload(captured: SyncResult) -> None:
             self._synced(captured)
-            self._upload(shipper.spool, store)
+            self._upload()
 
         self._synced(shipper.sync(upload), counted=True)
-        self._spooled(shipper.spool.pending())
+        pending = shipper.spool.pending()
+        self._spooled(pending)
+        if len(self.links) > 1:
+            self._tend_replicas(shipper)
 
     def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed.
@@ -259,7 +289,7 @@ class ShippingRun:
         end = shipper.published_end()
         empty = 0
         while end is not None and not shipper.captured_to(end):
-            self._upload(shipper.spool, self._store())
+            self._upload()
             result = shipper.sync()
             self._synced(result)
             empty = 0 if result.segments else empty + 1
@@ -273,6 +303,7 @@ class ShippingRun:
 
     def close(self) -> None:
         """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""
+        self._stop_uploaders()
         shipper, self._shipper = self._shipper, None
         spool, self._spool = self._spool, None
         held, self._held = self._held, None
@@ -284,18 +315,33 @@ class ShippingRun:
             held.release()
             self.observer.close()
 
-    def _store(self) -> ObjectStore:
-        if self._opened_store is None:
-            self._opened_store = open_store(self.replica, self.credentials)
-        return self._opened_store
+    def _open_store(self, url: str) -> ObjectStore:
+        if (store := self._stores.get(url)) is None:
+            store = self._stores[url] = open_store(url, self.credentials)
+        return store
 
-    def _window(self, shipper: Shipper, store: ObjectStore, *, deadline: float, interval: float, once: bool) -> None:
+    def _locations(self) -> list[str]:
+        locations = [link.location for link in self.links]
+        if len(set(locations)) < len(locations):
+            raise UsageError(f"a replica is named twice ({', '.join(self.replicas)}): name each one once")
+        return locations
+
+    def _take_lease(self, link: ReplicaLink) -> None:
+        """At the start: with one replica through the steps (retried); with several directly, so that one
+        that is down does not hold the start back (its uploader tries again each interval)."""
+        if len(self.links) == 1:
+            self.steps.acquire_lease(link.url, self.spool_dir, self.holder)
+        else:
+            assert self._spool is not None
+            self._spool.save_lease(link.location, acquire_lease(link.store, self.holder))
+
+    def _window(self, shipper: Shipper, *, deadline: float, interval: float, once: bool) -> None:
         """Sync, upload, wait, with the pin tended beside it all along."""
         shipper.start_tending()
         try:
             while True:
                 started = time.monotonic()
-                self._sync_and_upload(shipper, store)
+                self._sync_and_upload(shipper)
                 if once or time.monotonic() >= deadline or self._stop.is_set():
                     break
                 shipper.wait_for_commits(interval, deadline, self._stop, since=started)
@@ -303,35 +349,63 @@ class ShippingRun:
             # Before the final capture: nothing is spooled behind the final drain.
             shipper.stop_tending()
 
-    def _connect(self, take_lease: Callable[[], None]) -> None:
-        """Check the replica's sealing, then take its lease: before anything is written there."""
-        # A replica never mixes plaintext and encrypted objects.
-        check_replica_sealing(self._store(), self.config.sealing)
-        take_lease()
-        self._connected = True
+    def _events(self, link: ReplicaLink) -> ReplicaEvents:
+        def uploaded(pending: list[PendingEntry], uploaded: UploadResult) -> None:
+            if link is self.links[0]:
+                self.report.count_upload(uploaded)
+                self._upload_lag = max(self._upload_lag, uploaded.oldest_captured_at_lag_seconds or 0.0)
+            self.observer.uploaded(pending, uploaded)
 
-    def _unreachable(self, exc: TransientStorageError) -> None:
-        """Storage is down: capture goes on into the durable spool; uploads try again next interval."""
-        self.report.upload_failures += 1
-        self.observer.upload_failed(len(self._spool.pending()) if self._spool else 0, exc)
+        def failed(still_spooled: int, error: TransientStorageError) -> None:
+            self.report.upload_failures += 1
+            self.observer.upload_failed(still_spooled, error)
 
-    def _upload(self, spool: Spool, store: ObjectStore) -> None:
-        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside)."""
-        if not (pending := spool.pending()):
-            return
+        return ReplicaEvents(uploaded, failed, self.observer.replica_behind, self.observer.replica_caught_up)
+
+    def _upload(self) -> None:
+        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside).
+
+        With several replicas each uploads in its own thread: this only wakes them.
+        """
+        spool = self.shipper.spool
         try:
-            if not self._connected:
-                self._connect(lambda: spool.save_lease(acquire_lease(store, self.holder)))
-            uploaded = upload_pending(store, spool, holder=self.holder)
-        except TransientStorageError as exc:
-            self._unreachable(exc)
+            for uploader in self._uploaders:
+                uploader.check()
+            if self._uploaders:
+                for uploader in self._uploaders:
+                    uploader.wake()
+            elif spool.pending():
+                self._drain(self.links[0], spool)
         except SpoolEntryDamagedError:
             self._new_generation_after_damage()
             raise
-        else:
-            self.report.count_upload(uploaded)
-            self._upload_lag = max(self._upload_lag, uploaded.oldest_captured_at_lag_seconds or 0.0)
-            self.observer.uploaded(pending, uploaded)
+
+    def _drain(self, link: ReplicaLink, spool: Spool) -> None:
+        link.drain(spool, self.acks, self.holder, self._events(link))
+
+    def _tend_replicas(self, shipper: Shipper) -> None:
+        """With several replicas: past the spool's cap, one that is down stops holding it back while another
+        keeps up; one that answers again after that gets a snapshot of its own to resume at."""
+        acks = self.acks
+        if shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
+            keeping_up = [link for link in self.links if not link.failing and not acks.behind(link.location)]
+            for link in self.links:
+                if keeping_up and link.failing and not acks.behind(link.location):
+                    link.behind_requested = (
+                        f"it was unreachable while the spool {self.spool_dir} grew past "
+                        f"{self.config.spool_cap_bytes} bytes; the other replicas went on"
+                    )
+        wanting = tuple(link.location for link in self.links if link.wants_bridge)
+        if wanting and not shipper.snapshot_in_progress:
+            self._synced(shipper.take_snapshot(only_for=wanting))
+            if shipper.snapshot_in_progress:
+                for link in self.links:
+                    link.wants_bridge = False
+
+    def _stop_uploaders(self) -> None:
+        uploaders, self._uploaders = self._uploaders, []
+        for uploader in uploaders:
+            uploader.stop()
 
     def _new_generation_after_damage(self) -> None:
         """A damaged entry abandoned the spool's generation (``upload_pending``): begin the next one now, so
@@ -344,37 +418,66 @@ class ShippingRun:
             self._synced(shipper.start_generation(shipper.spool.no_cursor_reason or "a spool entry was damaged"))
 
     def _finish(self, spool: Spool) -> None:
-        """The final drain with the full retry policy, the position, and the lease let go."""
-        if not self._connected:
+        """The final drain of each replica with the full retry policy, its position, and its lease let go.
+
+        Every replica is finished before the run fails for one that could
+        not be (down, or behind): the others' positions are recorded.
+        """
+        self._stop_uploaders()
+        failures: list[TransientStorageError] = []
+        for link in self.links:
             try:
-                self._connect(lambda: self.steps.acquire_lease(self.replica, self.spool_dir, self.holder))
+                self._finish_replica(link, spool)
             except TransientStorageError as exc:
-                self.report.pending_at_end = len(spool.pending())
-                if self.report.pending_at_end:
-                    raise self._still_spooled() from exc
+                failures.append(exc)
+        self.report.pending_at_end = len(spool.pending())
+        self.report.segments_spooled = _segments(spool.pending())
+        self.report.position = self.links[0].report.position
+        self.report.replicas = [link.report for link in self.links]
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise TransientStorageError("; ".join(str(failure) for failure in failures))
+
+    def _finish_replica(self, link: ReplicaLink, spool: Spool) -> None:
+        row = link.report
+        if self.acks.behind(link.location):
+            raise TransientStorageError(
+                f"replica {link.location} is behind ({self.acks.mark(link.location).behind_reason}): it resumes "
+                "at a snapshot of its own once a run reaches it"
+            )
+        if not link.connected:
+            try:
+                link.connect(lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder))
+            except TransientStorageError as exc:
+                row.pending_at_end = self._wanted(link, spool)
+                if row.pending_at_end:
+                    raise self._still_spooled(link) from exc
                 raise
         if pending := spool.pending():
             try:
-                drained = self.steps.drain(self.replica, self.spool_dir, self.holder)
+                drained = self.steps.drain(link.url, self.spool_dir, self.holder)
             except SpoolEntryDamagedError:
                 self._new_generation_after_damage()
                 raise
-            self.report.count_upload(drained)
-            self.observer.uploaded(pending, drained)
-        self.report.pending_at_end = len(spool.pending())
-        self.report.segments_spooled = _segments(spool.pending())
-        if self.report.position is not None:
-            self.steps.record_position(self.replica, self.report.position)
-        if self.report.pending_at_end:
-            raise self._still_spooled()
-        if self.report.position is None and self.shipper.cursor is not None:
+            link.counted(pending, drained, self._events(link))
+        row.pending_at_end = self._wanted(link, spool)
+        if row.position is not None:
+            self.steps.record_position(link.url, row.position)
+        if row.pending_at_end:
+            raise self._still_spooled(link)
+        if row.position is None and self.shipper.cursor is not None:
             # Nothing uploaded and nothing left: the replica holds what the cursor does.
-            self.report.position = self.shipper.cursor.position
-        self.steps.release_lease(self.replica, self.spool_dir)
+            row.position = self.shipper.cursor.position
+        self.steps.release_lease(link.url, self.spool_dir)
 
-    def _still_spooled(self) -> TransientStorageError:
+    def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
+        return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))
+
+    def _still_spooled(self, link: ReplicaLink) -> TransientStorageError:
+        where = f" for {link.location}" if len(self.links) > 1 else ""
         return TransientStorageError(
-            f"{self.report.pending_at_end} entries are still spooled in {self.spool_dir}: storage is "
+            f"{link.report.pending_at_end} entries are still spooled in {self.spool_dir}{where}: storage is "
             "unreachable; they upload when the next run reaches it"
         )
 
@@ -386,9 +489,13 @@ class ShippingRun:
 
     def _spooled(self, pending: list[PendingEntry]) -> None:
         """After each sync's upload: the lag and what is still spooled, and progress when it is due."""
-        oldest = min((entry.cached_at for entry in pending), default=None)
-        backlog = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        self.report.lag_seconds, self._upload_lag = max(self._upload_lag, backlog), 0.0
+        lags = [
+            link.backlog_lag(pending, self.acks, self._upload_lag if link is self.links[0] else 0.0)
+            for link in self.links
+            if not self.acks.behind(link.location)
+        ]
+        self.report.lag_seconds, self._upload_lag = max(lags, default=0.0), 0.0
+        self.report.replicas = [link.report for link in self.links]
         self.report.segments_spooled = _segments(pending)
         self.observer.spooled(pending)
         if (now := time.monotonic()) >= self._progress_due:

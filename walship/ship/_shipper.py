@@ -297,8 +297,12 @@ class Shipper:
         old_enough = (utcnow() - taken).total_seconds() >= self.config.snapshot_seconds
         return old_enough and not self._snapshots.busy
 
-    def take_snapshot(self) -> SyncResult:
+    def take_snapshot(self, only_for: tuple[str, ...] = ()) -> SyncResult:
         """Begin a snapshot of the database at the cursor, inside the current generation.
+
+        ``only_for``: a bridge for these replicas (locations) alone, which
+        missed entries (``walship.acks``); the cursor's snapshot schedule,
+        which the others follow, does not count it.
 
         Restores then start here instead of replaying the whole generation's
         WAL, and retention can let older WAL go. The tail is captured and the
@@ -326,10 +330,13 @@ class Shipper:
                 return SyncResult()
             except ContinuityLostError as lost:
                 return self._recover(str(lost), self.cursor)
-            self._snapshots.start(
-                SnapshotJob(stack.pop_all(), connection, cursor.position, state_at, self._snapshot_spooled)
-            )
+            done = self._bridge_spooled if only_for else self._snapshot_spooled
+            self._snapshots.start(SnapshotJob(stack.pop_all(), connection, cursor.position, state_at, done, only_for))
             return tail
+
+    def _bridge_spooled(self, info: SnapshotInfo) -> None:
+        with self._lock:
+            self._snapshot_taken = info.key
 
     def _snapshot_spooled(self, info: SnapshotInfo) -> None:
         with self._lock:

@@ -41,8 +41,9 @@ def spool_snapshot(
     *,
     database_id: str,
     sealing: Sealing,
+    only_for: tuple[str, ...] = (),
 ) -> SnapshotInfo:
-    """Seal a copy that holds exactly ``position`` and spool it for upload."""
+    """Seal a copy that holds exactly ``position`` and spool it for upload (to ``only_for``'s replicas, if any)."""
     what = f"compressing a snapshot of {source.database}"
     with spool.writing(".zst", what=what, needed=source.size) as zst:
         compressed = seal_file(source.path, zst, sealing)
@@ -55,7 +56,7 @@ def spool_snapshot(
             position=position,
             state_at=state_at,
         )
-        spool.add(new_entry(info), compressed.path)
+        spool.add(new_entry(info, only_for=only_for), compressed.path)
     return info
 
 
@@ -67,6 +68,7 @@ class SnapshotJob(NamedTuple):
     position: WalPosition
     state_at: datetime
     done: Callable[[SnapshotInfo], None]
+    only_for: tuple[str, ...] = ()  # a bridge for these replicas alone (``walship.acks``)
 
 
 class BackgroundSnapshot:
@@ -112,14 +114,20 @@ class BackgroundSnapshot:
             self._thread = None
 
     def _run(self, job: "SnapshotJob") -> None:
-        source, connection, position, state_at, done = job
+        source, connection, position, state_at, done, only_for = job
         try:
             with source, self.spool.snapshot_file(self.database) as target:
                 target.unlink()
                 copy = WalCapture.copy_database(connection, self.database, target)
                 source.close()  # the read transaction ends as soon as the copy is made
                 info = spool_snapshot(
-                    self.spool, copy, position, state_at, database_id=self.database_id, sealing=self.sealing
+                    self.spool,
+                    copy,
+                    position,
+                    state_at,
+                    database_id=self.database_id,
+                    sealing=self.sealing,
+                    only_for=only_for,
                 )
         except SpoolFullError as full:
             self._put_off(str(full))

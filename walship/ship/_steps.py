@@ -25,7 +25,7 @@ __all__ = ["LoggingObserver", "describe_progress", "describe_resync", "drain_spo
 
 def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
     """Take the replica's lease for this run and remember it in the spool (the run's lock holder has it open)."""
-    Spool(spool_dir, lock=False).save_lease(lease.acquire_lease(store, holder))
+    Spool(spool_dir, lock=False).save_lease(store.location, lease.acquire_lease(store, holder))
 
 
 def drain_spool(store: ObjectStore, spool_dir: Path, holder: str) -> upload.UploadResult:
@@ -58,7 +58,7 @@ def describe_progress(database_id: str, report: "ShipReport") -> str:
 
 def let_lease_go(store: ObjectStore, spool_dir: Path) -> None:
     """Release the lease this spool last took, so a successor need not wait for it to expire."""
-    held = Spool(spool_dir, lock=False).load_lease()
+    held = Spool(spool_dir, lock=False).load_lease(store.location)
     if held is not None:
         lease.release_lease(store, held)
 
@@ -86,6 +86,14 @@ class LoggingObserver:
 
     def spooled(self, pending: list[PendingEntry]) -> None:
         pass
+
+    def replica_behind(self, replica: str, reason: str) -> None:
+        self.logger.warning(
+            "replica %s is behind: %s; it resumes at a snapshot of its own when it answers", replica, reason
+        )
+
+    def replica_caught_up(self, replica: str, detail: str) -> None:
+        self.logger.warning("replica %s caught up: %s", replica, detail)
 
     def handover(self, message: str) -> None:
         # Overlapping windows hand over every time: routine, not a warning.

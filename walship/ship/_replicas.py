@@ -1,0 +1,206 @@
+"""One replica of a shipping run: its store, lease, uploads and report, and its own thread when there are several.
+
+Capture is shared; uploads are not. With several replicas each drains the
+spool in its own thread (``ReplicaUploader``), so one that is down or slow
+never delays the others: its backlog waits in the spool (``walship.acks``).
+With one, the run drains it inline, as a sync's own step.
+"""
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from walship.acks import ReplicaAcks
+from walship.envelope import Sealing, check_replica_sealing
+from walship.errors import TransientStorageError
+from walship.lease import acquire_lease
+from walship.models import WalPosition, utcnow
+from walship.spool import PendingEntry, Spool
+from walship.storage import ObjectStore
+from walship.upload import UploadResult, upload_pending
+
+__all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader"]
+
+log = logging.getLogger(__name__)
+
+
+class ReplicaReport(BaseModel):
+    """What one replica of a run received."""
+
+    replica: str  # its location
+    segments_uploaded: int = 0
+    commits_uploaded: int = 0
+    bytes_uploaded: int = 0
+    snapshots_uploaded: list[str] = Field(default_factory=list)
+    upload_failures: int = 0
+    # Capture-to-storage lag or the age of the oldest entry it still needs, at the last sync.
+    lag_seconds: float = 0.0
+    max_lag_seconds: float = 0.0
+    position: WalPosition | None = None
+    behind_since: datetime | None = None
+    # Snapshots it resumed at after it was behind (taken for it alone when none was spooled).
+    resumed_at: list[str] = Field(default_factory=list)
+    pending_at_end: int = 0
+
+    def count_upload(self, uploaded: UploadResult) -> None:
+        self.segments_uploaded += uploaded.segments
+        self.commits_uploaded += uploaded.commits
+        self.bytes_uploaded += uploaded.bytes
+        self.snapshots_uploaded += uploaded.snapshots
+        self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0.0)
+        self.position = uploaded.last_position or self.position
+
+
+class ReplicaEvents:
+    """What a link tells the run's observer: uploads, failures, falling behind and catching up."""
+
+    def __init__(
+        self,
+        uploaded: Callable[[list[PendingEntry], UploadResult], None],
+        failed: Callable[[int, TransientStorageError], None],
+        behind: Callable[[str, str], None],
+        caught_up: Callable[[str, str], None],
+    ) -> None:
+        self.uploaded, self.failed, self.behind, self.caught_up = uploaded, failed, behind, caught_up
+
+
+class ReplicaLink:
+    """One replica of the run: connected (sealing checked, lease held) before anything is written there."""
+
+    def __init__(self, url: str, open_store: Callable[[str], ObjectStore], sealing: Sealing) -> None:
+        self.url, self._open_store, self.sealing = url, open_store, sealing
+        self.connected = False
+        # The last drain failed on storage: the replica is down or unreachable.
+        self.failing = False
+        # It answers again after it was behind, and waits for a snapshot to resume at (``ReplicaAcks.resume``).
+        self.wants_bridge = False
+        # Set by the run (why) when this replica is to stop holding the spool back; done by its own uploader.
+        self.behind_requested: str | None = None
+        self._resuming: str | None = None  # the bridge snapshot it resumed at, until it is stored
+
+    @functools.cached_property
+    def store(self) -> ObjectStore:
+        return self._open_store(self.url)
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    @functools.cached_property
+    def report(self) -> ReplicaReport:
+        return ReplicaReport(replica=self.location)
+
+    def connect(self, take_lease: Callable[[], None]) -> None:
+        """Check the replica's sealing, then take its lease: before anything is written there."""
+        # A replica never mixes plaintext and encrypted objects.
+        check_replica_sealing(self.store, self.sealing)
+        take_lease()
+        self.connected = True
+
+    def drain(self, spool: Spool, acks: ReplicaAcks, holder: str, events: ReplicaEvents) -> None:
+        """Upload what this replica still needs; a storage failure leaves it spooled for the next try."""
+        if self.behind_requested is not None:
+            reason, self.behind_requested = self.behind_requested, None
+            self.fall_behind(acks, reason, events)
+        if not (pending := spool.pending()):
+            return
+        try:
+            if not self.connected:
+                self.connect(lambda: spool.save_lease(self.location, acquire_lease(self.store, holder)))
+            elif acks.behind(self.location):
+                # Proof that it answers again, before its bridge is asked for.
+                spool.save_lease(self.location, acquire_lease(self.store, holder))
+            if acks.behind(self.location) and not self._resume(acks, events):
+                return
+            uploaded = upload_pending(self.store, spool, holder=holder, acks=acks)
+        except TransientStorageError as exc:
+            self.unreachable(exc, len(pending), events)
+            return
+        self.failing = False
+        self.counted(pending, uploaded, events)
+
+    def counted(self, pending: list[PendingEntry], uploaded: UploadResult, events: ReplicaEvents) -> None:
+        self.report.count_upload(uploaded)
+        if self._resuming is not None and self._resuming in uploaded.snapshots:
+            events.caught_up(self.location, f"resumed at snapshot {self._resuming}")
+            self._resuming = None
+        events.uploaded(pending, uploaded)
+
+    def unreachable(self, exc: TransientStorageError, still_spooled: int, events: ReplicaEvents) -> None:
+        self.failing = True
+        self.report.upload_failures += 1
+        events.failed(still_spooled, exc)
+
+    def _resume(self, acks: ReplicaAcks, events: ReplicaEvents) -> bool:
+        """The replica answers again (its lease was taken): whether it may upload now, from its bridge."""
+        try:
+            bridge = acks.resume(self.location)
+        except LookupError:
+            self.wants_bridge = True  # the run takes a snapshot for it
+            return False
+        self.wants_bridge = False
+        self.report.behind_since = None
+        if bridge is None:
+            events.caught_up(self.location, "it missed nothing while behind")
+            return True
+        assert bridge.snapshot is not None
+        self._resuming = bridge.snapshot.key
+        self.report.resumed_at.append(bridge.snapshot.key)
+        return True
+
+    def fall_behind(self, acks: ReplicaAcks, reason: str, events: ReplicaEvents) -> None:
+        acks.fall_behind(self.location, reason)
+        self.report.behind_since = utcnow()
+        events.behind(self.location, reason)
+
+    def backlog_lag(self, pending: list[PendingEntry], acks: ReplicaAcks, upload_lag: float) -> float:
+        """The replica's lag now: the age of the oldest entry it still needs, or the last upload's lag."""
+        oldest = min((e.cached_at for e in pending if acks.wants(self.location, e)), default=None)
+        backlog = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        self.report.lag_seconds = max(upload_lag, backlog)
+        return self.report.lag_seconds
+
+
+class ReplicaUploader:
+    """Drains one replica in a thread of its own whenever it is woken (each sync wakes every replica).
+
+    A failure that is not storage's (a damaged spool entry, a bug) ends the
+    thread and is raised in the run's thread by ``check``.
+    """
+
+    def __init__(self, link: ReplicaLink, drain: Callable[[], None]) -> None:
+        self.link, self._drain = link, drain
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name=f"walship-upload-{link.location}", daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Finish the drain under way (storage's own timeouts bound it), then end."""
+        self._stop.set()
+        self._wake.set()
+        self.thread.join()
+
+    def check(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self._drain()
+            except BaseException as exc:
+                self.failure = exc
+                return
