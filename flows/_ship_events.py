@@ -115,6 +115,13 @@ class ShipEvents:
                 },
             )
 
+    def replica_behind(self, reason: str) -> None:
+        """This replica stopped holding the spool back: it resumes at a snapshot of its own."""
+        self._emit("walship.replica.behind", {"reason": reason})
+
+    def replica_caught_up(self, detail: str) -> None:
+        self._emit("walship.replica.caught-up", {"detail": detail})
+
     def completed(self, segments: int, position: str) -> None:
         """The run ended with everything uploaded."""
         self._emit("walship.ship.completed", {"segments_uploaded": segments, "position": position})

@@ -25,7 +25,15 @@ from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
 from walship.layout import parse_segment_key
 from walship.models import RetryPolicy, WalPosition, utcnow
-from walship.ship import COALESCE_SECONDS, LoggingObserver, ShipConfig, ShippingRun, ShipReport, SyncResult
+from walship.ship import (
+    COALESCE_SECONDS,
+    LoggingObserver,
+    ReplicaReport,
+    ShipConfig,
+    ShippingRun,
+    ShipReport,
+    SyncResult,
+)
 from walship.spool import PendingEntry
 from walship.upload import UploadResult
 
@@ -44,6 +52,9 @@ __all__ = ["ShipReport", "wal_ship_flow"]
 def wal_ship_flow(
     database: Annotated[Path, titled("Database file")],
     replica: Annotated[str, titled("Replica URL", schema={"pattern": REPLICA})],
+    more_replicas: Annotated[
+        list[str], titled("More replica URLs", schema={"items": {"type": "string", "pattern": REPLICA}})
+    ] = [],  # noqa: B006 - never mutated
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
     coalesce: Annotated[float, titled("Coalescing window (s)", gt=0, le=3600)] = COALESCE_SECONDS,
@@ -55,6 +66,7 @@ def wal_ship_flow(
     snapshot_interval: Annotated[float, titled("Snapshot interval (s)", ge=0)] = 3600.0,
     handover_wait: Annotated[float, titled("Hand-over wait (s)", ge=0)] = 0.0,
     progress_interval: Annotated[float, titled("Progress interval (s)", gt=0)] = 60.0,
+    spool_cap_mib: Annotated[float, titled("Spool cap (MiB)", gt=0)] = 1024.0,
     credentials_block: Annotated[
         str | None, titled("Credentials block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
@@ -66,6 +78,7 @@ def wal_ship_flow(
     Args:
         database: Path of the live SQLite database on the worker's host.
         replica: Where segments go: file:///absolute/dir or s3://bucket/prefix[?endpoint=URL].
+        more_replicas: Other replicas that get every segment too, each at its own pace (one capture).
         duration: Seconds the run ships, counted from its start.
         interval: The longest between two syncs (captures and uploads); new commits sync sooner.
         coalesce: New commits sync this long after the previous sync began, sharing one upload (at most interval).
@@ -77,6 +90,8 @@ def wal_ship_flow(
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
         progress_interval: Seconds between two progress lines in the run's logs and updates of its table.
+        spool_cap_mib: Warn when the spool holds more; with several replicas, one that is down stops holding the
+            spool back past it and resumes later at a snapshot of its own.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
@@ -87,11 +102,10 @@ def wal_ship_flow(
     end, and continues its generation."""
     database_id = database_id or database.name
     logger = get_run_logger()
-    events = ShipEvents(database_id, replica, lag_threshold_seconds)
     table = _Table(database, progress_interval, logger)
     run = ShippingRun(
         database,
-        replica,
+        [replica, *more_replicas],
         ShipConfig(
             database_id=database_id,
             level=level,
@@ -100,19 +114,23 @@ def wal_ship_flow(
             progress_seconds=progress_interval,
             coalesce_seconds=coalesce,
             backfill_seconds=interval,
+            spool_cap_bytes=int(spool_cap_mib * (1 << 20)),
         ),
         spool_dir=spool_dir,
         steps=_TaskSteps(retry, credentials_block),
-        observer=_Observer(events, logger, table),
+        observer=(observer := _Observer(logger, table)),
         credentials=block_credentials(credentials_block),
     )
+    # Each replica is a resource of its own: its shipped batches, lag alarms and completions.
+    observer.events = {link.location: ShipEvents(database_id, link.url, lag_threshold_seconds) for link in run.links}
     try:
         with sigterm_ends_window(run.stop):
             report = run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)
     finally:
         table.show(run.report, ended=True)
     # Every successful run, idle or busy: what "no successful shipping for N minutes" watches.
-    events.completed(report.segments_uploaded, str(report.position or ""))
+    for row in report.replicas:
+        observer.events[row.replica].completed(row.segments_uploaded, str(row.position or ""))
     return report
 
 
@@ -136,28 +154,43 @@ class _TaskSteps:
 
 
 class _Observer(LoggingObserver):
-    """The run's log lines (in the flow run's logger), its events, and its table kept current."""
+    """The run's log lines (in the flow run's logger), its events by replica location, and its table kept
+    current."""
 
-    def __init__(self, events: ShipEvents, logger: Any, table: "_Table") -> None:
+    def __init__(self, logger: Any, table: "_Table") -> None:
         super().__init__(logger)
-        self.events, self.table = events, table
+        self.table = table
+        self.events: dict[str, ShipEvents] = {}
+
+    @property
+    def first(self) -> ShipEvents:
+        return next(iter(self.events.values()))
 
     def progress(self, database_id: str, report: ShipReport) -> None:
         super().progress(database_id, report)
         self.table.show(report)
 
     def synced(self, result: SyncResult) -> None:
-        self.events.synced(result)
+        self.first.synced(result)
         super().synced(result)
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None:
-        self.events.uploaded(pending, uploaded)
+        self.events[uploaded.replica].uploaded(pending, uploaded)
 
-    def spooled(self, pending: list[PendingEntry]) -> None:
-        self.events.check_lag(pending)
+    def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
+        (self.events[replica] if replica else self.first).check_lag(pending)
+
+    def replica_behind(self, replica: str, reason: str) -> None:
+        super().replica_behind(replica, reason)
+        self.events[replica].replica_behind(reason)
+
+    def replica_caught_up(self, replica: str, detail: str) -> None:
+        super().replica_caught_up(replica, detail)
+        self.events[replica].replica_caught_up(detail)
 
     def close(self) -> None:
-        self.events.close()
+        for events in self.events.values():
+            events.close()
 
 
 class _Table:
@@ -210,7 +243,20 @@ def _rows(report: ShipReport, window: str) -> list[tuple[str, str]]:
         ("upload failures (retried next interval)", str(report.upload_failures)),
         ("entries still spooled at end (segments and snapshots)", str(report.pending_at_end)),
         ("position", str(report.position or "none")),
+        *(_replica_row(row) for row in report.replicas if len(report.replicas) > 1),
     ]
+
+
+def _replica_row(row: ReplicaReport) -> tuple[str, str]:
+    state = f"behind since {row.behind_since:%H:%M:%S} UTC" if row.behind_since is not None else "keeping up"
+    if row.resumed_at:
+        state += f", resumed at {', '.join(f'`{key}`' for key in row.resumed_at)}"
+    return (
+        f"replica `{row.replica}`",
+        f"{row.segments_uploaded} segments ({human_bytes(row.bytes_uploaded)}); lag {row.lag_seconds:.2f} s "
+        f"(max {row.max_lag_seconds:.2f} s); {row.upload_failures} failed uploads; {state}; "
+        f"position {row.position or 'none'}",
+    )
 
 
 def _resyncs(report: ShipReport) -> str:

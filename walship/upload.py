@@ -26,8 +26,9 @@ __all__ = ["UploadResult", "upload_pending"]
 
 
 class UploadResult(BaseModel):
-    """What one drain of the spool uploaded."""
+    """What one drain of the spool uploaded, to which replica (its location)."""
 
+    replica: str = ""
     snapshots: list[str] = Field(default_factory=list)
     segments: int = 0
     commits: int = 0  # what the uploaded segments hold, whichever run captured them
@@ -51,9 +52,9 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, acks: Repli
     ``SpoolEntryDamagedError`` ends the drain; the shipper starts a new
     generation.
     """
-    result = UploadResult()
-    acks = acks or ReplicaAcks(spool)
     replica = store.location
+    result = UploadResult(replica=replica)
+    acks = acks or ReplicaAcks(spool)
     spool.drop_abandoned()
     wanted = [entry for entry in spool.pending() if acks.wants(replica, entry)]
     if not wanted:

@@ -131,7 +131,7 @@ def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> Retent
 
 def ship(
     database: Path,
-    replica: str,
+    replicas: list[str],
     config: ShipConfig,
     *,
     spool_dir: Path | None,
@@ -142,7 +142,7 @@ def ship(
 ) -> ShipReport:
     one_arena()
     run = ShippingRun(
-        database, replica, config, spool_dir=spool_dir, steps=RetryingSteps(_POLICY), observer=LoggingObserver(log)
+        database, replicas, config, spool_dir=spool_dir, steps=RetryingSteps(_POLICY), observer=LoggingObserver(log)
     )
     with _stopping(run.stop):
         return run.run(duration=duration, interval=interval, once=once, handover_wait=handover_wait)

@@ -190,7 +190,7 @@ def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> Retent
 
 def ship(
     database: Path,
-    replica: str,
+    replicas: list[str],
     config: ShipConfig,
     *,
     spool_dir: Path | None,
@@ -205,7 +205,8 @@ def ship(
 
     return wal_ship_flow(
         database=database,
-        replica=replica,
+        replica=replicas[0],
+        more_replicas=replicas[1:],
         duration=duration,
         interval=interval,
         once=once,
@@ -216,6 +217,7 @@ def ship(
         handover_wait=handover_wait,
         progress_interval=config.progress_seconds,
         coalesce=config.coalesce_seconds,
+        spool_cap_mib=config.spool_cap_bytes / (1 << 20),
         age_recipients=list(config.recipients),
     )
 

@@ -31,7 +31,7 @@ from walship.fleet import PARK_AFTER, plan_fleet
 from walship.models import RestoreResult
 from walship.placement import check_output
 from walship.restore import point_in_time
-from walship.ship import COALESCE_SECONDS, ShipConfig
+from walship.ship import COALESCE_SECONDS, ShipConfig, describe_replica
 from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
 
     snap = commands.add_parser("snapshot", help="take a snapshot of a live database")
     snap.add_argument("database", type=Path)
-    snap.add_argument("--replica", required=True, help="file:///dir or s3://bucket/prefix")
+    snap.add_argument(
+        "--replica",
+        required=True,
+        action="append",
+        help="file:///dir or s3://bucket/prefix; repeat it to snapshot into several replicas",
+    )
     snap.add_argument("--level", type=int, default=codec.DEFAULT_LEVEL, help="zstd level 1-22 (default 3)")
     snap.add_argument("--database-id", help="name of the database in the replica (default: file name)")
     snap.add_argument("--workdir", type=Path, help="ignored: snapshots stream, nothing is written locally")
@@ -89,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     _ship_many_parser(commands)
 
     rest = commands.add_parser("restore", help="restore a database from a replica")
-    rest.add_argument("--replica", required=True)
+    rest.add_argument("--replica", required=True, action="append")
     rest.add_argument("--output", required=True, type=Path)
     when = rest.add_mutually_exclusive_group()
     when.add_argument("--timestamp", help="the state at this ISO 8601 time (UTC if no zone), to segment precision")
@@ -109,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     follow = _standby.add_follow_parser(commands)
 
     keep = commands.add_parser("retention", help="delete old snapshots and WAL that the policy does not keep")
-    keep.add_argument("--replica", required=True)
+    keep.add_argument("--replica", required=True, action="append")
     keep.add_argument("--keep-last", type=int, metavar="N", help="keep the newest N snapshots")
     keep.add_argument("--keep-within", metavar="DURATION", help="keep everything newer than this (7d, 36h, 1d12h)")
     keep.add_argument(
@@ -120,14 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     keep.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
 
     drill = commands.add_parser("verify", help="restore drill: prove the replica restores and its index is true")
-    drill.add_argument("--replica", required=True)
+    drill.add_argument("--replica", required=True, action="append")
     drill.add_argument("--older", action="store_true", help="also restore a random older point")
     drill.add_argument("--database-id", help="fail if the replica holds another database")
     drill.add_argument("--workdir", type=Path, help="directory for the restored files (default: system temp)")
     _age.add_options(writers=(snap, ship), readers=(rest, drill, follow))
 
     stat = commands.add_parser("status", help="show what a replica holds")
-    stat.add_argument("--replica", required=True)
+    stat.add_argument("--replica", required=True, action="append")
     stat.add_argument("--json", action="store_true", help="machine-readable output")
     stat.add_argument(
         "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
@@ -138,7 +143,12 @@ def _parser() -> argparse.ArgumentParser:
 def _ship_parser(commands: "argparse._SubParsersAction[_Parser]") -> _Parser:
     ship = commands.add_parser("ship", help="ship committed WAL continuously")
     ship.add_argument("database", type=Path)
-    ship.add_argument("--replica", required=True)
+    ship.add_argument(
+        "--replica",
+        required=True,
+        action="append",
+        help="file:///dir or s3://bucket/prefix; repeat it to ship to several replicas (one capture, an upload each)",
+    )
     window = ship.add_mutually_exclusive_group()
     window.add_argument("--once", action="store_true", help="one sync and upload, then exit")
     window.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
@@ -154,6 +164,14 @@ def _ship_parser(commands: "argparse._SubParsersAction[_Parser]") -> _Parser:
         f"(default {COALESCE_SECONDS:g}; at most --interval)",
     )
     ship.add_argument("--spool", type=Path, help="spool directory (default: DB-walship beside the database)")
+    ship.add_argument(
+        "--spool-cap",
+        type=float,
+        default=1024.0,
+        metavar="MIB",
+        help="warn when the spool holds more; with several replicas, one that is down stops holding the spool back "
+        "past it and later resumes at a snapshot of its own (default 1024)",
+    )
     ship.add_argument(
         "--handover-wait",
         type=float,
@@ -187,6 +205,7 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
     many.add_argument(
         "--replica",
         required=True,
+        action="append",
         help="URL with {name} (the database's file name), or a base URL under which each database gets <name>/",
     )
     window = many.add_mutually_exclusive_group()
@@ -278,16 +297,27 @@ def _runner(args: argparse.Namespace) -> ModuleType:
     return _flows
 
 
+# The commands that take --replica more than once.
+_SEVERAL_REPLICAS = ("ship", "snapshot")
+
+
 def _run(args: argparse.Namespace) -> int:
+    replicas = [str(parse_replica_url(url)) for url in args.replica] if args.command != "ship-many" else args.replica
+    if len(replicas) > 1 and args.command not in _SEVERAL_REPLICAS:
+        raise UsageError(
+            f"--replica is given {len(replicas)} times: 'walship {args.command}' works on one replica "
+            "(only ship and snapshot take several); run it once per replica"
+        )
+    args.replicas, args.replica = replicas, replicas[0]
     if args.command == "ship-many":
         return _ship_many(args)
     if args.command == "follow":
-        return _standby.follow_command(args, str(parse_replica_url(args.replica)), _runner(args))
+        return _standby.follow_command(args, args.replica, _runner(args))
     return _run_one(args)
 
 
 def _run_one(args: argparse.Namespace) -> int:
-    replica = str(parse_replica_url(args.replica))
+    replica = args.replica
     if args.command == "status":
         status = replica_status(open_store(replica), rebuild=args.rebuild_index)
         print(status.model_dump_json(indent=2) if args.json else status.render())
@@ -296,24 +326,9 @@ def _run_one(args: argparse.Namespace) -> int:
         check_database(args.database)
         codec.validate_level(args.level)
     if args.command == "snapshot":
-        sealing = _age.sealing(args)
-        # Before Prefect starts: a refusal takes milliseconds.
-        store = open_store(replica)
-        check_not_shipped(store)
-        envelope.check_replica_sealing(store, sealing)
-        info = _runner(args).snapshot_database(
-            args.database.resolve(),
-            replica,
-            level=args.level,
-            database_id=args.database_id,
-            workdir=args.workdir,
-            recipients=sealing.recipients,
-        )
-        ratio = info.raw_size / max(info.compressed_size, 1)
-        print(f"snapshot {info.key}: {info.raw_size} -> {info.compressed_size} bytes (ratio {ratio:.2f})")
-        return EXIT_OK
+        return _snapshot(args)
     if args.command == "ship":
-        return _ship(args, replica)
+        return _ship(args)
     if args.command == "verify":
         return _verify(args, replica)
     if args.command == "retention":
@@ -357,13 +372,38 @@ def _restore(args: argparse.Namespace, replica: str) -> int:
     return EXIT_OK
 
 
-def _ship(args: argparse.Namespace, replica: str) -> int:
+def _snapshot(args: argparse.Namespace) -> int:
+    """A snapshot into each replica in turn, each a consistent copy of its own moment."""
+    sealing = _age.sealing(args)
+    for replica in args.replicas:
+        # Before Prefect starts: a refusal takes milliseconds, and comes before any replica is written.
+        store = open_store(replica)
+        check_not_shipped(store)
+        envelope.check_replica_sealing(store, sealing)
+    for replica in args.replicas:
+        info = _runner(args).snapshot_database(
+            args.database.resolve(),
+            replica,
+            level=args.level,
+            database_id=args.database_id,
+            workdir=args.workdir,
+            recipients=sealing.recipients,
+        )
+        ratio = info.raw_size / max(info.compressed_size, 1)
+        where = f" in {replica}" if len(args.replicas) > 1 else ""
+        print(f"snapshot {info.key}{where}: {info.raw_size} -> {info.compressed_size} bytes (ratio {ratio:.2f})")
+    return EXIT_OK
+
+
+def _ship(args: argparse.Namespace) -> int:
     if args.interval <= 0 or args.duration < 0 or args.snapshot_interval < 0 or args.handover_wait < 0:
         raise UsageError(
             "--interval must be positive; --duration, --snapshot-interval and --handover-wait not negative"
         )
     if args.progress_interval <= 0:
         raise UsageError("--progress-interval must be positive")
+    if not args.spool_cap > 0:
+        raise UsageError("--spool-cap must be positive (MiB; default 1024)")
     if not args.coalesce > 0:
         raise UsageError(f"--coalesce must be positive (seconds; default {COALESCE_SECONDS:g})")
     database = args.database.resolve()
@@ -375,10 +415,11 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
         progress_seconds=args.progress_interval,
         coalesce_seconds=args.coalesce,
         backfill_seconds=args.interval,
+        spool_cap_bytes=int(args.spool_cap * (1 << 20)),
     )
     report = _runner(args).ship(
         database,
-        replica,
+        args.replicas,
         config,
         spool_dir=args.spool,
         duration=args.duration,
@@ -398,6 +439,9 @@ def _ship(args: argparse.Namespace, replica: str) -> int:
     for resync in report.resyncs:
         shipped = f"{resync.pages} of {resync.page_count} pages in {resync.key} ({resync.stored_bytes} bytes)"
         print(f"resynced: {shipped}: {resync.reason}")
+    if len(report.replicas) > 1:
+        for row in report.replicas:
+            print(describe_replica(row))
     return EXIT_OK
 
 

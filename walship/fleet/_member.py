@@ -131,7 +131,7 @@ class RowObserver:
             self._failing = True
             self._event("upload-failed", f"{still_spooled} entries stay spooled: {error}")
 
-    def spooled(self, pending: list[PendingEntry]) -> None:
+    def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
         self.row.pending = len(pending)
 
     def replica_behind(self, replica: str, reason: str) -> None:

@@ -81,6 +81,7 @@ class ReplicaLink:
         # Set by the run (why) when this replica is to stop holding the spool back; done by its own uploader.
         self.behind_requested: str | None = None
         self._resuming: str | None = None  # the bridge snapshot it resumed at, until it is stored
+        self._upload_lag = 0.0  # the longest capture-to-storage lag since the last sync
 
     @functools.cached_property
     def store(self) -> ObjectStore:
@@ -125,6 +126,7 @@ class ReplicaLink:
 
     def counted(self, pending: list[PendingEntry], uploaded: UploadResult, events: ReplicaEvents) -> None:
         self.report.count_upload(uploaded)
+        self._upload_lag = max(self._upload_lag, uploaded.oldest_captured_at_lag_seconds or 0.0)
         if self._resuming is not None and self._resuming in uploaded.snapshots:
             events.caught_up(self.location, f"resumed at snapshot {self._resuming}")
             self._resuming = None
@@ -157,11 +159,12 @@ class ReplicaLink:
         self.report.behind_since = utcnow()
         events.behind(self.location, reason)
 
-    def backlog_lag(self, pending: list[PendingEntry], acks: ReplicaAcks, upload_lag: float) -> float:
-        """The replica's lag now: the age of the oldest entry it still needs, or the last upload's lag."""
+    def backlog_lag(self, pending: list[PendingEntry], acks: ReplicaAcks) -> float:
+        """After a sync: the replica's lag, the age of the oldest entry it still needs or the longest
+        capture-to-storage lag of its uploads since the last sync."""
         oldest = min((e.cached_at for e in pending if acks.wants(self.location, e)), default=None)
         backlog = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        self.report.lag_seconds = max(upload_lag, backlog)
+        self.report.lag_seconds, self._upload_lag = max(self._upload_lag, backlog), 0.0
         return self.report.lag_seconds
 
 

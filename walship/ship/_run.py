@@ -128,8 +128,9 @@ class ShipObserver(Protocol):
 
     def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None: ...
 
-    def spooled(self, pending: list[PendingEntry]) -> None:
-        """Once per sync, what is still spooled (for lag alarms)."""
+    def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
+        """Once per sync, what is still spooled (for lag alarms); with several replicas, once per replica (its
+        location) with what it still needs."""
 
     def handover(self, message: str) -> None:
         """Waiting for the database's running shipper, and taking over from it."""
@@ -181,7 +182,6 @@ class ShippingRun:
         self._spool: Spool | None = None
         self._shipper: Shipper | None = None
         self._progress_due = time.monotonic() + config.progress_seconds
-        self._upload_lag = 0.0
 
     def stop(self) -> None:
         """End the window early, as if its time were up: the final capture and drain still run."""
@@ -353,7 +353,6 @@ class ShippingRun:
         def uploaded(pending: list[PendingEntry], uploaded: UploadResult) -> None:
             if link is self.links[0]:
                 self.report.count_upload(uploaded)
-                self._upload_lag = max(self._upload_lag, uploaded.oldest_captured_at_lag_seconds or 0.0)
             self.observer.uploaded(pending, uploaded)
 
         def failed(still_spooled: int, error: TransientStorageError) -> None:
@@ -489,15 +488,15 @@ class ShippingRun:
 
     def _spooled(self, pending: list[PendingEntry]) -> None:
         """After each sync's upload: the lag and what is still spooled, and progress when it is due."""
-        lags = [
-            link.backlog_lag(pending, self.acks, self._upload_lag if link is self.links[0] else 0.0)
-            for link in self.links
-            if not self.acks.behind(link.location)
-        ]
-        self.report.lag_seconds, self._upload_lag = max(lags, default=0.0), 0.0
+        lags = [link.backlog_lag(pending, self.acks) for link in self.links if not self.acks.behind(link.location)]
+        self.report.lag_seconds = max(lags, default=0.0)
         self.report.replicas = [link.report for link in self.links]
         self.report.segments_spooled = _segments(pending)
-        self.observer.spooled(pending)
+        if len(self.links) == 1:
+            self.observer.spooled(pending)
+        else:
+            for link in self.links:
+                self.observer.spooled([e for e in pending if self.acks.wants(link.location, e)], link.location)
         if (now := time.monotonic()) >= self._progress_due:
             self._progress_due = now + self.config.progress_seconds
             self.observer.progress(self.config.database_id, self.report)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from walship import lease, upload
 from walship.errors import TransientStorageError
+from walship.ship._replicas import ReplicaReport
 from walship.ship._results import ResyncSummary, SyncResult, generation_log_level
 from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
@@ -20,7 +21,15 @@ from walship.units import human_bytes
 if TYPE_CHECKING:
     from walship.ship._run import ShipReport
 
-__all__ = ["LoggingObserver", "describe_progress", "describe_resync", "drain_spool", "let_lease_go", "take_lease"]
+__all__ = [
+    "LoggingObserver",
+    "describe_progress",
+    "describe_replica",
+    "describe_resync",
+    "drain_spool",
+    "let_lease_go",
+    "take_lease",
+]
 
 
 def take_lease(store: ObjectStore, spool_dir: Path, holder: str) -> None:
@@ -56,6 +65,21 @@ def describe_progress(database_id: str, report: "ShipReport") -> str:
     )
 
 
+def describe_replica(row: ReplicaReport) -> str:
+    """One line on what one of a run's replicas received, and whether it is behind."""
+    line = (
+        f"replica {row.replica}: {row.segments_uploaded} segments ({row.commits_uploaded} commits) uploaded; "
+        f"position {row.position or '-'}; lag {row.lag_seconds:.1f} s (max {row.max_lag_seconds:.1f} s)"
+    )
+    if row.upload_failures:
+        line += f"; {row.upload_failures} failed uploads"
+    if row.behind_since is not None:
+        line += f"; behind since {row.behind_since:%Y-%m-%d %H:%M:%S}Z"
+    if row.resumed_at:
+        line += f"; resumed at {', '.join(row.resumed_at)}"
+    return line
+
+
 def let_lease_go(store: ObjectStore, spool_dir: Path) -> None:
     """Release the lease this spool last took, so a successor need not wait for it to expire."""
     held = Spool(spool_dir, lock=False).load_lease(store.location)
@@ -84,7 +108,7 @@ class LoggingObserver:
     def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
         self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
 
-    def spooled(self, pending: list[PendingEntry]) -> None:
+    def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
         pass
 
     def replica_behind(self, replica: str, reason: str) -> None:
