@@ -459,6 +459,9 @@ class ShippingRun:
             except SpoolEntryDamagedError:
                 self._new_generation_after_damage()
                 raise
+            except TransientStorageError as exc:
+                row.pending_at_end = self._wanted(link, spool)
+                raise self._still_spooled(link, exc) from exc
             link.counted(pending, drained, self._events(link))
         row.pending_at_end = self._wanted(link, spool)
         if row.position is not None:
@@ -473,11 +476,12 @@ class ShippingRun:
     def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
         return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))
 
-    def _still_spooled(self, link: ReplicaLink) -> TransientStorageError:
+    def _still_spooled(self, link: ReplicaLink, cause: TransientStorageError | None = None) -> TransientStorageError:
         where = f" for {link.location}" if len(self.links) > 1 else ""
+        why = f" ({cause})" if cause is not None else ""
         return TransientStorageError(
             f"{link.report.pending_at_end} entries are still spooled in {self.spool_dir}{where}: storage is "
-            "unreachable; they upload when the next run reaches it"
+            f"unreachable{why}; they upload when the next run reaches it"
         )
 
     def _count_left_by_earlier_run(self, pending: list[PendingEntry]) -> None:
