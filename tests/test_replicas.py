@@ -20,6 +20,7 @@ import pytest
 from bench.workload import content_digest
 from tests.conftest import use_credentials
 from tests.helpers import walship
+from tests.prefect_api import artifacts, database_resource_id, flow_runs_of, read_events
 from tests.s3servers import MotoS3
 from tests.shipping import Ship, WriterGroup, assert_one_line_error, replica_generations, restore, wait_until
 from tests.tcpproxy import TcpProxy
@@ -27,7 +28,7 @@ from walship.acks import ReplicaAcks
 from walship.chain import list_segment_sequences
 from walship.ship import ShipConfig, Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
-from walship.storage import open_store
+from walship.storage import open_store, parse_replica_url
 
 DIRECT: dict[str, str] = {"PREFECT_API_URL": ""}
 A, B = "file:///replica-a", "file:///replica-b"
@@ -197,26 +198,24 @@ class TestOneReplicaDown:
         if env is DIRECT:
             assert re.search(rf"replica {re.escape(local)}: \d+ segments", ship.output), ship.output
 
+    @pytest.mark.parametrize("env", [DIRECT, None], ids=["direct", "prefect"])
     def test_past_the_cap_it_is_behind_then_resumes_at_a_snapshot(
-        self, database: Path, tmp_path: Path, proxied: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
+        self,
+        database: Path,
+        tmp_path: Path,
+        proxied: tuple[str, TcpProxy],
+        api_env: dict[str, str],
+        spawned: list[Ship | WriterGroup],
+        env: dict[str, str] | None,
     ) -> None:
+        env = env if env is not None else api_env
+        database_id = f"behind-{secrets.token_hex(3)}.db"
         down, proxy = proxied
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1, 2], rate=150)
         spawned.append(writers)
-        ship = Ship(
-            database,
-            local,
-            "--replica",
-            down,
-            "--duration",
-            "40",
-            "--interval",
-            "0.5",
-            "--spool-cap",
-            "0.05",
-            env=DIRECT,
-        )
+        options = ("--duration", "40", "--interval", "0.5", "--spool-cap", "0.05", "--database-id", database_id)
+        ship = Ship(database, local, "--replica", down, *options, env=env)
         spawned.append(ship)
         wait_until(lambda: bool(replica_generations(down)), "the first upload", timeout=90)
         proxy.stop()
@@ -233,6 +232,8 @@ class TestOneReplicaDown:
         assert_no_gap(local)
         for replica in (local, down):
             assert_equals_source(replica, database, tmp_path / f"{secrets.token_hex(3)}.db", DIRECT)
+        if env is not DIRECT:
+            assert_told_in_prefect(database_id, down, caught_up[2])
         # The gap it was behind for is the replica's own: a point inside it cannot be restored there, and says so.
         generation = next(iter(replica_generations(down)))
         sequences = list_segment_sequences(open_store(down), generation)
@@ -264,6 +265,21 @@ class TestOneReplicaDown:
         assert again.returncode == 0, again.stderr
         assert_equals_source(down, database, tmp_path / "down.db", DIRECT)
         assert_no_gap(down)
+
+
+def assert_told_in_prefect(database_id: str, replica: str, bridge: str) -> None:
+    """The replica's own events say it fell behind and resumed; the run's table has a row for it."""
+    about = database_resource_id(database_id, str(parse_replica_url(replica)))
+    behind = read_events("walship.replica.behind", resource_id=about)
+    assert len(behind) == 1, behind
+    assert "spool" in behind[0].payload["reason"]
+    caught_up = read_events("walship.replica.caught-up", resource_id=about)
+    assert [e.payload["detail"] for e in caught_up] == [f"resumed at snapshot {bridge}"]
+    (run,) = flow_runs_of(database_id)
+    (table,) = [str(a.data) for a in artifacts(run.id, "markdown")]
+    row = re.search(rf"^\| replica `{re.escape(open_store(replica).location)}` \| (.*) \|$", table, re.MULTILINE)
+    assert row is not None, table
+    assert "keeping up, resumed at" in row[1], row[1]
 
 
 class TestReplicaOptions:
