@@ -283,10 +283,11 @@ def assert_told_in_prefect(database_id: str, replica: str, bridge: str) -> None:
 
 
 class TestReplicaOptions:
-    @pytest.mark.parametrize("command", ["restore", "status", "verify", "retention", "ship-many"])
+    @pytest.mark.parametrize("command", ["restore", "follow", "status", "verify", "retention", "ship-many"])
     def test_commands_of_one_replica_refuse_two(self, command: str, tmp_path: Path) -> None:
         extra = {
             "restore": ["--output", str(tmp_path / "out.db")],
+            "follow": ["--output", str(tmp_path / "copy.db"), "--once"],
             "retention": ["--keep-last", "1"],
             "ship-many": [str(tmp_path / "*.db")],
         }.get(command, [])
