@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from walship.acks import ReplicaAcks
 from walship.envelope import Sealing, check_replica_sealing
-from walship.errors import TransientStorageError
+from walship.errors import StorageError, TransientStorageError
 from walship.lease import acquire_lease
 from walship.models import WalPosition, utcnow
 from walship.spool import PendingEntry, Spool
@@ -61,7 +61,7 @@ class ReplicaEvents:
     def __init__(
         self,
         uploaded: Callable[[list[PendingEntry], UploadResult], None],
-        failed: Callable[[int, TransientStorageError], None],
+        failed: Callable[[int, StorageError], None],
         behind: Callable[[str, str], None],
         caught_up: Callable[[str, str], None],
     ) -> None:
@@ -71,8 +71,11 @@ class ReplicaEvents:
 class ReplicaLink:
     """One replica of the run: connected (sealing checked, lease held) before anything is written there."""
 
-    def __init__(self, url: str, open_store: Callable[[str], ObjectStore], sealing: Sealing) -> None:
+    def __init__(
+        self, url: str, open_store: Callable[[str], ObjectStore], sealing: Sealing, *, alongside_others: bool
+    ) -> None:
         self.url, self._open_store, self.sealing = url, open_store, sealing
+        self.alongside_others = alongside_others
         self.connected = False
         # The last drain failed on storage: the replica is down or unreachable.
         self.failing = False
@@ -82,6 +85,11 @@ class ReplicaLink:
         self.behind_requested: str | None = None
         self._resuming: str | None = None  # the bridge snapshot it resumed at, until it is stored
         self._upload_lag = 0.0  # the longest capture-to-storage lag since the last sync
+
+    @property
+    def tolerated(self) -> type[StorageError]:
+        """The storage failures that leave this replica's entries spooled rather than end the run."""
+        return StorageError if self.alongside_others else TransientStorageError
 
     @functools.cached_property
     def store(self) -> ObjectStore:
@@ -103,7 +111,13 @@ class ReplicaLink:
         self.connected = True
 
     def drain(self, spool: Spool, acks: ReplicaAcks, holder: str, events: ReplicaEvents) -> None:
-        """Upload what this replica still needs; a storage failure leaves it spooled for the next try."""
+        """Upload what this replica still needs; a storage failure leaves it spooled for the next try.
+
+        With one replica only a transient failure does, as any other ends
+        the run. With several, any storage failure of one (its bucket gone,
+        its credentials refused) must not stop the others: it is kept and
+        tried again like an outage, and the run fails at its end naming it.
+        """
         if self.behind_requested is not None:
             reason, self.behind_requested = self.behind_requested, None
             self.fall_behind(acks, reason, events)
@@ -118,7 +132,7 @@ class ReplicaLink:
             if acks.behind(self.location) and not self._resume(acks, events):
                 return
             uploaded = upload_pending(self.store, spool, holder=holder, acks=acks)
-        except TransientStorageError as exc:
+        except self.tolerated as exc:
             self.unreachable(exc, len(pending), events)
             return
         self.failing = False
@@ -132,7 +146,7 @@ class ReplicaLink:
             self._resuming = None
         events.uploaded(pending, uploaded)
 
-    def unreachable(self, exc: TransientStorageError, still_spooled: int, events: ReplicaEvents) -> None:
+    def unreachable(self, exc: StorageError, still_spooled: int, events: ReplicaEvents) -> None:
         self.failing = True
         self.report.upload_failures += 1
         events.failed(still_spooled, exc)

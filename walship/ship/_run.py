@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from walship.acks import ReplicaAcks
 from walship.dblock import ShipperIdentity
-from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError, UsageError
+from walship.errors import IncompleteError, SpoolEntryDamagedError, StorageError, TransientStorageError, UsageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import acquire_lease, holder_for
 from walship.models import WalPosition
@@ -126,7 +126,7 @@ class ShipObserver(Protocol):
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None: ...
 
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None: ...
+    def upload_failed(self, still_spooled: int, error: StorageError) -> None: ...
 
     def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
         """Once per sync, what is still spooled (for lag alarms); with several replicas, once per replica (its
@@ -169,7 +169,10 @@ class ShippingRun:
         # For the window's own uploads (the steps open storage their own way).
         self.credentials = credentials
         self._stores: dict[str, ObjectStore] = {}
-        self.links = [ReplicaLink(url, self._open_store, config.sealing) for url in self.replicas]
+        several = len(self.replicas) > 1
+        self.links = [
+            ReplicaLink(url, self._open_store, config.sealing, alongside_others=several) for url in self.replicas
+        ]
         self._uploaders: list[ReplicaUploader] = []
         self._acks: ReplicaAcks | None = None
         self.spool_dir = (spool_dir or default_spool_dir(database)).resolve()
@@ -355,7 +358,7 @@ class ShippingRun:
                 self.report.count_upload(uploaded)
             self.observer.uploaded(pending, uploaded)
 
-        def failed(still_spooled: int, error: TransientStorageError) -> None:
+        def failed(still_spooled: int, error: StorageError) -> None:
             self.report.upload_failures += 1
             self.observer.upload_failed(still_spooled, error)
 
@@ -423,11 +426,11 @@ class ShippingRun:
         not be (down, or behind): the others' positions are recorded.
         """
         self._stop_uploaders()
-        failures: list[TransientStorageError] = []
+        failures: list[StorageError] = []
         for link in self.links:
             try:
                 self._finish_replica(link, spool)
-            except TransientStorageError as exc:
+            except link.tolerated as exc:
                 failures.append(exc)
         self.report.pending_at_end = len(spool.pending())
         self.report.segments_spooled = _segments(spool.pending())

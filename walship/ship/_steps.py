@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from walship import lease, upload
-from walship.errors import TransientStorageError
+from walship.errors import StorageError
 from walship.ship._replicas import ReplicaReport
 from walship.ship._results import ResyncSummary, SyncResult, generation_log_level
 from walship.spool import PendingEntry, Spool
@@ -105,7 +105,7 @@ class LoggingObserver:
     def uploaded(self, pending: list[PendingEntry], uploaded: upload.UploadResult) -> None:
         pass
 
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
+    def upload_failed(self, still_spooled: int, error: StorageError) -> None:
         self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
 
     def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
