@@ -119,6 +119,12 @@ class ReplicaAcks:
             self._save(resumed.model_copy(update={"stored": just_before, "missed": None}))
             return bridge
 
+    def bridge_spooled(self, replica: str) -> bool:
+        """Whether a snapshot ``replica`` may resume at is spooled already."""
+        with self._lock:
+            missed = self._marks[replica].missed
+            return missed is None or self._bridge(replica, missed) is not None
+
     def _bridge(self, replica: str, missed: EntryOrder) -> PendingEntry | None:
         for entry in self.spool.pending():
             if entry.kind == "snapshot" and entry.order > missed and (not entry.only_for or replica in entry.only_for):
