@@ -26,6 +26,7 @@ from tests.shipping import Ship, WriterGroup, assert_one_line_error, replica_gen
 from tests.tcpproxy import TcpProxy
 from walship.acks import ReplicaAcks
 from walship.chain import list_segment_sequences
+from walship.layout import parse_snapshot_key
 from walship.ship import ShipConfig, Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
 from walship.storage import open_store, parse_replica_url
@@ -241,6 +242,15 @@ class TestOneReplicaDown:
         into_gap = restore(down, tmp_path / "gap.db", DIRECT, "--generation", generation, "--sequence", str(missing))
         assert_one_line_error(into_gap, "is not in the replica")
         assert not (tmp_path / "gap.db").exists()
+        # Status and drills know the gap for what it is: bridged, not lost.
+        status = walship("status", "--replica", down, env=DIRECT)
+        assert status.returncode == 0, status.stderr
+        bridge = parse_snapshot_key(caught_up[2])
+        assert bridge is not None
+        assert f"sequences {missing}-{bridge.sequence} of generation {generation} are not here" in status.stdout
+        assert "problem:" not in status.stdout, status.stdout
+        drill = walship("verify", "--older", "--replica", down, env=DIRECT)
+        assert drill.returncode == 0, drill.stdout + drill.stderr
 
     def test_down_at_the_end_fails_the_run_then_the_next_run_catches_up(
         self, database: Path, tmp_path: Path, proxied: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
