@@ -23,7 +23,7 @@ from flows._stopping import sigterm_ends_window
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.layout import parse_segment_key
+from walship.layout import parse_segment_key, parse_snapshot_key
 from walship.models import RetryPolicy, WalPosition, utcnow
 from walship.ship import (
     COALESCE_SECONDS,
@@ -248,14 +248,16 @@ def _rows(report: ShipReport, window: str) -> list[tuple[str, str]]:
 
 
 def _replica_row(row: ReplicaReport) -> tuple[str, str]:
+    """State first, then counts: a long cell is cut at the table's edge."""
     state = f"behind since {row.behind_since:%H:%M:%S} UTC" if row.behind_since is not None else "keeping up"
-    if row.resumed_at:
-        state += f", resumed at {', '.join(f'`{key}`' for key in row.resumed_at)}"
+    resumed = [parsed.sequence for key in row.resumed_at if (parsed := parse_snapshot_key(key)) is not None]
+    if resumed:
+        state += f", resumed at its snapshot {', '.join(map(str, resumed))}"
+    position = row.position.sequence if row.position is not None else "-"
     return (
         f"replica `{row.replica}`",
-        f"{row.segments_uploaded} segments ({human_bytes(row.bytes_uploaded)}); lag {row.lag_seconds:.2f} s "
-        f"(max {row.max_lag_seconds:.2f} s); {row.upload_failures} failed uploads; {state}; "
-        f"position {row.position or 'none'}",
+        f"{state}; at sequence {position}; lag {row.lag_seconds:.2f} s (max {row.max_lag_seconds:.2f} s); "
+        f"{row.segments_uploaded} segments ({human_bytes(row.bytes_uploaded)}); {row.upload_failures} failed uploads",
     )
 
 

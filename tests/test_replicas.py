@@ -289,7 +289,7 @@ def assert_told_in_prefect(database_id: str, replica: str, bridge: str) -> None:
     (table,) = [str(a.data) for a in artifacts(run.id, "markdown")]
     row = re.search(rf"^\| replica `{re.escape(open_store(replica).location)}` \| (.*) \|$", table, re.MULTILINE)
     assert row is not None, table
-    assert "keeping up, resumed at" in row[1], row[1]
+    assert f"keeping up, resumed at its snapshot {parse_snapshot_key(bridge).sequence}; at sequence" in row[1], row
 
 
 class TestReplicaOptions:

@@ -58,11 +58,15 @@ def describe_progress(database_id: str, report: "ShipReport") -> str:
             f" ({report.segments_uploaded_of_this_run} captured by this run, "
             f"{report.segments_uploaded_of_earlier_run} left by an earlier run)"
         )
-    return (
+    line = (
         f"progress of {database_id}: {report.segments_captured} segments captured "
         f"({report.commits_captured} commits), {uploaded}, {report.segments_spooled} still spooled; "
         f"lag {report.lag_seconds:.1f} s; position {report.position or '-'}"
     )
+    if len(report.replicas) > 1:
+        lags = (f"{r.replica} {'behind' if r.behind_since else f'{r.lag_seconds:.1f} s'}" for r in report.replicas)
+        line += f"; lag by replica: {', '.join(lags)}"
+    return line
 
 
 def describe_replica(row: ReplicaReport) -> str:
@@ -117,7 +121,7 @@ class LoggingObserver:
         )
 
     def replica_caught_up(self, replica: str, detail: str) -> None:
-        self.logger.warning("replica %s caught up: %s", replica, detail)
+        self.logger.info("replica %s caught up: %s", replica, detail)
 
     def handover(self, message: str) -> None:
         # Overlapping windows hand over every time: routine, not a warning.
