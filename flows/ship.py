@@ -90,8 +90,7 @@ def wal_ship_flow(
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
         progress_interval: Seconds between two progress lines in the run's logs and updates of its table.
-        spool_cap_mib: Warn when the spool holds more; with several replicas, one that is down stops holding the
-            spool back past it and resumes later at a snapshot of its own.
+        spool_cap_mib: Warn past this; with several replicas, one down stops holding the spool back past it.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
