@@ -142,6 +142,12 @@ def proxied(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
         yield f"s3://{bucket}/backups/app?endpoint={proxy.endpoint}", proxy
 
 
+@pytest.fixture(params=["direct", "prefect"])
+def env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The CLI without a Prefect API, then with the session's (its server starts only when asked for)."""
+    return DIRECT if request.param == "direct" else request.getfixturevalue("api_env")
+
+
 def assert_equals_source(replica: str, database: Path, output: Path, env: dict[str, str]) -> None:
     result = restore(replica, output, env)
     assert result.returncode == 0, result.stderr
@@ -162,17 +168,14 @@ class TestOneReplicaDown:
     """A replica down for a while never stalls the other; it catches up from the spool, or past the spool's
     cap resumes at a snapshot of its own, in the same generation."""
 
-    @pytest.mark.parametrize("env", [DIRECT, None], ids=["direct", "prefect"])
     def test_down_within_the_cap_catches_up_from_the_spool(
         self,
         database: Path,
         tmp_path: Path,
         proxied: tuple[str, TcpProxy],
-        api_env: dict[str, str],
         spawned: list[Ship | WriterGroup],
-        env: dict[str, str] | None,
+        env: dict[str, str],
     ) -> None:
-        env = env if env is not None else api_env
         down, proxy = proxied
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1, 2], rate=150)
@@ -199,17 +202,14 @@ class TestOneReplicaDown:
         assert hung is not None, ship.output
         assert float(hung[1]) >= 4, "its uploads waited through the stall"
 
-    @pytest.mark.parametrize("env", [DIRECT, None], ids=["direct", "prefect"])
     def test_past_the_cap_it_is_behind_then_resumes_at_a_snapshot(
         self,
         database: Path,
         tmp_path: Path,
         proxied: tuple[str, TcpProxy],
-        api_env: dict[str, str],
         spawned: list[Ship | WriterGroup],
-        env: dict[str, str] | None,
+        env: dict[str, str],
     ) -> None:
-        env = env if env is not None else api_env
         database_id = f"behind-{secrets.token_hex(3)}.db"
         down, proxy = proxied
         local = f"file://{tmp_path / 'local'}"

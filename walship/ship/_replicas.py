@@ -23,28 +23,20 @@ from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
 from walship.upload import UploadResult, upload_pending
 
-__all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader"]
+__all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader", "UploadTally"]
 
 log = logging.getLogger(__name__)
 
 
-class ReplicaReport(BaseModel):
-    """What one replica of a run received."""
+class UploadTally(BaseModel):
+    """What a replica received, summed over a run's drains."""
 
-    replica: str  # its location
     segments_uploaded: int = 0
     commits_uploaded: int = 0
     bytes_uploaded: int = 0
     snapshots_uploaded: list[str] = Field(default_factory=list)
-    upload_failures: int = 0
-    # Capture-to-storage lag or the age of the oldest entry it still needs, at the last sync.
-    lag_seconds: float = 0.0
-    max_lag_seconds: float = 0.0
+    max_lag_seconds: float = 0.0  # capture to storage
     position: WalPosition | None = None
-    behind_since: datetime | None = None
-    # Snapshots it resumed at after it was behind (taken for it alone when none was spooled).
-    resumed_at: list[str] = Field(default_factory=list)
-    pending_at_end: int = 0
 
     def count_upload(self, uploaded: UploadResult) -> None:
         self.segments_uploaded += uploaded.segments
@@ -53,6 +45,19 @@ class ReplicaReport(BaseModel):
         self.snapshots_uploaded += uploaded.snapshots
         self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0.0)
         self.position = uploaded.last_position or self.position
+
+
+class ReplicaReport(UploadTally):
+    """What one replica of a run received, and how it kept up."""
+
+    replica: str  # its location
+    upload_failures: int = 0
+    # Capture-to-storage lag or the age of the oldest entry it still needs, at the last sync.
+    lag_seconds: float = 0.0
+    behind_since: datetime | None = None
+    # Snapshots it resumed at after it was behind (taken for it alone when none was spooled).
+    resumed_at: list[str] = Field(default_factory=list)
+    pending_at_end: int = 0
 
 
 class ReplicaEvents:

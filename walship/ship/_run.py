@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from walship.dblock import ShipperIdentity
 from walship.errors import IncompleteError, SpoolEntryDamagedError, StorageError, UsageError
@@ -28,7 +28,7 @@ from walship.handover import HeldDatabase, hold_database
 from walship.lease import holder_for
 from walship.models import WalPosition
 from walship.ship._fanout import ReplicaSet
-from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport
+from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, UploadTally
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
@@ -42,22 +42,17 @@ _EMPTY_SYNCS = 20
 _EMPTY_SYNC_PAUSE = 0.05
 
 
-class ShipReport(BaseModel):
-    """What one shipping run did."""
+class ShipReport(UploadTally):
+    """What one shipping run did; what it uploaded is the first replica's (``replicas`` has each one's)."""
 
     syncs: int = 0
     segments_captured: int = 0
     commits_captured: int = 0
     bytes_captured: int = 0
-    segments_uploaded: int = 0
-    commits_uploaded: int = 0
-    bytes_uploaded: int = 0
-    snapshots_uploaded: list[str] = Field(default_factory=list)
     checkpoints: int = 0
     generations_started: list[str] = Field(default_factory=list)
     generation_reasons: list[str] = Field(default_factory=list)
     resyncs: list[ResyncSummary] = Field(default_factory=list)
-    max_lag_seconds: float = 0.0
     # Capture-to-storage lag or the oldest spooled entry's age, whichever is larger, at the last sync.
     lag_seconds: float = 0.0
     # An earlier run's captures this run found spooled: it uploads them too, before its own.
@@ -67,8 +62,6 @@ class ShipReport(BaseModel):
     handover_waited_seconds: float | None = None
     upload_failures: int = 0
     pending_at_end: int = 0
-    position: WalPosition | None = None
-    # A row per replica; the upload figures above are the first replica's (all of them with one).
     replicas: list[ReplicaReport] = Field(default_factory=list)
 
     def count_sync(self, result: SyncResult, *, counted: bool = False) -> None:
@@ -83,14 +76,6 @@ class ShipReport(BaseModel):
             self.generation_reasons.append(result.reason or "")
         if result.resync:
             self.resyncs.append(result.resync)
-
-    def count_upload(self, uploaded: UploadResult) -> None:
-        self.segments_uploaded += uploaded.segments
-        self.commits_uploaded += uploaded.commits
-        self.bytes_uploaded += uploaded.bytes
-        self.snapshots_uploaded += uploaded.snapshots
-        self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
-        self.position = uploaded.last_position or self.position
 
     @property
     def segments_uploaded_of_earlier_run(self) -> int:
