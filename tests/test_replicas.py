@@ -13,15 +13,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from bench.workload import content_digest
-from tests.conftest import use_credentials
 from tests.helpers import walship
 from tests.prefect_api import artifacts, database_resource_id, flow_runs_of, read_events
-from tests.s3servers import MotoS3
 from tests.shipping import Ship, WriterGroup, assert_one_line_error, replica_generations, restore, wait_until
 from tests.tcpproxy import TcpProxy
 from walship.acks import ReplicaAcks
@@ -129,19 +126,6 @@ class TestAcknowledgements:
 # End to end --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def proxied(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, TcpProxy]]:
-    """A replica on moto behind a proxy, up at first."""
-    use_credentials(monkeypatch, moto_server)
-    bucket = f"walship-two-{secrets.token_hex(4)}"
-    moto_server.create_bucket(bucket)
-    moto = urlsplit(moto_server.endpoint)
-    assert moto.hostname is not None
-    assert moto.port is not None
-    with TcpProxy(moto.hostname, moto.port) as proxy:
-        yield f"s3://{bucket}/backups/app?endpoint={proxy.endpoint}", proxy
-
-
 @pytest.fixture(params=["direct", "prefect"])
 def env(request: pytest.FixtureRequest) -> dict[str, str]:
     """The CLI without a Prefect API, then with the session's (its server starts only when asked for)."""
@@ -172,11 +156,11 @@ class TestOneReplicaDown:
         self,
         database: Path,
         tmp_path: Path,
-        proxied: tuple[str, TcpProxy],
+        proxied_moto: tuple[str, TcpProxy],
         spawned: list[Ship | WriterGroup],
         env: dict[str, str],
     ) -> None:
-        down, proxy = proxied
+        down, proxy = proxied_moto
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1, 2], rate=150)
         spawned.append(writers)
@@ -206,12 +190,12 @@ class TestOneReplicaDown:
         self,
         database: Path,
         tmp_path: Path,
-        proxied: tuple[str, TcpProxy],
+        proxied_moto: tuple[str, TcpProxy],
         spawned: list[Ship | WriterGroup],
         env: dict[str, str],
     ) -> None:
         database_id = f"behind-{secrets.token_hex(3)}.db"
-        down, proxy = proxied
+        down, proxy = proxied_moto
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1, 2], rate=150)
         spawned.append(writers)
@@ -253,9 +237,9 @@ class TestOneReplicaDown:
         assert drill.returncode == 0, drill.stdout + drill.stderr
 
     def test_down_at_the_end_fails_the_run_then_the_next_run_catches_up(
-        self, database: Path, tmp_path: Path, proxied: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
+        self, database: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
     ) -> None:
-        down, proxy = proxied
+        down, proxy = proxied_moto
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1], rate=100)
         spawned.append(writers)
