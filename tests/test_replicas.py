@@ -153,13 +153,9 @@ class TestOneReplicaDown:
     cap resumes at a snapshot of its own, in the same generation."""
 
     def test_down_within_the_cap_catches_up_from_the_spool(
-        self,
-        database: Path,
-        tmp_path: Path,
-        proxied_moto: tuple[str, TcpProxy],
-        spawned: list[Ship | WriterGroup],
-        env: dict[str, str],
+        self, database: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
     ) -> None:
+        env = DIRECT  # the flow's uploads are the same threads (its mode is tested past the cap)
         down, proxy = proxied_moto
         local = f"file://{tmp_path / 'local'}"
         writers = WriterGroup(database, [1, 2], rate=150)
