@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.workload import content_digest
+from bench.workload import committed_counts, content_digest
 from tests.helpers import walship
 from tests.prefect_api import artifacts, database_resource_id, flow_runs_of, read_events
 from tests.shipping import Ship, WriterGroup, assert_one_line_error, replica_generations, restore, wait_until
@@ -113,6 +113,41 @@ class TestAcknowledgements:
             assert not acks.behind(B)
             assert acks.wants(B, bridge[0])
 
+    def test_a_bridge_holds_what_follows_it_from_the_moment_its_point_is_fixed(self, database: Path) -> None:
+        connection = sqlite3.connect(database, isolation_level=None)
+        with captured(database, 2) as (spool, shipper):
+            acks = ReplicaAcks(spool, [A, B])
+            for entry in spool.pending():
+                acks.stored(A, entry)
+            acks.fall_behind(B, "down")
+            assert spool.pending() == []
+            shipper.take_snapshot(only_for=(B,), fixed=lambda position: acks.expect_bridge(B, position))
+            assert not acks.behind(B), "it resumes at the bridge from the moment the bridge's point is fixed"
+            connection.execute("INSERT INTO notes (body) VALUES ('after the bridge')")
+            shipper.sync()
+            shipper.finish()  # the copy is spooled
+            after = [e for e in spool.pending() if e.kind == "segment"]
+            assert after, "the commit after the bridge was captured"
+            for entry in after:
+                acks.stored(A, entry)
+            bridge = [e for e in spool.pending() if e.kind == "snapshot"]
+            assert keys(spool.pending()) == keys(bridge + after), "what follows the bridge waits for B"
+            assert not acks.waits_for_bridge(B)
+            acks.stored(B, bridge[0])
+            assert acks.mark(B).bridge is None, "stored: what follows may go up"
+        connection.close()
+
+    def test_nothing_goes_up_before_a_bridge_that_is_not_spooled(self, database: Path) -> None:
+        with captured(database, 2) as (spool, shipper):
+            acks = ReplicaAcks(spool, [A, B])
+            cursor = shipper.cursor
+            assert cursor is not None
+            acks.expect_bridge(B, cursor.position)  # a bridge whose copy never arrives
+            assert acks.waits_for_bridge(B)
+            acks.bridge_failed(B, "the copy failed")
+            assert acks.behind(B)
+            assert acks.mark(B).missed is not None
+
     def test_behind_but_missed_nothing_continues_where_it_was(self, database: Path) -> None:
         with captured(database, 2) as (spool, _):
             entries = spool.pending()
@@ -135,7 +170,9 @@ def env(request: pytest.FixtureRequest) -> dict[str, str]:
 def assert_equals_source(replica: str, database: Path, output: Path, env: dict[str, str]) -> None:
     result = restore(replica, output, env)
     assert result.returncode == 0, result.stderr
-    assert content_digest(output) == content_digest(database)
+    restored, source = committed_counts(output), committed_counts(database)
+    assert restored == source, (replica, result.stdout, restored, source)
+    assert content_digest(output) == content_digest(database), replica
 
 
 def assert_no_gap(replica: str) -> None:
@@ -270,6 +307,32 @@ def assert_told_in_prefect(database_id: str, replica: str, bridge: str) -> None:
     row = re.search(rf"^\| replica `{re.escape(open_store(replica).location)}` \| (.*) \|$", table, re.MULTILINE)
     assert row is not None, table
     assert f"keeping up, resumed at its snapshot {parse_snapshot_key(bridge).sequence}; at sequence" in row[1], row
+
+
+class TestBehindThenAlone:
+    def test_a_replica_behind_shipped_alone_next_resumes_at_its_bridge(
+        self, database: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
+    ) -> None:
+        """The operator drops the replica that kept up: the one left behind still gets a bridge, never a
+        chain with a hole after its newest snapshot."""
+        down, proxy = proxied_moto
+        local = f"file://{tmp_path / 'local'}"
+        writers = WriterGroup(database, [1], rate=150)
+        spawned.append(writers)
+        options = ("--duration", "15", "--interval", "0.5", "--spool-cap", "0.05")
+        ship = Ship(database, local, "--replica", down, *options, env=DIRECT)
+        spawned.append(ship)
+        wait_until(lambda: bool(replica_generations(down)), "the first upload", timeout=90)
+        proxy.stop()
+        assert ship.wait_for(_BEHIND, timeout=60), ship.output
+        writers.stop()
+        assert ship.wait() == 1, ship.output
+        assert f"replica {open_store(down).location} is behind" in ship.output
+        proxy.start()
+        alone = walship("--verbose", "ship", str(database), "--replica", down, "--duration", "5", env=DIRECT)
+        assert alone.returncode == 0, alone.stderr
+        assert "caught up: resumed at snapshot" in alone.stderr, alone.stderr
+        assert_equals_source(down, database, tmp_path / "down.db", DIRECT)
 
 
 class TestReplicaOptions:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from walship.acks import ReplicaAcks
 from walship.errors import StorageError, TransientStorageError, UsageError
+from walship.layout import format_snapshot_key
 from walship.lease import acquire_lease
 from walship.models import WalPosition
 from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, ReplicaUploader
@@ -98,7 +99,7 @@ class ReplicaSet:
             uploader.check()
         for uploader in self._uploaders:
             uploader.wake()
-        if not self.several and spool.pending():
+        if not self.several and (spool.pending() or self.acks.behind(self.links[0].location)):
             self._drain(self.links[0], spool)
 
     def _drain(self, link: ReplicaLink, spool: Spool) -> None:
@@ -117,21 +118,41 @@ class ReplicaSet:
         return max(lags, default=0.0)
 
     def tend(self, shipper: Shipper) -> SyncResult:
-        """After a sync, with several replicas: the spool's cap, and the snapshots replicas back from behind
-        resume at (what the shipper began for them)."""
-        if not self.several:
-            return SyncResult()
-        if shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
+        """After a sync: with several replicas the spool's cap; then the snapshots replicas back from behind
+        resume at (what the shipper began for them). A run of one replica may find it behind too, when an
+        earlier run shipped to several."""
+        if self.several and shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
             self._release_failing()
         acks = self.acks
-        wanting = tuple(r.location for r in self.links if r.wants_bridge and not acks.bridge_spooled(r.location))
+        if not shipper.snapshot_in_progress:
+            for link in self.links:
+                if acks.waits_for_bridge(link.location):
+                    acks.bridge_failed(link.location, "the snapshot it was to resume at could not be spooled")
+        wanting = [r for r in self.links if r.wants_bridge and not acks.bridge_spooled(r.location)]
         if not wanting or shipper.snapshot_in_progress:
             return SyncResult()
-        began = shipper.take_snapshot(only_for=wanting)
-        if shipper.snapshot_in_progress:
-            for link in self.links:
-                link.wants_bridge = False
-        return began
+
+        def resume_there(position: WalPosition) -> None:
+            for link in wanting:
+                acks.expect_bridge(link.location, position)
+                link.resuming_at(format_snapshot_key(position.generation, position.sequence))
+
+        return shipper.take_snapshot(only_for=tuple(r.location for r in wanting), fixed=resume_there)
+
+    def bridge_before_end(self, shipper: Shipper) -> SyncResult:
+        """At the run's end: a replica behind that answers now gets its bridge snapshot begun, so that the final
+        drain (after the shipper finished spooling it) resumes it, idle database or not. The uploaders stop
+        first: from here on the run's steps drain, one replica after another."""
+        self.close()
+        spool = shipper.spool
+        for link in self.links:
+            if self.acks.behind(link.location) and not self.acks.bridge_spooled(link.location):
+                try:
+                    link.probe(spool, self.holder)
+                except StorageError:
+                    continue  # still down: the run ends naming it
+                link.wants_bridge = True
+        return self.tend(shipper)
 
     def _release_failing(self) -> None:
         """Past the spool's cap, a replica whose uploads fail while another keeps up stops holding the spool."""
@@ -167,7 +188,7 @@ class ReplicaSet:
 
     def _finish_one(self, link: ReplicaLink, spool: Spool, cursor: WalPosition | None) -> None:
         row = link.report
-        if self.acks.behind(link.location):
+        if self.acks.behind(link.location) and not link.resume(self.acks, self.events(link)):
             raise TransientStorageError(
                 f"replica {link.location} is behind ({self.acks.mark(link.location).behind_reason}): it resumes "
                 "at a snapshot of its own once a run reaches it"

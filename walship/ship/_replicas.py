@@ -9,6 +9,7 @@ With one, the run drains it inline, as a sync's own step.
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -26,6 +27,9 @@ from walship.upload import UploadResult, upload_pending
 __all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader", "UploadTally"]
 
 log = logging.getLogger(__name__)
+
+# How often a replica behind is asked whether it answers again, whatever the syncs' pace.
+PROBE_SECONDS = 5.0
 
 
 class UploadTally(BaseModel):
@@ -90,6 +94,7 @@ class ReplicaLink:
         self.behind_requested: str | None = None
         self._resuming: str | None = None  # the bridge snapshot it resumed at, until it is stored
         self._upload_lag = 0.0  # the longest capture-to-storage lag since the last sync
+        self._next_probe = 0.0  # monotonic: when a replica behind is asked again whether it answers
 
     @property
     def tolerated(self) -> type[StorageError]:
@@ -126,15 +131,18 @@ class ReplicaLink:
         if self.behind_requested is not None:
             reason, self.behind_requested = self.behind_requested, None
             self.fall_behind(acks, reason, events)
-        if not (pending := spool.pending()):
+        behind = acks.behind(self.location)
+        pending = spool.pending()
+        if not (pending or behind) or (behind and time.monotonic() < self._next_probe):
             return
         try:
+            if behind:
+                self._next_probe = time.monotonic() + PROBE_SECONDS
             if not self.connected:
                 self.connect(lambda: spool.save_lease(self.location, acquire_lease(self.store, holder)))
-            elif acks.behind(self.location):
-                # Proof that it answers again, before its bridge is asked for.
-                spool.save_lease(self.location, acquire_lease(self.store, holder))
-            if acks.behind(self.location) and not self._resume(acks, events):
+            elif behind:
+                self.probe(spool, holder)
+            if behind and not self.resume(acks, events):
                 return
             uploaded = upload_pending(self.store, spool, holder=holder, acks=acks)
         except self.tolerated as exc:
@@ -156,8 +164,15 @@ class ReplicaLink:
         self.report.upload_failures += 1
         events.failed(still_spooled, exc)
 
-    def _resume(self, acks: ReplicaAcks, events: ReplicaEvents) -> bool:
+    def probe(self, spool: Spool, holder: str) -> None:
+        """Proof that a replica behind answers again (its lease taken again), before its bridge is asked for."""
+        spool.save_lease(self.location, acquire_lease(self.store, holder))
+        self.failing = False  # it answers: no reason to let it fall behind again before it tries to upload
+
+    def resume(self, acks: ReplicaAcks, events: ReplicaEvents) -> bool:
         """The replica answers again (its lease was taken): whether it may upload now, from its bridge."""
+        if not acks.behind(self.location):
+            return True  # resumed meanwhile, at a bridge taken for it (``resuming_at``)
         try:
             bridge = acks.resume(self.location)
         except LookupError:
@@ -172,6 +187,13 @@ class ReplicaLink:
         self._resuming = bridge.snapshot.key
         self.report.resumed_at.append(bridge.snapshot.key)
         return True
+
+    def resuming_at(self, key: str) -> None:
+        """A snapshot taken for it alone (``ReplicaAcks.expect_bridge``): it resumes there."""
+        self.wants_bridge = False
+        self.report.behind_since = None
+        self._resuming = key
+        self.report.resumed_at.append(key)
 
     def fall_behind(self, acks: ReplicaAcks, reason: str, events: ReplicaEvents) -> None:
         acks.fall_behind(self.location, reason)

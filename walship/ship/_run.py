@@ -244,6 +244,7 @@ class ShippingRun:
         """
         try:
             self._catch_up()
+            self._synced(self.replica_set.bridge_before_end(self.shipper))
             self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
             if caught_up is not None:
