@@ -13,7 +13,7 @@ import pytest
 from tests.s3servers import MotoS3
 from tests.torture.__main__ import torture
 from tests.torture.schedule import VERSION
-from tests.torture.seeds import FAILED, SECONDS, SPREAD
+from tests.torture.seeds import FAILED, SECONDS, SPREAD, SPREAD_VERSION, TWO_REPLICAS
 
 
 def run_seed(seed: int, tmp_path: Path, moto: MotoS3, seconds: float = SECONDS, version: int = VERSION) -> None:
@@ -24,7 +24,13 @@ def run_seed(seed: int, tmp_path: Path, moto: MotoS3, seconds: float = SECONDS, 
 
 @pytest.mark.parametrize("seed", SPREAD[::2])
 def test_torture_seed(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
-    run_seed(seed, tmp_path, moto_server)
+    run_seed(seed, tmp_path, moto_server, version=SPREAD_VERSION)
+
+
+@pytest.mark.parametrize("seed", sorted(TWO_REPLICAS)[::2])
+def test_two_replicas(seed: int, tmp_path: Path, moto_server: MotoS3) -> None:
+    """One of two replicas unreachable now and then (what each covers: tests/torture/seeds.py)."""
+    run_seed(seed, tmp_path, moto_server, TWO_REPLICAS[seed].seconds, TWO_REPLICAS[seed].version)
 
 
 @pytest.mark.parametrize("seed", sorted(FAILED)[::2])

@@ -49,13 +49,14 @@ def main() -> int:
     deadline = time.monotonic() + args.total
     seeds = [args.seed] if args.seed is not None else None
     failed: list[int] = []
-    ran = 0
+    ran = two = 0
     with MotoS3() as moto:
         while True:
             seed = seeds.pop() if seeds else random.SystemRandom().randrange(1, 10**6)
             started = time.monotonic()
             run, failures = torture(seed, args.length, root / f"seed-{seed}", moto, args.version)
             ran += 1
+            two += run.plan.second_replica
             took = time.monotonic() - started
             if failures:
                 failed.append(seed)
@@ -67,13 +68,15 @@ def main() -> int:
                     print(f"  {failure}", flush=True)
                 print(f"  replay: make torture SEED={seed} LENGTH={args.length:g} VERSION={args.version}", flush=True)
             else:
-                print(f"seed {seed}: ok in {took:.0f} s ({len(run.happened)} events)", flush=True)
+                replicas = ", two replicas" if run.plan.second_replica else ""
+                print(f"seed {seed}: ok in {took:.0f} s ({len(run.happened)} events{replicas})", flush=True)
                 for line in run.happened if args.verbose else []:
                     print(f"  {line}", flush=True)
                 shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
             if args.seed is not None or time.monotonic() >= deadline:
                 break
-    print(f"{ran} seeds, {len(failed)} failed{': ' + ', '.join(map(str, failed)) if failed else ''}")
+    which = f": {', '.join(map(str, failed))}" if failed else ""
+    print(f"{ran} seeds ({two} with two replicas), {len(failed)} failed{which}")
     return 1 if failed else 0
 
 

@@ -1,7 +1,8 @@
-"""One torture run: writers, a shipper (or a fleet), the plan's faults; then ``Checks`` on what the replica holds."""
+"""One torture run: writers, a shipper (or a fleet), the plan's faults; then ``Checks`` on what the replicas hold."""
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from tests.s3servers import MotoS3, s3_client
 from tests.tcpproxy import TcpProxy
 from tests.torture.fleet import handles_sigterm, holds_files_of, lock_names
 from tests.torture.schedule import CHECKPOINT_MODES, Event, Plan
+from tests.torture.second import SecondReplica
+from tests.torture.shipper import Shipper
 from walship.fleet import replica_for
+from walship.storage import open_store
 
 __all__ = ["Shipper", "TortureRun"]
 
@@ -39,35 +43,6 @@ _READER = (
 )
 
 
-class Shipper:
-    """One ``walship ship`` (or ``ship-many``) process, its output in a file, and how it ended."""
-
-    def __init__(self, number: int, command: list[str], log: Path, env: dict[str, str]) -> None:
-        self.number = number
-        self.log = log
-        self.started = time.time()
-        with log.open("w") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        self.signal: str | None = None
-        self.signalled_at: float | None = None
-        self.ended_at: float | None = None
-        self.successor: Shipper | None = None  # the shipper it handed the database over to
-
-    def end(self, how: signal.Signals) -> int:
-        self.signal, self.signalled_at = how.name, time.time()
-        self.process.send_signal(how)
-        return self.wait()
-
-    def wait(self) -> int:
-        code = self.process.wait(timeout=120)
-        self.ended_at = self.ended_at or time.time()
-        return code
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 class TortureRun:
     """Run ``plan`` for ``seconds`` in ``workdir``; ``moto`` is the S3 server when the plan asks for one."""
 
@@ -87,14 +62,22 @@ class TortureRun:
         self._bucket: tuple[MotoS3, str] | None = None  # kept on a failed check (keep_replica)
         self.spool: Path | None = None  # on a small filesystem of its own (``spool_disk``)
         self.replica = ""  # the database's replica, which the checks read
+        self.first_location = ""  # where walship's lines name it
         self.shipped_to = ""  # the shipper's --replica (a fleet's base URL)
         self.pause = workdir / "pause"  # the writers commit nothing while it exists
         self.not_parked: list[str] = []  # park events whose fleet never parked the idle database
+        self.second = SecondReplica(plan, moto) if plan.second_replica else None  # tests/torture/second.py
 
     # Setting up ---------------------------------------------------------------------
 
     @contextlib.contextmanager
     def storage(self) -> Iterator[None]:
+        """The replica, and the second one when the plan has one."""
+        with self._storage(), self.second.storage(self.env) if self.second else contextlib.nullcontext():
+            yield
+
+    @contextlib.contextmanager
+    def _storage(self) -> Iterator[None]:
         """The replica: a local directory, or a bucket on moto behind a proxy that outages stop."""
         if self.plan.backend == "local":
             self._replica(f"file://{self.workdir / 'replica'}")
@@ -120,7 +103,12 @@ class TortureRun:
                 server.stop()
 
     def keep_replica(self) -> None:
-        """After a failed check: the bucket's objects into ``replica-kept/`` (a local replica stays as it is)."""
+        """After a failed check: the bucket's objects into ``replica-kept/`` (a local replica stays as it is), and
+        a spool on a filesystem of its own into ``spool-kept/``."""
+        if self.spool is not None and self.spool.exists():
+            shutil.copytree(self.spool, self.workdir / "spool-kept", dirs_exist_ok=True)
+        if self.second is not None:
+            self.second.keep(self.workdir)
         if self._bucket is None:
             return
         server, bucket = self._bucket
@@ -136,6 +124,7 @@ class TortureRun:
         """A fleet is given a base URL and ships the database under it (``<base>/app.db``)."""
         self.shipped_to = url
         self.replica = replica_for(url, self.database) if self.plan.fleet else url
+        self.first_location = open_store(self.replica).location
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -202,26 +191,27 @@ class TortureRun:
 
     def start_shipper(self, *, handover_wait: float = 0.0) -> Shipper:
         number = len(self.shippers) + 1
-        command = [
+        command = self.ship_command("--duration", "3600", "--handover-wait", str(handover_wait))
+        shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
+        self.shippers.append(shipper)
+        return shipper
+
+    def ship_command(self, *window: str) -> list[str]:
+        return [
             WALSHIP,
             "--verbose",
             "ship-many" if self.plan.fleet else "ship",
             str(self.database),
             "--replica",
             self.shipped_to,
-            "--duration",
-            "3600",
+            *(self.second.options() if self.second else []),
+            *window,
             "--interval",
             str(self.plan.interval),
-            "--handover-wait",
-            str(handover_wait),
             *(["--spool", str(self.spool)] if self.spool else []),
             *(["--park-after", str(self.plan.park_after)] if self.plan.fleet else []),
             *(["--coalesce", str(self.plan.coalesce)] if self.plan.coalesce else []),
         ]
-        shipper = Shipper(number, command, self.logs / f"ship{number}.log", self.env)
-        self.shippers.append(shipper)
-        return shipper
 
     @property
     def shipper(self) -> Shipper:
@@ -237,11 +227,15 @@ class TortureRun:
         self.started = time.time()
         self.start_shipper()
         self.start_writers()
+        if self.second is not None:
+            self.second.start_outages(self.started, self.note)
         for event in self.plan.events:
             time.sleep(max(0.0, self.started + event.at - time.time()))
             self.note(f"{event.kind} {event.detail} gap {event.gap}".replace("  ", " "))
             self._apply(event)
             self._restart_if_ended()
+        if self.second is not None:
+            self.second.stop_outages(at_once=False)
         time.sleep(max(0.0, self.started + self.seconds - time.time()))
         self.finish()
 
@@ -260,14 +254,16 @@ class TortureRun:
         self.stop_writers()
         self.note("writers stopped")
         self._restart_if_ended()
-        self._last_window()
-        if self.shipper.process.returncode == 1:
+        self.last_window()
+        if self.second is not None:
+            self.second.after_the_end(self)  # an --once with both replicas follows a failed end
+        elif self.shipper.process.returncode == 1:
             # It failed saying why (checks hold it to a damaged entry or a full spool): the operator's next run
             # must ship what that one left spooled or in the WAL, and end cleanly.
             self.start_shipper()
-            self._last_window()
+            self.last_window()
 
-    def _last_window(self) -> None:
+    def last_window(self) -> None:
         self.wait_until_holding(self.shipper)
         time.sleep(self.plan.interval * 2 + 0.5)
         code = self.shipper.end(signal.SIGTERM)
@@ -295,7 +291,8 @@ class TortureRun:
         elif kind == "handover":
             old = self.shipper
             self.wait_until_holding(old)  # a successor that came first would leave it nothing to hand over
-            old.successor = self.start_shipper(handover_wait=60)
+            # A run ending with a replica down tries it for a while (walship's retry policy) before it exits.
+            old.successor = self.start_shipper(handover_wait=180 if self.second else 60)
             time.sleep(0.3 + event.gap / 4)
             self.note(f"shipper {old.number} SIGTERM for a hand-over: exit {old.end(signal.SIGTERM)}")
         elif kind == "checkpoint":

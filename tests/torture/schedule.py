@@ -3,7 +3,7 @@
 import random
 from typing import NamedTuple
 
-__all__ = ["CHECKPOINT_MODES", "KINDS", "PARKED_ACTIONS", "VERSION", "Event", "Plan", "plan"]
+__all__ = ["CHECKPOINT_MODES", "KINDS", "PARKED_ACTIONS", "VERSION", "Event", "Outage", "Plan", "plan"]
 
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 
@@ -32,7 +32,9 @@ _KINDS_V1 = {
 _KINDS_V2 = {**_KINDS_V1, "stall": 1, "damage": 1, "spool-full": 1}
 # Version 4 adds no kind: it draws the shipper's --coalesce window.
 _KINDS_V4 = {**_KINDS_V2, "park": 3}
-KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: _KINDS_V4, 4: _KINDS_V4, 5: {**_KINDS_V4, "reader": 2}}
+_KINDS_V5 = {**_KINDS_V4, "reader": 2}
+# Version 6 adds no kind either: it draws a second replica and its outages (``second_replica``).
+KINDS = {1: _KINDS_V1, 2: _KINDS_V2, 3: _KINDS_V4, 4: _KINDS_V4, 5: _KINDS_V5, 6: _KINDS_V5}
 VERSION = max(KINDS)
 
 # What a ``park`` event does while the database is parked.
@@ -46,6 +48,11 @@ _NOT_FOR_A_FLEET = {"spool-full"}
 
 # Faults of the storage, through the proxy in front of moto.
 _STORAGE_FAULTS = {"outage", "stall", "damage"}
+# The kinds that end the running shipper (or may).
+_ENDS_A_RUN = {"kill", "term", "gap", "handover", "replace", "page-size", "reader", "damage", "spool-full"}
+# How long a replica must stay down under one run, past the spool cap, to fall behind (walship uploads to it
+# and fails first: some 5 s with its S3 client's own retries).
+_BEHIND_AFTER = 7.0
 
 
 class Event(NamedTuple):
@@ -53,6 +60,14 @@ class Event(NamedTuple):
     kind: str
     gap: float  # seconds the shipper (or storage, or the writers) stay away
     detail: str  # a checkpoint mode, a page size
+
+
+class Outage(NamedTuple):
+    """The second replica unreachable: from ``at`` (seconds after the writers started) for ``seconds``."""
+
+    at: float
+    seconds: float
+    how: str  # "stop": connections refused and reset; "stall": connections hang
 
 
 class Plan(NamedTuple):
@@ -66,6 +81,11 @@ class Plan(NamedTuple):
     fleet: bool = False  # shipped by ``walship ship-many`` (which parks the idle database) instead of ``ship``
     park_after: float = 0.0  # the fleet's --park-after
     coalesce: float = 0.0  # the shipper's --coalesce (0: its default); longer than interval too
+    # A second replica (on moto, behind a proxy of its own): ``ship --replica R1 --replica R2``.
+    second_replica: bool = False
+    spool_cap: float = 0.0  # the shipper's --spool-cap in MiB (0: its default)
+    second_outages: tuple[Outage, ...] = ()  # the second replica down and back, apart from the other events
+    second_down_at: float = 0.0  # from then on down until the run's end (0: never)
 
 
 def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
@@ -105,4 +125,39 @@ def plan(seed: int, seconds: float, version: int = VERSION) -> Plan:
             run_plan = run_plan._replace(events=tuple(events), spool_mib=0, fleet=True, park_after=park_after)
     if version >= 4:  # drawn last again
         run_plan = run_plan._replace(coalesce=rng.choice((0.0, 0.05, 0.15, 0.35, 0.7)))
+    if version >= 6 and not run_plan.fleet:  # drawn last again; a fleet ships to one replica
+        run_plan = second_replica(rng, run_plan, seconds)
     return run_plan
+
+
+def second_replica(rng: random.Random, run_plan: Plan, seconds: float) -> Plan:
+    """Most single shippers get a second replica that is down now and then: a spool cap so small that its
+    backlog outgrows it (it falls behind, and resumes at a snapshot of its own), or a large one (it catches up
+    from the spool). Its outages come and go on their own clock; now and then it stays down at the end."""
+    if rng.random() >= 0.7:
+        return run_plan
+    small = rng.random() < 0.5
+    cap = round(rng.uniform(0.05, 1.0), 2) if small else rng.choice((0.0, 64.0, 256.0))
+    down_at = round(seconds - rng.uniform(1.0, 6.0), 2) if rng.random() < 0.35 else 0.0
+    back_by = (down_at or seconds) - 0.5
+    outages: list[Outage] = []
+    events = run_plan.events
+    at = rng.uniform(0.3, 3.0)
+    while at < back_by - 1.0:
+        length = round(min(rng.uniform(1.0, 10.0), back_by - at), 2)
+        how = rng.choice(("stop", "stop", "stall"))
+        if small and not outages:
+            # A replica falls behind once an upload to it failed (some 5 s into an outage) while the spool is past
+            # the cap and a run goes on: the first outage is a long one that no event ends the shipper in.
+            length, how = round(min(rng.uniform(6.0, 10.0), back_by - at), 2), "stop"
+            events = tuple(e for e in events if not (at - 1.0 <= e.at <= at + _BEHIND_AFTER and _ends_a_run(e)))
+        outages.append(Outage(round(at, 2), length, how))
+        at += length + rng.uniform(0.5, 4.0)
+    return run_plan._replace(
+        events=events, second_replica=True, spool_cap=cap, second_outages=tuple(outages), second_down_at=down_at
+    )
+
+
+def _ends_a_run(event: Event) -> bool:
+    """Whether ``event`` ends the running shipper (or may: a damaged entry, a full spool)."""
+    return event.kind in _ENDS_A_RUN or (event.kind == "park" and event.detail == "restart")

@@ -1,4 +1,5 @@
-"""The seeds ``make test`` replays: a fixed spread, and every seed that ever failed (with what it found).
+"""The seeds ``make test`` replays: a fixed spread, a few with two replicas, and every seed that ever failed (with
+what it found).
 
 Seeds that failed are kept here for good, whatever fixed them.
 """
@@ -9,6 +10,9 @@ SECONDS = 8.0  # each schedule's length in ``make test``
 
 # A spread of schedules: both backends, every kind of event, single shippers and fleets that park the database.
 SPREAD = tuple(range(1, 21))
+# The spread's schedules as version 5 drew them: from version 6 most single shippers ship to a second replica too,
+# whose outages make a run longer (a run ending with it down tries it for a while); TWO_REPLICAS covers those.
+SPREAD_VERSION = 5
 
 
 class Failed(NamedTuple):
@@ -16,6 +20,30 @@ class Failed(NamedTuple):
     version: int  # the schedule's version (tests/torture/schedule.py)
     found: str
 
+
+# "One of two replicas unreachable" (schedule version 6), replayed at their own length and version: what each
+# covers, and what it found when it was added.
+TWO_REPLICAS: dict[int, Failed] = {
+    14: Failed(
+        8.0,
+        6,
+        "a large spool cap; the shipper ended three times while the second replica was down: exited 1 naming the "
+        "first replica, which was reachable ('entries are still spooled ... storage is unreachable': the final "
+        "drain's acknowledgements are not the run's)",
+    ),
+    15: Failed(
+        8.0,
+        6,
+        "the second replica hanging, then down until the end: that run exits 1 naming it and ship --once catches "
+        "it up; found the same false failure naming the first replica at a maintenance stop during the stall",
+    ),
+    119: Failed(
+        8.0,
+        6,
+        "a small spool cap: the second replica falls behind (a damaged entry besides); found that ship --once never "
+        "resumes a replica behind (nothing spooled: it never asks for its bridge snapshot); a run with commits does",
+    ),
+}
 
 # Replayed at their own length and version.
 FAILED: dict[int, Failed] = {
