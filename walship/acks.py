@@ -62,6 +62,11 @@ class ReplicaAcks:
             with self._lock:
                 self._sweep()
 
+    def reload(self) -> None:
+        """Read the marks again: a drain run apart (the run's final steps) stored entries through its own."""
+        with self._lock:
+            self._marks = {replica: self._load(replica) for replica in self.replicas}
+
     @property
     def several(self) -> bool:
         return len(self.replicas) > 1

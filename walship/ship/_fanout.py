@@ -205,9 +205,12 @@ class ReplicaSet:
             try:
                 drained = self.steps.drain(link.url, self.spool_dir, self.holder)
             except TransientStorageError as exc:
+                self.acks.reload()
                 row.pending_at_end = self._wanted(link, spool)
                 raise self._still_spooled(link, exc) from exc
             link.counted(pending, drained, self.events(link))
+        # The step drained through acknowledgements of its own, read from the spool: read what it stored.
+        self.acks.reload()
         row.pending_at_end = self._wanted(link, spool)
         if row.position is not None:
             self.steps.record_position(link.url, row.position)
