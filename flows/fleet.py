@@ -58,6 +58,10 @@ _API_RECHECK = 5.0
 def ship_fleet_flow(
     databases: Annotated[list[str], titled("Databases", min_length=1)],
     replica: Annotated[str, titled("Replica URL or template", schema={"pattern": REPLICA})],
+    more_replicas: Annotated[
+        list[str],
+        titled("More replica URLs or templates", schema={"items": {"type": "string", "pattern": REPLICA}}),
+    ] = [],  # noqa: B006 - never mutated
     duration: Annotated[float, titled("Run duration (s)", ge=0)] = 600.0,
     interval: Annotated[float, titled("Sync interval (s)", gt=0, le=3600)] = 1.0,
     coalesce: Annotated[float, titled("Coalescing window (s)", ge=0, le=3600)] = 0.0,
@@ -73,11 +77,13 @@ def ship_fleet_flow(
     ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> FleetReport:
-    """Ship every database ``databases`` names for ``duration`` seconds, each into its own replica.
+    """Ship every database ``databases`` names for ``duration`` seconds, each into its own replica (one per
+    template: ``replica`` and ``more_replicas``, from one capture).
 
     Args:
         databases: Paths or glob patterns of the databases on the worker's host (matched anew each run).
         replica: Base URL (each database under <base>/<file name>) or a template with {name}.
+        more_replicas: Other bases or templates: each database goes to one replica per template too (one capture).
         duration: Seconds the window lasts.
         interval: Seconds between two syncs of an active database.
         coalesce: A written database syncs this long after its previous sync began; 0: interval less an upload.
@@ -93,7 +99,7 @@ def ship_fleet_flow(
 
     Fails (``FleetFailedError``, with the report), after every database finished, if any failed."""
     logger = get_run_logger()
-    members, unmatched = plan_fleet(databases, replica)
+    members, unmatched = plan_fleet(databases, [replica, *more_replicas])
     for pattern in unmatched:
         logger.warning("%r matched no database file", pattern)
     events = _Events(str(flow_run.get_id() or ""))
@@ -203,11 +209,13 @@ def _api_up() -> bool:
 
 
 def _publish(replica: str, report: FleetReport) -> None:
-    table = [
+    table: list[dict[str, str]] = []
+    for d, state, position, lag, error, replicas in report.table():
         # "none", not "-": the UI renders a cell as markdown, where a lone "-" is a list bullet.
-        {"database": d, "state": state, "position": position, "max lag": lag, "last error": error or "none"}
-        for d, state, position, lag, error in report.table()
-    ]
+        row = {"database": d, "state": state, "position": position, "max lag": lag, "last error": error or "none"}
+        if replicas:  # last: a long cell is cut at the table's edge; with one template it only repeats it
+            row["replicas"] = ", ".join(replicas)
+        table.append(row)
     create_table_artifact(
         table=table,
         key=artifact_key("ship-fleet", "fleet", replica),

@@ -118,12 +118,12 @@ def _fan_out(task: Task[..., DatabaseOutcome], parameters: list[dict[str, Any]],
 
 
 def _outcome(member: FleetMember, state: State[SnapshotInfo]) -> DatabaseOutcome:
-    run_id = state.state_details.flow_run_id
+    where, run_id = {"database": member.database, "replica": member.replica}, state.state_details.flow_run_id
     if state.is_completed():
-        return DatabaseOutcome(**member.model_dump(), ok=True, summary=_describe(state.result()), flow_run_id=run_id)
+        return DatabaseOutcome(**where, ok=True, summary=_describe(state.result()), flow_run_id=run_id)
     error = state.result(raise_on_failure=False)
     message = str(error) if isinstance(error, BaseException) else (state.message or state.name)
-    return DatabaseOutcome(**member.model_dump(), ok=False, summary=message, flow_run_id=run_id)
+    return DatabaseOutcome(**where, ok=False, summary=message, flow_run_id=run_id)
 
 
 def _unmatched(patterns: list[str]) -> list[DatabaseOutcome]:

@@ -62,6 +62,12 @@ def _copy_argv(command: list[str], scene: Scene, replica: str = "") -> list[str]
     return [*command, "--replica", replica or scene.good, "--output", str(scene.work / "copy.db")]
 
 
+def _fleet_argv(scene: Scene, second: str) -> list[str]:
+    """ship-many of the scene's database to a template and ``second``."""
+    first = f"file://{scene.work}/replicas/{{name}}"
+    return ["ship-many", str(scene.database), "--replica", first, "--replica", second]
+
+
 ROWS = [
     Row("follow", "once", lambda s: _copy_argv(["follow", "--once"], s), 0, "", _kept_copy),
     Row("follow", "failure", lambda s: _copy_argv(["follow", "--once"], s, s.no_bucket), 1, "bucket"),
@@ -207,6 +213,27 @@ ROWS = [
     ),
     Row(
         "ship-many", "usage", lambda s: ["ship-many", str(s.work / "none-*.db"), "--replica", s.fresh], 2, "no database"
+    ),
+    Row(
+        "ship-many",
+        "two-replicas",
+        lambda s: [*_fleet_argv(s, f"file://{s.work}/second"), "--once"],
+        0,
+        "",
+    ),
+    Row(
+        "ship-many",
+        "one-of-two-failing",
+        lambda s: [*_fleet_argv(s, s.no_bucket.replace("/app?", "/{name}?")), "--once"],
+        1,
+        "1 of 1 databases failed",
+    ),
+    Row(
+        "ship-many",
+        "same-replica-twice",
+        lambda s: [*_fleet_argv(s, f"file://{s.work}/replicas/"), "--once"],
+        2,
+        "named by two",
     ),
     Row(
         "ship-many",

@@ -88,7 +88,7 @@ def test_a_parked_database_wakes_at_its_change(small_database: Path, tmp_path: P
     [database] = database_copies(tmp_path / "dbs", small_database, 1)
     stores = SharedStores()
     fleet = FleetShipping(
-        [FleetMember(database=database, replica=f"file://{tmp_path / 'replica'}")],
+        [FleetMember(database=database, replicas=[f"file://{tmp_path / 'replica'}"])],
         lambda m: ShipConfig(database_id=m.database.name),
         RetryingSteps(stores=stores),
         stores=stores,

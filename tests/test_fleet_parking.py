@@ -28,7 +28,7 @@ DIRECT = {"PREFECT_API_URL": ""}
 def _fleet(databases: list[Path], replicas: Path, **options: float) -> FleetShipping:
     stores = SharedStores()
     return FleetShipping(
-        [FleetMember(database=db, replica=f"file://{replicas / db.name}") for db in databases],
+        [FleetMember(database=db, replicas=[f"file://{replicas / db.name}"]) for db in databases],
         lambda m: ShipConfig(database_id=m.database.name),
         RetryingSteps(stores=stores),
         stores=stores,

@@ -7,6 +7,7 @@ a replica on moto behind a proxy that goes down and comes back.
 """
 
 import contextlib
+import logging
 import re
 import secrets
 import sqlite3
@@ -19,12 +20,21 @@ import pytest
 from bench.workload import committed_counts, content_digest
 from tests.helpers import walship
 from tests.prefect_api import artifacts, database_resource_id, flow_runs_of, read_events
-from tests.shipping import Ship, WriterGroup, assert_one_line_error, replica_generations, restore, wait_until
+from tests.shipping import (
+    Ship,
+    WriterGroup,
+    app_commits,
+    assert_one_line_error,
+    replica_generations,
+    restore,
+    wait_until,
+)
 from tests.tcpproxy import TcpProxy
 from walship.acks import ReplicaAcks
 from walship.chain import list_segment_sequences
+from walship.fleet import RetryingSteps
 from walship.layout import parse_snapshot_key
-from walship.ship import ShipConfig, Shipper
+from walship.ship import LoggingObserver, ShipConfig, Shipper, ShippingRun
 from walship.spool import PendingEntry, Spool, default_spool_dir
 from walship.storage import open_store, parse_replica_url
 
@@ -296,6 +306,23 @@ class TestOneReplicaDown:
         assert_no_gap(down)
 
 
+class TestTheEnd:
+    def test_what_the_end_captures_reaches_every_replica(self, database: Path, tmp_path: Path) -> None:
+        """The final drain's step acknowledges on the spool's marks; the run reads them back, so a replica that
+        stored everything is not reported as still needing what another has yet to store."""
+        replicas = [f"file://{tmp_path / name}" for name in ("one", "two")]
+        observer = LoggingObserver(logging.getLogger("walship"))
+        config = ShipConfig(database_id=database.name)
+        run = ShippingRun(database, replicas, config, spool_dir=None, steps=RetryingSteps(), observer=observer)
+        run.begin()
+        app_commits(database, 10)  # no sync before the end: its final capture alone takes them
+        report = run.end()
+        assert report.pending_at_end == 0
+        assert [row.pending_at_end for row in report.replicas] == [0, 0]
+        for replica in replicas:
+            assert_equals_source(replica, database, tmp_path / f"{secrets.token_hex(3)}.db", DIRECT)
+
+
 def assert_told_in_prefect(database_id: str, replica: str, bridge: str) -> None:
     """The replica's own events say it fell behind and resumed; the run's table has a row for it."""
     about = database_resource_id(database_id, str(parse_replica_url(replica)))
@@ -338,13 +365,12 @@ class TestBehindThenAlone:
 
 
 class TestReplicaOptions:
-    @pytest.mark.parametrize("command", ["restore", "follow", "status", "verify", "retention", "ship-many"])
+    @pytest.mark.parametrize("command", ["restore", "follow", "status", "verify", "retention"])
     def test_commands_of_one_replica_refuse_two(self, command: str, tmp_path: Path) -> None:
         extra = {
             "restore": ["--output", str(tmp_path / "out.db")],
             "follow": ["--output", str(tmp_path / "copy.db"), "--once"],
             "retention": ["--keep-last", "1"],
-            "ship-many": [str(tmp_path / "*.db")],
         }.get(command, [])
         result = walship(command, *extra, "--replica", A, "--replica", B, env=DIRECT)
         assert result.returncode == 2, result.stderr

@@ -150,7 +150,7 @@ def ship(
 
 def ship_many(
     members: list[FleetMember],
-    replica: str,
+    replicas: list[str],
     *,
     patterns: list[str],
     duration: float,

@@ -224,7 +224,7 @@ def ship(
 
 def ship_many(
     members: list[FleetMember],
-    replica: str,
+    replicas: list[str],
     *,
     patterns: list[str],
     duration: float,
@@ -244,7 +244,8 @@ def ship_many(
     # The flow plans again from the patterns (as a deployment's runs do); ``members`` was the CLI's check.
     return ship_fleet_flow(
         databases=patterns,
-        replica=replica,
+        replica=replicas[0],
+        more_replicas=replicas[1:],
         duration=duration,
         interval=interval,
         once=once,

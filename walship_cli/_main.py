@@ -206,7 +206,8 @@ def _ship_many_parser(commands: "argparse._SubParsersAction[_Parser]") -> None:
         "--replica",
         required=True,
         action="append",
-        help="URL with {name} (the database's file name), or a base URL under which each database gets <name>/",
+        help="URL with {name} (the database's file name), or a base URL under which each database gets <name>/; "
+        "repeat it to ship each database to several replicas (one capture, an upload each)",
     )
     window = many.add_mutually_exclusive_group()
     window.add_argument("--once", action="store_true", help="one sync and upload of each database, then exit")
@@ -298,7 +299,7 @@ def _runner(args: argparse.Namespace) -> ModuleType:
 
 
 # The commands that take --replica more than once.
-_SEVERAL_REPLICAS = ("ship", "snapshot")
+_SEVERAL_REPLICAS = ("ship", "ship-many", "snapshot")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -306,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     if len(replicas) > 1 and args.command not in _SEVERAL_REPLICAS:
         raise UsageError(
             f"--replica is given {len(replicas)} times: 'walship {args.command}' works on one replica "
-            "(only ship and snapshot take several); run it once per replica"
+            "(only ship, ship-many and snapshot take several); run it once per replica"
         )
     args.replicas, args.replica = replicas, replicas[0]
     if args.command == "ship-many":
@@ -455,7 +456,7 @@ def _ship_many(args: argparse.Namespace) -> int:
     if not args.coalesce >= 0:
         raise UsageError("--coalesce must not be negative (seconds; 0: --interval less an upload's time)")
     codec.validate_level(args.level)
-    members, unmatched = plan_fleet(args.patterns, args.replica)  # a bad template fails here, before any work
+    members, unmatched = plan_fleet(args.patterns, args.replicas)  # a bad template fails here, before any work
     for pattern in unmatched:
         print(f"walship: warning: {pattern!r} matched no database file", file=sys.stderr)
     if not members:
@@ -464,7 +465,7 @@ def _ship_many(args: argparse.Namespace) -> int:
     try:
         report = _runner(args).ship_many(
             members,
-            args.replica,
+            args.replicas,
             patterns=args.patterns,
             duration=args.duration,
             interval=args.interval,
@@ -478,8 +479,10 @@ def _ship_many(args: argparse.Namespace) -> int:
         )
     except FleetFailedError as exc:
         report, failure = exc.report, exc
-    for database, state, position, lag, error in report.table():
-        print(f"{state:<8}  {database}  {position}  max lag {lag}" + (f"  {error}" if error else ""))
+    for database, state, position, lag, error, replicas in report.table():
+        # Where it goes only when that is more than its template's one place; the others in the artifact.
+        where = f"  to {replicas[0]} +{len(replicas) - 1} more" if replicas else ""
+        print(f"{state:<8}  {database}  {position}  max lag {lag}{where}" + (f"  {error}" if error else ""))
     print(report.summary())
     if failure is not None:
         raise failure

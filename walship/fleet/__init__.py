@@ -1,4 +1,4 @@
-"""A fleet: many databases of one host shipped by one process, each into a replica of its own.
+"""A fleet: many databases of one host shipped by one process, each into a replica of its own per template.
 
 ``plan_fleet`` turns patterns into databases and replicas; ``FleetShipping``
 runs one ``walship.ship.ShippingRun`` per database (its own spool, lock,

@@ -1,4 +1,4 @@
-"""What a fleet's run reports: a row per database (its state, position, lag, last error), and its failure."""
+"""What a fleet's run reports: a row per database (its state, replicas, position, lag, last error), and its failure."""
 
 from enum import StrEnum
 
@@ -21,7 +21,10 @@ class FleetRow(BaseModel):
     """One database of the fleet."""
 
     database: str
-    replica: str
+    replica: str  # its first replica (events name it)
+    more_replicas: list[str] = Field(default_factory=list)  # the others, one per further template
+    # With several replicas, those its run could not finish at its end (down, or behind): the failure names them.
+    failed_replicas: list[str] = Field(default_factory=list)
     state: RowState = RowState.SHIPPING
     position: str | None = None
     max_lag_seconds: float = 0.0
@@ -31,6 +34,10 @@ class FleetRow(BaseModel):
     pending: int = 0
     upload_failures: int = 0
     last_error: str | None = None
+
+    @property
+    def replicas(self) -> list[str]:
+        return [self.replica, *self.more_replicas]
 
 
 class FleetReport(BaseModel):
@@ -46,7 +53,7 @@ class FleetReport(BaseModel):
     def failure_message(self) -> str:
         """What ``FleetFailedError`` says: how many failed, and the first few by name."""
         failed = self.failed
-        names = ", ".join(row.database for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        names = ", ".join(_failed_name(row) for row in failed[:5]) + (", ..." if len(failed) > 5 else "")
         return f"{len(failed)} of {len(self.rows)} databases failed ({names}): each one's row says why"
 
     def summary(self) -> str:
@@ -55,8 +62,9 @@ class FleetReport(BaseModel):
         segments = sum(r.segments_uploaded for r in self.rows)
         return f"{len(self.rows)} databases in {self.seconds:.0f} s: {shown}; {segments} segments uploaded"
 
-    def table(self) -> list[tuple[str, str, str, str, str]]:
-        """(database, state, position, max lag, last error) per row, for a terminal or an artifact."""
+    def table(self) -> list[tuple[str, str, str, str, str, list[str]]]:
+        """(database, state, position, max lag, last error, replicas) per row, for a terminal or an artifact;
+        replicas only for a database with several (one template: where it goes is the template's)."""
         return [
             (
                 r.database,
@@ -64,6 +72,11 @@ class FleetReport(BaseModel):
                 r.position or "-",
                 f"{r.max_lag_seconds:.2f} s",
                 " ".join((r.last_error or "").split()),
+                r.replicas if r.more_replicas else [],
             )
             for r in self.rows
         ]
+
+
+def _failed_name(row: FleetRow) -> str:
+    return f"{row.database} to {', '.join(row.failed_replicas)}" if row.failed_replicas else row.database

@@ -43,7 +43,9 @@ from walship.fleet._member import (
     Totals,
     caught_up_record,
     forget_caught_up,
+    holding_on,
     read_caught_up,
+    unfinished_replicas,
 )
 from walship.fleet._memory import lean_sqlite
 from walship.fleet._plan import FleetMember
@@ -100,10 +102,7 @@ class FleetShipping:
         self.window = coalesce or budget_window(interval)
         self._config_for, self._steps, self._stores = config_for, steps, stores
         self._notify = notify or (lambda event: None)
-        self._members = [
-            Member(m, FleetRow(database=str(m.database), replica=m.replica), Activity(m.database.absolute()))
-            for m in members
-        ]
+        self._members = [Member.of(m) for m in members]
         self._workers = workers
         self._open_files = open_files
         self._stop = threading.Event()
@@ -212,7 +211,8 @@ class FleetShipping:
                 # captured while hot (their stats were not looked at then) and by checkpoints.
                 member.idle_delay = self.poll
             else:
-                if now - member.last_change >= (_PARK_AGAIN if member.park_again else self._park_after()):
+                idle_for = _PARK_AGAIN if member.park_again else self._park_after()
+                if now - member.last_change >= idle_for and not holding_on(member.run):
                     self._submit(member, pool, self._park)
                     return self.poll
                 if now - member.last_step >= self.idle_sync:
@@ -270,7 +270,7 @@ class FleetShipping:
 
     def _make_room(self, now: float, pool: ThreadPoolExecutor) -> None:
         """Every slot is held and a written database waits: park the longest idle one (if any is idle)."""
-        idle = [m for m in self._members if m.run is not None and not m.busy and not m.done]
+        idle = [m for m in self._members if m.run is not None and not m.busy and not m.done and not holding_on(m.run)]
         oldest = min(idle, key=lambda m: m.last_change, default=None)
         if oldest is not None and now - oldest.last_change >= _PARK_UNDER_PRESSURE:
             self._submit(oldest, pool, self._park)
@@ -298,7 +298,7 @@ class FleetShipping:
 
     def _caught_up(self, member: Member) -> bool:
         """True when the database has not changed since a run recorded it caught up: it stays closed."""
-        recorded = read_caught_up(member.spec.database.absolute())
+        recorded = read_caught_up(member.spec.database.absolute(), member.spec.replicas)
         if recorded is None:
             return False
         seen, position = recorded
@@ -348,7 +348,7 @@ class FleetShipping:
             return False
         run = MemberRun(
             spec.database.absolute(),
-            spec.replica,
+            spec.replicas,
             self._config_for(spec),
             spool_dir=None,
             steps=self._steps,
@@ -403,9 +403,11 @@ class FleetShipping:
         run = member.run
         assert run is not None
         try:
-            run.end(caught_up=None if seen is None else lambda: caught_up_record(seen, run.report.position))
+            record = None if seen is None else lambda: caught_up_record(seen, run.report.position, run.replicas)
+            run.end(caught_up=record)
         except Exception as exc:
             self._copy(member)
+            member.row.failed_replicas = unfinished_replicas(run)
             self._let_go(member)
             self._failed(member, exc)
             return False

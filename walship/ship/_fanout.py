@@ -179,7 +179,10 @@ class ReplicaSet:
         for link in self.links:
             try:
                 self._finish_one(link, spool, cursor)
+                link.failing = False
             except link.tolerated as exc:
+                # Whichever step failed (drain, position, lease): the caller may ask which replicas were not finished.
+                link.failing = True
                 failures.append(exc)
         if len(failures) == 1:
             raise failures[0]
@@ -222,6 +225,8 @@ class ReplicaSet:
         self.steps.release_lease(link.url, self.spool_dir)
 
     def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
+        # The final drain's step acknowledged on the spool's marks, not on the run's copy of them.
+        self.acks.reload()
         return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))
 
     def _still_spooled(self, link: ReplicaLink, cause: TransientStorageError | None = None) -> TransientStorageError:

@@ -86,7 +86,7 @@ class ReplicaLink:
         self.url, self._open_store, self.sealing = url, open_store, sealing
         self.alongside_others = alongside_others
         self.connected = False
-        # The last drain failed on storage: the replica is down or unreachable.
+        # Its last drain (at the run's end: its finishing) failed on storage: the replica is down or unreachable.
         self.failing = False
         # It answers again after it was behind, and waits for a snapshot to resume at (``ReplicaAcks.resume``).
         self.wants_bridge = False
