@@ -92,11 +92,6 @@ class ReplicaAcks:
             if not any(self.wants(other, entry) for other in self.replicas):
                 self._remove(entry)
 
-    def reload(self) -> None:
-        """Read every mark again: a drain with acknowledgements of its own (a final drain's step) wrote them."""
-        with self._lock:
-            self._marks = {replica: self._load(replica) for replica in self.replicas}
-
     def mark(self, replica: str) -> ReplicaMark:
         return self._marks.get(replica) or ReplicaMark(replica=replica)
 

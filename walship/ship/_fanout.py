@@ -225,8 +225,6 @@ class ReplicaSet:
         self.steps.release_lease(link.url, self.spool_dir)
 
     def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
-        # The final drain's step acknowledged on the spool's marks, not on the run's copy of them.
-        self.acks.reload()
         return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))
 
     def _still_spooled(self, link: ReplicaLink, cause: TransientStorageError | None = None) -> TransientStorageError:
