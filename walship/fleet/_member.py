@@ -15,8 +15,7 @@ from walship.fleet._activity import Activity, Signature
 from walship.fleet._plan import FleetMember
 from walship.fleet._rows import FleetRow
 from walship.fleet._stores import SharedStores
-from walship.ship import ShippingRun, ShipReport, SyncResult
-from walship.ship._replicas import ReplicaEvents, ReplicaLink
+from walship.ship import ReplicaEvents, ReplicaLink, ShippingRun, ShipReport, SyncResult
 from walship.spool import CAUGHT_UP, PendingEntry, default_spool_dir
 from walship.storage import ObjectStore
 from walship.upload import UploadResult

@@ -1,6 +1,6 @@
 """WAL shipping: capture committed frames into the spool (``Shipper``), and one run's window of it (``ShippingRun``)."""
 
-from walship.ship._replicas import ReplicaReport
+from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport
 from walship.ship._results import COALESCE_SECONDS, ResyncSummary, ShipConfig, SyncResult
 from walship.ship._run import ShipObserver, ShippingRun, ShipReport, ShipSteps
 from walship.ship._shipper import Shipper
@@ -18,6 +18,8 @@ from walship.ship._watch import budget_window, sync_due
 __all__ = [
     "COALESCE_SECONDS",
     "LoggingObserver",
+    "ReplicaEvents",
+    "ReplicaLink",
     "ReplicaReport",
     "ResyncSummary",
     "ShipConfig",
