@@ -7,10 +7,12 @@ a replica on moto behind a proxy that goes down and comes back.
 """
 
 import contextlib
+import itertools
 import logging
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +168,41 @@ class TestAcknowledgements:
             assert keys(spool.pending()) == keys(entries), "A still needs every entry"
             assert acks.resume(B) is None
             assert all(acks.wants(B, e) for e in entries)
+
+
+class TestSpoolUnderUploaders:
+    def test_listing_the_spool_while_another_thread_empties_generations(self, tmp_path: Path) -> None:
+        """Uploaders remove entries, and a generation's directory with its last one, while the run lists the
+        spool: a directory gone is an empty one, never an error."""
+        spool = Spool(tmp_path / "spool")
+        stop, errors = threading.Event(), []
+
+        def churn() -> None:
+            for n in itertools.count():
+                if stop.is_set():
+                    return
+                generation = spool.root / "pending" / f"g{n % 7}"
+                generation.mkdir(exist_ok=True)
+                (generation / "00000000000000000001.wal.zst").write_bytes(b"x")
+                (generation / "00000000000000000001.wal.zst").unlink()
+                with contextlib.suppress(OSError):
+                    generation.rmdir()
+
+        thread = threading.Thread(target=churn)
+        thread.start()
+        deadline = time.monotonic() + 2
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    spool.pending()
+                    spool.pending_bytes()
+                except OSError as exc:
+                    errors.append(exc)
+        finally:
+            stop.set()
+            thread.join()
+            spool.close()
+        assert errors == []
 
 
 # End to end --------------------------------------------------------------------------------

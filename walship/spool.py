@@ -441,19 +441,27 @@ class Spool:
         state it holds.
         """
         entries = []
-        for path in (self.root / "pending").glob("*/*.json"):
-            try:
-                entries.append(PendingEntry.model_validate_json(path.read_bytes()))
-            except FileNotFoundError:
-                continue  # uploaded everywhere since the listing (another replica's uploader removed it)
+        for path in self._pending_files():
+            if path.suffix == ".json":
+                with contextlib.suppress(FileNotFoundError):  # uploaded everywhere since the listing
+                    entries.append(PendingEntry.model_validate_json(path.read_bytes()))
         return sorted(entries, key=lambda e: e.order)
 
     def pending_bytes(self) -> int:
         total = 0
-        for path in (self.root / "pending").glob("*/*"):
+        for path in self._pending_files():
             with contextlib.suppress(FileNotFoundError):  # uploaded everywhere since the listing
                 total += path.stat().st_size
         return total
+
+    def _pending_files(self) -> Iterator[Path]:
+        """The files under pending/, generation by generation. With several replicas another thread removes
+        entries meanwhile, and a generation's directory with its last one: a directory gone is simply empty."""
+        for generation in (self.root / "pending").iterdir():
+            try:
+                yield from generation.iterdir()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
 
     def discard_uncaptured(self, cursor: WalCursor | None) -> int:
         """Remove entries the cursor never reached (a crash between spooling and the cursor),

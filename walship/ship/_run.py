@@ -234,7 +234,7 @@ class ShippingRun:
 
         self._synced(shipper.sync(upload), counted=True)
         self._spooled(shipper.spool.pending())
-        self._synced(self.replica_set.tend(shipper))
+        self._synced(self.replica_set.tend(shipper), counted=True)
 
     def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed.
@@ -244,7 +244,7 @@ class ShippingRun:
         """
         try:
             self._catch_up()
-            self._synced(self.replica_set.bridge_before_end(self.shipper))
+            self._synced(self.replica_set.bridge_before_end(self.shipper), counted=True)
             self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
             if caught_up is not None:
