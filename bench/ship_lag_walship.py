@@ -101,7 +101,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     config = ShipConfig(database_id=database.name, **{"backfill_seconds": interval, **told})  # as the flow's
     holder = lease.holder_for(database, run_id)
     store = open_store(replica)
-    spool.save_lease(lease.acquire_lease(store, holder))  # the acquire_lease task
+    spool.save_lease(store.location, lease.acquire_lease(store, holder))  # the acquire_lease task
     shipper = Shipper(database, spool, config, capture=held.capture, guarded=held.guarded)
     shipper.open()
     shipper.start_tending()

@@ -23,7 +23,7 @@ from flows._stopping import sigterm_ends_window
 from tasks import acquire_lease, record_position, release_lease, upload_spool, with_retry_policy
 from tasks._storage import block_credentials
 from walship.codec import DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL
-from walship.layout import parse_segment_key
+from walship.layout import parse_segment_key, parse_snapshot_key
 from walship.models import RetryPolicy, WalPosition, utcnow
 from walship.ship import (
     COALESCE_SECONDS,
@@ -90,8 +90,7 @@ def wal_ship_flow(
         snapshot_interval: Seconds between snapshots of a changed generation; 0: never.
         handover_wait: Seconds to wait for a running shipper of the database to end; 0: refuse at once.
         progress_interval: Seconds between two progress lines in the run's logs and updates of its table.
-        spool_cap_mib: Warn when the spool holds more; with several replicas, one that is down stops holding the
-            spool back past it and resumes later at a snapshot of its own.
+        spool_cap_mib: Warn past this; with several replicas, one down stops holding the spool back past it.
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_recipients: age public keys (age1...) to encrypt objects for; empty: not encrypted.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
@@ -248,14 +247,16 @@ def _rows(report: ShipReport, window: str) -> list[tuple[str, str]]:
 
 
 def _replica_row(row: ReplicaReport) -> tuple[str, str]:
+    """State first, then counts: a long cell is cut at the table's edge."""
     state = f"behind since {row.behind_since:%H:%M:%S} UTC" if row.behind_since is not None else "keeping up"
-    if row.resumed_at:
-        state += f", resumed at {', '.join(f'`{key}`' for key in row.resumed_at)}"
+    resumed = [parsed.sequence for key in row.resumed_at if (parsed := parse_snapshot_key(key)) is not None]
+    if resumed:
+        state += f", resumed at its snapshot {', '.join(map(str, resumed))}"
+    position = row.position.sequence if row.position is not None else "-"
     return (
         f"replica `{row.replica}`",
-        f"{row.segments_uploaded} segments ({human_bytes(row.bytes_uploaded)}); lag {row.lag_seconds:.2f} s "
-        f"(max {row.max_lag_seconds:.2f} s); {row.upload_failures} failed uploads; {state}; "
-        f"position {row.position or 'none'}",
+        f"{state}; at sequence {position}; lag {row.lag_seconds:.2f} s (max {row.max_lag_seconds:.2f} s); "
+        f"{row.segments_uploaded} segments ({human_bytes(row.bytes_uploaded)}); {row.upload_failures} failed uploads",
     )
 
 

@@ -6,12 +6,14 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from bench.workload import create_database, writer_command
 from tests.s3servers import MotoS3, SeaweedS3, _S3Server
 from tests.shipping import SEED, Ship, WriterGroup
+from tests.tcpproxy import TcpProxy
 from walship.storage import ObjectStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +39,19 @@ def moto_server() -> Iterator[MotoS3]:
 def seaweed_server() -> Iterator[SeaweedS3]:
     with SeaweedS3() as server:
         yield server
+
+
+@pytest.fixture
+def proxied_moto(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, TcpProxy]]:
+    """A replica in a new bucket on moto, reached through a proxy (up at first) that a test takes down."""
+    use_credentials(monkeypatch, moto_server)
+    bucket = f"walship-proxied-{secrets.token_hex(4)}"
+    moto_server.create_bucket(bucket)
+    moto = urlsplit(moto_server.endpoint)
+    assert moto.hostname is not None
+    assert moto.port is not None
+    with TcpProxy(moto.hostname, moto.port) as proxy:
+        yield f"s3://{bucket}/backups/app?endpoint={proxy.endpoint}", proxy
 
 
 def use_credentials(monkeypatch: pytest.MonkeyPatch, server: _S3Server) -> None:

@@ -5,20 +5,16 @@ shipper where a test needs entries that were captured but not uploaded."""
 import contextlib
 import logging
 import re
-import secrets
 import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from bench.workload import content_digest
-from tests.conftest import use_credentials
 from tests.helpers import walship
-from tests.s3servers import MotoS3
 from tests.shipping import Ship, WriterGroup, assert_one_line_error, pending_files, replica_generations, wait_until
 from tests.tcpproxy import TcpProxy
 from walship.chain import list_segment_sequences, read_segment_info
@@ -188,22 +184,10 @@ class TestSummary:
 
 
 @pytest.fixture
-def outage(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, TcpProxy]]:
+def outage(proxied_moto: tuple[str, TcpProxy]) -> tuple[str, TcpProxy]:
     """A replica on moto behind a proxy that starts stopped: storage is unreachable until ``proxy.start()``."""
-    use_credentials(monkeypatch, moto_server)
-    bucket = f"walship-down-{secrets.token_hex(4)}"
-    moto_server.create_bucket(bucket)
-    moto = urlsplit(moto_server.endpoint)
-    assert moto.hostname is not None
-    assert moto.port is not None
-    proxy = TcpProxy(moto.hostname, moto.port)
-    proxy.start()
-    replica = f"s3://{bucket}/backups/app?endpoint={proxy.endpoint}"
-    proxy.stop()
-    try:
-        yield replica, proxy
-    finally:
-        proxy.stop()
+    proxied_moto[1].stop()
+    return proxied_moto
 
 
 class TestUnreachableAtStart:

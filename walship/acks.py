@@ -23,7 +23,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ValidationError
 
-from walship.models import utcnow
+from walship.models import WalPosition, utcnow
 from walship.spool import EntryOrder, PendingEntry, Spool
 
 __all__ = ["ReplicaAcks", "ReplicaMark"]
@@ -40,6 +40,8 @@ class ReplicaMark(BaseModel):
     behind_reason: str = ""
     # The newest entry removed from the spool that this replica had not stored: it resumes after it.
     missed: EntryOrder | None = None
+    # The snapshot taken for it to resume at, until it stores it: nothing after it goes up before it.
+    bridge: EntryOrder | None = None
 
 
 class ReplicaAcks:
@@ -60,6 +62,11 @@ class ReplicaAcks:
             with self._lock:
                 self._sweep()
 
+    def reload(self) -> None:
+        """Read the marks again: a drain run apart (the run's final steps) stored entries through its own."""
+        with self._lock:
+            self._marks = {replica: self._load(replica) for replica in self.replicas}
+
     @property
     def several(self) -> bool:
         return len(self.replicas) > 1
@@ -79,7 +86,9 @@ class ReplicaAcks:
             self.spool.remove(entry)
             return
         with self._lock:
-            self._save(self._marks[replica].model_copy(update={"stored": entry.order}))
+            mark = self._marks[replica]
+            bridge = None if mark.bridge == entry.order else mark.bridge
+            self._save(mark.model_copy(update={"stored": entry.order, "bridge": bridge}))
             if not any(self.wants(other, entry) for other in self.replicas):
                 self._remove(entry)
 
@@ -118,6 +127,51 @@ class ReplicaAcks:
             just_before = EntryOrder(bridge.generation, bridge.sequence, False)
             self._save(resumed.model_copy(update={"stored": just_before, "missed": None}))
             return bridge
+
+    def expect_bridge(self, replica: str, position: WalPosition) -> None:
+        """A snapshot for ``replica`` alone now holds ``position`` (spooled once copied): it resumes there, so
+        everything captured after it is held for it from this moment."""
+        with self._lock:
+            bridge = EntryOrder(position.generation, position.sequence, True)
+            just_before = EntryOrder(position.generation, position.sequence, False)
+            self._save(
+                self._marks[replica].model_copy(
+                    update={
+                        "behind_since": None,
+                        "behind_reason": "",
+                        "missed": None,
+                        "stored": just_before,
+                        "bridge": bridge,
+                    }
+                )
+            )
+
+    def waits_for_bridge(self, replica: str) -> bool:
+        """Whether the snapshot ``replica`` is to resume at is not spooled yet: nothing may go up before it."""
+        with self._lock:
+            mark = self._marks.get(replica)
+            return mark is not None and mark.bridge is not None and self._entry(mark.bridge) is None
+
+    def _entry(self, order: EntryOrder) -> PendingEntry | None:
+        return next((entry for entry in self.spool.pending() if entry.order == order), None)
+
+    def bridge_failed(self, replica: str, reason: str) -> None:
+        """The snapshot it was to resume at was never spooled (the spool full, the copy failed): behind again,
+        having missed everything up to it."""
+        with self._lock:
+            mark = self._marks[replica]
+            self._save(
+                mark.model_copy(
+                    update={"behind_since": utcnow(), "behind_reason": reason, "missed": mark.stored, "bridge": None}
+                )
+            )
+            self._sweep()
+
+    def bridge_spooled(self, replica: str) -> bool:
+        """Whether a snapshot ``replica`` may resume at is spooled already."""
+        with self._lock:
+            missed = self._marks[replica].missed
+            return missed is None or self._bridge(replica, missed) is not None
 
     def _bridge(self, replica: str, missed: EntryOrder) -> PendingEntry | None:
         for entry in self.spool.pending():

@@ -66,6 +66,8 @@ def describe_snapshot(info: SnapshotInfo) -> dict[str, str]:
         unknown.add("sha256")
     if not info.sha256_at_end:
         unknown.add("sha256_at_end")  # objects stay as older walships wrote them
+    if not info.bridge:
+        unknown.add("bridge")
     metadata = to_metadata(info, exclude={"key", "wal_position", *unknown})
     if info.wal_position is not None:
         metadata[f"{_PREFIX}wal-position"] = f"{info.wal_position.generation}/{info.wal_position.sequence}"

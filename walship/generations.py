@@ -61,6 +61,8 @@ class GenerationState(_Frozen):
     newest_captured_at: datetime | None  # of the newest segment walship wrote, if any
     # Sequences missing inside the generation's range (first of each gap), up to its claimed end.
     gaps: tuple[int, ...]
+    # Gaps a snapshot taken for this replica alone ends (it was behind): (first missing, the snapshot's sequence).
+    bridged: tuple[tuple[int, int], ...] = ()
     # Set when the generation was claimed to reach further than the listing shows.
     claim: Claim | None = None
     # Why a default restore of this generation to its end fails; None when it does not.
@@ -228,7 +230,8 @@ class _Found(_Frozen):
             return None
         reached = max([*self.sequences, *(s.sequence for s in usable), 0])
         claim = self.claim if self.claim is not None and self.claim.sequence > reached else None
-        gaps = _gaps(self.sequences, usable) + ((reached + 1,) if claim is not None else ())
+        gaps, bridged = _bridged(_gaps(self.sequences, usable), self.sequences, usable)
+        gaps += (reached + 1,) if claim is not None else ()
         return GenerationState(
             generation=self.name,
             snapshots=usable,
@@ -237,6 +240,7 @@ class _Found(_Frozen):
             newest_point=max(points),
             newest_captured_at=self.newest_segment,
             gaps=gaps,
+            bridged=bridged,
             claim=claim,
             problem=_problem(self.name, usable, unusable, self.sequences, gaps, max(points), claim),
         )
@@ -385,6 +389,23 @@ def _newest_segment(store: ObjectStore, listed: list[ObjectInfo]) -> tuple[datet
             continue
         return segment.captured_at, strays
     return None, strays
+
+
+def _bridged(
+    gaps: tuple[int, ...], sequences: tuple[int, ...], snapshots: tuple[SnapshotInfo, ...]
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Split gaps into lost ones and those a bridge snapshot ends: one at the sequence just before the next
+    segment present, taken for this replica alone after it missed segments (``SnapshotInfo.bridge``)."""
+    bridges = {s.sequence for s in snapshots if s.bridge}
+    lost: list[int] = []
+    bridged: list[tuple[int, int]] = []
+    for gap in gaps:
+        after = min((q for q in sequences if q > gap), default=None)
+        if after is not None and after - 1 in bridges:
+            bridged.append((gap, after - 1))
+        else:
+            lost.append(gap)
+    return tuple(lost), tuple(bridged)
 
 
 def _gaps(sequences: tuple[int, ...], snapshots: tuple[SnapshotInfo, ...]) -> tuple[int, ...]:

@@ -138,6 +138,9 @@ class SnapshotInfo(_Frozen):
     # A streamed snapshot records its SHA-256 at the object's end (walship.trailer),
     # not in its metadata: the object's description then has none, the index has it.
     sha256_at_end: bool = False
+    # Taken for this replica alone, which missed the segments just before it (walship.acks): the gap it
+    # ends is bridged, not lost.
+    bridge: bool = False
 
     @property
     def encrypted(self) -> bool:

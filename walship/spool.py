@@ -401,10 +401,17 @@ class Spool:
         if not entry.stored_sha256:
             entry = entry.model_copy(update={"stored_sha256": file_sha256(data)})
         target = self.data_path(entry)
-        if not target.parent.exists():
-            target.parent.mkdir()
-            fsync_dir(target.parent.parent)  # the new generation's directory itself is durable
-        os.replace(data, target)
+        for attempt in range(3):
+            if not target.parent.exists():
+                target.parent.mkdir(exist_ok=True)
+                fsync_dir(target.parent.parent)  # the new generation's directory itself is durable
+            try:
+                os.replace(data, target)
+                break
+            except FileNotFoundError:
+                # An uploader removed the generation's last entry, and its emptied directory, meanwhile.
+                if attempt == 2 or not data.exists():
+                    raise
         try:
             # Its directory fsync covers the data's rename too: both live there.
             self._write_atomic(self._sidecar(entry), entry.model_dump_json().encode())

@@ -107,6 +107,9 @@ class ReplicaStatus(BaseModel):
     # Files of interrupted uploads (file://): not objects, but they take room until retention removes them.
     leftover_count: int = 0
     leftover_bytes: int = 0
+    # Gaps this replica has because it was behind another replica of its shipper, each ended by a snapshot
+    # taken for it alone: a point inside cannot be restored from here, the newest data can.
+    bridged: list[str] = []
     problems: list[str]
 
     def render(self) -> str:
@@ -135,6 +138,7 @@ class ReplicaStatus(BaseModel):
                 f"leftovers:    {self.leftover_count} files of interrupted uploads ({size}) in .tmp: "
                 f"'walship retention' removes those idle for {idle}"
             )
+        lines += [f"bridged:      {gap}" for gap in self.bridged]
         lines += [f"problem:      {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -273,6 +277,12 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
         strays=list(generations.strays),
         leftover_count=len(leftovers),
         leftover_bytes=sum(leftover.size for leftover in leftovers),
+        bridged=[
+            f"sequences {first}-{snapshot} of generation {state.generation} are not here: this replica was behind "
+            f"another and resumed at its snapshot {snapshot}; a point inside is restored from the other replica"
+            for state in generations.generations
+            for first, snapshot in state.bridged
+        ],
         problems=problems,
     )
 

@@ -57,7 +57,8 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, acks: Repli
     acks = acks or ReplicaAcks(spool)
     spool.drop_abandoned()
     wanted = [entry for entry in spool.pending() if acks.wants(replica, entry)]
-    if not wanted:
+    if not wanted or acks.waits_for_bridge(replica):
+        # Nothing to send, or only what follows the snapshot it is to resume at, still being copied.
         return result
     lease = spool.load_lease(replica)
     if lease is None or lease_needs_renewal(lease):
@@ -121,6 +122,8 @@ def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, result: U
         _put_spooled(store, entry.snapshot.key, data, entry, describe_snapshot(entry.snapshot))
         index.add_snapshot(store, entry.snapshot)
         result.snapshots.append(entry.snapshot.key)
+        if entry.snapshot.bridge and entry.snapshot.wal_position is not None:
+            result.last_position = entry.snapshot.wal_position  # where this replica resumes
         result.bytes += entry.snapshot.compressed_size
         return
     segment = entry.segment

@@ -23,7 +23,7 @@ def add_follow_parser(commands: "argparse._SubParsersAction[Any]") -> argparse.A
     keep: argparse.ArgumentParser = commands.add_parser(
         "follow", help="keep a readable copy of a replica's newest data (a live standby)"
     )
-    keep.add_argument("--replica", required=True)
+    keep.add_argument("--replica", required=True, action="append")
     keep.add_argument("--output", required=True, type=Path, help="the copy: restored first when it is not there")
     keep.add_argument("--interval", type=float, default=1.0, help="look for new segments this often (s, default 1)")
     window = keep.add_mutually_exclusive_group()

@@ -9,6 +9,7 @@ With one, the run drains it inline, as a sync's own step.
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -16,35 +17,30 @@ from pydantic import BaseModel, Field
 
 from walship.acks import ReplicaAcks
 from walship.envelope import Sealing, check_replica_sealing
-from walship.errors import TransientStorageError
+from walship.errors import StorageError, TransientStorageError
 from walship.lease import acquire_lease
 from walship.models import WalPosition, utcnow
 from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
 from walship.upload import UploadResult, upload_pending
 
-__all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader"]
+__all__ = ["ReplicaEvents", "ReplicaLink", "ReplicaReport", "ReplicaUploader", "UploadTally"]
 
 log = logging.getLogger(__name__)
 
+# How often a replica behind is asked whether it answers again, whatever the syncs' pace.
+PROBE_SECONDS = 5.0
 
-class ReplicaReport(BaseModel):
-    """What one replica of a run received."""
 
-    replica: str  # its location
+class UploadTally(BaseModel):
+    """What a replica received, summed over a run's drains."""
+
     segments_uploaded: int = 0
     commits_uploaded: int = 0
     bytes_uploaded: int = 0
     snapshots_uploaded: list[str] = Field(default_factory=list)
-    upload_failures: int = 0
-    # Capture-to-storage lag or the age of the oldest entry it still needs, at the last sync.
-    lag_seconds: float = 0.0
-    max_lag_seconds: float = 0.0
+    max_lag_seconds: float = 0.0  # capture to storage
     position: WalPosition | None = None
-    behind_since: datetime | None = None
-    # Snapshots it resumed at after it was behind (taken for it alone when none was spooled).
-    resumed_at: list[str] = Field(default_factory=list)
-    pending_at_end: int = 0
 
     def count_upload(self, uploaded: UploadResult) -> None:
         self.segments_uploaded += uploaded.segments
@@ -55,13 +51,26 @@ class ReplicaReport(BaseModel):
         self.position = uploaded.last_position or self.position
 
 
+class ReplicaReport(UploadTally):
+    """What one replica of a run received, and how it kept up."""
+
+    replica: str  # its location
+    upload_failures: int = 0
+    # Capture-to-storage lag or the age of the oldest entry it still needs, at the last sync.
+    lag_seconds: float = 0.0
+    behind_since: datetime | None = None
+    # Snapshots it resumed at after it was behind (taken for it alone when none was spooled).
+    resumed_at: list[str] = Field(default_factory=list)
+    pending_at_end: int = 0
+
+
 class ReplicaEvents:
     """What a link tells the run's observer: uploads, failures, falling behind and catching up."""
 
     def __init__(
         self,
         uploaded: Callable[[list[PendingEntry], UploadResult], None],
-        failed: Callable[[int, TransientStorageError], None],
+        failed: Callable[[int, StorageError], None],
         behind: Callable[[str, str], None],
         caught_up: Callable[[str, str], None],
     ) -> None:
@@ -71,8 +80,11 @@ class ReplicaEvents:
 class ReplicaLink:
     """One replica of the run: connected (sealing checked, lease held) before anything is written there."""
 
-    def __init__(self, url: str, open_store: Callable[[str], ObjectStore], sealing: Sealing) -> None:
+    def __init__(
+        self, url: str, open_store: Callable[[str], ObjectStore], sealing: Sealing, *, alongside_others: bool
+    ) -> None:
         self.url, self._open_store, self.sealing = url, open_store, sealing
+        self.alongside_others = alongside_others
         self.connected = False
         # The last drain failed on storage: the replica is down or unreachable.
         self.failing = False
@@ -82,6 +94,12 @@ class ReplicaLink:
         self.behind_requested: str | None = None
         self._resuming: str | None = None  # the bridge snapshot it resumed at, until it is stored
         self._upload_lag = 0.0  # the longest capture-to-storage lag since the last sync
+        self._next_probe = 0.0  # monotonic: when a replica behind is asked again whether it answers
+
+    @property
+    def tolerated(self) -> type[StorageError]:
+        """The storage failures that leave this replica's entries spooled rather than end the run."""
+        return StorageError if self.alongside_others else TransientStorageError
 
     @functools.cached_property
     def store(self) -> ObjectStore:
@@ -103,22 +121,31 @@ class ReplicaLink:
         self.connected = True
 
     def drain(self, spool: Spool, acks: ReplicaAcks, holder: str, events: ReplicaEvents) -> None:
-        """Upload what this replica still needs; a storage failure leaves it spooled for the next try."""
+        """Upload what this replica still needs; a storage failure leaves it spooled for the next try.
+
+        With one replica only a transient failure does, as any other ends
+        the run. With several, any storage failure of one (its bucket gone,
+        its credentials refused) must not stop the others: it is kept and
+        tried again like an outage, and the run fails at its end naming it.
+        """
         if self.behind_requested is not None:
             reason, self.behind_requested = self.behind_requested, None
             self.fall_behind(acks, reason, events)
-        if not (pending := spool.pending()):
+        behind = acks.behind(self.location)
+        pending = spool.pending()
+        if not (pending or behind) or (behind and time.monotonic() < self._next_probe):
             return
         try:
+            if behind:
+                self._next_probe = time.monotonic() + PROBE_SECONDS
             if not self.connected:
                 self.connect(lambda: spool.save_lease(self.location, acquire_lease(self.store, holder)))
-            elif acks.behind(self.location):
-                # Proof that it answers again, before its bridge is asked for.
-                spool.save_lease(self.location, acquire_lease(self.store, holder))
-            if acks.behind(self.location) and not self._resume(acks, events):
+            elif behind:
+                self.probe(spool, holder)
+            if behind and not self.resume(acks, events):
                 return
             uploaded = upload_pending(self.store, spool, holder=holder, acks=acks)
-        except TransientStorageError as exc:
+        except self.tolerated as exc:
             self.unreachable(exc, len(pending), events)
             return
         self.failing = False
@@ -132,13 +159,20 @@ class ReplicaLink:
             self._resuming = None
         events.uploaded(pending, uploaded)
 
-    def unreachable(self, exc: TransientStorageError, still_spooled: int, events: ReplicaEvents) -> None:
+    def unreachable(self, exc: StorageError, still_spooled: int, events: ReplicaEvents) -> None:
         self.failing = True
         self.report.upload_failures += 1
         events.failed(still_spooled, exc)
 
-    def _resume(self, acks: ReplicaAcks, events: ReplicaEvents) -> bool:
+    def probe(self, spool: Spool, holder: str) -> None:
+        """Proof that a replica behind answers again (its lease taken again), before its bridge is asked for."""
+        spool.save_lease(self.location, acquire_lease(self.store, holder))
+        self.failing = False  # it answers: no reason to let it fall behind again before it tries to upload
+
+    def resume(self, acks: ReplicaAcks, events: ReplicaEvents) -> bool:
         """The replica answers again (its lease was taken): whether it may upload now, from its bridge."""
+        if not acks.behind(self.location):
+            return True  # resumed meanwhile, at a bridge taken for it (``resuming_at``)
         try:
             bridge = acks.resume(self.location)
         except LookupError:
@@ -153,6 +187,13 @@ class ReplicaLink:
         self._resuming = bridge.snapshot.key
         self.report.resumed_at.append(bridge.snapshot.key)
         return True
+
+    def resuming_at(self, key: str) -> None:
+        """A snapshot taken for it alone (``ReplicaAcks.expect_bridge``): it resumes there."""
+        self.wants_bridge = False
+        self.report.behind_since = None
+        self._resuming = key
+        self.report.resumed_at.append(key)
 
     def fall_behind(self, acks: ReplicaAcks, reason: str, events: ReplicaEvents) -> None:
         acks.fall_behind(self.location, reason)

@@ -12,7 +12,6 @@ lag, a hand-over, progress every ``ShipConfig.progress_seconds``) goes to a
 ``ShipObserver``: events, logs and the artifact in Prefect, lines on a terminal.
 """
 
-import functools
 import os
 import secrets
 import threading
@@ -21,15 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from walship.acks import ReplicaAcks
 from walship.dblock import ShipperIdentity
-from walship.errors import IncompleteError, SpoolEntryDamagedError, TransientStorageError, UsageError
+from walship.errors import IncompleteError, SpoolEntryDamagedError, StorageError, UsageError
 from walship.handover import HeldDatabase, hold_database
-from walship.lease import acquire_lease, holder_for
+from walship.lease import holder_for
 from walship.models import WalPosition
-from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, ReplicaUploader
+from walship.ship._fanout import ReplicaSet
+from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, UploadTally
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool, default_spool_dir
@@ -43,22 +42,17 @@ _EMPTY_SYNCS = 20
 _EMPTY_SYNC_PAUSE = 0.05
 
 
-class ShipReport(BaseModel):
-    """What one shipping run did."""
+class ShipReport(UploadTally):
+    """What one shipping run did; what it uploaded is the first replica's (``replicas`` has each one's)."""
 
     syncs: int = 0
     segments_captured: int = 0
     commits_captured: int = 0
     bytes_captured: int = 0
-    segments_uploaded: int = 0
-    commits_uploaded: int = 0
-    bytes_uploaded: int = 0
-    snapshots_uploaded: list[str] = Field(default_factory=list)
     checkpoints: int = 0
     generations_started: list[str] = Field(default_factory=list)
     generation_reasons: list[str] = Field(default_factory=list)
     resyncs: list[ResyncSummary] = Field(default_factory=list)
-    max_lag_seconds: float = 0.0
     # Capture-to-storage lag or the oldest spooled entry's age, whichever is larger, at the last sync.
     lag_seconds: float = 0.0
     # An earlier run's captures this run found spooled: it uploads them too, before its own.
@@ -68,8 +62,6 @@ class ShipReport(BaseModel):
     handover_waited_seconds: float | None = None
     upload_failures: int = 0
     pending_at_end: int = 0
-    position: WalPosition | None = None
-    # A row per replica; the upload figures above are the first replica's (all of them with one).
     replicas: list[ReplicaReport] = Field(default_factory=list)
 
     def count_sync(self, result: SyncResult, *, counted: bool = False) -> None:
@@ -84,14 +76,6 @@ class ShipReport(BaseModel):
             self.generation_reasons.append(result.reason or "")
         if result.resync:
             self.resyncs.append(result.resync)
-
-    def count_upload(self, uploaded: UploadResult) -> None:
-        self.segments_uploaded += uploaded.segments
-        self.commits_uploaded += uploaded.commits
-        self.bytes_uploaded += uploaded.bytes
-        self.snapshots_uploaded += uploaded.snapshots
-        self.max_lag_seconds = max(self.max_lag_seconds, uploaded.oldest_captured_at_lag_seconds or 0)
-        self.position = uploaded.last_position or self.position
 
     @property
     def segments_uploaded_of_earlier_run(self) -> int:
@@ -126,7 +110,7 @@ class ShipObserver(Protocol):
 
     def uploaded(self, pending: list[PendingEntry], uploaded: UploadResult) -> None: ...
 
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None: ...
+    def upload_failed(self, still_spooled: int, error: StorageError) -> None: ...
 
     def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
         """Once per sync, what is still spooled (for lag alarms); with several replicas, once per replica (its
@@ -169,13 +153,19 @@ class ShippingRun:
         # For the window's own uploads (the steps open storage their own way).
         self.credentials = credentials
         self._stores: dict[str, ObjectStore] = {}
-        self.links = [ReplicaLink(url, self._open_store, config.sealing) for url in self.replicas]
-        self._uploaders: list[ReplicaUploader] = []
-        self._acks: ReplicaAcks | None = None
         self.spool_dir = (spool_dir or default_spool_dir(database)).resolve()
         self.steps, self.observer = steps, observer
         self.run_id = f"{os.getpid()}-{secrets.token_hex(3)}"
         self.holder = holder_for(database, self.run_id)
+        self.replica_set = ReplicaSet(
+            self.replicas,
+            self._open_store,
+            config,
+            steps=steps,
+            spool_dir=self.spool_dir,
+            holder=self.holder,
+            events=self._events,
+        )
         self.report = ShipReport()
         self._stop = threading.Event()
         self._held: HeldDatabase | None = None
@@ -216,17 +206,7 @@ class ShippingRun:
             self._count_left_by_earlier_run(self._spool.pending())
             self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
             self.config.sealing.check()
-            self._acks = ReplicaAcks(self._spool, self._locations())
-            for link in self.links:
-                try:
-                    link.connect(lambda link=link: self._take_lease(link))  # type: ignore[misc]
-                except TransientStorageError as exc:
-                    link.unreachable(exc, len(self._spool.pending()), self._events(link))
-            if len(self.links) > 1:
-                spool = self._spool
-                self._uploaders = [
-                    ReplicaUploader(link, functools.partial(self._drain, link, spool)) for link in self.links
-                ]
+            self.replica_set.open(self._spool)
             self._synced(self.shipper.open())
         except BaseException:
             self.close()
@@ -238,9 +218,8 @@ class ShippingRun:
         return self._shipper
 
     @property
-    def acks(self) -> ReplicaAcks:
-        assert self._acks is not None, "begin() first"
-        return self._acks
+    def links(self) -> list[ReplicaLink]:
+        return self.replica_set.links
 
     def step(self) -> None:
         """One sync and the upload of what it spooled (a failed upload stays spooled for the next step)."""
@@ -254,10 +233,8 @@ class ShippingRun:
             self._upload()
 
         self._synced(shipper.sync(upload), counted=True)
-        pending = shipper.spool.pending()
-        self._spooled(pending)
-        if len(self.links) > 1:
-            self._tend_replicas(shipper)
+        self._spooled(shipper.spool.pending())
+        self._synced(self.replica_set.tend(shipper))
 
     def end(self, *, caught_up: Callable[[], bytes] | None = None) -> ShipReport:
         """The final capture, drain and position; the lease let go; everything closed.
@@ -267,6 +244,7 @@ class ShippingRun:
         """
         try:
             self._catch_up()
+            self._synced(self.replica_set.bridge_before_end(self.shipper))
             self._synced(self.shipper.finish())
             self._finish(self.shipper.spool)
             if caught_up is not None:
@@ -303,7 +281,7 @@ class ShippingRun:
 
     def close(self) -> None:
         """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""
-        self._stop_uploaders()
+        self.replica_set.close()
         shipper, self._shipper = self._shipper, None
         spool, self._spool = self._spool, None
         held, self._held = self._held, None
@@ -319,21 +297,6 @@ class ShippingRun:
         if (store := self._stores.get(url)) is None:
             store = self._stores[url] = open_store(url, self.credentials)
         return store
-
-    def _locations(self) -> list[str]:
-        locations = [link.location for link in self.links]
-        if len(set(locations)) < len(locations):
-            raise UsageError(f"a replica is named twice ({', '.join(self.replicas)}): name each one once")
-        return locations
-
-    def _take_lease(self, link: ReplicaLink) -> None:
-        """At the start: with one replica through the steps (retried); with several directly, so that one
-        that is down does not hold the start back (its uploader tries again each interval)."""
-        if len(self.links) == 1:
-            self.steps.acquire_lease(link.url, self.spool_dir, self.holder)
-        else:
-            assert self._spool is not None
-            self._spool.save_lease(link.location, acquire_lease(link.store, self.holder))
 
     def _window(self, shipper: Shipper, *, deadline: float, interval: float, once: bool) -> None:
         """Sync, upload, wait, with the pin tended beside it all along."""
@@ -355,56 +318,19 @@ class ShippingRun:
                 self.report.count_upload(uploaded)
             self.observer.uploaded(pending, uploaded)
 
-        def failed(still_spooled: int, error: TransientStorageError) -> None:
+        def failed(still_spooled: int, error: StorageError) -> None:
             self.report.upload_failures += 1
             self.observer.upload_failed(still_spooled, error)
 
         return ReplicaEvents(uploaded, failed, self.observer.replica_behind, self.observer.replica_caught_up)
 
     def _upload(self) -> None:
-        """Upload what is spooled; a failure leaves it spooled for the next interval (no backoff inside).
-
-        With several replicas each uploads in its own thread: this only wakes them.
-        """
-        spool = self.shipper.spool
+        """Upload what is spooled (``ReplicaSet.upload``); a damaged entry begins the next generation at once."""
         try:
-            for uploader in self._uploaders:
-                uploader.check()
-            if self._uploaders:
-                for uploader in self._uploaders:
-                    uploader.wake()
-            elif spool.pending():
-                self._drain(self.links[0], spool)
+            self.replica_set.upload(self.shipper.spool)
         except SpoolEntryDamagedError:
             self._new_generation_after_damage()
             raise
-
-    def _drain(self, link: ReplicaLink, spool: Spool) -> None:
-        link.drain(spool, self.acks, self.holder, self._events(link))
-
-    def _tend_replicas(self, shipper: Shipper) -> None:
-        """With several replicas: past the spool's cap, one that is down stops holding it back while another
-        keeps up; one that answers again after that gets a snapshot of its own to resume at."""
-        acks = self.acks
-        if shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
-            keeping_up = [link for link in self.links if not link.failing and not acks.behind(link.location)]
-            for link in self.links:
-                if keeping_up and link.failing and not acks.behind(link.location):
-                    link.behind_requested = (
-                        f"it was unreachable while the spool {self.spool_dir} grew past "
-                        f"{self.config.spool_cap_bytes} bytes; the other replicas went on"
-                    )
-        wanting = tuple(link.location for link in self.links if link.wants_bridge)
-        if wanting and not shipper.snapshot_in_progress:
-            self._synced(shipper.take_snapshot(only_for=wanting))
-            if shipper.snapshot_in_progress:
-                for link in self.links:
-                    link.wants_bridge = False
-
-    def _stop_uploaders(self) -> None:
-        uploaders, self._uploaders = self._uploaders, []
-        for uploader in uploaders:
-            uploader.stop()
 
     def _new_generation_after_damage(self) -> None:
         """A damaged entry abandoned the spool's generation (``upload_pending``): begin the next one now, so
@@ -417,68 +343,18 @@ class ShippingRun:
             self._synced(shipper.start_generation(shipper.spool.no_cursor_reason or "a spool entry was damaged"))
 
     def _finish(self, spool: Spool) -> None:
-        """The final drain of each replica with the full retry policy, its position, and its lease let go.
-
-        Every replica is finished before the run fails for one that could
-        not be (down, or behind): the others' positions are recorded.
-        """
-        self._stop_uploaders()
-        failures: list[TransientStorageError] = []
-        for link in self.links:
-            try:
-                self._finish_replica(link, spool)
-            except TransientStorageError as exc:
-                failures.append(exc)
-        self.report.pending_at_end = len(spool.pending())
-        self.report.segments_spooled = _segments(spool.pending())
-        self.report.position = self.links[0].report.position
-        self.report.replicas = [link.report for link in self.links]
-        if len(failures) == 1:
-            raise failures[0]
-        if failures:
-            raise TransientStorageError("; ".join(str(failure) for failure in failures))
-
-    def _finish_replica(self, link: ReplicaLink, spool: Spool) -> None:
-        row = link.report
-        if self.acks.behind(link.location):
-            raise TransientStorageError(
-                f"replica {link.location} is behind ({self.acks.mark(link.location).behind_reason}): it resumes "
-                "at a snapshot of its own once a run reaches it"
-            )
-        if not link.connected:
-            try:
-                link.connect(lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder))
-            except TransientStorageError as exc:
-                row.pending_at_end = self._wanted(link, spool)
-                if row.pending_at_end:
-                    raise self._still_spooled(link) from exc
-                raise
-        if pending := spool.pending():
-            try:
-                drained = self.steps.drain(link.url, self.spool_dir, self.holder)
-            except SpoolEntryDamagedError:
-                self._new_generation_after_damage()
-                raise
-            link.counted(pending, drained, self._events(link))
-        row.pending_at_end = self._wanted(link, spool)
-        if row.position is not None:
-            self.steps.record_position(link.url, row.position)
-        if row.pending_at_end:
-            raise self._still_spooled(link)
-        if row.position is None and self.shipper.cursor is not None:
-            # Nothing uploaded and nothing left: the replica holds what the cursor does.
-            row.position = self.shipper.cursor.position
-        self.steps.release_lease(link.url, self.spool_dir)
-
-    def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
-        return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))
-
-    def _still_spooled(self, link: ReplicaLink) -> TransientStorageError:
-        where = f" for {link.location}" if len(self.links) > 1 else ""
-        return TransientStorageError(
-            f"{link.report.pending_at_end} entries are still spooled in {self.spool_dir}{where}: storage is "
-            "unreachable; they upload when the next run reaches it"
-        )
+        """Each replica's final drain, position and lease (``ReplicaSet.finish``); the report's totals."""
+        cursor = self.shipper.cursor
+        try:
+            self.replica_set.finish(spool, cursor.position if cursor is not None else None)
+        except SpoolEntryDamagedError:
+            self._new_generation_after_damage()
+            raise
+        finally:
+            self.report.pending_at_end = len(spool.pending())
+            self.report.segments_spooled = _segments(spool.pending())
+            self.report.replicas = self.replica_set.reports
+            self.report.position = self.links[0].report.position
 
     def _count_left_by_earlier_run(self, pending: list[PendingEntry]) -> None:
         left = [entry.segment for entry in pending if entry.segment is not None]
@@ -488,15 +364,9 @@ class ShippingRun:
 
     def _spooled(self, pending: list[PendingEntry]) -> None:
         """After each sync's upload: the lag and what is still spooled, and progress when it is due."""
-        lags = [link.backlog_lag(pending, self.acks) for link in self.links if not self.acks.behind(link.location)]
-        self.report.lag_seconds = max(lags, default=0.0)
-        self.report.replicas = [link.report for link in self.links]
+        self.report.lag_seconds = self.replica_set.lag(pending, self.observer)
+        self.report.replicas = self.replica_set.reports
         self.report.segments_spooled = _segments(pending)
-        if len(self.links) == 1:
-            self.observer.spooled(pending)
-        else:
-            for link in self.links:
-                self.observer.spooled([e for e in pending if self.acks.wants(link.location, e)], link.location)
         if (now := time.monotonic()) >= self._progress_due:
             self._progress_due = now + self.config.progress_seconds
             self.observer.progress(self.config.database_id, self.report)

@@ -297,12 +297,16 @@ class Shipper:
         old_enough = (utcnow() - taken).total_seconds() >= self.config.snapshot_seconds
         return old_enough and not self._snapshots.busy
 
-    def take_snapshot(self, only_for: tuple[str, ...] = ()) -> SyncResult:
+    def take_snapshot(
+        self, only_for: tuple[str, ...] = (), fixed: Callable[[WalPosition], None] | None = None
+    ) -> SyncResult:
         """Begin a snapshot of the database at the cursor, inside the current generation.
 
         ``only_for``: a bridge for these replicas (locations) alone, which
         missed entries (``walship.acks``); the cursor's snapshot schedule,
-        which the others follow, does not count it.
+        which the others follow, does not count it. ``fixed`` hears the
+        position the snapshot holds once it is fixed, before any later
+        capture can be spooled.
 
         Restores then start here instead of replaying the whole generation's
         WAL, and retention can let older WAL go. The tail is captured and the
@@ -331,6 +335,8 @@ class Shipper:
             except ContinuityLostError as lost:
                 return self._recover(str(lost), self.cursor)
             done = self._bridge_spooled if only_for else self._snapshot_spooled
+            if fixed is not None:
+                fixed(cursor.position)  # still under the lock: nothing after it is captured yet
             self._snapshots.start(SnapshotJob(stack.pop_all(), connection, cursor.position, state_at, done, only_for))
             return tail
 

@@ -56,6 +56,8 @@ def spool_snapshot(
             position=position,
             state_at=state_at,
         )
+        if only_for:
+            info = info.model_copy(update={"bridge": True})
         spool.add(new_entry(info, only_for=only_for), compressed.path)
     return info
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from walship import lease, upload
-from walship.errors import TransientStorageError
+from walship.errors import StorageError
 from walship.ship._replicas import ReplicaReport
 from walship.ship._results import ResyncSummary, SyncResult, generation_log_level
 from walship.spool import PendingEntry, Spool
@@ -58,11 +58,15 @@ def describe_progress(database_id: str, report: "ShipReport") -> str:
             f" ({report.segments_uploaded_of_this_run} captured by this run, "
             f"{report.segments_uploaded_of_earlier_run} left by an earlier run)"
         )
-    return (
+    line = (
         f"progress of {database_id}: {report.segments_captured} segments captured "
         f"({report.commits_captured} commits), {uploaded}, {report.segments_spooled} still spooled; "
         f"lag {report.lag_seconds:.1f} s; position {report.position or '-'}"
     )
+    if len(report.replicas) > 1:
+        lags = (f"{r.replica} {'behind' if r.behind_since else f'{r.lag_seconds:.1f} s'}" for r in report.replicas)
+        line += f"; lag by replica: {', '.join(lags)}"
+    return line
 
 
 def describe_replica(row: ReplicaReport) -> str:
@@ -105,7 +109,7 @@ class LoggingObserver:
     def uploaded(self, pending: list[PendingEntry], uploaded: upload.UploadResult) -> None:
         pass
 
-    def upload_failed(self, still_spooled: int, error: TransientStorageError) -> None:
+    def upload_failed(self, still_spooled: int, error: StorageError) -> None:
         self.logger.warning("upload failed, %d entries stay spooled: %s", still_spooled, error)
 
     def spooled(self, pending: list[PendingEntry], replica: str = "") -> None:
@@ -117,7 +121,7 @@ class LoggingObserver:
         )
 
     def replica_caught_up(self, replica: str, detail: str) -> None:
-        self.logger.warning("replica %s caught up: %s", replica, detail)
+        self.logger.info("replica %s caught up: %s", replica, detail)
 
     def handover(self, message: str) -> None:
         # Overlapping windows hand over every time: routine, not a warning.

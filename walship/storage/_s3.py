@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import botocore.exceptions
 import botocore.session
+import urllib3.exceptions
 from botocore.config import Config
 
 from walship.errors import (
@@ -320,6 +321,9 @@ class S3Store:
         except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
             raise TransientStorageError(f"{where}: {exc}") from exc
         except botocore.exceptions.ResponseStreamingError as exc:
+            raise TransientStorageError(f"{where}: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            # A connection reset while a response is read can surface from urllib3 itself, unwrapped.
             raise TransientStorageError(f"{where}: {exc}") from exc
         except Exception as exc:
             # Errors of the upload threads may arrive wrapped.

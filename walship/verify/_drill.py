@@ -202,6 +202,10 @@ def _compare_recorded_state(
         for s in snapshots
         if position is not None and s.generation == position.generation and s.sequence < position.sequence
     ]
+    if position is not None and newest.bridge:
+        # A bridge ends segments this replica never got (it was behind): only a chain that reaches it rebuilds it.
+        listed = set(drill.sequences(position.generation))
+        earlier = [s for s in earlier if set(range(s.sequence + 1, position.sequence + 1)) <= listed]
     if position is None or not earlier:
         return
     base = max(earlier, key=lambda s: s.sequence)
@@ -235,7 +239,7 @@ def _restore_older(
         newest_end = max([newest.sequence, *drill.sequences(newest.generation)])
         options: list[tuple[SnapshotInfo, list[int]]] = []
         for snapshot in snapshots:
-            points = [snapshot.sequence, *(q for q in drill.sequences(snapshot.generation) if q > snapshot.sequence)]
+            points = [snapshot.sequence, *_reachable(snapshot, drill.sequences(snapshot.generation), snapshots)]
             points = [q for q in points if (snapshot.key, q) != (newest.key, newest_end)]
             if points:
                 options.append((snapshot, points))
@@ -245,6 +249,19 @@ def _restore_older(
         snapshot, points = rng.choice(options)
         restore.point("older", snapshot, rng.choice(points))
         drill.add("restore-older", True, _restored_detail(drill.points[-1]))
+
+
+def _reachable(snapshot: SnapshotInfo, sequences: list[int], snapshots: list[SnapshotInfo]) -> list[int]:
+    """The sequences after ``snapshot`` a restore from it may stop at: up to a gap that a bridge snapshot ends
+    (the replica was behind; a point past it is restored from the bridge), every one otherwise, so that a
+    lost segment still fails the drill."""
+    after = [q for q in sequences if q > snapshot.sequence]
+    bridges = {s.sequence for s in snapshots if s.bridge and s.generation == snapshot.generation}
+    present = set(after)
+    for sequence in range(snapshot.sequence + 1, max(after, default=snapshot.sequence) + 1):
+        if sequence not in present and any(b >= sequence and b + 1 in present for b in bridges):
+            return [q for q in after if q < sequence]
+    return after
 
 
 def _same_pages(a: Path, b: Path) -> bool:
