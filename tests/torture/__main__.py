@@ -17,6 +17,7 @@ from tests.s3servers import MotoS3
 from tests.torture.checks import check
 from tests.torture.run import TortureRun
 from tests.torture.schedule import KINDS, VERSION, plan
+from tests.torture.shipper import HungError
 
 
 def torture(
@@ -27,9 +28,13 @@ def torture(
     with run.storage(), run.spool_disk():
         try:
             run.run()
+        except HungError as hung:
+            failures = [str(hung)]  # the run stopped there: what the checks would find follows from it
+        else:
+            failures = []
         finally:
             run.stop_everything()
-        failures = check(run)
+        failures = failures or check(run)
         if failures:
             run.keep_replica()
         return run, failures

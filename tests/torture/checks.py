@@ -44,6 +44,7 @@ _SPOOL_FULL = "point --spool at a bigger one"  # walship's line for a full spool
 _PAST_THE_CAP = "holds more than"  # walship's warning of a spool past --spool-cap (walship.ship._shipper)
 # What status says of a gap, and a shipper of the snapshot a replica behind resumed at.
 _GAP = re.compile(r"generations/(\S+)/wal/(\d+)\.wal\.zst \(or \.resync\.zst\) is missing: a gap")
+_BRIDGED_GAP = re.compile(r"sequences (\d+)-\d+ of generation (\S+) are not here")
 _BREAKS = re.compile(r"the chain of generation (\S+) breaks after sequence (\d+)")
 _RESUMED = re.compile(r"resumed at (?:snapshot )?generations/(\S+)/snapshots/(\d+)\.sqlite")
 
@@ -201,12 +202,15 @@ class _Checks:
         return ("--generation", found[1], "--sequence", found[2])
 
     def _gaps(self) -> list[tuple[str, int]]:
+        """The replica's gaps (generation, first sequence missing): those status calls problems, and those it
+        says a snapshot taken for this replica alone ends."""
         done = self._walship("status", "--json")
         if done.returncode != 0:
             self.failures.append(f"status exited {done.returncode}: {done.stderr.strip()}")
             return []
-        problems = json.loads(done.stdout)["problems"]
-        return [(g, int(q)) for problem in problems for g, q in _GAP.findall(problem)]
+        status = json.loads(done.stdout)
+        lost = [(g, int(q)) for problem in status["problems"] for g, q in _GAP.findall(problem)]
+        return lost + [(g, int(q)) for line in status.get("bridged", []) for q, g in _BRIDGED_GAP.findall(line)]
 
     def _walship(self, command: str, *options: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

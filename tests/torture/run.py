@@ -51,7 +51,8 @@ class TortureRun:
         self.database = workdir / "app.db"
         self.base = workdir / "base.db"
         self.logs = workdir / "logs"
-        self.env = {**os.environ, "PREFECT_API_URL": ""}
+        # PYTHONFAULTHANDLER: a shipper that hangs prints its threads' stacks when the run aborts it (Shipper.wait).
+        self.env = {**os.environ, "PREFECT_API_URL": "", "PYTHONFAULTHANDLER": "1"}
         self.shippers: list[Shipper] = []
         self.writers: dict[int, subprocess.Popen[bytes]] = {}
         self.happened: list[str] = []
