@@ -480,7 +480,7 @@ def _ship_many(args: argparse.Namespace) -> int:
     except FleetFailedError as exc:
         report, failure = exc.report, exc
     for database, state, position, lag, error, replicas in report.table():
-        # Where it goes only when that is more than its template's one place; the others in the artifact.
+        # With several templates, where it goes: its first replica (the others follow from the other templates).
         where = f"  to {replicas[0]} +{len(replicas) - 1} more" if replicas else ""
         print(f"{state:<8}  {database}  {position}  max lag {lag}{where}" + (f"  {error}" if error else ""))
     print(report.summary())
