@@ -266,6 +266,25 @@ class TestOneReplicaDown:
         assert hung is not None, ship.output
         assert float(hung[1]) >= 4, "its uploads waited through the stall"
 
+    def test_one_that_hangs_from_the_start_holds_nothing_back(
+        self, database: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy], spawned: list[Ship | WriterGroup]
+    ) -> None:
+        """Each replica connects in its own uploader: a storage that hangs at the start (botocore waits 60 s a
+        read) neither delays the capture nor the other replica (found by the torture harness)."""
+        down, proxy = proxied_moto
+        local = f"file://{tmp_path / 'local'}"
+        proxy.stall()
+        writers = WriterGroup(database, [1], rate=100)
+        spawned.append(writers)
+        ship = Ship(database, local, "--replica", down, "--duration", "20", "--interval", "0.5", env=DIRECT)
+        spawned.append(ship)
+        wait_until(lambda: bool(replica_generations(local)), "the local replica's first upload", timeout=30)
+        proxy.resume()
+        writers.stop()
+        assert ship.wait() == 0, ship.output
+        for replica in (local, down):
+            assert_equals_source(replica, database, tmp_path / f"{secrets.token_hex(3)}.db", DIRECT)
+
     def test_past_the_cap_it_is_behind_then_resumes_at_a_snapshot(
         self,
         database: Path,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from walship.acks import ReplicaAcks
 from walship.errors import StorageError, TransientStorageError, UsageError
 from walship.layout import format_snapshot_key
-from walship.lease import acquire_lease
 from walship.models import WalPosition
 from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, ReplicaUploader
 from walship.ship._results import ShipConfig, SyncResult
@@ -65,29 +64,25 @@ class ReplicaSet:
         return [link.report for link in self.links]
 
     def open(self, spool: Spool) -> None:
-        """Check each replica's sealing and take its lease; one that is unreachable is tried again each sync."""
+        """Check each replica's sealing and take its lease before anything goes there; one that is unreachable
+        is tried again each sync."""
         locations = [link.location for link in self.links]
         if len(set(locations)) < len(locations):
             urls = ", ".join(link.url for link in self.links)
             raise UsageError(f"a replica is named twice ({urls}): name each one once")
         self._acks = ReplicaAcks(spool, locations)
-        for link in self.links:
-            try:
-                link.connect(functools.partial(self._take_lease, link, spool))
-            except TransientStorageError as exc:
-                link.unreachable(exc, len(spool.pending()), self.events(link))
         if self.several:
+            # Each connects in its own thread, on its first drain: one that hangs must not hold back the
+            # capture, nor the others (a failure there is kept for the run's end, as any of its failures).
             self._uploaders = [
                 ReplicaUploader(link, functools.partial(self._drain, link, spool)) for link in self.links
             ]
-
-    def _take_lease(self, link: ReplicaLink, spool: Spool) -> None:
-        """With one replica through the steps (retried); with several directly, so that one that is down does not
-        hold the start back (its uploader tries again each sync)."""
-        if self.several:
-            spool.save_lease(link.location, acquire_lease(link.store, self.holder))
-        else:
-            self.steps.acquire_lease(link.url, self.spool_dir, self.holder)
+            return
+        link = self.links[0]
+        try:
+            link.connect(lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder))
+        except TransientStorageError as exc:
+            link.unreachable(exc, len(spool.pending()), self.events(link))
 
     def upload(self, spool: Spool) -> None:
         """Upload what is spooled; a failure leaves it spooled for the next sync (no backoff inside).
