@@ -10,7 +10,7 @@ the others back and later resumes at a snapshot of its own.
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from walship.acks import ReplicaAcks
 from walship.errors import StorageError, TransientStorageError, UsageError
@@ -22,11 +22,27 @@ from walship.ship._shipper import Shipper
 from walship.spool import PendingEntry, Spool
 from walship.storage import ObjectStore
 from walship.units import human_bytes
+from walship.upload import UploadResult
 
-if TYPE_CHECKING:
-    from walship.ship._run import ShipObserver, ShipSteps
+__all__ = ["ReplicaSet", "ShipSteps"]
 
-__all__ = ["ReplicaSet"]
+
+class ShipSteps(Protocol):
+    """A run's storage steps outside the window, each retried on transient storage errors."""
+
+    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None: ...
+
+    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult: ...
+
+    def record_position(self, replica: str, position: WalPosition) -> None: ...
+
+    def release_lease(self, replica: str, spool_dir: Path) -> None: ...
+
+
+class _Spooled(Protocol):
+    """What a run's observer hears from its replicas after each sync (``walship.ship.ShipObserver``)."""
+
+    def spooled(self, pending: list[PendingEntry], replica: str = "") -> None: ...
 
 
 class ReplicaSet:
@@ -38,7 +54,7 @@ class ReplicaSet:
         open_store: Callable[[str], ObjectStore],
         config: ShipConfig,
         *,
-        steps: "ShipSteps",
+        steps: ShipSteps,
         spool_dir: Path,
         holder: str,
         events: Callable[[ReplicaLink], ReplicaEvents],
@@ -100,7 +116,7 @@ class ReplicaSet:
     def _drain(self, link: ReplicaLink, spool: Spool) -> None:
         link.drain(spool, self.acks, self.holder, self.events(link))
 
-    def lag(self, pending: list[PendingEntry], observer: "ShipObserver") -> float:
+    def lag(self, pending: list[PendingEntry], observer: _Spooled) -> float:
         """After a sync: each replica's lag, told to ``observer`` with what it still needs; the run's lag is the
         largest of those not behind."""
         acks = self.acks

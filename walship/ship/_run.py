@@ -26,8 +26,7 @@ from walship.dblock import ShipperIdentity
 from walship.errors import IncompleteError, SpoolEntryDamagedError, StorageError, UsageError
 from walship.handover import HeldDatabase, hold_database
 from walship.lease import holder_for
-from walship.models import WalPosition
-from walship.ship._fanout import ReplicaSet
+from walship.ship._fanout import ReplicaSet, ShipSteps
 from walship.ship._replicas import ReplicaEvents, ReplicaLink, ReplicaReport, UploadTally
 from walship.ship._results import ResyncSummary, ShipConfig, SyncResult
 from walship.ship._shipper import Shipper
@@ -89,18 +88,6 @@ class ShipReport(UploadTally):
     @property
     def commits_uploaded_of_earlier_run(self) -> int:
         return min(self.commits_left_by_earlier_run, self.commits_uploaded)
-
-
-class ShipSteps(Protocol):
-    """A run's storage steps outside the window, each retried on transient storage errors."""
-
-    def acquire_lease(self, replica: str, spool_dir: Path, holder: str) -> None: ...
-
-    def drain(self, replica: str, spool_dir: Path, holder: str) -> UploadResult: ...
-
-    def record_position(self, replica: str, position: WalPosition) -> None: ...
-
-    def release_lease(self, replica: str, spool_dir: Path) -> None: ...
 
 
 class ShipObserver(Protocol):
