@@ -84,15 +84,21 @@ def use_moto_credentials() -> None:
     )
 
 
-def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Ship one copy of the database under load, then idle; return timings, markers and samples."""
-    here = work / side
-    here.mkdir()
+def marked_copy(source: Path, here: Path) -> Path:
+    """A fresh copy of the workload's database in ``here``, with the table the lag markers go to."""
     db = here / "db.sqlite"
     shutil.copyfile(source, db)
     with sqlite3.connect(db) as connection:
         connection.execute(MARKER_TABLE)
     connection.close()
+    return db
+
+
+def run_side(side: str, server: RecordingS3, source: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Ship one copy of the database under load, then idle; return timings, markers and samples."""
+    here = work / side
+    here.mkdir()
+    db = marked_copy(source, here)
     server.create_bucket(BUCKETS[side])
     env = dict(os.environ)
     if side.startswith("walship"):

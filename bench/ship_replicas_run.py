@@ -10,9 +10,7 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._common import BUILD, ROOT, proc_stats
-from bench.ship_lag import DRAIN_SECONDS, WRITERS
+from bench.ship_lag import DRAIN_SECONDS, WRITERS, marked_copy
 from bench.ship_lag_s3 import RecordingS3
-from bench.ship_lag_writer import MARKER_TABLE
 from bench.ship_replicas_stored import Replica, received
 from tests.tcpproxy import TcpProxy
 
@@ -91,11 +88,7 @@ def ship(
     an outage, only once every replica has caught up (the spool is empty)."""
     here = work / name
     here.mkdir()
-    db = here / "db.sqlite"
-    shutil.copyfile(source, db)
-    with sqlite3.connect(db) as connection:
-        connection.execute(MARKER_TABLE)
-    connection.close()
+    db = marked_copy(source, here)
     env = {**os.environ, "PREFECT_API_URL": "", "PYTHONPATH": str(ROOT), "LD_PRELOAD": str(shim())}
     env["WALSHIP_BENCH_READS"] = str(here / "reads")
     argv = [sys.executable, "-m", "walship_cli", "--verbose", "--debug", "ship", str(db)]
