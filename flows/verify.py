@@ -11,7 +11,7 @@ from flows._failure import on_crashed, on_failure
 from flows._params import BLOCK_NAME, DATABASE_ID, REPLICA, UNSET, optional, plain_refusals, titled
 from flows._report import publish, run_name
 from flows._subject import database_of
-from tasks import check_index, restore_drill, with_retry_policy
+from tasks import check_index, check_lock, restore_drill, with_retry_policy
 from walship.models import RetryPolicy
 from walship.verify import VerifyReport, run_verify
 
@@ -39,6 +39,9 @@ def verify_flow(
         str | None, titled("age identity Secret block"), optional("string", pattern=BLOCK_NAME)
     ] = UNSET,
     age_identity_file: Annotated[Path | None, titled("age identity file"), optional("string")] = UNSET,
+    require_lock_days: Annotated[
+        int | None, titled("Required object lock (days)"), optional("integer", minimum=0)
+    ] = UNSET,
     retry: Annotated[RetryPolicy, titled("Retries")] = RetryPolicy(),  # noqa: B008 - frozen model, safe as a default
 ) -> VerifyReport:
     """Restore drill of ``replica``, and the index checked against the objects.
@@ -51,6 +54,8 @@ def verify_flow(
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_identity_block: Name of a Secret block holding the age identity that opens encrypted objects.
         age_identity_file: Path of an age identity file on the worker's host (when no block is named).
+        require_lock_days: Fail unless every object of the newest restorable point stays under the bucket's
+            object lock this many more days; empty: no lock check.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     Every checksum, the chain and ``PRAGMA integrity_check`` are verified. A
@@ -62,6 +67,7 @@ def verify_flow(
         database_id=database_id,
         older=older,
         workdir=workdir,
+        require_lock_days=require_lock_days,
         publish=lambda drilled: _publish(subject, drilled),
     )
     emit(PASSED_EVENT, subject, replica, {"checks": len(report.checks), "points": len(report.points)})
@@ -91,6 +97,9 @@ class _TaskSteps:
 
     def check_index(self) -> VerifyReport:
         return with_retry_policy(check_index, self.retry)(self.replica, self.block)
+
+    def check_lock(self, days: int) -> VerifyReport:
+        return with_retry_policy(check_lock, self.retry)(self.replica, days, self.block)
 
 
 def _publish(subject: str, report: VerifyReport) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tasks.ship import acquire_lease, record_position, release_lease, upload_spool
     from tasks.snapshot import check_replica, stream_snapshot, update_metadata
     from tasks.standby import catch_up_copy
-    from tasks.verify import check_index, restore_drill
+    from tasks.verify import check_index, check_lock, restore_drill
 
 _HOME = {
     "tasks._progress": ("finish_progress", "start_progress"),
@@ -31,7 +31,7 @@ _HOME = {
     "tasks.ship": ("acquire_lease", "record_position", "release_lease", "upload_spool"),
     "tasks.snapshot": ("check_replica", "stream_snapshot", "update_metadata"),
     "tasks.standby": ("catch_up_copy",),
-    "tasks.verify": ("check_index", "restore_drill"),
+    "tasks.verify": ("check_index", "check_lock", "restore_drill"),
 }
 _MODULE_OF = {name: module for module, names in _HOME.items() for name in names}
 
@@ -40,6 +40,7 @@ __all__ = [
     "apply_retention",
     "catch_up_copy",
     "check_index",
+    "check_lock",
     "check_replica",
     "describe_generations",
     "finish_progress",

@@ -8,7 +8,7 @@ from tasks._storage import open_replica
 from walship import verify
 from walship.verify import VerifyReport
 
-__all__ = ["check_index", "restore_drill"]
+__all__ = ["check_index", "check_lock", "restore_drill"]
 
 
 @walship_task
@@ -38,3 +38,9 @@ def restore_drill(
 def check_index(replica: str, credentials_block: str | None = None) -> VerifyReport:
     """Check that metadata.json agrees with the objects it describes."""
     return verify.check_index(open_replica(replica, credentials_block))
+
+
+@walship_task
+def check_lock(replica: str, days: int, credentials_block: str | None = None) -> VerifyReport:
+    """Check that every object of the newest restorable point stays under object lock ``days`` more days."""
+    return verify.check_lock(open_replica(replica, credentials_block), days)

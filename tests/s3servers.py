@@ -221,3 +221,66 @@ class SeaweedS3(_S3Server):
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+class MotoIAM(_S3Server):
+    """moto's server in a process of its own with IAM enforced: every request is signed by a known key
+    and allowed by that identity's policy, as on AWS (a subprocess: moto reads the switch at import).
+
+    moto lets the first ``INITIAL_NO_AUTH_ACTION_COUNT`` requests through unsigned: exactly the three that
+    make an administrator, whose key does everything after.
+    """
+
+    _SETUP_REQUESTS = 3
+
+    def __init__(self, timeout: float = 60.0) -> None:
+        (port,) = _free_ports(1)
+        self.endpoint = f"http://127.0.0.1:{port}"
+        env = {k: x for k, x in os.environ.items() if not k.startswith("AWS_")}
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self._SETUP_REQUESTS)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+                if time.monotonic() > deadline or self._proc.poll() is not None:
+                    raise RuntimeError(f"moto with IAM at {self.endpoint} did not start")
+                time.sleep(0.05)
+            self.access_key = self.secret_key = "unsigned"
+            self.access_key, self.secret_key = self._identity(
+                "admin", [{"Effect": "Allow", "Action": "*", "Resource": "*"}]
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def identity(self, name: str, statements: list[dict[str, Any]]) -> tuple[str, str]:
+        """A user allowed only what ``statements`` (IAM policy statements) allow: (access key, secret)."""
+        return self._identity(name, statements)
+
+    def _identity(self, name: str, statements: list[dict[str, Any]]) -> tuple[str, str]:
+        iam = boto3.session.Session().client(
+            "iam",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+        iam.create_user(UserName=name)
+        policy = {"Version": "2012-10-17", "Statement": statements}
+        iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()

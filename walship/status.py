@@ -9,7 +9,9 @@ restorable; every key walship did not write is listed as a stray. Beyond
 that: one GET of the index, one HEAD of each generation's newest segment and
 of the snapshot a default restore starts from (walship.generations), one GET
 of the lease if there is one, and one GET of metadata.json again where the
-listing shows the original design's layout.
+listing shows the original design's layout. On S3, two more: the bucket's
+versioning and its Object Lock default, from which each point's lock is
+estimated (walship.locks).
 ``--rebuild-index`` adds a rebuild (a LIST and a HEAD per snapshot), a
 conditional write and a second listing.
 """
@@ -26,10 +28,11 @@ from walship.generations import describe_generations
 from walship.index import read_index, rebuild_index, update_index
 from walship.layout import LEASE_KEY, generation_of, is_resync_key, parse_segment_key
 from walship.lease import read_lease
+from walship.locks import PointLocks, estimate_locks
 from walship.models import ReplicaMetadata, SnapshotInfo, utcnow
 from walship.original import OriginalLayout, describe_original
 from walship.retention import LEFTOVER_AGE, format_duration
-from walship.storage import ObjectStore, leftovers_of
+from walship.storage import BucketProtection, ObjectStore, leftovers_of, versions_of
 from walship.units import human_bytes
 
 __all__ = ["GenerationSummary", "IndexState", "LeaseState", "ReplicaStatus", "replica_status"]
@@ -110,6 +113,9 @@ class ReplicaStatus(BaseModel):
     # Gaps this replica has because it was behind another replica of its shipper, each ended by a snapshot
     # taken for it alone: a point inside cannot be restored from here, the newest data can.
     bridged: list[str] = []
+    # How the bucket keeps what was written (S3 only), and how long that keeps the points restorable.
+    protection: BucketProtection | None = None
+    locks: PointLocks | None = None
     problems: list[str]
 
     def render(self) -> str:
@@ -129,6 +135,10 @@ class ReplicaStatus(BaseModel):
             f"stored:       {human_bytes(self.total_bytes)} in {self.object_count} objects",
             f"lease:        {self._lease()}",
         ]
+        if self.protection is not None:
+            lines.append(f"protection:   {self.protection.describe()}")
+        if self.locks is not None and self.protection is not None and self.protection.lock_mode is not None:
+            lines.append(f"locked:       {self.locks.describe()}")
         if self.original is not None:
             lines += self.original.render()
         lines += [f"stray:        {key} (walship did not write it; it is never used)" for key in self.strays]
@@ -232,6 +242,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
     now = utcnow()
     lag_of, shipped = _newest_state(captured_at, snapshots, original)
     leftovers = leftovers_of(store)
+    versioned = versions_of(store)
+    protection = versioned.protection() if versioned is not None else None
     return ReplicaStatus(
         replica=store.location,
         checked_at=now,
@@ -283,6 +295,8 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
             for state in generations.generations
             for first, snapshot in state.bridged
         ],
+        protection=protection,
+        locks=estimate_locks(protection, generations.generations, listing, now) if protection else None,
         problems=problems,
     )
 

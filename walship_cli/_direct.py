@@ -118,11 +118,17 @@ def restore(
 
 
 def verify(
-    replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
+    replica: str,
+    *,
+    database_id: str | None,
+    older: bool,
+    workdir: Path | None,
+    identity_file: Path | None = None,
+    require_lock_days: int | None = None,
 ) -> VerifyReport:
     keys = _keys(identity_file)
     steps = StoreSteps(open_store(replica), keys, policy=_POLICY)
-    return run_verify(steps, database_id=database_id, older=older, workdir=workdir)
+    return run_verify(steps, database_id=database_id, older=older, workdir=workdir, require_lock_days=require_lock_days)
 
 
 def retention(replica: str, policy: RetentionPolicy, *, dry_run: bool) -> RetentionReport:

@@ -169,14 +169,25 @@ def follow(
 
 
 def verify(
-    replica: str, *, database_id: str | None, older: bool, workdir: Path | None, identity_file: Path | None = None
+    replica: str,
+    *,
+    database_id: str | None,
+    older: bool,
+    workdir: Path | None,
+    identity_file: Path | None = None,
+    require_lock_days: int | None = None,
 ) -> VerifyReport:
     from flows.verify import verify_flow  # noqa: PLC0415 - Prefect only when a flow runs
 
     _imported()
 
     return verify_flow(
-        replica=replica, database_id=database_id, older=older, workdir=workdir, age_identity_file=identity_file
+        replica=replica,
+        database_id=database_id,
+        older=older,
+        workdir=workdir,
+        age_identity_file=identity_file,
+        require_lock_days=require_lock_days,
     )
 
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from walship import codec, envelope
 from walship.errors import FleetFailedError, UsageError, VerificationFailedError, WalshipError
 from walship.fleet import PARK_AFTER, plan_fleet
+from walship.layout import generation_of
 from walship.models import RestoreResult
 from walship.placement import check_output
 from walship.restore import point_in_time
@@ -129,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--older", action="store_true", help="also restore a random older point")
     drill.add_argument("--database-id", help="fail if the replica holds another database")
     drill.add_argument("--workdir", type=Path, help="directory for the restored files (default: system temp)")
+    drill.add_argument(
+        "--require-lock-days",
+        type=int,
+        metavar="N",
+        help="fail unless every object of the newest restorable point is under object lock for N more days",
+    )
     _age.add_options(writers=(snap, ship), readers=(rest, drill, follow))
 
     stat = commands.add_parser("status", help="show what a replica holds")
@@ -137,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     stat.add_argument(
         "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
     )
+    for reader in (rest, drill, stat):
+        reader.add_argument(
+            "--versions-at",
+            metavar="TIME",
+            help="read the replica as it was at this ISO 8601 time, from object versions (versioned S3 buckets)",
+        )
     return parser
 
 
@@ -303,7 +316,7 @@ _SEVERAL_REPLICAS = ("ship", "ship-many", "snapshot")
 
 
 def _run(args: argparse.Namespace) -> int:
-    replicas = [str(parse_replica_url(url)) for url in args.replica] if args.command != "ship-many" else args.replica
+    replicas = [_replica_url(args, url) for url in args.replica] if args.command != "ship-many" else args.replica
     if len(replicas) > 1 and args.command not in _SEVERAL_REPLICAS:
         raise UsageError(
             f"--replica is given {len(replicas)} times: 'walship {args.command}' works on one replica "
@@ -315,6 +328,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "follow":
         return _standby.follow_command(args, args.replica, _runner(args))
     return _run_one(args)
+
+
+def _replica_url(args: argparse.Namespace, url: str) -> str:
+    """The URL as the command reads it: as it was at --versions-at, where given; a past state is never written."""
+    replica = parse_replica_url(url)
+    versions_at = getattr(args, "versions_at", None)
+    if versions_at is not None:
+        replica = replica.at(_parse_timestamp(versions_at, option="--versions-at"))
+    elif replica.read_only and args.command not in ("restore", "status", "verify"):
+        raise UsageError(
+            f"replica URL {url!r} names the replica as it was at a past time (versions-at=), "
+            f"which 'walship {args.command}' cannot write: drop versions-at from the URL"
+        )
+    return str(replica)
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -508,11 +535,14 @@ def _retention(args: argparse.Namespace, replica: str) -> int:
     plan, result = report.plan, report.result
     verb = "would delete" if result.dry_run else "delete"
     for decision in plan.snapshots:
-        action = "keep  " if decision.keep else verb
+        action = "keep  " if decision.keep else "held  " if decision.key in plan.held else verb
         print(f"{action}  {decision.key}  {decision.created_at:%Y-%m-%d %H:%M}Z  ({'; '.join(decision.reasons)})")
     for generation in plan.generations:
-        if generation.delete:
-            print(f"{verb}  {len(generation.delete)} segments of {generation.generation} ({generation.reason})")
+        going = [key for key in generation.delete if key not in plan.held]
+        if going:
+            print(f"{verb}  {len(going)} segments of {generation.generation} ({generation.reason})")
+    for line in _describe_held(result.held):
+        print(line)
     for key, size in plan.leftovers.items():
         print(f"{verb}  {key}  ({size} bytes left by an interrupted upload)")
     if result.dry_run:
@@ -525,9 +555,23 @@ def _retention(args: argparse.Namespace, replica: str) -> int:
     return EXIT_OK
 
 
+def _describe_held(held: dict[str, datetime]) -> list[str]:
+    """What object lock keeps, a line per generation: retention deletes it once the lock ends."""
+    by_generation: dict[str, list[datetime]] = {}
+    for key, until in held.items():
+        by_generation.setdefault(generation_of(key) or key, []).append(until)
+    return [
+        f"held    {len(dates)} objects of {generation} under object lock until {max(dates):%Y-%m-%d %H:%M}Z "
+        "(retention deletes them once it ends)"
+        for generation, dates in sorted(by_generation.items())
+    ]
+
+
 def _verify(args: argparse.Namespace, replica: str) -> int:
     if args.workdir is not None and not args.workdir.is_dir():
         raise UsageError(f"verify: --workdir {args.workdir} is not a directory: create it first")
+    if args.require_lock_days is not None and args.require_lock_days < 0:
+        raise UsageError(f"verify: --require-lock-days {args.require_lock_days}: give a number of days, 0 or more")
     failure: WalshipError | None = None
     try:
         report = _runner(args).verify(
@@ -536,6 +580,7 @@ def _verify(args: argparse.Namespace, replica: str) -> int:
             older=args.older,
             workdir=args.workdir,
             identity_file=_age.identity_file(args),
+            require_lock_days=args.require_lock_days,
         )
     except VerificationFailedError as exc:
         report, failure = exc.report, exc
@@ -547,11 +592,11 @@ def _verify(args: argparse.Namespace, replica: str) -> int:
     return EXIT_OK
 
 
-def _parse_timestamp(text: str) -> datetime:
+def _parse_timestamp(text: str, *, option: str = "--timestamp") -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--timestamp {text!r} is not ISO 8601: use e.g. 2026-11-24T08:00:00Z") from None
+        raise UsageError(f"{option} {text!r} is not ISO 8601: use e.g. 2026-11-24T08:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 

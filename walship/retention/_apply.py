@@ -3,7 +3,9 @@
 A delete counts as done only when a listing afterwards no longer shows the
 key: S3's DeleteObjects can fail per key inside a successful response, and a
 request that times out may or may not have happened. Whatever is still
-listed is reported as failed; the next run plans it again.
+listed is reported as failed; the next run plans it again. On a versioned
+bucket each version is deleted for good (walship.retention._locks), and one
+that object lock keeps is reported with its retain-until date, not failed.
 """
 
 from collections.abc import Sequence
@@ -12,14 +14,23 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from walship.catalog import require_replica
-from walship.errors import WalshipError
+from walship.errors import PermanentStorageError, WalshipError
 from walship.generations import describe_generations
 from walship.index import current_snapshots, forget_snapshots
-from walship.layout import GENERATIONS_PREFIX, generation_prefix, parse_segment_key, parse_snapshot_key
+from walship.layout import GENERATIONS_PREFIX, generation_of, generation_prefix, parse_segment_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo
+from walship.retention._locks import hold_locked
 from walship.retention._plan import RetentionPlan, plan_retention
 from walship.retention._policy import LEFTOVER_AGE, RetentionPolicy
-from walship.storage import DELETE_BATCH_LIMIT, LocalStore, ObjectStore, leftovers_of
+from walship.storage import (
+    DELETE_BATCH_LIMIT,
+    LocalStore,
+    ObjectStore,
+    ObjectVersion,
+    VersionedStore,
+    leftovers_of,
+    versions_of,
+)
 
 __all__ = ["RetentionReport", "RetentionResult", "apply_retention", "list_history", "newest_data", "plan_replica"]
 
@@ -35,6 +46,8 @@ class RetentionResult(BaseModel):
     failed: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     bytes_freed: int = 0
+    # Kept by object lock (key -> retain-until): planned around, or refused by storage when applied.
+    held: dict[str, datetime] = {}
 
     @property
     def ok(self) -> bool:
@@ -63,17 +76,25 @@ def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = 
     keys = plan.delete_keys
     planned = len(keys) + len(plan.leftovers)
     if dry_run or not planned:
-        return RetentionResult(dry_run=dry_run, planned=planned)
+        return RetentionResult(dry_run=dry_run, planned=planned, held=plan.held)
     errors: list[str] = []
+    held = dict(plan.held)
     gone_leftovers = _remove_leftovers(store, plan.leftovers, errors)
-    for start in range(0, len(keys), DELETE_BATCH_LIMIT):
-        batch = keys[start : start + DELETE_BATCH_LIMIT]
-        try:
-            store.delete(batch)
-        except WalshipError as exc:
-            errors.append(str(exc))
-    remaining = _still_listed(store, keys, errors)
-    deleted = [k for k in keys if k not in remaining]
+    versioned = versions_of(store)
+    if plan.versioned and versioned is not None:
+        held.update(_delete_versions(versioned, [v for k in keys for v in plan.versions.get(k, ())], errors))
+    else:
+        for start in range(0, len(keys), DELETE_BATCH_LIMIT):
+            batch = keys[start : start + DELETE_BATCH_LIMIT]
+            try:
+                store.delete(batch)
+            except PermanentStorageError:
+                raise  # a credential that may not delete: no later run would do better
+            except WalshipError as exc:
+                errors.append(str(exc))
+    listed = _still_listed(store, keys, errors)
+    remaining = listed - set(held)
+    deleted = [k for k in keys if k not in listed]
     gone_snapshots = [k for k in deleted if parse_snapshot_key(k) is not None]
     if gone_snapshots:
         try:
@@ -88,8 +109,30 @@ def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = 
         deleted=(*deleted, *gone_leftovers),
         failed=tuple(k for k in keys if k in remaining),
         errors=tuple(errors),
+        held=held,
         bytes_freed=sum(sizes[k] for k in deleted) + sum(plan.leftovers[k] for k in gone_leftovers),
     )
+
+
+def _delete_versions(store: VersionedStore, versions: list[ObjectVersion], errors: list[str]) -> dict[str, datetime]:
+    """Delete ``versions`` for good; those object lock keeps come back with their retain-until dates."""
+    try:
+        refused = store.delete_versions(versions)
+    except WalshipError as exc:
+        errors.append(str(exc))
+        return {}
+    held: dict[str, datetime] = {}
+    for refusal in refused:
+        try:
+            _, until = store.version_lock(refusal.key, refusal.version_id)
+        except WalshipError as exc:
+            errors.append(f"{refusal.key}: {refusal.code} {refusal.message}; reading its lock: {exc}")
+            continue
+        if until is None:
+            errors.append(f"delete {refusal.key} version {refusal.version_id}: {refusal.code} {refusal.message}")
+        else:
+            held[refusal.key] = max(until, held.get(refusal.key, until))
+    return held
 
 
 def _remove_leftovers(store: ObjectStore, leftovers: dict[str, int], errors: list[str]) -> tuple[str, ...]:
@@ -116,6 +159,17 @@ def _still_listed(store: ObjectStore, keys: Sequence[str], errors: list[str]) ->
     return listed
 
 
+def _versions_of(store: VersionedStore, keys: Sequence[str]) -> dict[str, Sequence[ObjectVersion]]:
+    """Every version of ``keys``, listed generation by generation."""
+    wanted = set(keys)
+    found: dict[str, Sequence[ObjectVersion]] = {}
+    for generation in sorted({g for k in keys if (g := generation_of(k))}):
+        for versions in store.versions(generation_prefix(generation)):
+            if versions and versions[0].key in wanted:
+                found[versions[0].key] = versions
+    return found
+
+
 class RetentionReport(BaseModel):
     """The plan a retention run made and what applying it did."""
 
@@ -132,6 +186,10 @@ def plan_replica(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> 
     if not snapshots and not segments:
         require_replica(store)
     plan = plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))
+    versioned = versions_of(store)
+    protection = versioned.protection() if versioned is not None else None
+    if versioned is not None and protection is not None and protection.versioned:
+        plan = hold_locked(plan, _versions_of(versioned, plan.delete_keys), protection, now)
     idle = {
         leftover.key: leftover.size
         for leftover in leftovers_of(store)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from walship.layout import parse_generation, parse_segment_key
 from walship.models import ObjectInfo, SnapshotInfo
 from walship.retention._policy import RetentionPolicy, format_duration
+from walship.storage import ObjectVersion
 
 __all__ = ["GenerationDecision", "RetentionPlan", "SnapshotDecision", "plan_retention"]
 
@@ -58,6 +59,11 @@ class RetentionPlan(_Frozen):
     generations: tuple[GenerationDecision, ...]
     # Files interrupted uploads left (key -> bytes), idle for ``LEFTOVER_AGE`` and held by no live upload.
     leftovers: dict[str, int] = {}
+    # On a versioned bucket (walship.retention._locks): every version of each key goes, and keys whose
+    # generation holds a version under object lock stay until the date given.
+    versioned: bool = False
+    versions: dict[str, tuple[ObjectVersion, ...]] = {}
+    held: dict[str, datetime] = {}
 
     @property
     def kept_snapshots(self) -> list[SnapshotDecision]:
@@ -69,8 +75,11 @@ class RetentionPlan(_Frozen):
 
     @property
     def delete_keys(self) -> list[str]:
-        """Snapshots first: a crash part-way leaves spare segments, never a snapshot missing its WAL."""
-        return [s.key for s in self.deleted_snapshots] + [k for g in self.generations for k in g.delete]
+        """Snapshots first: a crash part-way leaves spare segments, never a snapshot missing its WAL.
+
+        Those object lock holds are not among them."""
+        planned = [s.key for s in self.deleted_snapshots] + [k for g in self.generations for k in g.delete]
+        return [k for k in planned if k not in self.held]
 
     @property
     def delete_sizes(self) -> dict[str, int]:
@@ -81,8 +90,8 @@ class RetentionPlan(_Frozen):
 
     @property
     def bytes_to_free(self) -> int:
-        deleted = sum(s.size for s in self.deleted_snapshots) + sum(g.bytes_deleted for g in self.generations)
-        return deleted + sum(self.leftovers.values())
+        sizes = self.delete_sizes
+        return sum(sizes[k] for k in self.delete_keys) + sum(self.leftovers.values())
 
     @property
     def bytes_kept(self) -> int:

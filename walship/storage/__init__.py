@@ -17,26 +17,42 @@ from walship.storage._multipart import PartSink
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ObjectStore, ReadStream
 from walship.storage._s3_url import S3URL
 from walship.storage._url import ReplicaURL, parse_replica_url, register, schemes
+from walship.storage._versions import (
+    BucketProtection,
+    LockMode,
+    ObjectVersion,
+    VersionedStore,
+    VersionRefusal,
+    newest_before,
+    versions_of,
+)
 
 if TYPE_CHECKING:
     from walship.storage._s3 import S3Store
 
 __all__ = [
     "DELETE_BATCH_LIMIT",
+    "BucketProtection",
     "Leftover",
     "LocalStore",
+    "LockMode",
     "MemoryStore",
     "ObjectStore",
+    "ObjectVersion",
     "PartSink",
     "ReadStream",
     "ReplicaURL",
     "S3Store",
     "StorageCredentials",
+    "VersionRefusal",
+    "VersionedStore",
     "leftovers_of",
+    "newest_before",
     "open_store",
     "parse_replica_url",
     "register",
     "schemes",
+    "versions_of",
 ]
 
 register("file", FileURL)

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -35,6 +36,7 @@ from walship.storage._botodata import lean_loader
 from walship.storage._credentials import StorageCredentials
 from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, put_one, upload
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
+from walship.storage._versions import BucketProtection, LockMode, ObjectVersion, VersionRefusal
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -186,7 +188,7 @@ class S3Store:
 
     def get_bytes(self, key: str, *, max_size: int) -> tuple[bytes, ObjectInfo]:
         with self.errors("get object", key):
-            response = self.client.get_object(Bucket=self.bucket, Key=self.full(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self.full(key), **self.read_arguments(key))
             with contextlib.closing(response["Body"]) as body:
                 data = body.read(max_size + 1)
         if len(data) > max_size:
@@ -202,7 +204,7 @@ class S3Store:
 
     @contextlib.contextmanager
     def open(self, key: str, *, start: int = 0, length: int | None = None) -> Iterator[ReadStream]:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full(key)}
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.full(key), **self.read_arguments(key)}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)
             args["Range"] = f"bytes={start}-{end}"
@@ -218,7 +220,7 @@ class S3Store:
 
     def head(self, key: str) -> ObjectInfo:
         with self.errors("head object", key):
-            response = self.client.head_object(Bucket=self.bucket, Key=self.full(key))
+            response = self.client.head_object(Bucket=self.bucket, Key=self.full(key), **self.read_arguments(key))
         return ObjectInfo(
             key=key,
             size=response["ContentLength"],
@@ -251,10 +253,49 @@ class S3Store:
             errors = response.get("Errors", [])
             if errors:
                 first = errors[0]
-                raise TransientStorageError(
+                found = (
                     f"s3: delete objects: {len(errors)} of {len(batch)} not deleted "
                     f"(first {first.get('Key')}: {first.get('Code')} {first.get('Message')})"
                 )
+                if all(error.get("Code") == "AccessDenied" for error in errors):
+                    # Retrying cannot help: the credential may not delete (a writer's, by design).
+                    raise PermanentStorageError(
+                        f"{found}: access denied: check {self._credentials_hint}; deleting needs s3:DeleteObject "
+                        "(the retention policy of docs/OPERATIONS.md), which a writer's credential does not have"
+                    )
+                raise TransientStorageError(found)
+
+    def read_arguments(self, key: str) -> dict[str, Any]:
+        """What a read of ``key`` adds to its request: the current version, here (a view names another)."""
+        return {}
+
+    # VersionedStore (walship.storage._versions), in walship.storage._s3_versions.
+
+    def protection(self) -> BucketProtection:
+        from walship.storage._s3_versions import bucket_protection  # noqa: PLC0415 - it subclasses this class
+
+        return bucket_protection(self)
+
+    def versions(self, prefix: str = "") -> Iterator[Sequence[ObjectVersion]]:
+        from walship.storage._s3_versions import list_versions  # noqa: PLC0415 - it subclasses this class
+
+        return list_versions(self, prefix)
+
+    def delete_versions(self, versions: Sequence[ObjectVersion]) -> Sequence[VersionRefusal]:
+        from walship.storage._s3_versions import delete_versions  # noqa: PLC0415 - it subclasses this class
+
+        return delete_versions(self, versions)
+
+    def version_lock(self, key: str, version_id: str | None = None) -> tuple[LockMode | None, datetime | None]:
+        from walship.storage._s3_versions import version_lock  # noqa: PLC0415 - it subclasses this class
+
+        return version_lock(self, key, version_id)
+
+    def as_of(self, at: datetime) -> "S3Store":
+        """This replica as it was at ``at``, read from object versions; read-only."""
+        from walship.storage._s3_versions import S3VersionsView  # noqa: PLC0415 - it subclasses this class
+
+        return S3VersionsView.of(self, at)
 
     # The PartSink of walship.storage._multipart: every request carries the SHA-256 of its body.
 

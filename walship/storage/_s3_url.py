@@ -1,10 +1,14 @@
-"""S3 replica URLs, ``s3://bucket/prefix[?endpoint=URL]``: the S3 backend's entry, free of botocore.
+"""S3 replica URLs, ``s3://bucket/prefix[?endpoint=URL][&versions-at=TIME]``: the S3 backend's entry, free of botocore.
+
+``versions-at`` names the replica as it was at TIME, read from the bucket's
+object versions (``walship restore|status|verify --versions-at``).
 
 botocore takes about 0.3 s to import, which parsing a URL (a run's name, a
 fleet's plan) need not pay: the store's module is imported when one opens.
 """
 
 import re
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 from walship.errors import UsageError
@@ -27,6 +31,7 @@ class S3URL(ReplicaURL):
 
     bucket: str
     endpoint: str | None = None
+    versions_at: datetime | None = None
 
     @classmethod
     def parse(cls, url: str) -> "S3URL":
@@ -37,10 +42,11 @@ class S3URL(ReplicaURL):
                 "use 3-63 lowercase letters, digits, dots or hyphens, as in s3://bucket/prefix"
             )
         params = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(params) - {"endpoint"})
+        unknown = sorted(set(params) - {"endpoint", "versions-at"})
         if unknown:
             raise UsageError(
-                f"replica URL {url!r} has unknown parameter(s) {', '.join(unknown)}: only ?endpoint= is known"
+                f"replica URL {url!r} has unknown parameter(s) {', '.join(unknown)}: "
+                "only endpoint= and versions-at= are known"
             )
         endpoint = params.get("endpoint", [None])[-1]
         if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
@@ -48,12 +54,27 @@ class S3URL(ReplicaURL):
         prefix = parts.path.strip("/")
         if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
             raise UsageError(f"replica URL {url!r} has an invalid prefix {prefix!r}: use plain path segments")
-        return cls(scheme="s3", bucket=parts.netloc, prefix=f"{prefix}/" if prefix else "", endpoint=endpoint)
+        at = params.get("versions-at", [None])[-1]
+        return cls(
+            scheme="s3",
+            bucket=parts.netloc,
+            prefix=f"{prefix}/" if prefix else "",
+            endpoint=endpoint,
+            versions_at=_time(url, at) if at is not None else None,
+        )
 
     def open(self, credentials: StorageCredentials | None = None) -> ObjectStore:
         from walship.storage._s3 import S3Store  # noqa: PLC0415 - see the module docstring
 
-        return S3Store(self.bucket, self.prefix, endpoint=self.endpoint, credentials=credentials)
+        store = S3Store(self.bucket, self.prefix, endpoint=self.endpoint, credentials=credentials)
+        return store.as_of(self.versions_at) if self.versions_at is not None else store
+
+    def at(self, when: datetime) -> "S3URL":
+        return self.model_copy(update={"versions_at": when.astimezone(UTC)})
+
+    @property
+    def read_only(self) -> bool:
+        return self.versions_at is not None
 
     def shared_root(self) -> "S3URL":
         return self.model_copy(update={"prefix": ""})
@@ -64,4 +85,17 @@ class S3URL(ReplicaURL):
 
     def __str__(self) -> str:
         query = f"?endpoint={self.endpoint}" if self.endpoint else ""
+        if self.versions_at is not None:
+            query += f"{'&' if query else '?'}versions-at={self.versions_at:%Y-%m-%dT%H:%M:%S.%fZ}"
         return f"s3://{self.bucket}/{self.prefix}{query}"
+
+
+def _time(url: str, text: str) -> datetime:
+    try:
+        # parse_qs turned a "+hh:mm" zone into " hh:mm".
+        value = datetime.fromisoformat(text.replace(" ", "+"))
+    except ValueError:
+        raise UsageError(
+            f"replica URL {url!r}: versions-at={text!r} is not an ISO 8601 time: use e.g. 2026-11-24T08:00:00Z"
+        ) from None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)

@@ -7,6 +7,7 @@ fleet plans parse URLs that the process may never open.
 """
 
 import abc
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
@@ -42,6 +43,18 @@ class ReplicaURL(BaseModel, abc.ABC):
     @abc.abstractmethod
     def open(self, credentials: "StorageCredentials | None" = None) -> "ObjectStore":
         """A store for this replica; ``credentials`` replace the backend's own defaults where it reads them."""
+
+    def at(self, when: datetime) -> "ReplicaURL":
+        """This replica as it was at ``when``, read from object versions (a read-only URL)."""
+        raise UsageError(
+            f"--versions-at reads object versions, which a {self.scheme}:// replica does not keep: "
+            "use it on an s3:// replica in a versioned bucket"
+        )
+
+    @property
+    def read_only(self) -> bool:
+        """The URL names a past state of the replica, which nothing may write."""
+        return False
 
     def shared_root(self) -> "ReplicaURL | None":
         """The URL of what one client serves for many replicas (a bucket), or None when a store costs nothing."""

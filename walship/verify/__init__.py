@@ -3,7 +3,7 @@
 from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
 from walship.verify._report import RestoredPoint, VerifyCheck, VerifyReport
-from walship.verify._run import StoreSteps, VerifySteps, run_verify, verify_replica
+from walship.verify._run import StoreSteps, VerifySteps, check_lock, run_verify, verify_replica
 
 __all__ = [
     "RestoredPoint",
@@ -12,6 +12,7 @@ __all__ = [
     "VerifyReport",
     "VerifySteps",
     "check_index",
+    "check_lock",
     "restore_drill",
     "run_verify",
     "verify_replica",

@@ -6,20 +6,22 @@ runs (retried on the core, or as a task run): they hand ``run_verify`` their
 a success.
 """
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from walship.envelope import Keyring
 from walship.errors import VerificationFailedError
-from walship.models import RetryPolicy
+from walship.locks import require_lock
+from walship.models import RetryPolicy, utcnow
 from walship.steps import BoundSteps
 from walship.storage import ObjectStore
 from walship.verify._drill import restore_drill
 from walship.verify._index import check_index
-from walship.verify._report import VerifyReport
+from walship.verify._report import VerifyCheck, VerifyReport
 
-__all__ = ["StoreSteps", "VerifySteps", "run_verify", "verify_replica"]
+__all__ = ["StoreSteps", "VerifySteps", "check_lock", "run_verify", "verify_replica"]
 
 
 class VerifySteps(Protocol):
@@ -30,6 +32,8 @@ class VerifySteps(Protocol):
     ) -> VerifyReport: ...
 
     def check_index(self) -> VerifyReport: ...
+
+    def check_lock(self, days: int) -> VerifyReport: ...
 
 
 class StoreSteps(BoundSteps):
@@ -51,6 +55,20 @@ class StoreSteps(BoundSteps):
     def check_index(self) -> VerifyReport:
         return self._retried(lambda: check_index(self.store))
 
+    def check_lock(self, days: int) -> VerifyReport:
+        return self._retried(lambda: check_lock(self.store, days))
+
+
+def check_lock(store: ObjectStore, days: int) -> VerifyReport:
+    """Whether every object of the newest restorable point stays under object lock ``days`` more days."""
+    started = time.monotonic()
+    ok, detail = require_lock(store, days, utcnow())
+    return VerifyReport(
+        replica=store.location,
+        checks=[VerifyCheck(name="object lock", ok=ok, detail=detail)],
+        duration_seconds=time.monotonic() - started,
+    )
+
 
 def run_verify(
     steps: VerifySteps,
@@ -59,9 +77,11 @@ def run_verify(
     older: bool = False,
     seed: int | None = None,
     workdir: Path | None = None,
+    require_lock_days: int | None = None,
     publish: Callable[[VerifyReport], None] | None = None,
 ) -> VerifyReport:
-    """The restore drill, then the index against the objects; a failed check raises.
+    """The restore drill, then the index against the objects, then (``require_lock_days``) the newest point's
+    object lock; a failed check raises.
 
     ``publish`` sees the whole report before the verdict, passed or not.
     Raises ``VerificationFailedError`` (holding the report) when any check
@@ -69,6 +89,8 @@ def run_verify(
     """
     drill = steps.restore_drill(database_id=database_id, older=older, seed=seed, workdir=workdir)
     report = drill.merge(steps.check_index())
+    if require_lock_days is not None:
+        report = report.merge(steps.check_lock(require_lock_days))
     if publish is not None:
         publish(report)
     if not report.passed:
