@@ -7,6 +7,7 @@ built once for the module; each run that writes gets its own directory.
 """
 
 import re
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import NamedTuple
 import pytest
 
 from tests.helpers import walship
-from tests.s3servers import MotoS3
+from tests.s3servers import MotoS3, s3_client
 from tests.test_cli import assert_plain_error
 
 
@@ -32,6 +33,7 @@ class Scene:
     headless: str  # the same without its snapshot object
     no_bucket: str  # an S3 replica in a bucket that does not exist
     aws: dict[str, str]
+    versioned: str = ""  # the good replica's history shipped to a versioned S3 bucket
 
     @property
     def empty(self) -> Path:
@@ -41,6 +43,10 @@ class Scene:
     @property
     def fresh(self) -> str:
         return f"file://{self.work / 'replica'}"
+
+
+# A --versions-at time after every replica here was written: the view holds what they hold now.
+_NOW = "2099-01-01T00:00:00Z"
 
 
 class Row(NamedTuple):
@@ -165,10 +171,34 @@ ROWS = [
         1,
         "no replica",
     ),
+    Row(
+        "restore",
+        "versions-at",
+        lambda s: ["restore", "--replica", s.versioned, "--output", str(s.work / "r.db"), "--versions-at", _NOW],
+        0,
+        "",
+    ),
+    Row(
+        "restore",
+        "versions-at-usage",
+        lambda s: ["restore", "--replica", s.good, "--output", str(s.work / "r.db"), "--versions-at", _NOW],
+        2,
+        "object versions",
+    ),
     Row("status", "success", lambda s: ["status", "--replica", s.good], 0, ""),
+    Row("status", "versions-at", lambda s: ["status", "--replica", s.versioned, "--versions-at", _NOW], 0, ""),
     Row("status", "failure", lambda s: ["status", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
     Row("status", "usage", lambda s: ["status", "--replica", "ftp://host/x"], 2, "replica URL"),
     Row("verify", "success", lambda s: ["verify", "--replica", s.good], 0, ""),
+    Row("verify", "versions-at", lambda s: ["verify", "--replica", s.versioned, "--versions-at", _NOW], 0, ""),
+    Row(
+        "verify",
+        "lock-failure",
+        lambda s: ["verify", "--replica", s.good, "--require-lock-days", "1"],
+        1,
+        "object lock failed",
+    ),
+    Row("verify", "lock-usage", lambda s: ["verify", "--replica", s.good, "--require-lock-days", "-1"], 2, "lock-days"),
     Row("verify", "failure", lambda s: ["verify", "--replica", s.damaged], 1, "restore-newest failed"),
     Row("verify", "no-snapshot", lambda s: ["verify", "--replica", s.headless], 1, "failed"),
     Row("verify", "no-replica", lambda s: ["verify", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
@@ -288,8 +318,25 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"source": source, "good": good, "damaged": base / "damaged", "headless": base / "headless"}
 
 
+@pytest.fixture(scope="module")
+def versioned(replicas: dict[str, Path], moto_server: MotoS3) -> str:
+    """The good replica's database shipped once to a versioned bucket on moto."""
+    bucket = f"walship-exit-versioned-{secrets.token_hex(4)}"
+    client = s3_client(moto_server)
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    url = f"s3://{bucket}/app?endpoint={moto_server.endpoint}"
+    aws = {"AWS_ACCESS_KEY_ID": moto_server.access_key, "AWS_SECRET_ACCESS_KEY": moto_server.secret_key}
+    # A copy of its own, so its own spool: the source's already holds the good replica's cursor.
+    source = replicas["source"].with_name("versioned.db")
+    shutil.copyfile(replicas["source"], source)
+    shipped = walship("ship", str(source), "--replica", url, "--once", env={"PREFECT_API_URL": "", **aws})
+    assert shipped.returncode == 0, shipped.stderr
+    return url
+
+
 @pytest.fixture
-def scenes(replicas: dict[str, Path], moto_server: MotoS3, tmp_path: Path) -> Callable[[str], Scene]:
+def scenes(replicas: dict[str, Path], versioned: str, moto_server: MotoS3, tmp_path: Path) -> Callable[[str], Scene]:
     """A scene per mode: each its own directory and database, the shared replicas."""
 
     def scene(mode: str) -> Scene:
@@ -304,6 +351,7 @@ def scenes(replicas: dict[str, Path], moto_server: MotoS3, tmp_path: Path) -> Ca
             damaged=f"file://{replicas['damaged']}",
             headless=f"file://{replicas['headless']}",
             no_bucket=f"s3://walship-no-such-bucket/app?endpoint={moto_server.endpoint}",
+            versioned=versioned,
             aws={
                 "AWS_ACCESS_KEY_ID": moto_server.access_key,
                 "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,

@@ -147,6 +147,8 @@ def test_restore_from_before_an_attack(site: Site, database: Path, tmp_path: Pat
     assert plain.stderr.startswith("walship: ")
     assert "Traceback" not in plain.stderr
     assert not (tmp_path / "plain.db").exists()
+    if not site.enforced:  # everything is behind delete markers: the error says where the past is
+        assert "--versions-at" in plain.stderr, plain.stderr
 
     at = before.isoformat()
     result = restore(site.url, tmp_path / "before.db", site.reader_env, "--versions-at", at)

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from tests.helpers import described_snapshot
 from walship.layout import format_segment_key
 from walship.models import ObjectInfo, SnapshotInfo
-from walship.retention import RetentionPolicy, parse_duration, plan_retention
+from walship.retention import RetentionPlan, RetentionPolicy, hold_locked, parse_duration, plan_retention
+from walship.storage import BucketProtection, ObjectVersion, newest_before
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -286,3 +287,65 @@ class TestPlanExamples:
         plan = plan_retention(RetentionPolicy(keep_last=1), [], [], EPOCH)
         assert plan.delete_keys == []
         assert plan.snapshots == ()
+
+
+class TestLockedPlans:
+    """On a versioned bucket: every version of a deleted key goes, and object lock holds whole generations."""
+
+    @staticmethod
+    def _versions(keys: list[str], written: datetime) -> dict[str, list[ObjectVersion]]:
+        return {
+            key: [
+                ObjectVersion(key=key, version_id="marker", last_modified=written, delete_marker=True),
+                ObjectVersion(key=key, version_id="v1", last_modified=written, size=10),
+            ]
+            for key in keys
+        }
+
+    def _plan(self) -> tuple[RetentionPlan, History]:
+        history = History()
+        for day in range(3):
+            history.add_generation(EPOCH + timedelta(days=day), [], [10, 10])
+        now = history.end + timedelta(hours=1)
+        return plan_retention(RetentionPolicy(keep_last=1), history.snapshots, history.segments, now), history
+
+    def test_a_locked_version_holds_its_generation(self) -> None:
+        plan, history = self._plan()
+        first, second = history.snapshots[0].generation, history.snapshots[1].generation
+        planned = plan.delete_keys
+        versions = self._versions([k for k in planned if first in k], plan.now - timedelta(days=40))
+        # The second generation's snapshot was written 40 days ago, its newest segment 20: a 30-day lock
+        # still holds the segment, and so the whole generation, until 10 days from now.
+        second_keys = [k for k in planned if second in k]
+        versions |= self._versions(second_keys[:-1], plan.now - timedelta(days=40))
+        versions |= self._versions(second_keys[-1:], plan.now - timedelta(days=20))
+        protection = BucketProtection(versioning="Enabled", lock_mode="COMPLIANCE", lock_days=30)
+        locked = hold_locked(plan, versions, protection, plan.now)
+        assert locked.versioned
+        assert set(locked.held) == set(second_keys)
+        assert set(locked.held.values()) == {plan.now + timedelta(days=10)}
+        assert set(locked.delete_keys) == {k for k in planned if first in k}
+        assert [v.version_id for v in locked.versions[locked.delete_keys[0]]] == ["marker", "v1"]
+        assert locked.bytes_to_free == sum(plan.delete_sizes[k] for k in locked.delete_keys)
+
+    def test_no_default_lock_holds_nothing(self) -> None:
+        plan, _ = self._plan()
+        versions = self._versions(plan.delete_keys, plan.now)
+        unlocked = hold_locked(plan, versions, BucketProtection(versioning="Enabled"), plan.now)
+        assert not unlocked.held
+        assert unlocked.delete_keys == plan.delete_keys
+
+
+def test_newest_before() -> None:
+    """A key as it was at a time: its newest version by then, none under a delete marker, none before its first."""
+    at = EPOCH + timedelta(hours=1)
+    versions = [
+        ObjectVersion(key="k", version_id="garbage", last_modified=at + timedelta(seconds=5)),
+        ObjectVersion(key="k", version_id="marker", last_modified=at - timedelta(minutes=1), delete_marker=True),
+        ObjectVersion(key="k", version_id="good", last_modified=at - timedelta(minutes=2)),
+    ]
+    assert newest_before(versions, at) is None
+    chosen = newest_before(versions[2:], at)
+    assert chosen is not None
+    assert chosen.version_id == "good"
+    assert newest_before(versions, at - timedelta(minutes=3)) is None

@@ -25,6 +25,18 @@ class TestParseReplicaURL:
     def test_s3_url_without_prefix(self) -> None:
         assert parse_replica_url("s3://my-bucket").prefix == ""
 
+    def test_versions_at(self) -> None:
+        """A past state of the replica: read-only, in UTC, and it survives a round trip through text."""
+        url = parse_replica_url("s3://bkt/app?endpoint=http://h:1&versions-at=2026-12-07T10:00:00+01:00")
+        assert url.read_only
+        assert str(url) == "s3://bkt/app/?endpoint=http://h:1&versions-at=2026-12-07T09:00:00.000000Z"
+        assert parse_replica_url(str(url)) == url
+        assert not parse_replica_url("s3://bkt/app").read_only
+        with pytest.raises(UsageError, match="not an ISO 8601 time"):
+            parse_replica_url("s3://bkt/app?versions-at=yesterday")
+        with pytest.raises(UsageError, match="object versions"):
+            parse_replica_url("file:///tmp/x").at(url.versions_at)  # type: ignore[attr-defined]
+
     def test_str_roundtrip(self) -> None:
         for text in ("file:///tmp/x", "s3://bucket/a/b/", "s3://bucket/p/?endpoint=http://h:1"):
             assert str(parse_replica_url(text)) == text

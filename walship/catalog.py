@@ -7,15 +7,16 @@ at the object's end instead (``walship.trailer``): one small ranged read,
 when the object is not encrypted.
 """
 
+import itertools
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from walship.errors import CorruptObjectError, NotFoundError
+from walship.errors import CorruptObjectError, NotFoundError, WalshipError
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, is_replica_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo, WalPosition
-from walship.storage import ObjectStore
+from walship.storage import ObjectStore, versions_of
 from walship.trailer import TRAILER_SIZE, parse_trailer
 
 __all__ = [
@@ -260,6 +261,22 @@ def _from_object(obj: ObjectInfo) -> SnapshotInfo:
 def require_replica(store: ObjectStore, listing: Iterable[ObjectInfo] | None = None) -> None:
     """Refuse a location with nothing a replica holds: most likely a wrong URL, never something to report on."""
     if not any(is_replica_key(obj.key) for obj in (store.list() if listing is None else listing)):
+        if _earlier_versions(store):
+            raise NotFoundError(
+                f"no replica at {store.location} now, but the bucket keeps earlier versions of one there "
+                "(deleted or hidden by delete markers): read it as it was with --versions-at TIME"
+            )
         raise NotFoundError(
             f"no replica at {store.location}: check the URL, or ship or snapshot a database to it first"
         )
+
+
+def _earlier_versions(store: ObjectStore) -> bool:
+    """Whether a versioned bucket keeps versions of replica objects at this location (asked only on failure)."""
+    versioned = versions_of(store)
+    if versioned is None or getattr(store, "read_only", False):
+        return False
+    try:
+        return any(is_replica_key(versions[0].key) for versions in itertools.islice(versioned.versions(), 100))
+    except WalshipError:
+        return False  # a credential that may not list versions: the plain message stands

@@ -8,6 +8,7 @@ from walship.retention._apply import (
     newest_data,
     plan_replica,
 )
+from walship.retention._locks import hold_locked
 from walship.retention._plan import GenerationDecision, RetentionPlan, SnapshotDecision, plan_retention
 from walship.retention._policy import LEFTOVER_AGE, RetentionPolicy, format_duration, parse_duration
 from walship.retention._run import RetentionSteps, StoreRetentionSteps, run_retention
@@ -24,6 +25,7 @@ __all__ = [
     "StoreRetentionSteps",
     "apply_retention",
     "format_duration",
+    "hold_locked",
     "list_history",
     "newest_data",
     "parse_duration",

@@ -36,6 +36,7 @@ from walship.storage._botodata import lean_loader
 from walship.storage._credentials import StorageCredentials
 from walship.storage._multipart import MIN_PART_SIZE, TRANSFER_THREADS, part_size_for, put_one, upload
 from walship.storage._protocol import DELETE_BATCH_LIMIT, ReadStream
+from walship.storage._s3_versions import bucket_protection, delete_versions, list_versions, version_lock
 from walship.storage._versions import BucketProtection, LockMode, ObjectVersion, VersionRefusal
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 
 class S3Store:
     """An ``ObjectStore`` over one bucket and prefix, and the ``PartSink`` of its multipart uploads."""
+
+    # A view of a past state (walship.storage._s3_view) is; the bucket itself is not.
+    read_only = False
 
     def __init__(
         self,
@@ -272,30 +276,16 @@ class S3Store:
     # VersionedStore (walship.storage._versions), in walship.storage._s3_versions.
 
     def protection(self) -> BucketProtection:
-        from walship.storage._s3_versions import bucket_protection  # noqa: PLC0415 - it subclasses this class
-
         return bucket_protection(self)
 
     def versions(self, prefix: str = "") -> Iterator[Sequence[ObjectVersion]]:
-        from walship.storage._s3_versions import list_versions  # noqa: PLC0415 - it subclasses this class
-
         return list_versions(self, prefix)
 
     def delete_versions(self, versions: Sequence[ObjectVersion]) -> Sequence[VersionRefusal]:
-        from walship.storage._s3_versions import delete_versions  # noqa: PLC0415 - it subclasses this class
-
         return delete_versions(self, versions)
 
     def version_lock(self, key: str, version_id: str | None = None) -> tuple[LockMode | None, datetime | None]:
-        from walship.storage._s3_versions import version_lock  # noqa: PLC0415 - it subclasses this class
-
         return version_lock(self, key, version_id)
-
-    def as_of(self, at: datetime) -> "S3Store":
-        """This replica as it was at ``at``, read from object versions; read-only."""
-        from walship.storage._s3_versions import S3VersionsView  # noqa: PLC0415 - it subclasses this class
-
-        return S3VersionsView.of(self, at)
 
     # The PartSink of walship.storage._multipart: every request carries the SHA-256 of its body.
 

@@ -67,7 +67,11 @@ class S3URL(ReplicaURL):
         from walship.storage._s3 import S3Store  # noqa: PLC0415 - see the module docstring
 
         store = S3Store(self.bucket, self.prefix, endpoint=self.endpoint, credentials=credentials)
-        return store.as_of(self.versions_at) if self.versions_at is not None else store
+        if self.versions_at is None:
+            return store
+        from walship.storage._s3_view import S3VersionsView  # noqa: PLC0415 - see the module docstring
+
+        return S3VersionsView.of(store, self.versions_at)
 
     def at(self, when: datetime) -> "S3URL":
         return self.model_copy(update={"versions_at": when.astimezone(UTC)})

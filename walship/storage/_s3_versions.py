@@ -1,31 +1,41 @@
-"""The S3 backend's versions: the bucket's protection, versions listed and deleted, locks read, and
-``S3VersionsView``, the replica as it was at a time.
+"""The S3 backend's versions, for ``S3Store``: the bucket's protection,
+versions listed and deleted, locks read.
 
 S3 lists a page's versions and delete markers as two lists; a key's entries
 are merged back newest first, a version before a marker of the same second
 (storage keeps times to the second, so their order within it is unknown).
 """
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, cast
+from typing import Any, NoReturn, Protocol, cast
 
 import botocore.exceptions
 
-from walship.errors import NotFoundError, PermanentStorageError, UsageError
-from walship.models import ObjectInfo
 from walship.storage._protocol import DELETE_BATCH_LIMIT
-from walship.storage._s3 import S3Store
-from walship.storage._versions import BucketProtection, LockMode, ObjectVersion, VersionRefusal, newest_before
+from walship.storage._versions import BucketProtection, LockMode, ObjectVersion, VersionRefusal
 
-__all__ = ["S3VersionsView", "bucket_protection", "delete_versions", "list_versions", "version_lock"]
+__all__ = ["Bucket", "bucket_protection", "delete_versions", "list_versions", "stamp", "version_lock"]
 
 _NO_LOCK = {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "NoSuchObjectLockConfiguration"}
 _DENIED = {"AccessDenied", "403", "NotImplemented", "MethodNotAllowed"}
 
 
-def bucket_protection(store: S3Store) -> BucketProtection:
+class Bucket(Protocol):
+    """What these need of ``S3Store`` (which calls them, so they cannot import it)."""
+
+    client: Any
+    bucket: str
+    prefix: str
+    list_page_size: int
+
+    def full(self, key: str) -> str: ...
+
+    def errors(self, operation: str, key: str) -> AbstractContextManager[None]: ...
+
+
+def bucket_protection(store: Bucket) -> BucketProtection:
     """Versioning and the default lock, each ``None``/unknown where the credential may not read it."""
     try:
         status = store.client.get_bucket_versioning(Bucket=store.bucket).get("Status") or "Off"
@@ -50,7 +60,7 @@ def bucket_protection(store: S3Store) -> BucketProtection:
     return BucketProtection(versioning=versioning, lock_mode=mode, lock_days=days)
 
 
-def list_versions(store: S3Store, prefix: str = "") -> Iterator[Sequence[ObjectVersion]]:
+def list_versions(store: Bucket, prefix: str = "") -> Iterator[Sequence[ObjectVersion]]:
     """Each key under ``prefix`` (relative to the store) with its versions and markers, newest first."""
     paginator = store.client.get_paginator("list_object_versions")
     key: str | None = None
@@ -73,7 +83,7 @@ def list_versions(store: S3Store, prefix: str = "") -> Iterator[Sequence[ObjectV
         yield _newest_first(entries)
 
 
-def delete_versions(store: S3Store, versions: Sequence[ObjectVersion]) -> Sequence[VersionRefusal]:
+def delete_versions(store: Bucket, versions: Sequence[ObjectVersion]) -> Sequence[VersionRefusal]:
     """Delete each version for good (never placing a delete marker); what storage refused comes back."""
     refused: list[VersionRefusal] = []
     for start in range(0, len(versions), DELETE_BATCH_LIMIT):
@@ -103,7 +113,7 @@ def delete_versions(store: S3Store, versions: Sequence[ObjectVersion]) -> Sequen
     return refused
 
 
-def version_lock(store: S3Store, key: str, version_id: str | None) -> tuple[LockMode | None, datetime | None]:
+def version_lock(store: Bucket, key: str, version_id: str | None) -> tuple[LockMode | None, datetime | None]:
     args: dict[str, Any] = {"Bucket": store.bucket, "Key": store.full(key)}
     if version_id is not None:
         args["VersionId"] = version_id
@@ -112,7 +122,7 @@ def version_lock(store: S3Store, key: str, version_id: str | None) -> tuple[Lock
     return cast("LockMode | None", response.get("ObjectLockMode")), response.get("ObjectLockRetainUntilDate")
 
 
-def _version(store: S3Store, item: Mapping[str, Any], *, marker: bool) -> ObjectVersion:
+def _version(store: Bucket, item: Mapping[str, Any], *, marker: bool) -> ObjectVersion:
     return ObjectVersion(
         key=item["Key"][len(store.prefix) :],
         version_id=item.get("VersionId") or "null",
@@ -133,108 +143,13 @@ def _code(exc: botocore.exceptions.ClientError) -> str:
     return str(error.get("Code") or status)
 
 
-def _raise(store: S3Store, operation: str, exc: botocore.exceptions.ClientError) -> NoReturn:
+def _raise(store: Bucket, operation: str, exc: botocore.exceptions.ClientError) -> NoReturn:
     """``exc`` as the typed error ``S3Store.errors`` makes of it."""
     with store.errors(operation, ""):
         raise exc
     raise AssertionError("S3Store.errors translates every ClientError")
 
 
-def _stamp(at: datetime) -> str:
+def stamp(at: datetime) -> str:
+    """A time as the view names it: UTC, to the second."""
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class S3VersionsView(S3Store):
-    """A replica read as it was at ``at``: each key's newest version written by then, delete markers
-    honoured, everything written later ignored. Read-only: a write is refused."""
-
-    at: datetime
-    _chosen: dict[str, ObjectVersion]
-    _checked: list[bool]
-
-    @classmethod
-    def of(cls, store: S3Store, at: datetime) -> "S3VersionsView":
-        view = cls.__new__(cls)
-        view.__dict__.update(vars(store))
-        view.at = at.astimezone(UTC)
-        view._chosen = {}  # by full key, shared by every view of one bucket made with under()
-        view._checked = [False]
-        return view
-
-    @property
-    def location(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix} as at {_stamp(self.at)}"
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        self._require_versioning()
-        for versions in list_versions(self, prefix):
-            chosen = newest_before(versions, self.at)
-            if chosen is None:
-                continue
-            self._chosen[self.full(chosen.key)] = chosen
-            yield ObjectInfo(key=chosen.key, size=chosen.size, etag=chosen.etag, last_modified=chosen.last_modified)
-
-    def read_arguments(self, key: str) -> dict[str, Any]:
-        chosen = self._chosen.get(self.full(key))
-        if chosen is None:
-            self._require_versioning()
-            for versions in list_versions(self, key):
-                if versions[0].key == key:
-                    chosen = newest_before(versions, self.at)
-                    break
-            if chosen is None:
-                raise NotFoundError(f"s3: get object s3://{self.bucket}/{self.full(key)}: none at {_stamp(self.at)}")
-            self._chosen[self.full(key)] = chosen
-        return {"VersionId": chosen.version_id}
-
-    def version_lock(self, key: str, version_id: str | None = None) -> tuple[LockMode | None, datetime | None]:
-        return version_lock(self, key, version_id or self.read_arguments(key)["VersionId"])
-
-    def _require_versioning(self) -> None:
-        if self._checked[0]:
-            return
-        if bucket_protection(self).versioning == "Off":
-            raise UsageError(
-                f"--versions-at: bucket {self.bucket!r} keeps no object versions (versioning is off), "
-                "so only its current objects exist: read it without --versions-at"
-            )
-        self._checked[0] = True
-
-    def _refuse(self, key: str) -> NoReturn:
-        raise PermanentStorageError(
-            f"s3: put object s3://{self.bucket}/{self.full(key)}: the replica is read as at {_stamp(self.at)} "
-            "(--versions-at) and is never written"
-        )
-
-    def put_stream(self, key: str, stream: BinaryIO, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        self._refuse(key)
-
-    def put_file(
-        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None, sha256: str | None = None
-    ) -> ObjectInfo:
-        self._refuse(key)
-
-    def put_chunks(
-        self, key: str, chunks: Iterable[bytes], *, metadata: Mapping[str, str], size_hint: int | None = None
-    ) -> ObjectInfo:
-        self._refuse(key)
-
-    def put_bytes(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ObjectInfo:
-        self._refuse(key)
-
-    def delete(self, keys: Sequence[str]) -> None:
-        if keys:
-            self._refuse(keys[0])
-
-    def delete_versions(self, versions: Sequence[ObjectVersion]) -> Sequence[VersionRefusal]:
-        if versions:
-            self._refuse(versions[0].key)
-        return []
