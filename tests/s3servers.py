@@ -46,6 +46,18 @@ class _S3Server:
         """Create a bucket; us-east-1 needs no LocationConstraint."""
         s3_client(self).create_bucket(Bucket=name)
 
+    def create_locked_bucket(self, name: str, mode: str = "GOVERNANCE", days: int = 2) -> None:
+        """Create a versioned bucket whose objects are under Object Lock ``days`` by default."""
+        client = s3_client(self)
+        client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+        client.put_object_lock_configuration(
+            Bucket=name,
+            ObjectLockConfiguration={
+                "ObjectLockEnabled": "Enabled",
+                "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
+            },
+        )
+
     def stop(self) -> None:
         raise NotImplementedError
 

@@ -43,15 +43,7 @@ def policy(role: str, bucket: str) -> list[dict[str, Any]]:
 def locked_bucket(server: _S3Server, mode: str = "GOVERNANCE", days: int = 2) -> str:
     """A new versioned bucket whose objects are locked ``days`` by default."""
     bucket = f"walship-locked-{secrets.token_hex(4)}"
-    client = s3_client(server)
-    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    client.put_object_lock_configuration(
-        Bucket=bucket,
-        ObjectLockConfiguration={
-            "ObjectLockEnabled": "Enabled",
-            "Rule": {"DefaultRetention": {"Mode": mode, "Days": days}},
-        },
-    )
+    server.create_locked_bucket(bucket, mode, days)
     return bucket
 
 
@@ -136,8 +128,13 @@ def attack(site: Site) -> None:
 
 
 def test_restore_from_before_an_attack(site: Site, database: Path, tmp_path: Path) -> None:
+    started = datetime.now(UTC)
     logged = ship_under_writers(site, database, tmp_path / "logs")
     assert min(logged.values()) > 50, logged
+    # A point in time while the writers ran, restored before the attack to compare with after.
+    middle = (started + timedelta(seconds=3)).isoformat()
+    earlier = restore(site.url, tmp_path / "middle.db", site.reader_env, "--timestamp", middle)
+    assert earlier.returncode == 0, earlier.stderr
     before = datetime.now(UTC)
     time.sleep(1.5)  # storage keeps write times to the second
     attack(site)
@@ -155,6 +152,11 @@ def test_restore_from_before_an_attack(site: Site, database: Path, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert committed_counts(tmp_path / "before.db") == logged
     assert content_digest(tmp_path / "before.db") == content_digest(database)
+
+    past = restore(site.url, tmp_path / "past.db", site.reader_env, "--versions-at", at, "--timestamp", middle)
+    assert past.returncode == 0, past.stderr
+    assert content_digest(tmp_path / "past.db") == content_digest(tmp_path / "middle.db")
+    assert 0 < sum(committed_counts(tmp_path / "past.db").values()) < sum(logged.values())
 
     status = walship("status", "--replica", site.url, "--versions-at", at, env=site.reader_env)
     assert status.returncode == 0, status.stderr

@@ -112,6 +112,11 @@ class _Checks:
         acknowledged = [moments for s in self.run.shippers if (moments := self._acknowledged(s)) is not None]
         for ended, signalled in acknowledged:
             self._point_in_time(ended, f"shipper's exit at {ended - self.run.started:.2f}s", signalled)
+            if self.run.locked and self.replica is self.replicas[0]:
+                # As an attacker would leave it after that moment: its object versions then are all there is.
+                at = datetime.fromtimestamp(ended, UTC).isoformat()
+                what = f"the versions at shipper's exit at {ended - self.run.started:.2f}s"
+                self._point_in_time(ended, what, signalled, "--versions-at", at)
         span = (self.run.shippers[-1].ended_at or 0) - self.run.started
         for fraction in self.run.plan.timestamps:
             moment = self.run.started + fraction * span
