@@ -273,13 +273,19 @@ def test_no_request_more_per_upload(moto_server: MotoS3, monkeypatch: pytest.Mon
     counts = {}
     for bucket in (plain, locked):
         store = open_store(f"s3://{bucket}/{PREFIX}?endpoint={moto_server.endpoint}")
-        sent: list[str] = []
+        sent: list[Any] = []
         client = store.client  # type: ignore[attr-defined]
-        client.meta.events.register("before-send.s3", lambda request, sent=sent, **_: sent.append(request.method))
+        client.meta.events.register("before-send.s3", lambda request, sent=sent, **_: sent.append(request))
         store.put_file("a", small)
         store.put_file("b", large)
         store.put_bytes("c", b"{}", if_none_match=True)
         counts[bucket] = len(sent)
+        # S3 takes a write to a locked bucket only with a checksum of its body (Content-MD5 or x-amz-checksum-*):
+        # every PUT walship sends carries one already.
+        for request in sent:
+            if request.method == "PUT":
+                names = {name.lower() for name in request.headers}
+                assert "content-md5" in names or any(n.startswith("x-amz-checksum-") for n in names), request.url
     assert counts[locked] == counts[plain] >= 3, counts
     versioned = versions_of(store)
     assert versioned is not None

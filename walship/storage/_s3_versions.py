@@ -38,12 +38,11 @@ class Bucket(Protocol):
 def bucket_protection(store: Bucket) -> BucketProtection:
     """Versioning and the default lock, each ``None``/unknown where the credential may not read it."""
     try:
-        status = store.client.get_bucket_versioning(Bucket=store.bucket).get("Status") or "Off"
+        versioning = store.client.get_bucket_versioning(Bucket=store.bucket).get("Status") or "Off"
     except botocore.exceptions.ClientError as exc:
         if _code(exc) in _DENIED:
             return BucketProtection(versioning=None, lock_known=False)
         _raise(store, "get bucket versioning", exc)
-    versioning = cast("Any", status)
     try:
         config = store.client.get_object_lock_configuration(Bucket=store.bucket)["ObjectLockConfiguration"]
     except botocore.exceptions.ClientError as exc:
