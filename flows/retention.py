@@ -78,7 +78,7 @@ def _publish(replica: str, plan: RetentionPlan, result: RetentionResult) -> None
     shown = plan.snapshots[-_MAX_ROWS:]
     snapshots = "\n".join(
         f"| `{d.key}` | {d.created_at:%Y-%m-%d %H:%M}Z | {human_bytes(d.size)} | "
-        f"{'keep' if d.keep else verb} | {'; '.join(d.reasons)} |"
+        f"{'keep' if d.keep else 'held by object lock' if d.key in result.held else verb} | {'; '.join(d.reasons)} |"
         for d in shown
     )
     if len(shown) < len(plan.snapshots):
@@ -98,12 +98,20 @@ def _publish(replica: str, plan: RetentionPlan, result: RetentionResult) -> None
         [
             ("policy", plan.policy.describe()),
             ("snapshots kept", str(len(plan.kept_snapshots))),
-            (f"snapshots {verb}", str(len(plan.deleted_snapshots))),
-            (f"segments {verb}", str(sum(len(g.delete) for g in plan.generations))),
+            (f"snapshots {verb}", str(sum(d.key not in result.held for d in plan.deleted_snapshots))),
+            (f"segments {verb}", str(sum(k not in result.held for g in plan.generations for k in g.delete))),
             ("bytes kept", human_bytes(plan.bytes_kept)),
             (f"bytes {'to free' if result.dry_run else 'freed'}", human_bytes(freed)),
             ("deletes failed (retried next run)", str(len(result.failed))),
+            ("held by object lock", _held(result)),
             ("errors", "; ".join(result.errors) or "none"),
         ],
         details=details,
     )
+
+
+def _held(result: RetentionResult) -> str:
+    """How many objects object lock keeps, and until when the last of them (retention deletes them then)."""
+    if not result.held:
+        return "none"
+    return f"{len(result.held)} objects, until {max(result.held.values()):%Y-%m-%d %H:%M}Z at the latest"
