@@ -11,6 +11,7 @@ deployments/iam/ (and its deletes are refused).
 """
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -166,7 +167,11 @@ def test_restore_from_before_an_attack(site: Site, database: Path, tmp_path: Pat
     assert "as at" in status.stdout
     lock = "COMPLIANCE" if site.enforced else "GOVERNANCE"
     assert f"object lock {lock}, 2 days by default" in status.stdout
-    assert "locked:       the newest point until at least" in status.stdout
+    newest = re.search(r"locked: +the newest point until at least (\S+ \S+)Z", status.stdout)
+    assert newest is not None, status.stdout
+    # Estimated from the default (2 days) and the newest point's snapshot, written during the run.
+    locked_until = datetime.strptime(newest[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    assert started + timedelta(days=2, minutes=-1) <= locked_until <= before + timedelta(days=2), locked_until
 
     verified = walship(
         "verify", "--replica", site.url, "--versions-at", at, "--require-lock-days", "1", env=site.reader_env

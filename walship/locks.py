@@ -8,6 +8,8 @@ lock (a HEAD each), which also covers objects written before the default
 was set or with a lock of their own.
 """
 
+import bisect
+import itertools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -67,10 +69,26 @@ def estimate_locks(
     """Each point's lock as the bucket's default retention sets it, from the objects' write times."""
     if protection.lock_mode is None:
         return PointLocks()
+    written = {o.key: o.last_modified for o in listing if o.last_modified is not None}
+    # Per generation, its segments by sequence and the earliest write time from each one on: a point's
+    # earliest object is found by one bisection, however many snapshots and segments the replica holds.
+    segments: dict[str, list[tuple[int, datetime]]] = {}
+    for obj in listing:
+        parsed = parse_segment_key(obj.key)
+        if parsed is not None and obj.last_modified is not None:
+            segments.setdefault(parsed.generation, []).append((parsed.sequence, obj.last_modified))
+    earliest_from: dict[str, tuple[list[int], list[datetime]]] = {}
+    for generation, found in segments.items():
+        found.sort()
+        times = [time for _, time in found]
+        earliest_from[generation] = ([seq for seq, _ in found], list(itertools.accumulate(reversed(times), min))[::-1])
 
     def until(state: GenerationState, snapshot: SnapshotInfo) -> datetime | None:
-        written = [o.last_modified for o in point_objects(state, snapshot, listing) if o.last_modified is not None]
-        return protection.default_until(min(written)) if written else None
+        times = [written[snapshot.key]] if snapshot.key in written else []
+        sequences, earliest = earliest_from.get(state.generation, ([], []))
+        after = bisect.bisect_right(sequences, snapshot.sequence)
+        times += earliest[after : after + 1]
+        return protection.default_until(min(times)) if times else None
 
     restorable = [g for g in generations if g.snapshots]
     if not restorable:
