@@ -420,6 +420,31 @@ class TestBehindThenAlone:
         assert_equals_source(down, database, tmp_path / "down.db", DIRECT)
 
 
+class TestANewReplica:
+    """A replica this spool never shipped to, added while a generation runs (a second replica, or the one
+    replica moved to a new bucket): it gets a snapshot of its own, never segments nothing there restores."""
+
+    @pytest.mark.parametrize("several", [False, True], ids=["moved", "added"])
+    def test_it_gets_a_snapshot_of_its_own(
+        self, several: bool, env: dict[str, str], database: Path, tmp_path: Path
+    ) -> None:
+        first, second = f"file://{tmp_path / 'first'}", f"file://{tmp_path / 'second'}"
+        app_commits(database, 20)
+        shipped = walship("ship", str(database), "--replica", first, "--once", env=env)
+        assert shipped.returncode == 0, shipped.stderr
+        app_commits(database, 20)
+        replicas = ["--replica", first, "--replica", second] if several else ["--replica", second]
+        joined = walship("--verbose", "ship", str(database), *replicas, "--once", env=env)
+        assert joined.returncode == 0, joined.stderr
+        assert "it gets a snapshot of its own" in joined.stderr, joined.stderr
+        assert_equals_source(second, database, tmp_path / "second.db", env)
+        if several:
+            assert_equals_source(first, database, tmp_path / "first.db", env)
+            assert_no_gap(first)
+        # One generation, which the new replica holds from its snapshot on.
+        assert replica_generations(second) == replica_generations(first)
+
+
 class TestReplicaOptions:
     @pytest.mark.parametrize("command", ["restore", "follow", "status", "verify", "retention"])
     def test_commands_of_one_replica_refuse_two(self, command: str, tmp_path: Path) -> None:

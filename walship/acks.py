@@ -128,6 +128,19 @@ class ReplicaAcks:
             self._save(resumed.model_copy(update={"stored": just_before, "missed": None}))
             return bridge
 
+    def new_to_generation(self, replica: str, position: WalPosition, reason: str) -> None:
+        """``replica`` holds nothing of the generation the capture continues (it was added to this spool after
+        the generation began): behind from the start, having missed everything up to ``position``, so that it
+        resumes at a snapshot, never at segments nothing there restores."""
+        with self._lock:
+            missed = EntryOrder(position.generation, position.sequence, False)
+            self._save(
+                self._marks[replica].model_copy(
+                    update={"behind_since": utcnow(), "behind_reason": reason, "missed": missed, "stored": None}
+                )
+            )
+            self._sweep()
+
     def expect_bridge(self, replica: str, position: WalPosition) -> None:
         """A snapshot for ``replica`` alone now holds ``position`` (spooled once copied): it resumes there, so
         everything captured after it is held for it from this moment."""

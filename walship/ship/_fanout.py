@@ -96,7 +96,12 @@ class ReplicaSet:
             return
         link = self.links[0]
         try:
-            link.connect(lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder))
+            link.connect(
+                lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder),
+                spool,
+                self.acks,
+                self.events(link),
+            )
         except TransientStorageError as exc:
             link.unreachable(exc, len(spool.pending()), self.events(link))
 
@@ -202,19 +207,21 @@ class ReplicaSet:
 
     def _finish_one(self, link: ReplicaLink, spool: Spool, cursor: WalPosition | None) -> None:
         row = link.report
-        if self.acks.behind(link.location) and not link.resume(self.acks, self.events(link)):
-            raise TransientStorageError(
-                f"replica {link.location} is behind ({self.acks.mark(link.location).behind_reason}): it resumes "
-                "at a snapshot of its own once a run reaches it"
-            )
+        self._unless_behind(link)
         if not link.connected:
             try:
-                link.connect(lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder))
+                link.connect(
+                    lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder),
+                    spool,
+                    self.acks,
+                    self.events(link),
+                )
             except TransientStorageError as exc:
                 row.pending_at_end = self._wanted(link, spool)
                 if row.pending_at_end:
                     raise self._still_spooled(link) from exc
                 raise
+            self._unless_behind(link)  # new to the generation: it waits for a snapshot of its own
         if pending := spool.pending():
             try:
                 drained = self.steps.drain(link.url, self.spool_dir, self.holder)
@@ -234,6 +241,13 @@ class ReplicaSet:
             # Nothing uploaded and nothing left: the replica holds what the cursor does.
             row.position = cursor
         self.steps.release_lease(link.url, self.spool_dir)
+
+    def _unless_behind(self, link: ReplicaLink) -> None:
+        if self.acks.behind(link.location) and not link.resume(self.acks, self.events(link)):
+            raise TransientStorageError(
+                f"replica {link.location} is behind ({self.acks.mark(link.location).behind_reason}): it resumes "
+                "at a snapshot of its own once a run reaches it"
+            )
 
     def _wanted(self, link: ReplicaLink, spool: Spool) -> int:
         return sum(1 for entry in spool.pending() if self.acks.wants(link.location, entry))

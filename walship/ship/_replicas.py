@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from walship.acks import ReplicaAcks
 from walship.envelope import Sealing, check_replica_sealing
 from walship.errors import StorageError, TransientStorageError
+from walship.layout import generation_prefix
 from walship.lease import acquire_lease
 from walship.models import WalPosition, utcnow
 from walship.spool import PendingEntry, Spool
@@ -113,12 +114,35 @@ class ReplicaLink:
     def report(self) -> ReplicaReport:
         return ReplicaReport(replica=self.location)
 
-    def connect(self, take_lease: Callable[[], None]) -> None:
-        """Check the replica's sealing, then take its lease: before anything is written there."""
+    def connect(self, take_lease: Callable[[], None], spool: Spool, acks: ReplicaAcks, events: ReplicaEvents) -> None:
+        """Check the replica's sealing, then take its lease: before anything is written there. A replica this
+        spool never shipped to, new to the generation the capture continues, gets a snapshot of its own."""
         # A replica never mixes plaintext and encrypted objects.
         check_replica_sealing(self.store, self.sealing)
+        known = spool.load_lease(self.location) is not None
         take_lease()
         self.connected = True
+        if not known:
+            self._join_generation(spool, acks, events)
+
+    def _join_generation(self, spool: Spool, acks: ReplicaAcks, events: ReplicaEvents) -> None:
+        """Behind from the start when the replica holds no snapshot of the capture's generation and none is
+        spooled: the segments it would get restore nothing without one."""
+        cursor = spool.load_cursor()
+        if cursor is None or acks.behind(self.location):
+            return  # the first capture begins a generation, with its snapshot, for every replica
+        generation = cursor.generation
+        if any(e.kind == "snapshot" and e.generation == generation for e in spool.pending()):
+            return
+        if next(iter(self.store.list(f"{generation_prefix(generation)}snapshots/")), None) is not None:
+            return
+        reason = (
+            f"it holds nothing of generation {generation}, which began before this spool shipped to it: "
+            "it gets a snapshot of its own"
+        )
+        acks.new_to_generation(self.location, WalPosition(generation=generation, sequence=cursor.sequence), reason)
+        self.report.behind_since = utcnow()
+        events.behind(self.location, reason)
 
     def drain(self, spool: Spool, acks: ReplicaAcks, holder: str, events: ReplicaEvents) -> None:
         """Upload what this replica still needs; a storage failure leaves it spooled for the next try.
@@ -139,7 +163,10 @@ class ReplicaLink:
             if behind:
                 self._next_probe = time.monotonic() + PROBE_SECONDS
             if not self.connected:
-                self.connect(lambda: spool.save_lease(self.location, acquire_lease(self.store, holder)))
+                self.connect(
+                    lambda: spool.save_lease(self.location, acquire_lease(self.store, holder)), spool, acks, events
+                )
+                behind = acks.behind(self.location)
             elif behind:
                 self.probe(spool, holder)
             if behind and not self.resume(acks, events):
