@@ -173,6 +173,11 @@ def test_restore_from_before_an_attack(site: Site, database: Path, tmp_path: Pat
     locked_until = datetime.strptime(newest[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
     assert started + timedelta(days=2, minutes=-1) <= locked_until <= before + timedelta(days=2), locked_until
 
+    for days, expected in (("1", "the oldest point locked 1 more days starts at"), ("3", "no point is locked 3 more")):
+        shown = walship("status", "--replica", site.url, "--versions-at", at, "--lock-days", days, env=site.reader_env)
+        assert shown.returncode == 0, shown.stderr
+        assert expected in shown.stdout, shown.stdout
+
     verified = walship(
         "verify", "--replica", site.url, "--versions-at", at, "--require-lock-days", "1", env=site.reader_env
     )

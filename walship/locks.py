@@ -34,6 +34,7 @@ class PointLocks(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     newest_until: datetime | None = None
+    days: int = 0  # the oldest point asked for is locked at least this many more days
     oldest_locked: str | None = None  # the snapshot key a restore of that point starts from
     oldest_taken_at: datetime | None = None
     oldest_until: datetime | None = None
@@ -43,10 +44,13 @@ class PointLocks(BaseModel):
             return "no point is locked by the bucket's default retention"
         line = f"the newest point until at least {self.newest_until:%Y-%m-%d %H:%M}Z"
         if self.oldest_locked is not None and self.oldest_until is not None and self.oldest_taken_at is not None:
+            locked = f"locked {self.days} more days" if self.days else "still locked"
             line += (
-                f"; the oldest point still locked starts at the snapshot of {self.oldest_taken_at:%Y-%m-%d %H:%M}Z, "
+                f"; the oldest point {locked} starts at the snapshot of {self.oldest_taken_at:%Y-%m-%d %H:%M}Z, "
                 f"until at least {self.oldest_until:%Y-%m-%d %H:%M}Z"
             )
+        elif self.days:
+            line += f"; no point is locked {self.days} more days"
         return line
 
 
@@ -64,9 +68,14 @@ def point_objects(state: GenerationState, snapshot: SnapshotInfo, listing: Seque
 
 
 def estimate_locks(
-    protection: BucketProtection, generations: Sequence[GenerationState], listing: Sequence[ObjectInfo], now: datetime
+    protection: BucketProtection,
+    generations: Sequence[GenerationState],
+    listing: Sequence[ObjectInfo],
+    now: datetime,
+    days: int = 0,
 ) -> PointLocks:
-    """Each point's lock as the bucket's default retention sets it, from the objects' write times."""
+    """The newest point's lock and the oldest point locked ``days`` more days, as the bucket's default
+    retention sets them from the objects' write times."""
     if protection.lock_mode is None:
         return PointLocks()
     written = {o.key: o.last_modified for o in listing if o.last_modified is not None}
@@ -97,14 +106,15 @@ def estimate_locks(
     for state in restorable:
         for snapshot in state.snapshots:
             locked = until(state, snapshot)
-            if locked is not None and locked > now:
+            if locked is not None and locked > now + timedelta(days=days):
                 return PointLocks(
                     newest_until=newest_until,
+                    days=days,
                     oldest_locked=snapshot.key,
                     oldest_taken_at=snapshot.created_at,
                     oldest_until=locked,
                 )
-    return PointLocks(newest_until=newest_until)
+    return PointLocks(newest_until=newest_until, days=days)
 
 
 def newest_point_objects(store: ObjectStore) -> tuple[SnapshotInfo, list[ObjectInfo]] | None:

@@ -200,8 +200,9 @@ class ReplicaStatus(BaseModel):
         return f"free (last held by {self.lease.holder}, expired {self.lease.expires_at:%Y-%m-%d %H:%M:%S}Z)"
 
 
-def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatus:
-    """Describe the replica; with ``rebuild``, first rewrite metadata.json from a listing.
+def replica_status(store: ObjectStore, *, rebuild: bool = False, lock_days: int = 0) -> ReplicaStatus:
+    """Describe the replica; with ``rebuild``, first rewrite metadata.json from a listing. On a bucket with
+    Object Lock, name the oldest point locked ``lock_days`` more days.
 
     Raises ``NotFoundError`` where no replica is (a wrong URL, most likely).
     """
@@ -296,7 +297,7 @@ def replica_status(store: ObjectStore, *, rebuild: bool = False) -> ReplicaStatu
             for first, snapshot in state.bridged
         ],
         protection=protection,
-        locks=estimate_locks(protection, generations.generations, listing, now) if protection else None,
+        locks=estimate_locks(protection, generations.generations, listing, now, lock_days) if protection else None,
         problems=problems,
     )
 

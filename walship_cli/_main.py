@@ -144,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     stat.add_argument(
         "--rebuild-index", action="store_true", help="rewrite metadata.json from a listing (a conditional write)"
     )
+    stat.add_argument(
+        "--lock-days",
+        type=int,
+        default=0,
+        metavar="N",
+        help="on an Object Lock bucket, name the oldest point locked at least N more days (default: still locked)",
+    )
     for reader in (rest, drill, stat):
         reader.add_argument(
             "--versions-at",
@@ -347,7 +354,9 @@ def _replica_url(args: argparse.Namespace, url: str) -> str:
 def _run_one(args: argparse.Namespace) -> int:
     replica = args.replica
     if args.command == "status":
-        status = replica_status(open_store(replica), rebuild=args.rebuild_index)
+        if args.lock_days < 0:
+            raise UsageError(f"status: --lock-days {args.lock_days}: give a number of days, 0 or more")
+        status = replica_status(open_store(replica), rebuild=args.rebuild_index, lock_days=args.lock_days)
         print(status.model_dump_json(indent=2) if args.json else status.render())
         return EXIT_OK
     if args.command in ("snapshot", "ship"):
