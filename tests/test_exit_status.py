@@ -189,6 +189,7 @@ ROWS = [
     Row("status", "versions-at", lambda s: ["status", "--replica", s.versioned, "--versions-at", _NOW], 0, ""),
     Row("status", "failure", lambda s: ["status", "--replica", f"file://{s.work}/no/such/dir"], 1, "no replica"),
     Row("status", "usage", lambda s: ["status", "--replica", "ftp://host/x"], 2, "replica URL"),
+    Row("status", "lock-days-usage", lambda s: ["status", "--replica", s.good, "--lock-days", "-1"], 2, "--lock-days"),
     Row("verify", "success", lambda s: ["verify", "--replica", s.good], 0, ""),
     Row("verify", "versions-at", lambda s: ["verify", "--replica", s.versioned, "--versions-at", _NOW], 0, ""),
     Row(
