@@ -74,10 +74,10 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
     cycles: list[dict[str, float]] = []
     upload_one = upload._upload_one
 
-    def traced_upload_one(store: Any, spool: Spool, entry: Any, result: Any) -> None:
+    def traced_upload_one(store: Any, spool: Spool, entry: Any, result: Any, *, bridge: bool) -> None:
         _segment.clear()
         start = time.time()
-        upload_one(store, spool, entry, result)
+        upload_one(store, spool, entry, result, bridge=bridge)
         if entry.segment is not None:
             info = entry.segment
             times = {"captured_at": info.captured_at.timestamp(), "committed_after": info.committed_after.timestamp()}

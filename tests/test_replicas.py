@@ -38,7 +38,9 @@ from walship.fleet import RetryingSteps
 from walship.layout import parse_snapshot_key
 from walship.ship import LoggingObserver, ShipConfig, Shipper, ShippingRun
 from walship.spool import PendingEntry, Spool, default_spool_dir
+from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
+from walship.upload import upload_pending
 
 DIRECT: dict[str, str] = {"PREFECT_API_URL": ""}
 A, B = "file:///replica-a", "file:///replica-b"
@@ -159,6 +161,45 @@ class TestAcknowledgements:
             acks.bridge_failed(B, "the copy failed")
             assert acks.behind(B)
             assert acks.mark(B).missed is not None
+
+    def test_resumed_at_a_snapshot_every_replica_gets_it_is_that_replicas_bridge(
+        self, database: Path, tmp_path: Path
+    ) -> None:
+        """A replica back from behind may resume at a snapshot the shipper took for all (its periodic one):
+        its copy is then its bridge, so its status says the gap before it is bridged, not lost (torture
+        seed 186468 found it reported lost)."""
+        connection = sqlite3.connect(database, isolation_level=None)
+        b_url = f"file://{tmp_path / 'b'}"
+        b_store = open_store(b_url)
+        with captured(database, 1) as (spool, shipper):
+            b = b_store.location
+            acks = ReplicaAcks(spool, [A, b])
+            upload_pending(b_store, spool, holder="test", acks=acks)  # the generation's snapshot and segment 1
+            for n in range(3):
+                connection.execute("INSERT INTO notes (body) VALUES (?)", (f"missed {n}",))
+                shipper.sync()
+            for entry in spool.pending():
+                acks.stored(A, entry)
+            acks.fall_behind(b, "down")  # it misses segments 2-4
+            shipper.take_snapshot()  # for every replica
+            shipper.finish()
+            connection.execute("INSERT INTO notes (body) VALUES ('after it')")
+            shipper.sync()
+            resumed = acks.resume(b)
+            assert resumed is not None
+            assert resumed.only_for == ()
+            resumed_at = resumed.snapshot
+            assert resumed_at is not None
+            upload_pending(b_store, spool, holder="test", acks=acks)
+        connection.close()
+        status = replica_status(b_store)
+        assert status.restorable, status.problems
+        assert not status.problems, status.problems
+        assert status.bridged == [
+            f"sequences 2-{resumed_at.sequence} of generation {resumed_at.generation} are not here: this replica "
+            f"was behind another and resumed at its snapshot {resumed_at.sequence}; a point inside is restored "
+            "from the other replica"
+        ]
 
     def test_behind_but_missed_nothing_continues_where_it_was(self, database: Path) -> None:
         with captured(database, 2) as (spool, _):

@@ -125,7 +125,8 @@ class ReplicaAcks:
             if bridge is None:
                 raise LookupError(replica)
             just_before = EntryOrder(bridge.generation, bridge.sequence, False)
-            self._save(resumed.model_copy(update={"stored": just_before, "missed": None}))
+            # Its bridge, even when the shipper took it for every replica: this replica's copy says so.
+            self._save(resumed.model_copy(update={"stored": just_before, "missed": None, "bridge": bridge.order}))
             return bridge
 
     def new_to_generation(self, replica: str, position: WalPosition, reason: str) -> None:
@@ -158,6 +159,12 @@ class ReplicaAcks:
                     }
                 )
             )
+
+    def resumes_at(self, replica: str, entry: PendingEntry) -> bool:
+        """Whether ``entry`` is the snapshot ``replica`` resumes at after it was behind: its copy there is a
+        bridge (``SnapshotInfo.bridge``), which ends the gap before it."""
+        mark = self._marks.get(replica)
+        return mark is not None and entry.kind == "snapshot" and mark.bridge == entry.order
 
     def waits_for_bridge(self, replica: str) -> bool:
         """Whether the snapshot ``replica`` is to resume at is not spooled yet: nothing may go up before it."""

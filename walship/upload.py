@@ -66,7 +66,7 @@ def upload_pending(store: ObjectStore, spool: Spool, *, holder: str, acks: Repli
     for entry in wanted:
         try:
             _check_intact(spool, entry)
-            _upload_one(store, spool, entry, result)
+            _upload_one(store, spool, entry, result, bridge=acks.resumes_at(replica, entry))
         except SpoolEntryDamagedError:
             spool.abandon(entry, f"spool entry {spool.data_path(entry).name} was damaged")
             raise
@@ -116,15 +116,17 @@ def _put_spooled(store: ObjectStore, key: str, data: Path, entry: PendingEntry, 
         raise _damaged(data, entry, "what was read to upload is not what was spooled") from exc
 
 
-def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, result: UploadResult) -> None:
+def _upload_one(store: ObjectStore, spool: Spool, entry: PendingEntry, result: UploadResult, *, bridge: bool) -> None:
+    """``bridge``: the snapshot this replica resumes at, described as its bridge whoever it was taken for."""
     data = spool.data_path(entry)
     if entry.snapshot is not None:
-        _put_spooled(store, entry.snapshot.key, data, entry, describe_snapshot(entry.snapshot))
-        index.add_snapshot(store, entry.snapshot)
-        result.snapshots.append(entry.snapshot.key)
-        if entry.snapshot.bridge and entry.snapshot.wal_position is not None:
-            result.last_position = entry.snapshot.wal_position  # where this replica resumes
-        result.bytes += entry.snapshot.compressed_size
+        snapshot = entry.snapshot.model_copy(update={"bridge": True}) if bridge else entry.snapshot
+        _put_spooled(store, snapshot.key, data, entry, describe_snapshot(snapshot))
+        index.add_snapshot(store, snapshot)
+        result.snapshots.append(snapshot.key)
+        if snapshot.bridge and snapshot.wal_position is not None:
+            result.last_position = snapshot.wal_position  # where this replica resumes
+        result.bytes += snapshot.compressed_size
         return
     segment = entry.segment
     assert segment is not None

@@ -213,6 +213,9 @@ class ReplicaLink:
         assert bridge.snapshot is not None
         self._resuming = bridge.snapshot.key
         self.report.resumed_at.append(bridge.snapshot.key)
+        # Said now: the run may end (another replica down) before the snapshot reaches this one.
+        log.info("replica %s answers again: resumed at snapshot %s, which holds what it missed", self.location,
+                 bridge.snapshot.key)  # fmt: skip
         return True
 
     def resuming_at(self, key: str) -> None:
