@@ -248,3 +248,7 @@ def test_a_template_added_opens_a_database_left_caught_up(small_database: Path, 
         states.append(_rows(result.stdout)[str(databases[0])].split()[0])
         time.sleep(3)  # past the files' recent-change window: an unchanged file is known unchanged
     assert states == ["done", "idle", "done", "idle"]
+    # The replica the added template names got a snapshot of its own: it restores the database.
+    restored = restore(f"file://{tmp_path}/two/db0000.db", tmp_path / "two.db", DIRECT)
+    assert restored.returncode == 0, restored.stderr
+    assert content_digest(tmp_path / "two.db") == content_digest(databases[0])

@@ -96,12 +96,7 @@ class ReplicaSet:
             return
         link = self.links[0]
         try:
-            link.connect(
-                lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder),
-                spool,
-                self.acks,
-                self.events(link),
-            )
+            self._connect(link, spool)
         except TransientStorageError as exc:
             link.unreachable(exc, len(spool.pending()), self.events(link))
 
@@ -162,6 +157,13 @@ class ReplicaSet:
         self.close()
         spool = shipper.spool
         for link in self.links:
+            if not link.connected and not self.acks.behind(link.location):
+                # Never drained (nothing was pending): connected now, a replica new to the generation is found
+                # behind here, in time for its snapshot.
+                try:
+                    self._connect(link, spool)
+                except StorageError:
+                    continue  # its finish names it
             if self.acks.behind(link.location) and not self.acks.bridge_spooled(link.location):
                 try:
                     link.probe(spool, self.holder)
@@ -210,12 +212,7 @@ class ReplicaSet:
         self._unless_behind(link)
         if not link.connected:
             try:
-                link.connect(
-                    lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder),
-                    spool,
-                    self.acks,
-                    self.events(link),
-                )
+                self._connect(link, spool)
             except TransientStorageError as exc:
                 row.pending_at_end = self._wanted(link, spool)
                 if row.pending_at_end:
@@ -241,6 +238,12 @@ class ReplicaSet:
             # Nothing uploaded and nothing left: the replica holds what the cursor does.
             row.position = cursor
         self.steps.release_lease(link.url, self.spool_dir)
+
+    def _connect(self, link: ReplicaLink, spool: Spool) -> None:
+        """Sealing checked and the lease taken by the run's step (``ReplicaLink.connect``)."""
+        link.connect(
+            lambda: self.steps.acquire_lease(link.url, self.spool_dir, self.holder), spool, self.acks, self.events(link)
+        )
 
     def _unless_behind(self, link: ReplicaLink) -> None:
         if self.acks.behind(link.location) and not link.resume(self.acks, self.events(link)):
