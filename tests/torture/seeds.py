@@ -43,6 +43,13 @@ TWO_REPLICAS: dict[int, Failed] = {
         "a small spool cap: the second replica falls behind (a damaged entry besides); found that ship --once never "
         "resumes a replica behind (nothing spooled: it never asks for its bridge snapshot); a run with commits does",
     ),
+    186468: Failed(
+        12.0,
+        6,
+        "a small spool cap, the second replica down twice: it resumed at the shipper's periodic snapshot, stored as a "
+        "plain snapshot, so its status called the gap before it lost; and the resume was said nowhere, the run "
+        "ending (the replica down again) before that snapshot reached it",
+    ),
 }
 
 # Replayed at their own length and version.
