@@ -11,6 +11,7 @@ asserted; every wait is bounded.
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from tests.shipping import (
     replica_generations,
     wait_until,
 )
+from tests.tcpproxy import TcpProxy
 from walship.chain import list_segment_sequences
 from walship.errors import SpoolFullError
 from walship.layout import format_segment_key
@@ -267,6 +269,40 @@ class TestDiskFull:
         assert "snapshot" in result.stderr, result.stderr
         assert leftovers(spool) == []
         assert not (tmp_path / "replica").exists() or replica_generations(replica) == set()
+
+
+class TestFullWithTwoReplicas:
+    def test_a_replica_down_falls_behind_when_the_disk_fills_before_the_cap(
+        self,
+        database: Path,
+        small_disk: Path,
+        tmp_path: Path,
+        proxied_moto: tuple[str, TcpProxy],
+        spawned: list[Ship | WriterGroup],
+    ) -> None:
+        """The spool's disk fills before --spool-cap while one replica is down: that replica falls behind, as
+        past the cap, and capture goes on for the other (torture seed 157144 found capture stalled instead, and
+        the run's end failing with committed WAL left uncaptured)."""
+        down, proxy = proxied_moto
+        proxy.stop()
+        good = f"file://{tmp_path / 'good'}"
+        writers = WriterGroup(database, [1, 2], rate=400)
+        spawned.append(writers)
+        spool = small_disk / "spool"
+        options = ("--duration", "40", "--interval", "0.5", "--spool", str(spool))
+        ship = Ship(database, good, "--replica", down, *options, env={"PREFECT_API_URL": ""})
+        spawned.append(ship)
+        assert ship.wait_for(re.compile("the spool ran out of room"), timeout=60), ship.output[-3000:]
+        writers.stop()
+        assert ship.wait() == 1, ship.output[-3000:]
+        ended = ship.output.strip().splitlines()[-1]
+        assert f"replica {open_store(down).location} is behind" in ended, ended
+        assert "not captured yet" not in ship.output
+        restored = tmp_path / "good.db"
+        done = walship("restore", "--replica", good, "--output", str(restored), env={"PREFECT_API_URL": ""})
+        assert done.returncode == 0, done.stderr
+        assert committed_counts(restored) == committed_counts(database)
+        assert content_digest(restored) == content_digest(database)
 
 
 class TestEveryWriterCleansUp:

@@ -41,7 +41,9 @@ __all__ = ["check"]
 _LOG_SLACK = 1.0
 _WRITER_ROWS = 1 << 40  # rows at and above this id belong to writers (bench.workload)
 _SPOOL_FULL = "point --spool at a bigger one"  # walship's line for a full spool (walship.spool)
-_PAST_THE_CAP = "holds more than"  # walship's warning of a spool past --spool-cap (walship.ship._shipper)
+# walship's warning of a spool past --spool-cap (walship.ship._shipper), and its reason for leaving a replica
+# behind when the spool's disk filled before the cap (walship.ship._fanout).
+_PAST_THE_CAP = ("holds more than", "the spool ran out of room")
 # What status says of a gap, and a shipper of the snapshot a replica behind resumed at.
 _GAP = re.compile(r"generations/(\S+)/wal/(\d+)\.wal\.zst \(or \.resync\.zst\) is missing: a gap")
 _BRIDGED_GAP = re.compile(r"sequences (\d+)-\d+ of generation (\S+) are not here")
@@ -182,7 +184,7 @@ class _Checks:
         """A replica falls behind only once the spool outgrew its cap; only then has it gaps, each before a
         snapshot it resumed at."""
         location, behind = self.replica.location, self.behind
-        if behind and not any(_PAST_THE_CAP in output for output in self.outputs):
+        if behind and not any(said in output for output in self.outputs for said in _PAST_THE_CAP):
             self.failures.append("fell behind, but no shipper said the spool outgrew its cap")
         bridges = {
             (generation, int(sequence))

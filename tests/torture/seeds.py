@@ -50,6 +50,12 @@ TWO_REPLICAS: dict[int, Failed] = {
         "plain snapshot, so its status called the gap before it lost; and the resume was said nowhere, the run "
         "ending (the replica down again) before that snapshot reached it",
     ),
+    157144: Failed(
+        12.0,
+        6,
+        "a spool disk (32 MiB) smaller than the cap (256 MiB), the second replica down until the end: the disk "
+        "filled, capture stalled for both replicas, and a SIGTERM'd shipper exited 1 with committed WAL uncaptured",
+    ),
 }
 
 # Replayed at their own length and version.

@@ -132,8 +132,11 @@ class ReplicaSet:
         """After a sync: with several replicas the spool's cap; then the snapshots replicas back from behind
         resume at (what the shipper began for them). A run of one replica may find it behind too, when an
         earlier run shipped to several."""
-        if self.several and shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
-            self._release_failing()
+        if self.several and shipper.out_of_room:
+            self._release_failing(f"its uploads failed until the spool ran out of room ({self.spool_dir})")
+        elif self.several and shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
+            cap = human_bytes(self.config.spool_cap_bytes)
+            self._release_failing(f"its uploads failed while the spool {self.spool_dir} grew past {cap} (--spool-cap)")
         acks = self.acks
         if not shipper.snapshot_in_progress:
             for link in self.links:
@@ -172,18 +175,16 @@ class ReplicaSet:
                 link.wants_bridge = True
         return self.tend(shipper)
 
-    def _release_failing(self) -> None:
-        """Past the spool's cap, a replica whose uploads fail while another keeps up stops holding the spool."""
+    def _release_failing(self, why: str) -> None:
+        """Past the spool's cap, or out of room before it, a replica whose uploads fail while another keeps up
+        stops holding the spool."""
         acks = self.acks
         if not any(not link.failing and not acks.behind(link.location) for link in self.links):
             return  # every one is failing: the spool exists for that, as with one replica
         for link in self.links:
             if link.failing and not acks.behind(link.location):
                 # Done by its own uploader, between two attempts: no upload of its is in flight meanwhile.
-                link.behind_requested = (
-                    f"its uploads failed while the spool {self.spool_dir} grew past "
-                    f"{human_bytes(self.config.spool_cap_bytes)} (--spool-cap); the other replicas went on"
-                )
+                link.behind_requested = f"{why}; the other replicas went on"
 
     def finish(self, spool: Spool, cursor: WalPosition | None) -> None:
         """The final drain of each replica with the full retry policy, its position, and its lease let go.

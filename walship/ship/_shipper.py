@@ -66,6 +66,8 @@ class Shipper:
         self._last_backfill = -float("inf")  # when a sync last moved the pin and backfilled (``_tend_wal``)
         # The last capture stopped short of the published WAL end (a spool too small for the backlog).
         self._behind = False
+        # The last capture found no room in the spool for committed WAL (its disk is full).
+        self.out_of_room = False
         self._snapshots = BackgroundSnapshot(
             spool, self.database, database_id=config.database_id, sealing=config.sealing
         )
@@ -595,10 +597,11 @@ class Shipper:
             log.warning("%s", exc)
             return SyncResult()
         if isinstance(captured, NoRoom):
-            self._behind = True
+            self._behind = self.out_of_room = True
             return SyncResult()
         if not isinstance(captured, Captured):
             return SyncResult()
+        self.out_of_room = False
         self._pages.captured(captured.segment.sequence, captured.pages)
         self.cursor = captured.cursor
         self.spool.save_cursor(self.cursor)
