@@ -10,6 +10,7 @@ history, artifacts, events) is missing.
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,7 +37,11 @@ from walship_cli._standby import show_update
 
 __all__ = ["follow", "restore", "restore_delta", "retention", "ship", "ship_many", "snapshot_database", "verify"]
 
-_POLICY = RetryPolicy()
+# The flows' default policy. For tests only, WALSHIP_TEST_RETRY_BACKOFF (seconds) replaces its first delay:
+# a test whose storage stays down until the process exits otherwise waits out the whole policy (some 30 s) to
+# reach the failure the first try already decided. Nothing else sets it.
+_TEST_BACKOFF = os.environ.get("WALSHIP_TEST_RETRY_BACKOFF")
+_POLICY = RetryPolicy(backoff_seconds=float(_TEST_BACKOFF)) if _TEST_BACKOFF else RetryPolicy()
 log = logging.getLogger("walship")
 
 

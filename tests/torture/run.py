@@ -53,6 +53,8 @@ class TortureRun:
         self.logs = workdir / "logs"
         # PYTHONFAULTHANDLER: a shipper that hangs prints its threads' stacks when the run aborts it (Shipper.wait).
         self.env = {**os.environ, "PREFECT_API_URL": "", "PYTHONFAULTHANDLER": "1"}
+        if _retries_cannot_succeed(plan):
+            self.env["WALSHIP_TEST_RETRY_BACKOFF"] = "0.1"
         self.shippers: list[Shipper] = []
         self.writers: dict[int, subprocess.Popen[bytes]] = {}
         self.happened: list[str] = []
@@ -470,6 +472,18 @@ class TortureRun:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def _retries_cannot_succeed(plan: Plan) -> bool:
+    """Whether no retry of walship's policy can succeed in the plan: the first replica is a local directory and the
+    second one only hangs (a request waits, it is not retried) until it goes down for good, past every shipper's
+    end. The shippers then try it at short delays (walship_cli/_direct.py) instead of waiting out the policy's
+    30 s at the end: they fail as they would have, sooner."""
+    return (
+        plan.backend == "local"
+        and plan.second_down_at > 0
+        and all(outage.how == "stall" for outage in plan.second_outages)
+    )
 
 
 def _copy(source: Path, target: Path) -> None:
