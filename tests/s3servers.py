@@ -139,6 +139,15 @@ def _free_port_pair(taken: Sequence[int]) -> int:
     raise RuntimeError("no free port pair for the weed admin server")
 
 
+_PORT_ATTEMPTS = 3
+# What weed logs when a port is taken: at its own check before it starts, or when a server of its binds later.
+_PORT_TAKEN = ("is not available on", "address already in use")
+
+
+class _PortTakenError(RuntimeError):
+    """weed exited: a port chosen for it was taken before it bound it."""
+
+
 class SeaweedS3(_S3Server):
     """`weed mini` (master, volume, filer, s3, admin) in its own process group.
 
@@ -149,6 +158,17 @@ class SeaweedS3(_S3Server):
     """
 
     def __init__(self, timeout: float = 60.0, extra_args: Sequence[str] = ()) -> None:
+        # The ports are free when chosen, not reserved: another process (the other xdist worker starting its own
+        # weed, say) may bind one first, and weed exits. Fresh ports then, a few times.
+        for attempt in range(_PORT_ATTEMPTS):
+            try:
+                self._start(timeout, extra_args)
+                return
+            except _PortTakenError:
+                if attempt == _PORT_ATTEMPTS - 1:
+                    raise
+
+    def _start(self, timeout: float, extra_args: Sequence[str]) -> None:
         self.access_key = "walshipadmin"
         self.secret_key = secrets.token_urlsafe(24)
         self._ports = _free_ports(8)
@@ -215,7 +235,9 @@ class SeaweedS3(_S3Server):
                 last = exc
                 time.sleep(0.05)
         tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(
+        taken = any(line in tail for line in _PORT_TAKEN)
+        error = _PortTakenError if proc.poll() is not None and taken else RuntimeError
+        raise error(
             f"SeaweedFS S3 at {self.endpoint} not ready (exit code {proc.poll()}, "
             f"timeout {timeout:g}s, last error {last!r})\ncommand: {' '.join(self.command)}\nlog tail:\n{tail}"
         )
