@@ -38,6 +38,7 @@ LONGEST_FILES = (
     "test_torture_more.py",
     "test_prefect_server.py",
     "test_replicas.py",
+    "test_ship.py",
     "test_resync.py",
     "test_ship_faults.py",
     "test_handover.py",
@@ -46,6 +47,7 @@ LONGEST_FILES = (
     "test_fleet_replicas.py",
     "test_fleet_prefect.py",
     "test_fleet.py",
+    "test_object_lock.py",
     "test_spool_full.py",
 )
 
