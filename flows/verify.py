@@ -54,8 +54,7 @@ def verify_flow(
         credentials_block: Name of a prefect-aws AWS Credentials block; empty: the worker's environment.
         age_identity_block: Name of a Secret block holding the age identity that opens encrypted objects.
         age_identity_file: Path of an age identity file on the worker's host (when no block is named).
-        require_lock_days: Fail unless every object of the newest restorable point stays under the bucket's
-            object lock this many more days; empty: no lock check.
+        require_lock_days: Fail unless the newest point's objects stay locked this many more days; empty: no check.
         retry: How storage tasks retry transient errors (attempts, backoff, jitter).
 
     Every checksum, the chain and ``PRAGMA integrity_check`` are verified. A

@@ -14,7 +14,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from walship.catalog import require_replica
-from walship.errors import PermanentStorageError, WalshipError
+from walship.errors import WalshipError
 from walship.generations import describe_generations
 from walship.index import current_snapshots, forget_snapshots
 from walship.layout import GENERATIONS_PREFIX, generation_of, generation_prefix, parse_segment_key, parse_snapshot_key
@@ -88,8 +88,6 @@ def apply_retention(store: ObjectStore, plan: RetentionPlan, *, dry_run: bool = 
             batch = keys[start : start + DELETE_BATCH_LIMIT]
             try:
                 store.delete(batch)
-            except PermanentStorageError:
-                raise  # a credential that may not delete: no later run would do better
             except WalshipError as exc:
                 errors.append(str(exc))
     listed = _still_listed(store, keys, errors)

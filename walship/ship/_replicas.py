@@ -224,6 +224,8 @@ class ReplicaLink:
         self.report.behind_since = None
         self._resuming = key
         self.report.resumed_at.append(key)
+        # Said now: the run may end (this replica down again) before the snapshot reaches it.
+        log.info("replica %s answers again: resumed at snapshot %s, taken for it alone", self.location, key)
 
     def fall_behind(self, acks: ReplicaAcks, reason: str, events: ReplicaEvents) -> None:
         acks.fall_behind(self.location, reason)
