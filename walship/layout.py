@@ -78,19 +78,13 @@ def new_generation(now: datetime | None = None, *, after: str | None = None) -> 
     ``after`` is the newest generation the spool knows. Spools and
     acknowledgements order entries by generation name, and two generations
     begun within one second would sort by their random digits, the newer
-    one first half the time (torture seed 119 lost a generation's segments
-    that way); within ``after``'s second the digits are drawn above its own.
+    one first half the time; a name at least a second after ``after`` keeps
+    creation order (torture seed 119 lost a generation's segments that way).
     """
-    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{stamp}-{secrets.token_hex(4)}"
-    match = _GENERATION.match(after or "")
-    if match is None or after is None or name > after:
-        return name
-    digits = int(match.group(2), 16)
-    if digits < 0xFFFFFFFF:
-        return f"{match.group(1)}-{digits + 1 + secrets.randbelow(0xFFFFFFFF - digits):08x}"
-    later = parse_generation(match.group(0)) + timedelta(seconds=1)
-    return f"{later:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    if after is not None:
+        when = max(when, parse_generation(after) + timedelta(seconds=1))
+    return f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
 def parse_generation(name: str) -> datetime:
