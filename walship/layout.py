@@ -22,7 +22,7 @@ the same kind of prefix:
 
 import re
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "format_snapshot_key",
     "generation_of",
     "generation_prefix",
-    "is_generation",
     "is_replica_key",
     "is_resync_key",
     "new_generation",
@@ -72,19 +71,9 @@ class ParsedKey(NamedTuple):
     sequence: int
 
 
-def new_generation(now: datetime | None = None, *, after: str | None = None) -> str:
-    """A new generation's name: its UTC start to the second, then random digits.
-
-    ``after`` is the newest generation the spool knows. Spools and
-    acknowledgements order entries by generation name, and two generations
-    begun within one second would sort by their random digits, the newer
-    one first half the time; a name at least a second after ``after`` keeps
-    creation order (torture seed 119 lost a generation's segments that way).
-    """
-    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    if after is not None:
-        when = max(when, parse_generation(after) + timedelta(seconds=1))
-    return f"{when:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+def new_generation(now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(4)}"
 
 
 def parse_generation(name: str) -> datetime:
@@ -93,10 +82,6 @@ def parse_generation(name: str) -> datetime:
     if match is None:
         raise ValueError(f"not a generation name: {name!r}")
     return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
-def is_generation(name: str) -> bool:
-    return _GENERATION.match(name) is not None
 
 
 def generation_prefix(generation: str) -> str:

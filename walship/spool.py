@@ -48,7 +48,6 @@ from pydantic import BaseModel, ValidationError
 
 from walship._fs import free_bytes, fsync_dir, is_disk_full, remove_sqlite_file
 from walship.errors import SpoolFullError, UsageError
-from walship.layout import is_generation, parse_generation
 from walship.lease import Lease
 from walship.models import SnapshotInfo, WalCursor, utcnow
 from walship.segment import ResyncSegment, Segment, WalSegment
@@ -246,20 +245,6 @@ class Spool:
         for entry in dropped:
             self.remove(entry)
         return len(dropped)
-
-    def newest_generation(self) -> str | None:
-        """The newest generation this spool knows, from its cursor (continued or abandoned), its abandoned
-        record and its pending entries: a new generation is named after it (``walship.layout.new_generation``)."""
-        known: list[str] = []
-        with contextlib.suppress(FileNotFoundError, ValidationError):
-            known.append(WalCursor.model_validate_json((self.root / "cursor.json").read_bytes()).generation)
-        abandoned = self._abandoned()
-        if abandoned is not None and abandoned.generation != _ANY:
-            known.append(abandoned.generation)
-        with contextlib.suppress(FileNotFoundError):
-            known += [path.name for path in (self.root / "pending").iterdir()]
-        named = [name for name in known if is_generation(name)]
-        return max(named, key=lambda name: (parse_generation(name), name), default=None)
 
     def _abandoned(self) -> _Abandoned | None:
         try:
