@@ -185,8 +185,7 @@ def plan_replica(store: ObjectStore, policy: RetentionPolicy, now: datetime) -> 
         require_replica(store)
     plan = plan_retention(policy, snapshots, segments, now, newest_data(store, snapshots))
     versioned = versions_of(store)
-    protection = versioned.protection() if versioned is not None else None
-    if versioned is not None and protection is not None and protection.versioned:
+    if versioned is not None and (protection := versioned.protection()).versioned:
         plan = hold_locked(plan, _versions_of(versioned, plan.delete_keys), protection, now)
     idle = {
         leftover.key: leftover.size
