@@ -204,6 +204,42 @@ class TestAcknowledgements:
             "from the other replica"
         ]
 
+    def test_a_generation_begun_in_the_same_second_comes_after_the_one_before(self, database: Path) -> None:
+        """Entries and marks are ordered by generation name: a generation begun within the second of the last
+        one must sort after it, or a replica that stored the older one's snapshot wants none of the newer one's
+        entries, and they leave the spool unsent (torture seed 119: a damaged entry, a new generation at once)."""
+        with captured(database, 1) as (spool, shipper):
+            acks = ReplicaAcks(spool, [A, B])
+            for _ in range(6):
+                before = spool.pending()
+                for entry in before:
+                    acks.stored(A, entry)
+                    acks.stored(B, entry)
+                shipper.start_generation("a damaged entry, say")
+                shipper.finish()
+                new = [e for e in spool.pending() if e not in before]
+                assert new, "the new generation's snapshot is spooled"
+                assert all(acks.wants(A, e) and acks.wants(B, e) for e in new), [e.order for e in new]
+
+    def test_with_its_cursor_damaged_and_nothing_pending_a_new_generation_still_comes_after(
+        self, database: Path
+    ) -> None:
+        """Only the replicas' marks then name the generation before: the spool's record of the newest one it
+        began keeps the new name after it."""
+        with captured(database, 1) as (spool, shipper):
+            acks = ReplicaAcks(spool, [A, B])
+            for _ in range(6):
+                for entry in spool.pending():
+                    acks.stored(A, entry)
+                    acks.stored(B, entry)
+                assert spool.pending() == []
+                (spool.root / "cursor.json").write_text("{damaged")
+                shipper.start_generation("the spool's cursor was damaged")
+                shipper.finish()
+                new = spool.pending()
+                assert new, "the new generation's snapshot is spooled"
+                assert all(acks.wants(A, e) and acks.wants(B, e) for e in new), [e.order for e in new]
+
     def test_behind_but_missed_nothing_continues_where_it_was(self, database: Path) -> None:
         with captured(database, 2) as (spool, _):
             entries = spool.pending()

@@ -22,7 +22,7 @@ the same kind of prefix:
 
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "format_snapshot_key",
     "generation_of",
     "generation_prefix",
+    "is_generation",
     "is_replica_key",
     "is_resync_key",
     "new_generation",
@@ -71,9 +72,26 @@ class ParsedKey(NamedTuple):
     sequence: int
 
 
-def new_generation(now: datetime | None = None) -> str:
+def new_generation(now: datetime | None = None, *, after: str | None = None) -> str:
+    """A new generation's name: its UTC start to the second, then random digits.
+
+    ``after`` is the newest generation the spool knows. Spools and
+    acknowledgements order entries by generation name, and two generations
+    begun within one second would sort by their random digits, the newer
+    one first half the time, and a replica's mark on the older one would
+    want nothing of the newer; within ``after``'s second the digits are
+    drawn above its own.
+    """
     stamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{secrets.token_hex(4)}"
+    name = f"{stamp}-{secrets.token_hex(4)}"
+    match = _GENERATION.match(after or "")
+    if match is None or after is None or name > after:
+        return name
+    digits = int(match.group(2), 16)
+    if digits < 0xFFFFFFFF:
+        return f"{match.group(1)}-{digits + 1 + secrets.randbelow(0xFFFFFFFF - digits):08x}"
+    later = parse_generation(match.group(0)) + timedelta(seconds=1)
+    return f"{later:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
 def parse_generation(name: str) -> datetime:
@@ -82,6 +100,10 @@ def parse_generation(name: str) -> datetime:
     if match is None:
         raise ValueError(f"not a generation name: {name!r}")
     return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def is_generation(name: str) -> bool:
+    return _GENERATION.match(name) is not None
 
 
 def generation_prefix(generation: str) -> str:

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from walship._fs import free_bytes, fsync_dir, is_disk_full, remove_sqlite_file
 from walship.errors import SpoolFullError, UsageError
+from walship.layout import is_generation, parse_generation
 from walship.lease import Lease
 from walship.models import SnapshotInfo, WalCursor, utcnow
 from walship.segment import ResyncSegment, Segment, WalSegment
@@ -80,6 +81,7 @@ CURSOR_DAMAGED = "the spool's cursor was damaged"
 # dropped by the next run that takes the spool.
 CAUGHT_UP = "caught-up.json"
 _ANY = "*"
+_NEWEST_GENERATION = "newest-generation.json"
 _READ_CHUNK = 1 << 20
 
 
@@ -245,6 +247,28 @@ class Spool:
         for entry in dropped:
             self.remove(entry)
         return len(dropped)
+
+    def begin_generation(self, generation: str) -> None:
+        """Record ``generation`` as the newest this spool began, before anything of it is spooled: a damaged
+        cursor with every entry uploaded leaves only the replicas' marks naming the one before it."""
+        self._write_atomic(self.root / _NEWEST_GENERATION, json.dumps(generation).encode())
+
+    def newest_generation(self) -> str | None:
+        """The newest generation this spool knows, from the record ``begin_generation`` keeps, its cursor
+        (continued or abandoned), its abandoned record and its pending entries: a new generation is named
+        after it (``walship.layout.new_generation``)."""
+        known: list[str] = []
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            known.append(str(json.loads((self.root / _NEWEST_GENERATION).read_bytes())))
+        with contextlib.suppress(FileNotFoundError, ValidationError):
+            known.append(WalCursor.model_validate_json((self.root / "cursor.json").read_bytes()).generation)
+        abandoned = self._abandoned()
+        if abandoned is not None and abandoned.generation != _ANY:
+            known.append(abandoned.generation)
+        with contextlib.suppress(FileNotFoundError):
+            known += [path.name for path in (self.root / "pending").iterdir()]
+        named = [name for name in known if is_generation(name)]
+        return max(named, key=lambda name: (parse_generation(name), name), default=None)
 
     def _abandoned(self) -> _Abandoned | None:
         try:

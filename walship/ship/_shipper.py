@@ -213,7 +213,8 @@ class Shipper:
     def start_generation(self, reason: str) -> SyncResult:
         """Snapshot the database at an exact WAL point and begin a generation there."""
         with self._lock:
-            generation = new_generation()
+            generation = new_generation(after=self.spool.newest_generation())
+            self.spool.begin_generation(generation)
             log.log(generation_log_level(reason), "starting generation %s of %s: %s", generation, self.database, reason)
             self.spool.check_snapshot_room(self.database)
             with self.spool.snapshot_file(self.database) as target, contextlib.ExitStack() as stack:
