@@ -8,8 +8,10 @@ from datetime import datetime
 from pathlib import Path
 
 from walship import codec, index, snapshot
-from walship.layout import format_snapshot_key
+from walship.catalog import describe_snapshot
+from walship.layout import format_snapshot_key, new_generation
 from walship.models import SnapshotInfo
+from walship.sqlite import consistent_pages
 from walship.storage import ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,3 +66,29 @@ def described_snapshot(generation: str, sequence: int, created_at: datetime, *, 
         level=3,
         database_id="app.db",
     )
+
+
+def single_stream_snapshot(store: ObjectStore, database: Path, *, level: int = 3) -> SnapshotInfo:
+    """A streamed snapshot as walship wrote them before framed snapshots: one zstd frame, then its SHA-256 in a
+    trailer (walship.trailer); such objects must go on restoring."""
+    with consistent_pages(database) as pages:
+        generation = new_generation(pages.taken_at)
+        info = SnapshotInfo(
+            key=format_snapshot_key(generation, 0),
+            generation=generation,
+            sequence=0,
+            created_at=pages.taken_at,
+            raw_size=pages.size,
+            compressed_size=0,
+            sha256="",
+            sha256_at_end=True,
+            page_size=pages.page_size,
+            page_count=pages.page_count,
+            level=level,
+            database_id=database.name,
+            envelope="zstd",
+        )
+        totals = codec.StreamTotals()
+        chunks = codec.compress_blocks(pages.blocks(), totals, size=pages.size, level=level, trailer=True)
+        stored = store.put_chunks(info.key, chunks, metadata=describe_snapshot(info))
+    return info.model_copy(update={"compressed_size": stored.size, "sha256": totals.sha256})

@@ -23,7 +23,7 @@ from pyrage import x25519
 
 from bench.workload import committed_counts, content_digest, writer_command
 from tests.conftest import Writers
-from tests.helpers import ROOT, rewrite_object, walship
+from tests.helpers import ROOT, rewrite_object, single_stream_snapshot, walship
 from tests.test_resync import _checkpoint
 from tests.test_ship import SEED, Running
 from walship import codec, index, snapshot
@@ -273,7 +273,7 @@ class TestEncryptedReplica:
 
 def test_an_object_without_envelope_metadata_is_plain_zstd(store: ObjectStore, database: Path, tmp_path: Path) -> None:
     """What walship wrote before the envelope: no walship-envelope key."""
-    info = snapshot.stream_snapshot(store, database, database_id="app.db", level=1)
+    info = single_stream_snapshot(store, database, level=1)
     metadata = {k: v for k, v in store.head(info.key).metadata.items() if k != "walship-envelope"}
     with store.open(info.key) as stream:
         store.put_stream(info.key, io.BytesIO(stream.read()), metadata=metadata)

@@ -21,18 +21,20 @@ import zstandard
 
 from bench.workload import committed_counts, content_digest, expected_state
 from tests.conftest import Writers, use_credentials
+from tests.helpers import single_stream_snapshot
 from tests.s3servers import _S3Server, s3_client
 from tests.shipping import wait_until
 from tests.tcpproxy import TcpProxy
 from walship import index
 from walship.catalog import describe_snapshot, list_snapshots, select_snapshot
 from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError, TransientStorageError, UsageError
+from walship.frames import format_tail, parse_tail
 from walship.index import current_snapshots
 from walship.restore import restore_snapshot
 from walship.snapshot import stream_snapshot
 from walship.sqlite import PageCopy, read_header
 from walship.storage import ObjectStore, S3Store, open_store
-from walship.trailer import TRAILER_SIZE, format_trailer
+from walship.trailer import TRAILER_SIZE
 from walship.verify import check_index
 
 S3_BACKENDS = ["moto", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)]
@@ -48,6 +50,12 @@ def _object_bytes(store: ObjectStore, key: str) -> bytes:
         return stream.read()
 
 
+def _decompressed(data: bytes) -> bytes:
+    """What any zstd decoder makes of an object: every frame's content, skippable frames passed over."""
+    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+        return reader.read()
+
+
 def _pending_uploads(server: _S3Server, bucket: str) -> list[str]:
     response = s3_client(server).list_multipart_uploads(Bucket=bucket)
     return [u["Key"] for u in response.get("Uploads", [])]
@@ -61,6 +69,21 @@ def _random_database(path: Path, mib: int) -> None:
     with connection:
         connection.executemany("INSERT INTO blobs(data) VALUES (?)", ((os.urandom(1 << 20),) for _ in range(mib)))
     connection.close()
+
+
+def _with_recorded_sha256(data: bytes, name: str, sha256: str) -> bytes:
+    """A framed snapshot whose tables record ``sha256`` for the whole database, each table's digest made anew."""
+    layout = parse_tail(data, len(data), name)
+    assert not isinstance(layout, int)
+    frames = [(f.size, f.raw_size, f.sha256) for f in layout.frames]
+    tail = format_tail(
+        page_size=layout.page_size,
+        pages_per_frame=layout.pages_per_frame,
+        raw_size=layout.raw_size,
+        sha256=sha256,
+        frames=frames,
+    )
+    return data[: layout.data_end] + tail
 
 
 class TestStreamedSnapshot:
@@ -88,7 +111,7 @@ class TestStreamedSnapshot:
     def test_recorded_sha256_and_sizes_match_the_object(self, store: ObjectStore, database: Path) -> None:
         info = stream_snapshot(store, database, database_id="app.db", level=5)
         data = _object_bytes(store, info.key)
-        raw = zstandard.ZstdDecompressor().decompress(data)
+        raw = _decompressed(data)
         assert (len(data), len(raw)) == (info.compressed_size, info.raw_size)
         assert hashlib.sha256(raw).hexdigest() == info.sha256
         unknown_at_start = {"compressed_size": 0, "sha256": ""}
@@ -133,7 +156,8 @@ class TestStreamedSnapshot:
     def test_the_state_is_read_once_and_its_sha256_ends_the_object(
         self, store: ObjectStore, database: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """One read is hashed, compressed and uploaded; the digest follows the frame, not the metadata."""
+        """One read is hashed, compressed and uploaded; the digest ends the object (its frame table), not the
+        metadata."""
         reads = 0
         honest = PageCopy.blocks
 
@@ -146,7 +170,9 @@ class TestStreamedSnapshot:
         info = stream_snapshot(store, database, database_id="app.db", level=3)
         assert reads == 1
         data = _object_bytes(store, info.key)
-        assert data[-TRAILER_SIZE:] == format_trailer(info.sha256)
+        layout = parse_tail(data, len(data), info.key)
+        assert not isinstance(layout, int)
+        assert layout.sha256 == info.sha256
         assert info.sha256 == hashlib.sha256(database.read_bytes()).hexdigest()
         metadata = store.head(info.key).metadata
         assert "walship-sha256" not in metadata
@@ -165,16 +191,27 @@ class TestStreamedSnapshot:
 
     @pytest.mark.parametrize("damage", ["digest", "cut"])
     @pytest.mark.parametrize("index_from", ["snapshot", "rebuild"])
+    @pytest.mark.parametrize("made", ["framed", "single-stream"])
     def test_a_damaged_or_missing_checksum_fails_the_restore(
-        self, store: ObjectStore, database: Path, tmp_path: Path, damage: str, index_from: str
+        self, store: ObjectStore, database: Path, tmp_path: Path, damage: str, index_from: str, made: str
     ) -> None:
-        """A trailer changed or cut off fails the restore, naming the object, whatever the index knows."""
-        info = stream_snapshot(store, database, database_id="app.db", level=3)
-        data = bytearray(_object_bytes(store, info.key))
-        if damage == "digest":
-            data[-1] ^= 0x01
+        """A recorded checksum changed or cut off fails the restore, naming the object, whatever the index knows:
+        in a framed snapshot's frame table (changed consistently with the table's own digest), or in the trailer
+        of a snapshot walship streamed as one frame."""
+        if made == "framed":
+            info = stream_snapshot(store, database, database_id="app.db", level=3)
+            data = bytearray(_object_bytes(store, info.key))
+            if damage == "digest":
+                data = bytearray(_with_recorded_sha256(bytes(data), info.key, "0" * 64))
+            else:
+                del data[-100:]
         else:
-            del data[-TRAILER_SIZE:]
+            info = single_stream_snapshot(store, database)
+            data = bytearray(_object_bytes(store, info.key))
+            if damage == "digest":
+                data[-1] ^= 0x01
+            else:
+                del data[-TRAILER_SIZE:]
         store.put_stream(info.key, io.BytesIO(bytes(data)), metadata=store.head(info.key).metadata)
         chosen = info if index_from == "snapshot" else index.rebuild_index(store).snapshots[0]
         output = tmp_path / "out.db"
@@ -183,6 +220,14 @@ class TestStreamedSnapshot:
             restore_snapshot(store, chosen, output)
         assert not output.exists()
         assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.db")] == []
+
+    def test_a_single_stream_snapshot_still_restores(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+        """Snapshots walship streamed before framed ones (one frame, a trailer) restore, through a rebuilt index."""
+        info = single_stream_snapshot(store, database)
+        assert index.rebuild_index(store).snapshots == [info]
+        restored = tmp_path / "restored.db"
+        assert restore_snapshot(store, info, restored).snapshot.sha256 == info.sha256
+        assert restored.read_bytes() == database.read_bytes()
 
     def test_the_index_and_the_trailer_must_agree(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
         """An index entry whose checksum is not the object's fails the restore and the index check."""

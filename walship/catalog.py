@@ -14,6 +14,8 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from walship.errors import CorruptObjectError, NotFoundError, WalshipError
+from walship.frames import ENVELOPE as ZSTD_FRAMES
+from walship.frames import read_layout
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, is_replica_key, parse_snapshot_key
 from walship.models import ObjectInfo, SnapshotInfo, WalPosition
 from walship.storage import ObjectStore, versions_of
@@ -105,8 +107,10 @@ def read_trailer_sha256(store: ObjectStore, info: SnapshotInfo) -> str:
     An encrypted object's end is readable only with its identity: "" then,
     and restore checks it there. ``CorruptObjectError`` when the end is not a checksum.
     """
-    if not info.sha256_at_end or info.envelope != "zstd":
+    if not info.sha256_at_end or info.envelope not in ("zstd", ZSTD_FRAMES):
         return info.sha256
+    if info.envelope == ZSTD_FRAMES:
+        return read_layout(store, info.key, info.compressed_size).sha256
     start = max(0, info.compressed_size - TRAILER_SIZE)
     with store.open(info.key, start=start, length=info.compressed_size - start) as stream:
         return parse_trailer(stream.read(), info.key)

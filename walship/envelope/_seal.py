@@ -18,13 +18,17 @@ from walship import codec
 from walship.envelope._age import AgeWriter, decrypt_into
 from walship.envelope._keys import IDENTITY_ENV, Keyring, parse_recipients
 from walship.errors import ChecksumMismatchError, CorruptObjectError, IdentityNeededError
+from walship.frames import ENVELOPE as ZSTD_FRAMES
+from walship.frames import compress_framed, framed_chunks
 from walship.models import CompressedFile
+from walship.sqlite import read_header
 from walship.trailer import TRAILER_SIZE, TailReader, TailWriter, parse_trailer
 
 __all__ = [
     "ENVELOPES",
     "ZSTD",
     "ZSTD_AGE",
+    "ZSTD_FRAMES",
     "Opened",
     "Sealing",
     "SegmentSealer",
@@ -40,7 +44,7 @@ __all__ = [
 
 ZSTD = "zstd"
 ZSTD_AGE = "zstd+age"
-ENVELOPES = (ZSTD, ZSTD_AGE)
+ENVELOPES = (ZSTD, ZSTD_AGE, ZSTD_FRAMES)
 
 # age: a header stanza per recipient (about 100 bytes for X25519, under 1 KiB for SSH RSA: 4 KiB is
 # ample), then 16 bytes of tag per 64 KiB chunk.
@@ -63,6 +67,12 @@ class Sealing(BaseModel):
     @property
     def envelope(self) -> str:
         return ZSTD_AGE if self.recipients else ZSTD
+
+    @property
+    def snapshot_envelope(self) -> str:
+        """Snapshots are framed unless encrypted: age is one authenticated stream, read from its start, so
+        frames inside it would not let a reader fetch one (docs/FORMAT.md, "Framed snapshots")."""
+        return ZSTD_AGE if self.recipients else ZSTD_FRAMES
 
     @property
     def encrypted(self) -> bool:
@@ -121,9 +131,20 @@ class SegmentSealer:
 
 
 def seal_file(source: Path, target: Path, sealing: Sealing) -> CompressedFile:
-    """Seal the file ``source`` into ``target`` (fsynced): the shipper's spooled snapshots."""
+    """Seal the database file ``source`` into ``target`` (fsynced): the shipper's spooled snapshots."""
     if not sealing.encrypted:
-        return codec.compress_file(source, target, sealing.level)
+        with target.open("wb") as out:
+            totals = compress_framed(source, out, page_size=read_header(source).page_size, level=sealing.level)
+            out.flush()
+            os.fsync(out.fileno())
+        return CompressedFile(
+            path=target,
+            raw_size=totals.raw_size,
+            compressed_size=totals.compressed_size,
+            sha256=totals.sha256,
+            level=sealing.level,
+            envelope=ZSTD_FRAMES,
+        )
     with target.open("wb") as out:
         age = AgeWriter(out, parse_recipients(sealing.recipients))
         try:
@@ -149,16 +170,17 @@ def seal_blocks(
     totals: codec.StreamTotals,
     *,
     size: int,
+    page_size: int,
     sealing: Sealing,
     progress: codec.Progress | None = None,
-    trailer: bool = False,
 ) -> Iterator[bytes]:
-    """``codec.compress_blocks``, encrypted when there are recipients; ``totals.compressed_size`` is the
-    size stored, once the last chunk has been yielded. The ``trailer`` goes inside the encryption."""
-    chunks = codec.compress_blocks(blocks, totals, size=size, level=sealing.level, progress=progress, trailer=trailer)
+    """A database's pages arriving as ``blocks``, sealed as ``sealing.snapshot_envelope`` says; ``totals`` is
+    complete once the last chunk has been yielded. The SHA-256 is at the end either way: in the frame table,
+    or in a trailer inside the encryption (``walship.trailer``)."""
     if not sealing.encrypted:
-        yield from chunks
+        yield from framed_chunks(blocks, totals, size=size, page_size=page_size, level=sealing.level, progress=progress)
         return
+    chunks = codec.compress_blocks(blocks, totals, size=size, level=sealing.level, progress=progress, trailer=True)
     out: deque[bytes] = deque()
     age = AgeWriter(_Appending(out), parse_recipients(sealing.recipients))
     try:

@@ -8,8 +8,9 @@ from walship.catalog import read_snapshot_info
 from walship.chain import apply_segments
 from walship.codec import Progress
 from walship.copies import CopyRecord, file_mark, save_copy_record
-from walship.envelope import Keyring, open_to_file, require_keys
+from walship.envelope import ZSTD_FRAMES, Keyring, open_to_file, require_keys
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+from walship.frames import fetch_framed
 from walship.models import RestoreResult, SnapshotInfo, WalPosition, utcnow
 from walship.placement import check_output, staged_output
 from walship.segment import ResyncSegment, WalSegment
@@ -62,18 +63,7 @@ def restore_snapshot(
         )
     require_keys(stored.envelope, keys, stored.key)
     with staged_output(output, force=force) as tmp:
-        with tmp.open("wb") as out, store.open(stored.key) as stream:
-            _, verified = open_to_file(
-                stream,
-                out,
-                envelope=stored.envelope,
-                keys=keys,
-                expected_sha256=expected_sha256,
-                expected_size=stored.raw_size,
-                name=stored.key,
-                progress=progress,
-                trailer=stored.sha256_at_end,
-            )
+        verified = _download(store, stored, tmp, expected_sha256, keys, progress)
         stored = stored.model_copy(update={"sha256": verified})
         applied: list[WalSegment | ResyncSegment] = []
         stopped_before: WalSegment | ResyncSegment | None = None
@@ -122,6 +112,42 @@ def restore_snapshot(
         complete_until=complete_until,
         next_sequence=stopped_before.sequence if stopped_before else None,
     )
+
+
+def _download(
+    store: ObjectStore,
+    stored: SnapshotInfo,
+    tmp: Path,
+    expected_sha256: str,
+    keys: Keyring | None,
+    progress: Progress | None,
+) -> str:
+    """The snapshot's database into ``tmp``, verified; the SHA-256 it was verified against."""
+    with tmp.open("w+b") as out:
+        if stored.envelope == ZSTD_FRAMES:
+            _, verified = fetch_framed(
+                store,
+                stored.key,
+                stored.compressed_size,
+                out,
+                expected_sha256=expected_sha256,
+                expected_size=stored.raw_size,
+                progress=progress,
+            )
+            return verified
+        with store.open(stored.key) as stream:
+            _, verified = open_to_file(
+                stream,
+                out,
+                envelope=stored.envelope,
+                keys=keys,
+                expected_sha256=expected_sha256,
+                expected_size=stored.raw_size,
+                name=stored.key,
+                progress=progress,
+                trailer=stored.sha256_at_end,
+            )
+        return verified
 
 
 def _complete_until(

@@ -79,10 +79,12 @@ def stream_snapshot(
             level=level,
             database_id=database_id,
             sqlite_version=pages.sqlite_version,
-            envelope=sealing.envelope,
+            envelope=sealing.snapshot_envelope,
         )
         totals = StreamTotals()
-        chunks = seal_blocks(pages.blocks(), totals, size=pages.size, sealing=sealing, progress=progress, trailer=True)
+        chunks = seal_blocks(
+            pages.blocks(), totals, size=pages.size, page_size=pages.page_size, sealing=sealing, progress=progress
+        )
         # The upload's part size is chosen from this bound.
         stored = store.put_chunks(
             info.key, chunks, metadata=describe_snapshot(info), size_hint=stored_bound(pages.size, sealing)

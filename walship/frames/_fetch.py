@@ -1,0 +1,160 @@
+"""A framed snapshot fetched whole: runs of frames by ranged reads in parallel, decompressed on every core.
+
+Each worker reads its run frame by frame from one ranged response and
+writes each frame's pages at their place in the file, so memory holds a
+frame or two per worker whatever the database's size. The whole database's
+SHA-256 is still the check: this thread reads back, in order, whatever
+prefix of the file is complete, while later runs download (zstd's own
+checksum and the size of every frame are checked as it is decompressed).
+"""
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import BinaryIO
+
+from walship.codec import Progress
+from walship.errors import ChecksumMismatchError, CorruptObjectError
+from walship.frames._read import decode_frame, read_layout
+from walship.frames._table import Frame, FrameLayout
+from walship.storage import ObjectStore, ReadStream
+
+__all__ = ["RUN_BYTES", "fetch_framed"]
+
+# One ranged read's compressed bytes: AWS's guidance for parallel GETs is 8-16 MB a request.
+RUN_BYTES = 8 << 20
+# Ranged reads in flight: enough to fill a network path S3 serves at about 90 MB/s a connection.
+_WORKERS = 8
+_HASH_CHUNK = 1 << 20
+
+
+def fetch_framed(
+    store: ObjectStore,
+    key: str,
+    size: int,
+    target: BinaryIO,
+    *,
+    expected_sha256: str,
+    expected_size: int,
+    progress: Progress | None = None,
+    have: Callable[[Frame], bool] | None = None,
+) -> tuple[FrameLayout, str]:
+    """Write the database the framed snapshot ``key`` (``size`` bytes stored) holds into ``target``, verified
+    against ``expected_sha256`` (when known; "" takes the object's own) and ``expected_size``; return its
+    layout and the SHA-256 verified.
+
+    ``have`` names frames ``target`` already holds (a delta restore's copy): those are not fetched, and
+    the whole file is still hashed, so a frame wrongly taken for held fails the check.
+    """
+    layout = read_layout(store, key, size)
+    if expected_sha256 and layout.sha256 != expected_sha256:
+        raise ChecksumMismatchError(
+            f"verify {key}: the index and the object disagree on its checksum (the object records "
+            f"SHA-256 {layout.sha256}, the index {expected_sha256}); run 'walship verify' to see which is wrong"
+        )
+    if layout.raw_size != expected_size:
+        raise ChecksumMismatchError(
+            f"verify {key}: its frame table holds {layout.raw_size} bytes, {expected_size} recorded"
+        )
+    fd = target.fileno()
+    os.ftruncate(fd, layout.raw_size)
+    held = {f.index for f in layout.frames if have is not None and have(f)}
+    runs = _runs([f for f in layout.frames if f.index not in held])
+    done_until = _Prefix(layout, fd, progress)
+    done_until.fetched([f for f in layout.frames if f.index in held])
+    with ThreadPoolExecutor(_WORKERS, thread_name_prefix="walship-fetch") as pool:
+        pending: dict[Future[None], Sequence[Frame]] = {}
+        queue = iter(runs)
+        try:
+            for run in queue:
+                pending[pool.submit(_fetch_run, store, key, run, fd)] = run
+                if len(pending) >= _WORKERS:
+                    break
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()
+                    done_until.fetched(pending.pop(future))
+                for run in queue:
+                    pending[pool.submit(_fetch_run, store, key, run, fd)] = run
+                    if len(pending) >= _WORKERS:
+                        break
+                done_until.hash_ready()
+        finally:
+            for future in pending:
+                future.cancel()
+    actual = done_until.finish()
+    if actual != layout.sha256:
+        raise ChecksumMismatchError(f"verify {key}: SHA-256 {actual} does not match recorded {layout.sha256}")
+    return layout, actual
+
+
+def _runs(frames: Sequence[Frame]) -> list[list[Frame]]:
+    """Consecutive frames grouped into ranged reads of about ``RUN_BYTES``."""
+    runs: list[list[Frame]] = []
+    for frame in frames:
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and last[-1].index + 1 == frame.index
+            and frame.offset + frame.size - last[0].offset <= RUN_BYTES
+        ):
+            last.append(frame)
+        else:
+            runs.append([frame])
+    return runs
+
+
+def _fetch_run(store: ObjectStore, key: str, run: Sequence[Frame], fd: int) -> None:
+    start, end = run[0].offset, run[-1].offset + run[-1].size
+    with store.open(key, start=start, length=end - start) as stream:
+        for frame in run:
+            raw = decode_frame(_exactly(stream, frame.size, key), frame, key, check_digest=False)
+            view = memoryview(raw)
+            while view:
+                written = os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view))
+                view = view[written:]
+
+
+def _exactly(stream: ReadStream, size: int, key: str) -> bytes:
+    parts, got = [], 0
+    while got < size and (part := stream.read(size - got)):
+        parts.append(part)
+        got += len(part)
+    if got != size:
+        raise CorruptObjectError(f"verify {key}: the object ended inside a frame: it is truncated")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _Prefix:
+    """The whole file's SHA-256, fed in order with what is complete of it (frames fetched, or held)."""
+
+    def __init__(self, layout: FrameLayout, fd: int, progress: Progress | None) -> None:
+        self._layout, self._fd, self._progress = layout, fd, progress
+        self._complete = [False] * len(layout.frames)
+        self._next = 0  # the first frame not hashed yet
+        self._digest = hashlib.sha256()
+
+    def fetched(self, run: Sequence[Frame]) -> None:
+        for frame in run:
+            self._complete[frame.index] = True
+
+    def hash_ready(self, *, everything: bool = False) -> None:
+        frames = self._layout.frames
+        while self._next < len(frames) and (everything or self._complete[self._next]):
+            frame = frames[self._next]
+            offset, end = frame.raw_offset, frame.raw_offset + frame.raw_size
+            while offset < end:
+                chunk = os.pread(self._fd, min(_HASH_CHUNK, end - offset), offset)
+                if not chunk:
+                    raise CorruptObjectError("restore: the file being restored shrank while it was written")
+                self._digest.update(chunk)
+                offset += len(chunk)
+            self._next += 1
+            if self._progress is not None:
+                self._progress(end, self._layout.raw_size)
+
+    def finish(self) -> str:
+        self.hash_ready(everything=True)
+        return self._digest.hexdigest()
