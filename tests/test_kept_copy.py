@@ -149,6 +149,37 @@ def test_delta_to_an_earlier_point_and_to_a_new_generation(shipped: tuple[Path, 
     assert content_digest(copy) == content_digest(database)
 
 
+def test_a_rebuild_fetches_only_the_snapshot_frames_that_differ(database: Path, tmp_path: Path) -> None:
+    """A new generation's snapshot differs from the copy in one table's pages: the rebuild takes every other
+    frame of it from the copy, and the copy still ends equal to a fresh restore."""
+    replica = f"file://{tmp_path / 'replica'}"
+    with sqlite3.connect(database) as app:
+        app.execute("CREATE TABLE bulk (id INTEGER PRIMARY KEY, data BLOB)")
+        app.executemany("INSERT INTO bulk (data) VALUES (?)", ((os.urandom(8000),) for _ in range(3000)))
+        app.execute("CREATE TABLE hot (id INTEGER PRIMARY KEY, n INTEGER)")
+        app.executemany("INSERT INTO hot (n) VALUES (?)", ((0,) for _ in range(200)))
+    _ship_once(database, replica)
+    copy = _fresh(replica, tmp_path, "copy.db")
+    for leftover in database.parent.glob(f"{database.name}-walship*"):
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)  # the next ship starts a new generation
+    with sqlite3.connect(database) as app:
+        app.execute("UPDATE hot SET n = n + 1")
+    _ship_once(database, replica)
+    record = read_copy_record(copy)
+    assert record is not None
+    [new] = replica_generations(replica) - {record.generation}
+    snapshot_bytes = sum(o.size for o in open_store(replica).list(f"generations/{new}/snapshots/"))
+    result = _restore(replica, copy, "--delta")
+    assert result.returncode == 0, result.stderr
+    assert f"rebuilt by comparing pages: the replica's point is in generation {new}" in result.stdout, result.stdout
+    counted = re.search(r"downloaded (\d+) bytes", result.stdout)
+    assert counted is not None, result.stdout
+    assert snapshot_bytes > 20 << 20
+    assert int(counted[1]) < snapshot_bytes // 10, result.stdout
+    assert _file_digest(copy) == _file_digest(_fresh(replica, tmp_path, "fresh.db"))
+    assert content_digest(copy) == content_digest(database)
+
+
 def test_follow_keeps_a_readable_copy_and_survives_sigkill(shipped: tuple[Path, str], tmp_path: Path) -> None:
     database, replica = shipped
     copy = tmp_path / "standby.db"

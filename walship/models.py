@@ -194,6 +194,8 @@ class RestoreResult(_Frozen):
     complete_until: datetime | None = None
     # The first segment a time limit left out: restoring up to it gets the commits the state lacks.
     next_sequence: int | None = None
+    # Bytes of the snapshot object read: fewer than it holds when a delta restore had frames already.
+    snapshot_bytes_fetched: int = 0
 
     def missing_window(self, margin_seconds: float) -> bool:
         """True when commits between ``complete_until`` and the asked time may be missing."""

@@ -6,7 +6,7 @@ SHA-256 differs from the pages it has; ``zstd -d`` still turns the object
 into the database (docs/FORMAT.md, "Framed snapshots").
 """
 
-from walship.frames._fetch import RUN_BYTES, fetch_framed
+from walship.frames._fetch import RUN_BYTES, Fetched, Seed, fetch_framed
 from walship.frames._read import decode_frame, read_frames, read_layout
 from walship.frames._table import ENVELOPE, Frame, FrameLayout, format_tail, parse_tail, tail_size
 from walship.frames._write import FRAME_BYTES, compress_framed, framed_chunks, pages_per_frame
@@ -15,8 +15,10 @@ __all__ = [
     "ENVELOPE",
     "FRAME_BYTES",
     "RUN_BYTES",
+    "Fetched",
     "Frame",
     "FrameLayout",
+    "Seed",
     "compress_framed",
     "decode_frame",
     "fetch_framed",

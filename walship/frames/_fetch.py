@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from walship.codec import Progress
 from walship.errors import ChecksumMismatchError, CorruptObjectError
@@ -20,13 +20,26 @@ from walship.frames._read import decode_frame, read_layout
 from walship.frames._table import Frame, FrameLayout
 from walship.storage import ObjectStore, ReadStream
 
-__all__ = ["RUN_BYTES", "fetch_framed"]
+__all__ = ["RUN_BYTES", "Fetched", "Seed", "fetch_framed"]
 
 # One ranged read's compressed bytes: AWS's guidance for parallel GETs is 8-16 MB a request.
 RUN_BYTES = 8 << 20
 # Ranged reads in flight: enough to fill a network path S3 serves at about 90 MB/s a connection.
 _WORKERS = 8
 _HASH_CHUNK = 1 << 20
+
+# Reads ``length`` bytes at ``offset`` of what a restore may take frames from (fewer past its end).
+Seed = Callable[[int, int], bytes]
+
+
+class Fetched(NamedTuple):
+    """A framed snapshot written whole: its layout, the SHA-256 verified, the bytes of the object read, and how
+    many frames came from the seed instead."""
+
+    layout: FrameLayout
+    sha256: str
+    fetched: int
+    seeded: int
 
 
 def fetch_framed(
@@ -38,14 +51,13 @@ def fetch_framed(
     expected_sha256: str,
     expected_size: int,
     progress: Progress | None = None,
-    have: Callable[[Frame], bool] | None = None,
-) -> tuple[FrameLayout, str]:
+    seed: Seed | None = None,
+) -> Fetched:
     """Write the database the framed snapshot ``key`` (``size`` bytes stored) holds into ``target``, verified
-    against ``expected_sha256`` (when known; "" takes the object's own) and ``expected_size``; return its
-    layout and the SHA-256 verified.
+    against ``expected_sha256`` (when known; "" takes the object's own) and ``expected_size``.
 
-    ``have`` names frames ``target`` already holds (a delta restore's copy): those are not fetched, and
-    the whole file is still hashed, so a frame wrongly taken for held fails the check.
+    ``seed`` reads bytes likely equal to the snapshot's (a delta restore's copy): a frame whose SHA-256 they
+    match is taken from them, not fetched. The whole file is hashed either way.
     """
     layout = read_layout(store, key, size)
     if expected_sha256 and layout.sha256 != expected_sha256:
@@ -59,7 +71,7 @@ def fetch_framed(
         )
     fd = target.fileno()
     os.ftruncate(fd, layout.raw_size)
-    held = {f.index for f in layout.frames if have is not None and have(f)}
+    held = {f.index for f in layout.frames if seed is not None and _seeded(seed, f, fd)}
     runs = _runs([f for f in layout.frames if f.index not in held])
     done_until = _Prefix(layout, fd, progress)
     done_until.fetched([f for f in layout.frames if f.index in held])
@@ -87,7 +99,19 @@ def fetch_framed(
     actual = done_until.finish()
     if actual != layout.sha256:
         raise ChecksumMismatchError(f"verify {key}: SHA-256 {actual} does not match recorded {layout.sha256}")
-    return layout, actual
+    fetched = sum(f.size for f in layout.frames if f.index not in held) + size - layout.data_end
+    return Fetched(layout, actual, fetched, len(held))
+
+
+def _seeded(seed: Seed, frame: Frame, fd: int) -> bool:
+    """Whether ``seed`` holds ``frame``'s bytes; if so they are written in its place."""
+    raw = seed(frame.raw_offset, frame.raw_size)
+    if len(raw) != frame.raw_size or hashlib.sha256(raw).digest() != frame.sha256:
+        return False
+    view = memoryview(raw)
+    while view:
+        view = view[os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view)) :]
+    return True
 
 
 def _runs(frames: Sequence[Frame]) -> list[list[Frame]]:
@@ -113,8 +137,7 @@ def _fetch_run(store: ObjectStore, key: str, run: Sequence[Frame], fd: int) -> N
             raw = decode_frame(_exactly(stream, frame.size, key), frame, key, check_digest=False)
             view = memoryview(raw)
             while view:
-                written = os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view))
-                view = view[written:]
+                view = view[os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view)) :]
 
 
 def _exactly(stream: ReadStream, size: int, key: str) -> bytes:

@@ -10,7 +10,7 @@ from walship.codec import Progress
 from walship.copies import CopyRecord, file_mark, save_copy_record
 from walship.envelope import ZSTD_FRAMES, Keyring, open_to_file, require_keys
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
-from walship.frames import fetch_framed
+from walship.frames import Seed, fetch_framed
 from walship.models import RestoreResult, SnapshotInfo, WalPosition, utcnow
 from walship.placement import check_output, staged_output
 from walship.segment import ResyncSegment, WalSegment
@@ -37,6 +37,7 @@ def restore_snapshot(
     until_time: datetime | None = None,
     progress: Progress | None = None,
     keys: Keyring | None = None,
+    seed: Seed | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot`` plus the segments after it to ``output``, verifying everything.
 
@@ -44,6 +45,8 @@ def restore_snapshot(
     boundary); ``segments=False`` restores the snapshot alone. ``progress``
     hears the snapshot's bytes as they are decompressed. ``keys`` open
     objects encrypted with age; without them such a replica fails at once.
+    ``seed`` reads a file likely holding much of the snapshot (a delta
+    restore's copy): a framed snapshot's frames it holds are not fetched.
     """
     started = time.monotonic()
     output = check_output(output, force=force)
@@ -63,7 +66,7 @@ def restore_snapshot(
         )
     require_keys(stored.envelope, keys, stored.key)
     with staged_output(output, force=force) as tmp:
-        verified = _download(store, stored, tmp, expected_sha256, keys, progress)
+        verified, fetched = _download(store, stored, tmp, expected_sha256, keys, progress, seed)
         stored = stored.model_copy(update={"sha256": verified})
         applied: list[WalSegment | ResyncSegment] = []
         stopped_before: WalSegment | ResyncSegment | None = None
@@ -111,6 +114,7 @@ def restore_snapshot(
         asked_time=until_time,
         complete_until=complete_until,
         next_sequence=stopped_before.sequence if stopped_before else None,
+        snapshot_bytes_fetched=fetched,
     )
 
 
@@ -121,11 +125,13 @@ def _download(
     expected_sha256: str,
     keys: Keyring | None,
     progress: Progress | None,
-) -> str:
-    """The snapshot's database into ``tmp``, verified; the SHA-256 it was verified against."""
+    seed: Seed | None,
+) -> tuple[str, int]:
+    """The snapshot's database into ``tmp``, verified; the SHA-256 it was verified against, and the bytes of
+    the object read."""
     with tmp.open("w+b") as out:
         if stored.envelope == ZSTD_FRAMES:
-            _, verified = fetch_framed(
+            fetched = fetch_framed(
                 store,
                 stored.key,
                 stored.compressed_size,
@@ -133,8 +139,9 @@ def _download(
                 expected_sha256=expected_sha256,
                 expected_size=stored.raw_size,
                 progress=progress,
+                seed=seed,
             )
-            return verified
+            return fetched.sha256, fetched.fetched
         with store.open(stored.key) as stream:
             _, verified = open_to_file(
                 stream,
@@ -147,7 +154,7 @@ def _download(
                 progress=progress,
                 trailer=stored.sha256_at_end,
             )
-        return verified
+        return verified, stored.compressed_size
 
 
 def _complete_until(

@@ -161,7 +161,8 @@ def _bytes_between(segments: Segments, after: int, last: int) -> int:
 def _rebuild(
     copy: KeptCopy, chosen: SnapshotInfo, segments: Segments, until: int | None, timestamp: datetime | None
 ) -> int:
-    """Restore the point beside the copy, then apply the pages that differ; how many did."""
+    """Restore the point beside the copy, taking the snapshot's frames the copy already holds from it, then
+    apply the pages that differ; how many did."""
     scratch = copy.output.with_name(f".{copy.output.name}.walship-target")
     try:
         result = restore_snapshot(
@@ -172,8 +173,10 @@ def _rebuild(
             until_sequence=until,
             until_time=timestamp,
             keys=copy.keys,
+            seed=copy.read_at,
         )
-        copy.downloaded += chosen.compressed_size + _bytes_between(segments, chosen.sequence, result.position.sequence)
+        fetched = result.snapshot_bytes_fetched + _bytes_between(segments, chosen.sequence, result.position.sequence)
+        copy.downloaded += fetched
         return copy.take(scratch, result.snapshot, result.position.sequence, result.complete_until)
     finally:
         scratch.unlink(missing_ok=True)

@@ -241,6 +241,10 @@ class KeptCopy:
             state.update(page_digest(self._page(number)))
         return state.hexdigest()
 
+    def read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the file at ``offset`` (fewer past its end), through the copy's one descriptor."""
+        return os.pread(self._file, length, offset)
+
     def _page(self, number: int) -> bytes:
         """Page ``number`` of the file (zeros past its end, as SQLite reads a hole)."""
         size = self.standby.page_size
