@@ -36,7 +36,7 @@ test: lint
 
 # The unit tier, a check while editing: in-process tests on the local backend (no Prefect server, no S3
 # server, no CLI subprocesses), under a minute. `make test` runs everything.
-UNIT_TESTS := architecture codec errors generations layout resync_replaced retention_plan retry \
+UNIT_TESTS := architecture codec errors frames generations layout resync_replaced retention_plan retry \
 	snapshot_restore storage stream_snapshot url wal capture_time
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -n 2 --dist loadfile -m "not seaweedfs and not prefect_server" -k "not moto" \
