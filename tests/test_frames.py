@@ -4,6 +4,8 @@ import hashlib
 import io
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import zstandard
 
 from walship.codec import StreamTotals
 from walship.errors import ChecksumMismatchError, CorruptObjectError
-from walship.frames import FRAME_BYTES, fetch_framed, framed_chunks, parse_tail, read_layout
+from walship.frames import FRAME_BYTES, compress_framed, fetch_framed, framed_chunks, parse_tail, read_layout
 from walship.storage import LocalStore, open_store
 
 PAGE = 4096
@@ -154,3 +156,17 @@ def test_a_damaged_frame_or_a_wrong_recorded_checksum_fails_naming_the_object(
     with (tmp_path / "out").open("w+b") as out, pytest.raises((CorruptObjectError, ChecksumMismatchError)) as caught:
         fetch_framed(store, "generations/g/snap", len(data), out, expected_sha256=expected, expected_size=len(raw))
     assert "generations/g/snap" in str(caught.value)
+
+
+def test_the_zstd_tool_decompresses_a_framed_file(tmp_path: Path) -> None:
+    """What the shipper spools (``compress_framed``) is still a database to ``zstd -d``."""
+    if shutil.which("zstd") is None:
+        pytest.skip("the zstd command is not installed")
+    raw = _pages(2.5)
+    (tmp_path / "db").write_bytes(raw)
+    with (tmp_path / "db.zst").open("wb") as out:
+        totals = compress_framed(tmp_path / "db", out, page_size=PAGE, level=3)
+    assert totals.sha256 == hashlib.sha256(raw).hexdigest()
+    plain = subprocess.run(["zstd", "-d", "-c", str(tmp_path / "db.zst")], check=False, capture_output=True)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == raw
