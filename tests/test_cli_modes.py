@@ -20,6 +20,11 @@ from walship_cli._mode import prefect_api_configured
 _NO_PREFECT = "raise ImportError('this test forbids importing prefect')\n"
 
 
+def _python_path(fake: Path) -> str:
+    """``fake`` first on the path, then whatever the session's path holds (a checkout not installed, say)."""
+    return os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _flow_runs_of(replica: str, since: object) -> list[str]:
     """Names of the flow runs started since ``since`` whose ``replica`` parameter is ``replica``."""
     with get_client(sync_client=True) as client:
@@ -34,7 +39,7 @@ class TestDirectMode:
         fake = tmp_path / "site" / "prefect"
         fake.mkdir(parents=True)
         (fake / "__init__.py").write_text(_NO_PREFECT)
-        env = {"PYTHONPATH": str(fake.parent), "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "home")}
+        env = {"PYTHONPATH": _python_path(fake.parent), "PREFECT_API_URL": "", "PREFECT_HOME": str(tmp_path / "home")}
         replica = f"file://{tmp_path / 'replica'}"
         shipped = f"file://{tmp_path / 'shipped'}"
         output = tmp_path / "restored.db"
@@ -45,6 +50,7 @@ class TestDirectMode:
             ("retention", "--replica", replica, "--keep-last", "1", "--dry-run"),
             ("ship", str(database), "--replica", shipped, "--once"),
             ("status", "--replica", shipped),
+            ("query", "--replica", shipped, "SELECT count(*) FROM accounts"),
         ]
         for command in commands:
             result = walship(*command, env=env)
@@ -100,6 +106,23 @@ class TestPrefectMode:
             result = walship("--prefect", *command, env=env)
             assert result.returncode == 0, (command, result.stderr)
         assert content_digest(output) == content_digest(database)
+
+    def test_query_reads_storage_directly_with_an_api_too(
+        self, api_env: dict[str, str], database: Path, tmp_path: Path
+    ) -> None:
+        """A query is an interactive read, not a flow run: with an API configured it still never imports Prefect."""
+        replica = f"file://{tmp_path / 'replica'}"
+        assert walship("--no-prefect", "snapshot", str(database), "--replica", replica).returncode == 0
+        fake = tmp_path / "site" / "prefect"
+        fake.mkdir(parents=True)
+        (fake / "__init__.py").write_text(_NO_PREFECT)
+        env = {**api_env, "PYTHONPATH": _python_path(fake.parent)}
+        since = utcnow()
+        result = walship("query", "--replica", replica, "SELECT count(*) FROM accounts", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[0] == "count(*)"
+        time.sleep(0.5)  # the run's start time is set by the server; nothing is timed here
+        assert _flow_runs_of(replica, since) == []
 
     def test_api_in_active_profile_makes_a_flow_run(self, prefect_api: str, database: Path, tmp_path: Path) -> None:
         since = utcnow()

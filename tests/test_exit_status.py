@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from pyrage import x25519
 
-from tests.helpers import walship
+from tests.helpers import single_stream_snapshot, walship
 from tests.s3servers import MotoS3, s3_client
 from tests.test_cli import assert_plain_error
+from walship import index
+from walship.storage import open_store
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Scene:
     no_bucket: str  # an S3 replica in a bucket that does not exist
     aws: dict[str, str]
     versioned: str = ""  # the good replica's history shipped to a versioned S3 bucket
+    encrypted: str = ""  # a snapshot of the database sealed with age
+    single_stream: str = ""  # a snapshot as walship wrote them before framed snapshots: one zstd stream
 
     @property
     def empty(self) -> Path:
@@ -74,7 +79,19 @@ def _fleet_argv(scene: Scene, second: str) -> list[str]:
     return ["ship-many", str(scene.database), "--replica", first, "--replica", second]
 
 
+def _query(replica: str, *options: str, sql: str = "SELECT count(*) FROM t") -> list[str]:
+    return ["query", "--replica", replica, *options, sql]
+
+
 ROWS = [
+    Row("query", "success", lambda s: _query(s.good), 0, ""),
+    Row("query", "bad-sql", lambda s: _query(s.good, sql="SELEC count(*) FROM t"), 2, "syntax error"),
+    Row("query", "writes", lambda s: _query(s.good, sql="DELETE FROM t"), 2, "read-only"),
+    Row("query", "no-replica", lambda s: _query(f"file://{s.work}/no/such/dir"), 1, "no replica"),
+    Row("query", "damaged", lambda s: _query(s.damaged), 1, "frame 0"),
+    Row("query", "encrypted", lambda s: _query(s.encrypted), 2, "encrypted"),
+    Row("query", "single-stream", lambda s: _query(s.single_stream), 2, "one zstd stream"),
+    Row("query", "usage", lambda s: _query(s.good, "--timestamp", "soon"), 2, "--timestamp"),
     Row("follow", "once", lambda s: _copy_argv(["follow", "--once"], s), 0, "", _kept_copy),
     Row("follow", "failure", lambda s: _copy_argv(["follow", "--once"], s, s.no_bucket), 1, "bucket"),
     Row("follow", "usage", lambda s: _copy_argv(["follow", "--interval", "0"], s), 2, "--interval"),
@@ -316,7 +333,20 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     _flip_snapshot_byte(base / "damaged")
     shutil.copytree(good, base / "headless")
     _drop_snapshot(base / "headless")
-    return {"source": source, "good": good, "damaged": base / "damaged", "headless": base / "headless"}
+    # Sealed for an identity nobody keeps: the encrypted replica is only ever refused here.
+    recipient = str(x25519.Identity.generate().to_public())
+    sealed = walship("snapshot", str(source), "--replica", f"file://{base / 'encrypted'}", "--age-recipient", recipient)
+    assert sealed.returncode == 0, sealed.stderr
+    single = open_store(f"file://{base / 'single-stream'}")
+    index.add_snapshot(single, single_stream_snapshot(single, source))
+    return {
+        "source": source,
+        "good": good,
+        "damaged": base / "damaged",
+        "headless": base / "headless",
+        "encrypted": base / "encrypted",
+        "single-stream": base / "single-stream",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -353,6 +383,8 @@ def scenes(replicas: dict[str, Path], versioned: str, moto_server: MotoS3, tmp_p
             headless=f"file://{replicas['headless']}",
             no_bucket=f"s3://walship-no-such-bucket/app?endpoint={moto_server.endpoint}",
             versioned=versioned,
+            encrypted=f"file://{replicas['encrypted']}",
+            single_stream=f"file://{replicas['single-stream']}",
             aws={
                 "AWS_ACCESS_KEY_ID": moto_server.access_key,
                 "AWS_SECRET_ACCESS_KEY": moto_server.secret_key,
@@ -394,8 +426,9 @@ def test_exit_status(row: Row, scenes: Callable[[str], Scene], api_env: dict[str
         (["verify"], "no replica"),
         (["restore", "--output"], "no replica"),
         (["retention", "--keep-last", "1"], "no replica"),
+        (["query", "SELECT 1"], "no replica"),
     ],
-    ids=["status", "verify", "restore", "retention"],
+    ids=["status", "verify", "restore", "retention", "query"],
 )
 def test_read_only_commands_create_nothing_where_no_replica_is(command: list[str], error: str, tmp_path: Path) -> None:
     """A directory that holds no replica (here, someone's notes) is left exactly as it was."""

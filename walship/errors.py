@@ -32,6 +32,7 @@ __all__ = [
     "MapUnusableError",
     "NewerIndexError",
     "NotFoundError",
+    "NotSeekableError",
     "PermanentStorageError",
     "ReplicaSealingError",
     "ShipperRunningError",
@@ -84,6 +85,11 @@ class IdentityNeededError(UsageError):
 
 class IdentityMismatchError(WalshipError):
     """None of the age identities given opens an object (it was sealed for other recipients)."""
+
+
+class NotSeekableError(UsageError):
+    """A query asked for a snapshot that cannot be read page by page (one zstd or age stream): nothing is wrong with
+    it, the command is: restore it and open the file."""
 
 
 class ReplicaSealingError(UsageError):

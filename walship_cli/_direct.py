@@ -35,7 +35,17 @@ from walship.storage import open_store
 from walship.verify import StoreSteps, VerifyReport, run_verify
 from walship_cli._standby import show_update
 
-__all__ = ["follow", "restore", "restore_delta", "retention", "ship", "ship_many", "snapshot_database", "verify"]
+__all__ = [
+    "follow",
+    "restore",
+    "restore_delta",
+    "retention",
+    "retry_policy",
+    "ship",
+    "ship_many",
+    "snapshot_database",
+    "verify",
+]
 
 # The flows' default policy. For tests only, WALSHIP_TEST_RETRY_BACKOFF (seconds) replaces its first delay:
 # a test whose storage stays down until the process exits otherwise waits out the whole policy (some 30 s) to
@@ -43,6 +53,11 @@ __all__ = ["follow", "restore", "restore_delta", "retention", "ship", "ship_many
 _TEST_BACKOFF = os.environ.get("WALSHIP_TEST_RETRY_BACKOFF")
 _POLICY = RetryPolicy(backoff_seconds=float(_TEST_BACKOFF)) if _TEST_BACKOFF else RetryPolicy()
 log = logging.getLogger("walship")
+
+
+def retry_policy() -> RetryPolicy:
+    """The policy each storage step of a direct run is retried by (``walship query`` uses it in both modes)."""
+    return _POLICY
 
 
 def show_logs(verbose: bool) -> None:

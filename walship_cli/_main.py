@@ -1,4 +1,4 @@
-"""The operator CLI: ``walship snapshot | ship | ship-many | restore | follow | status | verify | retention``.
+"""The operator CLI: ``walship snapshot | ship | ship-many | restore | follow | query | status | verify | retention``.
 
 Exit status: 0 done; 1 the operation failed (corrupt or missing data,
 verification failed, storage unreachable after retries); 2 bad usage or bad
@@ -10,6 +10,7 @@ snapshot, ship, ship-many, restore, follow, verify and retention run as Prefect 
 Prefect API is configured (``PREFECT_API_URL`` in the environment or the active
 profile), so they appear in its dashboard; otherwise they run the core
 directly, at the speed of the work. ``--prefect`` / ``--no-prefect`` choose.
+status and query always read storage directly: they are interactive reads, not runs.
 """
 
 import argparse
@@ -37,7 +38,7 @@ from walship.snapshot import check_not_shipped
 from walship.sqlite import check_database
 from walship.status import replica_status
 from walship.storage import open_store, parse_replica_url
-from walship_cli import _age, _direct, _flows, _standby
+from walship_cli import _age, _direct, _flows, _query, _standby
 from walship_cli._mode import prefect_api_configured
 
 __all__ = ["main"]
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         help="--output is a copy walship restored: download and apply only what changed since",
     )
     follow = _standby.add_follow_parser(commands)
+    query = _query.add_query_parser(commands)
 
     keep = commands.add_parser("retention", help="delete old snapshots and WAL that the policy does not keep")
     keep.add_argument("--replica", required=True, action="append")
@@ -151,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="on an Object Lock bucket, name the oldest point locked at least N more days (default: still locked)",
     )
-    for reader in (rest, drill, stat):
+    for reader in (rest, drill, stat, query):
         reader.add_argument(
             "--versions-at",
             metavar="TIME",
@@ -334,6 +336,8 @@ def _run(args: argparse.Namespace) -> int:
         return _ship_many(args)
     if args.command == "follow":
         return _standby.follow_command(args, args.replica, _runner(args))
+    if args.command == "query":
+        return _query.query_command(args, args.replica, _parse_timestamp)
     return _run_one(args)
 
 
@@ -343,7 +347,7 @@ def _replica_url(args: argparse.Namespace, url: str) -> str:
     versions_at = getattr(args, "versions_at", None)
     if versions_at is not None:
         replica = replica.at(_parse_timestamp(versions_at, option="--versions-at"))
-    elif replica.read_only and args.command not in ("restore", "status", "verify"):
+    elif replica.read_only and args.command not in ("restore", "status", "verify", "query"):
         raise UsageError(
             f"replica URL {url!r} names the replica as it was at a past time (versions-at=), "
             f"which 'walship {args.command}' cannot write: drop versions-at from the URL"

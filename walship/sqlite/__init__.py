@@ -2,7 +2,7 @@
 
 from walship.sqlite._capture import Covers, WalCapture
 from walship.sqlite._checksum import FrameShares, frame_checksum, wal_checksum
-from walship.sqlite._database import check_database, integrity_check, read_header
+from walship.sqlite._database import HEADER_SIZE, check_database, integrity_check, parse_header, read_header
 from walship.sqlite._lineage import (
     began_without_wal,
     captured_frames,
@@ -31,6 +31,7 @@ from walship.sqlite._walindex import WalIndexState
 
 __all__ = [
     "FRAME_HEADER_SIZE",
+    "HEADER_SIZE",
     "WAL_HEADER_SIZE",
     "WAL_MAGIC",
     "WAL_VERSION",
@@ -55,6 +56,7 @@ __all__ = [
     "iter_frame_runs",
     "iter_frames",
     "may_follow_restart",
+    "parse_header",
     "parse_wal_header",
     "read_header",
     "replay_header",

@@ -11,6 +11,7 @@ from walship.standby._apply import CHECKPOINT_FRAMES, Applied, Standby
 from walship.standby._catch_up import CaughtUp, catch_up
 from walship.standby._copy import KeptCopy
 from walship.standby._follow import follow
+from walship.standby._overlay import Overlay
 from walship.standby._pages import SegmentPages, segment_pages
 from walship.standby._window import (
     CopyLock,
@@ -30,6 +31,7 @@ __all__ = [
     "FollowReport",
     "FollowerIdentity",
     "KeptCopy",
+    "Overlay",
     "SegmentPages",
     "Standby",
     "catch_up",
