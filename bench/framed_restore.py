@@ -19,13 +19,18 @@ walship restore is compared byte for byte (SHA-256) with the source file, Litest
 first round (``--verify-all``: every round). Ratios are taken within a round, then their median reported.
 
     python -m bench.framed_restore [--mib 1024] [--level 3] [--repeat 3] [--no-litestream] [--no-single]
-                                   [--variants 4x8,8x16] [--profile]
+                                   [--cap 90] [--variants 4x8,8x16] [--profile]
+
+``--cap MB_S`` puts the restores behind a proxy that sends each connection's responses at most MB_S MB/s, as S3
+serves one connection (about 90 MB/s): on this machine a local server otherwise serves one stream faster than
+two cores decompress and hash it, and the restore is bound by CPU, not by the network framed snapshots split.
 
 ``--variants WxR`` adds framed restores with W fetch threads (``_WORKERS``) and runs of R MiB (``RUN_BYTES``)
 beside the default, for tuning. ``--profile`` writes a cProfile of each framed restore child to build/bench.
 """
 
 import argparse
+import contextlib
 import cProfile
 import gc
 import hashlib
@@ -33,21 +38,24 @@ import json
 import os
 import resource
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench._common import BUILD, ROOT, database, without_litestream
-from bench.snapshot_restore_litestream import clean_env, replicate, restore_argv
+from bench.snapshot_restore_litestream import clean_env, config, replicate, restore_argv
 
 BUCKET = "walship-bench"
 STREAM = "read + compress + upload"
 FETCH = "download + decompress + hash + write"
+_BURST = 256 << 10
 _WEED_VOLUMES = "-volume.max=1000"  # 64 MiB volumes: room for a few GiB of snapshots (the tests' 100 are 6.4 GB)
 
 
@@ -76,6 +84,57 @@ class Laps:
                 self._last += spent
 
         setattr(owner, attribute, timed)
+
+
+class CappedProxy:
+    """A TCP proxy to the server that sends each connection's responses at most ``mb_s`` MB/s, as S3 serves one
+    connection (about 90 MB/s): with it, one stream is bound by the network as on S3, not by this machine's CPUs.
+    Threads in the parent process; what it costs in CPU is the same per byte for every side."""
+
+    def __init__(self, port: int, mb_s: float) -> None:
+        self._target, self._rate = ("127.0.0.1", port), mb_s * 1e6
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self._target)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._pipe, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self._rate), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, rate: float) -> None:
+        buffer = memoryview(bytearray(64 << 10))
+        tokens, last = float(_BURST), time.monotonic()  # a token bucket: bursts of _BURST bytes, then ``rate``
+        try:
+            while n := source.recv_into(buffer):
+                if rate:
+                    now = time.monotonic()
+                    tokens, last = min(_BURST, tokens + (now - last) * rate), now
+                    if tokens < n:
+                        wait = (n - tokens) / rate
+                        time.sleep(wait)
+                        tokens, last = 0.0, now + wait  # from when it was due: oversleeping is made up
+                    else:
+                        tokens -= n
+                sink.sendall(buffer[:n])
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        self._listener.close()
 
 
 def _cpu() -> float:
@@ -188,7 +247,7 @@ def one_round(n: int, args: argparse.Namespace, db: Path, sha: str, digest: str,
         name = f"{kind} restore" + (f" {knobs['workers']}x{knobs['run_mib']}" if knobs else "")
         out = work / "restored.db"
         profile = str(BUILD / f"profile-{name.replace(' ', '-')}-{n}.prof") if args.profile and kind == "framed" else ""
-        replica = f"s3://{BUCKET}/{kind}-{n}?endpoint={ctx['endpoint']}"
+        replica = f"s3://{BUCKET}/{kind}-{n}?endpoint={ctx['restore_endpoint']}"
         child(name, "restore", replica=replica, output=str(out), profile=profile, **knobs)
         if file_sha256(out) != sha:
             sys.exit(f"FAIL: the {name} differs from the source database")
@@ -199,6 +258,9 @@ def one_round(n: int, args: argparse.Namespace, db: Path, sha: str, digest: str,
     if ctx.get("litestream"):
         ls_out = work / "litestream-restored.db"
         ls_db, ls_config = ctx["litestream"]
+        if ctx["restore_endpoint"] != ctx["endpoint"]:
+            ls_config = work / "litestream-restore.yml"
+            ls_config.write_text(config(ls_db, BUCKET, ctx["restore_endpoint"]))
         measure("litestream restore", restore_argv(ls_db, ls_config, ls_out), clean_env())
         if (n == 0 or args.verify_all) and without_litestream(ls_out) != digest:
             sys.exit("FAIL: the Litestream restore differs from the source database")
@@ -216,8 +278,9 @@ def report(rounds: list[dict[str, Any]], db: Path, args: argparse.Namespace) -> 
     def spread(xs: list[float], fmt: str = "{:.2f}") -> str:
         return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
 
-    print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes), zstd level {args.level}; {len(rounds)} round(s): "
-          "median (min-max)\n")  # fmt: skip
+    cap = f"restores capped at {args.cap:g} MB/s a connection" if args.cap else "restores uncapped"
+    print(f"\ndatabase: {size / 2**20:.1f} MiB ({size} bytes), zstd level {args.level}, {cap}; {len(rounds)} "
+          "round(s): median (min-max)\n")  # fmt: skip
     print("| side | seconds | MB/s | CPU s (in-process, timed stage) | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")
     for name in names:
@@ -287,6 +350,9 @@ def main() -> None:
     parser.add_argument(
         "--variants", type=parse_variants, default=[], help="extra framed restores, WORKERSxRUN_MIB,..."
     )
+    parser.add_argument(
+        "--cap", type=float, default=0, help="restores through a proxy sending each connection at most CAP MB/s"
+    )
     parser.add_argument("--verify-all", action="store_true", help="check Litestream's restore row for row every round")
     parser.add_argument("--profile", action="store_true", help="cProfile every framed restore child (build/bench)")
     parser.add_argument("--child", nargs=2, metavar=("OP", "JSON"), help=argparse.SUPPRESS)
@@ -312,7 +378,10 @@ def main() -> None:
             AWS_CONFIG_FILE=os.devnull,  # keep ~/.aws out of every side
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
         )
-        ctx: dict[str, Any] = {"endpoint": server.endpoint, "work": Path(tmp)}
+        ctx: dict[str, Any] = {"endpoint": server.endpoint, "restore_endpoint": server.endpoint, "work": Path(tmp)}
+        if args.cap:
+            port = int(server.endpoint.rsplit(":", 1)[1])
+            ctx["restore_endpoint"] = CappedProxy(port, args.cap).endpoint
         if args.litestream:
             print("litestream: replicating the database (not timed) ...", file=sys.stderr, flush=True)
             ctx["litestream"] = replicate(db, BUCKET, server.endpoint, s3_client(server), Path(tmp))
