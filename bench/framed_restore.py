@@ -14,7 +14,8 @@ same run, every timed side in a child process of its own (peak RSS is GNU time's
 
 Both walship restores are restore_snapshot as the CLI calls it (integrity_check and fsync included, and the
 copy record written), from the newest snapshot of the replica each round's snapshot wrote; the two kinds of
-snapshot go to replicas of their own. The order of the walship sides alternates from round to round. Every
+snapshot go to replicas of their own. The order of the walship sides alternates from round to round, after
+an untimed restore (the first restore of a round ran slower, whichever side it was). Every
 walship restore is compared byte for byte (SHA-256) with the source file, Litestream's row for row in the
 first round (``--verify-all``: every round). Ratios are taken within a round, then their median reported.
 
@@ -240,6 +241,11 @@ def one_round(n: int, args: argparse.Namespace, db: Path, sha: str, digest: str,
     for kind in kinds:  # each round a replica of its own, so each restore reads the snapshot just taken
         replica = f"s3://{BUCKET}/{kind}-{n}?endpoint={ctx['endpoint']}"
         child(f"{kind} snapshot", "snapshot", kind=kind, database=str(db), replica=replica, level=args.level)
+    if args.warmup:  # the first restore of a round ran slower, whichever it was: one untimed restore first
+        run([*me, "restore", json.dumps({"replica": f"s3://{BUCKET}/framed-{n}?endpoint={ctx['restore_endpoint']}",
+                                         "output": str(work / "warmup.db")})])  # fmt: skip
+        for leftover in work.glob("warmup.db*"):
+            leftover.unlink()
     restores: list[tuple[str, dict[str, Any]]] = [("framed", {})]
     restores += [("framed", {"workers": workers, "run_mib": run_mib}) for workers, run_mib in args.variants]
     restores += [("single", {})] if args.single else []
@@ -352,6 +358,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--cap", type=float, default=0, help="restores through a proxy sending each connection at most CAP MB/s"
+    )
+    parser.add_argument(
+        "--no-warmup", dest="warmup", action="store_false", help="no untimed restore before each round's timed ones"
     )
     parser.add_argument("--verify-all", action="store_true", help="check Litestream's restore row for row every round")
     parser.add_argument("--profile", action="store_true", help="cProfile every framed restore child (build/bench)")
