@@ -301,7 +301,7 @@ def report(rounds: list[dict[str, Any]], db: Path, args: argparse.Namespace) -> 
 
         return [get(r, slow) / get(r, fast) for r in rounds if slow in r and fast in r]
 
-    print("\n| ratio, per round (the slower side's seconds over the faster's) | median (min-max) |\n|---|---:|")
+    print("\n| ratio within each round, seconds over seconds as named | median (min-max) |\n|---|---:|")
     pairs = [
         ("single restore", "framed restore", "", "restore: framed speed-up over single stream (goal >= 1.5)"),
         ("litestream restore", "framed restore", "", "restore: framed speed-up over Litestream (goal >= 2)"),
