@@ -24,7 +24,7 @@ from walship.frames._table import format_tail
 __all__ = ["FRAME_BYTES", "compress_framed", "framed_chunks", "pages_per_frame"]
 
 # A frame's raw size: small enough that a query reading one page fetches little, big enough that zstd's
-# ratio stays within a few percent of one stream's (bench/framed_snapshot.py measures both).
+# ratio stays within a few percent of one stream's (bench/framed_restore.py measures both).
 FRAME_BYTES = 1 << 20
 _IN_FLIGHT_PER_THREAD = 2
 
