@@ -14,9 +14,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bench.workload import content_digest, create_database
 
@@ -114,3 +115,50 @@ def moto_bucket() -> Iterator[tuple[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in MiB and stdout of ``argv``. The peak is GNU time's %M, not
+    our wait4: a child's ru_maxrss starts at its parent's RSS, and ours holds moto's objects."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            check=False,
+            env=env,
+        )
+        elapsed = time.monotonic() - started
+        if proc.returncode:
+            sys.exit(f"failed with exit code {proc.returncode}: {' '.join(argv)}")
+        return elapsed, int(peak.read().split()[-1]) / 1024, proc.stdout.decode()
+
+
+class Laps:
+    """Seconds per named stage, each measured from the end of the previous one; wrapped calls are stages."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def wrap(self, owner: Any, attribute: str, name: str | None = None) -> None:
+        """Time every call of ``owner.attribute`` as its own stage ``name`` (the caller's lap excludes it)."""
+        inner: Callable[..., Any] = getattr(owner, attribute)
+        stage = name or attribute
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent = time.monotonic() - start
+                self.stages[stage] = self.stages.get(stage, 0.0) + spent
+                self._last += spent
+
+        setattr(owner, attribute, timed)

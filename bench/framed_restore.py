@@ -41,7 +41,6 @@ import resource
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import BUILD, ROOT, database, without_litestream
+from bench._common import BUILD, Laps, database, run, without_litestream
 from bench.snapshot_restore_litestream import clean_env, config, replicate, restore_argv
 
 BUCKET = "walship-bench"
@@ -58,33 +57,6 @@ STREAM = "read + compress + upload"
 FETCH = "download + decompress + hash + write"
 _BURST = 256 << 10
 _WEED_VOLUMES = "-volume.max=1000"  # 64 MiB volumes: room for a few GiB of snapshots (the tests' 100 are 6.4 GB)
-
-
-class Laps:
-    """Seconds per named stage, each measured from the end of the previous one; wrapped calls are stages."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def __call__(self, name: str) -> None:
-        now = time.monotonic()
-        self.stages[name] = self.stages.get(name, 0.0) + now - self._last
-        self._last = now
-
-    def wrap(self, owner: Any, attribute: str, name: str) -> None:
-        inner: Callable[..., Any] = getattr(owner, attribute)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.monotonic()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                spent = time.monotonic() - start
-                self.stages[name] = self.stages.get(name, 0.0) + spent
-                self._last += spent
-
-        setattr(owner, attribute, timed)
 
 
 class CappedProxy:
@@ -190,23 +162,6 @@ def child_restore(replica: str, output: str, workers: int = 0, run_mib: int = 0,
         profiler.dump_stats(profile)
     lap("head, rename, copy record")
     return {"stages": lap.stages, "envelope": chosen.envelope, "cpu": _cpu() - cpu}
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MiB (GNU time's %M) and stdout of ``argv``."""
-    with tempfile.NamedTemporaryFile("r") as peak:
-        started = time.monotonic()
-        proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            check=False,
-            env=env,
-        )
-        elapsed = time.monotonic() - started
-        if proc.returncode:
-            sys.exit(f"failed with exit code {proc.returncode}: {' '.join(argv)}")
-        return elapsed, int(peak.read().split()[-1]) / 1024, proc.stdout.decode()
 
 
 def file_sha256(path: Path) -> str:

@@ -28,12 +28,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench._common import BUILD, ROOT, database, without_litestream
+from bench._common import BUILD, Laps, database, run, without_litestream
 from bench.snapshot_restore_litestream import clean_env, replicate, restore_argv
 from bench.workload import content_digest
 
@@ -42,34 +41,6 @@ AWS_VENV = BUILD / "awscli-venv"
 BUCKET = "walship-bench"
 PIPE_KEY = "pipeline/snapshot.sqlite.zst"
 SNAPSHOT_STAGE = "read + compress + upload"  # the streamed stage, named alike in both modes
-
-
-class Laps:
-    """Seconds per named stage, each measured from the end of the previous one."""
-
-    def __init__(self) -> None:
-        self.stages: dict[str, float] = {}
-        self._last = time.monotonic()
-
-    def __call__(self, name: str) -> None:
-        now = time.monotonic()
-        self.stages[name] = self.stages.get(name, 0.0) + now - self._last
-        self._last = now
-
-    def wrap(self, owner: Any, name: str) -> None:
-        """Time every call of ``owner.name`` as its own stage (the caller's lap excludes it)."""
-        inner: Callable[..., Any] = getattr(owner, name)
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.monotonic()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                spent = time.monotonic() - start
-                self.stages[name] = self.stages.get(name, 0.0) + spent
-                self._last += spent
-
-        setattr(owner, name, timed)
 
 
 def child_snapshot(
@@ -108,24 +79,6 @@ def child_restore(replica: str, output: str, identity: str | None = None) -> dic
     restore.restore_snapshot(open_store(replica), chosen, Path(output), keys=keys)
     lap("head, fsync, rename")
     return {"stages": lap.stages}
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in MiB and stdout of ``argv``. The peak is GNU time's %M, not
-    our wait4: a child's ru_maxrss starts at its parent's RSS, and ours holds moto's objects."""
-    with tempfile.NamedTemporaryFile("r") as peak:
-        started = time.monotonic()
-        proc = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", peak.name, *argv],
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            check=False,
-            env=env,
-        )
-        elapsed = time.monotonic() - started
-        if proc.returncode:
-            sys.exit(f"failed with exit code {proc.returncode}: {' '.join(argv)}")
-        return elapsed, int(peak.read().split()[-1]) / 1024, proc.stdout.decode()
 
 
 def awscli() -> str:
