@@ -286,12 +286,15 @@ class TestFullWithTwoReplicas:
         down, proxy = proxied_moto
         proxy.stop()
         good = f"file://{tmp_path / 'good'}"
-        writers = WriterGroup(database, [1, 2], rate=400)
-        spawned.append(writers)
         spool = small_disk / "spool"
         options = ("--duration", "40", "--interval", "0.5", "--spool", str(spool))
         ship = Ship(database, good, "--replica", down, *options, env={"PREFECT_API_URL": ""})
         spawned.append(ship)
+        # The first snapshot is of the database before the writers grow it: one the spool's disk cannot hold
+        # would end the run before anything is captured (a slow start let them write 8 MiB first).
+        assert ship.wait_for(re.compile("starting generation"), timeout=60), ship.output[-3000:]
+        writers = WriterGroup(database, [1, 2], rate=400)
+        spawned.append(writers)
         assert ship.wait_for(re.compile("the spool ran out of room"), timeout=60), ship.output[-3000:]
         writers.stop()
         assert ship.wait() == 1, ship.output[-3000:]
