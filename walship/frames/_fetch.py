@@ -19,9 +19,9 @@ from typing import BinaryIO, NamedTuple
 
 from walship.codec import Progress
 from walship.errors import ChecksumMismatchError, CorruptObjectError
-from walship.frames._read import decode_frame, read_layout
+from walship.frames._read import decode_frame, read_all, read_layout
 from walship.frames._table import Frame, FrameLayout
-from walship.storage import ObjectStore, ReadStream
+from walship.storage import ObjectStore
 
 __all__ = ["RUN_BYTES", "Fetched", "Seed", "fetch_framed"]
 
@@ -115,9 +115,7 @@ def _seeded(seed: Seed, frame: Frame, fd: int) -> bool:
     raw = seed(frame.raw_offset, frame.raw_size)
     if len(raw) != frame.raw_size or hashlib.sha256(raw).digest() != frame.sha256:
         return False
-    view = memoryview(raw)
-    while view:
-        view = view[os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view)) :]
+    _write_in_place(fd, raw, frame)
     return True
 
 
@@ -141,21 +139,18 @@ def _fetch_run(store: ObjectStore, key: str, run: Sequence[Frame], fd: int, fetc
     start, end = run[0].offset, run[-1].offset + run[-1].size
     with store.open(key, start=start, length=end - start) as stream:
         for frame in run:
-            raw = decode_frame(_exactly(stream, frame.size, key), frame, key, check_digest=False)
-            view = memoryview(raw)
-            while view:
-                view = view[os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view)) :]
+            data = read_all(stream, frame.size)
+            if len(data) != frame.size:
+                raise CorruptObjectError(f"verify {key}: the object ended inside a frame: it is truncated")
+            _write_in_place(fd, decode_frame(data, frame, key, check_digest=False), frame)
             fetched(frame)
 
 
-def _exactly(stream: ReadStream, size: int, key: str) -> bytes:
-    parts, got = [], 0
-    while got < size and (part := stream.read(size - got)):
-        parts.append(part)
-        got += len(part)
-    if got != size:
-        raise CorruptObjectError(f"verify {key}: the object ended inside a frame: it is truncated")
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+def _write_in_place(fd: int, raw: bytes, frame: Frame) -> None:
+    """``frame``'s raw bytes at their place in the file."""
+    view = memoryview(raw)
+    while view:
+        view = view[os.pwrite(fd, view, frame.raw_offset + frame.raw_size - len(view)) :]
 
 
 class _Prefix:

@@ -9,7 +9,7 @@ from walship.errors import ChecksumMismatchError, CorruptObjectError
 from walship.frames._table import TAIL_GUESS, Frame, FrameLayout, parse_tail
 from walship.storage import ObjectStore, ReadStream
 
-__all__ = ["decode_frame", "read_frames", "read_layout"]
+__all__ = ["decode_frame", "read_all", "read_frames", "read_layout"]
 
 
 def read_layout(store: ObjectStore, key: str, size: int) -> FrameLayout:
@@ -49,7 +49,7 @@ def decode_frame(data: bytes | memoryview, frame: Frame, name: str, *, check_dig
 
 def _read_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
     with store.open(key, start=start, length=length) as stream:
-        data = _read_all(stream, length)
+        data = read_all(stream, length)
     if len(data) != length:
         raise CorruptObjectError(
             f"verify {key}: read {len(data)} bytes at {start}, expected {length}: the object is truncated"
@@ -57,7 +57,8 @@ def _read_range(store: ObjectStore, key: str, start: int, length: int) -> bytes:
     return data
 
 
-def _read_all(stream: ReadStream, length: int) -> bytes:
+def read_all(stream: ReadStream, length: int) -> bytes:
+    """Up to ``length`` bytes of ``stream`` (fewer only where it ends)."""
     parts, got = [], 0
     while got < length and (part := stream.read(length - got)):
         parts.append(part)
