@@ -9,10 +9,12 @@ spool's free space drains through it in bounded segments. No timing is
 asserted; every wait is bounded.
 """
 
+import contextlib
 import errno
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -40,7 +42,7 @@ from walship.errors import SpoolFullError
 from walship.layout import format_segment_key
 from walship.models import WalCursor
 from walship.ship import ShipConfig, Shipper
-from walship.spool import Spool
+from walship.spool import Spool, snapshot_needs
 from walship.storage import ObjectStore, open_store
 
 DISK_BYTES = 12 << 20
@@ -306,6 +308,96 @@ class TestFullWithTwoReplicas:
         assert done.returncode == 0, done.stderr
         assert committed_counts(restored) == committed_counts(database)
         assert content_digest(restored) == content_digest(database)
+
+    @pytest.mark.parametrize("change", ["checkpointed", "replaced"])
+    def test_a_start_that_needs_a_snapshot_lets_a_replica_down_stop_filling_the_disk(
+        self, change: str, database: Path, small_disk: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy]
+    ) -> None:
+        """The spool's disk is full of entries only a replica that is down still needs, and the next start must
+        resync (the WAL checkpointed away) or begin a generation (the file replaced): that replica falls behind
+        before the copy is refused for room (torture seed 157144 found every later run failing with "out of disk
+        space", the other replica getting nothing more)."""
+        down, proxy = proxied_moto
+        proxy.stop()
+        good = f"file://{tmp_path / 'good'}"
+        spool = small_disk / "spool"
+        both = ("--replica", good, "--replica", down, "--spool", str(spool), "--once")
+        env = {"PREFECT_API_URL": ""}
+        assert walship("ship", str(database), *both, env=env).returncode == 1
+        _commit_random_rows(database, 1 << 20)
+        assert walship("ship", str(database), *both, env=env).returncode == 1
+        held = [p for p in (spool / "pending").rglob("*") if p.is_file() and p.suffix != ".json"]
+        assert len(held) >= 2, "the replica down holds the first snapshot and a segment of random rows"
+        # Commits no shipper saw, then the application's checkpoint empties the WAL: the next start resyncs.
+        _commit_random_rows(database, 256 << 10)
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if change == "replaced":
+            other = tmp_path / "other.db"
+            with (
+                contextlib.closing(sqlite3.connect(database)) as source,
+                contextlib.closing(sqlite3.connect(other)) as target,
+            ):
+                source.backup(target)
+            os.replace(other, database)
+        # Room for a snapshot once the entries held for the replica down are gone, not before.
+        needs = snapshot_needs(database.stat().st_size) - sum(p.stat().st_size for p in held) // 2
+        (small_disk / "ballast").write_bytes(b"\xa5" * (shutil.disk_usage(small_disk).free - needs))
+
+        ended = walship("--verbose", "ship", str(database), *both, env=env)
+        assert ended.returncode == 1, ended.stderr
+        assert "out of disk space" not in ended.stderr, ended.stderr
+        assert "the spool ran out of room" in ended.stderr, ended.stderr
+        assert f"replica {open_store(down).location} is behind" in ended.stderr.strip().splitlines()[-1]
+        restored = tmp_path / "good.db"
+        done = walship("restore", "--replica", good, "--output", str(restored), env=env)
+        assert done.returncode == 0, done.stderr
+        assert content_digest(restored) == content_digest(database)
+        assert leftovers(spool) == []
+
+    def test_a_run_ending_out_of_room_lets_a_replica_down_stop_filling_the_disk(
+        self, database: Path, small_disk: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy]
+    ) -> None:
+        """A run's end fills the spool's disk with what only a replica that is down still needs, before the window
+        found that replica failing: it falls behind then, and the end captures everything for the other (a
+        SIGTERM'd shipper of torture seed 157144 exited 1 instead, committed WAL "not captured yet")."""
+        down, proxy = proxied_moto
+        proxy.stop()
+        good = f"file://{tmp_path / 'good'}"
+        spool = small_disk / "spool"
+        both = ("--replica", good, "--replica", down, "--spool", str(spool), "--once")
+        env = {"PREFECT_API_URL": ""}
+        _commit_random_rows(database, 64 << 10)
+        pin = _pin_wal(database)  # no checkpoint resets the WAL: each run continues it
+        try:
+            assert walship("ship", str(database), *both, env=env).returncode == 1
+            # Room to begin (a snapshot of the 4 MiB database would fit), not for the WAL the run must capture.
+            room = 7 << 20
+            (small_disk / "ballast").write_bytes(b"\xa5" * (shutil.disk_usage(small_disk).free - room))
+            _commit_random_rows(database, 2 * room)
+        finally:
+            pin.kill()  # SIGKILL: a clean close would checkpoint and remove the WAL
+            pin.wait()
+
+        ended = walship("--verbose", "ship", str(database), *both, env=env)
+        assert ended.returncode == 1, ended.stderr[-3000:]
+        assert "not captured yet" not in ended.stderr, ended.stderr[-3000:]
+        assert "the spool ran out of room" in ended.stderr, ended.stderr[-3000:]
+        assert f"replica {open_store(down).location} is behind" in ended.stderr.strip().splitlines()[-1]
+        restored = tmp_path / "good.db"
+        done = walship("restore", "--replica", good, "--output", str(restored), env=env)
+        assert done.returncode == 0, done.stderr
+        assert content_digest(restored) == content_digest(database)
+        assert leftovers(spool) == []
+
+
+def _commit_random_rows(database: Path, size: int) -> None:
+    """``size`` bytes of rows that do not compress, in commits of 64 KiB."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS noise (id INTEGER PRIMARY KEY, data BLOB)")
+        for _ in range(size // (64 << 10)):
+            with connection:
+                connection.execute("INSERT INTO noise (data) VALUES (randomblob(65536))")
 
 
 class TestEveryWriterCleansUp:

@@ -67,6 +67,7 @@ __all__ = [
     "new_entry",
     "read_cursor",
     "replica_key",
+    "snapshot_needs",
 ]
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,7 @@ class Spool:
 
     def snapshot_file(self, database: Path) -> contextlib.AbstractContextManager[Path]:
         """``writing`` for the uncompressed copy of ``database`` (see ``check_snapshot_room``)."""
-        return self.writing(".db", what=f"a snapshot of {database}", needed=_snapshot_needs(database.stat().st_size))
+        return self.writing(".db", what=f"a snapshot of {database}", needed=snapshot_needs(database.stat().st_size))
 
     def check_snapshot_room(self, database: Path) -> None:
         """Refuse a snapshot of ``database`` before its copy starts when the spool cannot hold it.
@@ -407,7 +408,7 @@ class Spool:
         databases compress far better) plus the reserve.
         """
         size = database.stat().st_size
-        needed, free = _snapshot_needs(size), self.free_bytes()
+        needed, free = snapshot_needs(size), self.free_bytes()
         if needed > free:
             raise self.full_error(f"a snapshot of {database} ({human_bytes(size)})", needed, free)
 
@@ -543,7 +544,8 @@ class Spool:
             )
 
 
-def _snapshot_needs(size: int) -> int:
+def snapshot_needs(size: int) -> int:
+    """The room a snapshot of a ``size``-byte database takes in the spool (``Spool.check_snapshot_room``)."""
     return size + max(size // 4, SPOOL_RESERVE_BYTES) + SPOOL_RESERVE_BYTES
 
 

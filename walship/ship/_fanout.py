@@ -8,6 +8,7 @@ the others back and later resumes at a snapshot of its own.
 """
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +26,10 @@ from walship.units import human_bytes
 from walship.upload import UploadResult
 
 __all__ = ["ReplicaSet", "ShipSteps"]
+
+# How long ``ReplicaSet.make_room`` waits for each replica's drain: storage's own retries of a refused or timed-out
+# connection end well within it; a hanging read does not, and is named instead.
+_SETTLE_SECONDS = 30.0
 
 
 class ShipSteps(Protocol):
@@ -133,7 +138,7 @@ class ReplicaSet:
         resume at (what the shipper began for them). A run of one replica may find it behind too, when an
         earlier run shipped to several."""
         if self.several and shipper.out_of_room:
-            self._release_failing(f"its uploads failed until the spool ran out of room ({self.spool_dir})")
+            self._release_failing(self._out_of_room)
         elif self.several and shipper.spool.pending_bytes() > self.config.spool_cap_bytes:
             cap = human_bytes(self.config.spool_cap_bytes)
             self._release_failing(f"its uploads failed while the spool {self.spool_dir} grew past {cap} (--spool-cap)")
@@ -175,16 +180,43 @@ class ReplicaSet:
                 link.wants_bridge = True
         return self.tend(shipper)
 
-    def _release_failing(self, why: str) -> None:
+    def make_room(self) -> list[str]:
+        """Out of room while the run must capture (its start, its end): each replica's drain is let run, which
+        finds one that is down failing, then those failing stop holding the spool back.
+
+        Unlike the window's ``tend``, this waits for the drains, so the answer
+        does not depend on when each last tried. Returns the replicas whose
+        drain did not end within ``_SETTLE_SECONDS`` (storage hangs): they
+        still hold the spool.
+        """
+        if not self._uploaders:
+            return []
+        hanging = self._settle()
+        if self._release_failing(self._out_of_room):
+            hanging += self._settle()  # the released replicas' uploaders let them go, between two attempts
+        return sorted(set(hanging))
+
+    @property
+    def _out_of_room(self) -> str:
+        return f"its uploads failed until the spool ran out of room ({self.spool_dir})"
+
+    def _settle(self) -> list[str]:
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        return [uploader.link.location for uploader in self._uploaders if not uploader.settle(deadline)]
+
+    def _release_failing(self, why: str) -> bool:
         """Past the spool's cap, or out of room before it, a replica whose uploads fail while another keeps up
-        stops holding the spool."""
+        stops holding the spool; whether one was asked to."""
         acks = self.acks
         if not any(not link.failing and not acks.behind(link.location) for link in self.links):
-            return  # every one is failing: the spool exists for that, as with one replica
+            return False  # every one is failing: the spool exists for that, as with one replica
+        released = False
         for link in self.links:
             if link.failing and not acks.behind(link.location):
                 # Done by its own uploader, between two attempts: no upload of its is in flight meanwhile.
                 link.behind_requested = f"{why}; the other replicas went on"
+                released = True
+        return released
 
     def finish(self, spool: Spool, cursor: WalPosition | None) -> None:
         """The final drain of each replica with the full retry policy, its position, and its lease let go.

@@ -228,6 +228,7 @@ class ReplicaLink:
         log.info("replica %s answers again: resumed at snapshot %s, taken for it alone", self.location, key)
 
     def fall_behind(self, acks: ReplicaAcks, reason: str, events: ReplicaEvents) -> None:
+        self._next_probe = time.monotonic() + PROBE_SECONDS  # it just failed: asked again later, not at once
         acks.fall_behind(self.location, reason)
         self.report.behind_since = utcnow()
         events.behind(self.location, reason)
@@ -252,6 +253,8 @@ class ReplicaUploader:
         self.link, self._drain = link, drain
         self._wake, self._stop = threading.Event(), threading.Event()
         self.failure: BaseException | None = None
+        self._drains = threading.Condition()
+        self._begun = self._ended = 0
         self.thread = threading.Thread(target=self._loop, name=f"walship-upload-{link.location}", daemon=True)
         self.thread.start()
 
@@ -269,14 +272,31 @@ class ReplicaUploader:
             failure, self.failure = self.failure, None
             raise failure
 
+    def settle(self, deadline: float) -> bool:
+        """Wake it and wait, until ``deadline`` (monotonic), for a drain begun after this call to end; False
+        when none did (storage hangs). A drain that failed counts: ``check`` raises its failure."""
+        with self._drains:
+            wanted = self._begun + 1
+        if self.failure is not None or not self.thread.is_alive():
+            return True
+        self.wake()
+        with self._drains:
+            return self._drains.wait_for(lambda: self._ended >= wanted, max(0.0, deadline - time.monotonic()))
+
     def _loop(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             if self._stop.is_set():
                 return
+            with self._drains:
+                self._begun += 1
             try:
                 self._drain()
             except BaseException as exc:
                 self.failure = exc
                 return
+            finally:
+                with self._drains:
+                    self._ended += 1
+                    self._drains.notify_all()

@@ -191,7 +191,14 @@ class ShippingRun:
         try:
             self._spool = Spool(self.spool_dir)
             self._count_left_by_earlier_run(self._spool.pending())
-            self._shipper = Shipper(self.database, self._spool, self.config, capture=held.capture, guarded=held.guarded)
+            self._shipper = Shipper(
+                self.database,
+                self._spool,
+                self.config,
+                capture=held.capture,
+                guarded=held.guarded,
+                make_room=self.replica_set.make_room,
+            )
             self.config.sealing.check()
             self.replica_set.open(self._spool)
             self._synced(self.shipper.open())
@@ -252,19 +259,28 @@ class ShippingRun:
         """
         shipper = self.shipper
         end = shipper.published_end()
-        empty = 0
+        empty, made_room = 0, False
+        hanging: list[str] = []
         while end is not None and not shipper.captured_to(end):
             self._upload()
             result = shipper.sync()
             self._synced(result)
-            empty = 0 if result.segments else empty + 1
+            if result.segments:
+                empty = 0
+                continue
+            if shipper.out_of_room and not made_room:
+                # The window's release waits for a replica's next failure; the end cannot.
+                hanging, made_room = self.replica_set.make_room(), True
+                continue
+            empty += 1
             if empty >= _EMPTY_SYNCS:
+                unanswered = f"; replica {', '.join(hanging)} did not answer" if hanging else ""
                 raise IncompleteError(
                     f"committed WAL of {self.database} up to offset {end[2]} is not captured yet (the spool "
-                    f"{self.spool_dir} has no room, or storage is unreachable): it stays in the WAL for the next run"
+                    f"{self.spool_dir} has no room, or storage is unreachable{unanswered}): it stays in the WAL "
+                    "for the next run"
                 )
-            if empty:
-                time.sleep(_EMPTY_SYNC_PAUSE)
+            time.sleep(_EMPTY_SYNC_PAUSE)
 
     def close(self) -> None:
         """Let the database, spool and WAL go, without a final capture (after a failure); idempotent."""

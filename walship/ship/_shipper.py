@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from walship.errors import ContinuityLostError, WalIndexUnsettledError, WritersBusyError
+from walship.errors import ContinuityLostError, SpoolFullError, WalIndexUnsettledError, WritersBusyError
 from walship.layout import new_generation, parse_generation
 from walship.memory import release_free_memory
 from walship.models import SnapshotInfo, WalCursor, WalPosition, utcnow
@@ -53,9 +53,12 @@ class Shipper:
         *,
         capture: WalCapture | None = None,
         guarded: bool = False,
+        make_room: Callable[[], object] = lambda: None,
     ) -> None:
-        """``capture`` and ``guarded`` come from ``walship.handover.hold_database`` (a held, pinned database)."""
+        """``capture`` and ``guarded`` come from ``walship.handover.hold_database`` (a held, pinned database);
+        ``make_room`` may free the spool's disk when it cannot hold a snapshot (``_room_for_a_snapshot``)."""
         self.database = database.resolve()
+        self._make_room = make_room
         self.spool = spool
         self.config = config
         self.capture = capture or WalCapture(self.database)
@@ -213,6 +216,7 @@ class Shipper:
     def start_generation(self, reason: str) -> SyncResult:
         """Snapshot the database at an exact WAL point and begin a generation there."""
         with self._lock:
+            self._room_for_a_snapshot()
             generation = new_generation(after=self.spool.newest_generation())
             self.spool.begin_generation(generation)
             log.log(generation_log_level(reason), "starting generation %s of %s: %s", generation, self.database, reason)
@@ -266,6 +270,7 @@ class Shipper:
             if why_not is not None or cursor is None:
                 return self.start_generation(f"{reason} ({why_not}, so no resync)" if cursor else reason)
             log.warning("resyncing %s in generation %s: %s", self.database, cursor.generation, reason)
+            self._room_for_a_snapshot()  # a resync may copy every page
             try:
                 done = spool_resync(
                     self.capture,
@@ -285,6 +290,15 @@ class Shipper:
             self.spool.save_cursor(self.cursor)
             self._last_sync = done.segment.captured_at
             return SyncResult(segments=1, bytes=done.segment.raw_size, resync=done.summary)
+
+    def _room_for_a_snapshot(self) -> None:
+        """Before a new generation or a resync: a spool that cannot hold a snapshot asks ``make_room`` (with
+        several replicas, one that is down stops holding entries only it needs); what then still does not fit
+        is refused where it is written."""
+        try:
+            self.spool.check_snapshot_room(self.database)
+        except SpoolFullError:
+            self._make_room()
 
     @property
     def snapshot_in_progress(self) -> bool:
