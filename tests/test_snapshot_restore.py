@@ -142,9 +142,13 @@ class TestDamagedObjects:
             _restore_newest(store, out_dir / "restored.db")
         assert os.listdir(out_dir) == []
 
-    def test_index_that_lies_about_the_checksum(self, store: ObjectStore, database: Path, tmp_path: Path) -> None:
+    @pytest.mark.parametrize("lie", [{"sha256": "0" * 64}, {"raw_size": 4096}], ids=["checksum", "size"])
+    def test_index_that_lies_about_the_object(
+        self, lie: dict[str, object], store: ObjectStore, database: Path, tmp_path: Path
+    ) -> None:
         info = take_and_upload(store, database)
-        lying = info.model_copy(update={"sha256": "0" * 64})
-        with pytest.raises(ChecksumMismatchError, match="disagree"):
+        lying = info.model_copy(update=lie)
+        told = "the index and the object disagree on its checksum \\(the object records "
+        with pytest.raises(ChecksumMismatchError, match=f"verify {info.key}: {told}"):
             restore_snapshot(store, lying, tmp_path / "out.db")
         assert not (tmp_path / "out.db").exists()

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from walship.errors import CorruptObjectError, NotFoundError, WalshipError
+from walship.errors import ChecksumMismatchError, CorruptObjectError, NotFoundError, WalshipError
 from walship.frames import ENVELOPE as ZSTD_FRAMES
 from walship.frames import read_layout
 from walship.layout import GENERATIONS_PREFIX, format_snapshot_key, is_replica_key, parse_snapshot_key
@@ -29,6 +29,7 @@ __all__ = [
     "list_snapshot_keys",
     "list_snapshots",
     "lost_metadata",
+    "read_indexed_snapshot",
     "read_snapshot_info",
     "read_trailer_sha256",
     "require_replica",
@@ -99,6 +100,19 @@ def read_snapshot_info(store: ObjectStore, key: str) -> SnapshotInfo:
     except NotFoundError:
         raise NotFoundError(f"snapshot {key} is not in the replica: run 'walship status' to list snapshots") from None
     return _from_object(obj)
+
+
+def read_indexed_snapshot(store: ObjectStore, indexed: SnapshotInfo) -> SnapshotInfo:
+    """The snapshot the index describes as ``indexed``, from its own metadata (one HEAD), which must agree
+    with the index; its ``sha256`` is the one to verify against (the index's, for one recorded at its end)."""
+    stored = read_snapshot_info(store, indexed.key)
+    sha256 = indexed.sha256 if stored.sha256_at_end else stored.sha256
+    if sha256 != indexed.sha256 or stored.raw_size != indexed.raw_size:
+        own = f"SHA-256 {stored.sha256}" if stored.sha256 else "its SHA-256 at its end"
+        raise ChecksumMismatchError.index_disagrees(
+            indexed.key, f"{own} of {stored.raw_size} bytes", f"SHA-256 {indexed.sha256} of {indexed.raw_size} bytes"
+        )
+    return stored.model_copy(update={"sha256": sha256})
 
 
 def read_trailer_sha256(store: ObjectStore, info: SnapshotInfo) -> str:

@@ -74,6 +74,14 @@ class NotFoundError(StorageError):
 class ChecksumMismatchError(IntegrityError):
     """Bytes read back do not hash to the checksum recorded when written."""
 
+    @classmethod
+    def index_disagrees(cls, name: str, recorded: str, indexed: str) -> "ChecksumMismatchError":
+        """The replica's index and the object ``name`` itself record different checksums (or sizes)."""
+        return cls(
+            f"verify {name}: the index and the object disagree on its checksum (the object records "
+            f"{recorded}, the index {indexed}); run 'walship verify' to see which is wrong"
+        )
+
 
 class CorruptObjectError(IntegrityError):
     """An object cannot be decoded (truncated, not zstd, bad database)."""

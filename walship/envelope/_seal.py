@@ -320,8 +320,5 @@ def _open(
 def _agreed(recorded: str, expected: str, name: str) -> str:
     """The SHA-256 an object records at its end, which the index's (when it has one) must equal."""
     if expected and expected != recorded:
-        raise ChecksumMismatchError(
-            f"verify {name}: the index and the object disagree on its checksum (the object records "
-            f"SHA-256 {recorded}, the index {expected}); run 'walship verify' to see which is wrong"
-        )
+        raise ChecksumMismatchError.index_disagrees(name, f"SHA-256 {recorded}", f"SHA-256 {expected}")
     return recorded

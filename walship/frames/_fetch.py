@@ -65,10 +65,7 @@ def fetch_framed(
     """
     layout = read_layout(store, key, size)
     if expected_sha256 and layout.sha256 != expected_sha256:
-        raise ChecksumMismatchError(
-            f"verify {key}: the index and the object disagree on its checksum (the object records "
-            f"SHA-256 {layout.sha256}, the index {expected_sha256}); run 'walship verify' to see which is wrong"
-        )
+        raise ChecksumMismatchError.index_disagrees(key, f"SHA-256 {layout.sha256}", f"SHA-256 {expected_sha256}")
     if layout.raw_size != expected_size:
         raise ChecksumMismatchError(
             f"verify {key}: its frame table holds {layout.raw_size} bytes, {expected_size} recorded"

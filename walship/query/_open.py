@@ -16,9 +16,9 @@ from typing import TypeVar
 
 import apsw
 
-from walship.catalog import read_snapshot_info, require_replica
+from walship.catalog import read_indexed_snapshot, require_replica
 from walship.envelope import ZSTD_FRAMES, Keyring
-from walship.errors import ChecksumMismatchError, NotSeekableError, UsageError
+from walship.errors import NotSeekableError, UsageError
 from walship.generations import choose_start, describe_replica
 from walship.models import RetryPolicy, SnapshotInfo, WalPosition
 from walship.original import original_snapshots
@@ -154,14 +154,9 @@ def _choose(
                 "cannot be read page by page: restore it ('walship restore') and query the restored file"
             )
     chosen, until_sequence = choose_start(generations, before=timestamp, generation=generation, sequence=sequence)
-    stored = read_snapshot_info(store, chosen.key)
-    expected_sha256 = chosen.sha256 if stored.sha256_at_end else stored.sha256
-    if expected_sha256 != chosen.sha256 or stored.raw_size != chosen.raw_size:
-        raise ChecksumMismatchError(
-            f"verify {chosen.key}: the index and the object disagree on its checksum; run 'walship status --json'"
-        )
+    stored = read_indexed_snapshot(store, chosen)
     _require_framed(stored)
-    return stored.model_copy(update={"sha256": expected_sha256}), until_sequence
+    return stored, until_sequence
 
 
 def _require_framed(snapshot: SnapshotInfo) -> None:

@@ -4,12 +4,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from walship.catalog import read_snapshot_info
+from walship.catalog import read_indexed_snapshot
 from walship.chain import apply_segments
 from walship.codec import Progress
 from walship.copies import CopyRecord, file_mark, save_copy_record
 from walship.envelope import ZSTD_FRAMES, Keyring, open_to_file, require_keys
-from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
+from walship.errors import CorruptObjectError, UsageError
 from walship.frames import Seed, fetch_framed
 from walship.models import RestoreResult, SnapshotInfo, WalPosition, utcnow
 from walship.placement import check_output, staged_output
@@ -50,15 +50,9 @@ def restore_snapshot(
     """
     started = time.monotonic()
     output = check_output(output, force=force)
-    # The object's own metadata is the authority, not the index we were given.
-    stored = read_snapshot_info(store, snapshot.key)
-    # A streamed snapshot's own checksum is at its end: the index's, when it
-    # has one, must equal it (open_to_file compares them).
-    expected_sha256 = snapshot.sha256 if stored.sha256_at_end else stored.sha256
-    if expected_sha256 != snapshot.sha256 or stored.raw_size != snapshot.raw_size:
-        raise ChecksumMismatchError(
-            f"verify {snapshot.key}: the index and the object disagree on its checksum; run 'walship status --json'"
-        )
+    # The object's own metadata is the authority, not the index we were given. A streamed snapshot's own
+    # checksum is at its end: the index's, when it has one, must equal it (open_to_file compares them).
+    stored = read_indexed_snapshot(store, snapshot)
     if expected_database_id is not None and stored.database_id != expected_database_id:
         raise UsageError(
             f"replica {store.location} holds database {stored.database_id!r}, not {expected_database_id!r}: "
@@ -66,7 +60,7 @@ def restore_snapshot(
         )
     require_keys(stored.envelope, keys, stored.key)
     with staged_output(output, force=force) as tmp:
-        verified, fetched = _download(store, stored, tmp, expected_sha256, keys, progress, seed)
+        verified, fetched = _download(store, stored, tmp, keys, progress, seed)
         stored = stored.model_copy(update={"sha256": verified})
         applied: list[WalSegment | ResyncSegment] = []
         stopped_before: WalSegment | ResyncSegment | None = None
@@ -122,13 +116,12 @@ def _download(
     store: ObjectStore,
     stored: SnapshotInfo,
     tmp: Path,
-    expected_sha256: str,
     keys: Keyring | None,
     progress: Progress | None,
     seed: Seed | None,
 ) -> tuple[str, int]:
-    """The snapshot's database into ``tmp``, verified; the SHA-256 it was verified against, and the bytes of
-    the object read."""
+    """The snapshot's database into ``tmp``, verified against ``stored.sha256`` (when known); the SHA-256 it
+    was verified against, and the bytes of the object read."""
     with tmp.open("w+b") as out:
         if stored.envelope == ZSTD_FRAMES:
             fetched = fetch_framed(
@@ -136,7 +129,7 @@ def _download(
                 stored.key,
                 stored.compressed_size,
                 out,
-                expected_sha256=expected_sha256,
+                expected_sha256=stored.sha256,
                 expected_size=stored.raw_size,
                 progress=progress,
                 seed=seed,
@@ -148,7 +141,7 @@ def _download(
                 out,
                 envelope=stored.envelope,
                 keys=keys,
-                expected_sha256=expected_sha256,
+                expected_sha256=stored.sha256,
                 expected_size=stored.raw_size,
                 name=stored.key,
                 progress=progress,
