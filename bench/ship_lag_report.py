@@ -120,7 +120,7 @@ def breakdown(w: dict[str, Any], args: argparse.Namespace) -> None:
     """Where walship's lag goes, per marker: waiting for the capture, until the upload starts, the upload."""
     segments = {s["key"]: s for s in w["events"]["segments"]}
     parts: dict[str, list[float]] = {"commit -> captured (sync)": [], "captured -> upload starts": []}
-    parts |= {"upload start -> PUT complete": [], "compress (per segment)": [], "put+head (per segment)": []}
+    parts |= {"upload start -> PUT complete": [], "put+head (per segment)": []}
     for token, ns in w["markers"].items():
         seg = segments.get(w["where"].get(token, "").partition("/")[2])
         if seg is None:
@@ -129,11 +129,11 @@ def breakdown(w: dict[str, Any], args: argparse.Namespace) -> None:
         parts["captured -> upload starts"].append(seg["start"] - seg["captured_at"])
         parts["upload start -> PUT complete"].append(w["durable"][token] / 1e9 - seg["start"])
     for seg in w["events"]["segments"]:
-        parts["compress (per segment)"].append(seg.get("compress", 0.0))
         parts["put+head (per segment)"].append(seg.get("put+head", 0.0))
     t0, t1, _ = w["windows"]
     cycles = [c for c in w["events"]["cycles"] if t0 / 1e9 <= c["start"] <= t1 / 1e9 + args.drain]
     parts["sync() per cycle"] = [c["sync"] for c in cycles]
+    parts["  of which sealing segments (compress, fsync)"] = [c.get("seal", 0.0) for c in cycles]
     parts["  of which checkpoint (PASSIVE, then the pause)"] = [c.get("checkpoint", 0.0) for c in cycles]
     parts["  of which PASSIVE backfill beside the pin"] = [c.get("passive", 0.0) for c in cycles]
     parts["  writers paused (per pause)"] = [c["paused"] for c in cycles if "paused" in c]

@@ -21,11 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from walship import codec, lease, upload
+from walship import lease, upload
 from walship.dblock import ShipperIdentity
 from walship.handover import hold_database
 from walship.memory import one_arena
 from walship.ship import ShipConfig, Shipper
+from walship.ship import _segment as _capture  # timed where the capture calls it
 from walship.spool import Spool, default_spool_dir
 from walship.sqlite import WalCapture
 from walship.storage import open_store
@@ -85,7 +86,7 @@ def run(database: Path, replica: str, interval: float, events: Path) -> None:
             segments.append({"key": info.key, **times, "start": start, "end": time.time(), **_segment})
 
     upload._upload_one = traced_upload_one
-    _timed(codec, "compress_file", "compress", _segment)
+    _timed(_capture, "seal_segment", "seal", _cycle)  # compress + fsync into the spool, inside the sync
     _timed(S3Store, "put_file", "put+head", _segment)
     _timed(S3Store, "head", "head", _segment)
     _timed(Shipper, "_checkpoint", "checkpoint", _cycle)  # PASSIVE beside the pin, no writers' pause

@@ -7,7 +7,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walship.codec import compress_file, decompress_to_file, validate_level
+from walship.codec import compress_into, decompress_to_file, validate_level
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
 from walship.trailer import TRAILER_SIZE, TailReader, TailWriter, format_trailer, parse_trailer
 
@@ -15,15 +15,15 @@ from walship.trailer import TRAILER_SIZE, TailReader, TailWriter, format_trailer
 def _roundtrip(tmp_path: Path, data: bytes, level: int = 3) -> tuple[bytes, bytes]:
     source = tmp_path / "in"
     source.write_bytes(data)
-    compressed = compress_file(source, tmp_path / "in.zst", level)
-    assert compressed.raw_size == len(data)
-    assert compressed.sha256 == hashlib.sha256(data).hexdigest()
-    assert compressed.compressed_size == (tmp_path / "in.zst").stat().st_size
-    return (tmp_path / "in.zst").read_bytes(), compressed.sha256.encode()
+    out = io.BytesIO()
+    raw_size, sha256 = compress_into(source, out, level)
+    assert raw_size == len(data)
+    assert sha256 == hashlib.sha256(data).hexdigest()
+    return out.getvalue(), sha256.encode()
 
 
-class TestCompressFile:
-    """compress_file streams zstd and hashes the uncompressed bytes."""
+class TestCompressInto:
+    """compress_into streams zstd and hashes the uncompressed bytes."""
 
     @settings(max_examples=30, deadline=None)
     @given(data=st.binary(max_size=300_000), level=st.integers(1, 9))

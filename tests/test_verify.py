@@ -21,9 +21,10 @@ from flows.verify import verify_flow
 from tests.helpers import rewrite_object, take_and_upload, walship
 from tests.test_cli import assert_plain_error
 from tests.test_ship import Running
-from walship import codec, index, snapshot, sqlite
+from walship import index, snapshot, sqlite
 from walship.catalog import list_snapshots
 from walship.chain import list_segment_sequences
+from walship.envelope import Sealing, seal_file
 from walship.errors import NotFoundError, TransientStorageError, VerificationFailedError
 from walship.layout import METADATA_KEY, format_segment_key
 from walship.models import ReplicaMetadata, RetryPolicy, WalPosition
@@ -104,7 +105,7 @@ class TestHealthyReplica:
 def _snapshot_at(store: ObjectStore, database: Path, position: WalPosition, scratch: Path) -> None:
     """A later snapshot of the generation, copied by SQLite's backup API, recording the WAL position it holds."""
     source = sqlite.take_snapshot(database, scratch / "copy.db")
-    compressed = codec.compress_file(source.path, scratch / "copy.db.zst")
+    compressed = seal_file(source.path, scratch / "copy.db.zst", Sealing())
     info = snapshot.upload_snapshot(
         store, source, compressed, database_id="app.db", generation=position.generation, position=position
     )

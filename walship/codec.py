@@ -5,7 +5,6 @@ size: nothing here holds a whole object.
 """
 
 import hashlib
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -16,7 +15,6 @@ from typing import BinaryIO, Protocol, cast
 import zstandard
 
 from walship.errors import ChecksumMismatchError, CorruptObjectError, UsageError
-from walship.models import CompressedFile
 from walship.trailer import format_trailer
 
 __all__ = [
@@ -33,7 +31,6 @@ __all__ = [
     "Writable",
     "check_decoded",
     "compress_blocks",
-    "compress_file",
     "compress_into",
     "decompress_stream",
     "decompress_to_file",
@@ -111,22 +108,6 @@ def validate_level(level: int) -> int:
             f"compression level {level} is out of range: use {MIN_LEVEL} to {MAX_LEVEL} (default {DEFAULT_LEVEL})"
         )
     return level
-
-
-def compress_file(
-    source: Path, target: Path, level: int = DEFAULT_LEVEL, *, progress: Progress | None = None
-) -> CompressedFile:
-    """Compress ``source`` into ``target`` (fsynced); hash the uncompressed bytes.
-
-    ``progress`` hears (bytes read, file size) after every chunk.
-    """
-    with target.open("wb") as out:
-        raw_size, sha256 = compress_into(source, out, level, progress=progress)
-        out.flush()
-        os.fsync(out.fileno())
-    return CompressedFile(
-        path=target, raw_size=raw_size, compressed_size=target.stat().st_size, sha256=sha256, level=level
-    )
 
 
 def compress_into(
