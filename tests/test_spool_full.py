@@ -317,15 +317,10 @@ class TestFullWithTwoReplicas:
         resync (the WAL checkpointed away) or begin a generation (the file replaced): that replica falls behind
         before the copy is refused for room (torture seed 157144 found every later run failing with "out of disk
         space", the other replica getting nothing more)."""
-        down, proxy = proxied_moto
-        proxy.stop()
-        good = f"file://{tmp_path / 'good'}"
-        spool = small_disk / "spool"
-        both = ("--replica", good, "--replica", down, "--spool", str(spool), "--once")
-        env = {"PREFECT_API_URL": ""}
-        assert walship("ship", str(database), *both, env=env).returncode == 1
+        down, good, spool, both = _good_and_down(proxied_moto, small_disk, tmp_path)
+        assert walship("ship", str(database), *both, env=_DIRECT).returncode == 1
         _commit_random_rows(database, 1 << 20)
-        assert walship("ship", str(database), *both, env=env).returncode == 1
+        assert walship("ship", str(database), *both, env=_DIRECT).returncode == 1
         held = [p for p in (spool / "pending").rglob("*") if p.is_file() and p.suffix != ".json"]
         assert len(held) >= 2, "the replica down holds the first snapshot and a segment of random rows"
         # Commits no shipper saw, then the application's checkpoint empties the WAL: the next start resyncs.
@@ -344,16 +339,9 @@ class TestFullWithTwoReplicas:
         needs = snapshot_needs(database.stat().st_size) - sum(p.stat().st_size for p in held) // 2
         (small_disk / "ballast").write_bytes(b"\xa5" * (shutil.disk_usage(small_disk).free - needs))
 
-        ended = walship("--verbose", "ship", str(database), *both, env=env)
-        assert ended.returncode == 1, ended.stderr
+        ended = walship("--verbose", "ship", str(database), *both, env=_DIRECT)
         assert "out of disk space" not in ended.stderr, ended.stderr
-        assert "the spool ran out of room" in ended.stderr, ended.stderr
-        assert f"replica {open_store(down).location} is behind" in ended.stderr.strip().splitlines()[-1]
-        restored = tmp_path / "good.db"
-        done = walship("restore", "--replica", good, "--output", str(restored), env=env)
-        assert done.returncode == 0, done.stderr
-        assert content_digest(restored) == content_digest(database)
-        assert leftovers(spool) == []
+        _assert_behind_and_good_restores(ended, down, good, database, spool)
 
     def test_a_run_ending_out_of_room_lets_a_replica_down_stop_filling_the_disk(
         self, database: Path, small_disk: Path, tmp_path: Path, proxied_moto: tuple[str, TcpProxy]
@@ -361,16 +349,11 @@ class TestFullWithTwoReplicas:
         """A run's end fills the spool's disk with what only a replica that is down still needs, before the window
         found that replica failing: it falls behind then, and the end captures everything for the other (a
         SIGTERM'd shipper of torture seed 157144 exited 1 instead, committed WAL "not captured yet")."""
-        down, proxy = proxied_moto
-        proxy.stop()
-        good = f"file://{tmp_path / 'good'}"
-        spool = small_disk / "spool"
-        both = ("--replica", good, "--replica", down, "--spool", str(spool), "--once")
-        env = {"PREFECT_API_URL": ""}
+        down, good, spool, both = _good_and_down(proxied_moto, small_disk, tmp_path)
         _commit_random_rows(database, 64 << 10)
         pin = _pin_wal(database)  # no checkpoint resets the WAL: each run continues it
         try:
-            assert walship("ship", str(database), *both, env=env).returncode == 1
+            assert walship("ship", str(database), *both, env=_DIRECT).returncode == 1
             # Room to begin (a snapshot of the 4 MiB database would fit), not for the WAL the run must capture.
             room = 7 << 20
             (small_disk / "ballast").write_bytes(b"\xa5" * (shutil.disk_usage(small_disk).free - room))
@@ -379,16 +362,38 @@ class TestFullWithTwoReplicas:
             pin.kill()  # SIGKILL: a clean close would checkpoint and remove the WAL
             pin.wait()
 
-        ended = walship("--verbose", "ship", str(database), *both, env=env)
-        assert ended.returncode == 1, ended.stderr[-3000:]
+        ended = walship("--verbose", "ship", str(database), *both, env=_DIRECT)
         assert "not captured yet" not in ended.stderr, ended.stderr[-3000:]
-        assert "the spool ran out of room" in ended.stderr, ended.stderr[-3000:]
-        assert f"replica {open_store(down).location} is behind" in ended.stderr.strip().splitlines()[-1]
-        restored = tmp_path / "good.db"
-        done = walship("restore", "--replica", good, "--output", str(restored), env=env)
-        assert done.returncode == 0, done.stderr
-        assert content_digest(restored) == content_digest(database)
-        assert leftovers(spool) == []
+        _assert_behind_and_good_restores(ended, down, good, database, spool)
+
+
+_DIRECT = {"PREFECT_API_URL": ""}
+
+
+def _good_and_down(
+    proxied_moto: tuple[str, TcpProxy], disk: Path, tmp_path: Path
+) -> tuple[str, str, Path, tuple[str, ...]]:
+    """A replica that is down (its proxy stopped) beside a local one, the spool on ``disk``: the replicas, the
+    spool and the ``ship --once`` options naming them."""
+    down, proxy = proxied_moto
+    proxy.stop()
+    good, spool = f"file://{tmp_path / 'good'}", disk / "spool"
+    return down, good, spool, ("--replica", good, "--replica", down, "--spool", str(spool), "--once")
+
+
+def _assert_behind_and_good_restores(
+    ended: subprocess.CompletedProcess[str], down: str, good: str, database: Path, spool: Path
+) -> None:
+    """The run let the replica that is down fall behind for want of room, failed naming it, and the other holds
+    everything."""
+    assert ended.returncode == 1, ended.stderr[-3000:]
+    assert "the spool ran out of room" in ended.stderr, ended.stderr[-3000:]
+    assert f"replica {open_store(down).location} is behind" in ended.stderr.strip().splitlines()[-1]
+    restored = database.with_name("good.db")
+    done = walship("restore", "--replica", good, "--output", str(restored), env=_DIRECT)
+    assert done.returncode == 0, done.stderr
+    assert content_digest(restored) == content_digest(database)
+    assert leftovers(spool) == []
 
 
 def _commit_random_rows(database: Path, size: int) -> None:
