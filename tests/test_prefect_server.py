@@ -362,10 +362,10 @@ class TestServe:
 class TestServedShipping:
     """wal-ship served with overlapping windows under writers: one generation, few task runs per window."""
 
-    WINDOW, DURATION, WINDOWS = 30, 45, 4
+    WINDOW, DURATION, WINDOWS = 30, 45, 3
 
     def test_windows_hand_over(self, server: Server, base_database: Path, tmp_path: Path) -> None:
-        """Four 30 s windows of 45 s runs under writers with SQLite's default autocheckpoint: every run after
+        """Three 30 s windows of 45 s runs under writers with SQLite's default autocheckpoint: every run after
         the first takes over from the previous one, the replica holds one generation, and each run adds at
         most a handful of task runs (uploads inside the window are not task runs)."""
         site = _site(base_database, tmp_path / "site")

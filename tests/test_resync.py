@@ -356,22 +356,23 @@ class TestScheduledWindows:
             for number in range(1, self.RUNS + 1):
                 started = time.time()
                 if number == 3:
-                    moment = started + 7.5
+                    moment = started + 4.5
                 run = subprocess.Popen(
-                    [WALSHIP, "--no-prefect", "ship", str(database), "--replica", replica, "--duration", "15"],
+                    [WALSHIP, "--no-prefect", "ship", str(database), "--replica", replica, "--duration", "8"],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
                     cwd=ROOT,
                 )
                 if number == self.RUNS:
-                    time.sleep(8)
+                    time.sleep(4)
                     writers.stop()  # the last window captures the writers' end
                 out, err = run.communicate(timeout=120)
                 assert run.returncode == 0, err
                 outputs.append(out)
                 if number < self.RUNS:
-                    time.sleep(rng.uniform(12, 20))
+                    # Long enough for the writers' autocheckpoint (1,000 pages) to restart the WAL unwatched.
+                    time.sleep(rng.uniform(5, 9))
         finally:
             writers.stop()
 
