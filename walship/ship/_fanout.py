@@ -181,8 +181,9 @@ class ReplicaSet:
         return self.tend(shipper)
 
     def make_room(self) -> list[str]:
-        """Out of room while the run must capture (its start, its end): each replica's drain is let run, which
-        finds one that is down failing, then those failing stop holding the spool back.
+        """Out of room where the run cannot wait (its final capture, a resync or a new generation's snapshot):
+        each replica's drain is let run, which finds one that is down failing, then those failing stop holding
+        the spool back.
 
         Unlike the window's ``tend``, this waits for the drains, so the answer
         does not depend on when each last tried. Returns the replicas whose
