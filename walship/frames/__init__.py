@@ -7,7 +7,7 @@ into the database (docs/FORMAT.md, "Framed snapshots").
 """
 
 from walship.frames._fetch import RUN_BYTES, Fetched, Seed, fetch_framed
-from walship.frames._read import decode_frame, read_frames, read_layout
+from walship.frames._read import decode_frame, read_agreed_layout, read_frames, read_layout
 from walship.frames._table import ENVELOPE, Frame, FrameLayout, format_tail, parse_tail, tail_size
 from walship.frames._write import FRAME_BYTES, compress_framed, framed_chunks, pages_per_frame
 
@@ -26,6 +26,7 @@ __all__ = [
     "framed_chunks",
     "pages_per_frame",
     "parse_tail",
+    "read_agreed_layout",
     "read_frames",
     "read_layout",
     "tail_size",

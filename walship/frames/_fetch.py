@@ -19,7 +19,7 @@ from typing import BinaryIO, NamedTuple
 
 from walship.codec import Progress
 from walship.errors import ChecksumMismatchError, CorruptObjectError
-from walship.frames._read import decode_frame, read_all, read_layout
+from walship.frames._read import decode_frame, read_agreed_layout, read_all
 from walship.frames._table import Frame, FrameLayout
 from walship.storage import ObjectStore
 
@@ -63,13 +63,7 @@ def fetch_framed(
     ``seed`` reads bytes likely equal to the snapshot's (a delta restore's copy): a frame whose SHA-256 they
     match is taken from them, not fetched. The whole file is hashed either way.
     """
-    layout = read_layout(store, key, size)
-    if expected_sha256 and layout.sha256 != expected_sha256:
-        raise ChecksumMismatchError.index_disagrees(key, f"SHA-256 {layout.sha256}", f"SHA-256 {expected_sha256}")
-    if layout.raw_size != expected_size:
-        raise ChecksumMismatchError(
-            f"verify {key}: its frame table holds {layout.raw_size} bytes, {expected_size} recorded"
-        )
+    layout = read_agreed_layout(store, key, size, sha256=expected_sha256, raw_size=expected_size)
     fd = target.fileno()
     os.ftruncate(fd, layout.raw_size)
     held = {f.index for f in layout.frames if seed is not None and _seeded(seed, f, fd)}

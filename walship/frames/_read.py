@@ -9,7 +9,7 @@ from walship.errors import ChecksumMismatchError, CorruptObjectError
 from walship.frames._table import TAIL_GUESS, Frame, FrameLayout, parse_tail
 from walship.storage import ObjectStore, ReadStream
 
-__all__ = ["decode_frame", "read_all", "read_frames", "read_layout"]
+__all__ = ["decode_frame", "read_agreed_layout", "read_all", "read_frames", "read_layout"]
 
 
 def read_layout(store: ObjectStore, key: str, size: int) -> FrameLayout:
@@ -22,6 +22,22 @@ def read_layout(store: ObjectStore, key: str, size: int) -> FrameLayout:
             return parsed
         wanted = parsed
     raise CorruptObjectError(f"verify {key}: its tables moved while they were read: the object was replaced")
+
+
+def read_agreed_layout(
+    store: ObjectStore, key: str, size: int, *, sha256: str, raw_size: int, page_size: int | None = None
+) -> FrameLayout:
+    """``read_layout``, which must agree with what the index records of the snapshot: its SHA-256 (when
+    known, "" takes the object's own), its size and, when given, its page size."""
+    layout = read_layout(store, key, size)
+    if sha256 and layout.sha256 != sha256:
+        raise ChecksumMismatchError.index_disagrees(key, f"SHA-256 {layout.sha256}", f"SHA-256 {sha256}")
+    if layout.raw_size != raw_size or page_size not in (None, layout.page_size):
+        raise ChecksumMismatchError(
+            f"verify {key}: its frame table holds {layout.raw_size} bytes in pages of {layout.page_size}, "
+            f"recorded {raw_size} in pages of {page_size or layout.page_size}"
+        )
+    return layout
 
 
 def read_frames(store: ObjectStore, key: str, frames: Sequence[Frame]) -> bytes:

@@ -12,8 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Protocol, TypeVar, cast
 
-from walship.errors import ChecksumMismatchError
-from walship.frames import FrameLayout, decode_frame, read_frames, read_layout
+from walship.frames import FrameLayout, decode_frame, read_agreed_layout, read_frames
 from walship.models import SnapshotInfo
 from walship.query._cache import FrameCache
 from walship.storage import ObjectStore, ReadStream
@@ -40,8 +39,16 @@ class SnapshotFrames:
     def __init__(self, store: ObjectStore, snapshot: SnapshotInfo, cache: FrameCache, retry: Retry) -> None:
         self._store = _CountingStore(store)
         self.key, self._cache, self._retry = snapshot.key, cache, retry
-        self.layout: FrameLayout = retry(lambda: read_layout(self._as_store, snapshot.key, snapshot.compressed_size))
-        self._check(snapshot)
+        self.layout: FrameLayout = retry(
+            lambda: read_agreed_layout(
+                self._as_store,
+                snapshot.key,
+                snapshot.compressed_size,
+                sha256=snapshot.sha256,
+                raw_size=snapshot.raw_size,
+                page_size=snapshot.page_size,
+            )
+        )
         self.page_size = self.layout.page_size
         self._hot: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -78,19 +85,6 @@ class SnapshotFrames:
             if len(self._hot) > _HOT_FRAMES:
                 self._hot.popitem(last=False)
             return raw
-
-    def _check(self, snapshot: SnapshotInfo) -> None:
-        layout = self.layout
-        if snapshot.sha256 and layout.sha256 != snapshot.sha256:
-            raise ChecksumMismatchError(
-                f"verify {self.key}: the index and the object disagree on its checksum (the object records "
-                f"SHA-256 {layout.sha256}, the index {snapshot.sha256}); run 'walship verify' to see which is wrong"
-            )
-        if (layout.raw_size, layout.page_size) != (snapshot.raw_size, snapshot.page_size):
-            raise ChecksumMismatchError(
-                f"verify {self.key}: its frame table holds {layout.raw_size} bytes in pages of {layout.page_size}, "
-                f"recorded {snapshot.raw_size} in pages of {snapshot.page_size}"
-            )
 
 
 class _CountingStore:
